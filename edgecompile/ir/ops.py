@@ -1,0 +1,94 @@
+"""The IR's op set: one small table that the frontend, the executor, every pass and every backend share.
+
+Semantics follow PyTorch (NCHW / NCL layouts, numpy broadcasting for binary ops). Each entry gives
+the inputs (`?` marks an optional one that may be None), required attributes, and the meaning.
+`verify()` checks arity and attributes against this table; `torch_executor.OP_IMPLS` must
+implement every op here (a test holds the two together).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class OpSchema:
+    name: str
+    inputs: tuple[str, ...]          # names; a trailing '?' marks optional, '*' variadic
+    attrs: tuple[str, ...] = ()      # required attribute names
+    doc: str = ""
+
+    @property
+    def min_inputs(self) -> int:
+        return sum(1 for i in self.inputs if not i.endswith(("?", "*")))
+
+    @property
+    def max_inputs(self) -> int | None:
+        return None if any(i.endswith("*") for i in self.inputs) else len(self.inputs)
+
+
+def _s(name, inputs, attrs=(), doc=""):
+    return OpSchema(name, tuple(inputs), tuple(attrs), doc)
+
+
+_UNARY = {
+    "relu": "max(x, 0)",
+    "sigmoid": "1 / (1 + exp(-x))",
+    "tanh": "tanh(x)",
+    "silu": "x * sigmoid(x)",
+    "hardswish": "x * relu6(x + 3) / 6",
+    "hardsigmoid": "relu6(x + 3) / 6",
+    "exp": "exp(x)",
+    "log": "log(x)",
+    "sqrt": "sqrt(x)",
+    "rsqrt": "1 / sqrt(x)",
+    "neg": "-x",
+    "abs": "|x|",
+    "erf": "erf(x)",
+}
+_BINARY = {
+    "add": "a + b", "sub": "a - b", "mul": "a * b", "div": "a / b", "pow": "a ** b",
+    "maximum": "max(a, b)", "minimum": "min(a, b)",
+    "eq": "a == b (bool)", "lt": "a < b (bool)", "gt": "a > b (bool)",
+}
+
+OPS: dict[str, OpSchema] = {}
+for _n, _d in _UNARY.items():
+    OPS[_n] = _s(_n, ["x"], doc=_d)
+for _n, _d in _BINARY.items():
+    OPS[_n] = _s(_n, ["a", "b"], doc=_d + ", numpy broadcasting")
+
+for _schema in [
+    _s("gelu", ["x"], ["approximate"], "GELU; approximate is 'none' (erf) or 'tanh'"),
+    _s("clip", ["x"], ["min", "max"], "clamp(x, min, max); relu6 is clip(0, 6); None = unbounded"),
+    _s("softmax", ["x"], ["axis"], "softmax along axis"),
+    _s("log_softmax", ["x"], ["axis"], "log-softmax along axis"),
+    _s("linear", ["x", "weight", "bias?"], [], "x @ weight.T + bias; weight [out, in], on the last axis"),
+    _s("matmul", ["a", "b"], [], "batched matrix product with broadcasting (torch.matmul)"),
+    _s("conv", ["x", "weight", "bias?"], ["stride", "padding", "dilation", "groups"],
+       "1-D or 2-D convolution, NC(H)W; weight [out, in/groups, *kernel]; padding symmetric per axis"),
+    _s("batch_norm", ["x", "mean", "var", "weight?", "bias?"], ["eps"],
+       "inference batch norm over axis 1"),
+    _s("layer_norm", ["x", "weight?", "bias?"], ["normalized_ndim", "eps"],
+       "layer norm over the last normalized_ndim axes"),
+    _s("max_pool", ["x"], ["kernel", "stride", "padding", "dilation", "ceil_mode"], "max pooling, 1-D or 2-D"),
+    _s("avg_pool", ["x"], ["kernel", "stride", "padding", "ceil_mode", "count_include_pad"],
+       "average pooling, 1-D or 2-D"),
+    _s("mean", ["x"], ["axes", "keepdims"], "mean over axes"),
+    _s("sum", ["x"], ["axes", "keepdims"], "sum over axes"),
+    _s("reduce_max", ["x"], ["axes", "keepdims"], "max over axes"),
+    _s("reshape", ["x"], ["shape"], "reshape to a static shape"),
+    _s("transpose", ["x"], ["perm"], "permute axes"),
+    _s("slice", ["x"], ["axis", "start", "end", "step"], "x[start:end:step] along axis (resolved, non-negative)"),
+    _s("concat", ["xs*"], ["axis"], "concatenate along axis"),
+    _s("pad", ["x"], ["pads", "value"], "constant pad; pads = [begin_0..begin_n, end_0..end_n] (ONNX order)"),
+    _s("gather", ["data", "indices"], ["axis"], "take along axis (embedding lookup is gather axis 0)"),
+    _s("expand", ["x"], ["shape"], "broadcast to a static shape"),
+    _s("where", ["cond", "a", "b"], [], "cond ? a : b with broadcasting"),
+    _s("cast", ["x"], ["dtype"], "convert element type"),
+]:
+    OPS[_schema.name] = _schema
+
+# Ops whose weight input (index 1, or 0 for gather) is a compressible parameter; the report,
+# the passes and fine-tuning treat these as "layers".
+WEIGHT_OPS = {"linear": 1, "conv": 1, "gather": 0, "matmul": 1}

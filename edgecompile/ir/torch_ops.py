@@ -1,0 +1,155 @@
+"""Torch implementations of every IR op (the numerical meaning of `ir.ops.OPS`).
+
+Each function takes the node's input tensors (None for an absent optional input) and its
+attributes, and returns one tensor. Used by the executor and, on meta tensors, by shape inference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+TORCH_DTYPES = {
+    "float32": torch.float32, "float16": torch.float16, "float64": torch.float64,
+    "int64": torch.int64, "int32": torch.int32, "int16": torch.int16, "int8": torch.int8,
+    "uint8": torch.uint8, "bool": torch.bool,
+}
+NUMPY_DTYPES = {v: k for k, v in TORCH_DTYPES.items()}
+
+
+def _axes(attrs) -> list[int]:
+    return list(attrs["axes"])
+
+
+def _pool_args(attrs, nd):
+    k, s, p = attrs["kernel"], attrs["stride"], attrs["padding"]
+    assert len(k) == nd
+    return k, s, p
+
+
+def _max_pool(x, attrs):
+    nd = x.dim() - 2
+    k, s, p = _pool_args(attrs, nd)
+    fn = F.max_pool1d if nd == 1 else F.max_pool2d
+    return fn(x, k, s, p, attrs["dilation"], attrs["ceil_mode"])
+
+
+def _avg_pool(x, attrs):
+    nd = x.dim() - 2
+    k, s, p = _pool_args(attrs, nd)
+    fn = F.avg_pool1d if nd == 1 else F.avg_pool2d
+    return fn(x, k, s, p, attrs["ceil_mode"], attrs["count_include_pad"])
+
+
+def _conv(x, w, b, attrs):
+    fn = F.conv1d if w.dim() == 3 else F.conv2d
+    return fn(x, w, b, attrs["stride"], attrs["padding"], attrs["dilation"], attrs["groups"])
+
+
+def _pad(x, attrs):
+    pads, n = attrs["pads"], x.dim()
+    # ONNX order [b0..bn-1, e0..en-1] -> torch order (last axis first: (b_last, e_last, ...))
+    torch_pads = []
+    for axis in reversed(range(n)):
+        torch_pads += [pads[axis], pads[axis + n]]
+    return F.pad(x, torch_pads, value=attrs["value"])
+
+
+def _layer_norm(x, w, b, attrs):
+    shape = x.shape[-attrs["normalized_ndim"]:]
+    return F.layer_norm(x, shape, w, b, attrs["eps"])
+
+
+def _batch_norm(x, mean, var, w, b, attrs):
+    return F.batch_norm(x, mean, var, w, b, False, 0.0, attrs["eps"])
+
+
+def _slice(x, attrs):
+    idx = [slice(None)] * x.dim()
+    idx[attrs["axis"]] = slice(attrs["start"], attrs["end"], attrs["step"])
+    return x[tuple(idx)]
+
+
+def _clip(x, attrs):
+    return torch.clamp(x, attrs["min"], attrs["max"])
+
+
+def _gather(data, idx, attrs):
+    axis = attrs["axis"]
+    idx = idx.long()
+    if axis == 0 and data.dim() == 2:
+        return F.embedding(idx, data)
+    return torch.index_select(data, axis, idx.reshape(-1)).reshape(
+        data.shape[:axis] + idx.shape + data.shape[axis + 1:])
+
+
+OP_IMPLS = {
+    "relu": lambda a, _: torch.relu(a[0]),
+    "sigmoid": lambda a, _: torch.sigmoid(a[0]),
+    "tanh": lambda a, _: torch.tanh(a[0]),
+    "silu": lambda a, _: F.silu(a[0]),
+    "hardswish": lambda a, _: F.hardswish(a[0]),
+    "hardsigmoid": lambda a, _: F.hardsigmoid(a[0]),
+    "exp": lambda a, _: torch.exp(a[0]),
+    "log": lambda a, _: torch.log(a[0]),
+    "sqrt": lambda a, _: torch.sqrt(a[0]),
+    "rsqrt": lambda a, _: torch.rsqrt(a[0]),
+    "neg": lambda a, _: torch.neg(a[0]),
+    "abs": lambda a, _: torch.abs(a[0]),
+    "erf": lambda a, _: torch.erf(a[0]),
+    "add": lambda a, _: a[0] + a[1],
+    "sub": lambda a, _: a[0] - a[1],
+    "mul": lambda a, _: a[0] * a[1],
+    "div": lambda a, _: a[0] / a[1],
+    "pow": lambda a, _: torch.pow(a[0], a[1]),
+    "maximum": lambda a, _: torch.maximum(a[0], a[1]),
+    "minimum": lambda a, _: torch.minimum(a[0], a[1]),
+    "eq": lambda a, _: a[0] == a[1],
+    "lt": lambda a, _: a[0] < a[1],
+    "gt": lambda a, _: a[0] > a[1],
+    "gelu": lambda a, at: F.gelu(a[0], approximate=at["approximate"]),
+    "clip": lambda a, at: _clip(a[0], at),
+    "softmax": lambda a, at: torch.softmax(a[0], at["axis"]),
+    "log_softmax": lambda a, at: torch.log_softmax(a[0], at["axis"]),
+    "linear": lambda a, _: F.linear(a[0], a[1], a[2] if len(a) > 2 else None),
+    "matmul": lambda a, _: torch.matmul(a[0], a[1]),
+    "conv": lambda a, at: _conv(a[0], a[1], a[2] if len(a) > 2 else None, at),
+    "batch_norm": lambda a, at: _batch_norm(*(list(a) + [None] * (5 - len(a))), at),
+    "layer_norm": lambda a, at: _layer_norm(*(list(a) + [None] * (3 - len(a))), at),
+    "max_pool": lambda a, at: _max_pool(a[0], at),
+    "avg_pool": lambda a, at: _avg_pool(a[0], at),
+    "mean": lambda a, at: torch.mean(a[0], _axes(at), keepdim=at["keepdims"]),
+    "sum": lambda a, at: torch.sum(a[0], _axes(at), keepdim=at["keepdims"]),
+    "reduce_max": lambda a, at: torch.amax(a[0], _axes(at), keepdim=at["keepdims"]),
+    "reshape": lambda a, at: torch.reshape(a[0], list(at["shape"])),
+    "transpose": lambda a, at: torch.permute(a[0], list(at["perm"])),
+    "slice": lambda a, at: _slice(a[0], at),
+    "concat": lambda a, at: torch.cat(list(a), at["axis"]),
+    "pad": lambda a, at: _pad(a[0], at),
+    "gather": lambda a, at: _gather(a[0], a[1], at),
+    "expand": lambda a, at: a[0].expand(list(at["shape"])),
+    "where": lambda a, _: torch.where(a[0], a[1], a[2]),
+    "cast": lambda a, at: a[0].to(TORCH_DTYPES[at["dtype"]]),
+}
+
+
+def run_op(op: str, args: list, attrs: dict) -> torch.Tensor:
+    """Runs one IR op with torch."""
+    return OP_IMPLS[op](args, attrs)
+
+
+def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int,
+               axis: int | None = None) -> torch.Tensor:
+    """Quantize-dequantize with a straight-through gradient (identity inside the clamp range)."""
+    if axis is not None:
+        shape = [1] * x.dim()
+        shape[axis] = -1
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    q = torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
+    y = (q - zero_point) * scale
+    return x + (y - x).detach()
+
+
+def to_torch(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a))
