@@ -1,0 +1,104 @@
+"""BN folding and cleanup.
+
+`FoldBatchNormPass`: ``conv(x, W, b) -> batch_norm`` becomes ``conv(x, W', b')`` with
+``W' = W * γ/σ`` (per output channel) and ``b' = (b - μ) γ/σ + β``, σ = sqrt(var + eps); the same for
+``linear -> batch_norm`` (BatchNorm1d on features). Exact up to float rounding (the tests hold it to
+1e-5 relative). A batch_norm whose input is not a conv/linear with constant weights used only
+there is left alone; the backends lower it as a per-channel multiply-add.
+
+`CleanupPass`: removes identity reshapes/transposes/casts/slices and dead nodes and constants.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Graph, Node
+from .base import Pass, PassResult
+
+
+def _foldable(graph: Graph, bn: Node) -> tuple[Node, str] | tuple[None, str]:
+    """The conv/linear a batch_norm can fold into, or None and why not."""
+    x = bn.input(0)
+    prod = x.producer
+    if prod is None or prod.op not in ("conv", "linear"):
+        return None, "input is not produced by conv or linear"
+    if len(x.uses) != 1 or any(o is x for o in graph.outputs):
+        return None, f"output of {prod.name} has other uses"
+    if prod.op == "linear" and (x.shape is None or len(x.shape) != 2):
+        return None, "batch_norm after linear on a non-2-D tensor"
+    w, b = prod.input(1), prod.input(2)
+    if not w.is_const or w.quant is not None or len(w.uses) != 1:
+        return None, f"weight of {prod.name} is not a private float constant"
+    if b is not None and (not b.is_const or len(b.uses) != 1):
+        return None, f"bias of {prod.name} is not a private constant"
+    if not all(v is None or v.is_const for v in bn.inputs[1:]):
+        return None, "batch_norm statistics are not constant"
+    return prod, ""
+
+
+class FoldBatchNormPass(Pass):
+    """conv/linear -> batch_norm  =>  conv/linear with rescaled weight and bias."""
+
+    name = "fold_batch_norm"
+
+    def call(self, graph: Graph) -> PassResult:
+        records = []
+        for bn in [n for n in graph.nodes if n.op == "batch_norm"]:
+            layer, why = _foldable(graph, bn)
+            if layer is None:
+                records.append({"node": bn.name, "op": "batch_norm", "kind": "kept", "reason": why})
+                continue
+            mean, var, gamma, beta = (None if v is None else v.data.astype(np.float64) for v in bn.inputs[1:5])
+            c = mean.shape[0]
+            gamma = np.ones(c) if gamma is None else gamma
+            beta = np.zeros(c) if beta is None else beta
+            k = gamma / np.sqrt(var + bn.attrs["eps"])
+            w_v, b_v = layer.input(1), layer.input(2)
+            w = w_v.data.astype(np.float64) * k.reshape((-1,) + (1,) * (w_v.data.ndim - 1))
+            b0 = np.zeros(c) if b_v is None else b_v.data.astype(np.float64)
+            b = (b0 - mean) * k + beta
+            new_w = graph.add_const(w_v.name, w.astype(np.float32))
+            new_b = graph.add_const(f"{layer.name}.bias", b.astype(np.float32))
+            graph.set_input(layer, 1, new_w)
+            if len(layer.inputs) < 3:
+                layer.inputs.append(None)
+            graph.set_input(layer, 2, new_b)
+            graph.replace_all_uses(bn.output, layer.output)
+            graph.remove_node(bn)
+            layer.meta.setdefault("folded", []).append(bn.name)
+            records.append({"node": layer.name, "op": layer.op, "kind": "bn_folded", "bn": bn.name})
+        modified = any(r["kind"] == "bn_folded" for r in records)
+        if modified:
+            graph.remove_unused()
+        return PassResult(graph, modified, records)
+
+
+_IDENTITY = {
+    "reshape": lambda n: n.input(0).shape == n.output.shape,
+    "expand": lambda n: n.input(0).shape == n.output.shape,
+    "transpose": lambda n: list(n.attrs["perm"]) == sorted(n.attrs["perm"]),
+    "cast": lambda n: n.input(0).dtype == n.attrs["dtype"],
+    "slice": lambda n: n.input(0).shape == n.output.shape and n.attrs["step"] == 1,
+}
+
+
+class CleanupPass(Pass):
+    """Removes identity reshapes/transposes/casts/slices, then dead nodes and constants."""
+
+    name = "cleanup"
+
+    def call(self, graph: Graph) -> PassResult:
+        removed = 0
+        for node in list(graph.nodes):
+            check = _IDENTITY.get(node.op)
+            if check is None or not check(node):
+                continue
+            src = node.input(0)
+            if any(o is node.output for o in graph.outputs) and (src in graph.inputs or src.is_const):
+                continue  # keep a graph output distinct from an input/constant
+            graph.replace_all_uses(node.output, src)
+            graph.remove_node(node)
+            removed += 1
+        removed += graph.remove_unused()
+        return PassResult(graph, removed > 0, [{"kind": "cleanup", "removed": removed}] if removed else [])
