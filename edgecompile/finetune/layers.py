@@ -1,0 +1,215 @@
+"""Per-layer algebra of per-sample gradients, without materializing them.
+
+Every supported layer is brought to one *matrix form*: for sample ``i``, group ``g`` and
+position ``t`` (sequence position, conv output pixel), an input row ``A[i, g, t]`` (length
+``a``, with a trailing 1 when the layer has a bias) and an output-gradient row ``D[i, g, t]``
+(length ``o``).  The per-sample gradient of group ``g`` is then
+
+    G_ig = sum_t D[i, g, t] ⊗ A[i, g, t]            (an ``o × a`` matrix, weight | bias),
+
+so the Gram matrix of per-sample gradients is
+
+    K_ij = sum_g sum_{t,s} (A_igt · A_jgs) (D_igt · D_jgs),
+
+which for ``T == 1`` is the familiar ``(a_i·a_j)(δ_i·δ_j)``.  Grouped convolutions have a
+block-diagonal weight, so their Gram matrix is the sum of the per-group Gram matrices.  An
+embedding's input is one-hot, so ``A_it · A_js = [x_it == x_js]``.
+
+A layer called several times in one forward pass (shared weights) simply concatenates its
+calls along ``t``: the per-sample gradient is the sum over calls, exactly as above.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
+
+
+@dataclass
+class Capture:
+    """One layer's matrix form for the current batch.
+
+    ``A``: ``[N, G, T, a]`` float inputs (``None`` for embeddings), ``idx``: ``[N, T]`` int
+    indices (embeddings only), ``D``: ``[N, G, T, o]`` per-sample output gradients (already
+    multiplied back to the gradient of the per-sample loss).
+    """
+
+    A: torch.Tensor | None
+    D: torch.Tensor
+    idx: torch.Tensor | None = None
+
+
+def is_supported(module: nn.Module) -> bool:
+    """Whether FNGD/K-FAC can handle ``module`` through its matrix form."""
+    if isinstance(module, nn.Embedding):
+        return not (module.sparse or module.scale_grad_by_freq)
+    return isinstance(module, SUPPORTED)
+
+
+def has_bias(module: nn.Module) -> bool:
+    b = getattr(module, "bias", None)
+    return b is not None and b.requires_grad
+
+
+def _conv_geometry(module: nn.Conv1d | nn.Conv2d):
+    if isinstance(module, nn.Conv1d):
+        return (1, *module.kernel_size), (1, *module.stride), (1, *module.dilation)
+    return tuple(module.kernel_size), tuple(module.stride), tuple(module.dilation)
+
+
+def _conv_pad(module: nn.Conv1d | nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """Pad ``x`` ([N, C, H, W]) exactly as the conv would, so unfold needs no padding."""
+    kernel, _, dilation = _conv_geometry(module)
+    if module.padding == "valid":
+        return x
+    if module.padding == "same":
+        pads = []
+        for k, d in zip(reversed(kernel), reversed(dilation)):
+            total = d * (k - 1)
+            pads += [total // 2, total - total // 2]
+    else:
+        pad = (0, *module.padding) if isinstance(module, nn.Conv1d) else tuple(module.padding)
+        pads = [p for p in reversed(pad) for _ in range(2)]
+    if not any(pads):
+        return x
+    mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+    return F.pad(x, pads, mode=mode)
+
+
+def input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer input in matrix form ``[N, G, T, a]`` (embeddings: indices ``[N, T]``)."""
+    if isinstance(module, nn.Embedding):
+        return x.reshape(x.shape[0], -1)
+    if isinstance(module, nn.Linear):
+        rows = x.reshape(x.shape[0], 1, -1, x.shape[-1])
+    else:
+        if isinstance(module, nn.Conv1d):
+            x = x.unsqueeze(2)
+        kernel, stride, dilation = _conv_geometry(module)
+        cols = F.unfold(_conv_pad(module, x), kernel, dilation=dilation, stride=stride)
+        n, _, positions = cols.shape
+        rows = cols.view(n, module.groups, -1, positions).transpose(2, 3)
+    if has_bias(module):
+        rows = torch.cat([rows, rows.new_ones(*rows.shape[:-1], 1)], dim=-1)
+    return rows
+
+
+def grad_rows(module: nn.Module, grad_out: torch.Tensor) -> torch.Tensor:
+    """The output gradient in matrix form ``[N, G, T, o]``."""
+    n = grad_out.shape[0]
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        return grad_out.reshape(n, 1, -1, grad_out.shape[-1])
+    g = grad_out.reshape(n, module.groups, module.out_channels // module.groups, -1)
+    return g.transpose(2, 3)
+
+
+def _row_blocks(n: int, cost_per_row: int, max_elems: int):
+    step = max(1, max_elems // max(1, cost_per_row))
+    for start in range(0, n, step):
+        yield start, min(n, start + step)
+
+
+def gram(cap: Capture, mode: str = "factor", max_elems: int = 1 << 25) -> torch.Tensor:
+    """Gram matrix ``K = UᵀU`` (``[N, N]``) of the per-sample gradients of one layer.
+
+    Parameters
+    ----------
+    cap:
+        The layer's matrix form.
+    mode:
+        ``"factor"`` never forms a per-sample gradient: it contracts the ``(N·T)²`` products
+        of input rows and of gradient rows (cost ``G (NT)² (a + o)``).  ``"auto"`` uses, per
+        layer, the cheaper of that and the blockwise per-sample product (cost ``N G T a o +
+        N² G a o``, memory ``N G a o``), which is much cheaper for convolutions with many
+        output pixels.  Both are exact.
+    max_elems:
+        Bound on the elements of any temporary, reached by splitting rows into blocks.
+    """
+    D = cap.D
+    if cap.A is None:
+        return _gram_embedding(cap.idx, D[:, 0], max_elems)
+    A = cap.A
+    n, groups, t, a = A.shape
+    o = D.shape[-1]
+    if t == 1:
+        ka = torch.einsum("nga,mga->gnm", A[:, :, 0], A[:, :, 0])
+        kd = torch.einsum("ngo,mgo->gnm", D[:, :, 0], D[:, :, 0])
+        return (ka * kd).sum(0)
+    factor_cost = groups * (n * t) ** 2 * (a + o)
+    persample_cost = n * groups * t * a * o + n * n * groups * a * o
+    if mode == "auto" and persample_cost < factor_cost and n * groups * a * o <= max_elems:
+        per_sample = torch.einsum("ngto,ngta->ngoa", D, A).reshape(n, -1)
+        return per_sample @ per_sample.T
+    out = A.new_zeros(n, n)
+    a_all = A.permute(1, 0, 2, 3).reshape(groups, n * t, a)
+    d_all = D.permute(1, 0, 2, 3).reshape(groups, n * t, o)
+    for i0, i1 in _row_blocks(n, groups * t * n * t, max_elems):
+        ka = a_all[:, i0 * t:i1 * t] @ a_all.transpose(1, 2)
+        kd = d_all[:, i0 * t:i1 * t] @ d_all.transpose(1, 2)
+        out[i0:i1] = (ka * kd).view(groups, i1 - i0, t, n, t).sum(dim=(0, 2, 4))
+    return out
+
+
+def _gram_embedding(idx: torch.Tensor, D: torch.Tensor, max_elems: int) -> torch.Tensor:
+    n, t = idx.shape
+    flat_idx = idx.reshape(-1)
+    flat_d = D.reshape(n * t, -1)
+    out = D.new_zeros(n, n)
+    for i0, i1 in _row_blocks(n, t * n * t, max_elems):
+        same = flat_idx[i0 * t:i1 * t, None] == flat_idx[None, :]
+        kd = flat_d[i0 * t:i1 * t] @ flat_d.T
+        out[i0:i1] = (kd * same).view(i1 - i0, t, n, t).sum(dim=(1, 3))
+    return out
+
+
+def weighted_grad(module: nn.Module, cap: Capture, coef: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``Σ_i coef_i g_i`` for one layer, as tensors shaped like its parameters.
+
+    Costs one weight-gradient contraction, the same as autograd's own.
+    """
+    D = cap.D * coef.view(-1, 1, 1, 1).to(cap.D.dtype)
+    if cap.A is None:
+        weight = module.weight
+        step = torch.zeros(weight.shape, dtype=D.dtype, device=D.device)
+        step.index_add_(0, cap.idx.reshape(-1), D[:, 0].reshape(-1, D.shape[-1]))
+        if module.padding_idx is not None:
+            step[module.padding_idx] = 0
+        return {"weight": step}
+    full = torch.einsum("ngto,ngta->goa", D, cap.A)
+    out = {}
+    if has_bias(module):
+        out["bias"] = full[..., -1].reshape(-1)
+        full = full[..., :-1]
+    out["weight"] = full.reshape(module.weight.shape)
+    return out
+
+
+def damped_coefficients(K: torch.Tensor, damping: float) -> torch.Tensor:
+    """``α = (K + NλI)⁻¹ 1``, solved by Cholesky in float64.
+
+    With ``U = [g_1 … g_N]``, ``U α = (UUᵀ/N + λI)⁻¹ ḡ`` by the push-through identity, the
+    damped natural-gradient step for the empirical Fisher.
+    """
+    n = K.shape[0]
+    k64 = K.to(torch.float64)
+    k64 = 0.5 * (k64 + k64.T)
+    system = k64 + (n * damping) * torch.eye(n, dtype=torch.float64, device=K.device)
+    ones = torch.ones(n, 1, dtype=torch.float64, device=K.device)
+    chol, info = torch.linalg.cholesky_ex(system)
+    if int(info) == 0:
+        return torch.cholesky_solve(ones, chol).view(n)
+    # Not positive definite within rounding: a least-squares solve is still well defined.
+    return torch.linalg.lstsq(system, ones).solution.view(n)
+
+
+def per_sample_numel(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters(recurse=False) if p.requires_grad)
+
+
+def describe(module: nn.Module) -> str:
+    return f"{type(module).__name__}({math.prod(module.weight.shape)} weights)"
