@@ -339,13 +339,13 @@ class FNGD(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         state_dict = dict(state_dict)
         extra = state_dict.pop("fngd", None)
-        super().load_state_dict(state_dict)
-        if extra is None:
-            return
-        if list(extra["layer_names"]) != self.layer_names:
+        if extra is not None and list(extra["layer_names"]) != self.layer_names:
             raise ValueError("FNGD.load_state_dict: the saved state is for layers "
                              f"{extra['layer_names'][:4]}…, this model has "
                              f"{self.layer_names[:4]}…; load it into the same model")
+        super().load_state_dict(state_dict)
+        if extra is None:
+            return
         device = self.alpha.device
         self.alpha = extra["alpha"].to(device)
         self.alpha_epoch = extra["alpha_epoch"].to(device)
