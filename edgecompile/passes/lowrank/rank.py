@@ -92,7 +92,8 @@ def effective_rank(s: np.ndarray) -> float:
     total = s.sum()
     if total <= 0.0 or not np.isfinite(total):
         return 0.0
-    p = s[s > 0] / total
+    p = s / total
+    p = p[p > 0]  # 0·log 0 = 0
     return float(np.exp(-np.sum(p * np.log(p))))
 
 
