@@ -1,0 +1,328 @@
+"""`build()`: the one place the whole flow is spelled out.
+
+    model spec ─load─▶ torch.export ─frontend─▶ IR ─fold, factorize, prune─▶ (fine-tune) ─quantize─▶ IR
+        ─backend─▶ model.onnx | model.tflite  +  weights.ecw  +  runtime/ (C sources)
+        ─loader, real runtime─▶ fidelity vs the PyTorch model ─▶ report (terminal, JSON, HTML)
+
+Everything is written into a temporary folder beside `--out` and renamed into place only when
+the build and its verification succeeded, so a failed build leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .analysis import activation_bytes, layer_figures, total_macs
+from .data_io import Samples, batches, load_samples, synthesize_samples
+from .ir import Graph, verify
+from .modelspec import LoadedModel, load_model
+from .targets import Target, load_target
+from .verify import Fidelity, Thresholds, compare
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, float], None]
+
+
+class BuildError(RuntimeError):
+    """The build cannot produce a bundle; the message is one line saying why and what to do."""
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    target: str = "rpi4"
+    out: Path = Path("out")
+    backend: str | None = None              # None: the target's default
+    rank: str = "erank"                     # see passes.lowrank.rank.parse_rank_spec; "none" to skip
+    prune: str = "none"                     # see passes.prune.parse_prune_spec
+    quant: str = "int8"                     # int8 | none
+    budget_bytes: int | None = None         # global weight-byte budget met by the rank search
+    codecs: tuple[str, ...] | None = None   # None: every codec the target can decode
+    calib: Path | None = None               # .npz of inputs (+ labels) for calibration and verification
+    finetune: str | None = None             # "calib" or a .npz path: recover accuracy on this data
+    optimizer: str = "fngd"
+    epochs: int = 3
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    allow_degraded: bool = False
+    max_eval_samples: int = 512
+    latency_repeats: int = 30
+    seed: int = 0
+
+
+@dataclass
+class BuildResult:
+    out_dir: Path
+    report: dict
+    fidelity: Fidelity
+    degraded: bool
+
+
+# -- stages ------------------------------------------------------------------------------------
+
+def _import(loaded: LoadedModel) -> Graph:
+    from .frontend import import_exported_program, import_model
+
+    if loaded.exported is not None:
+        return import_exported_program(loaded.exported)
+    return import_model(loaded.module, loaded.example_inputs, name=loaded.name)
+
+
+def _compress(graph: Graph, cfg: BuildConfig, bytes_per_param: float) -> list[dict]:
+    """Fold, clean up, factorize, prune: the target-independent compression passes, in order."""
+    from .passes.fold import CleanupPass, FoldBatchNormPass
+    from .passes.lowrank.factorize import LowRankConfig, LowRankPass
+    from .passes.lowrank.rank import parse_rank_spec
+    from .passes.prune import make_prune_pass, parse_prune_spec
+
+    passes = [FoldBatchNormPass(), CleanupPass()]
+    if cfg.budget_bytes is not None or cfg.rank != "none":
+        passes.append(LowRankPass(LowRankConfig(
+            rank=parse_rank_spec(cfg.rank if cfg.rank != "none" else "erank"),
+            budget_bytes=cfg.budget_bytes, bytes_per_param=bytes_per_param)))
+    prune = parse_prune_spec(cfg.prune)
+    if prune is not None:
+        passes.append(make_prune_pass(prune))
+    records = []
+    for p in passes:
+        res = p(graph)
+        records += [dict(r, **{"pass": p.name}) for r in res.records]
+    return records
+
+
+def _quantize(graph: Graph, cfg: BuildConfig, calib: Samples, batch: int) -> list[dict]:
+    from .passes.quantize import QuantizePass, parse_quant_spec
+
+    qcfg = parse_quant_spec(cfg.quant)
+    if qcfg is None:
+        return []
+    inputs = list(batches(calib, batch, limit=256))
+    res = QuantizePass(qcfg, inputs)(graph)
+    return [dict(r, **{"pass": "quantize"}) for r in res.records]
+
+
+def _finetune(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, data: Samples, masks, progress) -> dict:
+    from .finetune.recover import RecoverConfig, recover_graph
+
+    result = recover_graph(graph, teacher=loaded.module, samples=data, masks=masks,
+                           config=RecoverConfig(optimizer=cfg.optimizer, epochs=cfg.epochs, seed=cfg.seed,
+                                                qat_bits=8 if cfg.quant == "int8" else None),
+                           progress=progress)
+    return result
+
+
+def _emit(graph: Graph, backend: str, embed: bool):
+    if backend == "onnx":
+        from .backends.onnx import emit_onnx
+        return emit_onnx(graph, embed_weights=embed)
+    from .backends.tflite import emit_tflite
+    return emit_tflite(graph, embed_weights=embed)
+
+
+def _write_bundle(stage: Path, graph: Graph, target: Target, backend: str, cfg: BuildConfig) -> dict:
+    from .container import write_container
+
+    emitted = _emit(graph, backend, embed=False)
+    model_name = "model.onnx" if backend == "onnx" else "model.tflite"
+    (stage / model_name).write_bytes(emitted.model_bytes)
+    codecs = tuple(c for c in (cfg.codecs or target.codecs) if c in target.codecs)
+    if not codecs:
+        raise BuildError(f"none of the codecs {list(cfg.codecs or [])} can be decoded on {target.name}; "
+                         f"it supports {list(target.codecs)}")
+    records = write_container(stage / "weights.ecw", emitted.tensors, emitted.quant, codecs=codecs)
+    io = lambda vs: [{"name": v.name, "shape": list(v.shape), "dtype": v.dtype} for v in vs]  # noqa: E731
+    manifest = {"format": "edgecompile-bundle", "version": 1, "backend": backend, "model": model_name,
+                "weights": "weights.ecw", "inputs": io(graph.inputs), "outputs": io(graph.outputs),
+                "target": target.name, "edgecompile_version": __version__}
+    (stage / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    _copy_loader(stage)
+    from .backends.c_bundle import write_c_bundle
+    write_c_bundle(stage, stage / "weights.ecw", target.kind, target.name, target.triple, target.cpu)
+    return {"emitted": emitted, "records": records, "model_file": model_name}
+
+
+def _copy_loader(stage: Path) -> None:
+    """Ships the torch-free loader and container reader so the bundle runs on a board without edgecompile."""
+    pkg = Path(__file__).resolve().parent
+    dst = stage / "python" / "edgecompile"
+    (dst / "container").mkdir(parents=True)
+    (dst / "__init__.py").write_text(f'__version__ = "{__version__}"\n')
+    for f in (pkg / "container").glob("*.py"):
+        shutil.copy2(f, dst / "container" / f.name)
+    for name in ("loader.py", "tflite_loader.py"):
+        if (pkg / name).exists():
+            shutil.copy2(pkg / name, dst / name)
+
+
+def _reference_outputs(loaded: LoadedModel, samples: Samples, batch: int) -> np.ndarray:
+    outs = []
+    with torch.no_grad():
+        for xs in batches(samples, batch):
+            y = loaded.module(*[torch.from_numpy(x) for x in xs])
+            y = y[0] if isinstance(y, (tuple, list)) else getattr(y, "logits", y)
+            if not isinstance(y, torch.Tensor):  # e.g. a transformers ModelOutput
+                y = next(v for v in y.values() if isinstance(v, torch.Tensor))
+            outs.append(y.numpy())
+    return np.concatenate(outs)
+
+
+def _bundle_outputs(session, samples: Samples, batch: int) -> np.ndarray:
+    return np.concatenate([session.run(*xs)[0] for xs in batches(samples, batch)])
+
+
+def _latency(stage: Path, baseline_bytes: bytes, session, example: list[np.ndarray], repeats: int) -> dict:
+    """Median host latency of the fp32 ONNX export vs the compiled bundle, same process, interleaved."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    base = ort.InferenceSession(baseline_bytes, so, providers=["CPUExecutionProvider"])
+    feed = {i.name: x for i, x in zip(base.get_inputs(), example)}
+    t_base, t_new = [], []
+    for _ in range(3):
+        base.run(None, feed)
+        session.run(*example)
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        base.run(None, feed)
+        t1 = time.perf_counter()
+        session.run(*example)
+        t2 = time.perf_counter()
+        t_base.append(t1 - t0)
+        t_new.append(t2 - t1)
+    b, n = float(np.median(t_base)), float(np.median(t_new))
+    return {"host_fp32_onnx_ms": b * 1e3, "host_bundle_ms": n * 1e3, "speedup": b / n if n > 0 else None,
+            "repeats": repeats, "threads": 1, "note": "measured on this host, onnxruntime/LiteRT, 1 thread"}
+
+
+# -- the flow ----------------------------------------------------------------------------------
+
+def build(model_spec: str | None, cfg: BuildConfig, progress: Progress | None = None) -> BuildResult:
+    """Compiles `model_spec` for `cfg.target` into `cfg.out`; see the module docstring."""
+    from .report import make_report, write_report
+
+    progress = progress or (lambda stage, frac: None)
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+
+    def stage_done(name: str, frac: float, t0: float) -> float:
+        timings[name] = round(time.perf_counter() - t0, 3)
+        progress(name, frac)
+        return time.perf_counter()
+
+    target = load_target(cfg.target)
+    backend = cfg.backend or target.default_backend
+    if backend not in ("onnx", "tflite"):
+        raise BuildError(f"unknown backend {backend!r}; use onnx or tflite")
+    out = Path(cfg.out)
+    if out.exists() and any(out.iterdir()) and not (out / "manifest.json").exists():
+        raise BuildError(f"{out} exists and is not an edgecompile bundle; choose another --out")
+    t = time.perf_counter()
+    loaded = load_model(model_spec)
+    torch.manual_seed(cfg.seed)
+    t = stage_done("load model", 0.05, t)
+
+    graph = _import(loaded)
+    verify(graph)
+    original = graph.copy()
+    t = stage_done("import (torch.export)", 0.15, t)
+
+    batch = int(graph.inputs[0].shape[0]) if graph.inputs and graph.inputs[0].shape else 1
+    calib, evals, labels, data_note = _data(loaded, cfg, graph)
+    quantized = cfg.quant == "int8"
+    pass_records = _compress(graph, cfg, bytes_per_param=1.0 if quantized else 4.0)
+    t = stage_done("compress (fold, factorize, prune)", 0.35, t)
+
+    finetune_info = None
+    if cfg.finetune:
+        ft_data = calib if cfg.finetune == "calib" else load_samples(Path(cfg.finetune), graph)[0]
+        masks = {r["const"]: r["mask"] for r in pass_records if "mask" in r}
+        finetune_info = _finetune(graph, loaded, cfg, ft_data, masks, progress)
+        t = stage_done("fine-tune", 0.5, t)
+
+    pass_records += _quantize(graph, cfg, calib, batch)
+    verify(graph)
+    t = stage_done("quantize (calibrate)", 0.6, t)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        written = _write_bundle(stage, graph, target, backend, cfg)
+        t = stage_done(f"emit {backend} + container", 0.7, t)
+
+        from .loader import load_bundle
+        session = load_bundle(stage)
+        ref = _reference_outputs(loaded, evals, batch)
+        got = _bundle_outputs(session, evals, batch)
+        fidelity = compare(ref, got, labels)
+        t = stage_done(f"verify in {'onnxruntime' if backend == 'onnx' else 'LiteRT'}", 0.85, t)
+
+        from .backends.onnx import emit_onnx
+        baseline = emit_onnx(original, embed_weights=True).model_bytes
+        example = [x.numpy() for x in loaded.example_inputs]
+        latency = _latency(stage, baseline, session, example, cfg.latency_repeats)
+        t = stage_done("measure latency", 0.95, t)
+
+        timings["total"] = round(time.perf_counter() - t_start, 3)
+        report = make_report(
+            model=loaded.name, target=target, backend=backend, config=cfg, original=original, graph=graph,
+            container_records=written["records"], emitted=written["emitted"], stage=stage,
+            baseline_onnx_bytes=len(baseline), fidelity=fidelity, latency=latency, pass_records=pass_records,
+            finetune=finetune_info, timings=timings, data_note=data_note)
+        failures = fidelity.failures(cfg.thresholds)
+        report["verdict"] = {"passed": not failures, "failures": failures, "allow_degraded": cfg.allow_degraded}
+        write_report(report, stage)
+        if failures and not cfg.allow_degraded:
+            raise BuildError("verification failed: " + "; ".join(failures)
+                             + " (relax compression, add --finetune, or pass --allow-degraded)")
+        if out.exists():
+            shutil.rmtree(out)
+        stage.rename(out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    progress("done", 1.0)
+    return BuildResult(out, report, fidelity, degraded=bool(failures))
+
+
+def _data(loaded: LoadedModel, cfg: BuildConfig, graph: Graph) -> tuple[Samples, Samples, np.ndarray | None, str]:
+    """Calibration and held-back evaluation samples: --calib file, the factory's data, or synthetic."""
+    if cfg.calib is not None:
+        samples, labels = load_samples(Path(cfg.calib), graph)
+        n = len(samples[0])
+        cut = max(1, int(0.8 * n)) if n > 1 else 1
+        calib = tuple(a[:cut] for a in samples)
+        evals = tuple(a[cut:] for a in samples) if n > 1 else calib
+        lab = labels[cut:] if labels is not None and n > 1 else None
+        return calib, _limit(evals, cfg), _limit_labels(lab, cfg), f"held-back 20% of {cfg.calib}"
+    if "calib" in loaded.data:
+        calib = loaded.data["calib"]
+        evals = loaded.data.get("eval", calib)
+        return calib, _limit(evals, cfg), _limit_labels(loaded.data.get("labels"), cfg), \
+            "the model factory's held-back evaluation data"
+    samples = synthesize_samples(graph, 128, seed=cfg.seed)
+    log.warning("no calibration data given (--calib); using random inputs, fidelity figures are weak")
+    return samples, _limit(samples, cfg), None, "random inputs (no --calib given)"
+
+
+def _limit(s: Samples, cfg: BuildConfig) -> Samples:
+    return tuple(a[:cfg.max_eval_samples] for a in s)
+
+
+def _limit_labels(labels, cfg: BuildConfig):
+    return None if labels is None else np.asarray(labels)[:cfg.max_eval_samples]
+
+
+def config_dict(cfg: BuildConfig) -> dict:
+    d = asdict(cfg)
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}

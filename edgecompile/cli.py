@@ -1,0 +1,178 @@
+"""`edgecompile` command line: parses, calls one library function, renders. Nothing else.
+
+Exit codes: 0 success; 1 the bundle failed verification (below the fidelity thresholds); 2 usage
+error (click); 3 bad input (unknown target, model spec, data, unsupported op, impossible budget);
+4 corrupt or truncated bundle/container.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+EXIT_VERIFY, EXIT_INPUT, EXIT_CORRUPT = 1, 3, 4
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """Domain errors that mean "your input is wrong": one line, exit code 3."""
+    from .data_io import DataError
+    from .ir import VerifyError
+    from .modelspec import ModelSpecError
+    from .passes.base import PassError
+    from .targets import TargetError
+
+    errors: list[type[BaseException]] = [DataError, ModelSpecError, PassError, TargetError, VerifyError]
+    try:
+        from .frontend import UnsupportedOpError
+        errors.append(UnsupportedOpError)
+    except ImportError:
+        pass
+    try:
+        from .passes.lowrank.rank import BudgetError, RankSpecError
+        errors += [BudgetError, RankSpecError]
+    except ImportError:
+        pass
+    try:
+        from .passes.prune import PruneSpecError
+        errors.append(PruneSpecError)
+    except ImportError:
+        pass
+    try:
+        from .backends.tflite import TFLiteUnsupportedError
+        errors.append(TFLiteUnsupportedError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def _fail(msg: str, code: int, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"ok": False, "error": msg, "exit_code": code}))
+    else:
+        click.echo(f"error: {msg}", err=True)
+    sys.exit(code)
+
+
+@click.group()
+@click.version_option(package_name="edgecompile")
+@click.option("-v", "--verbose", is_flag=True, help="Log what each stage does.")
+def main(verbose: bool) -> None:
+    """edgecompile: compile a PyTorch model into a small, verified bundle for an edge board."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--target", "-t", default="rpi4", show_default=True, help="Board name (see `edgecompile targets`).")
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=None, help="Bundle folder [out/<model>-<target>].")
+@click.option("--backend", type=click.Choice(["onnx", "tflite"]), default=None, help="[the target's default]")
+@click.option("--calib", type=click.Path(path_type=Path), default=None,
+              help=".npz of inputs (named like the model inputs, or arr_0..) and optional labels.")
+@click.option("--rank", default="erank", show_default=True,
+              help="Low-rank spec: erank[:scale] | energy:0.95 | fraction:0.25 | fixed:32 | none.")
+@click.option("--prune", default="none", show_default=True,
+              help="magnitude:0.5 | magnitude:global:0.6 | channel:0.25 | none.")
+@click.option("--quant", type=click.Choice(["int8", "none"]), default="int8", show_default=True)
+@click.option("--budget-bytes", type=int, default=None, help="Global weight-byte budget for the rank search.")
+@click.option("--codec", "codecs", multiple=True, help="Allowed codecs (repeatable) [all the target decodes].")
+@click.option("--finetune", default=None, help="Recover accuracy: 'calib' or a .npz of training inputs(+labels).")
+@click.option("--optimizer", type=click.Choice(["fngd", "adamw", "sgd", "kfac", "twa"]), default="fngd",
+              show_default=True)
+@click.option("--epochs", type=int, default=3, show_default=True)
+@click.option("--min-agreement", type=float, default=0.97, show_default=True, help="Top-1 agreement threshold.")
+@click.option("--min-cosine", type=float, default=0.97, show_default=True, help="Output cosine threshold.")
+@click.option("--allow-degraded", is_flag=True, help="Keep a bundle that fails the fidelity thresholds.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no progress bar).")
+def build(model, target, out, backend, calib, rank, prune, quant, budget_bytes, codecs, finetune, optimizer,
+          epochs, min_agreement, min_cosine, allow_degraded, as_json):
+    """Compile MODEL (file.py:factory, package.module:factory or a .pt2; default: the embedded digits CNN)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .build import BuildConfig, BuildError, build as run_build
+    from .report import render_terminal
+    from .verify import Thresholds
+
+    name = "digits" if model is None else Path(model.split(":")[0]).stem.split(".")[-1]
+    cfg = BuildConfig(target=target, out=out or Path("out") / f"{name}-{target}", backend=backend, rank=rank,
+                      prune=prune, quant=quant, budget_bytes=budget_bytes, codecs=tuple(codecs) or None,
+                      calib=calib, finetune=finetune, optimizer=optimizer, epochs=epochs,
+                      thresholds=Thresholds(min_agreement, min_cosine), allow_degraded=allow_degraded)
+    console = Console(stderr=True)
+    errors = _input_errors()
+    try:
+        from .container import ContainerError
+    except ImportError:
+        ContainerError = ()  # noqa: N806
+    try:
+        if as_json:
+            result = run_build(model, cfg)
+        else:
+            with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console,
+                          transient=True) as bar:
+                task = bar.add_task("building", total=1.0)
+                result = run_build(model, cfg, lambda stage, frac: bar.update(task, completed=frac,
+                                                                             description=stage))
+    except BuildError as e:
+        _fail(str(e), EXIT_VERIFY if "verification failed" in str(e) else EXIT_INPUT, as_json)
+    except ContainerError as e:
+        _fail(str(e), EXIT_CORRUPT, as_json)
+    except errors as e:
+        _fail(str(e), EXIT_INPUT, as_json)
+    if as_json:
+        click.echo(json.dumps({"ok": True, "out": str(result.out_dir), "report": result.report}, default=str))
+    else:
+        render_terminal(result.report, Console())
+        click.echo(f"bundle written to {result.out_dir}/ (report.html, report.json)")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def targets(as_json):
+    """List the target boards and their key facts."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .targets import all_targets
+
+    ts = all_targets()
+    if as_json:
+        click.echo(json.dumps([{k: getattr(t, k) for k in t.__dataclass_fields__} for t in ts], default=list))
+        return
+    table = Table(title="targets")
+    for col in ("name", "kind", "cpu", "features", "cores × MHz", "RAM", "flash", "backend", "codecs"):
+        table.add_column(col)
+    for t in ts:
+        table.add_row(t.name, t.kind, t.cpu, ",".join(t.features), f"{t.cores} × {t.clock_mhz:g}",
+                      f"{t.ram_kib:,} KiB", f"{t.flash_kib:,} KiB", t.default_backend, ",".join(t.codecs))
+    Console().print(table)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def inspect(bundle, as_json):
+    """Print the report of an existing BUNDLE and check its integrity (every tensor's CRC)."""
+    from rich.console import Console
+
+    from .bundle_inspect import BundleError, inspect_bundle
+    from .report import render_terminal
+
+    try:
+        info = inspect_bundle(bundle)
+    except BundleError as e:
+        _fail(str(e), EXIT_CORRUPT if e.corrupt else EXIT_INPUT, as_json)
+    if as_json:
+        click.echo(json.dumps({"ok": True, **info}, default=str))
+        return
+    if info["report"] is not None:
+        render_terminal(info["report"], Console())
+    click.echo(f"integrity: {info['tensors']} tensors, {info['container_bytes']:,} bytes, all CRC-32 checks passed")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Loading the user's model: `path/to/file.py:factory`, `package.module:factory`, or a `.pt2` file.
+
+The factory contract (also in the README): a callable taking no arguments that returns
+``(model, example_inputs)`` or ``(model, example_inputs, data)``:
+
+- `model`: an `nn.Module` (put in eval mode by the build);
+- `example_inputs`: a tuple of tensors with the deployment shapes (the graph is static);
+- `data` (optional): a dict with ``"calib"`` (tuple of arrays, one per input, samples stacked on
+  axis 0) for calibration and fine-tuning, ``"eval"`` (same form) held back for verification, and
+  ``"labels"`` (integer array for ``eval``) to measure accuracy.
+
+A `.pt2` file is a saved `torch.export` program; its module is the reference.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DEFAULT_MODEL = "edgecompile.data.digits:model"
+
+
+class ModelSpecError(ValueError):
+    """The model spec cannot be resolved or the factory broke its contract."""
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    module: torch.nn.Module
+    example_inputs: tuple
+    data: dict = field(default_factory=dict)
+    exported: object | None = None  # torch.export.ExportedProgram for .pt2 inputs
+
+
+def _import_file(path: Path):
+    name = f"_edgecompile_user_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ModelSpecError(f"cannot import {path}: not a Python file")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as e:
+        raise ModelSpecError(f"importing {path} failed: {type(e).__name__}: {e}") from e
+    return mod
+
+
+def _import_module(name: str):
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        raise ModelSpecError(f"cannot import module {name!r}: {e}; give path/to/file.py:factory or "
+                             "package.module:factory") from e
+    except Exception as e:
+        raise ModelSpecError(f"importing {name} failed: {type(e).__name__}: {e}") from e
+
+
+def _as_inputs(obj, what: str) -> tuple:
+    if isinstance(obj, torch.Tensor):
+        obj = (obj,)
+    if not isinstance(obj, (tuple, list)) or not all(isinstance(t, torch.Tensor) for t in obj):
+        raise ModelSpecError(f"{what}: example inputs must be a tensor or a tuple of tensors")
+    return tuple(obj)
+
+
+def _check_data(data, n_inputs: int, what: str) -> dict:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ModelSpecError(f"{what}: the third returned value must be a dict with calib/eval/labels")
+    out = {}
+    for key in ("calib", "eval"):
+        if key in data:
+            arrs = data[key]
+            arrs = (arrs,) if isinstance(arrs, (np.ndarray, torch.Tensor)) else tuple(arrs)
+            if len(arrs) != n_inputs:
+                raise ModelSpecError(f"{what}: data[{key!r}] has {len(arrs)} arrays, the model takes {n_inputs}")
+            out[key] = tuple(np.asarray(a) for a in arrs)
+    if "labels" in data:
+        out["labels"] = np.asarray(data["labels"])
+    return out
+
+
+def load_model(spec: str | None) -> LoadedModel:
+    """Resolves a model spec (None = the embedded digits CNN) into a `LoadedModel`."""
+    spec = spec or DEFAULT_MODEL
+    if spec.endswith(".pt2"):
+        path = Path(spec)
+        if not path.is_file():
+            raise ModelSpecError(f"model file {spec} does not exist")
+        try:
+            ep = torch.export.load(str(path))
+        except Exception as e:
+            raise ModelSpecError(f"{spec} is not a loadable torch.export program: {e}") from e
+        ex = ep.example_inputs[0] if ep.example_inputs else None
+        if ex is None:
+            raise ModelSpecError(f"{spec} was saved without example inputs; re-export it with torch.export.export")
+        return LoadedModel(path.stem, ep.module(), tuple(ex), {}, ep)
+    if ":" not in spec:
+        raise ModelSpecError(f"model spec {spec!r} must be path/to/file.py:factory, package.module:factory, "
+                             "or a .pt2 file")
+    where, fn_name = spec.rsplit(":", 1)
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise ModelSpecError(f"model file {where} does not exist")
+        mod, name = _import_file(path), path.stem
+    else:
+        mod, name = _import_module(where), where.rsplit(".", 1)[-1]
+    factory = getattr(mod, fn_name, None)
+    if not callable(factory):
+        raise ModelSpecError(f"{where} has no callable {fn_name!r}")
+    try:
+        result = factory()
+    except Exception as e:
+        raise ModelSpecError(f"factory {spec} raised {type(e).__name__}: {e}") from e
+    if not isinstance(result, tuple) or len(result) not in (2, 3):
+        raise ModelSpecError(f"factory {spec} must return (model, example_inputs) or (model, example_inputs, data)")
+    model, inputs = result[0], _as_inputs(result[1], spec)
+    if not isinstance(model, torch.nn.Module):
+        raise ModelSpecError(f"factory {spec} returned {type(model).__name__}, not a torch.nn.Module")
+    data = _check_data(result[2] if len(result) == 3 else None, len(inputs), spec)
+    return LoadedModel(name, model.eval(), inputs, data)

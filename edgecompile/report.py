@@ -1,0 +1,303 @@
+"""The build report: one dict (-> report.json), rendered in the terminal (rich) and as report.html.
+
+Figures are labelled by where they come from: "measured" (host latency, fidelity in the real
+runtime, bytes on disk) or "estimate" (target latency from its roofline facts, MCU runtime size).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .analysis import activation_bytes, layer_figures, total_macs, weight_input
+
+# A rough flash cost of the on-device runtime, used where the bundle does not ship one we measured:
+# TFLite Micro with ~10 int8 kernels is 50-80 KB of Cortex-M code (TFLM's own size reports); our
+# .ecw decoder adds ~2 KB.
+RUNTIME_FLASH_ESTIMATE = {"mcu": 80 * 1024, "linux": 0}
+
+
+def _layer_rows(original, graph, container_records) -> list[dict]:
+    enc = {r.name: r for r in container_records}
+    before = layer_figures(original)
+    after = layer_figures(graph)
+    rows = []
+    for name, b in before.items():
+        a = after.get(name)
+        row = {"layer": name, "op": b.op, "weight_shape": list(b.weight_shape), "params_before": b.params,
+               "params_after": a.params if a else 0, "macs_before": b.macs, "macs_after": a.macs if a else 0,
+               "bytes_before": 4 * b.params, "bytes_after": 0, "method": "", "rank": None,
+               "sparsity": None, "bits": 32, "codec": ""}
+        if a is not None:
+            row["bytes_after"] = int(sum(enc[c].encoded_size for c in a.consts if c in enc))
+            codecs = sorted({enc[c].codec for c in a.consts if c in enc})
+            row["codec"] = "+".join(codecs)
+            row["method"] = a.meta.get("method", "")
+            row["rank"] = a.meta.get("rank")
+            ws = [graph.consts[c] for c in a.consts if c in graph.consts]
+            weights = [v for v in ws if v.data.ndim >= 2]
+            if weights:
+                nz = sum(int(np.count_nonzero(v.data)) for v in weights)
+                total = sum(v.data.size for v in weights)
+                row["sparsity"] = round(1 - nz / total, 4)
+                row["bits"] = 8 if all(v.quant is not None for v in weights) else 32
+            if "pruned_channels" in a.meta:
+                row["pruned_channels"] = a.meta["pruned_channels"]
+        rows.append(row)
+    return rows
+
+
+def _target_estimate(graph, target) -> dict:
+    macs_int8 = macs_fp32 = 0
+    for n in graph.nodes:
+        from .analysis import node_macs
+        m = node_macs(n)
+        w = weight_input(n)
+        if w is not None and w.quant is not None:
+            macs_int8 += m
+        else:
+            macs_fp32 += m
+    seconds = target.estimate_latency_s(macs_fp32, macs_int8, graph.weight_bytes(), activation_bytes(graph))
+    return {"target_ms_estimate": seconds * 1e3, "macs_int8": macs_int8, "macs_fp32": macs_fp32,
+            "basis": f"roofline from targets/{target.name}.toml: {target.peak_source}; "
+                     f"efficiency {target.efficiency}; estimate, not measured"}
+
+
+def _memory(graph, target, model_bytes: int, container_bytes: int, emitted) -> dict:
+    mem = {"model_file_bytes": model_bytes, "weights_bytes": container_bytes}
+    try:
+        from .backends.memory_plan import plan_graph
+        plan = plan_graph(graph)
+        mem.update(arena_bytes=plan.arena_bytes, naive_activation_bytes=plan.naive_bytes, io_bytes=plan.io_bytes)
+    except ImportError:
+        mem.update(arena_bytes=None, naive_activation_bytes=activation_bytes(graph), io_bytes=None)
+    runtime = RUNTIME_FLASH_ESTIMATE[target.kind]
+    mem["runtime_flash_estimate"] = runtime
+    mem["flash_needed"] = model_bytes + container_bytes + runtime
+    ram = (mem.get("arena_bytes") or mem["naive_activation_bytes"]) + (mem.get("io_bytes") or 0)
+    mem["ram_needed"] = ram
+    mem["fits_flash"] = mem["flash_needed"] <= target.flash_bytes
+    mem["fits_ram"] = ram <= target.ram_bytes
+    notes = []
+    if not mem["fits_flash"]:
+        notes.append(f"does not fit {target.name}'s flash: needs {mem['flash_needed']:,} B of "
+                     f"{target.flash_bytes:,} B")
+    if not mem["fits_ram"]:
+        notes.append(f"does not fit {target.name}'s RAM: needs {ram:,} B of {target.ram_bytes:,} B")
+    mem["notes"] = notes
+    return mem
+
+
+def make_report(*, model, target, backend, config, original, graph, container_records, emitted, stage,
+                baseline_onnx_bytes, fidelity, latency, pass_records, finetune, timings, data_note) -> dict:
+    from dataclasses import asdict
+
+    from .build import config_dict
+
+    stage = Path(stage)
+    model_bytes = (stage / ("model.onnx" if backend == "onnx" else "model.tflite")).stat().st_size
+    container_bytes = (stage / "weights.ecw").stat().st_size
+    rows = _layer_rows(original, graph, container_records)
+    totals = {
+        "params_before": original.param_count(), "params_after": graph.param_count(),
+        "macs_before": total_macs(original), "macs_after": total_macs(graph),
+        "fp32_onnx_bytes": baseline_onnx_bytes, "model_file_bytes": model_bytes,
+        "container_bytes": container_bytes, "bundle_bytes": model_bytes + container_bytes,
+    }
+    totals["compression_ratio"] = baseline_onnx_bytes / max(totals["bundle_bytes"], 1)
+    clean = [{k: v for k, v in r.items() if k != "mask" and not isinstance(v, np.ndarray)} for r in pass_records]
+    return {
+        "edgecompile_version": __version__, "model": model, "backend": backend,
+        "target": {k: getattr(target, k) for k in ("name", "description", "kind", "cpu", "cores", "clock_mhz",
+                                                     "ram_kib", "flash_kib")},
+        "config": config_dict(config), "data": data_note,
+        "layers": rows, "totals": totals,
+        "fidelity": asdict(fidelity),
+        "latency": {**latency, **_target_estimate(graph, target)},
+        "memory": _memory(graph, target, model_bytes, container_bytes, emitted),
+        "backend_ops": [{"op": o, "version": v} for o, v in emitted.ops],
+        "container": [{"name": r.name, "codec": r.codec, "decoded_bytes": r.decoded_size,
+                       "encoded_bytes": r.encoded_size} for r in container_records],
+        "passes": clean, "finetune": finetune, "timings_s": timings,
+    }
+
+
+def write_report(report: dict, out_dir: Path) -> None:
+    out_dir = Path(out_dir)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=_json_default))
+    (out_dir / "report.html").write_text(render_html(report))
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (tuple, set)):
+        return list(o)
+    return str(o)
+
+
+# -- terminal ----------------------------------------------------------------------------------
+
+def _kb(n) -> str:
+    return "-" if n is None else f"{n / 1024:,.1f} KB"
+
+
+def render_terminal(report: dict, console) -> None:
+    """Prints the per-layer table, totals, fidelity, latency and memory with rich."""
+    from rich.table import Table
+
+    t = Table(title=f"{report['model']} → {report['target']['name']} ({report['backend']})", show_lines=False)
+    for col in ("layer", "op", "shape", "params", "MACs", "bytes before → after", "rank", "sparsity", "bits",
+                "codec"):
+        t.add_column(col, justify="left" if col in ("layer", "op", "shape", "codec") else "right")
+    for r in report["layers"]:
+        t.add_row(r["layer"], r["op"] + (f"/{r['method']}" if r["method"] else ""),
+                  "×".join(map(str, r["weight_shape"])),
+                  f"{r['params_before']:,} → {r['params_after']:,}", f"{r['macs_after']:,}",
+                  f"{_kb(r['bytes_before'])} → {_kb(r['bytes_after'])}", str(r["rank"] or "-"),
+                  "-" if r["sparsity"] is None else f"{r['sparsity']:.0%}", str(r["bits"]), r["codec"] or "-")
+    console.print(t)
+    tot, fid, lat, mem = report["totals"], report["fidelity"], report["latency"], report["memory"]
+    console.print(f"[bold]size[/]  fp32 ONNX {_kb(tot['fp32_onnx_bytes'])} → bundle {_kb(tot['bundle_bytes'])} "
+                  f"(model {_kb(tot['model_file_bytes'])} + weights {_kb(tot['container_bytes'])}): "
+                  f"[bold]{tot['compression_ratio']:.1f}× smaller[/]; params {tot['params_before']:,} → "
+                  f"{tot['params_after']:,}; MACs {tot['macs_before']:,} → {tot['macs_after']:,}")
+    line = (f"[bold]fidelity[/] ({report['data']}, {fid['n_samples']} samples): cosine {fid['cosine']:.4f}, "
+            f"max |err| {fid['max_abs_error']:.3g}")
+    if fid["top1_agreement"] is not None:
+        line += f", top-1 agreement {fid['top1_agreement']:.2%}"
+    if fid["accuracy_reference"] is not None:
+        line += f", accuracy {fid['accuracy_reference']:.2%} → {fid['accuracy_bundle']:.2%}"
+    console.print(line)
+    console.print(f"[bold]latency[/] host (measured, 1 thread): fp32 ONNX {lat['host_fp32_onnx_ms']:.3f} ms, "
+                  f"bundle {lat['host_bundle_ms']:.3f} ms ({lat['speedup']:.2f}×); "
+                  f"{report['target']['name']} [italic]estimate[/] {lat['target_ms_estimate']:.3f} ms")
+    console.print(f"[bold]memory[/] flash needed {_kb(mem['flash_needed'])} (runtime estimate "
+                  f"{_kb(mem['runtime_flash_estimate'])}), RAM {_kb(mem['ram_needed'])} "
+                  f"(arena {_kb(mem.get('arena_bytes'))})")
+    for note in mem["notes"]:
+        console.print(f"[yellow]warning:[/] {note}")
+    verdict = report.get("verdict", {})
+    if verdict.get("failures"):
+        console.print("[red]verification below threshold:[/] " + "; ".join(verdict["failures"]))
+
+
+# -- HTML --------------------------------------------------------------------------------------
+
+def _plot_bytes(report: dict) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["layers"]
+    names = [r["layer"] for r in rows]
+    y = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.5))
+    ax.barh(y + 0.2, [r["bytes_before"] for r in rows], 0.4, label="before (fp32)", color="#9aa5b1")
+    ax.barh(y - 0.2, [max(r["bytes_after"], 1) for r in rows], 0.4, label="after (encoded)", color="#2f80ed")
+    ax.set_yticks(y, names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes (log scale)")
+    ax.set_title("Weight bytes per layer, before → after")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _plot_finetune(report: dict) -> str | None:
+    ft = report.get("finetune") or {}
+    hist = ft.get("history")
+    if not hist:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    t = np.cumsum([h.get("seconds", 0) for h in hist])
+    ax.plot(t, [h["loss"] for h in hist], "o-", label="loss")
+    ax.set_xlabel("wall time (s)")
+    ax.set_ylabel("loss")
+    if any(h.get("accuracy") is not None for h in hist):
+        ax2 = ax.twinx()
+        ax2.plot(t, [h.get("accuracy") for h in hist], "s--", color="C1", label="accuracy")
+        ax2.set_ylabel("accuracy")
+    ax.set_title(f"Fine-tuning ({ft.get('optimizer', '')})")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#1f2933}
+table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border-bottom:1px solid #e4e7eb;padding:4px 8px;
+text-align:right}td:first-child,th:first-child,td:nth-child(2){text-align:left}th{background:#f5f7fa}
+.cards{display:flex;gap:1em;flex-wrap:wrap}.card{background:#f5f7fa;border-radius:8px;padding:.8em 1.2em}
+.card b{font-size:1.4em;display:block}.est{color:#7b8794;font-style:italic}.bad{color:#c62828}"""
+
+
+def render_html(report: dict) -> str:
+    e = html.escape
+    tot, fid, lat, mem = report["totals"], report["fidelity"], report["latency"], report["memory"]
+    cards = [("bundle size", _kb(tot["bundle_bytes"]), f"{tot['compression_ratio']:.1f}× smaller than fp32 ONNX"),
+             ("fidelity", f"{fid['cosine']:.4f}", "mean output cosine (measured)"),
+             ("host latency", f"{lat['host_bundle_ms']:.3f} ms", f"{lat['speedup']:.2f}× vs fp32 ONNX (measured)"),
+             (f"{report['target']['name']} latency", f"{lat['target_ms_estimate']:.3f} ms", "estimate")]
+    if fid["top1_agreement"] is not None:
+        cards.insert(2, ("top-1 agreement", f"{fid['top1_agreement']:.2%}", "vs the PyTorch model"))
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in (
+            r["layer"], r["op"] + (f"/{r['method']}" if r["method"] else ""), "×".join(map(str, r["weight_shape"])),
+            f"{r['params_before']:,} → {r['params_after']:,}", f"{r['macs_before']:,} → {r['macs_after']:,}",
+            f"{_kb(r['bytes_before'])} → {_kb(r['bytes_after'])}", r["rank"] or "-",
+            "-" if r["sparsity"] is None else f"{r['sparsity']:.0%}", r["bits"], r["codec"] or "-")) + "</tr>"
+        for r in report["layers"])
+    ops = "".join(f"<tr><td>{e(o['op'])}</td><td>{o['version']}</td></tr>" for o in report["backend_ops"])
+    ft_plot = _plot_finetune(report)
+    notes = "".join(f"<p class=bad>{e(n)}</p>" for n in mem["notes"])
+    failures = report.get("verdict", {}).get("failures") or []
+    verdict = "".join(f"<p class=bad>verification below threshold: {e(f)}</p>" for f in failures)
+    acc = ""
+    if fid["accuracy_reference"] is not None:
+        acc = f"<p>Accuracy: {fid['accuracy_reference']:.2%} (PyTorch) → {fid['accuracy_bundle']:.2%} (bundle)</p>"
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>edgecompile report: {e(report['model'])}</title>
+<style>{_CSS}</style></head><body>
+<h1>{e(report['model'])} → {e(report['target']['name'])} <small>({e(report['backend'])})</small></h1>
+<p>{e(report['target']['description'])}; edgecompile {e(report['edgecompile_version'])}</p>{verdict}{notes}
+<div class=cards>{''.join(f'<div class=card>{e(a)}<b>{e(b)}</b><span class="{"est" if "estimate" in c else ""}">{e(c)}</span></div>' for a, b, c in cards)}</div>
+<h2>Per layer</h2><table><tr><th>layer</th><th>op</th><th>weight</th><th>params</th><th>MACs</th><th>bytes</th>
+<th>rank</th><th>sparsity</th><th>bits</th><th>codec</th></tr>{rows}</table>
+<img alt="bytes per layer" src="{_plot_bytes(report)}">
+<h2>Totals</h2><p>fp32 ONNX {_kb(tot['fp32_onnx_bytes'])} → model {_kb(tot['model_file_bytes'])} + weights
+{_kb(tot['container_bytes'])}; parameters {tot['params_before']:,} → {tot['params_after']:,};
+MACs {tot['macs_before']:,} → {tot['macs_after']:,}.</p>
+<h2>Fidelity (measured in the real runtime)</h2><p>{e(report['data'])}: {fid['n_samples']} samples, mean cosine
+{fid['cosine']:.5f} (min {fid['min_cosine']:.5f}), max |error| {fid['max_abs_error']:.4g}.</p>{acc}
+<h2>Latency</h2><p>Host, measured (median of {lat['repeats']}, 1 thread): fp32 ONNX {lat['host_fp32_onnx_ms']:.3f} ms,
+bundle {lat['host_bundle_ms']:.3f} ms. <span class=est>{e(report['target']['name'])} estimate:
+{lat['target_ms_estimate']:.3f} ms ({e(lat['basis'])}).</span></p>
+<h2>Memory</h2><p>Flash needed {_kb(mem['flash_needed'])} (<span class=est>runtime estimate
+{_kb(mem['runtime_flash_estimate'])}</span>); RAM {_kb(mem['ram_needed'])} (arena {_kb(mem.get('arena_bytes'))},
+all activations {_kb(mem.get('naive_activation_bytes'))}).</p>
+<h2>Backend ops</h2><table><tr><th>op</th><th>version</th></tr>{ops}</table>
+{f'<h2>Fine-tuning</h2><img alt="fine-tuning curve" src="{ft_plot}">' if ft_plot else ''}
+<h2>Build timings</h2><p>{e(', '.join(f'{k} {v:.2f} s' for k, v in report['timings_s'].items()))}</p>
+</body></html>"""
