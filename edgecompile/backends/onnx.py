@@ -1,0 +1,166 @@
+"""ONNX backend: writes an IR graph as a standard-op ONNX model (no torch.onnx round trip).
+
+`emit_onnx(graph, embed_weights=...)` lowers each IR op through `onnx_ops.LOWERINGS` (factorized
+layers are just chains of MatMul/Conv). Weights are initializers named like the IR constants;
+with ``embed_weights=False`` they are marked as external data and returned in
+`EmittedModel.tensors` for the `.ecw` container, and `edgecompile.loader` hands them to
+onnxruntime in memory when it creates the session.
+
+Quantized graphs (see `ir/graph.py` for the convention): int8 weights feed DequantizeLinear (per
+channel), int32 biases too, and every quantized activation gets QuantizeLinear -> DequantizeLinear,
+which onnxruntime fuses into integer kernels. Two knobs, measured by `bench/bench_onnx_int8.py`
+(onnxruntime 1.32, AMD EPYC with AVX512-VNNI, 2 cores, one thread; latency relative to fp32):
+
+    graph          s8s8 QDQ   u8s8 QDQ   s8 integer ops   u8 integer ops
+    CNN (digits)     TODO
+    transformer      TODO
+
+so the default is QDQ with int8 activations (``activations="int8"``, ``int8_ops="qdq"``).
+``activations="uint8"`` shifts activation zero points by 128 (same real values) and
+``int8_ops="integer"`` writes QLinearConv / MatMulInteger explicitly (`onnx_qops`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..container import QuantInfo
+from ..ir.graph import Graph, QuantParams
+from ..ir.verify import verify
+from .onnx_builder import OnnxBuilder, OnnxEmitError, elem_type
+from .onnx_ops import LOWERINGS
+from .onnx_qops import INTEGER_LOWERINGS
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 17
+#: External-data location written for container weights; deliberately not a file, so that
+#: `onnx.load` of a bundle's model fails clearly instead of reading the .ecw bytes as raw data.
+EXTERNAL_LOCATION = "weights.ecw/{name}"
+
+__all__ = ["EmittedModel", "OnnxEmitError", "emit_onnx", "DEFAULT_OPSET"]
+
+
+@dataclass(frozen=True)
+class EmittedModel:
+    """An emitted ONNX model.
+
+    Attributes
+    ----------
+    model_bytes : bytes
+        The serialized ModelProto (weights embedded or marked external).
+    tensors : dict[str, np.ndarray]
+        Every weight initializer by name, in the layout the model consumes (linear weights
+        transposed to [in, out]): what the `.ecw` container must hold.
+    quant : dict[str, QuantInfo | None]
+        Quantization of each tensor in `tensors` (None for float ones).
+    ops : list[tuple[str, int]]
+        ONNX op types used, each with the opset version of its definition.
+    """
+
+    model_bytes: bytes
+    tensors: dict[str, np.ndarray]
+    quant: dict[str, QuantInfo | None]
+    ops: list[tuple[str, int]]
+
+
+def emit_onnx(graph: Graph, *, embed_weights: bool, activations: str = "int8", int8_ops: str = "qdq",
+              opset: int = DEFAULT_OPSET, check: bool = True) -> EmittedModel:
+    """Writes `graph` as an ONNX model.
+
+    Parameters
+    ----------
+    graph : Graph
+        A verified IR graph with static shapes (float, or quantized by the quantize pass).
+    embed_weights : bool
+        True: a self-contained model (the fp32 baseline). False: weights are external
+        initializers, supplied at session creation from the container (`loader.create_session`).
+    activations : {"int8", "uint8"}
+        Element type of quantized activations in Q/DQ nodes.
+    int8_ops : {"qdq", "integer"}
+        "qdq": QuantizeLinear/DequantizeLinear around float ops, fused by onnxruntime.
+        "integer": QLinearConv / MatMulInteger written out explicitly.
+    opset : int
+        Default-domain opset, 17 to 21 (from 20, gelu is the Gelu op).
+    check : bool
+        Run `onnx.checker.check_model` on the result (embedded weights only: the checker
+        wants external data to exist as files).
+
+    Returns
+    -------
+    EmittedModel
+
+    Raises
+    ------
+    OnnxEmitError
+        An op or dtype the backend cannot express; the message names the node.
+    VerifyError
+        The graph is not valid IR.
+    """
+    if int8_ops not in ("qdq", "integer"):
+        raise ValueError(f"int8_ops must be 'qdq' or 'integer', got {int8_ops!r}")
+    if not 17 <= opset <= 21:
+        raise ValueError(f"opset {opset} is not supported; use 17 to 21")
+    verify(graph)
+    b = OnnxBuilder(graph, activations, opset)
+    for v in graph.inputs:
+        b.define(v, v.name)
+    integer = INTEGER_LOWERINGS if int8_ops == "integer" else {}
+    for node in graph.nodes:
+        lower = LOWERINGS.get(node.op)
+        if lower is None:
+            raise OnnxEmitError(f"node {node.name}: op {node.op!r} has no ONNX lowering; "
+                                f"supported: {', '.join(sorted(LOWERINGS))}")
+        if node.op in integer and integer[node.op](b, node):
+            continue
+        lower(b, node)
+    outputs = _outputs(b, graph)
+    model = _assemble(b, graph, outputs, embed_weights)
+    if check and embed_weights:
+        onnx.checker.check_model(model)
+    quant = {k: _quant_info(q) for k, q in b.weight_quant.items()}
+    ops = sorted({(n.op_type, onnx.defs.get_schema(n.op_type, opset, n.domain).since_version)
+                  for n in model.graph.node})
+    log.debug("emitted %s: %d nodes, %d weights, ops %s", graph.name, len(model.graph.node), len(b.weights), ops)
+    return EmittedModel(model.SerializeToString(), dict(b.weights), quant, ops)
+
+
+def _outputs(b: OnnxBuilder, graph: Graph) -> list[str]:
+    """Real-valued output tensor names, made distinct from inputs, weights and each other."""
+    taken = {v.name for v in graph.inputs} | set(b.weights)
+    names = []
+    for v in graph.outputs:
+        name = b.real(v)
+        if name in taken or name in names:
+            name = b.add("Identity", [name], b.fresh(f"{v.name}.out"))[0]
+        names.append(name)
+    return names
+
+
+def _assemble(b: OnnxBuilder, graph: Graph, outputs: list[str], embed: bool) -> onnx.ModelProto:
+    inits = []
+    for name, arr in b.weights.items():
+        t = numpy_helper.from_array(arr, name)
+        if not embed:
+            t.ClearField("raw_data")
+            t.data_location = TensorProto.EXTERNAL
+            entry = t.external_data.add()
+            entry.key, entry.value = "location", EXTERNAL_LOCATION.format(name=name)
+        inits.append(t)
+    ins = [helper.make_tensor_value_info(v.name, elem_type(v.dtype), list(v.shape)) for v in graph.inputs]
+    outs = [helper.make_tensor_value_info(name, elem_type(v.dtype), list(v.shape))
+            for name, v in zip(outputs, graph.outputs)]
+    g = helper.make_graph(b.nodes, graph.name, ins, outs, initializer=inits + b.small)
+    opsets = [helper.make_opsetid("", b.opset)]
+    model = helper.make_model(g, opset_imports=opsets, producer_name="edgecompile",
+                              ir_version=helper.find_min_ir_version_for(opsets))
+    return model
+
+
+def _quant_info(q: QuantParams | None) -> QuantInfo | None:
+    return None if q is None else QuantInfo(q.scale, q.zero_point, q.axis)

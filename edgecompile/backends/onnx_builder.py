@@ -1,0 +1,186 @@
+"""`OnnxBuilder`: the state of one IR -> ONNX emission (names, nodes, initializers, Q/DQ).
+
+Every IR value maps to up to two ONNX tensors: its *real* (float) form, which is what float ops
+consume, and, if the value carries `quant`, its *quantized* (int8/uint8) form. Either is created on
+demand: a lowering that produces a float result calls `define`, which adds QuantizeLinear (and the
+DequantizeLinear that restores the real form on first use); an integer lowering (QLinearConv)
+calls `define_quantized` and the DequantizeLinear appears only if a float consumer asks for it.
+The real form of a node output is named like the IR value, so the ONNX graph reads like the IR dump.
+
+Weights (IR constants) become initializers keyed by the constant's name; they are collected in
+`weights` (what the `.ecw` container holds) and only serialized into the model when embedding.
+Small tensors the backend itself invents (Q/DQ scales, shapes, axes, clip bounds) always live in
+the model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import NodeProto, TensorProto, helper, numpy_helper
+
+from ..ir.graph import Graph, QuantParams, Value
+
+
+class OnnxEmitError(ValueError):
+    """The graph cannot be written as ONNX (names the node, the op and the reason)."""
+
+
+def elem_type(dtype: str | np.dtype) -> int:
+    """The ONNX element type of a numpy dtype name."""
+    return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+
+
+class OnnxBuilder:
+    """Collects ONNX nodes and tensors while the IR is lowered op by op.
+
+    Parameters
+    ----------
+    graph : Graph
+        The IR being emitted (read only).
+    act_dtype : {"int8", "uint8"}
+        Element type of quantized activations. The IR quantizes activations to int8; for uint8 the
+        zero point is shifted by 128, which represents exactly the same real values.
+    opset : int
+        ONNX opset of the default domain.
+    """
+
+    def __init__(self, graph: Graph, act_dtype: str, opset: int):
+        if act_dtype not in ("int8", "uint8"):
+            raise ValueError(f"act_dtype must be 'int8' or 'uint8', got {act_dtype!r}")
+        self.graph = graph
+        self.act_dtype = act_dtype
+        self.opset = opset
+        self.nodes: list[NodeProto] = []
+        self.weights: dict[str, np.ndarray] = {}        # IR constants, by initializer name
+        self.weight_quant: dict[str, QuantParams | None] = {}
+        self.small: list[TensorProto] = []               # backend-made constants (always embedded)
+        self._names: set[str] = {v.name for v in graph.values()}
+        self._real: dict[int, str] = {}                  # id(Value) -> real (float) tensor name
+        self._quant: dict[int, str] = {}                 # id(Value) -> quantized tensor name
+        self._qparams: dict[int, tuple[str, str]] = {}   # id(Value) -> (scale, zero point) names
+        self._derived: dict[tuple, str] = {}             # cache of derived weight forms
+
+    # -- names and nodes ----------------------------------------------------------------------
+    def fresh(self, base: str) -> str:
+        name, i = base, 1
+        while name in self._names:
+            name, i = f"{base}_{i}", i + 1
+        self._names.add(name)
+        return name
+
+    def add(self, op_type: str, inputs: list[str], outputs: list[str] | str | None = None,
+            base: str = "", domain: str = "", **attrs) -> list[str]:
+        """Appends a node; `outputs` None makes one fresh output named after `base`."""
+        if outputs is None:
+            outputs = [self.fresh(base or op_type.lower())]
+        elif isinstance(outputs, str):
+            outputs = [outputs]
+        node = helper.make_node(op_type, inputs, outputs, name=self.fresh(f"{base or outputs[0]}/{op_type}"),
+                                domain=domain or None, **attrs)
+        self.nodes.append(node)
+        return outputs
+
+    def const(self, array: np.ndarray, base: str) -> str:
+        """A small constant embedded in the model (never in the container)."""
+        name = self.fresh(base)
+        self.small.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def ints(self, values, base: str) -> str:
+        return self.const(np.asarray(list(values), np.int64), base)
+
+    def scalar(self, value, dtype: str, base: str) -> str:
+        return self.const(np.asarray(value, dtype), base)
+
+    # -- weights ------------------------------------------------------------------------------
+    def weight(self, name: str, array: np.ndarray, quant: QuantParams | None = None) -> str:
+        """Registers an IR constant (or a re-laid-out form of one) as a container initializer."""
+        if name not in self.weights:
+            self._names.add(name)
+            self.weights[name] = np.ascontiguousarray(array)
+            self.weight_quant[name] = quant
+        return name
+
+    def dequantized_weight(self, stored: str, q: QuantParams, base: str) -> str:
+        """DequantizeLinear of a stored integer weight; per channel along `q.axis`."""
+        key = ("dq", stored)
+        if key not in self._derived:
+            scale = q.scale if q.axis is not None else q.scale.reshape(())
+            zp = q.zero_point.astype(q.dtype)
+            zp = zp if q.axis is not None else zp.reshape(())
+            attrs = {} if q.axis is None else {"axis": q.axis}
+            self._derived[key] = self.add("DequantizeLinear", [stored, self.const(scale, f"{base}.scale"),
+                                                               self.const(zp, f"{base}.zero_point")],
+                                          base=f"{base}.dq", **attrs)[0]
+        return self._derived[key]
+
+    def const_real(self, v: Value) -> str:
+        """The real form of an IR constant as stored in the container (dequantized if integer)."""
+        stored = self.weight(v.name, v.data, v.quant)
+        if v.quant is not None and v.data.dtype.kind in "iu":
+            return self.dequantized_weight(stored, v.quant, v.name)
+        return stored
+
+    # -- activations --------------------------------------------------------------------------
+    def act_qparams(self, v: Value) -> tuple[str, str]:
+        """Scale and zero-point initializer names of a quantized activation (shifted for uint8)."""
+        if id(v) not in self._qparams:
+            q = v.quant
+            if q.axis is not None or q.dtype != "int8":
+                raise OnnxEmitError(f"activation {v.name}: expected per-tensor int8 quantization, got "
+                                    f"axis={q.axis} dtype={q.dtype}; re-run the quantize pass")
+            zp = int(q.zero_point[0]) + (128 if self.act_dtype == "uint8" else 0)
+            self._qparams[id(v)] = (self.scalar(q.scale[0], "float32", f"{v.name}.scale"),
+                                    self.scalar(zp, self.act_dtype, f"{v.name}.zero_point"))
+        return self._qparams[id(v)]
+
+    def out_name(self, v: Value) -> str:
+        """The name a lowering should give the float result it computes for IR value `v`."""
+        if v.quant is not None and _is_float(v):
+            return self.fresh(f"{v.name}.float")
+        return v.name
+
+    def define(self, v: Value, name: str) -> None:
+        """Records that the float tensor `name` computes `v`; quantizes it if `v` is quantized."""
+        if v.quant is None or not _is_float(v):
+            self._real[id(v)] = name
+            return
+        s, zp = self.act_qparams(v)
+        self._quant[id(v)] = self.add("QuantizeLinear", [name, s, zp], base=f"{v.name}.q")[0]
+
+    def define_quantized(self, v: Value, name: str) -> None:
+        """Records that the int8/uint8 tensor `name` is the quantized form of `v`."""
+        self._quant[id(v)] = name
+
+    def real(self, v: Value) -> str:
+        """The float tensor holding `v` (fake-quantized values if `v` is quantized)."""
+        if id(v) in self._real:
+            return self._real[id(v)]
+        if v.is_const:
+            name = self.const_real(v)
+        elif id(v) in self._quant:
+            s, zp = self.act_qparams(v)
+            out = v.name if v.producer is not None else self.fresh(f"{v.name}.dq")
+            name = self.add("DequantizeLinear", [self._quant[id(v)], s, zp], out)[0]
+        else:
+            raise OnnxEmitError(f"value {v.name} is used before it is defined")
+        self._real[id(v)] = name
+        return name
+
+    def quantized(self, v: Value) -> str | None:
+        """The quantized tensor of activation `v`, or None if `v` is not quantized."""
+        return self._quant.get(id(v))
+
+    def real_as(self, v: Value, dtype: str) -> str:
+        """`real(v)`, cast to `dtype` if its IR dtype differs (ONNX has no implicit promotion)."""
+        name = self.real(v)
+        if v.dtype == dtype:
+            return name
+        key = ("cast", name, dtype)
+        if key not in self._derived:
+            self._derived[key] = self.add("Cast", [name], base=f"{v.name}.{dtype}", to=elem_type(dtype))[0]
+        return self._derived[key]
+
+
+def _is_float(v: Value) -> bool:
+    return np.dtype(v.dtype).kind == "f"

@@ -1,0 +1,203 @@
+"""Run an edgecompile bundle with onnxruntime: no torch, no decoded weights on disk.
+
+Needs only numpy, onnxruntime and the `.ecw` container package (itself numpy + zstandard). The
+file also works when copied into a bundle beside a copy of the ``container`` package
+(``python -c "import loader; loader.load_bundle('.')"``), hence the guarded imports.
+
+Usage::
+
+    from edgecompile.loader import load_bundle
+    b = load_bundle("out/")
+    (logits,) = b.run(x)
+    print(b.inputs, b.outputs, b.latency([x], repeats=50))
+
+`load_bundle` reads ``manifest.json``, decodes ``weights.ecw`` in memory and creates the
+session with the decoded tensors as *external initializers*: the model marks each weight as
+external data and `SessionOptions.add_external_initializers` supplies it from a numpy buffer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+try:
+    from edgecompile.container import ContainerError, read_container
+except ImportError:  # copied into a bundle next to a copy of the container package
+    from container import ContainerError, read_container  # type: ignore[no-redef]
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+FORMAT = "edgecompile-bundle"
+SUPPORTED_VERSIONS = (1,)
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
+              "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8",
+              "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
+
+
+class BundleError(ValueError):
+    """The bundle is missing a file or its manifest is invalid (the message says which)."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, static shape and numpy dtype name of a model input or output."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def create_session(model_bytes: bytes, tensors: dict[str, np.ndarray], *, threads: int | None = None,
+                   optimization: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                   ) -> ort.InferenceSession:
+    """An onnxruntime CPU session whose external initializers come from `tensors`, in memory.
+
+    Parameters
+    ----------
+    model_bytes : bytes
+        A model from `emit_onnx(..., embed_weights=False)` (embedded models work too, with
+        `tensors` empty).
+    tensors : dict[str, np.ndarray]
+        Decoded weights keyed by initializer name. The session keeps references to them:
+        onnxruntime reads the buffers in place.
+    threads : int or None
+        Intra-op threads (None: onnxruntime's default).
+    optimization : GraphOptimizationLevel
+        Graph optimizations (ENABLE_ALL fuses QDQ groups into integer kernels).
+    """
+    so = ort.SessionOptions()
+    so.graph_optimization_level = optimization
+    if threads is not None:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    arrays = [np.ascontiguousarray(a) for a in tensors.values()]
+    values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
+    if values:
+        so.add_external_initializers(list(tensors), values)
+    sess = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+    sess._edgecompile_buffers = (arrays, values)   # onnxruntime does not own these buffers
+    return sess
+
+
+class BundleSession:
+    """A loaded bundle: an onnxruntime session plus the manifest's input/output description."""
+
+    def __init__(self, session: ort.InferenceSession, manifest: dict, path: Path):
+        self.session = session
+        self.manifest = manifest
+        self.path = path
+        self.inputs = [_spec(a) for a in session.get_inputs()]
+        self.outputs = [_spec(a) for a in session.get_outputs()]
+
+    def run(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        """Runs the model on positional inputs (converted to the declared dtypes)."""
+        if len(arrays) != len(self.inputs):
+            raise ValueError(f"bundle {self.path} takes {len(self.inputs)} inputs "
+                             f"({', '.join(s.name for s in self.inputs)}), got {len(arrays)}")
+        feed = {}
+        for spec, a in zip(self.inputs, arrays):
+            a = np.asarray(a, dtype=spec.dtype)
+            if a.shape != spec.shape:
+                raise ValueError(f"input {spec.name!r}: expected shape {list(spec.shape)}, got {list(a.shape)}")
+            feed[spec.name] = a
+        return self.session.run(None, feed)
+
+    def latency(self, inputs: list[np.ndarray], repeats: int = 50, warmup: int = 3) -> float:
+        """Median wall time of one `run` over `repeats` runs, in seconds (after `warmup` runs)."""
+        for _ in range(warmup):
+            self.run(*inputs)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            self.run(*inputs)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    def __repr__(self) -> str:
+        return f"BundleSession({self.path}, inputs={self.inputs}, outputs={self.outputs})"
+
+
+def _spec(arg) -> TensorSpec:
+    shape = tuple(d if isinstance(d, int) else -1 for d in arg.shape)
+    return TensorSpec(arg.name, shape, _ORT_TYPES.get(arg.type, "float32"))
+
+
+def read_manifest(bundle_dir: str | Path) -> dict:
+    """Reads and checks ``manifest.json``; raises `BundleError` naming the problem."""
+    path = Path(bundle_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{path}: no manifest; is {bundle_dir} an edgecompile bundle?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{path}: not an edgecompile bundle manifest (format must be {FORMAT!r})")
+    if manifest.get("version") not in SUPPORTED_VERSIONS:
+        raise BundleError(f"{path}: bundle version {manifest.get('version')!r} is not supported "
+                          f"(this loader reads {SUPPORTED_VERSIONS}); upgrade edgecompile")
+    for key in ("backend", "model", "weights"):
+        if not isinstance(manifest.get(key), str):
+            raise BundleError(f"{path}: manifest field {key!r} is missing or not a string")
+    return manifest
+
+
+def load_bundle(bundle_dir: str | Path, *, threads: int | None = None):
+    """Loads a bundle directory written by `edgecompile build`.
+
+    Parameters
+    ----------
+    bundle_dir : str or Path
+        The bundle (``manifest.json``, the model file, ``weights.ecw``).
+    threads : int or None
+        onnxruntime intra-op threads.
+
+    Returns
+    -------
+    BundleSession
+        For ``backend: onnx``; a TFLite bundle returns `tflite_loader.load_tflite_bundle`'s result.
+
+    Raises
+    ------
+    BundleError
+        Missing files, a bad manifest, or weights that do not fit the model.
+    ContainerError
+        The weight container is truncated or corrupt (the message starts with its path).
+    """
+    root = Path(bundle_dir)
+    manifest = read_manifest(root)
+    backend = manifest["backend"]
+    if backend == "tflite":
+        try:
+            from edgecompile.tflite_loader import load_tflite_bundle
+        except ImportError:  # copied into a bundle
+            from tflite_loader import load_tflite_bundle  # type: ignore[no-redef]
+        return load_tflite_bundle(root)
+    if backend != "onnx":
+        raise BundleError(f"{root / MANIFEST}: unknown backend {backend!r}; expected 'onnx' or 'tflite'")
+    model_path, weights_path = root / manifest["model"], root / manifest["weights"]
+    for p in (model_path, weights_path):
+        if not p.is_file():
+            raise BundleError(f"{p}: missing from the bundle")
+    try:
+        tensors = read_container(weights_path).read_all()
+    except ContainerError as e:
+        raise type(e)(f"{weights_path}: {e}") from None
+    try:
+        sess = create_session(model_path.read_bytes(), tensors, threads=threads)
+    except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+            ort.capi.onnxruntime_pybind11_state.InvalidArgument) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BundleError(f"{root}: onnxruntime cannot load the model with the container's weights: {first}") from None
+    log.debug("loaded %s: %d tensors", root, len(tensors))
+    return BundleSession(sess, manifest, root)
