@@ -1,0 +1,89 @@
+"""End-to-end: the CLI on the embedded default and on bad input (one-line errors, exit codes, clean --out)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, cwd=None):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "edgecompile.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def default_bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("b") / "digits-rpi4"
+    r = run_cli("build", "--target", "rpi4", "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr + r.stdout
+    return out, json.loads(r.stdout)
+
+
+def test_default_build_json_and_files(default_bundle):
+    out, res = default_bundle
+    assert res["ok"]
+    for f in ("model.onnx", "weights.ecw", "manifest.json", "report.json", "report.html"):
+        assert (out / f).is_file(), f
+    rep = res["report"]
+    assert rep["fidelity"]["top1_agreement"] >= 0.97
+    assert rep["totals"]["compression_ratio"] > 4
+    assert rep["layers"] and all(r["bytes_after"] > 0 for r in rep["layers"])
+    assert "<img" in (out / "report.html").read_text()
+
+
+def test_inspect_ok_and_corrupt(default_bundle, tmp_path):
+    out, _ = default_bundle
+    r = run_cli("inspect", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "CRC-32 checks passed" in r.stdout
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in out.iterdir():
+        if f.is_file():
+            (bad / f.name).write_bytes(f.read_bytes())
+    data = (bad / "weights.ecw").read_bytes()
+    (bad / "weights.ecw").write_bytes(data[: len(data) // 2])
+    r = run_cli("inspect", str(bad))
+    assert r.returncode == 4
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["build", "--target", "esp32"], "unknown target 'esp32'; known targets:"),
+    (["build", "nope.py:model"], "model file nope.py does not exist"),
+    (["build", "edgecompile.data.digits:missing"], "has no callable 'missing'"),
+    (["build", "--budget-bytes", "10"], "budget"),
+])
+def test_bad_input_one_line_nothing_written(args, needle, tmp_path):
+    out = tmp_path / "out"
+    r = run_cli(*args, "--out", str(out))
+    assert r.returncode == 3, r.stderr
+    assert needle in r.stderr
+    assert r.stderr.count("\n") == 1
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_unsupported_op_names_op_and_line(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("import torch\n"
+                   "class M(torch.nn.Module):\n"
+                   "    def forward(self, x):\n"
+                   "        return torch.cumsum(x, 1)\n"
+                   "def model():\n"
+                   "    return M(), (torch.randn(1, 4),)\n")
+    r = run_cli("build", f"{src}:model", "--out", str(tmp_path / "o"))
+    assert r.returncode == 3
+    assert "cumsum" in r.stderr and "m.py:4" in r.stderr
+
+
+def test_targets_lists_all():
+    r = run_cli("targets", "--json")
+    names = {t["name"] for t in json.loads(r.stdout)}
+    assert {"rpi4", "rpi5", "stm32f746", "nrf52840", "rp2040", "host"} <= names
