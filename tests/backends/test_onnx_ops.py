@@ -1,0 +1,272 @@
+"""Every IR op through the ONNX backend: onnxruntime vs the torch executor (1e-5), plus structure.
+
+Each case is a tiny hand-built graph and the exact ONNX op multiset it must lower to.
+"""
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+
+from edgecompile.backends.onnx import OnnxEmitError, emit_onnx
+from edgecompile.backends.onnx_ops import LOWERINGS
+from edgecompile.ir import OPS, Graph, infer_shapes, run_graph
+from edgecompile.loader import create_session
+
+RNG = np.random.default_rng(0)
+
+
+def _f(*shape, positive=False):
+    a = RNG.standard_normal(shape).astype(np.float32)
+    return np.abs(a) + 0.1 if positive else a
+
+
+def _case(inputs: dict, body, consts=None):
+    """inputs: name -> example array; body(g, vals) -> list of output values."""
+    def build():
+        g = Graph("case")
+        vals = [g.add_input(k, a.shape, str(a.dtype)) for k, a in inputs.items()]
+        g.outputs = list(body(g, vals))
+        infer_shapes(g)
+        return g, list(inputs.values())
+    return build
+
+
+def _unary(op, attrs=None, positive=False, shape=(2, 3, 5)):
+    return _case({"x": _f(*shape, positive=positive)},
+                 lambda g, v: [g.add_node(op, [v[0]], attrs or {}).output])
+
+
+def _binary(op, a, b):
+    return _case({"a": a, "b": b}, lambda g, v: [g.add_node(op, v).output])
+
+
+def _with_const(op, x, c, attrs=None):
+    return _case({"x": x}, lambda g, v: [g.add_node(op, [v[0], g.add_const("c", c)], attrs or {}).output])
+
+
+def _linear(x_shape, bias=True):
+    def body(g, v):
+        w = g.add_const("fc.weight", _f(6, x_shape[-1]))
+        b = g.add_const("fc.bias", _f(6)) if bias else None
+        return [g.add_node("linear", [v[0], w, b]).output]
+    return _case({"x": _f(*x_shape)}, body)
+
+
+def _conv(x_shape, w_shape, bias=True, **attrs):
+    a = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1} | attrs
+    nd = len(w_shape) - 2
+    a = {k: ([v] * nd if k != "groups" else v) for k, v in a.items()}
+
+    def body(g, v):
+        w = g.add_const("conv.weight", _f(*w_shape))
+        b = g.add_const("conv.bias", _f(w_shape[0])) if bias else None
+        return [g.add_node("conv", [v[0], w, b], a).output]
+    return _case({"x": _f(*x_shape)}, body)
+
+
+def _batch_norm(affine):
+    def body(g, v):
+        ins = [v[0], g.add_const("mean", _f(4)), g.add_const("var", _f(4, positive=True))]
+        if affine:
+            ins += [g.add_const("w", _f(4)), g.add_const("b", _f(4))]
+        return [g.add_node("batch_norm", ins, {"eps": 1e-5}).output]
+    return _case({"x": _f(2, 4, 3, 3)}, body)
+
+
+def _layer_norm(k, affine):
+    def body(g, v):
+        shape = v[0].shape[-k:]
+        ins = [v[0]] + ([g.add_const("w", _f(*shape)), g.add_const("b", _f(*shape))] if affine else [])
+        return [g.add_node("layer_norm", ins, {"normalized_ndim": k, "eps": 1e-5}).output]
+    return _case({"x": _f(2, 3, 8)}, body)
+
+
+def _pool(op, x_shape, **attrs):
+    return _case({"x": _f(*x_shape)}, lambda g, v: [g.add_node(op, v, attrs).output])
+
+
+def _where():
+    def body(g, v):
+        cond = g.add_node("gt", [v[0], g.add_const("zero", np.zeros((), np.float32))]).output
+        return [g.add_node("where", [cond, v[0], v[1]]).output]
+    return _case({"a": _f(3, 4), "b": _f(1, 4)}, body)
+
+
+def _embedding():
+    def body(g, v):
+        table = g.add_const("emb.weight", _f(10, 4))
+        return [g.add_node("gather", [table, v[0]], {"axis": 0}).output]
+    return _case({"ids": RNG.integers(0, 10, (2, 5)).astype(np.int64)}, body)
+
+
+def _gather_axis1():
+    return _case({"x": _f(2, 6, 3)}, lambda g, v: [
+        g.add_node("gather", [v[0], g.add_const("idx", np.array([4, 0, 4], np.int64))], {"axis": 1}).output])
+
+
+def _concat():
+    return _case({"a": _f(2, 3), "b": _f(2, 1), "c": _f(2, 2)},
+                 lambda g, v: [g.add_node("concat", v, {"axis": 1}).output])
+
+
+def _cast_roundtrip():
+    def body(g, v):
+        i = g.add_node("cast", [v[0]], {"dtype": "int32"}).output
+        return [g.add_node("cast", [i], {"dtype": "float32"}).output]
+    return _case({"x": _f(3, 4) * 5}, body)
+
+
+rounded = np.round(_f(3, 4))
+POOL2 = dict(kernel=[3, 3], stride=[2, 2], padding=[1, 1])
+CASES = {
+    **{op: (_unary(op, positive=op in ("log", "sqrt", "rsqrt")), {t: 1})
+       for op, t in [("relu", "Relu"), ("sigmoid", "Sigmoid"), ("tanh", "Tanh"), ("exp", "Exp"),
+                     ("log", "Log"), ("sqrt", "Sqrt"), ("neg", "Neg"), ("abs", "Abs"), ("erf", "Erf"),
+                     ("hardswish", "HardSwish"), ("hardsigmoid", "HardSigmoid")]},
+    "silu": (_unary("silu"), {"Sigmoid": 1, "Mul": 1}),
+    "rsqrt": (_unary("rsqrt", positive=True), {"Sqrt": 1, "Reciprocal": 1}),
+    "gelu": (_unary("gelu", {"approximate": "none"}), {"Erf": 1, "Mul": 3, "Add": 1}),
+    "gelu_tanh": (_unary("gelu", {"approximate": "tanh"}), {"Tanh": 1, "Mul": 6, "Add": 2}),
+    "clip": (_unary("clip", {"min": 0.0, "max": 6.0}), {"Clip": 1}),
+    "clip_max_only": (_unary("clip", {"min": None, "max": 0.5}), {"Clip": 1}),
+    "softmax": (_unary("softmax", {"axis": -1}), {"Softmax": 1}),
+    "log_softmax": (_unary("log_softmax", {"axis": 1}), {"LogSoftmax": 1}),
+    **{op: (_binary(op, _f(2, 3, 5), _f(1, 5)), {t: 1})
+       for op, t in [("add", "Add"), ("sub", "Sub"), ("mul", "Mul"), ("div", "Div"),
+                     ("maximum", "Max"), ("minimum", "Min")]},
+    "pow": (_binary("pow", _f(2, 5, positive=True), _f(1, 5)), {"Pow": 1}),
+    **{op: (_binary(op, rounded, np.round(_f(1, 4))), {t: 1})
+       for op, t in [("eq", "Equal"), ("lt", "Less"), ("gt", "Greater")]},
+    "add_int_const": (_with_const("add", _f(2, 3), np.arange(3, dtype=np.int64)), {"Add": 1, "Cast": 1}),
+    "linear_3d": (_linear((2, 4, 8)), {"MatMul": 1, "Add": 1}),
+    "linear_2d": (_linear((4, 8)), {"Gemm": 1}),
+    "linear_nobias": (_linear((2, 4, 8), bias=False), {"MatMul": 1}),
+    "matmul": (_binary("matmul", _f(2, 3, 4), _f(2, 4, 5)), {"MatMul": 1}),
+    "matmul_const": (_with_const("matmul", _f(2, 3, 4), _f(4, 5)), {"MatMul": 1}),
+    "conv": (_conv((1, 4, 9, 9), (6, 2, 3, 3), stride=2, padding=1, dilation=1, groups=2), {"Conv": 1}),
+    "conv_dilated_nobias": (_conv((1, 3, 9, 9), (4, 3, 3, 3), False, padding=2, dilation=2), {"Conv": 1}),
+    "conv_depthwise": (_conv((1, 4, 8, 8), (4, 1, 3, 3), padding=1, groups=4), {"Conv": 1}),
+    "conv1d": (_conv((2, 3, 16), (5, 3, 4), stride=2, padding=1), {"Conv": 1}),
+    "batch_norm": (_batch_norm(True), {"BatchNormalization": 1}),
+    "batch_norm_plain": (_batch_norm(False), {"BatchNormalization": 1}),
+    "layer_norm": (_layer_norm(1, True), {"LayerNormalization": 1}),
+    "layer_norm_2d_plain": (_layer_norm(2, False), {"LayerNormalization": 1}),
+    "max_pool": (_pool("max_pool", (1, 2, 9, 9), dilation=[1, 1], ceil_mode=False, **POOL2), {"MaxPool": 1}),
+    "max_pool_ceil": (_pool("max_pool", (1, 2, 8, 8), kernel=[3, 3], stride=[2, 2], padding=[0, 0],
+                            dilation=[1, 1], ceil_mode=True), {"MaxPool": 1}),
+    "max_pool_1d": (_pool("max_pool", (2, 3, 10), kernel=[2], stride=[2], padding=[0], dilation=[2],
+                          ceil_mode=False), {"MaxPool": 1}),
+    "avg_pool": (_pool("avg_pool", (1, 2, 9, 9), ceil_mode=False, count_include_pad=True, **POOL2),
+                 {"AveragePool": 1}),
+    "avg_pool_exclude_pad": (_pool("avg_pool", (1, 2, 9, 9), ceil_mode=False, count_include_pad=False, **POOL2),
+                             {"AveragePool": 1}),
+    "avg_pool_ceil": (_pool("avg_pool", (1, 2, 8, 8), kernel=[3, 3], stride=[2, 2], padding=[1, 1],
+                            ceil_mode=True, count_include_pad=True), {"AveragePool": 1}),
+    "mean": (_unary("mean", {"axes": [2, 3], "keepdims": True}, shape=(2, 3, 4, 5)), {"ReduceMean": 1}),
+    "sum": (_unary("sum", {"axes": [-1], "keepdims": False}), {"ReduceSum": 1}),
+    "reduce_max": (_unary("reduce_max", {"axes": [1], "keepdims": False}), {"ReduceMax": 1}),
+    "reshape": (_unary("reshape", {"shape": [2, -1]}), {"Reshape": 1}),
+    "transpose": (_unary("transpose", {"perm": [2, 0, 1]}), {"Transpose": 1}),
+    "slice": (_unary("slice", {"axis": 2, "start": 1, "end": 2**62, "step": 2}), {"Slice": 1}),
+    "concat": (_concat(), {"Concat": 1}),
+    "pad": (_unary("pad", {"pads": [0, 0, 1, 0, 1, 2], "value": 0.5}), {"Pad": 1}),
+    "gather_embedding": (_embedding(), {"Gather": 1}),
+    "gather_axis1": (_gather_axis1(), {"Gather": 1}),
+    "expand": (_unary("expand", {"shape": [4, 3, 5]}, shape=(1, 3, 1)), {"Expand": 1}),
+    "where": (_where(), {"Greater": 1, "Where": 1}),
+    "cast": (_cast_roundtrip(), {"Cast": 2}),
+}
+
+
+def _run(model_bytes, tensors, graph, arrays):
+    sess = create_session(model_bytes, tensors, threads=1)
+    return sess.run(None, {v.name: a for v, a in zip(graph.inputs, arrays)})
+
+
+def test_every_ir_op_has_a_lowering_and_a_case():
+    assert set(LOWERINGS) == set(OPS)
+    covered = set()
+    for build, _ in CASES.values():
+        g, _ = build()
+        covered |= {n.op for n in g.nodes}
+    assert covered == set(OPS)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_op_matches_executor(case):
+    build, expected_ops = CASES[case]
+    g, arrays = build()
+    m = emit_onnx(g, embed_weights=True)
+    model = onnx.load_from_string(m.model_bytes)
+    onnx.checker.check_model(model, full_check=True)
+    assert Counter(n.op_type for n in model.graph.node) == Counter(expected_ops)
+    got = _run(m.model_bytes, {}, g, arrays)[0]
+    want = run_graph(g, *arrays)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_opset_20_uses_gelu_op_and_18_reduce_axes_inputs():
+    g, arrays = CASES["gelu_tanh"][0]()
+    m = emit_onnx(g, embed_weights=True, opset=20)
+    assert [op for op, _ in m.ops] == ["Gelu"] and m.ops[0][1] == 20
+    np.testing.assert_allclose(_run(m.model_bytes, {}, g, arrays)[0], run_graph(g, *arrays), rtol=1e-5, atol=1e-5)
+    g, arrays = CASES["reduce_max"][0]()
+    m = emit_onnx(g, embed_weights=True, opset=18)
+    assert m.ops == [("ReduceMax", 18)]
+    np.testing.assert_allclose(_run(m.model_bytes, {}, g, arrays)[0], run_graph(g, *arrays), rtol=1e-5)
+
+
+def test_external_weights_are_not_in_the_model_and_are_returned():
+    g, arrays = CASES["linear_3d"][0]()
+    embedded = emit_onnx(g, embed_weights=True)
+    external = emit_onnx(g, embed_weights=False)
+    w = g.consts["fc.weight"].data
+    assert set(external.tensors) == {"fc.weight", "fc.bias"}
+    np.testing.assert_array_equal(external.tensors["fc.weight"], w.T)   # stored as MatMul consumes it
+    assert external.quant == {"fc.weight": None, "fc.bias": None}
+    assert w.T.tobytes() not in external.model_bytes and w.T.tobytes() in embedded.model_bytes
+    np.testing.assert_allclose(_run(external.model_bytes, external.tensors, g, arrays)[0], run_graph(g, *arrays),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_shared_linear_weight_is_stored_once_and_transposed_in_graph():
+    """A tied embedding / output projection: one container tensor, a Transpose in the model."""
+    def body(g, v):
+        table = g.add_const("emb.weight", _f(10, 4))
+        h = g.add_node("gather", [table, v[0]], {"axis": 0}).output
+        return [g.add_node("linear", [h, table, None]).output]
+    g, arrays = _case({"ids": RNG.integers(0, 10, (2, 5)).astype(np.int64)}, body)()
+    m = emit_onnx(g, embed_weights=False)
+    assert list(m.tensors) == ["emb.weight"] and m.tensors["emb.weight"].shape == (10, 4)
+    assert Counter(n.op_type for n in onnx.load_from_string(m.model_bytes).graph.node) == \
+        {"Gather": 1, "Transpose": 1, "MatMul": 1}
+    np.testing.assert_allclose(_run(m.model_bytes, m.tensors, g, arrays)[0], run_graph(g, *arrays), rtol=1e-5, atol=1e-5)
+
+
+def test_graph_output_that_is_an_input_gets_an_identity():
+    g = Graph("passthrough")
+    x = g.add_input("x", (2, 3))
+    y = g.add_node("relu", [x]).output
+    g.outputs = [y, x]
+    infer_shapes(g)
+    m = emit_onnx(g, embed_weights=True)
+    model = onnx.load_from_string(m.model_bytes)
+    assert [o.name for o in model.graph.output] == [y.name, "x.out"]
+    a = _f(2, 3)
+    got = _run(m.model_bytes, {}, g, [a])
+    np.testing.assert_array_equal(got[1], a)
+
+
+def test_bad_options_and_unverified_graph_are_rejected():
+    g, _ = CASES["relu"][0]()
+    with pytest.raises(ValueError, match="int8_ops"):
+        emit_onnx(g, embed_weights=True, int8_ops="fast")
+    with pytest.raises(ValueError, match="opset 13"):
+        emit_onnx(g, embed_weights=True, opset=13)
+    g.nodes[0].op = "frobnicate"
+    with pytest.raises(ValueError, match="frobnicate"):
+        emit_onnx(g, embed_weights=True)
+    assert issubclass(OnnxEmitError, ValueError)
