@@ -1,0 +1,166 @@
+"""Calibration: activation ranges from running the float graph on sample inputs.
+
+`collect_ranges(graph, batches, method)` runs the graph node by node with torch (float, no fake
+quantization) on each input tuple and returns, for every float activation (graph inputs and node
+outputs), the range to quantize: the observed min/max ("minmax"), a two-sided percentile of the
+observed values ("percentile"), or the clipping range minimizing the int8 round-trip mean
+squared error over the observed values ("mse"). Non-finite values (masked attention scores set to
+-inf) are left out of the statistics; quantization clamps them to the range's ends.
+
+`activation_qparams(lo, hi)` turns a range into per-tensor asymmetric int8 parameters whose range
+always contains 0 (so that zero padding and ReLU zeros are exact).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..ir import Graph, QuantParams
+from ..ir.torch_ops import TORCH_DTYPES, run_op, to_torch
+
+__all__ = ["CalibrationError", "ValueStats", "collect_ranges", "activation_qparams", "mse_range"]
+
+log = logging.getLogger(__name__)
+
+SAMPLES_PER_VALUE = 1 << 16     # values kept per activation for percentile / MSE (a uniform subsample)
+MSE_SAMPLES = 1 << 14           # values the MSE range search evaluates (64 candidates each)
+QMIN, QMAX = -128, 127
+
+
+class CalibrationError(ValueError):
+    """Calibration inputs that do not fit the graph, or an activation never observed finite."""
+
+
+@dataclass
+class ValueStats:
+    """Running statistics of one activation: exact min/max and a bounded uniform subsample."""
+
+    lo: float = np.inf
+    hi: float = -np.inf
+    samples: list | None = None
+    seen: int = 0
+
+    def update(self, x: np.ndarray, rng: np.random.Generator, keep_samples: bool) -> None:
+        x = x[np.isfinite(x)].ravel()
+        if x.size == 0:
+            return
+        self.lo, self.hi = min(self.lo, float(x.min())), max(self.hi, float(x.max()))
+        if keep_samples:
+            self.samples = self.samples or []
+            self.samples.append(x if x.size <= SAMPLES_PER_VALUE else rng.choice(x, SAMPLES_PER_VALUE, replace=False))
+        self.seen += x.size
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        x = np.concatenate(self.samples)
+        return x if x.size <= SAMPLES_PER_VALUE else rng.choice(x, SAMPLES_PER_VALUE, replace=False)
+
+
+def activation_qparams(lo: float, hi: float) -> QuantParams:
+    """Per-tensor asymmetric int8 parameters for the range [lo, hi] widened to contain 0.
+
+    ``scale = (hi - lo) / 255``; ``zero_point = -128 - round(lo / scale)`` in [-128, 127], so the
+    real value 0 is exactly representable.
+    """
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if hi - lo < 1e-12:            # an all-zero activation: any scale represents it exactly
+        hi = lo + 1e-8 * (QMAX - QMIN)
+    scale = np.float32((hi - lo) / (QMAX - QMIN))
+    zp = int(np.clip(QMIN - np.rint(lo / float(scale)), QMIN, QMAX))
+    return QuantParams(np.array([scale]), np.array([zp]), None, "int8")
+
+
+def _fq(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Asymmetric int8 quantize-dequantize of `x` (S,) for each candidate range (K,) -> (K, S)."""
+    scale = ((hi - lo) / (QMAX - QMIN))[:, None]
+    zp = np.clip(QMIN - np.rint(lo[:, None] / scale), QMIN, QMAX)
+    q = np.clip(np.rint(x[None] / scale) + zp, QMIN, QMAX)
+    return (q - zp) * scale
+
+
+def mse_range(x: np.ndarray, lo: float, hi: float, steps: int = 64) -> tuple[float, float]:
+    """The clipping range ``(a·lo', b·hi')`` minimizing the int8 round-trip MSE on samples `x`.
+
+    lo' = min(lo, 0), hi' = max(hi, 0); a and b are searched independently on a grid over
+    [1/steps, 1] (first the upper end with the lower fixed, then the lower end).
+    """
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if hi - lo < 1e-12:
+        return lo, hi
+    frac = np.linspace(1.0 / steps, 1.0, steps)
+    x = x.astype(np.float64)
+    best_hi = hi
+    if hi > 0:
+        err = ((_fq(x, np.full(steps, lo), hi * frac) - x) ** 2).mean(1)
+        best_hi = float(hi * frac[np.argmin(err)])
+    best_lo = lo
+    if lo < 0:
+        err = ((_fq(x, lo * frac, np.full(steps, best_hi)) - x) ** 2).mean(1)
+        best_lo = float(lo * frac[np.argmin(err)])
+    return best_lo, best_hi
+
+
+def _observe(graph: Graph, inputs: Sequence[np.ndarray], stats: dict[str, ValueStats],
+             rng: np.random.Generator, keep_samples: bool) -> None:
+    if len(inputs) != len(graph.inputs):
+        raise CalibrationError(f"a calibration sample has {len(inputs)} inputs; graph {graph.name!r} "
+                               f"takes {len(graph.inputs)} ({', '.join(v.name for v in graph.inputs)})")
+    env: dict[int, torch.Tensor] = {id(v): to_torch(v.real()) for v in graph.consts.values()}
+    for v, x in zip(graph.inputs, inputs):
+        x = np.asarray(x)
+        if v.shape is not None and tuple(x.shape) != v.shape:
+            raise CalibrationError(f"calibration input {v.name!r} has shape {list(x.shape)}; the graph "
+                                   f"expects {list(v.shape)}")
+        env[id(v)] = torch.as_tensor(x).to(TORCH_DTYPES[v.dtype])
+    todo = [v for v in graph.inputs if v.dtype.startswith("float")]
+    with torch.no_grad():
+        for node in graph.nodes:
+            args = [None if v is None else env[id(v)] for v in node.inputs]
+            env[id(node.output)] = run_op(node.op, args, node.attrs)
+            if node.output.dtype.startswith("float"):
+                todo.append(node.output)
+    for v in todo:
+        stats.setdefault(v.name, ValueStats()).update(env[id(v)].numpy(), rng, keep_samples)
+
+
+def collect_ranges(graph: Graph, batches: Sequence[Sequence[np.ndarray]], method: str = "minmax",
+                   percentile: float = 99.99, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Quantization range of every float activation, by value name.
+
+    Parameters
+    ----------
+    graph : the float graph (integer constants are dequantized as the executor does)
+    batches : input tuples, each matching the graph inputs' shapes and order
+    method : "minmax", "percentile" or "mse"
+    percentile : for "percentile": the upper percentile (the lower is ``100 - percentile``)
+    seed : for the subsampling of values kept for percentile / MSE
+    """
+    if method not in ("minmax", "percentile", "mse"):
+        raise CalibrationError(f"unknown calibration method {method!r}; use minmax, percentile or mse")
+    if not batches:
+        raise CalibrationError("no calibration inputs: give at least one input tuple")
+    rng = np.random.default_rng(seed)
+    stats: dict[str, ValueStats] = {}
+    for inputs in batches:
+        _observe(graph, inputs if isinstance(inputs, (tuple, list)) else (inputs,), stats, rng,
+                 keep_samples=method != "minmax")
+    ranges = {}
+    for name, s in stats.items():
+        if s.seen == 0:
+            raise CalibrationError(f"activation {name!r} had no finite value on the calibration inputs")
+        if method == "minmax":
+            ranges[name] = (s.lo, s.hi)
+        elif method == "percentile":
+            x = s.sample(rng)
+            lo, hi = np.percentile(x, [100.0 - percentile, percentile])
+            ranges[name] = (float(lo), float(hi))
+        else:
+            x = s.sample(rng)
+            x = x if x.size <= MSE_SAMPLES else rng.choice(x, MSE_SAMPLES, replace=False)
+            ranges[name] = mse_range(x, s.lo, s.hi)
+    log.debug("calibrated %d activations on %d samples (%s)", len(ranges), len(batches), method)
+    return ranges

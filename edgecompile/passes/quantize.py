@@ -1,0 +1,348 @@
+"""Int8 quantization: per-channel symmetric weights, calibrated int8 activations, int32 biases.
+
+``float graph -> graph whose layer weights are int8 constants and whose activations carry
+QuantParams`` (the convention in `ir/graph.py`; the executor fake-quantizes, backends emit int8).
+
+- Weights of linear, conv, const matmul (b[K, N]) and embedding tables: symmetric per output
+  channel, ``scale = max|w| / 127``, values in [-127, 127]; axis 0, or the last axis for a matmul
+  b. Every element dequantizes within scale / 2 of the float weight.
+- Biases of linear/conv whose input is quantized: int32 with ``scale = s_in * s_w`` per channel
+  (exactly that float32 product); a weight scale is raised where the bias would not fit int32.
+- Activations (float graph inputs and node outputs; integer ones such as token ids stay as they
+  are): per-tensor asymmetric int8 from calibration ranges that always contain 0, plus TFLite's
+  rules so that every backend agrees: fixed outputs for softmax (1/256, -128), sigmoid (1/256,
+  -128), tanh (1/128, 0) and log_softmax (16/256, 127); reshape, transpose, max_pool, avg_pool,
+  slice, pad, expand, gather (not an embedding) and concat outputs share their inputs' parameters
+  (one range over the group). A range feeding only softmax is clipped to 32 below its maximum
+  (exp(-32) is nothing next to the output step 1/256), so that additive masks (-1e4) and -inf do
+  not wipe out the scores' resolution.
+- Float constants used by other ops (layer-norm and batch-norm parameters, additive masks...) stay
+  float. Nodes in `QuantConfig.skip` keep float weights and a float output.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ir import Graph, Node, QuantParams, Value
+from .base import Pass, PassError, PassResult
+from .calibrate import CalibrationError, activation_qparams, collect_ranges
+
+__all__ = ["QuantConfig", "QuantSpecError", "parse_quant_spec", "quantize_weight", "quantize_bias",
+           "QuantizePass", "FIXED_QPARAMS", "SHARED_QPARAMS", "DEFAULT_CALIBRATION"]
+
+log = logging.getLogger(__name__)
+
+# Measured on the digits CNN/MLP of tests/passes/test_quantize.py (see the closing note):
+# min/max ranges keep the most accuracy on small calibrated CNNs; "mse" clips ranges and helps
+# activations with long tails (transformers); "percentile" sits in between.
+DEFAULT_CALIBRATION = "minmax"
+FIXED_QPARAMS = {"softmax": (1 / 256, -128), "sigmoid": (1 / 256, -128), "tanh": (1 / 128, 0),
+                 "log_softmax": (16 / 256, 127)}
+SHARED_QPARAMS = {"reshape", "transpose", "max_pool", "avg_pool", "slice", "pad", "expand", "concat", "gather"}
+SOFTMAX_SPAN = 32.0
+INT32_MAX = 2 ** 31 - 1
+
+
+class QuantSpecError(ValueError):
+    """A `--quant` spec or quantization config that cannot be understood."""
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How to quantize.
+
+    Attributes
+    ----------
+    mode : "int8" or "none"
+    activations : "all" (full int8: activations calibrated) or "weights_only" (int8 weights,
+        float activations and biases; no calibration needed)
+    calibration : "minmax", "percentile" or "mse" (see `calibrate.collect_ranges`)
+    percentile : upper percentile for "percentile"
+    skip : node names kept in float
+    """
+
+    mode: str = "int8"
+    activations: str = "all"
+    calibration: str = DEFAULT_CALIBRATION
+    percentile: float = 99.99
+    skip: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("int8", "none"):
+            raise QuantSpecError(f"unknown quantization mode {self.mode!r}; use 'int8' or 'none'")
+        if self.activations not in ("all", "weights_only"):
+            raise QuantSpecError(f"unknown activation setting {self.activations!r}; use 'all' or 'weights_only'")
+        if self.calibration not in ("minmax", "percentile", "mse"):
+            raise QuantSpecError(f"unknown calibration {self.calibration!r}; use minmax, percentile or mse")
+        if not 50.0 < self.percentile <= 100.0:
+            raise QuantSpecError(f"percentile {self.percentile} is outside (50, 100]")
+        object.__setattr__(self, "skip", tuple(self.skip))
+
+
+def parse_quant_spec(spec: str) -> QuantConfig:
+    """Parses the CLI form: ``none`` | ``int8[:OPTION...]``.
+
+    Options: ``weights_only``, ``minmax``, ``mse``, ``percentile`` or ``percentile=P``;
+    e.g. ``int8``, ``int8:weights_only``, ``int8:percentile=99.9``.
+    """
+    parts = [p.strip() for p in spec.strip().lower().split(":")]
+    usage = "expected 'none' or 'int8[:weights_only|minmax|mse|percentile[=P]]'"
+    if parts == ["none"]:
+        return QuantConfig(mode="none")
+    if parts[0] != "int8":
+        raise QuantSpecError(f"bad --quant spec {spec!r}: {usage}")
+    kw: dict = {}
+    for opt in parts[1:]:
+        name, _, value = opt.partition("=")
+        if name == "weights_only" and not value:
+            kw["activations"] = "weights_only"
+        elif name in ("minmax", "mse") and not value:
+            kw["calibration"] = name
+        elif name == "percentile":
+            kw["calibration"] = "percentile"
+            if value:
+                try:
+                    kw["percentile"] = float(value)
+                except ValueError:
+                    raise QuantSpecError(f"bad --quant spec {spec!r}: {value!r} is not a number") from None
+        else:
+            raise QuantSpecError(f"bad --quant spec {spec!r}: unknown option {opt!r}; {usage}")
+    try:
+        return QuantConfig(**kw)
+    except QuantSpecError as e:
+        raise QuantSpecError(f"bad --quant spec {spec!r}: {e}") from None
+
+
+# ------------------------------------------------------------------------------- numerics
+
+def quantize_weight(w: np.ndarray, axis: int, min_scale: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, QuantParams]:
+    """Symmetric per-channel int8: ``scale_c = max|w_c| / 127``, ``q = round(w / scale)`` in [-127, 127].
+
+    An all-zero channel gets scale 1 (its values are 0 whatever the scale). `min_scale` raises
+    scales channel by channel (used to keep an int32 bias in range).
+    """
+    axis = axis % w.ndim
+    other = tuple(d for d in range(w.ndim) if d != axis)
+    amax = np.abs(w).max(axis=other).astype(np.float32) if other else np.abs(w).astype(np.float32)
+    scale = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+    if min_scale is not None:
+        scale = np.maximum(scale, min_scale.astype(np.float32))
+    qp = QuantParams(scale, np.zeros(scale.size, np.int32), axis, "int8")
+    s, _ = qp.broadcast(w.ndim)
+    q = np.clip(np.rint(w / s), -127, 127).astype(np.int8)
+    return q, qp
+
+
+def quantize_bias(b: np.ndarray, s_in: float, s_w: np.ndarray) -> tuple[np.ndarray, QuantParams]:
+    """int32 bias with per-channel ``scale = s_in * s_w`` (float32 product), zero point 0."""
+    scale = (np.float32(s_in) * s_w.astype(np.float32)).astype(np.float32)
+    q = np.rint(b.astype(np.float64) / scale)
+    if np.any(np.abs(q) > INT32_MAX):
+        raise PassError(f"bias does not fit int32 at scale {float(scale.min()):.3g}; raise the weight scale")
+    return q.astype(np.int32), QuantParams(scale, np.zeros(scale.size, np.int32), 0, "int32")
+
+
+# -------------------------------------------------------------------------- graph helpers
+
+def _float_const(v: Value | None) -> bool:
+    return v is not None and v.is_const and v.quant is None and v.data.dtype.kind == "f"
+
+
+def _weight_use(node: Node) -> tuple[int, int] | None:
+    """(input index, channel axis) of `node`'s layer weight, if it is a float constant."""
+    if node.op in ("linear", "conv"):
+        i = 1
+    elif node.op == "matmul":
+        i = 1
+    elif node.op == "gather" and node.attrs.get("axis") == 0:
+        i = 0
+    else:
+        return None
+    w = node.input(i)
+    if not _float_const(w) or w.data.ndim < 2 or (node.op == "gather" and w.data.ndim != 2):
+        return None
+    return i, (w.data.ndim - 1 if node.op == "matmul" else 0)
+
+
+def _is_embedding(node: Node) -> bool:
+    return node.op == "gather" and _weight_use(node) is not None
+
+
+class _Groups:
+    """Union-find over activation values that must share quantization parameters."""
+
+    def __init__(self):
+        self.parent: dict[int, int] = {}
+        self.fixed: dict[int, tuple[float, int]] = {}
+
+    def find(self, a: int) -> int:
+        self.parent.setdefault(a, a)
+        while self.parent[a] != a:
+            self.parent[a] = self.parent[self.parent[a]]
+            a = self.parent[a]
+        return a
+
+    def union(self, a: int, b: int, allow_fixed: bool = True) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        fa, fb = self.fixed.get(ra), self.fixed.get(rb)
+        if (fa and fb and fa != fb) or (not allow_fixed and (fa or fb)):
+            return          # the backend requantizes between the two
+        self.parent[rb] = ra
+        if fb:
+            self.fixed[ra] = fb
+
+
+def _assign_activations(graph: Graph, ranges: dict[str, tuple[float, float]], skip: set[str]) -> int:
+    """Sets `quant` on every quantizable float activation. Returns how many."""
+    vals = [v for v in graph.inputs if v.dtype.startswith("float")]
+    vals += [n.output for n in graph.nodes if n.name not in skip and n.output.dtype.startswith("float")]
+    quantizable = {id(v): v for v in vals}
+    groups = _Groups()
+    for v in vals:
+        groups.find(id(v))
+        if v.producer is not None and v.producer.op in FIXED_QPARAMS:
+            groups.fixed[id(v)] = FIXED_QPARAMS[v.producer.op]
+    for node in graph.nodes:
+        if node.op not in SHARED_QPARAMS or id(node.output) not in quantizable or _is_embedding(node):
+            continue
+        srcs = node.inputs if node.op == "concat" else node.inputs[:1]
+        for s in srcs:
+            if s is not None and id(s) in quantizable:
+                groups.union(id(node.output), id(s), allow_fixed=node.op != "concat")
+    members: dict[int, list[Value]] = {}
+    for v in vals:
+        members.setdefault(groups.find(id(v)), []).append(v)
+    for root, vs in members.items():
+        if root in groups.fixed:
+            scale, zp = groups.fixed[root]
+            qp = QuantParams(np.array([scale]), np.array([zp]), None, "int8")
+        else:
+            missing = [v.name for v in vs if v.name not in ranges]
+            if missing:
+                raise PassError(f"no calibration range for activation {missing[0]!r}; calibrate the same graph")
+            lo = min(ranges[v.name][0] for v in vs)
+            hi = max(ranges[v.name][1] for v in vs)
+            if _feeds_only_softmax(vs, groups, root):
+                lo = max(lo, hi - SOFTMAX_SPAN)
+            qp = activation_qparams(lo, hi)
+        for v in vs:
+            v.quant = qp
+    return len(vals)
+
+
+def _feeds_only_softmax(vs: list[Value], groups: _Groups, root: int) -> bool:
+    """Every use of the group is a softmax, or a shared-qparams op staying inside the group."""
+    uses = [(n, v) for v in vs for n, _ in v.uses]
+    if not uses:
+        return False
+    return all(n.op in ("softmax", "log_softmax")
+               or (n.op in SHARED_QPARAMS and groups.find(id(n.output)) == root) for n, _ in uses) \
+        and any(n.op in ("softmax", "log_softmax") for n, _ in uses)
+
+
+# ---------------------------------------------------------------------------------- pass
+
+class QuantizePass(Pass):
+    """Float graph -> int8 weights (per channel), int32 biases, calibrated int8 activations.
+
+    Invariant: every quantized weight dequantizes within scale/2 of the float weight; bias scales
+    are exactly ``s_in * s_w``; the graph's structure and shapes are unchanged.
+
+    Parameters
+    ----------
+    config : QuantConfig
+    calibration : list of input tuples (numpy), each matching the graph inputs; needed when
+        ``config.activations == "all"``.
+    """
+
+    name = "quantize"
+
+    def __init__(self, config: QuantConfig, calibration: Sequence[Sequence[np.ndarray]] | None = None):
+        self.config = config
+        self.calibration = calibration
+
+    def requires(self, graph: Graph) -> None:
+        cfg = self.config
+        if cfg.mode == "none":
+            return
+        names = {n.name for n in graph.nodes}
+        unknown = [s for s in cfg.skip if s not in names]
+        if unknown:
+            raise PassError(f"quantize: skip list names unknown node {unknown[0]!r}; "
+                            f"use node names from graph.dump()")
+        for v in graph.consts.values():
+            if v.quant is not None:
+                raise PassError(f"quantize: graph {graph.name!r} is already quantized (constant {v.name} "
+                                f"carries {v.quant.dtype} parameters); quantize once, as the last pass")
+        if cfg.activations == "all" and not self.calibration:
+            raise PassError("quantize: full int8 needs calibration inputs (--calib FILE); "
+                            "or use --quant int8:weights_only")
+
+    def call(self, graph: Graph) -> PassResult:
+        cfg = self.config
+        if cfg.mode == "none":
+            return PassResult(graph, False)
+        skip = set(cfg.skip)
+        n_act = 0
+        if cfg.activations == "all":
+            try:
+                ranges = collect_ranges(graph, self.calibration, cfg.calibration, cfg.percentile)
+            except CalibrationError as e:
+                raise PassError(f"quantize: {e}") from e
+            n_act = _assign_activations(graph, ranges, skip)
+        records = self._quantize_weights(graph, skip)
+        graph.meta["quant"] = {"scheme": cfg.mode, "activations": cfg.activations,
+                               "calibration": cfg.calibration if cfg.activations == "all" else None,
+                               "quantized_activations": n_act}
+        return PassResult(graph, bool(records) or n_act > 0, records)
+
+    def _quantize_weights(self, graph: Graph, skip: set[str]) -> list[dict]:
+        records = []
+        done: set[str] = set()
+        for node in graph.nodes:
+            use = _weight_use(node)
+            if use is None or node.name in skip:
+                continue
+            i, axis = use
+            w = node.inputs[i]
+            if w.name in done:
+                continue
+            users = [(n, j) for n, j in w.uses]
+            if any(n.name in skip or _weight_use(n) != (j, axis) for n, j in users):
+                log.info("quantize: %s stays float: it is shared with a non-layer or skipped use", w.name)
+                continue
+            done.add(w.name)
+            records.append(self._quantize_layer(graph, node, i, axis, single=len(users) == 1))
+        return records
+
+    @staticmethod
+    def _quantize_layer(graph: Graph, node: Node, i: int, axis: int, single: bool) -> dict:
+        w = node.inputs[i]
+        b = node.input(2) if node.op in ("linear", "conv") else None
+        x = node.inputs[0]
+        s_in = x.quant if x is not None and x.quant is not None and not x.quant.per_channel else None
+        quant_bias = single and s_in is not None and _float_const(b) and len(b.uses) == 1
+        before = w.nbytes + (b.nbytes if b is not None else 0)
+        min_scale = None
+        if quant_bias:      # keep |b / (s_in * s_w)| within int32
+            min_scale = np.abs(b.data).astype(np.float64) / (float(s_in.scale[0]) * INT32_MAX) * 1.0001
+        q, qp = quantize_weight(w.data, axis, min_scale)
+        w.data, w.quant, w.dtype = q, qp, "float32"
+        rec = {"node": node.name, "op": node.op, "kind": "quantize", "bits": 8, "weight": w.name,
+               "axis": axis, "scale_min": float(qp.scale.min()), "scale_max": float(qp.scale.max()),
+               "scale_median": float(np.median(qp.scale)), "bias_bits": None}
+        if quant_bias:
+            bq, bqp = quantize_bias(b.data, float(s_in.scale[0]), qp.scale)
+            b.data, b.quant, b.dtype = bq, bqp, "float32"
+            rec["bias_bits"] = 32
+        rec["bytes_before"] = before
+        rec["bytes_after"] = w.nbytes + 4 * qp.scale.size + (b.nbytes if b is not None else 0)
+        return rec
