@@ -1,0 +1,150 @@
+"""TFLite backend: our IR -> a `.tflite` flatbuffer, written with LiteRT's object API (no TensorFlow).
+
+`emit_tflite(graph, embed_weights=...)` lowers every node with the emitters in `tflite_ops.py` and
+`tflite_nn.py` (layouts and int8 rules are described there and in `tflite_lower.py`) and packs the
+model with `tflite_builder.ModelBuilder`. The model's inputs and outputs keep the IR's layout and
+dtype (NCHW float32 for an image model), so a session runs it exactly like the ONNX model: int8
+graphs QUANTIZE their inputs and DEQUANTIZE their outputs inside the model.
+
+With ``embed_weights=False`` the weight buffers are left empty and `EmittedModel.tensors` holds
+them (in TFLite layout, keyed by tensor name) for the `.ecw` container; `edgecompile.tflite_loader`
+puts them back in memory before creating the interpreter.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..container import QuantInfo
+from ..ir import Graph, Node
+from . import tflite_nn as nn
+from . import tflite_ops as ops
+from .tflite_builder import ModelBuilder, tflite_op_table, unpack_model
+from .tflite_lower import IR, Lowering, TFLiteUnsupportedError, act_qparams
+
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EmittedModel", "TFLiteUnsupportedError", "emit_tflite", "tflite_op_table", "SUPPORTED_OPS"]
+
+_EMITTERS = {
+    **{op: ops.lower_unary for op in ops.UNARY},
+    **{op: ops.lower_binary for op in ops.BINARY},
+    "gelu": ops.lower_gelu, "clip": ops.lower_clip, "silu": ops.lower_silu,
+    "hardsigmoid": ops.lower_hardsigmoid, "erf": ops.lower_erf,
+    "softmax": ops.lower_softmax, "log_softmax": lambda L, n: ops.lower_softmax(L, n, log=True),
+    **{op: ops.lower_reduce for op in ops.REDUCE},
+    "reshape": ops.lower_reshape, "transpose": ops.lower_transpose, "slice": ops.lower_slice,
+    "concat": ops.lower_concat, "pad": ops.lower_pad, "expand": ops.lower_expand,
+    "where": ops.lower_where, "cast": ops.lower_cast,
+    "linear": nn.lower_linear, "matmul": nn.lower_matmul, "conv": nn.lower_conv,
+    "max_pool": nn.lower_pool, "avg_pool": nn.lower_pool, "batch_norm": nn.lower_batch_norm,
+    "layer_norm": nn.lower_layer_norm, "gather": nn.lower_gather,
+}
+SUPPORTED_OPS = frozenset(_EMITTERS)
+
+
+@dataclass(frozen=True)
+class EmittedModel:
+    """What a backend hands to the bundle writer.
+
+    model_bytes : the `.tflite` flatbuffer (weight buffers empty unless embedded)
+    tensors : weight name -> array in TFLite layout (what goes in `weights.ecw`)
+    quant : weight name -> QuantInfo (int8 weights, int32 biases) or None
+    ops : (TFLite builtin op name, version) per operator code, for the report
+    """
+
+    model_bytes: bytes
+    tensors: dict[str, np.ndarray]
+    quant: dict[str, QuantInfo | None]
+    ops: list[tuple[str, int]] = field(default_factory=list)
+
+
+def _precheck(graph: Graph) -> None:
+    problems = []
+    for node in graph.nodes:
+        if node.op not in _EMITTERS:
+            problems.append(f"{node.name} ({node.op})")
+    for v in graph.inputs:
+        if v.shape is None:
+            problems.append(f"input {v.name} (dynamic shape)")
+    if problems:
+        raise TFLiteUnsupportedError("TFLite cannot express: " + ", ".join(problems)
+                                     + "; use --backend onnx")
+
+
+def _lower(L: Lowering, node: Node) -> None:
+    try:
+        _EMITTERS[node.op](L, node)
+    except TFLiteUnsupportedError as e:
+        raise TFLiteUnsupportedError(f"{e}; use --backend onnx") from None
+
+
+def emit_tflite(graph: Graph, *, embed_weights: bool = True) -> EmittedModel:
+    """Writes `graph` as a TFLite model.
+
+    Parameters
+    ----------
+    graph : Graph
+        A verified IR graph with static shapes; int8 where its values carry `quant` (the quantize
+        pass's convention).
+    embed_weights : bool
+        Keep the weights in the flatbuffer (a standalone `.tflite`), or leave their buffers empty
+        and return them in `tensors` for the container.
+
+    Returns
+    -------
+    EmittedModel
+
+    Raises
+    ------
+    TFLiteUnsupportedError
+        Naming every node TFLite cannot express (and suggesting `--backend onnx`).
+    """
+    _precheck(graph)
+    b = ModelBuilder(graph.name)
+    L = Lowering(graph, b)
+    for v in graph.inputs:
+        t = b.tensor(v.name, v.shape, "float32" if act_qparams(v) is not None else v.dtype)
+        b.inputs.append(t.index)
+        if act_qparams(v) is not None:
+            q = L.new(v, IR, suffix="_q")
+            L.requantize(t, q)
+            t = q
+        L.define(v, t, IR)
+    for node in graph.nodes:
+        _lower(L, node)
+    for v in graph.outputs:
+        if v.is_const:
+            raise TFLiteUnsupportedError(f"graph output {v.name} is a constant; use --backend onnx")
+        t = L.get(v, IR, float_view=True)
+        if t.index in b.inputs or t.index in b.outputs:   # an output that is an input: copy it
+            t = L.reshape(t, t.shape, v.name + "_out")
+        b.outputs.append(t.index)
+    tensors = dict(b.weights)
+    quant = {name: (QuantInfo(*b.weight_quant[name]) if name in b.weight_quant else None) for name in tensors}
+    if not embed_weights:
+        b.strip_weights()
+    model_bytes = b.finish()
+    table = tflite_op_table(model_bytes)
+    log.info("tflite: %d operators (%d int8 layers), %d bytes", len(b.operators), L.int8_ops, len(model_bytes))
+    return EmittedModel(model_bytes, tensors, quant, [(name, ver) for name, ver, _ in table])
+
+
+def op_counts(model_bytes: bytes) -> dict[str, int]:
+    """TFLite builtin op name -> number of operators (for structure tests)."""
+    counts: dict[str, int] = {}
+    for name, _, n in tflite_op_table(model_bytes):
+        counts[name] = counts.get(name, 0) + n
+    return counts
+
+
+def tensor_types(model_bytes: bytes) -> dict[str, str]:
+    """Tensor name -> TFLite element type name."""
+    from .tflite_builder import TFL_TYPE_NAMES
+    sg = unpack_model(model_bytes).subgraphs[0]
+    return {t.name.decode() if isinstance(t.name, bytes) else t.name: TFL_TYPE_NAMES.get(t.type, str(t.type))
+            for t in sg.tensors}
