@@ -1,0 +1,211 @@
+/* ecw_container.c - header and tensor-table validation, codec dispatch, lut decoding.
+ * Field offsets are those of runtime/FORMAT.md ("Header", "Tensor entry"). */
+#include <string.h>
+
+#include "ecw_internal.h"
+
+#ifdef ECW_WITH_ZSTD
+#include <zstd.h>
+#endif
+
+#define HEADER_SIZE 32u
+#define ENTRY_SIZE 80u
+
+unsigned ecw_dtype_size(uint8_t dtype) {
+    /* codes 1..9: int8 uint8 int16 uint16 int32 uint32 float16 float32 int64 */
+    static const uint8_t size[10] = {0, 1, 1, 2, 2, 4, 4, 2, 4, 8};
+    return dtype < 10u ? size[dtype] : 0u;
+}
+
+const char *ecw_status_name(ecw_status s) {
+    static const char *const names[] = {"ECW_OK", "ECW_E_ARG", "ECW_E_MAGIC", "ECW_E_VERSION",
+                                        "ECW_E_TRUNCATED", "ECW_E_HEADER", "ECW_E_CODEC",
+                                        "ECW_E_CODEC_UNAVAILABLE", "ECW_E_STREAM", "ECW_E_CHECKSUM",
+                                        "ECW_E_NOT_FOUND"};
+    int i = -(int)s;
+    return (i >= 0 && i <= 10) ? names[i] : "ECW_E_UNKNOWN";
+}
+
+ecw_status ecw_open(ecw_container *c, const void *data, size_t size) {
+    const uint8_t *p = (const uint8_t *)data;
+    uint64_t n, meta_size, file_size, table_end;
+    uint32_t i;
+    ecw_tensor t;
+    if (c == NULL || (p == NULL && size != 0)) return ECW_E_ARG;
+    memset(c, 0, sizeof *c);
+    if (size < 4) return (size == 0 || memcmp(p, "ECW1", size) == 0) ? ECW_E_TRUNCATED : ECW_E_MAGIC;
+    if (memcmp(p, "ECW1", 4) != 0) return ECW_E_MAGIC;
+    if (size < HEADER_SIZE) return ECW_E_TRUNCATED;
+    if (ecw_le16(p + 4) != 1u) return ECW_E_VERSION;
+    n = ecw_le32(p + 8);
+    meta_size = ecw_le32(p + 12);
+    file_size = ecw_le64(p + 16);
+    if (file_size > (uint64_t)size) return ECW_E_TRUNCATED;
+    table_end = HEADER_SIZE + ENTRY_SIZE * n + meta_size; /* < 2^40: no overflow */
+    if (ecw_le16(p + 6) != ENTRY_SIZE || ecw_le32(p + 24) != 0u || table_end > file_size) return ECW_E_HEADER;
+    if (ecw_crc32(ecw_crc32(0, p, 28), p + HEADER_SIZE, (size_t)(table_end - HEADER_SIZE)) != ecw_le32(p + 28))
+        return ECW_E_CHECKSUM;
+    c->data = p;
+    c->size = file_size;
+    c->n_tensors = (uint32_t)n;
+    c->meta = p + (table_end - meta_size);
+    c->meta_size = (uint32_t)meta_size;
+    c->data_start = (table_end + 15u) & ~(uint64_t)15u;
+    for (i = 0; i < c->n_tensors; i++) ECW_TRY(ecw_tensor_at(c, i, &t));
+    return ECW_OK;
+}
+
+ecw_status ecw_tensor_at(const ecw_container *c, uint32_t index, ecw_tensor *t) {
+    const uint8_t *e;
+    uint64_t prod = 1, name_off, quant_off;
+    unsigned isz, k;
+    if (c == NULL || t == NULL || c->data == NULL || index >= c->n_tensors) return ECW_E_ARG;
+    e = c->data + HEADER_SIZE + (size_t)ENTRY_SIZE * index;
+    memset(t, 0, sizeof *t);
+    t->offset = ecw_le64(e);
+    t->encoded_size = ecw_le64(e + 8);
+    t->decoded_size = ecw_le64(e + 16);
+    t->crc32 = ecw_le32(e + 24);
+    name_off = ecw_le32(e + 28);
+    t->name_len = (uint16_t)ecw_le16(e + 32);
+    t->dtype = e[34];
+    t->codec = e[35];
+    t->ndim = e[36];
+    t->layout = e[37];
+    t->quant_kind = e[38];
+    t->quant_axis = e[39];
+    quant_off = ecw_le32(e + 40);
+    t->quant_count = ecw_le32(e + 44);
+    isz = ecw_dtype_size(t->dtype);
+    if (isz == 0 || t->ndim > ECW_MAX_NDIM || t->layout > 5u) return ECW_E_HEADER;
+    for (k = 0; k < ECW_MAX_NDIM; k++) {
+        t->dims[k] = ecw_le32(e + 48 + 4 * k);
+        if (k >= t->ndim && t->dims[k] != 0) return ECW_E_HEADER;
+    }
+    for (k = 72; k < 80; k++)
+        if (e[k] != 0) return ECW_E_HEADER;
+    /* decoded_size must be itemsize x prod(dims), computed without overflow */
+    for (k = 0; k < t->ndim; k++) {
+        if (t->dims[k] != 0 && prod > UINT64_MAX / t->dims[k]) return ECW_E_HEADER;
+        prod *= t->dims[k];
+    }
+    if (prod > UINT64_MAX / isz || prod * isz != t->decoded_size) return ECW_E_HEADER;
+    if (t->name_len == 0 || t->name_len > 1024u || name_off + t->name_len > c->meta_size) return ECW_E_HEADER;
+    t->name = (const char *)(c->meta + name_off);
+    if (t->offset % 16u != 0 || t->offset < c->data_start || t->encoded_size > c->size ||
+        t->offset > c->size - t->encoded_size)
+        return ECW_E_HEADER;
+    if (t->quant_kind == 0) {
+        if (t->quant_count != 0 || t->quant_axis != 255u) return ECW_E_HEADER;
+    } else {
+        if (t->quant_kind == 1 && (t->quant_count != 1u || t->quant_axis != 255u)) return ECW_E_HEADER;
+        if (t->quant_kind == 2 && (t->quant_axis >= t->ndim || t->quant_count != t->dims[t->quant_axis] ||
+                                   t->quant_count == 0))
+            return ECW_E_HEADER;
+        if (t->quant_kind > 2u || quant_off % 4u != 0 || quant_off + 8u * (uint64_t)t->quant_count > c->meta_size)
+            return ECW_E_HEADER;
+        t->quant = c->meta + quant_off;
+    }
+    if (t->codec > ECW_CODEC_LUT) return ECW_E_CODEC;
+    /* FORMAT.md "Errors": a payload bounds its decoded size */
+    {
+        static const uint32_t max_ratio[4] = {1u, 1u << 20, 8192u, 8192u};
+        if (t->encoded_size > UINT64_MAX / max_ratio[t->codec] ||
+            t->decoded_size > t->encoded_size * max_ratio[t->codec] ||
+            (t->codec == ECW_CODEC_RAW && t->encoded_size != t->decoded_size))
+            return ECW_E_HEADER;
+    }
+    return ECW_OK;
+}
+
+ecw_status ecw_find(const ecw_container *c, const char *name, size_t name_len, ecw_tensor *t) {
+    uint32_t i;
+    if (c == NULL || name == NULL || t == NULL) return ECW_E_ARG;
+    for (i = 0; i < c->n_tensors; i++) {
+        ECW_TRY(ecw_tensor_at(c, i, t));
+        if (t->name_len == name_len && memcmp(t->name, name, name_len) == 0) return ECW_OK;
+    }
+    return ECW_E_NOT_FOUND;
+}
+
+/* lut payload (FORMAT.md "lut"): 4-byte header, k codebook values, packed or rans indices. */
+static ecw_status lut_decode(const uint8_t *src, uint64_t size, uint64_t n, unsigned isz, uint8_t *dst,
+                             void *ws, size_t ws_size) {
+    unsigned bits, k, idx;
+    uint64_t i, book_end;
+    const uint8_t *book, *ix;
+    uint8_t *dst_idx;
+    if (size < 4) return ECW_E_STREAM;
+    bits = src[0];
+    k = ecw_le16(src + 2);
+    if (bits < 1u || bits > 6u || k < 1u || k > 64u || k > (1u << bits) || (src[1] != 0 && src[1] != 2))
+        return ECW_E_STREAM;
+    book = src + 4;
+    book_end = 4u + (uint64_t)k * isz;
+    if (book_end > size) return ECW_E_STREAM;
+    ix = src + book_end;
+    if (src[1] == 0) {
+        /* packed: index i sits in bits [i*bits, (i+1)*bits), LSB first */
+        if (size - book_end != (n * bits + 7u) / 8u) return ECW_E_STREAM;
+        for (i = 0; i < n; i++) {
+            uint64_t pos = i * bits, byte = pos >> 3;
+            unsigned word = ix[byte];
+            if ((pos & 7u) + bits > 8u) word |= (unsigned)ix[byte + 1] << 8; /* inside: size checked */
+            idx = (word >> (pos & 7u)) & ((1u << bits) - 1u);
+            if (idx >= k) return ECW_E_STREAM;
+            memcpy(dst + i * isz, book + idx * isz, isz);
+        }
+        return ECW_OK;
+    }
+    /* rans indices: decode into the tail of dst, then expand forward. Writing element i ends at
+     * byte (i+1)*isz <= n*isz - n + i + 1, so it never overtakes an index not yet read. */
+    dst_idx = dst + n * isz - n;
+    ECW_TRY(ecw_rans_decode(ix, size - book_end, n, 1u, dst_idx, ws, ws_size));
+    for (i = 0; i < n; i++) {
+        idx = dst_idx[i];
+        if (idx >= k) return ECW_E_STREAM;
+        memcpy(dst + i * isz, book + idx * isz, isz);
+    }
+    return ECW_OK;
+}
+
+ecw_status ecw_decode(const ecw_container *c, const ecw_tensor *t, void *dst, size_t dst_size, void *ws,
+                      size_t ws_size) {
+    const uint8_t *src;
+    uint8_t *out = (uint8_t *)dst;
+    unsigned isz;
+    if (c == NULL || t == NULL || c->data == NULL || (dst == NULL && t->decoded_size != 0)) return ECW_E_ARG;
+    if ((uint64_t)dst_size < t->decoded_size) return ECW_E_ARG;
+    if (ws == NULL || ws_size < ECW_WORKSPACE_SIZE || ((uintptr_t)ws & 3u) != 0) return ECW_E_ARG;
+    /* The entry may come from the caller: check it lies inside the container again. */
+    if (t->encoded_size > c->size || t->offset > c->size - t->encoded_size || t->offset < c->data_start)
+        return ECW_E_ARG;
+    isz = ecw_dtype_size(t->dtype);
+    if (isz == 0 || t->decoded_size % isz != 0) return ECW_E_ARG;
+    src = c->data + t->offset;
+    switch (t->codec) {
+    case ECW_CODEC_RAW:
+        if (t->encoded_size != t->decoded_size) return ECW_E_HEADER;
+        if (t->decoded_size) memcpy(out, src, (size_t)t->decoded_size);
+        break;
+    case ECW_CODEC_ZSTD:
+#ifdef ECW_WITH_ZSTD
+    {
+        size_t r = ZSTD_decompress(out, (size_t)t->decoded_size, src, (size_t)t->encoded_size);
+        if (ZSTD_isError(r) || r != t->decoded_size) return ECW_E_STREAM;
+        break;
+    }
+#else
+        return ECW_E_CODEC_UNAVAILABLE;
+#endif
+    case ECW_CODEC_RANS:
+        ECW_TRY(ecw_rans_decode(src, t->encoded_size, t->decoded_size, isz, out, ws, ws_size));
+        break;
+    case ECW_CODEC_LUT:
+        ECW_TRY(lut_decode(src, t->encoded_size, t->decoded_size / isz, isz, out, ws, ws_size));
+        break;
+    default:
+        return ECW_E_CODEC;
+    }
+    return ecw_crc32(0, out, (size_t)t->decoded_size) == t->crc32 ? ECW_OK : ECW_E_CHECKSUM;
+}
