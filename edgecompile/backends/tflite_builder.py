@@ -50,7 +50,7 @@ class _AlignedBufferT(fb.BufferT):
 
     def Pack(self, builder):  # noqa: N802 (flatbuffers naming)
         data = None
-        if self.data is not None and len(self.data):
+        if self.data is not None and np.size(self.data):
             payload = np.ascontiguousarray(self.data).view(np.uint8).reshape(-1).tobytes()
             builder.StartVector(1, len(payload), 16)
             builder.head -= len(payload)

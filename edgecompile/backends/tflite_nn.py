@@ -119,10 +119,11 @@ def lower_matmul(L: Lowering, node: Node) -> None:
 
 
 # -- spatial ops ------------------------------------------------------------------------------------
-def _spatial(attrs, rank: int, key: str, default=1) -> tuple[int, int]:
-    v = attrs.get(key, default)
+def _spatial(attrs, rank: int, key: str) -> tuple[int, int]:
+    """(H, W) of a per-spatial-axis attribute; a 1-D op gets H = 1 (H padding 0)."""
+    v = attrs[key]
     v = list(v) if isinstance(v, (list, tuple)) else [v] * (rank - 2)
-    return (1, v[0]) if rank == 3 else (v[0], v[1])
+    return ((0 if key == "padding" else 1), v[0]) if rank == 3 else (v[0], v[1])
 
 
 def _padding(in_hw, out_hw, k, s, d, pad, allow_same: bool = True) -> tuple[int, list[tuple[int, int]] | None]:
