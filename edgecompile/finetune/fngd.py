@@ -262,7 +262,11 @@ class FNGD(torch.optim.Optimizer):
         if cap.D.dtype in (torch.float16, torch.bfloat16):
             work = layers.Capture(None if cap.A is None else cap.A.float(), cap.D.float(), cap.idx)
         K = layers.gram(work, self.gram_mode, self.max_gram_elems)
-        alpha = layers.damped_coefficients(K, damping)
+        try:
+            alpha = layers.damped_coefficients(K, damping)
+        except FloatingPointError as err:
+            raise FloatingPointError(f"FNGD layer {self.layer_names[i]!r}: {err}; lower the "
+                                     "learning rate or raise the damping") from None
         if self._ids is not None:
             n_local = self._ids.numel()
             self.alpha[self._ids, i] = alpha[offset:offset + n_local].to(self.alpha.device)

@@ -196,6 +196,9 @@ def damped_coefficients(K: torch.Tensor, damping: float) -> torch.Tensor:
     damped natural-gradient step for the empirical Fisher.
     """
     n = K.shape[0]
+    if not bool(torch.isfinite(K).all()):
+        raise FloatingPointError("the Gram matrix of per-sample gradients is not finite "
+                                 "(gradients overflowed)")
     k64 = K.to(torch.float64)
     k64 = 0.5 * (k64 + k64.T)
     system = k64 + (n * damping) * torch.eye(n, dtype=torch.float64, device=K.device)

@@ -1,0 +1,328 @@
+"""The short recovery loop after compression: ``recover(student, data, config, teacher, masks)``.
+
+Used by ``edgecompile build --finetune DATA --optimizer fngd|adamw|sgd|kfac|twa --epochs N``.
+Cross-entropy when the data has labels, distillation from the teacher otherwise
+(:mod:`.objective`); pruning masks re-applied after every step; a checkpoint per epoch; DDP
+when launched under ``torchrun`` (each rank takes its slice of every global batch); CUDA when
+available.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from . import checkpoint, ddp, optimizers
+from .data import FinetuneData, FinetuneDataError, batches, eval_batches
+from .fngd import FNGD
+from .objective import Objective, choose_objective, first_output, probe
+from .twa import TWA
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class RecoverConfig:
+    """Recovery fine-tuning settings (``None`` learning rate/damping: per-optimizer default,
+    see :data:`edgecompile.finetune.optimizers.DEFAULTS`)."""
+
+    optimizer: str = "fngd"
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float | None = None
+    damping: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    fallback_lr: float | None = None
+    alpha_refresh_every: int | None = None
+    fngd_gram: str = "auto"
+    kfac_ema: float = 0.95
+    kfac_inverse_every: int = 10
+    kfac_kl_clip: float | None = 1e-3
+    twa_warmup_epochs: int = 1
+    twa_checkpoints: int = 8
+    twa_base: str = "sgd"
+    distill: str = "auto"
+    temperature: float = 2.0
+    device: str | None = None
+    seed: int = 0
+    checkpoint_dir: str | None = None
+    resume: bool = True
+    keep_checkpoints: int = 2
+    eval_every: int | None = None
+
+    def __post_init__(self):
+        optimizers.check_name(self.optimizer)
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1 (got {self.epochs}, "
+                             f"{self.batch_size})")
+        if self.optimizer == "twa" and not 0 < self.twa_warmup_epochs < self.epochs:
+            raise ValueError(f"twa needs 0 < twa_warmup_epochs ({self.twa_warmup_epochs}) < "
+                             f"epochs ({self.epochs}): a normal phase, then subspace training")
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    epoch: int
+    loss: float
+    accuracy: float | None
+    eval_loss: float | None
+    eval_accuracy: float | None
+    wall_s: float
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    epoch: int
+    step: int
+    wall_s: float  # cumulative training time (evaluation excluded)
+    eval_loss: float | None
+    eval_accuracy: float | None
+
+
+@dataclass(frozen=True)
+class RecoverResult:
+    optimizer: str
+    epochs: tuple[EpochStats, ...]
+    curve: tuple[CurvePoint, ...]
+    device: str
+    world_size: int
+    resumed_from_epoch: int | None
+    state_dict: dict[str, torch.Tensor]
+
+    @property
+    def final_loss(self) -> float:
+        return self.epochs[-1].loss
+
+    @property
+    def final_accuracy(self) -> float | None:
+        last = self.epochs[-1]
+        return last.eval_accuracy if last.eval_accuracy is not None else last.accuracy
+
+
+def _resolve_device(config: RecoverConfig) -> torch.device:
+    if ddp.is_distributed() or config.device is None or config.device.startswith("cuda"):
+        return ddp.init_from_env(config.device)
+    return torch.device(config.device)
+
+
+def _check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor] | None, device):
+    if not masks:
+        return []
+    params = dict(model.named_parameters())
+    out = []
+    for name, mask in masks.items():
+        if name not in params:
+            raise KeyError(f"mask for {name!r}, which is not a parameter of the model "
+                           f"(parameters: {', '.join(list(params)[:6])}…)")
+        if tuple(mask.shape) != tuple(params[name].shape):
+            raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, the parameter "
+                             f"has {tuple(params[name].shape)}")
+        out.append((params[name], mask.to(device=device, dtype=torch.bool)))
+    return out
+
+
+@torch.no_grad()
+def _apply_masks(masks) -> None:
+    for p, m in masks:
+        p.masked_fill_(~m, 0)
+
+
+@torch.no_grad()
+def _teacher_targets(teacher, inputs, batch_size, device):
+    teacher.eval()
+    outs = [first_output(teacher(*b.inputs)) for b in eval_batches(inputs, None, batch_size,
+                                                                    device)]
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def _evaluate(model, data, objective, teacher, batch_size, device):
+    if data.eval_inputs is None:
+        return None, None
+    was = model.training
+    model.eval()
+    total, correct, counted, n = 0.0, 0, 0, 0
+    for b in eval_batches(data.eval_inputs, data.eval_labels, batch_size, device):
+        out = first_output(model(*b.inputs))
+        target = first_output(teacher(*b.inputs)) if objective.needs_teacher else None
+        total += float(objective.loss(out, b.labels, target)) * len(b.ids)
+        c, k = objective.correct(out, b.labels)
+        correct, counted, n = correct + c, counted + k, n + len(b.ids)
+    model.train(was)
+    return total / n, (correct / counted if counted else None)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def recover(student: nn.Module, data: FinetuneData, config: RecoverConfig,
+            teacher: nn.Module | None = None, masks: Mapping[str, torch.Tensor] | None = None,
+            progress: Callable[[EpochStats], None] | None = None) -> RecoverResult:
+    """Fine-tune ``student`` in place to win back accuracy after compression.
+
+    Parameters
+    ----------
+    student:
+        The compressed model (its parameters are trained in place).
+    data:
+        Inputs, optional labels, optional eval split.
+    config:
+        Optimizer, epochs, batch size, … (:class:`RecoverConfig`).
+    teacher:
+        The original model, for distillation when ``data`` has no labels.
+    masks:
+        Boolean keep-masks per parameter name; pruned weights stay exactly zero.
+    progress:
+        Called with each epoch's :class:`EpochStats`.
+
+    Raises
+    ------
+    FinetuneDataError
+        Empty data, inputs that do not fit the model, labels out of range, no labels and
+        no teacher.
+    NonFiniteLossError
+        The loss became NaN/inf (names epoch and step; lower the learning rate).
+    """
+    device = _resolve_device(config)
+    rank, world = ddp.rank(), ddp.world_size()
+    torch.manual_seed(config.seed)
+    student.to(device).train()
+    if teacher is not None:
+        teacher.to(device).eval().requires_grad_(False)
+    mask_list = _check_masks(student, masks, device)
+    _apply_masks(mask_list)
+    sample = probe(student, tuple(x.to(device) for x in data.inputs), "fine-tuning data")
+    if data.eval_inputs is not None:
+        probe(student, tuple(x.to(device) for x in data.eval_inputs), "eval data")
+    objective = choose_objective(data, sample, config.distill, config.temperature,
+                                 teacher is not None)
+    targets = (_teacher_targets(teacher, data.inputs, config.batch_size, device)
+               if objective.needs_teacher else None)
+    model = student
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            student, device_ids=[device] if device.type == "cuda" else None)
+    opts = optimizers.make(config.optimizer, student, config)
+    history, curve, start, resumed = [], [], 0, None
+    if config.checkpoint_dir and config.resume:
+        saved = checkpoint.load_latest(config.checkpoint_dir, device)
+        if saved is not None:
+            if saved["config"]["optimizer"] != config.optimizer:
+                raise ValueError(f"checkpoint in {config.checkpoint_dir} was made with "
+                                 f"{saved['config']['optimizer']}, not {config.optimizer}; "
+                                 "use another checkpoint_dir or resume=False")
+            student.load_state_dict(saved["model"])
+            for k, o in opts.items():
+                o.load_state_dict(saved["optimizers"][k])
+            history = [EpochStats(**e) for e in saved["history"]]
+            curve = [CurvePoint(**c) for c in saved["curve"]]
+            start = resumed = saved["epoch"] + 1
+            log.info("resuming from epoch %d (%s)", start, config.checkpoint_dir)
+    steps_per_epoch = sum(1 for _ in batches(data, config.batch_size, 0, config.seed, "cpu",
+                                             rank, world))
+    loop = _Loop(model, student, data, config, objective, targets, opts, mask_list, teacher,
+                 device, steps_per_epoch, curve, sum(e.wall_s for e in history))
+    for epoch in range(start, config.epochs):
+        stats = loop.run_epoch(epoch)
+        history.append(stats)
+        if progress is not None:
+            progress(stats)
+        if config.checkpoint_dir and rank == 0:
+            checkpoint.save(config.checkpoint_dir, epoch, {
+                "epoch": epoch, "model": student.state_dict(),
+                "optimizers": {k: o.state_dict() for k, o in opts.items()},
+                "history": [asdict(e) for e in history], "curve": [asdict(c) for c in curve],
+                "config": asdict(config)}, config.keep_checkpoints)
+    state = {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
+    return RecoverResult(config.optimizer, tuple(history), tuple(curve), str(device), world,
+                         resumed, state)
+
+
+class _Loop:
+    """One epoch at a time; keeps the cumulative training clock for the curve."""
+
+    def __init__(self, model, student, data, config, objective: Objective, targets, opts,
+                 masks, teacher, device, steps_per_epoch, curve, clock):
+        self.model, self.student, self.data, self.config = model, student, data, config
+        self.objective, self.targets, self.opts, self.masks = objective, targets, opts, masks
+        self.teacher, self.device, self.curve, self.clock = teacher, device, curve, clock
+        self.steps_per_epoch = steps_per_epoch
+        warm = config.twa_warmup_epochs * steps_per_epoch
+        self.twa_every = max(1, warm // max(1, config.twa_checkpoints - 1))
+
+    def _optimizer(self, epoch: int) -> torch.optim.Optimizer:
+        if "base" in self.opts and epoch < self.config.twa_warmup_epochs:
+            return self.opts["base"]
+        return self.opts["main"]
+
+    def _record(self, epoch: int, step: int) -> tuple[float | None, float | None]:
+        ev = _evaluate(self.student, self.data, self.objective, self.teacher,
+                       self.config.batch_size, self.device)
+        self.curve.append(CurvePoint(epoch, step, self.clock, *ev))
+        return ev
+
+    def run_epoch(self, epoch: int) -> EpochStats:
+        cfg, opt = self.config, self._optimizer(epoch)
+        twa = self.opts["main"] if isinstance(self.opts["main"], TWA) else None
+        if isinstance(opt, FNGD):
+            opt.set_epoch(epoch)
+        total, count, correct, counted = 0.0, 0, 0, 0
+        clock0 = self.clock
+        _sync(self.device)
+        t0 = time.perf_counter()
+        for step, b in enumerate(batches(self.data, cfg.batch_size, epoch, cfg.seed,
+                                         self.device, ddp.rank(), ddp.world_size())):
+            global_step = epoch * self.steps_per_epoch + step
+            if twa is not None and opt is not twa and global_step % self.twa_every == 0:
+                twa.collect()
+            if isinstance(opt, FNGD):
+                opt.set_batch(b.ids)
+            out = first_output(self.model(*b.inputs))
+            target = None if self.targets is None else self.targets[b.ids.to(self.device)]
+            loss = self.objective.loss(out, b.labels, target)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"loss became {float(loss)} at epoch {epoch}, step {step} "
+                    f"(optimizer {cfg.optimizer}); lower the learning rate (lr) or raise "
+                    "the damping; checkpoints of finished epochs are kept")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            try:
+                opt.step()
+            except FloatingPointError as err:
+                raise NonFiniteLossError(f"epoch {epoch}, step {step}: {err}") from err
+            _apply_masks(self.masks)
+            total += float(loss.detach()) * len(b.ids)
+            count += len(b.ids)
+            c, k = self.objective.correct(out.detach(), b.labels)
+            correct, counted = correct + c, counted + k
+            if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+                _sync(self.device)
+                self.clock += time.perf_counter() - t0
+                self._record(epoch, step + 1)
+                t0 = time.perf_counter()
+        if twa is not None and opt is not twa and epoch + 1 == cfg.twa_warmup_epochs:
+            twa.collect()
+            getattr(opt, "remove_hooks", lambda: None)()
+            twa.build_subspace()
+        _sync(self.device)
+        self.clock += time.perf_counter() - t0
+        stats = torch.tensor([total, count, correct, counted], dtype=torch.float64,
+                             device=self.device)
+        if ddp.is_distributed():
+            torch.distributed.all_reduce(stats)
+        total, count, correct, counted = stats.tolist()
+        eval_loss, eval_acc = self._record(epoch, self.steps_per_epoch)
+        return EpochStats(epoch, total / count, correct / counted if counted else None,
+                          eval_loss, eval_acc, self.clock - clock0)
