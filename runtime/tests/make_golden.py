@@ -1,0 +1,52 @@
+"""Regenerate runtime/tests/golden/: a small container with every codec and its expected hashes.
+
+Run from the repository root: ``.venv/bin/python runtime/tests/make_golden.py``. The files are kept
+in the repository so that a change to the encoder or the format shows up as a diff.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "runtime"))
+from ecw_harness import expected_lines  # noqa: E402
+from edgecompile.container import QuantInfo, encode_container, kmeans_cluster  # noqa: E402
+
+GOLDEN = ROOT / "runtime" / "tests" / "golden"
+
+
+def golden_tensors() -> tuple[dict, dict, dict]:
+    rng = np.random.default_rng(20240601)
+    w = rng.normal(0, 0.1, (16, 40)).astype(np.float32)
+    q = np.clip(np.round(w / (np.abs(w).max(1, keepdims=True) / 127)), -127, 127).astype(np.int8)
+    tensors = {
+        "conv.weight": q.reshape(16, 10, 2, 2),
+        "conv.bias": rng.integers(-900, 900, 16).astype(np.int32),
+        "fc.weight": np.clip(np.round(rng.laplace(0, 9, (8, 300))), -127, 127).astype(np.int8),
+        "fc.float": w[:4],
+        "fc.clustered": kmeans_cluster(w, 3),
+        "mask": (rng.random(200) < 0.2).astype(np.uint8),
+        "embed": np.tile(np.arange(-8, 8, dtype=np.int8), 64).reshape(32, 32),
+    }
+    codecs = {"conv.weight": "rans", "conv.bias": "raw", "fc.weight": "rans", "fc.float": "rans",
+              "fc.clustered": "lut", "mask": "lut", "embed": "zstd"}
+    quant = {"conv.weight": QuantInfo(np.abs(w).max(1) / 127, np.zeros(16, np.int32), axis=0),
+             "fc.weight": QuantInfo(np.array([0.01], np.float32), np.array([3], np.int32))}
+    return tensors, codecs, quant
+
+
+def main() -> None:
+    tensors, codecs, quant = golden_tensors()
+    data, _ = encode_container(tensors, quant, codec_for=codecs, layouts={"conv.weight": "oihw"})
+    GOLDEN.mkdir(parents=True, exist_ok=True)
+    (GOLDEN / "golden.ecw").write_bytes(data)
+    (GOLDEN / "golden.expected").write_text("\n".join(expected_lines(tensors)) + "\n")
+    print(f"golden.ecw: {len(data)} bytes")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Round trips of every codec (Python), codec choice, and k-means clustering."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from edgecompile.container import (QuantInfo, UnknownCodec, ContainerError, encode_container, kmeans_cluster,
+                                   read_container, write_container)
+from edgecompile.container import rans
+
+DTYPES = ["int8", "uint8", "int16", "uint16", "int32", "uint32", "float16", "float32", "int64"]
+
+
+def _roundtrip(arrays: dict, codec: str | None) -> None:
+    forced = {} if codec is None else {k: codec for k in arrays}
+    data, records = encode_container(arrays, codec_for=forced)
+    back = read_container(data).read_all()
+    for (k, v), r in zip(arrays.items(), records):
+        assert back[k].dtype == v.dtype and back[k].shape == v.shape
+        assert back[k].tobytes() == v.tobytes()  # bit-exact, including NaN payloads and -0.0
+        assert codec is None or r.codec == codec
+
+
+@settings(max_examples=40, deadline=None)
+@given(arr=hnp.arrays(st.sampled_from(DTYPES), hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=40)),
+       codec=st.sampled_from(["raw", "zstd", "rans", None]))
+def test_roundtrip_any_array(arr, codec):
+    _roundtrip({"t": arr}, codec)
+
+
+@settings(max_examples=40, deadline=None)
+@given(values=hnp.arrays(np.float32, st.integers(1, 64), unique=True, elements=st.floats(-4, 4, width=32)),
+       n=st.integers(1, 3000), seed=st.integers(0, 2**16))
+def test_roundtrip_lut(values, n, seed):
+    arr = values[np.random.default_rng(seed).integers(0, len(values), n)]
+    _roundtrip({"t": arr}, "lut")
+
+
+def test_rans_close_to_entropy_and_smaller_than_zstd_on_large_bells():
+    rng = np.random.default_rng(1)
+    q = np.clip(np.round(rng.normal(0, 25, (256, 1024))), -127, 127).astype(np.int8)
+    data, rec = encode_container({"w": q}, codecs=("rans",))
+    counts = np.bincount(q.view(np.uint8).ravel(), minlength=256)
+    p = counts[counts > 0] / q.size
+    bound = -(p * np.log2(p)).sum() * q.size / 8
+    assert rec[0].encoded_size <= 1.01 * bound
+    zdata, zrec = encode_container({"w": q}, codecs=("zstd",))
+    assert rec[0].encoded_size < zrec[0].encoded_size
+
+
+def test_smallest_codec_wins_and_lut_applies_only_to_few_values():
+    rng = np.random.default_rng(2)
+    few = rng.choice(np.array([-1.5, 0.0, 0.25, 3.0], np.float32), 5000)
+    many = rng.normal(size=5000).astype(np.float32)
+    data, recs = encode_container({"few": few, "many": many})
+    by = {r.name: r for r in recs}
+    assert by["few"].codec == "lut" and by["few"].encoded_size < 5000 // 3
+    with pytest.raises(ContainerError, match="lut"):
+        encode_container({"many": many}, codec_for={"many": "lut"})
+    with pytest.raises(UnknownCodec):
+        encode_container({"many": many}, codecs=("brotli",))
+
+
+def test_write_is_atomic_and_keeps_order_and_quant(tmp_path):
+    q = QuantInfo(np.array([0.5, 0.25], np.float32), np.array([0, 3], np.int32), axis=0)
+    arrays = {"b": np.arange(6, dtype=np.int8).reshape(2, 3), "a": np.ones(3, np.float32)}
+    path = tmp_path / "w.ecw"
+    recs = write_container(path, arrays, quant={"b": q}, layouts={"b": "oi"})
+    assert [p.name for p in tmp_path.iterdir()] == ["w.ecw"]  # no temporary left behind
+    r = read_container(path)
+    assert r.names == ["b", "a"] and r.quant("b") == q and r.quant("a") is None
+    assert r.records == recs and r.records[0].layout == "oi"
+    r.verify()
+    assert all(rec.offset % 16 == 0 for rec in r.records)
+
+
+def test_per_channel_tables_chosen_when_channels_differ():
+    rng = np.random.default_rng(4)
+    # channel c uses only symbols {4c, 4c+1}: per-channel tables cost ~1 bit/symbol, one table ~5
+    w = (rng.integers(0, 2, (32, 4096)) + 4 * np.arange(32)[:, None]).astype(np.uint8)
+    sym = w.ravel()
+    plan, est = rans.plan(sym, 32)
+    payload = rans.encode_batch([plan])[0]
+    data, recs = encode_container({"w": w}, codecs=("rans",))
+    assert recs[0].encoded_size == len(payload) <= 32 * 4096 / 8 * 1.05
+
+
+def test_rans_python_speed_scales_with_lanes_not_length():
+    """20M symbols would take 20M Python steps without lanes; here steps <= LANE_SYMBOLS + 1."""
+    n = 3 * rans.LANE_SYMBOLS * 64
+    sym = np.random.default_rng(5).integers(0, 16, n).astype(np.uint8)
+    plan, _ = rans.plan(sym, 1)
+    assert plan.lanes == 3 * 64
+    (payload,) = rans.encode_batch([plan])
+    parsed = rans.parse(payload, n)
+    starts, lengths, _ = rans.lane_layout(n, 1, parsed.lanes)
+    assert lengths.max() <= rans.LANE_SYMBOLS
+    assert np.array_equal(rans.decode_batch([parsed])[0], sym)
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1])
+@pytest.mark.parametrize("bits", [1, 3, 6])
+def test_kmeans_cluster(axis, bits):
+    rng = np.random.default_rng(6)
+    w = rng.normal(0, 1, (24, 50)).astype(np.float32)
+    out = kmeans_cluster(w, bits, axis=axis)
+    assert out.shape == w.shape and out.dtype == w.dtype
+    slices = [out] if axis is None else [np.take(out, i, axis=axis) for i in range(w.shape[axis])]
+    assert max(len(np.unique(s)) for s in slices) <= 2**bits
+    # Lloyd's optimum beats the uniform grid it starts from (error relative to the weights' std)
+    err = np.sqrt(np.mean((out - w) ** 2)) / w.std()
+    assert err < {1: 0.65, 3: 0.2, 6: 0.03}[bits]
+    if axis is None:  # each centroid is its cluster's mean: the sum is kept
+        assert abs(out.sum() - w.sum()) < 1e-3 * np.abs(w).sum()

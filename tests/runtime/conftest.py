@@ -1,0 +1,17 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ecw_harness import have, make  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def host_tool(tmp_path_factory) -> Path:
+    """The host build of ecw_tool (gcc -O2, libzstd)."""
+    if not have("gcc", "make"):
+        pytest.skip("gcc/make not installed (scripts/install_toolchains.sh)")
+    build = tmp_path_factory.mktemp("ecw_build")
+    make("host", build)
+    return build / "host" / "ecw_tool"
