@@ -1,0 +1,167 @@
+"""Converters for layout ops: views, permutes, slicing, splitting, concatenation, padding, indexing.
+
+Shapes are static, so every view-like op (view, reshape, flatten, squeeze, unsqueeze) becomes one
+`reshape` to the node's example output shape, and identities are dropped. `select` is a slice
+plus a reshape; `split`/`chunk`/`unbind` return a tuple of slices (picked by `getitem`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .context import Const, ConvertContext, Unsupported
+
+
+def view(cx: ConvertContext, x, *_, **__):
+    """view / _unsafe_view / reshape / flatten / squeeze / unsqueeze -> reshape (or nothing)."""
+    return cx.reshape(x, cx.out_shape)
+
+
+def permute(cx: ConvertContext, x, dims):
+    return cx.transpose(x, dims)
+
+
+def transpose(cx: ConvertContext, x, d0, d1):
+    n = len(cx.shape(x))
+    perm = list(range(n))
+    d0, d1 = d0 % n, d1 % n
+    perm[d0], perm[d1] = perm[d1], perm[d0]
+    return cx.transpose(x, perm)
+
+
+def t(cx: ConvertContext, x):
+    return cx.transpose(x, [1, 0]) if len(cx.shape(x)) == 2 else cx.value(x)
+
+
+def expand(cx: ConvertContext, x, size, implicit=False):
+    return cx.expand(x, cx.out_shape)
+
+
+def _resolve(start, end, step, size):
+    """Python slice bounds -> non-negative (start, end) within [0, size]."""
+    start, end, _ = slice(start, end, step).indices(size)
+    return start, max(end, start)
+
+
+def slice_(cx: ConvertContext, x, dim=0, start=None, end=None, step=1):
+    shape = cx.shape(x)
+    dim %= len(shape)
+    if step < 1:
+        raise Unsupported(f"slice step {step}")
+    start, end = _resolve(start, end, step, shape[dim])
+    return cx.slice(x, dim, start, end, step)
+
+
+def select(cx: ConvertContext, x, dim, index):
+    """x.select(dim, i) -> slice(i, i+1) + reshape dropping the axis."""
+    shape = cx.shape(x)
+    dim %= len(shape)
+    index %= shape[dim]
+    return cx.reshape(cx.slice(x, dim, index, index + 1), cx.out_shape)
+
+
+def _split_at(cx: ConvertContext, x, sizes, dim):
+    dim %= len(cx.shape(x))
+    outs, start = [], 0
+    for s in sizes:
+        outs.append(cx.slice(x, dim, start, start + s))
+        start += s
+    return tuple(outs)
+
+
+def split_with_sizes(cx: ConvertContext, x, sizes, dim=0):
+    return _split_at(cx, x, sizes, dim)
+
+
+def split(cx: ConvertContext, x, size, dim=0):
+    if isinstance(size, (list, tuple)):
+        return _split_at(cx, x, size, dim)
+    n = cx.shape(x)[dim % len(cx.shape(x))]
+    return _split_at(cx, x, [min(size, n - i) for i in range(0, n, size)], dim)
+
+
+def chunk(cx: ConvertContext, x, chunks, dim=0):
+    n = cx.shape(x)[dim % len(cx.shape(x))]
+    size = -(-n // chunks)
+    return split(cx, x, size, dim)
+
+
+def unbind(cx: ConvertContext, x, dim=0):
+    shape = cx.shape(x)
+    dim %= len(shape)
+    rest = shape[:dim] + shape[dim + 1:]
+    return tuple(cx.reshape(cx.slice(x, dim, i, i + 1), rest) for i in range(shape[dim]))
+
+
+def cat(cx: ConvertContext, tensors, dim=0):
+    # torch.cat skips 1-D empty tensors (legacy behaviour); so do we.
+    xs = [x for x in tensors if not (len(cx.shape(x)) == 1 and cx.shape(x)[0] == 0)]
+    if len(xs) == 1:
+        return cx.value(xs[0])
+    dtype = cx.out_dtype
+    return cx.emit("concat", [cx.value(x, dtype) for x in xs], axis=dim % len(cx.out_shape))
+
+
+def repeat(cx: ConvertContext, x, repeats):
+    """x.repeat(r) -> reshape to the output rank, then concat copies along each repeated axis."""
+    shape = cx.shape(x)
+    y = cx.reshape(x, (1,) * (len(repeats) - len(shape)) + tuple(shape))
+    for axis, r in enumerate(repeats):
+        if r == 1:
+            continue
+        if y.shape[axis] == 1:
+            y = cx.expand(y, y.shape[:axis] + (r,) + y.shape[axis + 1:])
+        else:
+            y = cx.emit("concat", [y] * r, axis=axis)
+    return y
+
+
+def constant_pad_nd(cx: ConvertContext, x, pad, value=0.0):
+    """torch pads (last axis first, [l, r] pairs) -> IR pads in ONNX order [begins..., ends...]."""
+    n = len(cx.shape(x))
+    begins, ends = [0] * n, [0] * n
+    for i in range(len(pad) // 2):
+        axis = n - 1 - i
+        begins[axis], ends[axis] = int(pad[2 * i]), int(pad[2 * i + 1])
+    if min(begins + ends) < 0:
+        raise Unsupported("negative padding (cropping)")
+    if not any(begins + ends):
+        return cx.value(x)
+    return cx.emit("pad", [x], pads=begins + ends, value=float(value))
+
+
+def index_select(cx: ConvertContext, x, dim, index):
+    return cx.emit("gather", [x, cx.value(index)], axis=dim % len(cx.shape(x)))
+
+
+def index(cx: ConvertContext, x, indices):
+    """Advanced indexing x[i0, i1, ...].
+
+    One index tensor (the other axes untouched) is a `gather` on that axis. Several constant
+    index tensors on the leading axes are folded into one flat index over those axes: a `gather`
+    on the flattened leading axes, or a plain `reshape` when the flat index is the identity
+    (as in a mask broadcast written as `mask[arange(B)[:, None], arange(S)]`).
+    """
+    shape = cx.shape(x)
+    used = [i for i, ix in enumerate(indices) if ix is not None]
+    for i in used:
+        if cx.dtype(indices[i]) == "bool":
+            raise Unsupported("boolean mask indexing (data-dependent shape)")
+    if len(used) == 1:
+        return cx.emit("gather", [x, cx.value(indices[used[0]])], axis=used[0])
+    k = len(indices)
+    if used != list(range(k)) or not all(isinstance(ix, Const) for ix in indices):
+        raise Unsupported("advanced indexing with several non-constant or non-leading index tensors")
+    idx = [ix.tensor.numpy().astype(np.int64) % shape[i] for i, ix in enumerate(indices)]
+    flat = np.ravel_multi_index(np.broadcast_arrays(*idx), shape[:k])
+    rest = tuple(shape[k:])
+    lead = int(np.prod(shape[:k]))
+    if flat.size == lead and np.array_equal(flat.ravel(), np.arange(lead)):
+        return cx.reshape(x, cx.out_shape)
+    data = cx.reshape(x, (lead,) + rest)
+    return cx.emit("gather", [data, cx.const(flat, f"{cx.name_hint}.index")], axis=0)
+
+
+def embedding(cx: ConvertContext, weight, indices, *_, **__):
+    """embedding(table, ids) -> gather(table, ids, axis 0); the table keeps its state_dict name."""
+    return cx.emit("gather", [weight, cx.value(indices)], axis=0)
