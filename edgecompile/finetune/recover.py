@@ -293,7 +293,7 @@ class _Loop:
             loss = self.objective.loss(out, b.labels, target)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
-                    f"loss became {float(loss)} at epoch {epoch}, step {step} "
+                    f"loss became {float(loss.detach())} at epoch {epoch}, step {step} "
                     f"(optimizer {cfg.optimizer}); lower the learning rate (lr) or raise "
                     "the damping; checkpoints of finished epochs are kept")
             opt.zero_grad(set_to_none=True)
