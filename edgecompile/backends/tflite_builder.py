@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as fb
+
+from ..tflite_loader import AlignedBufferT, pack_model
 
 TFL_TYPES = {
     "float32": fb.TensorType.FLOAT32, "int32": fb.TensorType.INT32, "int8": fb.TensorType.INT8,
@@ -45,24 +46,6 @@ def tflite_version(op: str, int8: bool) -> int:
     return q if int8 else f
 
 
-class _AlignedBufferT(fb.BufferT):
-    """A BufferT whose data vector starts on a 16-byte boundary."""
-
-    def Pack(self, builder):  # noqa: N802 (flatbuffers naming)
-        data = None
-        if self.data is not None and np.size(self.data):
-            payload = np.ascontiguousarray(self.data).view(np.uint8).reshape(-1).tobytes()
-            builder.StartVector(1, len(payload), 16)
-            builder.head -= len(payload)
-            builder.Bytes[builder.head:builder.head + len(payload)] = payload
-            builder.vectorNumElems = len(payload)
-            data = builder.EndVector()
-        fb.BufferStart(builder)
-        if data is not None:
-            fb.BufferAddData(builder, data)
-        return fb.BufferEnd(builder)
-
-
 @dataclass(frozen=True)
 class TensorRef:
     """A tensor of the subgraph under construction (index + what the lowering needs to know)."""
@@ -84,7 +67,7 @@ class ModelBuilder:
     def __init__(self, name: str):
         self.name = name
         self.tensors: list[fb.TensorT] = []
-        self.buffers: list[fb.BufferT] = [_AlignedBufferT()]
+        self.buffers: list[fb.BufferT] = [AlignedBufferT()]
         self.opcodes: dict[tuple[int, int], int] = {}
         self.operators: list[fb.OperatorT] = []
         self.inputs: list[int] = []
@@ -118,7 +101,7 @@ class ModelBuilder:
         if data is not None:
             data = np.array(data, dtype=dtype, order="C")   # keeps 0-d scalars 0-d
             assert tuple(data.shape) == tuple(t.shape), (t.name, data.shape, t.shape)
-            buf = _AlignedBufferT()
+            buf = AlignedBufferT()
             buf.data = data
             t.buffer = len(self.buffers)
             self.buffers.append(buf)
@@ -179,22 +162,6 @@ class ModelBuilder:
         model.subgraphs = [sg]
         model.buffers = self.buffers
         return pack_model(model)
-
-
-def pack_model(model: fb.ModelT) -> bytes:
-    """Serializes a ModelT (its BufferT data packed 16-byte aligned)."""
-    model.buffers = [_as_aligned(b) for b in model.buffers]
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
-
-
-def _as_aligned(b: fb.BufferT) -> fb.BufferT:
-    if isinstance(b, _AlignedBufferT):
-        return b
-    a = _AlignedBufferT()
-    a.data = None if b.data is None or len(b.data) == 0 else np.asarray(b.data, np.uint8)
-    return a
 
 
 def unpack_model(model_bytes: bytes) -> fb.ModelT:

@@ -275,8 +275,9 @@ def lower_pool(L: Lowering, node: Node) -> None:
     is_max = node.op == "max_pool"
     if is_max and _spatial(a, rank, "dilation") != (1, 1):
         raise TFLiteUnsupportedError(f"node {node.name} (max_pool): TFLite has no dilated pooling")
-    # TFLite's SAME average pooling leaves padding out of the count, PyTorch's default counts it.
-    allow_same = is_max or not a["count_include_pad"]
+    # TFLite's SAME average pooling leaves padding out of the count; PyTorch counts explicit padding
+    # when count_include_pad, but never the ceil_mode overhang, so SAME fits when there is no padding.
+    allow_same = is_max or not a["count_include_pad"] or p == (0, 0)
     padding, pads = _padding(cl_shape(x.shape)[1:3], cl_shape(node.output.shape)[1:3], k, s, (1, 1), p,
                              allow_same)
     if not is_max and pads is not None and (not a["count_include_pad"] or any(e > b for b, e in pads)):

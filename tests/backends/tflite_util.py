@@ -12,6 +12,9 @@ import numpy as np
 import torch
 from ai_edge_litert.interpreter import Interpreter
 
+import sys
+from pathlib import Path
+
 from edgecompile.ir import Graph, QuantParams, infer_shapes
 from edgecompile.ir.torch_ops import run_op
 
@@ -91,3 +94,7 @@ def step(graph: Graph, i: int = 0) -> float:
     """The quantization step of output `i` (1.0 for a float output)."""
     q = graph.outputs[i].quant
     return 1.0 if q is None else float(q.scale[0])
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/models.py
+import models  # noqa: E402,F401
