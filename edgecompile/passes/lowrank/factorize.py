@@ -233,7 +233,12 @@ class LowRankPass(Pass):
             log.info("%s: %s does not split into %d balanced modes; no tensor train",
                      node.name, w.shape, cfg.tt_modes)
             return None
+        # the error the chosen SVD rank would make (for an energy spec, the spec's own target),
+        # floored at the weight's rounding level so that exact inputs do not keep noise ranks.
         eps = math.sqrt(max(0.0, 1.0 - _kept_energy(layer, rank)))
+        if cfg.budget_bytes is None and cfg.rank.kind == "energy":
+            eps = max(eps, math.sqrt(1.0 - cfg.rank.value))
+        eps = max(eps, 1e-6 if w.dtype == np.float32 else 1e-12)
         cores = tt_decompose(w, in_modes, out_modes, rel_error=eps)
         limit = w.size if cfg.tt_policy == "always" else min(w.size, layer.spectrum.params(rank))
         return cores if tt_params(cores) < limit else None
