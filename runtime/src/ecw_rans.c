@@ -111,23 +111,52 @@ static ecw_status lane_finish(lane *ln, const uint16_t *cum, unsigned m, unsigne
     return (ln->x == ECW_RANS_L && ln->p == ln->end) ? ECW_OK : ECW_E_STREAM;
 }
 
-/* Fast path: four lanes in lockstep while each has >= 2 bytes left (a step reads at most 2). */
+/* Fast path: four lanes in lockstep. A step reads at most 2 bytes per lane, so `steps` steps
+ * with steps <= left and 2 * steps <= bytes left need no bounds checks. State lives in locals:
+ * the byte stores through `out` could alias anything reached through a pointer. */
+#define ECW_STEP(x, p, o)                                                   \
+    do {                                                                    \
+        uint32_t slot_ = (x) & mask, e_ = fb[slot_], b_;                    \
+        *(o) = sym[slot_];                                                  \
+        (o) += stride;                                                      \
+        (x) = (e_ >> 16) * ((x) >> m) + (e_ & 0xffffu);                     \
+        /* branch-free renormalization (unpredictable branches cost more) */ \
+        b_ = (x) < ECW_RANS_L;                                              \
+        (x) = b_ ? (((x) << 8) | (p)[0]) : (x);                             \
+        (p) += b_;                                                          \
+        b_ = (x) < ECW_RANS_L;                                              \
+        (x) = b_ ? (((x) << 8) | (p)[0]) : (x);                             \
+        (p) += b_;                                                          \
+    } while (0)
+
 static void lanes_fast4(lane *ln, const ecw_ws_fast *ws, unsigned m, unsigned stride) {
-    uint32_t mask = (1u << m) - 1u;
-    while (ln[0].left && ln[1].left && ln[2].left && ln[3].left && ln[0].end - ln[0].p >= 2 &&
-           ln[1].end - ln[1].p >= 2 && ln[2].end - ln[2].p >= 2 && ln[3].end - ln[3].p >= 2) {
-        int j;
-        for (j = 0; j < 4; j++) {
-            uint32_t slot = ln[j].x & mask, e = ws->fb[slot];
-            uint32_t x = (e >> 16) * (ln[j].x >> m) + (e & 0xffffu);
-            *ln[j].out = ws->sym[slot];
-            ln[j].out += stride;
-            ln[j].left--;
-            if (x < ECW_RANS_L) x = (x << 8) | *ln[j].p++;
-            if (x < ECW_RANS_L) x = (x << 8) | *ln[j].p++;
-            ln[j].x = x;
+    const uint32_t mask = (1u << m) - 1u, *fb = ws->fb;
+    const uint8_t *sym = ws->sym;
+    uint32_t steps = 1, j;
+    uint32_t x0 = ln[0].x, x1 = ln[1].x, x2 = ln[2].x, x3 = ln[3].x;
+    const uint8_t *p0 = ln[0].p, *p1 = ln[1].p, *p2 = ln[2].p, *p3 = ln[3].p;
+    uint8_t *o0 = ln[0].out, *o1 = ln[1].out, *o2 = ln[2].out, *o3 = ln[3].out;
+    /* Chunks: each allows min(left, bytes/2) unchecked steps; bytes shrink geometrically. */
+    while (steps) {
+        steps = ln[0].left;
+        if (ln[1].left < steps) steps = ln[1].left;
+        if (ln[2].left < steps) steps = ln[2].left;
+        if (ln[3].left < steps) steps = ln[3].left;
+        if ((uint32_t)(ln[0].end - p0) / 2u < steps) steps = (uint32_t)(ln[0].end - p0) / 2u;
+        if ((uint32_t)(ln[1].end - p1) / 2u < steps) steps = (uint32_t)(ln[1].end - p1) / 2u;
+        if ((uint32_t)(ln[2].end - p2) / 2u < steps) steps = (uint32_t)(ln[2].end - p2) / 2u;
+        if ((uint32_t)(ln[3].end - p3) / 2u < steps) steps = (uint32_t)(ln[3].end - p3) / 2u;
+        for (j = 0; j < steps; j++) {
+            ECW_STEP(x0, p0, o0);
+            ECW_STEP(x1, p1, o1);
+            ECW_STEP(x2, p2, o2);
+            ECW_STEP(x3, p3, o3);
         }
+        for (j = 0; j < 4; j++) ln[j].left -= steps;
     }
+    ln[0].x = x0; ln[1].x = x1; ln[2].x = x2; ln[3].x = x3;
+    ln[0].p = p0; ln[1].p = p1; ln[2].p = p2; ln[3].p = p3;
+    ln[0].out = o0; ln[1].out = o1; ln[2].out = o2; ln[3].out = o3;
 }
 
 ecw_status ecw_rans_decode(const uint8_t *src, uint64_t src_size, uint64_t n_symbols, unsigned itemsize,
