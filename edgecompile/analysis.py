@@ -66,7 +66,8 @@ def layer_figures(graph: Graph) -> dict[str, LayerFigures]:
         w = weight_input(node)
         if w is None:
             continue
-        key = node.meta.get("layer", node.name)
+        lowrank = node.meta.get("lowrank", {})
+        key = node.meta.get("layer") or lowrank.get("original") or node.name
         lf = layers.get(key)
         if lf is None:
             lf = layers[key] = LayerFigures(key, node.meta.get("layer_op", node.op), tuple(w.shape))
@@ -79,6 +80,8 @@ def layer_figures(graph: Graph) -> dict[str, LayerFigures]:
         for k in ("rank", "method", "sparsity", "bits", "pruned_channels"):
             if k in node.meta:
                 lf.meta[k] = node.meta[k]
+            elif k in lowrank:
+                lf.meta[k] = lowrank[k]
     return layers
 
 

@@ -36,11 +36,10 @@ def _input_errors() -> tuple[type[BaseException], ...]:
         errors += [BudgetError, RankSpecError]
     except ImportError:
         pass
-    try:
-        from .passes.prune import PruneSpecError
-        errors.append(PruneSpecError)
-    except ImportError:
-        pass
+    from .passes.prune import PruneSpecError
+    from .passes.quantize import QuantSpecError
+    from .passes.lowrank.factorize import LowRankConfigError
+    errors += [PruneSpecError, QuantSpecError, LowRankConfigError]
     try:
         from .backends.tflite import TFLiteUnsupportedError
         errors.append(TFLiteUnsupportedError)
@@ -76,7 +75,8 @@ def main(verbose: bool) -> None:
               help="Low-rank spec: erank[:scale] | energy:0.95 | fraction:0.25 | fixed:32 | none.")
 @click.option("--prune", default="none", show_default=True,
               help="magnitude:0.5 | magnitude:global:0.6 | channel:0.25 | none.")
-@click.option("--quant", type=click.Choice(["int8", "none"]), default="int8", show_default=True)
+@click.option("--quant", default="int8", show_default=True,
+              help="int8[:weights_only|minmax|mse|percentile[=P]] | none.")
 @click.option("--budget-bytes", type=int, default=None, help="Global weight-byte budget for the rank search.")
 @click.option("--codec", "codecs", multiple=True, help="Allowed codecs (repeatable) [all the target decodes].")
 @click.option("--finetune", default=None, help="Recover accuracy: 'calib' or a .npz of training inputs(+labels).")
