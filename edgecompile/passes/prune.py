@@ -153,7 +153,7 @@ def magnitude_masks(weights: Mapping[str, np.ndarray], sparsity: float,
         w = weights[n]
         m = keep[start:start + w.size]
         start += w.size
-        floor = int(np.ceil((1 - MAX_TENSOR_SPARSITY) * w.size))
+        floor = int(np.ceil((1 - MAX_TENSOR_SPARSITY) * w.size - 1e-9))
         if m.sum() < floor:
             log.info("global pruning capped %s at %.0f%% sparsity", n, 100 * MAX_TENSOR_SPARSITY)
             m = _keep_largest(np.abs(w).ravel(), floor)
@@ -268,9 +268,10 @@ class ChannelPrunePass(Pass):
     elementwise ops (and elementwise ops with a per-channel constant), pooling, reductions over
     other axes, a flatten, and the input channels (or flattened column blocks) of the next conv or
     linear. What a removed channel still contributed downstream when its weights are zero (the
-    constant its bias produces through that path) is folded into the next layer's bias, so removing
-    channels whose weights are zero leaves the output unchanged (exactly, unless the next conv or an
-    average pool pads its input, where borders see the fold approximately: noted in the record).
+    constant its bias produces through that path) is folded into the next layer's bias: the pruned
+    graph computes exactly what the graph with the removed channels' weights zeroed computes (so
+    removing zero-weight channels leaves the output unchanged), unless the next conv or an average
+    pool pads its input, where borders see the fold approximately (noted in the record).
     Channels that reach a residual add, a concat, a channel-mixing reshape, a grouped/depthwise
     conv, a graph output or anything else are not prunable; the record says why.
     """
@@ -299,7 +300,7 @@ class ChannelPrunePass(Pass):
         return trace_channels(graph, node)
 
     def call(self, graph: Graph) -> PruneResult:
-        records: list[dict] = []
+        records: dict[str, dict] = {}
         plans: dict[str, tuple[Node, list[ChannelStep]]] = {}
         scores: dict[str, np.ndarray] = {}
         for node in graph.nodes:
@@ -307,29 +308,31 @@ class ChannelPrunePass(Pass):
                 continue
             plan = self.check(graph, node)
             if isinstance(plan, str):
-                records.append({"node": node.name, "op": node.op, "kind": "channel", "skipped": plan})
+                records[node.name] = {"node": node.name, "op": node.op, "kind": "channel", "skipped": plan}
                 log.info("channel pruning skips %s (%s): %s", node.name, node.op, plan)
                 continue
             plans[node.name] = (node, plan)
             scores[node.name] = channel_scores(node.input(1).data, _bn_scale(node, plan))
         removed = select_channels(scores, self.config.amount, self.config.scope) if self.config.amount else {}
-        modified = False
-        for name, (node, plan) in plans.items():       # topological order
+        # Last layer first: a layer's removed channels then fold into its successor's bias only for
+        # the successor's kept channels, so the result equals zeroing all removed channels' weights.
+        for name, (node, plan) in reversed(plans.items()):
             drop = removed.get(name, np.zeros(0, np.int64))
             if drop.size == 0:
                 continue
             c_out = node.input(1).data.shape[0]
             before = graph.param_count()
             exact = apply_channel_removal(graph, node, plan, drop)
-            records.append({"node": name, "op": node.op, "kind": "channel", "channels_before": c_out,
-                            "channels_after": c_out - drop.size, "removed": drop.tolist(),
-                            "params_before": before, "params_after": graph.param_count(),
-                            "resized": sorted({s.node.name for s in plan}),
-                            "bias_fold": "exact" if exact else "approximate at padded borders"})
-            modified = True
+            records[name] = {"node": name, "op": node.op, "kind": "channel", "channels_before": c_out,
+                             "channels_after": c_out - drop.size, "removed": drop.tolist(),
+                             "params_before": before, "params_after": graph.param_count(),
+                             "resized": sorted({s.node.name for s in plan}),
+                             "bias_fold": "exact" if exact else "approximate at padded borders"}
+        modified = any("removed" in r for r in records.values())
         if modified:
             infer_shapes(graph, overwrite=True)
-        return PruneResult(graph, modified, records)
+        order = [n.name for n in graph.nodes if n.name in records]
+        return PruneResult(graph, modified, [records[n] for n in order])
 
 
 def _bn_scale(node: Node, plan: list[ChannelStep]) -> np.ndarray | None:
