@@ -171,6 +171,7 @@ class FNGD(torch.optim.Optimizer):
     def _reset_batch(self) -> None:
         self._mode = "gram"
         self._ids = None
+        self._global_ids = None
         self._coef = None
         self._captures: dict[int, list] = {}
         self._scaled: set[int] = set()
@@ -252,9 +253,8 @@ class FNGD(torch.optim.Optimizer):
         if cap is None:
             return None
         module = self._layers[i][1]
-        offset = 0
         if ddp.is_distributed():
-            D, offset = ddp.gather_rows(cap.D.contiguous())
+            D = ddp.gather_rows(cap.D.contiguous())[0]
             A = ddp.gather_rows(cap.A.contiguous())[0] if cap.A is not None else None
             idx = ddp.gather_rows(cap.idx.contiguous())[0] if cap.idx is not None else None
             cap = layers.Capture(A, D, idx)
@@ -268,8 +268,9 @@ class FNGD(torch.optim.Optimizer):
             raise FloatingPointError(f"FNGD layer {self.layer_names[i]!r}: {err}; lower the "
                                      "learning rate or raise the damping") from None
         if self._ids is not None:
-            n_local = self._ids.numel()
-            self.alpha[self._ids, i] = alpha[offset:offset + n_local].to(self.alpha.device)
+            # Every rank stores the whole global batch's alpha: the next epoch deals the
+            # samples to other ranks.
+            self.alpha[self._global_ids, i] = alpha.to(self.alpha.device)
         step = layers.weighted_grad(module, work, alpha.to(work.D.dtype))
         return {id(getattr(module, k)): v for k, v in step.items()}
 
@@ -283,6 +284,9 @@ class FNGD(torch.optim.Optimizer):
         group = self.param_groups[0]
         directions: dict[int, torch.Tensor] = {}
         if self._mode == "gram":
+            if self._ids is not None:
+                self._global_ids = ddp.gather_rows(self._ids)[0]
+                self._grow(int(self._global_ids.max()) + 1)
             for i in range(len(self._layers)):
                 solved = self._solve_layer(i, group["damping"])
                 if solved is None:
@@ -290,7 +294,7 @@ class FNGD(torch.optim.Optimizer):
                 else:
                     directions.update(solved)
             if self._ids is not None:
-                self.alpha_epoch[self._ids] = self.epoch
+                self.alpha_epoch[self._global_ids] = self.epoch
         else:
             for i, (_, module) in enumerate(self._layers):
                 if i not in self._scaled:
