@@ -45,5 +45,6 @@ class UnsupportedOpError(FrontendError):
         self.ops = tuple(dict.fromkeys(n.op for n in unique))
         head = "unsupported operator" + ("s " if len(unique) > 1 else " ")
         super().__init__(head + ", ".join(n.describe() for n in unique)
-                         + "; rewrite the model to avoid it or ask for the op to be added; supported: "
+                         + f"; rewrite the model to avoid {'them' if len(unique) > 1 else 'it'} or ask for an IR conversion;"
+                         + " supported: "
                          + ", ".join(supported))

@@ -27,8 +27,10 @@ the module it ran in ("features.0"), or "module.op" when the module produced sev
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -48,6 +50,14 @@ aten = torch.ops.aten
 
 _FAILED = object()   # stands for the output of an unsupported node (its users are skipped)
 _TRANSPOSES = {aten.permute.default, aten.t.default, aten.transpose.int}
+
+
+@contextlib.contextmanager
+def _quiet_torch():
+    """Silences a deprecation warning raised inside torch.export itself (not actionable by users)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        yield
 
 
 def import_model(model: torch.nn.Module, example_inputs: tuple, name: str | None = None) -> Graph:
@@ -78,7 +88,7 @@ def import_model(model: torch.nn.Module, example_inputs: tuple, name: str | None
     model.eval()
     t0 = time.perf_counter()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _quiet_torch():
             ep = torch.export.export(model, example_inputs, strict=False)
     except Exception as e:  # torch.export raises many types; the CLI needs one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -90,7 +100,8 @@ def import_model(model: torch.nn.Module, example_inputs: tuple, name: str | None
 def import_exported_program(ep: torch.export.ExportedProgram, name: str = "graph") -> Graph:
     """Converts an `ExportedProgram` (decomposed here to core ATen) to an IR `Graph`."""
     t0 = time.perf_counter()
-    ep = ep.run_decompositions(decomposition_table())
+    with _quiet_torch():
+        ep = ep.run_decompositions(decomposition_table())
     t1 = time.perf_counter()
     graph = _Importer(ep, name).run()
     log.info("decompositions %.2fs, conversion %.2fs", t1 - t0, time.perf_counter() - t1)
