@@ -1,0 +1,272 @@
+"""Fine-tuning benchmark: FNGD vs SGD, AdamW, K-FAC and TWA on the same data and seeds.
+
+Tasks
+  digits-cnn   recover a compressed digits CNN (linear layers SVD-truncated to 30% rank,
+               50% magnitude pruning with masks kept during recovery)
+  digits-tf    recover a compressed small transformer classifier (rows of the 8×8 digit as
+               8 tokens), same compression
+  mnist1d-res  train a small 1-D ResNet from scratch on mnist1d (generated offline)
+
+For every optimizer the learning rate is picked from the same-size grid (3 values) by final
+eval accuracy; the table reports the chosen run: training wall time and epochs to the target
+accuracy (evaluation time excluded), per-epoch cost after the first epoch relative to AdamW,
+and final accuracy.  The compression here is a crude stand-in (numpy SVD + magnitude
+pruning), to be replaced by the real pipeline.
+
+Usage: python bench/bench_finetune.py --out bench_finetune.png [--quick] [--device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgecompile.finetune import FinetuneData, RecoverConfig, recover
+
+OPTS = ("fngd", "sgd", "adamw", "kfac", "twa")
+GRIDS = {"fngd": [0.02, 0.05, 0.1], "sgd": [0.02, 0.05, 0.1], "adamw": [1e-3, 3e-3, 1e-2],
+         "kfac": [0.02, 0.05, 0.1], "twa": [0.1, 0.3, 1.0]}
+
+
+# ------------------------------------------------------------------ data and models
+def digits(seed=0):
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = torch.tensor(d.data, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+    y = torch.tensor(d.target)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    x, y = x[perm], y[perm]
+    return x[:1400], y[:1400], x[1400:], y[1400:]
+
+
+def mnist1d(seed=0):
+    from mnist1d.data import get_dataset_args, make_dataset
+    args = get_dataset_args()
+    args.seed = seed
+    d = make_dataset(args)
+    f = lambda a: torch.tensor(np.asarray(a), dtype=torch.float32).unsqueeze(1)  # noqa: E731
+    return f(d["x"]), torch.tensor(d["y"]), f(d["x_test"]), torch.tensor(d["y_test"])
+
+
+class DigitsCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1, stride=2)
+        self.fc1, self.fc2 = nn.Linear(32 * 16, 128), nn.Linear(128, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc2(torch.relu(self.fc1(h.flatten(1))))
+
+
+class Block(nn.Module):
+    def __init__(self, d=32, heads=4):
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.ff1, self.ff2 = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+
+    def forward(self, x):
+        n, t, d = x.shape
+        h = self.ln1(x)
+        split = lambda z: z.view(n, t, self.heads, -1).transpose(1, 2)  # noqa: E731
+        att = nn.functional.scaled_dot_product_attention(split(self.q(h)), split(self.k(h)),
+                                                         split(self.v(h)))
+        x = x + self.o(att.transpose(1, 2).reshape(n, t, d))
+        return x + self.ff2(torch.relu(self.ff1(self.ln2(x))))
+
+
+class DigitsTransformer(nn.Module):
+    def __init__(self, d=32):
+        super().__init__()
+        self.embed = nn.Linear(8, d)
+        self.pos = nn.Parameter(torch.zeros(8, d))
+        self.blocks = nn.Sequential(Block(d), Block(d))
+        self.head = nn.Linear(d, 10)
+
+    def forward(self, x):
+        h = self.blocks(self.embed(x.view(-1, 8, 8)) + self.pos)
+        return self.head(h.mean(1))
+
+
+class ResBlock1d(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv1d(c, c, 3, padding=1), nn.Conv1d(c, c, 3, padding=1)
+        self.n1, self.n2 = nn.BatchNorm1d(c), nn.BatchNorm1d(c)
+
+    def forward(self, x):
+        return torch.relu(x + self.n2(self.c2(torch.relu(self.n1(self.c1(x))))))
+
+
+class ResNet1d(nn.Module):
+    def __init__(self, c=32):
+        super().__init__()
+        self.stem = nn.Conv1d(1, c, 5, padding=2)
+        self.b1, self.b2 = ResBlock1d(c), ResBlock1d(c)
+        self.down = nn.Conv1d(c, c, 3, stride=2, padding=1)
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x):
+        h = self.b2(torch.relu(self.down(self.b1(torch.relu(self.stem(x))))))
+        return self.head(h.mean(-1))
+
+
+# ------------------------------------------------------------------ crude compression
+def compress(model: nn.Module, rank_frac=0.3, sparsity=0.5) -> dict[str, torch.Tensor]:
+    """SVD-truncate every Linear (not the 10-way heads) and magnitude-prune every weight.
+
+    Returns keep-masks by parameter name.  numpy numerics, applied in place.
+    """
+    for name, mod in list(model.named_modules()):
+        for child_name, child in list(mod.named_children()):
+            if isinstance(child, nn.Linear) and child.out_features != 10:
+                w = child.weight.detach().numpy().astype(np.float64)
+                u, s, vt = np.linalg.svd(w, full_matrices=False)
+                r = max(1, int(rank_frac * len(s)))
+                first = nn.Linear(child.in_features, r, bias=False)
+                second = nn.Linear(r, child.out_features, bias=child.bias is not None)
+                first.weight.data = torch.tensor(np.sqrt(s[:r])[:, None] * vt[:r],
+                                                 dtype=torch.float32)
+                second.weight.data = torch.tensor(u[:, :r] * np.sqrt(s[:r]), dtype=torch.float32)
+                if child.bias is not None:
+                    second.bias.data = child.bias.data.clone()
+                setattr(mod, child_name, nn.Sequential(first, second))
+    masks = {}
+    for name, p in model.named_parameters():
+        if p.dim() >= 2:
+            w = p.detach().abs().numpy()
+            keep = w > np.quantile(w, sparsity)
+            masks[name] = torch.tensor(keep)
+            p.data.mul_(masks[name])
+    return masks
+
+
+def accuracy(model, x, y):
+    model.eval()
+    with torch.no_grad():
+        acc = float((model(x).argmax(1) == y).float().mean())
+    model.train()
+    return acc
+
+
+def pretrain(model, x, y, epochs, seed):
+    recover(model, FinetuneData.from_arrays(x, y),
+            RecoverConfig(optimizer="adamw", epochs=epochs, batch_size=64, lr=3e-3, seed=seed,
+                          device="cpu"))
+    return model
+
+
+# ------------------------------------------------------------------ runs
+def time_to(curve, target):
+    for c in curve:
+        if c.eval_accuracy is not None and c.eval_accuracy >= target:
+            return c.wall_s, c.epoch + (c.step / max(1, max(p.step for p in curve)))
+    return None, None
+
+
+def run_task(name, make_student, data, epochs, target, grid, device, eval_every):
+    rows = {}
+    for opt in OPTS:
+        best = None
+        for lr in grid(opt):
+            cfg = RecoverConfig(optimizer=opt, epochs=epochs, batch_size=64, lr=lr,
+                                device=device, eval_every=eval_every, twa_warmup_epochs=max(
+                                    1, epochs // 2), seed=0)
+            student, masks = make_student()
+            try:
+                res = recover(student, data, cfg, masks=masks)
+            except FloatingPointError as err:
+                logging.info("%s %s lr=%g diverged: %s", name, opt, lr, err)
+                continue
+            if best is None or res.final_accuracy > best[1].final_accuracy:
+                best = (lr, res)
+        rows[opt] = best
+    base = statistics.median(e.wall_s for e in rows["adamw"][1].epochs[1:])
+    print(f"\n== {name}: target accuracy {target:.3f}, {epochs} epochs ==")
+    print(f"{'optimizer':10s} {'lr':>7s} {'t→target s':>11s} {'ep→target':>10s} "
+          f"{'epoch1 s':>9s} {'later/AdamW':>12s} {'final acc':>10s}")
+    for opt, best in rows.items():
+        if best is None:
+            print(f"{opt:10s}  diverged at every lr")
+            continue
+        lr, res = best
+        t, ep = time_to(res.curve, target)
+        later = statistics.median(e.wall_s for e in res.epochs[1:]) / base
+        print(f"{opt:10s} {lr:7.3g} {('%.2f' % t) if t is not None else '—':>11s} "
+              f"{('%.2f' % ep) if ep is not None else '—':>10s} {res.epochs[0].wall_s:9.2f} "
+              f"{later:12.2f} {res.final_accuracy:10.3f}")
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="bench_finetune.png")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--quick", action="store_true", help="one lr per optimizer (the middle)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    grid = (lambda o: GRIDS[o][1:2]) if args.quick else (lambda o: GRIDS[o])
+    print(f"device {args.device}, torch {torch.__version__}, threads {args.threads}")
+
+    x, y, xt, yt = digits()
+    data = FinetuneData.from_arrays(x, y, xt, yt)
+    results = {}
+    for name, cls in (("digits-cnn", DigitsCNN), ("digits-tf", DigitsTransformer)):
+        torch.manual_seed(0)
+        trained = pretrain(cls(), x, y, 30, 0)
+        ref = accuracy(trained, xt, yt)
+        probe_model = cls()
+        probe_model.load_state_dict(trained.state_dict())
+        compress(probe_model)
+        print(f"\n{name}: accuracy {ref:.3f} trained, {accuracy(probe_model, xt, yt):.3f} "
+              "after SVD-30% + 50% pruning")
+
+        def make_student(cls=cls, trained=trained):
+            m = cls()
+            m.load_state_dict(trained.state_dict())
+            return m, compress(m)
+
+        results[name] = run_task(name, make_student, data, 6, 0.99 * ref, grid, args.device, 5)
+
+    x, y, xt, yt = mnist1d()
+    data = FinetuneData.from_arrays(x, y, xt, yt)
+
+    def scratch():
+        torch.manual_seed(0)
+        return ResNet1d(), None
+
+    results["mnist1d-res"] = run_task("mnist1d-res", scratch, data, 8, 0.85, grid,
+                                      args.device, 10)
+    plot(results, args.out)
+    print(f"\nplot: {args.out}")
+
+
+def plot(results, out):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4))
+    for ax, (task, rows) in zip(np.atleast_1d(axes), results.items()):
+        for opt, best in rows.items():
+            if best is None:
+                continue
+            lr, res = best
+            pts = [(c.wall_s, c.eval_accuracy) for c in res.curve]
+            ax.plot(*zip(*pts), marker=".", label=f"{opt} (lr {lr:g})")
+        ax.set(title=task, xlabel="training wall time (s)", ylabel="eval accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
