@@ -101,7 +101,7 @@ def _mcu_script(cpu: str) -> str:
 set -eu
 cd "$(dirname "$0")"
 CC="${{CC:-arm-none-eabi-gcc}}"
-FLAGS="-std=c99 -Os {flags} -ffunction-sections -fdata-sections -Iinclude -Idemo"
+FLAGS="-std=c99 -Os {flags} -DECW_NO_FAST -ffunction-sections -fdata-sections -Iinclude -Idemo"
 mkdir -p build
 $CC $FLAGS src/ecw_container.c src/ecw_rans.c src/ecw_crc32.c demo/main.c demo/ecw_weights.c mcu/startup.c \\
   -T mcu/mps2_an386.ld --specs=nano.specs --specs=rdimon.specs -lrdimon -Wl,--gc-sections -o build/demo.elf

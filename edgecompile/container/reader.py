@@ -145,7 +145,7 @@ def _record(e: dict, i: int, meta: bytes, data_start: int, file_size: int, max_t
         raise bad("name is not UTF-8") from exc
     shape = tuple(e["dims"][: e["ndim"]])
     dtype = fmt.DTYPES[e["dtype"]]
-    if e["decoded_size"] != dtype.itemsize * int(np.prod(shape, dtype=object)):
+    if int(np.prod(shape, dtype=object)) >= 1 << 32 or e["decoded_size"] != dtype.itemsize * int(np.prod(shape, dtype=object)):
         raise bad(f"decoded_size {e['decoded_size']} != {dtype.itemsize} x {shape}")
     if e["offset"] % fmt.ALIGN or e["offset"] < data_start or e["offset"] + e["encoded_size"] > file_size:
         raise bad(f"payload [{e['offset']}, +{e['encoded_size']}) is unaligned or outside [{data_start}, {file_size})")

@@ -26,6 +26,8 @@ def _canonical(name: str, arr: np.ndarray) -> np.ndarray:
         raise ContainerError(f"tensor {name!r}: dtype {arr.dtype} is not storable; use one of {sorted(fmt.DTYPE_CODES)}")
     if arr.ndim > fmt.MAX_NDIM or any(d >= 1 << 32 for d in arr.shape):
         raise ContainerError(f"tensor {name!r}: shape {arr.shape} has more than {fmt.MAX_NDIM} dims or a dim >= 2^32")
+    if arr.size >= 1 << 32:
+        raise ContainerError(f"tensor {name!r}: {arr.size} elements; the format holds fewer than 2^32 per tensor")
     return np.asarray(arr, dtype=fmt.DTYPES[fmt.DTYPE_CODES[dt.name]], order="C")
 
 

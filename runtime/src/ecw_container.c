@@ -84,12 +84,13 @@ ecw_status ecw_tensor_at(const ecw_container *c, uint32_t index, ecw_tensor *t) 
     }
     for (k = 72; k < 80; k++)
         if (e[k] != 0) return ECW_E_HEADER;
-    /* decoded_size must be itemsize x prod(dims), computed without overflow */
+    /* decoded_size must be itemsize x prod(dims); fewer than 2^32 elements (FORMAT.md), so the
+     * product never overflows and no 64-bit division is needed (none on Cortex-M). */
     for (k = 0; k < t->ndim; k++) {
-        if (t->dims[k] != 0 && prod > UINT64_MAX / t->dims[k]) return ECW_E_HEADER;
         prod *= t->dims[k];
+        if (prod > 0xFFFFFFFFu) return ECW_E_HEADER;
     }
-    if (prod > UINT64_MAX / isz || prod * isz != t->decoded_size) return ECW_E_HEADER;
+    if (prod * isz != t->decoded_size) return ECW_E_HEADER;
     if (t->name_len == 0 || t->name_len > 1024u || name_off + t->name_len > c->meta_size) return ECW_E_HEADER;
     t->name = (const char *)(c->meta + name_off);
     if (t->offset % 16u != 0 || t->offset < c->data_start || t->encoded_size > c->size ||
@@ -107,11 +108,11 @@ ecw_status ecw_tensor_at(const ecw_container *c, uint32_t index, ecw_tensor *t) 
         t->quant = c->meta + quant_off;
     }
     if (t->codec > ECW_CODEC_LUT) return ECW_E_CODEC;
-    /* FORMAT.md "Errors": a payload bounds its decoded size */
+    /* FORMAT.md "Errors": a payload bounds its decoded size (ratios 1, 2^20, 2^13, 2^13) */
     {
-        static const uint32_t max_ratio[4] = {1u, 1u << 20, 8192u, 8192u};
-        if (t->encoded_size > UINT64_MAX / max_ratio[t->codec] ||
-            t->decoded_size > t->encoded_size * max_ratio[t->codec] ||
+        static const uint8_t log2_ratio[4] = {0u, 20u, 13u, 13u};
+        unsigned sh = log2_ratio[t->codec];
+        if ((t->encoded_size >> (63u - sh)) != 0 || t->decoded_size > (t->encoded_size << sh) ||
             (t->codec == ECW_CODEC_RAW && t->encoded_size != t->decoded_size))
             return ECW_E_HEADER;
     }
@@ -146,7 +147,7 @@ static ecw_status lut_decode(const uint8_t *src, uint64_t size, uint64_t n, unsi
     ix = src + book_end;
     if (src[1] == 0) {
         /* packed: index i sits in bits [i*bits, (i+1)*bits), LSB first */
-        if (size - book_end != (n * bits + 7u) / 8u) return ECW_E_STREAM;
+        if (size - book_end != (n * bits + 7u) >> 3) return ECW_E_STREAM;
         for (i = 0; i < n; i++) {
             uint64_t pos = i * bits, byte = pos >> 3;
             unsigned word = ix[byte];
@@ -181,7 +182,7 @@ ecw_status ecw_decode(const ecw_container *c, const ecw_tensor *t, void *dst, si
     if (t->encoded_size > c->size || t->offset > c->size - t->encoded_size || t->offset < c->data_start)
         return ECW_E_ARG;
     isz = ecw_dtype_size(t->dtype);
-    if (isz == 0 || t->decoded_size % isz != 0) return ECW_E_ARG;
+    if (isz == 0 || (t->decoded_size & (isz - 1u)) != 0) return ECW_E_ARG; /* isz: 1, 2, 4, 8 */
     src = c->data + t->offset;
     switch (t->codec) {
     case ECW_CODEC_RAW:
@@ -202,7 +203,7 @@ ecw_status ecw_decode(const ecw_container *c, const ecw_tensor *t, void *dst, si
         ECW_TRY(ecw_rans_decode(src, t->encoded_size, t->decoded_size, isz, out, ws, ws_size));
         break;
     case ECW_CODEC_LUT:
-        ECW_TRY(lut_decode(src, t->encoded_size, t->decoded_size / isz, isz, out, ws, ws_size));
+        ECW_TRY(lut_decode(src, t->encoded_size, t->decoded_size >> (isz == 8u ? 3 : isz >> 1), isz, out, ws, ws_size));
         break;
     default:
         return ECW_E_CODEC;

@@ -162,11 +162,17 @@ static void lanes_fast4(lane *ln, const ecw_ws_fast *ws, unsigned m, unsigned st
 ecw_status ecw_rans_decode(const uint8_t *src, uint64_t src_size, uint64_t n_symbols, unsigned itemsize,
                            uint8_t *dst, void *wsp, size_t ws_size) {
     ecw_ws_small *ws = (ecw_ws_small *)wsp;
+#ifdef ECW_NO_FAST /* microcontrollers: reference decoder only */
+    ecw_ws_fast *fast = NULL;
+    (void)ws_size;
+#else
     ecw_ws_fast *fast = ws_size >= ECW_FAST_WORKSPACE_SIZE ? (ecw_ws_fast *)wsp : NULL;
+#endif
     const uint8_t *end = src + src_size, *tables, *tp, *sizes, *stream;
     unsigned m, shuffle, isz, stride;
     uint32_t g_count, lanes, n, g, q, r, pl;
-    uint64_t group_len, plane_len, total;
+    uint32_t group_len, plane_len;
+    uint64_t total;
     if (src_size < 16u) return ECW_E_STREAM;
     m = src[0];
     shuffle = src[1];
@@ -180,11 +186,11 @@ ecw_status ecw_rans_decode(const uint8_t *src, uint64_t src_size, uint64_t n_sym
         (shuffle && g_count % isz != 0))
         return ECW_E_STREAM;
     group_len = n / g_count;
-    if (lanes == 0 || lanes > group_len || (group_len + lanes - 1) / lanes > ECW_RANS_MAX_LANE) return ECW_E_STREAM;
+    if (lanes == 0 || lanes > group_len || (group_len - 1u) / lanes + 1u > ECW_RANS_MAX_LANE) return ECW_E_STREAM;
     /* Pass 1: walk the tables to find the lane sizes; check the sizes add up to the payload. */
     tables = tp = src + 16;
     for (g = 0; g < g_count; g++) ECW_TRY(read_table(&tp, end, m, ws));
-    if ((uint64_t)(end - tp) / 4u < (uint64_t)g_count * lanes) return ECW_E_STREAM;
+    if ((uint64_t)(end - tp) >> 2 < (uint64_t)g_count * lanes) return ECW_E_STREAM;
     sizes = tp;
     stream = tp + (size_t)4u * g_count * lanes;
     total = 0;
@@ -201,7 +207,7 @@ ecw_status ecw_rans_decode(const uint8_t *src, uint64_t src_size, uint64_t n_sym
     r = (uint32_t)(group_len % lanes);
     tp = tables;
     for (g = 0; g < g_count; g++) {
-        uint64_t k0 = (uint64_t)g * group_len; /* first stream index of the group */
+        uint32_t k0 = g * group_len; /* first stream index of the group (< n < 2^32) */
         uint32_t p = 0;
         lane ln[4];
         ECW_TRY(read_table(&tp, end, m, ws));
@@ -218,8 +224,8 @@ ecw_status ecw_rans_decode(const uint8_t *src, uint64_t src_size, uint64_t n_sym
         while (p < lanes) {
             unsigned j, batch = (fast != NULL && lanes - p >= 4u) ? 4u : 1u;
             for (j = 0; j < batch; j++, p++) {
-                uint64_t k = k0 + (uint64_t)p * q + (p < r ? p : r); /* lane's first stream index */
-                uint32_t sz = ecw_le32(sizes + 4u * ((uint64_t)g * lanes + p));
+                uint32_t k = k0 + p * q + (p < r ? p : r); /* lane's first stream index */
+                uint32_t sz = ecw_le32(sizes + 4u * ((size_t)g * lanes + p));
                 ln[j].p = stream;
                 ln[j].end = stream + sz;
                 stream += sz;
@@ -229,7 +235,9 @@ ecw_status ecw_rans_decode(const uint8_t *src, uint64_t src_size, uint64_t n_sym
                 ln[j].left = q + (p < r ? 1u : 0u);
                 ln[j].out = dst + (k % plane_len) * stride + (k / plane_len);
             }
+#ifndef ECW_NO_FAST
             if (batch == 4u) lanes_fast4(ln, fast, m, stride);
+#endif
             for (j = 0; j < batch; j++) ECW_TRY(lane_finish(&ln[j], ws->cum, m, stride));
         }
     }

@@ -1,0 +1,140 @@
+"""Codec bench: sizes against the order-0 entropy bound, C and Python decode speed, M4 footprint.
+
+Run: ``.venv/bin/python bench/bench_codec.py`` (needs gcc, libzstd-dev, arm-none-eabi-gcc; the
+zstd C sources for the footprint comparison come from the zstandard sdist if --zstd-src is given
+or ``pip download --no-binary :all: --no-deps zstandard==0.25.0`` was unpacked there).
+Tensor sets are the int8 weights (per-channel symmetric) of models trained here: the digits MLP
+of the device tests and a small transformer trained on a toy sequence task.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "runtime"))
+from edgecompile.container import encode_container, kmeans_cluster, read_container  # noqa: E402
+from trained import digits_mlp_int8  # noqa: E402
+
+
+def int8_per_channel(w: np.ndarray) -> np.ndarray:
+    scale = np.abs(w).max(axis=tuple(range(1, w.ndim)), keepdims=True) / 127
+    return np.clip(np.round(w / np.where(scale > 0, scale, 1)), -127, 127).astype(np.int8)
+
+
+def transformer_int8(seed: int = 0, steps: int = 150) -> dict[str, np.ndarray]:
+    """A 2-layer encoder (d=128) trained to sort digit sequences; its matrices as int8."""
+    import torch
+
+    torch.manual_seed(seed)
+    vocab, seq = 16, 24
+    emb = torch.nn.Embedding(vocab, 128)
+    enc = torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(128, 4, 512, batch_first=True), 2)
+    head = torch.nn.Linear(128, vocab)
+    params = [*emb.parameters(), *enc.parameters(), *head.parameters()]
+    opt = torch.optim.AdamW(params, 3e-3)
+    for _ in range(steps):
+        x = torch.randint(0, vocab, (64, seq))
+        loss = torch.nn.functional.cross_entropy(head(enc(emb(x))).reshape(-1, vocab), x.sort(1).values.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    named = {**{f"emb.{k}": v for k, v in emb.state_dict().items()}, **{f"enc.{k}": v for k, v in enc.state_dict().items()}}
+    return {k: int8_per_channel(v.detach().numpy()) for k, v in named.items() if v.ndim == 2}
+
+
+def entropy_bound(tensors: dict[str, np.ndarray]) -> float:
+    total = 0.0
+    for t in tensors.values():
+        c = np.bincount(t.view(np.uint8).ravel(), minlength=256)
+        p = c[c > 0] / t.size
+        total += -(p * np.log2(p)).sum() * t.size / 8
+    return total
+
+
+def c_speed(bench: Path, path: Path) -> float:
+    out = subprocess.run([str(bench), str(path), "20"], capture_output=True, text=True, check=True).stdout.split()
+    return float(out[0]) / float(out[1]) / 1e6
+
+
+def m4_size(sources: list[Path], include: list[Path], defines: list[str], tmp: Path) -> tuple[int, int]:
+    flags = ["-Os", "-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16", "-ffunction-sections",
+             "-fdata-sections", *[f"-I{i}" for i in include], *defines]
+    objs = []
+    for s in sources:
+        o = tmp / (s.stem + f"_{len(objs)}.o")
+        subprocess.run(["arm-none-eabi-gcc", *flags, "-c", str(s), "-o", str(o)], check=True, capture_output=True)
+        objs.append(str(o))
+    out = subprocess.run(["arm-none-eabi-size", "-t", *objs], capture_output=True, text=True, check=True).stdout
+    text, data, bss = out.splitlines()[-1].split()[:3]
+    return int(text) + int(data), int(bss)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--zstd-src", type=Path, default=None, help="zstd lib/ folder (from the zstandard sdist)")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="ecw_bench_"))
+    subprocess.run(["make", "-s", "-C", str(ROOT / "runtime"), "bench", f"BUILD={tmp}"], check=True)
+    bench = tmp / "host" / "ecw_bench"
+    sets = {"digits-mlp": digits_mlp_int8()[0], "transformer": transformer_int8()}
+    sets = {k: {n: t for n, t in v.items() if t.dtype == np.int8} for k, v in sets.items()}
+    rows = []
+    for name, tensors in sets.items():
+        raw = sum(t.nbytes for t in tensors.values())
+        sizes, speeds = {}, {}
+        for codec in ("zstd", "rans"):
+            data, recs = encode_container(tensors, codec_for={k: codec for k in tensors})
+            sizes[codec] = sum(r.encoded_size for r in recs)
+            p = tmp / f"{name}.{codec}.ecw"
+            p.write_bytes(data)
+            speeds[codec] = c_speed(bench, p)
+        clustered = {k: kmeans_cluster(t.astype(np.float32), 4, axis=None).astype(np.float32) for k, t in tensors.items()}
+        _, lrecs = encode_container(clustered, codecs=("lut",))
+        data, _ = encode_container(tensors, codecs=("rans",))
+        t0 = time.perf_counter()
+        read_container(data).verify()
+        py = time.perf_counter() - t0
+        bound = entropy_bound(tensors)
+        rows.append((name, raw, sizes["zstd"], sizes["rans"], sum(r.encoded_size for r in lrecs), bound,
+                     sizes["rans"] / bound, speeds["rans"], speeds["zstd"], py))
+    print("| set | raw B | zstd-19 B | rans B | lut4+rans B (k-means 16) | H0 bound B | rans/bound | C rans MB/s | C zstd MB/s | Py verify s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]:.0f} | {r[6]:.4f} | {r[7]:.0f} | {r[8]:.0f} | {r[9]:.2f} |")
+    # Python speed at 20M symbols
+    rng = np.random.default_rng(0)
+    big = {"w": np.clip(np.round(rng.normal(0, 25, 20_000_000)), -127, 127).astype(np.int8)}
+    t0 = time.perf_counter()
+    data, _ = encode_container(big, codecs=("rans",))
+    t1 = time.perf_counter()
+    read_container(data).verify()
+    t2 = time.perf_counter()
+    print(f"\nPython rans, 20M int8 symbols: encode {t1 - t0:.2f} s, decode+CRC {t2 - t1:.2f} s")
+    # Footprint on Cortex-M4 (-Os)
+    rt = ROOT / "runtime"
+    ours = m4_size([rt / "src/ecw_rans.c", rt / "src/ecw_crc32.c"], [rt / "include"], [], tmp)
+    full = m4_size([rt / "src/ecw_rans.c", rt / "src/ecw_crc32.c", rt / "src/ecw_container.c"], [rt / "include"], [], tmp)
+    print("\n| Cortex-M4 -Os | .text+.data B | .bss B | workspace B |")
+    print("|---|---|---|---|")
+    print(f"| ecw rANS decoder + CRC-32 | {ours[0]} | {ours[1]} | {528} |")
+    print(f"| ecw runtime (container, lut, rANS, CRC) | {full[0]} | {full[1]} | {528} |")
+    if args.zstd_src:
+        lib = args.zstd_src
+        srcs = [*sorted((lib / "decompress").glob("*.c")), *sorted((lib / "common").glob("*.c"))]
+        srcs = [s for s in srcs if "threading" not in s.name and "pool" not in s.name]
+        z = m4_size(srcs, [lib, lib / "common"], ["-DZSTD_NO_UNUSED_FUNCTIONS", "-DZSTD_STRIP_ERROR_STRINGS",
+                                                   "-DZSTD_NO_INLINE", "-DZSTD_DISABLE_ASM", "-DHUF_FORCE_DECOMPRESS_X1",
+                                                   "-DZSTD_FORCE_DECOMPRESS_SEQUENCES_SHORT"], tmp)
+        print(f"| zstd decoder (lib/decompress + common, size-optimized flags) | {z[0]} | {z[1]} | ~95000 (ZSTD_estimateDCtxSize) |")
+
+
+if __name__ == "__main__":
+    main()
