@@ -101,8 +101,8 @@ def _classify(node: Node, i: int, v: Value, ax: int, block: int) -> tuple[str, i
         if not _sole_float_const(node.input(1)):
             raise _Blocked(f"feeds linear {node.name} whose weight is shared or not a float constant")
         return "linear_in", ax, block
-    if op == "add" or op == "concat":
-        raise _Blocked(f"feeds {where} (residual or concat)")
+    if op == "concat":
+        raise _Blocked(f"feeds {where}")
     raise _Blocked(f"feeds {where}, which mixes or reorders channels")
 
 
@@ -157,7 +157,7 @@ def _set_const(graph: Graph, node: Node, i: int, data: np.ndarray) -> None:
     """Replaces the constant at `node.inputs[i]` (in place if only `node` uses it)."""
     v = node.inputs[i]
     data = np.ascontiguousarray(data, dtype=v.data.dtype)
-    if v is not None and len(v.uses) == 1:
+    if len(v.uses) == 1:
         v.data, v.shape = data, data.shape
     else:
         graph.set_input(node, i, graph.add_const(v.name, data))

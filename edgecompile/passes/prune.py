@@ -256,8 +256,8 @@ class MagnitudePrunePass(Pass):
             records.append({"node": node.name, "op": node.op, "kind": "magnitude", "weight": name,
                             "params_before": int(v.data.size), "params_after": nnz,
                             "sparsity": 1.0 - nnz / v.data.size})
-        if modified:
-            graph.meta.setdefault("sparsity_masks", {}).update(masks)
+        if modified:      # a new dict: graph.copy() shares meta values
+            graph.meta["sparsity_masks"] = {**graph.meta.get("sparsity_masks", {}), **masks}
         return PruneResult(graph, modified, records if modified else [], masks if modified else {})
 
 
@@ -331,6 +331,10 @@ class ChannelPrunePass(Pass):
         modified = any("removed" in r for r in records.values())
         if modified:
             infer_shapes(graph, overwrite=True)
+            old = graph.meta.get("sparsity_masks")
+            if old:           # masks of resized weights no longer apply
+                graph.meta["sparsity_masks"] = {n: m for n, m in old.items()
+                                                if n in graph.consts and graph.consts[n].data.shape == m.shape}
         order = [n.name for n in graph.nodes if n.name in records]
         return PruneResult(graph, modified, [records[n] for n in order])
 

@@ -37,9 +37,12 @@ __all__ = ["QuantConfig", "QuantSpecError", "parse_quant_spec", "quantize_weight
 
 log = logging.getLogger(__name__)
 
-# Measured on the digits CNN/MLP of tests/passes/test_quantize.py (see the closing note):
-# min/max ranges keep the most accuracy on small calibrated CNNs; "mse" clips ranges and helps
-# activations with long tails (transformers); "percentile" sits in between.
+# Measured on the digits CNN / MLP of tests/passes/test_quantize.py (300 calibration images, 600
+# held out): all three methods keep the float accuracy (98.5% / 98.0%, 100% top-1 agreement);
+# logit RMS error minmax 0.0717 / 0.0604, percentile(99.99) 0.0707 / 0.0593, mse 0.0713 / 0.0589;
+# max logit error minmax 0.25 / 0.21, percentile 0.41 / 0.37, mse 0.34 / 0.21. Min/max is the
+# default: as accurate, the smallest worst case, deterministic and cheapest. At 8 bits MSE rarely
+# clips (rounding error is small next to the cost of clipping a tail).
 DEFAULT_CALIBRATION = "minmax"
 FIXED_QPARAMS = {"softmax": (1 / 256, -128), "sigmoid": (1 / 256, -128), "tanh": (1 / 128, 0),
                  "log_softmax": (16 / 256, 127)}
@@ -144,7 +147,7 @@ def quantize_bias(b: np.ndarray, s_in: float, s_w: np.ndarray) -> tuple[np.ndarr
     scale = (np.float32(s_in) * s_w.astype(np.float32)).astype(np.float32)
     q = np.rint(b.astype(np.float64) / scale)
     if np.any(np.abs(q) > INT32_MAX):
-        raise PassError(f"bias does not fit int32 at scale {float(scale.min()):.3g}; raise the weight scale")
+        raise ValueError(f"bias does not fit int32 at scale {float(scale.min()):.3g}; raise the weight scale")
     return q.astype(np.int32), QuantParams(scale, np.zeros(scale.size, np.int32), 0, "int32")
 
 
@@ -156,9 +159,7 @@ def _float_const(v: Value | None) -> bool:
 
 def _weight_use(node: Node) -> tuple[int, int] | None:
     """(input index, channel axis) of `node`'s layer weight, if it is a float constant."""
-    if node.op in ("linear", "conv"):
-        i = 1
-    elif node.op == "matmul":
+    if node.op in ("linear", "conv", "matmul"):
         i = 1
     elif node.op == "gather" and node.attrs.get("axis") == 0:
         i = 0

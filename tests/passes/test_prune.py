@@ -259,7 +259,7 @@ def test_unprunable_channels_are_skipped_with_reasons():
     assert why["a"] == "feeds residual add residual"
     assert why["b"] == "feeds grouped/depthwise conv dw (groups=4)"
     assert why["dw"] == "grouped/depthwise conv (groups=4)"
-    assert why["c"] == "feeds concat cat (residual or concat)"
+    assert why["c"] == "feeds concat cat"
     assert why["e"].startswith("feeds reshape mix, which mixes channels")
 
 
