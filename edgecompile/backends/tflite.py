@@ -53,7 +53,7 @@ class EmittedModel:
 
     model_bytes : the `.tflite` flatbuffer (weight buffers empty unless embedded)
     tensors : weight name -> array in TFLite layout (what goes in `weights.ecw`)
-    quant : weight name -> QuantInfo (int8 weights, int32 biases) or None
+    quant : weight name -> QuantInfo for the int8 weights and int32 biases (float weights have no entry)
     ops : (TFLite builtin op name, version) per operator code, for the report
     """
 
@@ -125,7 +125,7 @@ def emit_tflite(graph: Graph, *, embed_weights: bool = True) -> EmittedModel:
             t = L.reshape(t, t.shape, v.name + "_out")
         b.outputs.append(t.index)
     tensors = dict(b.weights)
-    quant = {name: (QuantInfo(*b.weight_quant[name]) if name in b.weight_quant else None) for name in tensors}
+    quant = {name: QuantInfo(*q) for name, q in b.weight_quant.items()}   # float weights: no entry
     if not embed_weights:
         b.strip_weights()
     model_bytes = b.finish()

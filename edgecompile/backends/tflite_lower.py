@@ -14,10 +14,10 @@ exactly the fake-quantized value the PyTorch executor computes).
 from __future__ import annotations
 
 import numpy as np
+from ai_edge_litert import schema_py_generated as fb
 
 from ..ir import Graph, Node, Value
 from .tflite_builder import ModelBuilder, TensorRef
-from ai_edge_litert import schema_py_generated as fb
 
 IR, CL = "ir", "cl"
 
@@ -191,7 +191,6 @@ class Lowering:
         a = v.data
         if layout == CL:
             a = cl_array(a)
-        scale = q.scale if q.axis is None else q.scale
         axis = 0 if q.axis is None else (q.axis if layout == IR else cl_axis(q.axis, v.data.ndim))
         return self.b.tensor(v.name, a.shape, str(a.dtype), scale, q.zero_point, axis, data=a, weight=True)
 

@@ -203,7 +203,7 @@ def lower_conv(L: Lowering, node: Node) -> None:
     w_scale = np.asarray(wt.scale) if int8 else np.ones(1)
     bias = _bias(L, b, c_out, int8, src.scale[0] if int8 else 0.0, w_scale, b.name if b else "")
     if bias is None:   # TFLite conv kernels want a bias tensor
-        bias = _bias(L, _zero_bias(L, node, c_out, int8, src, w_scale), c_out, int8,
+        bias = _bias(L, _zero_bias(node.name + ".bias", c_out), c_out, int8,
                      src.scale[0] if int8 else 0.0, w_scale, node.name + "/bias")
     if int8:
         out, final = L.int8_out(node, CL)
@@ -215,9 +215,9 @@ def lower_conv(L: Lowering, node: Node) -> None:
     L.finish_float(node, out, CL)
 
 
-def _zero_bias(L, node, c_out, int8, src, w_scale) -> Value:
-    v = Value(node.name + ".bias", (c_out,), "float32", np.zeros(c_out, np.float32))
-    return v
+def _zero_bias(name: str, c_out: int) -> Value:
+    """A zero bias: TFLite's conv kernels take one."""
+    return Value(name, (c_out,), "float32", np.zeros(c_out, np.float32))
 
 
 def _grouped_conv(L: Lowering, node: Node, src: TensorRef, x: Value, w: Value, b: Value | None,
@@ -249,7 +249,7 @@ def _grouped_conv(L: Lowering, node: Node, src: TensorRef, x: Value, w: Value, b
         wt = _weight(L, wg, lambda arr: to_2d(arr).transpose(0, 2, 3, 1), 0, int8, wg.name)
         w_scale = np.asarray(wt.scale) if int8 else np.ones(1)
         in_scale = src.scale[0] if int8 else 0.0
-        bias = _bias(L, bg if bg is not None else _zero_bias(L, node, per_out, int8, src, w_scale),
+        bias = _bias(L, bg if bg is not None else _zero_bias(f"{node.name}.bias{g}", per_out),
                      per_out, int8, in_scale, w_scale, f"{node.name}/b{g}")
         opts = fb.Conv2DOptionsT()
         opts.padding, (opts.strideH, opts.strideW), (opts.dilationHFactor, opts.dilationWFactor) = padding, s, d

@@ -1,5 +1,6 @@
 """End-to-end: models from tests/models.py imported, (quantized,) emitted as TFLite and run in LiteRT."""
 
+import functools
 import json
 
 import numpy as np
@@ -20,6 +21,13 @@ MODELS = ["cnn", "mobilenet_block", "conv1d_net", "encoder_layer_classifier", "t
 
 
 def _prepare(name):
+    g, xs = _imported(name)
+    return g.copy(), xs
+
+
+@functools.lru_cache(maxsize=None)
+def _imported(name):
+    """torch.export once per model (the slow part); tests get copies."""
     model, example = models.ZOO[name]()
     xs = [e.numpy() for e in example]
     if name == "tiny_transformer":
