@@ -1,8 +1,8 @@
 """Fine-tuning benchmark: FNGD vs SGD, AdamW, K-FAC and TWA on the same data and seeds.
 
 Tasks
-  digits-cnn   recover a compressed digits CNN (linear layers SVD-truncated to 30% rank,
-               50% magnitude pruning with masks kept during recovery)
+  digits-cnn   recover a compressed digits CNN (linear layers SVD-truncated to 10% rank,
+               70% magnitude pruning with masks kept during recovery)
   digits-tf    recover a compressed small transformer classifier (rows of the 8×8 digit as
                8 tokens), same compression
   mnist1d-res  train a small 1-D ResNet from scratch on mnist1d (generated offline)
@@ -119,7 +119,7 @@ class ResNet1d(nn.Module):
 
 
 # ------------------------------------------------------------------ crude compression
-def compress(model: nn.Module, rank_frac=0.3, sparsity=0.5) -> dict[str, torch.Tensor]:
+def compress(model: nn.Module, rank_frac=0.1, sparsity=0.7) -> dict[str, torch.Tensor]:
     """SVD-truncate every Linear (not the 10-way heads) and magnitude-prune every weight.
 
     Returns keep-masks by parameter name.  numpy numerics, applied in place.
@@ -227,7 +227,7 @@ def main():
         probe_model.load_state_dict(trained.state_dict())
         compress(probe_model)
         print(f"\n{name}: accuracy {ref:.3f} trained, {accuracy(probe_model, xt, yt):.3f} "
-              "after SVD-30% + 50% pruning")
+              "after SVD-10% + 70% pruning")
 
         def make_student(cls=cls, trained=trained):
             m = cls()
