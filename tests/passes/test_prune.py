@@ -301,3 +301,40 @@ def test_golden_dump_after_channel_prune():
     res = ChannelPrunePass(parse_prune_spec("channel:0.5"))(g)
     assert [r.get("removed") for r in res.records] == [[1, 3], None]     # records in graph order
     assert g.dump() == GOLDEN
+
+
+# ------------------------------------------------------------- imported models (frontend)
+
+@pytest.mark.parametrize("name", [
+    "cnn", "mobilenet_block",
+    *[pytest.param(n, marks=pytest.mark.slow) for n in ("mlp", "conv1d_net", "bert_encoder",
+                                                         "tiny_transformer", "lstm_cell_model")],
+])
+def test_passes_on_imported_models(name):
+    """On frontend graphs: both passes keep the graph valid; channel pruning equals zeroing rows."""
+    from edgecompile.frontend import import_model
+    from tests.models import ZOO
+
+    model, example = ZOO[name]()
+    g = import_model(model, example)
+    xs = tuple(t.numpy() for t in example)
+    mag = g.copy()
+    res = MagnitudePrunePass(parse_prune_spec("magnitude:0.5"))(mag)
+    verify(mag)
+    assert res.modified and all(abs(r["sparsity"] - 0.5) < 0.01 for r in res.records)
+    pruned, zeroed = g.copy(), g.copy()
+    res = ChannelPrunePass(parse_prune_spec("channel:0.3"))(pruned)
+    verify(pruned)
+    done = [r for r in res.records if "removed" in r]
+    assert all(r["skipped"] for r in res.records if "removed" not in r)
+    if not done:      # conv1d_net, the LSTM cell: every channel reaches a reshape, gate or output
+        assert not res.modified and pruned.dump() == g.dump()
+        return
+    for r in done:
+        _zero_rows(zeroed, zeroed.node(r["node"]).input(1).name, r["removed"])
+    out, want = run_graph(pruned, *xs), run_graph(zeroed, *xs)
+    if all(r["bias_fold"] == "exact" for r in done):
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    else:   # a padded conv sees the folded constant only approximately at its borders
+        assert np.abs(out - want).max() < 0.3 * np.abs(want).max()
+    assert pruned.param_count() < g.param_count()
