@@ -2,8 +2,9 @@
 
 For a CNN and a transformer encoder (each at the digits size the build ships and at a larger
 size), imports the PyTorch model, folds batch norm, quantizes (calibrated, per-channel int8), and
-emits it with `emit_onnx` in five forms: fp32 (the baseline), QDQ S8S8, QDQ U8S8, integer ops
-(QLinearConv/MatMulInteger) with int8 and with uint8 activations. Each runs in one onnxruntime
+emits it with `emit_onnx` in six forms: fp32 (the baseline), QDQ S8S8, QDQ U8S8, integer ops
+(QLinearConv/MatMulInteger) with int8 and with uint8 activations, and int8 weights only (float
+activations; onnxruntime may fold the weights' DequantizeLinear at session creation). Each runs in one onnxruntime
 session per form (one intra-op thread, all graph optimizations), all measured in this process,
 interleaved round by round so that machine noise hits every form alike. Prints the median latency,
 its ratio to fp32, the max error against the executor (in output quantization steps) and the
@@ -40,8 +41,9 @@ FORMS = {  # name -> emit_onnx options (None: the float graph)
     "qdq u8s8": dict(activations="uint8", int8_ops="qdq"),
     "int ops s8": dict(activations="int8", int8_ops="integer"),
     "int ops u8": dict(activations="uint8", int8_ops="integer"),
+    "w8 only": "weights_only",   # int8 weights, float activations: DequantizeLinear on weights only
 }
-INT_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat",
+INT_KERNELS = ("DequantizeLinear", "QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat",
                "DynamicQuantizeMatMul", "QLinearAdd", "QLinearMul", "QLinearSoftmax", "QLinearAveragePool",
                "QLinearGlobalAveragePool", "QAttention")
 
@@ -119,13 +121,15 @@ def prepare(model, make_input):
         graph = p(graph).graph
     fp32 = graph.copy()
     calib = [(_cast(make_input(rng)),) for _ in range(8)]
+    w8 = QuantizePass(QuantConfig(activations="weights_only"))(graph.copy()).graph
     q = QuantizePass(QuantConfig(), calib)(graph).graph
-    return fp32, q, x
+    return fp32, q, w8, x
 
 
 def fused_kernels(model_bytes: bytes, tensors: dict) -> str:
     with tempfile.TemporaryDirectory() as d:
         so = ort.SessionOptions()
+        so.log_severity_level = 3       # silence "optimized model is hardware specific"
         so.optimized_model_filepath = str(Path(d) / "opt.onnx")
         so.add_external_initializers(list(tensors), [ort.OrtValue.ortvalue_from_numpy(a) for a in tensors.values()])
         ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
@@ -134,16 +138,17 @@ def fused_kernels(model_bytes: bytes, tensors: dict) -> str:
 
 
 def bench_model(title, model, make_input, rounds, runs, threads):
-    fp32, q, x = prepare(model, make_input)
+    fp32, q, w8, x = prepare(model, make_input)
     ref_q = run_graph(q, x)
     step = float(q.outputs[0].quant.scale[0]) if q.outputs[0].quant is not None else float("nan")
     sessions, rows = {}, {}
     for form, opts in FORMS.items():
-        m = emit_onnx(fp32 if opts is None else q, embed_weights=False, **(opts or {}))
+        graph = {None: fp32, "weights_only": w8}.get(opts, q) if not isinstance(opts, dict) else q
+        m = emit_onnx(graph, embed_weights=False, **(opts if isinstance(opts, dict) else {}))
         sess = create_session(m.model_bytes, m.tensors, threads=threads)
         out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
-        err = "" if opts is None else f"{np.abs(out - ref_q).max() / step:.1f}"
-        kernels = "" if opts is None else fused_kernels(m.model_bytes, m.tensors)
+        err = f"{np.abs(out - ref_q).max() / step:.1f}" if isinstance(opts, dict) else ""
+        kernels = fused_kernels(m.model_bytes, m.tensors) if opts is not None else ""
         sessions[form], rows[form] = sess, [err, kernels, []]
     feed = {sessions["fp32"].get_inputs()[0].name: x}
     for s in sessions.values():

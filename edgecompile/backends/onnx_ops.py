@@ -197,22 +197,43 @@ def _pool_geometry(node: Node) -> tuple[list[int], list[int], list[int], list[in
     return k, s, p, d, list(x.shape[2:])
 
 
+def _ceil_overhang(node: Node, k, s, p, d, size) -> list[int]:
+    """Extra end padding that makes floor-mode pooling produce torch's ceil-mode output size.
+
+    torch lets the last window hang over the end (it must start inside the input or left padding);
+    spelling that as padding keeps onnxruntime's ceil-mode rules (and its int8 pooling kernels,
+    which divide differently there) out of the picture.
+    """
+    out = node.output.shape[2:]
+    return [max(0, (o - 1) * si + (ki - 1) * di + 1 - n - 2 * pi)
+            for o, si, ki, di, n, pi in zip(out, s, k, d, size, p)]
+
+
 def _max_pool(b, node):
     k, s, p, d, size = _pool_geometry(node)
-    end = list(p)
-    if node.attrs["ceil_mode"]:
-        # torch's ceil mode (a window may hang over the end, but must start inside the input or
-        # left padding) as explicit end padding: -inf padding never wins a max.
-        out = node.output.shape[2:]
-        end = [max(pi, (o - 1) * si + (ki - 1) * di + 1 - n - pi)
-               for o, si, ki, di, n, pi in zip(out, s, k, d, size, p)]
+    extra = _ceil_overhang(node, k, s, p, d, size) if node.attrs["ceil_mode"] else [0] * len(k)
+    end = [pi + e for pi, e in zip(p, extra)]   # -inf padding never wins a max
     _emit(b, node, "MaxPool", [_x(b, node)], kernel_shape=k, strides=s, pads=p + end, dilations=d)
 
 
 def _avg_pool(b, node):
-    k, s, p, _, _ = _pool_geometry(node)
-    _emit(b, node, "AveragePool", [_x(b, node)], kernel_shape=k, strides=s, pads=p * 2,
-          ceil_mode=int(node.attrs["ceil_mode"]), count_include_pad=int(node.attrs["count_include_pad"]))
+    k, s, p, d, size = _pool_geometry(node)
+    include_pad = bool(node.attrs["count_include_pad"])
+    extra = _ceil_overhang(node, k, s, p, d, size) if node.attrs["ceil_mode"] else [0] * len(k)
+    x = _x(b, node)
+    if not any(extra):
+        _emit(b, node, "AveragePool", [x], kernel_shape=k, strides=s, pads=p * 2, count_include_pad=int(include_pad))
+        return
+    # torch divides an overhanging window by its part inside input + padding: zero padding counts
+    # (when count_include_pad), the overhang never does.
+    if include_pad and any(p):
+        nd = len(k)
+        x = b.add("Pad", [x, b.ints([0, 0] + p + [0, 0] + p, f"{node.name}.pads"),
+                          b.scalar(0, node.inputs[0].dtype, f"{node.name}.zero")], base=node.name, mode="constant")[0]
+        begin, end = [0] * nd, extra
+    else:
+        begin, end = p, [pi + e for pi, e in zip(p, extra)]
+    _emit(b, node, "AveragePool", [x], kernel_shape=k, strides=s, pads=begin + end, count_include_pad=0)
 
 
 def _reduce(op_type: str, axes_input_since: int):

@@ -187,12 +187,19 @@ def test_integer_ops_structure():
     assert ops["QLinearConv"] == 2 and ops["Conv"] == 0 and ops["MatMulInteger"] == 1
 
 
-def test_onnxruntime_fuses_qdq_conv_into_integer_kernels(tmp_path):
+def _optimized_ops(model_bytes, path):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.optimized_model_filepath = str(path)
+    ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+    return _op_counts(path.read_bytes())
+
+
+def test_onnxruntime_fuses_default_qdq_into_integer_kernels(tmp_path):
     """The QDQ form is only worth it if onnxruntime recognizes it: check its optimized graph."""
     _, g, _ = _build("cnn")
-    m = emit_onnx(g, embed_weights=True)
-    so = ort.SessionOptions()
-    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
-    ort.InferenceSession(m.model_bytes, so, providers=["CPUExecutionProvider"])
-    ops = _op_counts((tmp_path / "opt.onnx").read_bytes())
-    assert ops["QLinearConv"] == 2 and ops["Conv"] == 0
+    ops = _optimized_ops(emit_onnx(g, embed_weights=True).model_bytes, tmp_path / "cnn.onnx")
+    assert ops["QLinearConv"] == 2 and ops["Conv"] == 0 and ops["QLinearAdd"] == 1 and ops["QGemm"] == 1
+    _, g, _ = _build("attention")
+    ops = _optimized_ops(emit_onnx(g, embed_weights=True).model_bytes, tmp_path / "attn.onnx")
+    assert ops["MatMul"] == ops["Gemm"] == 0 and ops["QLinearMatMul"] + ops["QGemm"] == 6
