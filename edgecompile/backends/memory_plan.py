@@ -220,10 +220,15 @@ def plan_graph(graph, int8_activations: bool = True, alignment: int = ALIGNMENT)
     return plan
 
 
-def deployment_figures(model_bytes: bytes, plan: MemoryPlan, n_kernels: int) -> dict:
-    """Flash = model + runtime (estimate), RAM = arena + I/O, for the report."""
+def deployment_figures(model_bytes: bytes, plan: MemoryPlan, n_kernels: int, weights_bytes: int = 0) -> dict:
+    """Flash = model + weights + runtime (estimate), RAM = arena + I/O, for the report.
+
+    `model_bytes` is the `.tflite` file; `weights_bytes` the container when the weights live there
+    (0 for an embedded model); `n_kernels` the number of distinct builtin ops (`tflite_op_table`).
+    """
     runtime = TFLM_CORE_BYTES + TFLM_KERNEL_BYTES * n_kernels
+    model = len(model_bytes) + int(weights_bytes)
     return {"arena_bytes": plan.arena_bytes, "naive_activation_bytes": plan.naive_bytes,
-            "io_bytes": plan.io_bytes, "ram_bytes": plan.ram_bytes, "model_bytes": len(model_bytes),
-            "runtime_bytes_estimate": runtime, "flash_bytes_estimate": len(model_bytes) + runtime,
+            "io_bytes": plan.io_bytes, "ram_bytes": plan.ram_bytes, "model_bytes": model,
+            "runtime_bytes_estimate": runtime, "flash_bytes_estimate": model + runtime,
             "peak_live_bytes": plan.peak_live_bytes}
