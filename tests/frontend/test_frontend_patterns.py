@@ -171,3 +171,28 @@ def test_unbatched_pooling_and_embedding_with_padding_idx():
 
     graph = check(M(), torch.tensor([[0, 3, 9]]), torch.randn(3, 8))
     assert graph.node("emb").op == "gather" and graph.node("emb").input(0).name == "emb.weight"
+
+
+def test_fully_decomposed_attention_imports():
+    """SDPA in plain core ATen (bmm, _softmax and the fully-masked-row guard: eq(-inf), logical_not,
+    any, where) converts too, e.g. for programs decomposed before they reach us."""
+    from torch.export import export
+
+    from edgecompile.frontend import import_exported_program
+
+    class M(nn.Module):
+        def forward(self, q, k, v, keep):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 4, 8, generator=g) for _ in range(3))
+    keep = torch.rand(2, 1, 4, 4, generator=g) > 0.3
+    keep[..., 0] = True
+    ep = export(M(), (q, k, v, keep), strict=False).run_decompositions()
+    targets = {str(n.target) for n in ep.graph.nodes}
+    assert "aten.bmm.default" in targets and "aten.any.dim" in targets
+    graph = import_exported_program(ep)
+    verify(graph)
+    ref = M()(q, k, v, keep)
+    out = run_graph(graph, q.numpy(), k.numpy(), v.numpy(), keep.numpy())
+    assert relative_error(ref, out) <= 1e-5
