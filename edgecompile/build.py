@@ -139,7 +139,8 @@ def _write_bundle(stage: Path, graph: Graph, target: Target, backend: str, cfg: 
     if not codecs:
         raise BuildError(f"none of the codecs {list(cfg.codecs or [])} can be decoded on {target.name}; "
                          f"it supports {list(target.codecs)}")
-    records = write_container(stage / "weights.ecw", emitted.tensors, emitted.quant, codecs=codecs)
+    quant = {k: q for k, q in emitted.quant.items() if q is not None}
+    records = write_container(stage / "weights.ecw", emitted.tensors, quant, codecs=codecs)
     io = lambda vs: [{"name": v.name, "shape": list(v.shape), "dtype": v.dtype} for v in vs]  # noqa: E731
     manifest = {"format": "edgecompile-bundle", "version": 1, "backend": backend, "model": model_name,
                 "weights": "weights.ecw", "inputs": io(graph.inputs), "outputs": io(graph.outputs),
@@ -223,6 +224,14 @@ def build(model_spec: str | LoadedModel | None, cfg: BuildConfig, progress: Prog
     `model_spec` is a spec string (see `modelspec`), None for the embedded default, or an already
     loaded model (`LoadedModel(name, module, example_inputs, data)`) for library use.
     """
+    threads = torch.get_num_threads()
+    try:
+        return _build(model_spec, cfg, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResult:
     from .report import make_report, write_report
 
     progress = progress or (lambda stage, frac: None)

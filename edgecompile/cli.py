@@ -48,6 +48,14 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def _console():
+    """A console wide enough for the per-layer table when output is piped (rich assumes 80)."""
+    from rich.console import Console
+
+    c = Console()
+    return c if c.is_terminal else Console(width=160)
+
+
 def _fail(msg: str, code: int, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"ok": False, "error": msg, "exit_code": code}))
@@ -126,7 +134,7 @@ def build(model, target, out, backend, calib, rank, prune, quant, budget_bytes, 
     if as_json:
         click.echo(json.dumps({"ok": True, "out": str(result.out_dir), "report": result.report}, default=str))
     else:
-        render_terminal(result.report, Console())
+        render_terminal(result.report, _console())
         click.echo(f"bundle written to {result.out_dir}/ (report.html, report.json)")
 
 
@@ -170,7 +178,7 @@ def inspect(bundle, as_json):
         click.echo(json.dumps({"ok": True, **info}, default=str))
         return
     if info["report"] is not None:
-        render_terminal(info["report"], Console())
+        render_terminal(info["report"], _console())
     click.echo(f"integrity: {info['tensors']} tensors, {info['container_bytes']:,} bytes, all CRC-32 checks passed")
 
 

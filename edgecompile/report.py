@@ -17,11 +17,6 @@ import numpy as np
 from . import __version__
 from .analysis import activation_bytes, layer_figures, total_macs, weight_input
 
-# A rough flash cost of the on-device runtime, used where the bundle does not ship one we measured:
-# TFLite Micro with ~10 int8 kernels is 50-80 KB of Cortex-M code (TFLM's own size reports); our
-# .ecw decoder adds ~2 KB.
-RUNTIME_FLASH_ESTIMATE = {"mcu": 80 * 1024, "linux": 0}
-
 
 def _layer_rows(original, graph, container_records) -> list[dict]:
     enc = {r.name: r for r in container_records}
@@ -69,27 +64,30 @@ def _target_estimate(graph, target) -> dict:
                      f"efficiency {target.efficiency}; estimate, not measured"}
 
 
-def _memory(graph, target, model_bytes: int, container_bytes: int, emitted) -> dict:
-    mem = {"model_file_bytes": model_bytes, "weights_bytes": container_bytes}
-    try:
-        from .backends.memory_plan import plan_graph
-        plan = plan_graph(graph)
-        mem.update(arena_bytes=plan.arena_bytes, naive_activation_bytes=plan.naive_bytes, io_bytes=plan.io_bytes)
-    except ImportError:
-        mem.update(arena_bytes=None, naive_activation_bytes=activation_bytes(graph), io_bytes=None)
-    runtime = RUNTIME_FLASH_ESTIMATE[target.kind]
-    mem["runtime_flash_estimate"] = runtime
-    mem["flash_needed"] = model_bytes + container_bytes + runtime
-    ram = (mem.get("arena_bytes") or mem["naive_activation_bytes"]) + (mem.get("io_bytes") or 0)
-    mem["ram_needed"] = ram
+def _memory(graph, target, backend: str, model_bytes: bytes, container_bytes: int) -> dict:
+    """Arena from the static memory plan (of the real .tflite tensors for TFLite, of the IR for ONNX),
+    flash = model + weights + runtime (estimated for MCUs), RAM = arena + I/O."""
+    from .backends.memory_plan import deployment_figures, plan_graph, plan_tflite
+
+    if backend == "tflite":
+        from .backends.tflite import tflite_op_table
+        plan, kernels = plan_tflite(model_bytes), len(tflite_op_table(model_bytes))
+    else:
+        plan, kernels = plan_graph(graph), len({n.op for n in graph.nodes})
+    fig = deployment_figures(model_bytes, plan, kernels, container_bytes)
+    runtime = fig["runtime_bytes_estimate"] if target.kind == "mcu" else 0  # Linux: onnxruntime/LiteRT installed
+    mem = {"model_file_bytes": len(model_bytes), "weights_bytes": container_bytes,
+           "arena_bytes": plan.arena_bytes, "naive_activation_bytes": plan.naive_bytes, "io_bytes": plan.io_bytes,
+           "runtime_flash_estimate": runtime, "flash_needed": len(model_bytes) + container_bytes + runtime,
+           "ram_needed": plan.ram_bytes}
     mem["fits_flash"] = mem["flash_needed"] <= target.flash_bytes
-    mem["fits_ram"] = ram <= target.ram_bytes
+    mem["fits_ram"] = mem["ram_needed"] <= target.ram_bytes
     notes = []
     if not mem["fits_flash"]:
         notes.append(f"does not fit {target.name}'s flash: needs {mem['flash_needed']:,} B of "
                      f"{target.flash_bytes:,} B")
     if not mem["fits_ram"]:
-        notes.append(f"does not fit {target.name}'s RAM: needs {ram:,} B of {target.ram_bytes:,} B")
+        notes.append(f"does not fit {target.name}'s RAM: needs {mem['ram_needed']:,} B of {target.ram_bytes:,} B")
     mem["notes"] = notes
     return mem
 
@@ -101,7 +99,8 @@ def make_report(*, model, target, backend, config, original, graph, container_re
     from .build import config_dict
 
     stage = Path(stage)
-    model_bytes = (stage / ("model.onnx" if backend == "onnx" else "model.tflite")).stat().st_size
+    model_file = (stage / ("model.onnx" if backend == "onnx" else "model.tflite")).read_bytes()
+    model_bytes = len(model_file)
     container_bytes = (stage / "weights.ecw").stat().st_size
     rows = _layer_rows(original, graph, container_records)
     totals = {
@@ -120,12 +119,19 @@ def make_report(*, model, target, backend, config, original, graph, container_re
         "layers": rows, "totals": totals,
         "fidelity": asdict(fidelity),
         "latency": {**latency, **_target_estimate(graph, target)},
-        "memory": _memory(graph, target, model_bytes, container_bytes, emitted),
-        "backend_ops": [{"op": o, "version": v} for o, v in emitted.ops],
+        "memory": _memory(graph, target, backend, model_file, container_bytes),
+        "backend_ops": _backend_ops(backend, model_file, emitted),
         "container": [{"name": r.name, "codec": r.codec, "decoded_bytes": r.decoded_size,
                        "encoded_bytes": r.encoded_size} for r in container_records],
         "passes": clean, "finetune": finetune, "timings_s": timings,
     }
+
+
+def _backend_ops(backend: str, model_file: bytes, emitted) -> list[dict]:
+    if backend == "tflite":
+        from .backends.tflite import tflite_op_table
+        return [{"op": o, "version": v, "count": c} for o, v, c in tflite_op_table(model_file)]
+    return [{"op": o, "version": v} for o, v in emitted.ops]
 
 
 def write_report(report: dict, out_dir: Path) -> None:
@@ -270,7 +276,8 @@ def render_html(report: dict) -> str:
             f"{_kb(r['bytes_before'])} → {_kb(r['bytes_after'])}", r["rank"] or "-",
             "-" if r["sparsity"] is None else f"{r['sparsity']:.0%}", r["bits"], r["codec"] or "-")) + "</tr>"
         for r in report["layers"])
-    ops = "".join(f"<tr><td>{e(o['op'])}</td><td>{o['version']}</td></tr>" for o in report["backend_ops"])
+    ops = "".join(f"<tr><td>{e(o['op'])}</td><td>{o['version']}</td><td>{o.get('count', '')}</td></tr>"
+                  for o in report["backend_ops"])
     ft_plot = _plot_finetune(report)
     notes = "".join(f"<p class=bad>{e(n)}</p>" for n in mem["notes"])
     failures = report.get("verdict", {}).get("failures") or []
@@ -297,7 +304,7 @@ bundle {lat['host_bundle_ms']:.3f} ms. <span class=est>{e(report['target']['name
 <h2>Memory</h2><p>Flash needed {_kb(mem['flash_needed'])} (<span class=est>runtime estimate
 {_kb(mem['runtime_flash_estimate'])}</span>); RAM {_kb(mem['ram_needed'])} (arena {_kb(mem.get('arena_bytes'))},
 all activations {_kb(mem.get('naive_activation_bytes'))}).</p>
-<h2>Backend ops</h2><table><tr><th>op</th><th>version</th></tr>{ops}</table>
+<h2>Backend ops</h2><table><tr><th>op</th><th>version</th><th>count</th></tr>{ops}</table>
 {f'<h2>Fine-tuning</h2><img alt="fine-tuning curve" src="{ft_plot}">' if ft_plot else ''}
 <h2>Build timings</h2><p>{e(', '.join(f'{k} {v:.2f} s' for k, v in report['timings_s'].items()))}</p>
 </body></html>"""

@@ -148,7 +148,8 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, q
         scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
     q = torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
     y = (q - zero_point) * scale
-    return x + (y - x).detach()
+    # where x is +-inf (e.g. an attention mask), x + (y - x) would be inf - inf = NaN: take y there
+    return torch.where(torch.isfinite(x), x + (y - x).detach(), y)
 
 
 def to_torch(a: np.ndarray) -> torch.Tensor:

@@ -402,16 +402,13 @@ def test_golden_dump():
 
 # ------------------------------------------------------------- imported models (frontend)
 
-_NAN_ON_INF = pytest.mark.xfail(
-    strict=True, reason="ir.torch_ops.fake_quant returns NaN where x is -inf (masked attention "
-                        "scores): x + (y - x).detach() is -inf + inf; remove this mark once it is fixed")
 
 
 @pytest.mark.parametrize("name", [
-    "cnn", pytest.param("tiny_transformer", marks=_NAN_ON_INF),
+    "cnn", "tiny_transformer",
     *[pytest.param(n, marks=pytest.mark.slow) for n in ("mlp", "mobilenet_block", "conv1d_net",
                                                          "bert_encoder", "lstm_cell_model", "gru_cell_model")],
-    pytest.param("encoder_layer_classifier", marks=[pytest.mark.slow, _NAN_ON_INF]),
+    pytest.param("encoder_layer_classifier", marks=pytest.mark.slow),
 ])
 def test_int8_on_imported_models(name):
     """Frontend graphs quantize to valid graphs whose int8 output stays close to the float one."""

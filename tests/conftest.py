@@ -1,0 +1,9 @@
+"""Suite-wide settings: one torch thread per test worker.
+
+The suite runs with 2 xdist workers on 2 cores; more threads only contend (measured: a small MLP
+trains in 21.5 s with 2 threads against 0.7 s with 1 on the loaded machine).
+"""
+
+import torch
+
+torch.set_num_threads(1)
