@@ -5,6 +5,7 @@ Flow: ``model.eval()`` -> ``torch.export.export`` (non-strict) -> ``run_decompos
 FX graph in which every node is
 
 - forwarded (no-ops: clone, alias, detach, dropout) or dropped (runtime asserts);
+- rejected if it draws random numbers (`torch.randn` in forward), which folding would freeze;
 - **constant-folded** when all its inputs are constants (parameters, buffers, literals or earlier
   folded results): it is evaluated with torch and its result stays a `Const`, entering the IR only
   if something non-constant uses it. Position ids, default token-type ids, masks built from
@@ -203,6 +204,9 @@ class _Importer:
             self.env[node] = self.env[node.args[0]]
             return
         self._enter(node)
+        if _is_random(target) and target not in ATEN_TO_IR:
+            self._fail(node, "random numbers drawn at run time")
+            return
         if all(isinstance(v, Const) for v in inputs):
             self.env[node] = self._fold(node)
             return
@@ -273,3 +277,11 @@ def _is_2d_transpose(node: torch.fx.Node) -> bool:
     if node.target == aten.transpose.int:
         return {node.args[1] % 2, node.args[2] % 2} == {0, 1}
     return True
+
+
+def _is_random(target) -> bool:
+    """Ops that draw random numbers: folding them would freeze one draw into the model.
+
+    (Converted ops with the tag, like attention's dropout, are taken in inference mode.)
+    """
+    return isinstance(target, torch._ops.OpOverload) and torch.Tag.nondeterministic_seeded in target.tags

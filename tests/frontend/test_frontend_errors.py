@@ -74,6 +74,15 @@ def test_constant_only_use_of_an_unsupported_op_is_folded():
     assert graph.op_counts() == {"mul": 1}
 
 
+def test_random_ops_are_not_folded_into_constants():
+    class Noisy(nn.Module):
+        def forward(self, x):
+            return x + torch.randn(x.shape)
+
+    with pytest.raises(UnsupportedOpError, match=r"aten.randn.default \(random numbers drawn at run time\)"):
+        import_model(Noisy(), (torch.randn(2, 3),))
+
+
 def test_bad_inputs_are_one_line_errors(tmp_path):
     with pytest.raises(FrontendError, match="example input 0 is a int, not a tensor"):
         import_model(nn.Linear(2, 2), (3,))
