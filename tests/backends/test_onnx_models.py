@@ -49,13 +49,7 @@ def test_float_model_matches_executor_and_torch(name):
         np.testing.assert_allclose(g_, r_.numpy(), rtol=1e-4, atol=1e-4)
 
 
-EXECUTOR_NAN = pytest.mark.xfail(
-    strict=True, reason="ir.torch_ops.fake_quant returns NaN for the -inf of a masked attention score "
-                        "(x + (y - x).detach() with x = -inf); onnxruntime's output is finite")
-
-
-@pytest.mark.parametrize("name", ["cnn", "mobilenet_block", "conv1d_net", "lstm_cell_model",
-                                  pytest.param("tiny_transformer", marks=EXECUTOR_NAN)])
+@pytest.mark.parametrize("name", ["cnn", "mobilenet_block", "conv1d_net", "lstm_cell_model", "tiny_transformer"])
 def test_quantized_model_matches_fake_quant(name):
     _, graph, arrays = _import(name)
     rng = np.random.default_rng(1)
