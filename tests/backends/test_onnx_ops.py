@@ -249,7 +249,8 @@ def test_shared_linear_weight_is_stored_once_and_transposed_in_graph():
     assert list(m.tensors) == ["emb.weight"] and m.tensors["emb.weight"].shape == (10, 4)
     assert Counter(n.op_type for n in onnx.load_from_string(m.model_bytes).graph.node) == \
         {"Gather": 1, "Transpose": 1, "MatMul": 1}
-    np.testing.assert_allclose(_run(m.model_bytes, m.tensors, g, arrays)[0], run_graph(g, *arrays), rtol=1e-5, atol=1e-5)
+    got = _run(m.model_bytes, m.tensors, g, arrays)[0]
+    np.testing.assert_allclose(got, run_graph(g, *arrays), rtol=1e-5, atol=1e-5)
 
 
 def test_graph_output_that_is_an_input_gets_an_identity():

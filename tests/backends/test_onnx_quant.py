@@ -102,7 +102,10 @@ def attention(rng):
     """One self-attention block over [B, T, D] with factorized (two-linear) output projection."""
     g = Graph("attn")
     x = g.add_input("x", (2, 6, 16))
-    q = g.add_node("linear", [x, g.add_const("q.weight", _rng_f(rng, 16, 16)), g.add_const("q.bias", _rng_f(rng, 16))]).output
+    def const(name, *shape):
+        return g.add_const(name, _rng_f(rng, *shape))
+
+    q = g.add_node("linear", [x, const("q.weight", 16, 16), const("q.bias", 16)]).output
     k = g.add_node("linear", [x, g.add_const("k.weight", _rng_f(rng, 16, 16)), None]).output
     kt = g.add_node("transpose", [k], {"perm": [0, 2, 1]}).output
     s = g.add_node("matmul", [q, kt]).output
@@ -110,9 +113,9 @@ def attention(rng):
     p = g.add_node("softmax", [s], {"axis": -1}).output
     a = g.add_node("matmul", [p, x]).output
     u = g.add_node("linear", [a, g.add_const("o.0.weight", _rng_f(rng, 4, 16)), None]).output
-    o = g.add_node("linear", [u, g.add_const("o.1.weight", _rng_f(rng, 16, 4)), g.add_const("o.1.bias", _rng_f(rng, 16))]).output
+    o = g.add_node("linear", [u, const("o.1.weight", 16, 4), const("o.1.bias", 16)]).output
     h = g.add_node("add", [x, o]).output
-    h = g.add_node("layer_norm", [h, g.add_const("ln.weight", _rng_f(rng, 16)), g.add_const("ln.bias", _rng_f(rng, 16))],
+    h = g.add_node("layer_norm", [h, const("ln.weight", 16), const("ln.bias", 16)],
                    {"normalized_ndim": 1, "eps": 1e-5}).output
     y = g.add_node("gelu", [h], {"approximate": "none"}).output
     g.outputs = [y]
