@@ -53,6 +53,10 @@ def from_stream(sym: np.ndarray, itemsize: int, shuffle: bool) -> np.ndarray:
     return np.ascontiguousarray(sym.reshape(itemsize, -1).T).reshape(-1)
 
 
+PER_CHANNEL_MIN_SYMBOLS = 1024
+ZSTD_MAX_BYTES_L19 = 1 << 20
+
+
 def _channels(shape: tuple[int, ...]) -> int:
     return shape[0] if len(shape) >= 2 and shape[0] > 1 else 1
 
@@ -61,7 +65,9 @@ def _rans_plan(sym: np.ndarray, shuffle: bool, itemsize: int, channels: int) -> 
     """Smallest of per-tensor (or per-byte-plane) and per-channel tables."""
     base = itemsize if shuffle else 1
     best = rans.plan(sym, base, shuffle=shuffle, itemsize=itemsize)
-    if channels > 1:
+    # A table costs tens of bytes: per-channel tables only pay off with enough symbols per channel
+    # (and pricing 30k tables of an embedding would cost seconds for nothing).
+    if channels > 1 and sym.size >= PER_CHANNEL_MIN_SYMBOLS * channels:
         alt = rans.plan(sym, base * channels, shuffle=shuffle, itemsize=itemsize)
         if alt[1] < best[1]:
             best = alt
@@ -107,7 +113,10 @@ def candidates(arr: np.ndarray, allowed: tuple[str, ...], zstd_level: int = ZSTD
     if arr.size == 0:
         return out
     if "zstd" in allowed:
-        out["zstd"] = _zstd().ZstdCompressor(level=zstd_level).compress(raw)
+        # level 19 costs ~1 s per MB; past ZSTD_MAX_BYTES_L19 a faster level keeps 20M-parameter builds
+        # under a minute (rANS wins on int8 weights of that size anyway)
+        level = zstd_level if len(raw) <= ZSTD_MAX_BYTES_L19 else min(zstd_level, 9)
+        out["zstd"] = _zstd().ZstdCompressor(level=level).compress(raw)
     if "rans" in allowed:
         sym, shuffle = to_stream(arr)
         plan = _rans_plan(sym, shuffle, arr.dtype.itemsize, _channels(arr.shape))

@@ -180,7 +180,7 @@ class Graph:
     def add_const(self, name: str, data: np.ndarray, quant: QuantParams | None = None,
                   unique: bool = True) -> Value:
         """Adds a constant (weight). With `unique`, `name` is made unique instead of clashing."""
-        data = np.ascontiguousarray(data)
+        data = np.asarray(data, order="C")  # (ascontiguousarray would turn a 0-d array into 1-d)
         name = self.unique_name(name) if unique else self._claim(name)
         v = Value(name, data.shape, str(data.dtype) if quant is None else "float32", data, quant)
         self.consts[name] = v
@@ -349,7 +349,8 @@ def _default_dtype(inputs: Sequence[Value | None]) -> str:
 
 def _fmt_attr(a) -> str:
     if isinstance(a, float):
-        return repr(round(a, 7))
+        r = f"{a:.7g}"  # keeps 1e-12 (round() would print 0.0)
+        return r if any(c in r for c in ".einn") else r + ".0"
     if isinstance(a, (list, tuple)):
         return "[" + ",".join(_fmt_attr(x) for x in a) + "]"
     return repr(a) if isinstance(a, str) else str(a)

@@ -5,7 +5,7 @@ a pass through it) and the trainable form for fine-tuning: each `linear`, `conv`
 (`gather` of a constant table on axis 0) whose weight is a float constant becomes a real
 `nn.Linear` / `nn.Conv1d` / `nn.Conv2d` / `nn.Embedding` submodule, so optimizers that hook layers
 (FNGD, K-FAC) see ordinary layers, factorized layers included (they are chains of these). Other
-float constants are `nn.Parameter`s; integer constants are buffers. `write_back` copies trained
+float tensors are `nn.Parameter`s; scalars, batch-norm statistics and integer constants are buffers. `write_back` copies trained
 weights into the graph.
 
 Quantization: constants stored as integers are dequantized (fixed buffers); activations whose
@@ -70,6 +70,14 @@ def _float_const(v: Value | None) -> bool:
     return v is not None and v.is_const and v.quant is None and v.data.dtype.kind == "f"
 
 
+def _trainable(v: Value) -> bool:
+    """Float tensors that are model weights: not scalars (attention scale, activation constants) and
+    not batch-norm running statistics."""
+    if not _float_const(v) or v.data.size <= 1:
+        return False
+    return not any(node.op == "batch_norm" and i in (1, 2) for node, i in v.uses)
+
+
 class TorchExecutor(nn.Module):
     """An `nn.Module` that evaluates `graph`.
 
@@ -100,7 +108,7 @@ class TorchExecutor(nn.Module):
                 continue
             key = "c_" + _key(name)
             t = to_torch(v.real() if v.quant is not None else v.data)
-            if _float_const(v):
+            if _trainable(v):
                 self.params[key] = nn.Parameter(t.clone())
                 self._const_src[name] = ("param", key)
             else:
