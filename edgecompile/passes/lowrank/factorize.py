@@ -30,7 +30,8 @@ from ...ir import Graph, Node, infer_shapes
 from ..base import Pass, PassResult
 from . import rewrite
 from .decompose import factor_modes, svd_factors, tt_decompose, tt_params, tt_reconstruct, tucker2
-from .rank import LayerSpectrum, RankSpec, budget_ranks, mode_spectra, parse_rank_spec, singular_values
+from .rank import (LayerSpectrum, RankSpec, budget_ranks, max_useful_rank, mode_spectra, parse_rank_spec,
+                   singular_values)
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,6 @@ def _weight_of(node: Node):
 def _why_not(graph: Graph, node: Node, cfg: LowRankConfig) -> str:
     """Why `node` cannot be factorized ('' if it can)."""
     w = _weight_of(node)
-    if w is None or not w.is_const:
-        return "weight is not a constant"
     if w.quant is not None or w.data.dtype.kind != "f":
         return "weight is already quantized; run low-rank before quantization"
     if len(w.uses) != 1 or any(o is w for o in graph.outputs):
@@ -190,9 +189,12 @@ class LowRankPass(Pass):
         cfg = self.config
         records: list[dict] = []
         layers: list[_Layer] = []
+        if any(v.shape is None for n in graph.nodes for v in n.outputs):
+            infer_shapes(graph)  # the TT rewrite needs static shapes
         for node in graph.nodes:
-            if _weight_of(node) is None:
-                continue
+            w = _weight_of(node)
+            if w is None or not w.is_const:
+                continue  # not a layer (e.g. attention's activation @ activation)
             why = _why_not(graph, node, cfg)
             if why:
                 records.append({"node": node.name, "op": node.op, "kind": "kept", "reason": why})
@@ -250,9 +252,15 @@ class LowRankPass(Pass):
         base = {"node": node.name, "op": node.op, "params_before": before}
         tt = self._tt_cores(layer, rank)
         if tt is None and (rank is None or spec.params(rank) >= before):
-            reason = ("kept dense by the budget search" if self.config.budget_bytes is not None
-                      else f"rank {rank} would not save weights" if rank is not None
-                      else "rank spec 'none'")
+            if self.config.budget_bytes is not None:
+                reason = "kept dense by the budget search"
+            elif rank is None:
+                reason = "rank spec 'none'"
+            else:
+                m, n = spec.shape[:2]
+                useful = (max_useful_rank(m, n) if layer.kind == "svd"
+                          else max_useful_rank(m, n, "tucker2", ksize=spec.shape[2]))
+                reason = f"rank {rank} would not save weights (factorizing pays below rank {useful + 1})"
             return dict(base, kind="kept", reason=reason, params_after=before)
         if tt is not None:
             method, shown = "tt", [int(c.shape[3]) for c in tt[:-1]]
