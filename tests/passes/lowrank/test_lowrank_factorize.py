@@ -219,18 +219,19 @@ def test_trained_mlp_keeps_its_accuracy(digits_mlp):
     assert acc() >= dense_acc - 0.03
 
 
-def test_tensor_train_chain_matches():
+@pytest.mark.parametrize("lead", [(3, 5), (4,), ()])
+def test_tensor_train_chain_matches(lead):
     rng = _rng(6)
     outs, ins = factor_modes(64, 3), factor_modes(96, 3)   # (4, 4, 4), (4, 4, 6)
     ranks = [1, 3, 5, 1]
     cores = [rng.standard_normal((ranks[k], outs[k], ins[k], ranks[k + 1])) for k in range(3)]
     w = (tt_reconstruct(cores) / 5).astype(np.float32)
     g = Graph("tt")
-    x = g.add_input("x", (3, 5, 96))
+    x = g.add_input("x", (*lead, 96))
     g.outputs = [g.add_node("linear", [x, g.add_const("w", w), g.add_const("b", np.ones(64, np.float32))],
                             name="fc").output]
     infer_shapes(g)
-    xv = rng.standard_normal((3, 5, 96)).astype(np.float32)
+    xv = rng.standard_normal((*lead, 96)).astype(np.float32)
     ref = run_graph(g, xv)
     cfg = LowRankConfig("energy:0.999999", min_params=0, tt_min_params=0, tt_policy="always")
     result = _run(LowRankPass(cfg), g)
@@ -241,7 +242,7 @@ def test_tensor_train_chain_matches():
     assert _rel_err(run_graph(g, xv), ref) < EXACT_REL
     # "auto" takes the TT form too: 408 weights against an SVD rank of ~40 (6400 weights)
     g2 = Graph("tt2")
-    x2 = g2.add_input("x", (3, 5, 96))
+    x2 = g2.add_input("x", (*lead, 96))
     g2.outputs = [g2.add_node("linear", [x2, g2.add_const("w", w), None], name="fc").output]
     infer_shapes(g2)
     auto = _run(LowRankPass(LowRankConfig("energy:0.999999", min_params=0, tt_min_params=0)), g2)
