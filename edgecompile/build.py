@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +46,7 @@ class BuildConfig:
     backend: str | None = None              # None: the target's default
     rank: str = "erank"                     # see passes.lowrank.rank.parse_rank_spec; "none" to skip
     prune: str = "none"                     # see passes.prune.parse_prune_spec
-    quant: str = "int8"                     # int8 | none
+    quant: str = "auto"                     # auto | int8[:options] | none (see passes.quantize)
     budget_bytes: int | None = None         # global weight-byte budget met by the rank search
     codecs: tuple[str, ...] | None = None   # None: every codec the target can decode
     calib: Path | None = None               # .npz of inputs (+ labels) for calibration and verification
@@ -56,7 +56,7 @@ class BuildConfig:
     thresholds: Thresholds = field(default_factory=Thresholds)
     allow_degraded: bool = False
     max_eval_samples: int = 512
-    latency_repeats: int = 30
+    latency_repeats: int = 100
     seed: int = 0
 
 
@@ -100,6 +100,14 @@ def _compress(graph: Graph, cfg: BuildConfig, bytes_per_param: float) -> list[di
     return records
 
 
+def resolve_quant(spec: str, target: Target) -> str:
+    """`auto`: full int8 where the target's runtime has int8 kernels, else int8 weights kept in
+    storage and computed in fp32 (dequantized once at load: same size, no int8 speed penalty)."""
+    if spec != "auto":
+        return spec
+    return "int8" if target.int8_kernels else "int8:weights_only"
+
+
 def _quantize(graph: Graph, cfg: BuildConfig, calib: Samples, batch: int) -> list[dict]:
     from .passes.quantize import QuantizePass, parse_quant_spec
 
@@ -115,14 +123,50 @@ def _quantize(graph: Graph, cfg: BuildConfig, calib: Samples, batch: int) -> lis
     return [dict(r, **{"pass": "quantize"}) for r in res.records]
 
 
-def _finetune(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, data: Samples, masks, progress) -> dict:
-    from .finetune.recover import RecoverConfig, recover_graph
+def _finetune(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, data: Samples, labels, progress) -> dict:
+    """Recovers accuracy: trains the compressed graph (factorized structure kept, pruned weights
+    held at zero, int8 weights fake-quantized with a straight-through gradient when quantizing)
+    against labels, or by distillation from the original model, then writes the weights back."""
+    from .finetune.data import FinetuneData
+    from .finetune.recover import RecoverConfig, recover
+    from .ir import TorchExecutor
+    from .ir.rebatch import RebatchError, rebatch
 
-    result = recover_graph(graph, teacher=loaded.module, samples=data, masks=masks,
-                           config=RecoverConfig(optimizer=cfg.optimizer, epochs=cfg.epochs, seed=cfg.seed,
-                                                qat_bits=8 if cfg.quant == "int8" else None),
-                           progress=progress)
-    return result
+    n = len(data[0])
+    bs = min(64, n)
+    try:
+        train_graph = rebatch(graph, bs, check_inputs=[a[:bs] for a in data])
+    except RebatchError as e:
+        log.warning("fine-tuning in the model's own batch size: %s", e)
+        train_graph, bs = graph.copy(), graph.inputs[0].shape[0]
+    keep = (n // bs) * bs
+    if keep == 0:
+        raise BuildError(f"fine-tuning needs at least {bs} samples, got {n}")
+    qat = 8 if cfg.quant.startswith("int8") else None
+    student = TorchExecutor(train_graph, fake_quant=False, weight_fake_quant_bits=qat)
+    masks = {}
+    for const, mask in (graph.meta.get("sparsity_masks") or {}).items():
+        pname = student.parameter_name(const)
+        if pname is not None:
+            masks[pname] = torch.as_tensor(np.asarray(mask, bool))
+    ft = FinetuneData.from_arrays(tuple(a[:keep] for a in data), None if labels is None else labels[:keep])
+    ckpt = cfg.out.parent / f".{cfg.out.name}.finetune"
+    rc = RecoverConfig(optimizer=cfg.optimizer, epochs=cfg.epochs, batch_size=bs, seed=cfg.seed,
+                       checkpoint_dir=str(ckpt),
+                       twa_warmup_epochs=max(1, cfg.epochs // 2) if cfg.optimizer == "twa" else 1)
+    t0 = time.perf_counter()
+    result = recover(student, ft, rc, teacher=loaded.module, masks=masks,
+                     progress=(lambda *a, **k: None))
+    student.write_back()
+    for name, v in train_graph.consts.items():
+        if name in graph.consts:
+            graph.consts[name].data = v.data
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return {"optimizer": result.optimizer, "epochs": len(result.epochs), "batch_size": bs,
+            "loss": "cross-entropy on labels" if labels is not None else "distillation from the original model",
+            "qat_bits": qat, "seconds": round(time.perf_counter() - t0, 3), "device": result.device,
+            "history": [{"epoch": e.epoch, "loss": e.loss, "accuracy": e.accuracy, "seconds": e.wall_s}
+                        for e in result.epochs]}
 
 
 def _emit(graph: Graph, backend: str, embed: bool):
@@ -149,6 +193,8 @@ def _write_bundle(stage: Path, graph: Graph, target: Target, backend: str, cfg: 
     manifest = {"format": "edgecompile-bundle", "version": 1, "backend": backend, "model": model_name,
                 "weights": "weights.ecw", "inputs": io(graph.inputs), "outputs": io(graph.outputs),
                 "target": target.name, "edgecompile_version": __version__}
+    if getattr(emitted, "dequantize_at_load", ()):
+        manifest["dequantize_at_load"] = list(emitted.dequantize_at_load)
     (stage / "manifest.json").write_text(json.dumps(manifest, indent=2))
     _copy_loader(stage)
     from .backends.c_bundle import write_c_bundle
@@ -248,6 +294,7 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
         return time.perf_counter()
 
     target = load_target(cfg.target)
+    cfg = replace(cfg, quant=resolve_quant(cfg.quant, target))
     backend = cfg.backend or target.default_backend
     if backend not in ("onnx", "tflite"):
         raise BuildError(f"unknown backend {backend!r}; use onnx or tflite")
@@ -276,9 +323,11 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
 
     finetune_info = None
     if cfg.finetune:
-        ft_data = calib if cfg.finetune == "calib" else load_samples(Path(cfg.finetune), graph)[0]
-        masks = graph.meta.get("sparsity_masks") or {}
-        finetune_info = _finetune(graph, loaded, cfg, ft_data, masks, progress)
+        if cfg.finetune == "calib":
+            ft_data, ft_labels = calib, None
+        else:
+            ft_data, ft_labels = load_samples(Path(cfg.finetune), graph)
+        finetune_info = _finetune(graph, loaded, cfg, ft_data, ft_labels, progress)
         t = stage_done("fine-tune", 0.5, t)
 
     pass_records += _quantize(graph, cfg, calib, batch)

@@ -83,8 +83,9 @@ def main(verbose: bool) -> None:
               help="Low-rank spec: erank[:scale] | energy:0.95 | fraction:0.25 | fixed:32 | none.")
 @click.option("--prune", default="none", show_default=True,
               help="magnitude:0.5 | magnitude:global:0.6 | channel:0.25 | none.")
-@click.option("--quant", default="int8", show_default=True,
-              help="int8[:weights_only|minmax|mse|percentile[=P]] | none.")
+@click.option("--quant", default="auto", show_default=True,
+              help="auto (int8 where the target has int8 kernels, else int8 weights computed in fp32) | "
+                   "int8[:weights_only|minmax|mse|percentile[=P]] | none.")
 @click.option("--budget-bytes", type=int, default=None, help="Global weight-byte budget for the rank search.")
 @click.option("--codec", "codecs", multiple=True, help="Allowed codecs (repeatable) [all the target decodes].")
 @click.option("--finetune", default=None, help="Recover accuracy: 'calib' or a .npz of training inputs(+labels).")
@@ -117,7 +118,7 @@ def build(model, target, out, backend, calib, rank, prune, quant, budget_bytes, 
     except ImportError:
         ContainerError = ()  # noqa: N806
     try:
-        if as_json:
+        if as_json or not console.is_terminal:  # no bar in logs and pipes: it would leave stray lines
             result = run_build(model, cfg)
         else:
             with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console,

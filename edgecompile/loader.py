@@ -89,6 +89,19 @@ def create_session(model_bytes: bytes, tensors: dict[str, np.ndarray], *, thread
     return sess
 
 
+def dequantize(q_data: np.ndarray, q) -> np.ndarray:
+    """float32 ``scale * (q - zero_point)``, per channel along ``q.axis`` (a container QuantInfo)."""
+    scale = np.asarray(q.scale, np.float32)
+    zp = np.asarray(q.zero_point, np.float32)
+    if q.axis is not None:
+        shape = [1] * q_data.ndim
+        shape[q.axis] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    else:
+        scale, zp = scale.reshape(()), zp.reshape(())
+    return ((q_data.astype(np.float32) - zp) * scale).astype(np.float32)
+
+
 class BundleSession:
     """A loaded bundle: an onnxruntime session plus the manifest's input/output description."""
 
@@ -190,9 +203,16 @@ def load_bundle(bundle_dir: str | Path, *, threads: int | None = None):
         if not p.is_file():
             raise BundleError(f"{p}: missing from the bundle")
     try:
-        tensors = read_container(weights_path).read_all()
+        reader = read_container(weights_path)
+        tensors = reader.read_all()
     except ContainerError as e:
         raise type(e)(f"{weights_path}: {e}") from None
+    for name in manifest.get("dequantize_at_load", []):
+        q = reader.quant(name) if name in tensors else None
+        if q is None:
+            raise BundleError(f"{root / MANIFEST}: {name!r} is listed in dequantize_at_load but the container "
+                              "has no such quantized tensor")
+        tensors[name] = dequantize(tensors[name], q)
     try:
         sess = create_session(model_path.read_bytes(), tensors, threads=threads)
     except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,

@@ -40,6 +40,7 @@ class Target:
     default_backend: str
     codecs: tuple[str, ...]
     emulator: str
+    int8_kernels: bool = True   # the board's runtime runs int8 ops faster than fp32 (see each TOML)
     l2_kib: int = 0
 
     @property
@@ -66,7 +67,7 @@ def _check(path: Path, raw: dict) -> Target:
     unknown = set(raw) - known
     if unknown:
         raise TargetError(f"{path}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
-    missing = [f.name for f in fields(Target) if f.name not in raw and f.name != "l2_kib"]
+    missing = [f.name for f in fields(Target) if f.name not in raw and f.name not in ("l2_kib", "int8_kernels")]
     if missing:
         raise TargetError(f"{path}: missing field(s) {missing}")
     for key in ("features", "codecs"):
@@ -79,6 +80,8 @@ def _check(path: Path, raw: dict) -> Target:
     for key in ("clock_mhz", "mem_bandwidth_gbps", "peak_macs_fp32", "peak_macs_int8", "efficiency"):
         if not isinstance(raw[key], (int, float)) or raw[key] <= 0:
             raise TargetError(f"{path}: {key} must be a positive number")
+    if not isinstance(raw.get("int8_kernels", True), bool):
+        raise TargetError(f"{path}: int8_kernels must be true or false")
     if raw["kind"] not in KINDS:
         raise TargetError(f"{path}: kind must be one of {KINDS}, got {raw['kind']!r}")
     if raw["default_backend"] not in BACKENDS:

@@ -32,7 +32,7 @@ def test_default_build_json_and_files(default_bundle):
         assert (out / f).is_file(), f
     rep = res["report"]
     assert rep["fidelity"]["top1_agreement"] >= 0.97
-    assert rep["totals"]["compression_ratio"] > 4
+    assert rep["totals"]["compression_ratio"] > 3.5  # int8 alone; pruning adds more (bench)
     assert rep["layers"] and all(r["bytes_after"] > 0 for r in rep["layers"])
     assert "<img" in (out / "report.html").read_text()
 

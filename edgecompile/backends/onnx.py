@@ -76,11 +76,20 @@ class EmittedModel:
     tensors: dict[str, np.ndarray]
     quant: dict[str, QuantInfo | None]
     ops: list[tuple[str, int]]
+    dequantize_at_load: tuple[str, ...] = ()
+
+
+def _weights_only(graph: Graph) -> bool:
+    """True for a graph with int8 weights but no quantized activations (weights-only int8)."""
+    has_wq = any(v.quant is not None and v.data.dtype == np.int8 for v in graph.consts.values())
+    has_aq = any(v.quant is not None for n in graph.nodes for v in n.outputs) or \
+        any(v.quant is not None for v in graph.inputs)
+    return has_wq and not has_aq
 
 
 def emit_onnx(graph: Graph, *, embed_weights: bool, activations: str = DEFAULT_ACTIVATIONS,
-              int8_ops: str = DEFAULT_INT8_OPS,
-              opset: int = DEFAULT_OPSET, check: bool = True) -> EmittedModel:
+              int8_ops: str = DEFAULT_INT8_OPS, opset: int = DEFAULT_OPSET, check: bool = True,
+              dequantize_at_load: bool | None = None) -> EmittedModel:
     """Writes `graph` as an ONNX model.
 
     Parameters
@@ -97,6 +106,10 @@ def emit_onnx(graph: Graph, *, embed_weights: bool, activations: str = DEFAULT_A
         "integer": QLinearConv / MatMulInteger written out explicitly.
     opset : int
         Default-domain opset, 17 to 21 (from 20, gelu is the Gelu op).
+    dequantize_at_load : bool or None
+        For weights-only int8 graphs: declare float initializers and let the loader dequantize the
+        container's int8 weights once (listed in `EmittedModel.dequantize_at_load`). None: on for
+        weights-only graphs.
     check : bool
         Run `onnx.checker.check_model` on the result (embedded weights only: the checker
         wants external data to exist as files).
@@ -117,7 +130,9 @@ def emit_onnx(graph: Graph, *, embed_weights: bool, activations: str = DEFAULT_A
     if not 17 <= opset <= 21:
         raise ValueError(f"opset {opset} is not supported; use 17 to 21")
     verify(graph)
-    b = OnnxBuilder(graph, activations, opset)
+    if dequantize_at_load is None:
+        dequantize_at_load = _weights_only(graph)
+    b = OnnxBuilder(graph, activations, opset, dequantize_at_load=dequantize_at_load)
     for v in graph.inputs:
         b.define(v, v.name)
     integer = INTEGER_LOWERINGS if int8_ops == "integer" else {}
@@ -137,7 +152,7 @@ def emit_onnx(graph: Graph, *, embed_weights: bool, activations: str = DEFAULT_A
     ops = sorted({(n.op_type, onnx.defs.get_schema(n.op_type, opset, n.domain).since_version)
                   for n in model.graph.node})
     log.debug("emitted %s: %d nodes, %d weights, ops %s", graph.name, len(model.graph.node), len(b.weights), ops)
-    return EmittedModel(model.SerializeToString(), dict(b.weights), quant, ops)
+    return EmittedModel(model.SerializeToString(), dict(b.weights), quant, ops, tuple(sorted(b.load_dequantized)))
 
 
 def _outputs(b: OnnxBuilder, graph: Graph) -> list[str]:
@@ -155,7 +170,12 @@ def _outputs(b: OnnxBuilder, graph: Graph) -> list[str]:
 def _assemble(b: OnnxBuilder, graph: Graph, outputs: list[str], embed: bool) -> onnx.ModelProto:
     inits = []
     for name, arr in b.weights.items():
-        t = numpy_helper.from_array(arr, name)
+        if name in b.load_dequantized:
+            q = b.weight_quant[name]
+            arr = q.dequantize(arr) if embed else arr
+            t = numpy_helper.from_array(arr, name) if embed else _declared(name, arr.shape, TensorProto.FLOAT)
+        else:
+            t = numpy_helper.from_array(arr, name)
         if not embed:
             t.ClearField("raw_data")
             t.data_location = TensorProto.EXTERNAL
@@ -170,6 +190,14 @@ def _assemble(b: OnnxBuilder, graph: Graph, outputs: list[str], embed: bool) -> 
     model = helper.make_model(g, opset_imports=opsets, producer_name="edgecompile",
                               ir_version=helper.find_min_ir_version_for(opsets))
     return model
+
+
+def _declared(name: str, shape, elem_type: int) -> TensorProto:
+    """An initializer's name, type and shape, without data (filled from the container)."""
+    t = TensorProto()
+    t.name, t.data_type = name, elem_type
+    t.dims.extend(int(d) for d in shape)
+    return t
 
 
 def _quant_info(q: QuantParams | None) -> QuantInfo | None:

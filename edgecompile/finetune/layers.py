@@ -190,10 +190,14 @@ def weighted_grad(module: nn.Module, cap: Capture, coef: torch.Tensor) -> dict[s
 
 
 def damped_coefficients(K: torch.Tensor, damping: float) -> torch.Tensor:
-    """``α = (K + NλI)⁻¹ 1``, solved by Cholesky in float64.
+    """``α = (K + μI)⁻¹ 1`` with ``μ = damping · tr(K) / N``, solved by Cholesky in float64.
 
-    With ``U = [g_1 … g_N]``, ``U α = (UUᵀ/N + λI)⁻¹ ḡ`` by the push-through identity, the
-    damped natural-gradient step for the empirical Fisher.
+    With ``U = [g_1 … g_N]`` and ``K = UᵀU``, ``U α = (UUᵀ/N + λI)⁻¹ ḡ`` for
+    ``λ = damping · tr(K) / N²`` (push-through identity): the damped natural-gradient step for
+    the empirical Fisher, with the damping *relative* to the Fisher's mean non-zero eigenvalue
+    ``tr(K)/N²``.  Relative damping makes ``α`` invariant (up to the overall ``1/scale²``) to
+    the scale of the gradients and bounds the spread of the coefficients: no sample's
+    coefficient exceeds ``1 + 1/damping`` times that of a sample with a typical gradient.
     """
     n = K.shape[0]
     if not bool(torch.isfinite(K).all()):
@@ -201,13 +205,37 @@ def damped_coefficients(K: torch.Tensor, damping: float) -> torch.Tensor:
                                  "(gradients overflowed)")
     k64 = K.to(torch.float64)
     k64 = 0.5 * (k64 + k64.T)
-    system = k64 + (n * damping) * torch.eye(n, dtype=torch.float64, device=K.device)
+    scale = (k64.diagonal().sum() / n).clamp_min(torch.finfo(torch.float64).tiny)
+    system = k64 + (damping * scale) * torch.eye(n, dtype=torch.float64, device=K.device)
     ones = torch.ones(n, 1, dtype=torch.float64, device=K.device)
     chol, info = torch.linalg.cholesky_ex(system)
     if int(info) == 0:
         return torch.cholesky_solve(ones, chol).view(n)
     # Not positive definite within rounding: a least-squares solve is still well defined.
     return torch.linalg.lstsq(system, ones).solution.view(n)
+
+
+NORMALIZE = ("mean", "norm", "none")
+
+
+def normalize_coefficients(alpha: torch.Tensor, K: torch.Tensor, mode: str) -> torch.Tensor:
+    """Rescale ``α`` (one scalar per batch; the direction ``Uα`` is unchanged).
+
+    ``"mean"``: coefficients sum to 1, so the step ``Σ cᵢ gᵢ`` is a weighted *average* of
+    per-sample gradients (plain averaging when the damping is large) and the learning rate
+    means what it means for SGD; stored coefficients of samples from different batches are
+    on one scale.  ``"norm"``: ``‖Σ cᵢ gᵢ‖ = ‖ḡ‖`` (the mean gradient's norm, from ``K``).
+    ``"none"``: the exact damped natural-gradient step.
+    """
+    if mode == "none":
+        return alpha
+    if mode == "mean":
+        return alpha / alpha.sum()
+    k64 = K.to(torch.float64)
+    n = alpha.shape[0]
+    grad_sq = k64.sum() / (n * n)
+    step_sq = alpha @ (k64 @ alpha)
+    return alpha * (grad_sq / step_sq.clamp_min(torch.finfo(torch.float64).tiny)).sqrt()
 
 
 def per_sample_numel(module: nn.Module) -> int:

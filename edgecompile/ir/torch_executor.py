@@ -181,13 +181,32 @@ class TorchExecutor(nn.Module):
         return fake_quant(t, scale, zp, lo, hi, q.axis)
 
     def forward(self, *inputs: torch.Tensor):
+        """Runs the graph. Inputs must match the graph's shapes, except that the batch (axis 0) may
+        differ from the graph's static batch B: smaller batches are zero-padded to B, larger ones
+        run in chunks of B (padded at the end) and the outputs are cut back. This is exact for
+        graphs whose samples are independent along axis 0 — every inference model we import."""
         g = self.graph
         if len(inputs) != len(g.inputs):
             raise ValueError(f"graph {g.name!r} takes {len(g.inputs)} inputs, got {len(inputs)}")
+        for v, t in zip(g.inputs, inputs):
+            if v.shape is not None and (t.dim() != len(v.shape) or tuple(t.shape[1:]) != v.shape[1:]):
+                raise ValueError(f"input {v.name!r}: expected shape {list(v.shape)}, got {list(t.shape)}")
+        b = g.inputs[0].shape[0] if g.inputs and g.inputs[0].shape else None
+        n = inputs[0].shape[0] if inputs else None
+        if b is None or n == b:
+            return self._run(inputs)
+        pad = (-n) % b
+        if pad:
+            inputs = tuple(torch.cat([t, t.new_zeros((pad,) + tuple(t.shape[1:]))]) for t in inputs)
+        outs = [self._run(tuple(t[i:i + b] for t in inputs)) for i in range(0, n + pad, b)]
+        if isinstance(outs[0], tuple):
+            return tuple(torch.cat([o[k] for o in outs])[:n] for k in range(len(outs[0])))
+        return torch.cat(outs)[:n]
+
+    def _run(self, inputs) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        g = self.graph
         env: dict[int, torch.Tensor] = {}
         for v, t in zip(g.inputs, inputs):
-            if v.shape is not None and tuple(t.shape) != v.shape:
-                raise ValueError(f"input {v.name!r}: expected shape {list(v.shape)}, got {list(t.shape)}")
             env[id(v)] = self._quantize_act(v, t.to(TORCH_DTYPES[v.dtype]))
         for node in g.nodes:
             key = self._layer_of.get(node.name)

@@ -57,6 +57,8 @@ class LowRankConfig:
     tt_modes : number of TT cores d.
     tucker_iters : HOOI sweeps after the HOSVD start.
     exclude : fnmatch patterns of node names to leave dense (e.g. the classifier head).
+    min_saving : with a rank spec (not a budget), factorize only when it removes at least this
+        fraction of the layer's weights: a 1.5% saving is not worth an extra op and its latency.
     """
 
     rank: RankSpec | str = "erank"
@@ -68,6 +70,7 @@ class LowRankConfig:
     tt_modes: int = 3
     tucker_iters: int = 3
     exclude: tuple[str, ...] = ()
+    min_saving: float = 0.15
 
     def __post_init__(self) -> None:
         if isinstance(self.rank, str):
