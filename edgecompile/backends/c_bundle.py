@@ -70,20 +70,23 @@ def container_to_c(container: bytes, out_dir: Path, symbol: str = "ecw_weights")
 
 
 def _linux_script(triple: str) -> str:
-    cc = f"{triple}-gcc" if triple and not triple.startswith(("x86_64", "host")) else "gcc"
+    cross = triple and not triple.startswith(("x86_64", "host"))
+    cc, ar = (f"{triple}-gcc", f"{triple}-ar") if cross else ("gcc", "ar")
     return f"""#!/bin/sh
 # Build the .ecw decoder for {triple or 'this machine'}: libecw.a and the ecw_tool test driver.
-# zstd tensors need libzstd (Debian: libzstd-dev); set ZSTD=0 to build without it.
+# zstd tensors need libzstd (Debian: libzstd-dev); set ZSTD=0 to build without it (zstd tensors
+# then report ECW_E_CODEC_UNAVAILABLE). A cross build runs under user-mode QEMU when static:
+#   LDFLAGS=-static ./build.sh && qemu-{(triple or 'x86_64').split('-')[0]} build/ecw_tool ../weights.ecw
 set -eu
 cd "$(dirname "$0")"
 CC="${{CC:-{cc}}}"
 ZSTD="${{ZSTD:-1}}"
 FLAGS="-std=c99 -O2 -Wall -Iinclude -DECW_CRC_TABLE256"
-LIBS=""
-if [ "$ZSTD" = 1 ]; then FLAGS="$FLAGS -DECW_WITH_ZSTD"; LIBS="-lzstd"; fi
+LIBS="${{LDFLAGS:-}}"
+if [ "$ZSTD" = 1 ]; then FLAGS="$FLAGS -DECW_WITH_ZSTD"; LIBS="$LIBS -lzstd"; fi
 mkdir -p build
 for f in ecw_container ecw_rans ecw_crc32; do $CC $FLAGS -c src/$f.c -o build/$f.o; done
-${{AR:-ar}} rcs build/libecw.a build/ecw_container.o build/ecw_rans.o build/ecw_crc32.o
+${{AR:-{ar}}} rcs build/libecw.a build/ecw_container.o build/ecw_rans.o build/ecw_crc32.o
 $CC $FLAGS tests/ecw_tool.c build/libecw.a $LIBS -o build/ecw_tool
 echo "built build/libecw.a and build/ecw_tool (run: build/ecw_tool ../weights.ecw)"
 """
