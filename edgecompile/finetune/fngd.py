@@ -1,29 +1,42 @@
 """FNGD: inverse-free fast natural gradient descent (Ou, Zhu, Huang et al., 2024).
 
-Per layer, with per-sample gradients ``U = [g_1 … g_N]`` of a mini-batch, the damped natural
-gradient for the empirical Fisher is ``Δ = (UUᵀ/N + λI)⁻¹ ḡ``.  By the push-through identity
+With per-sample gradients ``U = [g_1 … g_N]`` of a mini-batch, the damped natural gradient
+for the empirical Fisher is ``Δ = (UUᵀ/N + λI)⁻¹ ḡ``.  By the push-through identity
 ``Δ = U α`` with ``α = (UᵀU + NλI)⁻¹ 1``: a weighted sum of per-sample gradients that needs
-only the ``N × N`` Gram matrix ``UᵀU``, computed from the layer's inputs and output gradients
-(:mod:`edgecompile.finetune.layers`) without materializing any per-sample gradient.
-
+only the ``N × N`` Gram matrix ``K = UᵀU``, computed from each layer's inputs and output
+gradients (:mod:`edgecompile.finetune.layers`) without materializing per-sample gradients.
 FNGD solves for ``α`` while a sample is new (the first epoch, and every ``refresh_every``
-epochs if set) and stores it per sample and per layer.  Later batches whose samples all have
-a stored ``α`` reuse it: forward hooks scale each sample's output gradient by ``N αᵢ`` and
-unscale the gradient flowing to the layer input, so the ordinary backward pass leaves
-``Σ αᵢ gᵢ`` in ``weight.grad`` at the cost of a first-order step.
+epochs if set), stores it per sample, and reuses it afterwards.
+
+Coefficients (``coefficients=``)
+  ``"shared"`` (default): one ``α`` for the whole network from ``K = Σ_layers K_l``, i.e. the
+  natural gradient with the empirical Fisher of all supported layers' weights together (``U``
+  stacks every layer's per-sample gradient).  A reused step is then a single reweighted
+  backward pass: the loss ``Σ cᵢ ℓᵢ`` (:meth:`FNGD.reduce`) leaves ``Σ cᵢ gᵢ`` in every
+  ``.grad`` at exactly the cost of a first-order step, with no hooks attached.
+  ``"layer"``: one ``α`` per layer (block-diagonal Fisher); reused steps scale each layer's
+  output gradient per sample with hooks.
+
+Damping is relative: ``λ = damping · tr(K)/N²`` (the Fisher's mean non-zero eigenvalue times
+``damping``), so ``damping`` is scale free and bounds how much one sample's coefficient can
+exceed a typical one's (``≤ 1 + 1/damping``): a sample whose gradient was tiny when ``α`` was
+solved cannot blow a later step up.  ``normalize="mean"`` (default) rescales each batch's
+coefficients to sum to 1, so the step is a weighted *average* of per-sample gradients and
+``lr`` has SGD's meaning; ``"none"`` keeps the exact damped NGD step (see
+:func:`~edgecompile.finetune.layers.normalize_coefficients`).
 
 Conventions
 -----------
 * Dim 0 of every supported layer's input is the batch; ``sample_ids`` name its rows.
-* ``reduction="mean"`` (default): the loss is the *mean* over the (local) batch, so autograd's
-  output gradient for sample ``i`` is ``∇ℓᵢ / N`` and FNGD multiplies it by ``N`` to get the
-  per-sample gradient ``gᵢ = ∇ℓᵢ``.  Use ``reduction="sum"`` for a summed loss.  Either way
-  ``ḡ`` is the mean per-sample gradient and the update is ``p ← p − lr · Δ``.
-* Under DDP (gradients averaged over ``W`` ranks), the Gram matrix and ``α`` are those of the
-  global batch: inputs and output gradients are gathered from all ranks.
+* Build the loss with :meth:`FNGD.reduce` from the per-sample losses (mean in solve steps,
+  ``Σ cᵢ ℓᵢ`` in shared-reuse steps).  A plain mean loss also works in solve steps and in
+  ``"layer"`` mode (``reduction`` says whether it is a mean or a sum).
+* Under DDP, the Gram matrix and ``α`` are those of the global batch (layer inputs and output
+  gradients are gathered from all ranks), and every rank stores the whole global batch's ``α``.
 * Parameters outside Linear/Conv1d/Conv2d/Embedding layers (norms, free tensors), and layers
-  whose hooks did not fire (called functionally), get SGD with momentum on the mean gradient,
-  with learning rate ``fallback_lr`` (default: ``lr``).
+  whose hooks did not fire (called functionally), get SGD with momentum with learning rate
+  ``fallback_lr`` (default: ``lr``) on their gradient: the mean gradient in solve steps, the
+  same ``cᵢ``-weighted gradient as everyone else in shared-reuse steps.
 * Momentum and (coupled, L2) weight decay act on the direction:
   ``d = Δ + wd·p;  buf = μ·buf + d;  p ← p − lr·buf``.
 """
@@ -36,6 +49,7 @@ import torch
 from torch import nn
 
 from . import ddp, layers
+from .fngd_hooks import LayerHooks
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +62,9 @@ class FNGD(torch.optim.Optimizer):
     model:
         The module to train (may be wrapped in DistributedDataParallel).
     lr:
-        Step size on the natural-gradient direction.
+        Step size on the (normalized) natural-gradient direction.
     damping:
-        ``λ`` in ``(UUᵀ/N + λI)⁻¹``; must be positive.
+        Relative damping (``λ = damping · tr(UᵀU)/N²``); must be positive.
     momentum, weight_decay:
         Heavy-ball momentum and L2 weight decay, applied to every parameter.
     refresh_every:
@@ -59,36 +73,47 @@ class FNGD(torch.optim.Optimizer):
     fallback_lr:
         Learning rate of the first-order update for unsupported parameters (default ``lr``).
     reduction:
-        ``"mean"`` or ``"sum"``: how the training loss reduces over the batch.
+        ``"mean"`` or ``"sum"``: how a plain training loss reduces over the batch.
     gram:
-        ``"factor"`` (never form per-sample gradients) or ``"auto"`` (cheaper exact method per
-        layer); see :func:`edgecompile.finetune.layers.gram`.
+        ``"auto"`` (default: the cheaper exact method per layer; for convolutions with many
+        output positions that forms the per-sample gradients, never more than
+        ``max_gram_elems`` elements) or ``"factor"`` (never forms a per-sample gradient, at
+        ``(N·positions)²`` cost: 10-900× slower for convolutions); see
+        :func:`edgecompile.finetune.layers.gram`.
+    coefficients:
+        ``"shared"`` (one ``α`` for the network) or ``"layer"`` (one per layer).
+    normalize:
+        ``"mean"``, ``"norm"`` or ``"none"``: per-batch rescaling of the coefficients.
 
     Usage
     -----
     ::
 
-        opt = FNGD(model, lr=0.05, damping=1e-3)
+        opt = FNGD(model, lr=0.05, damping=0.1)
         for epoch in range(epochs):
             opt.set_epoch(epoch)
             for x, y, ids in loader:
                 opt.set_batch(ids)          # before the forward pass
-                loss = F.cross_entropy(model(x), y)
-                opt.zero_grad(); loss.backward(); opt.step()
+                losses = F.cross_entropy(model(x), y, reduction="none")
+                opt.zero_grad(); opt.reduce(losses).backward(); opt.step()
 
     Without :meth:`set_batch`, every step solves for ``α`` and nothing is stored.
     """
 
-    def __init__(self, model: nn.Module, lr: float = 0.05, damping: float = 1e-3,
+    def __init__(self, model: nn.Module, lr: float = 0.05, damping: float = 0.1,
                  momentum: float = 0.9, weight_decay: float = 0.0,
                  refresh_every: int | None = None, fallback_lr: float | None = None,
-                 reduction: str = "mean", gram: str = "factor", max_gram_elems: int = 1 << 25):
+                 reduction: str = "mean", gram: str = "auto", coefficients: str = "shared",
+                 normalize: str = "mean", max_gram_elems: int = 1 << 25):
         if damping <= 0:
-            raise ValueError(f"FNGD damping must be > 0 (got {damping}); try 1e-3")
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"FNGD reduction must be 'mean' or 'sum' (got {reduction!r})")
-        if gram not in ("factor", "auto"):
-            raise ValueError(f"FNGD gram must be 'factor' or 'auto' (got {gram!r})")
+            raise ValueError(f"FNGD damping must be > 0 (got {damping}); try 0.1")
+        for what, value, allowed in (("reduction", reduction, ("mean", "sum")),
+                                     ("gram", gram, ("factor", "auto")),
+                                     ("coefficients", coefficients, ("shared", "layer")),
+                                     ("normalize", normalize, layers.NORMALIZE)):
+            if value not in allowed:
+                raise ValueError(f"FNGD {what} must be one of {', '.join(allowed)} "
+                                 f"(got {value!r})")
         if refresh_every is not None and refresh_every < 1:
             raise ValueError(f"FNGD refresh_every must be >= 1 or None (got {refresh_every})")
         params = [p for p in model.parameters() if p.requires_grad]
@@ -98,21 +123,20 @@ class FNGD(torch.optim.Optimizer):
                         fallback_lr=lr if fallback_lr is None else fallback_lr)
         super().__init__(params, defaults)
         self.reduction, self.gram_mode, self.max_gram_elems = reduction, gram, max_gram_elems
-        self.refresh_every = refresh_every
-        self._layers = [(name, m) for name, m in model.named_modules()
-                        if layers.is_supported(m) and m.weight.requires_grad]
-        self.layer_names = [name for name, _ in self._layers]
-        self._index = {id(m): i for i, (_, m) in enumerate(self._layers)}
-        self._handles = []
-        for _, module in self._layers:
-            self._handles.append(module.register_forward_pre_hook(self._pre_hook))
-            self._handles.append(module.register_forward_hook(self._post_hook))
+        self.refresh_every, self.shared, self.normalize = (refresh_every,
+                                                           coefficients == "shared", normalize)
+        self.hooks = LayerHooks(model, reduction)
+        self.layer_names = self.hooks.names
+        self._supported = {id(p) for _, m in self.hooks.layers
+                           for p in m.parameters(recurse=False)}
+        self.hooks.attach(reuse_hooks=not self.shared)
+        columns = 1 if self.shared else len(self.layer_names)
         device = params[0].device
-        self.alpha = torch.full((0, len(self._layers)), float("nan"), dtype=torch.float64,
-                                device=device)
+        self.alpha = torch.full((0, columns), float("nan"), dtype=torch.float64, device=device)
         self.alpha_epoch = torch.full((0,), -1, dtype=torch.long, device=device)
         self.epoch = 0
-        self._reset_batch()
+        self._ids = self._weights = None
+        self._reduced = False
         self._warned: set[str] = set()
 
     # ----------------------------------------------------------------- batch protocol
@@ -126,36 +150,60 @@ class FNGD(torch.optim.Optimizer):
         Decides whether this step solves for ``α`` (some sample has none, or a stale one)
         or reuses the stored ``α`` at first-order cost.
         """
-        ids = torch.as_tensor(sample_ids, dtype=torch.long).to(self.alpha.device).reshape(-1)
+        ids = torch.as_tensor(sample_ids, dtype=torch.long).reshape(-1)
         if ids.numel() == 0:
             raise ValueError("FNGD.set_batch: empty batch of sample ids")
         if int(ids.min()) < 0:
             raise ValueError("FNGD.set_batch: sample ids must be non-negative dataset indices")
+        ids = ids.to(self.alpha.device)
         self._grow(int(ids.max()) + 1)
         stamp = self.alpha_epoch[ids]
         fresh = stamp >= 0
         if self.refresh_every is not None:
             fresh &= (self.epoch - stamp) < self.refresh_every
-        reuse = torch.tensor(float(bool(fresh.all())), device=ids.device)
+        reuse = bool(fresh.all())
         if ddp.is_distributed():  # every rank must take the same branch (gathers in step)
-            torch.distributed.all_reduce(reuse, op=torch.distributed.ReduceOp.MIN)
-        self._reset_batch()
-        self._ids = ids
-        self._mode = "reuse" if bool(reuse) else "gram"
-        if self._mode == "reuse":
-            mult = self._multiplier(ids.numel()) * ddp.world_size()
-            self._coef = self.alpha[ids] * mult  # [n, layers]
+            flag = torch.tensor(float(reuse), device=ids.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+            reuse = bool(flag)
+        self._ids, self._reduced, self._weights = ids, False, None
+        coef = self.alpha[ids] if reuse else None
+        if self.shared:
+            # Reuse needs no hooks: the reweighted loss does the work.
+            self.hooks.set_mode("off" if reuse else "capture")
+            self._weights = None if coef is None else coef[:, 0]
+        else:
+            self.hooks.set_mode("capture" if coef is None else "reuse", coef)
+
+    @property
+    def reusing(self) -> bool:
+        """Whether the current batch reuses stored coefficients."""
+        return self.hooks.mode in ("off", "reuse") and self._ids is not None
+
+    def reduce(self, losses: torch.Tensor) -> torch.Tensor:
+        """The training loss to differentiate, from per-sample losses ``[N]`` (or ``[N, …]``,
+        averaged over the trailing dims): ``Σ cᵢ ℓᵢ`` when reusing shared coefficients (times
+        the world size, which DDP's gradient averaging divides out), else their mean (or sum
+        with ``reduction="sum"``)."""
+        if losses.dim() > 1:
+            losses = losses.reshape(losses.shape[0], -1).mean(1)
+        if self._weights is None:
+            return losses.mean() if self.reduction == "mean" else losses.sum()
+        if losses.shape[0] != self._weights.shape[0]:
+            raise ValueError(f"FNGD.reduce: {losses.shape[0]} per-sample losses but set_batch "
+                             f"got {self._weights.shape[0]} sample ids")
+        self._reduced = True
+        w = self._weights.to(losses.dtype)
+        return (losses * w).sum() * ddp.world_size()
 
     def alpha_for(self, sample_ids: torch.Tensor) -> torch.Tensor:
-        """Stored ``α`` of the given samples, ``[n, layers]`` (NaN where none yet)."""
+        """Stored coefficients of the given samples, ``[n, columns]`` (NaN where none yet)."""
         ids = torch.as_tensor(sample_ids, dtype=torch.long, device=self.alpha.device)
         return self.alpha[ids]
 
     def remove_hooks(self) -> None:
         """Detach FNGD from the model (the optimizer is unusable afterwards)."""
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        self.hooks.detach()
 
     def _grow(self, size: int) -> None:
         if size <= self.alpha.shape[0]:
@@ -165,114 +213,63 @@ class FNGD(torch.optim.Optimizer):
                                                                 float("nan"))])
         self.alpha_epoch = torch.cat([self.alpha_epoch, self.alpha_epoch.new_full((extra,), -1)])
 
-    def _multiplier(self, n: int) -> float:
-        return float(n) if self.reduction == "mean" else 1.0
-
-    def _reset_batch(self) -> None:
-        self._mode = "gram"
-        self._ids = None
-        self._global_ids = None
-        self._coef = None
-        self._captures: dict[int, list] = {}
-        self._scaled: set[int] = set()
-
-    # ----------------------------------------------------------------- hooks
-    def _active(self, x) -> bool:
-        return torch.is_grad_enabled() and isinstance(x, torch.Tensor)
-
-    def _batch_coef(self, layer: int, n: int) -> torch.Tensor | None:
-        if self._coef is None:
-            return None
-        if n != self._coef.shape[0]:
-            name = self.layer_names[layer]
-            raise ValueError(f"FNGD: layer {name!r} saw a batch of {n} rows but set_batch got "
-                             f"{self._coef.shape[0]} sample ids (dim 0 must be the batch)")
-        coef = self._coef[:, layer]
-        return None if bool(torch.isnan(coef).any()) else coef
-
-    def _pre_hook(self, module, args):
-        if self._mode != "reuse" or not args or not self._active(args[0]):
-            return None
-        x = args[0]
-        coef = self._batch_coef(self._index[id(module)], x.shape[0])
-        if coef is None or not x.requires_grad:
-            return None
-        # Undo the output scaling on the gradient sent to the input: per-sample scaling
-        # commutes with a per-sample linear map.  Tiny |c| are clamped to keep 1/c finite;
-        # their samples' weight contribution changes by at most eps relative.
-        c = coef.to(x.dtype)
-        floor = torch.finfo(x.dtype).eps * c.abs().max().clamp_min(torch.finfo(x.dtype).tiny)
-        safe = torch.where(c.abs() < floor, torch.copysign(floor, c), c)
-        shape = (-1,) + (1,) * (x.dim() - 1)
-        inv = (1.0 / safe).view(shape)
-        x = x.view_as(x)
-        x.register_hook(lambda g: g * inv)
-        return (x, *args[1:])
-
-    def _post_hook(self, module, args, out):
-        if not self._active(out) or not out.requires_grad:
-            return None
-        i = self._index[id(module)]
-        if self._mode == "reuse":
-            coef = self._batch_coef(i, out.shape[0])
-            if coef is not None:
-                scale = coef.to(out.dtype).view((-1,) + (1,) * (out.dim() - 1))
-                out.register_hook(lambda g: g * scale)
-                self._scaled.add(i)
-            return None
-        x = args[0]
-        if isinstance(module, nn.Embedding):
-            rows, idx = None, layers.input_rows(module, x.detach())
-        else:
-            rows, idx = layers.input_rows(module, x.detach()), None
-        entry = [rows, idx, None]
-        self._captures.setdefault(i, []).append(entry)
-        mult = self._multiplier(out.shape[0])
-
-        def grab(g, entry=entry, module=module):
-            d = layers.grad_rows(module, g.detach()) * mult
-            if entry[1] is not None and module.padding_idx is not None:
-                d = d * (entry[1] != module.padding_idx).view(d.shape[0], 1, -1, 1).to(d.dtype)
-            entry[2] = d
-
-        out.register_hook(grab)
-        return None
-
     # ----------------------------------------------------------------- step
-    def _capture(self, i: int) -> layers.Capture | None:
-        calls = self._captures.get(i, [])
-        if not calls or any(c[2] is None for c in calls):
-            return None
-        D = torch.cat([c[2] for c in calls], dim=2)
-        if calls[0][1] is not None:
-            return layers.Capture(None, D, torch.cat([c[1] for c in calls], dim=1))
-        return layers.Capture(torch.cat([c[0] for c in calls], dim=2), D)
+    def _gathered(self) -> dict[int, layers.Capture]:
+        caps = {}
+        for i in range(len(self.layer_names)):
+            cap = self.hooks.capture(i)
+            if cap is not None and ddp.is_distributed():  # same hooks fire on every rank
+                cap = layers.Capture(
+                    None if cap.A is None else ddp.gather_rows(cap.A.contiguous())[0],
+                    ddp.gather_rows(cap.D.contiguous())[0],
+                    None if cap.idx is None else ddp.gather_rows(cap.idx.contiguous())[0])
+            if cap is None:
+                self._warn_fallback(i)
+                continue
+            if cap.D.dtype in (torch.float16, torch.bfloat16):
+                cap = layers.Capture(None if cap.A is None else cap.A.float(), cap.D.float(),
+                                     cap.idx)
+            caps[i] = cap
+        return caps
 
-    def _solve_layer(self, i: int, damping: float) -> dict[str, torch.Tensor] | None:
-        cap = self._capture(i)
-        if cap is None:
-            return None
-        module = self._layers[i][1]
-        if ddp.is_distributed():
-            D = ddp.gather_rows(cap.D.contiguous())[0]
-            A = ddp.gather_rows(cap.A.contiguous())[0] if cap.A is not None else None
-            idx = ddp.gather_rows(cap.idx.contiguous())[0] if cap.idx is not None else None
-            cap = layers.Capture(A, D, idx)
-        work = cap
-        if cap.D.dtype in (torch.float16, torch.bfloat16):
-            work = layers.Capture(None if cap.A is None else cap.A.float(), cap.D.float(), cap.idx)
-        K = layers.gram(work, self.gram_mode, self.max_gram_elems)
+    def _coefficients(self, K: torch.Tensor, damping: float, what: str) -> torch.Tensor:
         try:
             alpha = layers.damped_coefficients(K, damping)
         except FloatingPointError as err:
-            raise FloatingPointError(f"FNGD layer {self.layer_names[i]!r}: {err}; lower the "
-                                     "learning rate or raise the damping") from None
+            raise FloatingPointError(f"FNGD {what}: {err}; lower the learning rate or raise "
+                                     "the damping") from None
+        return layers.normalize_coefficients(alpha, K, self.normalize)
+
+    def _solve(self, damping: float) -> dict[int, torch.Tensor]:
+        caps = self._gathered()
+        if not caps:
+            return {}
+        grams = {i: layers.gram(cap, self.gram_mode, self.max_gram_elems)
+                 for i, cap in caps.items()}
+        if self.shared:
+            K = sum(grams.values())
+            c = self._coefficients(K, damping, "network")
+            coefs = {i: c for i in caps}
+        else:
+            coefs = {i: self._coefficients(K, damping, f"layer {self.layer_names[i]!r}")
+                     for i, K in grams.items()}
         if self._ids is not None:
-            # Every rank stores the whole global batch's alpha: the next epoch deals the
-            # samples to other ranks.
-            self.alpha[self._global_ids, i] = alpha.to(self.alpha.device)
-        step = layers.weighted_grad(module, work, alpha.to(work.D.dtype))
-        return {id(getattr(module, k)): v for k, v in step.items()}
+            # Every rank stores the whole global batch's coefficients: the next epoch deals
+            # the samples to other ranks.
+            ids = ddp.gather_rows(self._ids)[0]
+            self._grow(int(ids.max()) + 1)
+            if self.shared:
+                self.alpha[ids, 0] = c.to(self.alpha.device)
+            else:
+                for i, ci in coefs.items():
+                    self.alpha[ids, i] = ci.to(self.alpha.device)
+            self.alpha_epoch[ids] = self.epoch
+        directions = {}
+        for i, cap in caps.items():
+            module = self.hooks.layers[i][1]
+            step = layers.weighted_grad(module, cap, coefs[i].to(cap.D.dtype))
+            directions.update({id(getattr(module, k)): v for k, v in step.items()})
+        return directions
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -282,41 +279,45 @@ class FNGD(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         group = self.param_groups[0]
-        directions: dict[int, torch.Tensor] = {}
-        if self._mode == "gram":
-            if self._ids is not None:
-                self._global_ids = ddp.gather_rows(self._ids)[0]
-                self._grow(int(self._global_ids.max()) + 1)
-            for i in range(len(self._layers)):
-                solved = self._solve_layer(i, group["damping"])
-                if solved is None:
-                    self._warn_fallback(i)
-                else:
-                    directions.update(solved)
-            if self._ids is not None:
-                self.alpha_epoch[self._global_ids] = self.epoch
-        else:
-            for i, (_, module) in enumerate(self._layers):
-                if i not in self._scaled:
+        mode = self.hooks.mode
+        if mode == "off":
+            if not self._reduced:
+                raise RuntimeError("FNGD: this batch reuses stored coefficients; call "
+                                   "opt.set_batch(ids) before every forward pass and build the "
+                                   "loss with opt.reduce(per_sample_losses)")
+            directions = None  # every .grad already holds Σ cᵢ gᵢ
+        elif mode == "reuse":
+            directions = {}
+            for i, (_, module) in enumerate(self.hooks.layers):
+                if i not in self.hooks.scaled:
                     self._warn_fallback(i)
                     continue
                 for p in module.parameters(recurse=False):
                     if p.grad is not None:
                         directions[id(p)] = p.grad
+        else:
+            directions = self._solve(group["damping"])
         for group in self.param_groups:
             self._apply(group, directions)
-        self._reset_batch()
+        if mode == "reuse":
+            self.hooks.set_mode("capture")  # a forward without set_batch solves
+        else:
+            self.hooks.reset()
+        self._ids = self._weights = None
+        self._reduced = False
         return loss
 
-    def _apply(self, group: dict, directions: dict[int, torch.Tensor]) -> None:
+    def _apply(self, group: dict, directions: dict[int, torch.Tensor] | None) -> None:
         mu, wd = group["momentum"], group["weight_decay"]
         for p in group["params"]:
-            d = directions.get(id(p))
-            lr = group["lr"]
+            if directions is None:
+                d, lr = p.grad, group["lr" if id(p) in self._supported else "fallback_lr"]
+            else:
+                d, lr = directions.get(id(p)), group["lr"]
+                if d is None:
+                    d, lr = p.grad, group["fallback_lr"]
             if d is None:
-                if p.grad is None:
-                    continue
-                d, lr = p.grad, group["fallback_lr"]
+                continue
             d = d.to(p.dtype)
             if wd:
                 d = d.add(p, alpha=wd)
@@ -341,7 +342,8 @@ class FNGD(torch.optim.Optimizer):
     def state_dict(self) -> dict:
         sd = super().state_dict()
         sd["fngd"] = {"alpha": self.alpha.clone(), "alpha_epoch": self.alpha_epoch.clone(),
-                      "epoch": self.epoch, "layer_names": list(self.layer_names)}
+                      "epoch": self.epoch, "layer_names": list(self.layer_names),
+                      "shared": self.shared}
         return sd
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -351,6 +353,10 @@ class FNGD(torch.optim.Optimizer):
             raise ValueError("FNGD.load_state_dict: the saved state is for layers "
                              f"{extra['layer_names'][:4]}…, this model has "
                              f"{self.layer_names[:4]}…; load it into the same model")
+        if extra is not None and extra.get("shared", False) != self.shared:
+            raise ValueError("FNGD.load_state_dict: the saved state has "
+                             f"coefficients={'shared' if extra.get('shared') else 'layer'}; "
+                             "build the optimizer with the same setting")
         super().load_state_dict(state_dict)
         if extra is None:
             return

@@ -45,16 +45,35 @@ class Objective:
 
     def loss(self, out: torch.Tensor, labels: torch.Tensor | None,
              target: torch.Tensor | None) -> torch.Tensor:
+        """The mean over samples of :meth:`per_sample`."""
+        return self.per_sample(out, labels, target).mean()
+
+    def per_sample(self, out: torch.Tensor, labels: torch.Tensor | None,
+                   target: torch.Tensor | None) -> torch.Tensor:
+        """Per-sample losses ``[N]`` (a sample's loss averages over its positions/elements,
+        so the mean of these equals the usual batch-mean loss)."""
+        n = out.shape[0]
         if self.kind == "ce":
-            return F.cross_entropy(out.reshape(-1, out.shape[-1]), labels.reshape(-1))
+            rows = F.cross_entropy(out.reshape(-1, out.shape[-1]), labels.reshape(-1),
+                                   reduction="none")
+            return rows.view(n, -1).mean(1)
         if self.kind == "mse":
-            return F.mse_loss(out, labels.to(out.dtype).reshape(out.shape))
+            diff = out - labels.to(out.dtype).reshape(out.shape)
+            return diff.square().reshape(n, -1).mean(1)
         if self.kind == "kl":
             t = self.temperature
             s = F.log_softmax(out.reshape(-1, out.shape[-1]) / t, dim=-1)
             p = F.log_softmax(target.reshape(-1, target.shape[-1]).to(out.dtype) / t, dim=-1)
-            return F.kl_div(s, p, reduction="batchmean", log_target=True) * (t * t)
-        return F.mse_loss(out, target.to(out.dtype))
+            rows = F.kl_div(s, p, reduction="none", log_target=True).sum(-1)
+            return rows.view(n, -1).mean(1) * (t * t)
+        return (out - target.to(out.dtype)).square().reshape(n, -1).mean(1)
+
+    def correct_t(self, out: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+        """(correct as a device tensor, counted): no host sync per training step."""
+        if self.kind != "ce":
+            return out.new_zeros((), dtype=torch.long), 0
+        pred = out.reshape(-1, out.shape[-1]).argmax(-1)
+        return (pred == labels.reshape(-1)).sum(), pred.numel()
 
     def correct(self, out: torch.Tensor, labels: torch.Tensor | None) -> tuple[int, int]:
         """(correct, counted) predictions; (0, 0) when accuracy is not defined."""

@@ -38,7 +38,9 @@ def make(name: str, model: nn.Module, config) -> dict[str, torch.optim.Optimizer
     if name == "fngd":
         return {"main": FNGD(model, lr=lr, damping=damping, momentum=mu, weight_decay=wd,
                              refresh_every=config.alpha_refresh_every,
-                             fallback_lr=config.fallback_lr, gram=config.fngd_gram)}
+                             fallback_lr=config.fallback_lr, gram=config.fngd_gram,
+                             coefficients=config.fngd_coefficients,
+                             normalize=config.fngd_normalize)}
     if name == "kfac":
         return {"main": KFAC(model, lr=lr, damping=damping, momentum=mu, weight_decay=wd,
                              ema=config.kfac_ema, inverse_every=config.kfac_inverse_every,

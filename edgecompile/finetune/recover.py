@@ -9,6 +9,7 @@ available.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -29,6 +30,18 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
+#: Learning-rate schedules over the whole run (every optimizer, every parameter group):
+#: ``"constant"``, or ``"cosine"`` from the configured rate down to 0 at the last step.
+SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """Multiplier of the base learning rate at global step ``step`` of ``total``."""
+    if schedule == "constant" or total <= 1:
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+
 @dataclass(frozen=True)
 class RecoverConfig:
     """Recovery fine-tuning settings (``None`` learning rate/damping: per-optimizer default,
@@ -44,6 +57,9 @@ class RecoverConfig:
     fallback_lr: float | None = None
     alpha_refresh_every: int | None = None
     fngd_gram: str = "auto"
+    fngd_coefficients: str = "shared"
+    fngd_normalize: str = "mean"
+    lr_schedule: str = "cosine"
     kfac_ema: float = 0.95
     kfac_inverse_every: int = 10
     kfac_kl_clip: float | None = 1e-3
@@ -64,6 +80,9 @@ class RecoverConfig:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1 (got {self.epochs}, "
                              f"{self.batch_size})")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(SCHEDULES)} "
+                             f"(got {self.lr_schedule!r})")
         if self.optimizer == "twa" and not 0 < self.twa_warmup_epochs < self.epochs:
             raise ValueError(f"twa needs 0 < twa_warmup_epochs ({self.twa_warmup_epochs}) < "
                              f"epochs ({self.epochs}): a normal phase, then subspace training")
@@ -214,6 +233,8 @@ def recover(student: nn.Module, data: FinetuneData, config: RecoverConfig,
         model = nn.parallel.DistributedDataParallel(
             student, device_ids=[device] if device.type == "cuda" else None)
     opts = optimizers.make(config.optimizer, student, config)
+    base_lrs = {k: [(g["lr"], g.get("fallback_lr")) for g in o.param_groups]
+                for k, o in opts.items()}
     history, curve, start, resumed = [], [], 0, None
     if config.checkpoint_dir and config.resume:
         saved = checkpoint.load_latest(config.checkpoint_dir, device)
@@ -232,18 +253,18 @@ def recover(student: nn.Module, data: FinetuneData, config: RecoverConfig,
     steps_per_epoch = sum(1 for _ in batches(data, config.batch_size, 0, config.seed, "cpu",
                                              rank, world))
     loop = _Loop(model, student, data, config, objective, targets, opts, mask_list, teacher,
-                 device, steps_per_epoch, curve, sum(e.wall_s for e in history))
+                 device, steps_per_epoch, curve, sum(e.wall_s for e in history), base_lrs)
     for epoch in range(start, config.epochs):
         stats = loop.run_epoch(epoch)
         history.append(stats)
-        if progress is not None:
-            progress(stats)
         if config.checkpoint_dir and rank == 0:
             checkpoint.save(config.checkpoint_dir, epoch, {
                 "epoch": epoch, "model": student.state_dict(),
                 "optimizers": {k: o.state_dict() for k, o in opts.items()},
                 "history": [asdict(e) for e in history], "curve": [asdict(c) for c in curve],
                 "config": asdict(config)}, config.keep_checkpoints)
+        if progress is not None:  # after the checkpoint: an interrupt here loses nothing
+            progress(stats)
     state = {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
     return RecoverResult(config.optimizer, tuple(history), tuple(curve), str(device), world,
                          resumed, state)
@@ -253,11 +274,12 @@ class _Loop:
     """One epoch at a time; keeps the cumulative training clock for the curve."""
 
     def __init__(self, model, student, data, config, objective: Objective, targets, opts,
-                 masks, teacher, device, steps_per_epoch, curve, clock):
+                 masks, teacher, device, steps_per_epoch, curve, clock, base_lrs):
         self.model, self.student, self.data, self.config = model, student, data, config
         self.objective, self.targets, self.opts, self.masks = objective, targets, opts, masks
         self.teacher, self.device, self.curve, self.clock = teacher, device, curve, clock
-        self.steps_per_epoch = steps_per_epoch
+        self.steps_per_epoch, self.base_lrs = steps_per_epoch, base_lrs
+        self.total_steps = steps_per_epoch * config.epochs
         warm = config.twa_warmup_epochs * steps_per_epoch
         self.twa_every = max(1, warm // max(1, config.twa_checkpoints - 1))
 
@@ -265,6 +287,16 @@ class _Loop:
         if "base" in self.opts and epoch < self.config.twa_warmup_epochs:
             return self.opts["base"]
         return self.opts["main"]
+
+    def _set_lr(self, opt, global_step: int) -> None:
+        if self.config.lr_schedule == "constant":
+            return
+        f = lr_factor(self.config.lr_schedule, global_step, self.total_steps)
+        key = next(k for k, o in self.opts.items() if o is opt)
+        for group, (lr, fallback) in zip(opt.param_groups, self.base_lrs[key]):
+            group["lr"] = lr * f
+            if fallback is not None:
+                group["fallback_lr"] = fallback * f
 
     def _record(self, epoch: int, step: int) -> tuple[float | None, float | None]:
         ev = _evaluate(self.student, self.data, self.objective, self.teacher,
@@ -277,7 +309,9 @@ class _Loop:
         twa = self.opts["main"] if isinstance(self.opts["main"], TWA) else None
         if isinstance(opt, FNGD):
             opt.set_epoch(epoch)
-        total, count, correct, counted = 0.0, 0, 0, 0
+        fngd = opt if isinstance(opt, FNGD) else None
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        total, correct, count, counted = zero.clone(), zero.clone(), 0, 0
         clock0 = self.clock
         _sync(self.device)
         t0 = time.perf_counter()
@@ -286,16 +320,19 @@ class _Loop:
             global_step = epoch * self.steps_per_epoch + step
             if twa is not None and opt is not twa and global_step % self.twa_every == 0:
                 twa.collect()
-            if isinstance(opt, FNGD):
-                opt.set_batch(b.ids)
+            self._set_lr(opt, global_step)
+            if fngd is not None:
+                fngd.set_batch(b.ids)
             out = first_output(self.model(*b.inputs))
             target = None if self.targets is None else self.targets[b.ids.to(self.device)]
-            loss = self.objective.loss(out, b.labels, target)
-            if not torch.isfinite(loss):
+            per_sample = self.objective.per_sample(out, b.labels, target)
+            mean = per_sample.detach().mean()
+            if not math.isfinite(float(mean)):
                 raise NonFiniteLossError(
-                    f"loss became {float(loss.detach())} at epoch {epoch}, step {step} "
+                    f"loss became {float(mean)} at epoch {epoch}, step {step} "
                     f"(optimizer {cfg.optimizer}); lower the learning rate (lr) or raise "
                     "the damping; checkpoints of finished epochs are kept")
+            loss = fngd.reduce(per_sample) if fngd is not None else per_sample.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             try:
@@ -303,10 +340,11 @@ class _Loop:
             except FloatingPointError as err:
                 raise NonFiniteLossError(f"epoch {epoch}, step {step}: {err}") from err
             _apply_masks(self.masks)
-            total += float(loss.detach()) * len(b.ids)
+            total += mean * len(b.ids)
             count += len(b.ids)
-            c, k = self.objective.correct(out.detach(), b.labels)
-            correct, counted = correct + c, counted + k
+            c, k = self.objective.correct_t(out.detach(), b.labels)
+            correct += c
+            counted += k
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
                 _sync(self.device)
                 self.clock += time.perf_counter() - t0
@@ -318,8 +356,8 @@ class _Loop:
             twa.build_subspace()
         _sync(self.device)
         self.clock += time.perf_counter() - t0
-        stats = torch.tensor([total, count, correct, counted], dtype=torch.float64,
-                             device=self.device)
+        stats = torch.stack([total, total.new_tensor(count), correct.to(total.dtype),
+                             total.new_tensor(counted)])
         if ddp.is_distributed():
             torch.distributed.all_reduce(stats)
         total, count, correct, counted = stats.tolist()

@@ -27,10 +27,29 @@ def layer_matrix(grads: dict[str, torch.Tensor], module_name: str) -> torch.Tens
 
 
 def exact_ngd(U: torch.Tensor, damping: float) -> torch.Tensor:
-    """``(UᵀU/N + λI)⁻¹ ḡ`` with ``U`` given as ``[N, D]`` rows (explicit D×D solve)."""
+    """``(UᵀU/N + λI)⁻¹ ḡ`` with ``U`` given as ``[N, D]`` rows (explicit D×D solve) and the
+    relative damping ``λ = damping · ‖U‖²_F / N²`` (``damping`` times the mean non-zero
+    eigenvalue of the empirical Fisher)."""
     n, d = U.shape
-    fisher = U.T @ U / n + damping * torch.eye(d, dtype=U.dtype)
+    lam = damping * float(U.square().sum()) / n ** 2
+    fisher = U.T @ U / n + lam * torch.eye(d, dtype=U.dtype)
     return torch.linalg.solve(fisher, U.mean(0))
+
+
+def network_matrix(grads: dict[str, torch.Tensor], module_names: list[str]) -> torch.Tensor:
+    """``U`` of several layers stacked: ``[N, Σ D_l]`` in the order of ``module_names``."""
+    return torch.cat([layer_matrix(grads, m) for m in module_names], dim=1)
+
+
+def split_network(vec: torch.Tensor, model: nn.Module,
+                  module_names: list[str]) -> dict[str, torch.Tensor]:
+    """Undo :func:`network_matrix` for one vector: ``{param name: tensor}``."""
+    out, start = {}, 0
+    for m in module_names:
+        size = sum(p.numel() for p in model.get_submodule(m).parameters(recurse=False))
+        out.update(split_like(vec[start:start + size], model, m))
+        start += size
+    return out
 
 
 def split_like(vec: torch.Tensor, model: nn.Module, module_name: str) -> dict[str, torch.Tensor]:

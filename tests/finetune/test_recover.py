@@ -72,8 +72,17 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     x, y = _data()
     data = FinetuneData.from_arrays(x, y)
     full = recover(_net(), data, RecoverConfig(optimizer="fngd", epochs=3, batch_size=16))
-    cfg = RecoverConfig(optimizer="fngd", epochs=2, batch_size=16, checkpoint_dir=str(tmp_path))
-    recover(_net(), data, cfg)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_second(stats):
+        if stats.epoch == 1:
+            raise Interrupted
+
+    cfg = RecoverConfig(optimizer="fngd", epochs=3, batch_size=16, checkpoint_dir=str(tmp_path))
+    with pytest.raises(Interrupted):
+        recover(_net(), data, cfg, progress=stop_after_second)
     assert (tmp_path / "latest").read_text().strip() == "epoch_0001.pt"
     again = recover(_net(5), data, RecoverConfig(optimizer="fngd", epochs=3, batch_size=16,
                                                  checkpoint_dir=str(tmp_path)))
