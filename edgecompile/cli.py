@@ -92,8 +92,10 @@ def main(verbose: bool) -> None:
 @click.option("--optimizer", type=click.Choice(["fngd", "adamw", "sgd", "kfac", "twa"]), default="fngd",
               show_default=True)
 @click.option("--epochs", type=int, default=3, show_default=True)
-@click.option("--min-agreement", type=float, default=0.97, show_default=True, help="Top-1 agreement threshold.")
-@click.option("--min-cosine", type=float, default=0.97, show_default=True, help="Output cosine threshold.")
+@click.option("--min-agreement", type=float, default=0.97, show_default=True,
+              help="Top-1 agreement threshold (classifiers).")
+@click.option("--min-cosine", type=float, default=0.97, show_default=True,
+              help="Output cosine threshold (models that are not classifiers).")
 @click.option("--allow-degraded", is_flag=True, help="Keep a bundle that fails the fidelity thresholds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no progress bar).")
 def build(model, target, out, backend, calib, rank, prune, quant, budget_bytes, codecs, finetune, optimizer,

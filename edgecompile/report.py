@@ -154,6 +154,11 @@ def _json_default(o):
 
 # -- terminal ----------------------------------------------------------------------------------
 
+def _vs(lat: dict) -> str:
+    s = lat.get("speedup") or 0
+    return f"{s:.2f}× faster than" if s >= 1 else f"{1 / s:.2f}× slower than" if s > 0 else "vs"
+
+
 def _kb(n) -> str:
     return "-" if n is None else f"{n / 1024:,.1f} KB"
 
@@ -186,7 +191,7 @@ def render_terminal(report: dict, console) -> None:
         line += f", accuracy {fid['accuracy_reference']:.2%} → {fid['accuracy_bundle']:.2%}"
     console.print(line)
     console.print(f"[bold]latency[/] host (measured, 1 thread): fp32 ONNX {lat['host_fp32_onnx_ms']:.3f} ms, "
-                  f"bundle {lat['host_bundle_ms']:.3f} ms ({lat['speedup']:.2f}×); "
+                  f"bundle {lat['host_bundle_ms']:.3f} ms ({_vs(lat)} fp32); "
                   f"{report['target']['name']} [italic]estimate[/] {lat['target_ms_estimate']:.3f} ms")
     console.print(f"[bold]memory[/] flash needed {_kb(mem['flash_needed'])} (runtime estimate "
                   f"{_kb(mem['runtime_flash_estimate'])}), RAM {_kb(mem['ram_needed'])} "
@@ -265,7 +270,7 @@ def render_html(report: dict) -> str:
     tot, fid, lat, mem = report["totals"], report["fidelity"], report["latency"], report["memory"]
     cards = [("bundle size", _kb(tot["bundle_bytes"]), f"{tot['compression_ratio']:.1f}× smaller than fp32 ONNX"),
              ("fidelity", f"{fid['cosine']:.4f}", "mean output cosine (measured)"),
-             ("host latency", f"{lat['host_bundle_ms']:.3f} ms", f"{lat['speedup']:.2f}× vs fp32 ONNX (measured)"),
+             ("host latency", f"{lat['host_bundle_ms']:.3f} ms", f"{_vs(lat)} fp32 ONNX (measured)"),
              (f"{report['target']['name']} latency", f"{lat['target_ms_estimate']:.3f} ms", "estimate")]
     if fid["top1_agreement"] is not None:
         cards.insert(2, ("top-1 agreement", f"{fid['top1_agreement']:.2%}", "vs the PyTorch model"))

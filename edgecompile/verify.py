@@ -27,12 +27,15 @@ class Fidelity:
     accuracy_bundle: float | None
 
     def failures(self, t: Thresholds) -> list[str]:
-        bad = []
-        if self.top1_agreement is not None and self.top1_agreement < t.min_top1_agreement:
-            bad.append(f"top-1 agreement {self.top1_agreement:.4f} < {t.min_top1_agreement}")
+        """Classifiers are judged by top-1 agreement (what their users see); other models by the
+        cosine of their outputs. Both figures are always reported."""
+        if self.top1_agreement is not None:
+            if self.top1_agreement < t.min_top1_agreement:
+                return [f"top-1 agreement {self.top1_agreement:.4f} < {t.min_top1_agreement}"]
+            return []
         if self.cosine < t.min_cosine:
-            bad.append(f"mean output cosine {self.cosine:.4f} < {t.min_cosine}")
-        return bad
+            return [f"mean output cosine {self.cosine:.4f} < {t.min_cosine}"]
+        return []
 
 
 def is_classifier_output(y: np.ndarray) -> bool:

@@ -1,0 +1,55 @@
+"""Library-level builds: TFLite for a microcontroller, fine-tuning inside the build, the weights-only
+path for hosts, and the atomic --out contract."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecompile.build import BuildConfig, BuildError, build
+from edgecompile.loader import load_bundle
+
+
+def test_mcu_build_tflite_with_c_runtime(tmp_path):
+    res = build(None, BuildConfig(target="nrf52840", out=tmp_path / "mcu", prune="magnitude:global:0.7"))
+    out = res.out_dir
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["backend"] == "tflite" and (out / "model.tflite").is_file()
+    assert (out / "runtime").is_dir() and any((out / "runtime").rglob("*.c"))
+    rep = res.report
+    assert rep["fidelity"]["top1_agreement"] >= 0.97
+    assert rep["memory"]["arena_bytes"] > 0 and rep["memory"]["fits_ram"] and rep["memory"]["fits_flash"]
+    assert {o["op"] for o in rep["backend_ops"]} >= {"CONV_2D", "FULLY_CONNECTED"}
+    assert all(c["codec"] != "zstd" for c in rep["container"])  # MCUs cannot decode zstd
+    assert rep["totals"]["compression_ratio"] >= 8
+
+
+def test_host_weights_only_dequantized_at_load(tmp_path):
+    res = build(None, BuildConfig(target="host", out=tmp_path / "h"))
+    man = json.loads((res.out_dir / "manifest.json").read_text())
+    assert man["dequantize_at_load"], "host default keeps int8 in storage, fp32 compute"
+    s = load_bundle(res.out_dir)
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    assert s.run(x)[0].shape == (1, 10)
+    assert res.report["fidelity"]["top1_agreement"] >= 0.99
+
+
+def test_finetune_recovers_pruned_model(tmp_path):
+    base = BuildConfig(target="rpi4", prune="magnitude:0.6", allow_degraded=True, latency_repeats=5)
+    plain = build(None, BuildConfig(**{**base.__dict__, "out": tmp_path / "a"}))
+    tuned = build(None, BuildConfig(**{**base.__dict__, "out": tmp_path / "b", "finetune": "calib",
+                                       "optimizer": "adamw", "epochs": 6}))
+    ft = tuned.report["finetune"]
+    assert ft["optimizer"] == "adamw" and len(ft["history"]) == 6
+    assert ft["history"][-1]["loss"] < ft["history"][0]["loss"]
+    assert tuned.fidelity.top1_agreement > plain.fidelity.top1_agreement + 0.03
+    sparsity = [r["sparsity"] for r in tuned.report["layers"]]
+    assert min(sparsity) >= 0.55, "pruned weights stay zero through fine-tuning"
+
+
+def test_failed_verification_leaves_nothing(tmp_path):
+    out = tmp_path / "o"
+    with pytest.raises(BuildError, match="verification failed"):
+        build(None, BuildConfig(target="rpi4", out=out, prune="magnitude:0.9", latency_repeats=2))
+    assert not out.exists() and list(tmp_path.iterdir()) == []
