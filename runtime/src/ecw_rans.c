@@ -3,8 +3,8 @@
  * Reference decoder: one lane at a time, symbol lookup by binary search in a 257-entry
  * cumulative table (the whole state: 514 bytes + one lane). Fast path (workspace >=
  * ECW_FAST_WORKSPACE_SIZE): a 2^M-slot table (symbol, frequency, offset) and four lanes decoded
- * in lockstep so their dependency chains overlap; the tail of every lane goes through the same
- * checked code as the reference decoder. */
+ * in lockstep so their dependency chains overlap (leftover lanes one at a time through the same
+ * table); the last few symbols of every lane go through the checked reference step. */
 #include <string.h>
 
 #include "ecw_internal.h"
@@ -111,6 +111,7 @@ static ecw_status lane_finish(lane *ln, const uint16_t *cum, unsigned m, unsigne
     return (ln->x == ECW_RANS_L && ln->p == ln->end) ? ECW_OK : ECW_E_STREAM;
 }
 
+#ifndef ECW_NO_FAST
 /* Fast path: four lanes in lockstep. A step reads at most 2 bytes per lane, so `steps` steps
  * with steps <= left and 2 * steps <= bytes left need no bounds checks (the 2-byte peek below
  * included). State lives in locals: the byte stores through `out` could alias anything reached
@@ -158,6 +159,23 @@ static void lanes_fast4(lane *ln, const ecw_ws_fast *ws, unsigned m, unsigned st
     ln[0].p = p0; ln[1].p = p1; ln[2].p = p2; ln[3].p = p3;
     ln[0].out = o0; ln[1].out = o1; ln[2].out = o2; ln[3].out = o3;
 }
+
+/* One lane through the slot table, same chunking: the 1-3 lanes of a group under 12289 symbols
+ * (most tensors of a small CNN) and the leftover lanes of larger groups. */
+static void lanes_fast1(lane *ln, const ecw_ws_fast *ws, unsigned m, unsigned stride) {
+    const uint32_t mask = (1u << m) - 1u;
+    uint32_t steps = 1, j, x0 = ln->x;
+    const uint8_t *p0 = ln->p;
+    uint8_t *o0 = ln->out;
+    while (steps) {
+        steps = ln->left;
+        if ((uint32_t)(ln->end - p0) / 2u < steps) steps = (uint32_t)(ln->end - p0) / 2u;
+        for (j = 0; j < steps; j++) ECW_STEP(x0, p0, o0);
+        ln->left -= steps;
+    }
+    ln->x = x0; ln->p = p0; ln->out = o0;
+}
+#endif
 
 ecw_status ecw_rans_decode(const uint8_t *src, uint64_t src_size, uint64_t n_symbols, unsigned itemsize,
                            uint8_t *dst, void *wsp, size_t ws_size) {
@@ -237,6 +255,7 @@ ecw_status ecw_rans_decode(const uint8_t *src, uint64_t src_size, uint64_t n_sym
             }
 #ifndef ECW_NO_FAST
             if (batch == 4u) lanes_fast4(ln, fast, m, stride);
+            else if (fast != NULL) lanes_fast1(ln, fast, m, stride);
 #endif
             for (j = 0; j < batch; j++) ECW_TRY(lane_finish(&ln[j], ws->cum, m, stride));
         }
