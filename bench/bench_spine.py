@@ -25,8 +25,7 @@ import zstandard
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import loaded, trained  # noqa: E402
 
-from edgecompile.backends.onnx import emit_onnx  # noqa: E402
-from edgecompile.build import BuildConfig, build  # noqa: E402
+from edgecompile.build import BuildConfig, build, fp32_onnx  # noqa: E402
 from edgecompile.frontend import import_model  # noqa: E402
 from edgecompile.modelspec import LoadedModel  # noqa: E402
 
@@ -72,7 +71,7 @@ def bench_classifier(kind: str, out_root: Path) -> dict:
     lm: LoadedModel = loaded(kind, net, split)
     x, y = split["x_test"], split["y_test"]
     graph = import_model(net, lm.example_inputs, name=kind)
-    fp32 = emit_onnx(graph, embed_weights=True).model_bytes
+    fp32 = fp32_onnx(graph)
     acc_fp32 = ort_accuracy(fp32, x, y)
     q = ort_quantize_static(fp32, split["x_calib"])
     q_zstd = zstandard.ZstdCompressor(level=19).compress(q)

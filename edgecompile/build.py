@@ -215,6 +215,18 @@ def _copy_loader(stage: Path) -> None:
             shutil.copy2(pkg / name, dst / name)
 
 
+def fp32_onnx(graph: Graph) -> bytes:
+    """The baseline: the uncompressed model as a self-contained fp32 ONNX file, batch norms folded
+    (what onnxruntime does itself at load, and what its quantization tools expect)."""
+    from .backends.onnx import emit_onnx
+    from .passes.fold import CleanupPass, FoldBatchNormPass
+
+    g = graph.copy()
+    FoldBatchNormPass()(g)
+    CleanupPass()(g)
+    return emit_onnx(g, embed_weights=True).model_bytes
+
+
 def _first_output(y) -> torch.Tensor:
     y = y[0] if isinstance(y, (tuple, list)) else getattr(y, "logits", y)
     if not isinstance(y, torch.Tensor):  # e.g. a transformers ModelOutput without logits
@@ -347,8 +359,7 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
         fidelity = compare(ref, got, labels)
         t = stage_done(f"verify in {'onnxruntime' if backend == 'onnx' else 'LiteRT'}", 0.85, t)
 
-        from .backends.onnx import emit_onnx
-        baseline = emit_onnx(original, embed_weights=True).model_bytes
+        baseline = fp32_onnx(original)
         example = [x.numpy() for x in loaded.example_inputs]
         latency = _latency(stage, baseline, session, example, cfg.latency_repeats)
         t = stage_done("measure latency", 0.95, t)
