@@ -7,10 +7,14 @@ Tasks
                8 tokens), same compression
   mnist1d-res  train a small 1-D ResNet from scratch on mnist1d (generated offline)
 
-For every optimizer the learning rate is picked from the same-size grid (3 values) by final
-eval accuracy; the table reports the chosen run: training wall time and epochs to the target
-accuracy (evaluation time excluded), per-epoch cost after the first epoch relative to AdamW,
-and final accuracy.  The compression here is a crude stand-in (numpy SVD + magnitude
+For every optimizer the learning rate is picked from a 3-value grid by time to the target
+(then final eval accuracy); FNGD, SGD and K-FAC share one grid, AdamW and TWA have grids of
+the same size around their usual scale.  Every run uses the cosine schedule of
+``RecoverConfig`` and the library's default damping.  ``fngd`` is the paper's method
+(coefficients solved in epoch 1, reused afterwards); ``fngd-r1`` re-solves them every epoch
+(plain NGD every step).  The table reports the chosen run: training wall time and epochs to
+the target accuracy (evaluation time excluded), first-epoch and later-epoch cost relative to
+AdamW's, and final accuracy.  The compression here is a crude stand-in (numpy SVD + magnitude
 pruning), to be replaced by the real pipeline.
 
 Usage: python bench/bench_finetune.py --out bench_finetune.png [--quick] [--device cpu]
@@ -27,9 +31,12 @@ from torch import nn
 
 from edgecompile.finetune import FinetuneData, RecoverConfig, recover
 
-OPTS = ("fngd", "sgd", "adamw", "kfac", "twa")
-GRIDS = {"fngd": [0.02, 0.05, 0.1], "sgd": [0.02, 0.05, 0.1], "adamw": [1e-3, 3e-3, 1e-2],
-         "kfac": [0.02, 0.05, 0.1], "twa": [0.1, 0.3, 1.0]}
+#: name -> (optimizer, extra RecoverConfig fields)
+OPTS = {"fngd": ("fngd", {}), "fngd-r1": ("fngd", {"alpha_refresh_every": 1}),
+        "sgd": ("sgd", {}), "adamw": ("adamw", {}), "kfac": ("kfac", {}), "twa": ("twa", {})}
+SHARED = [0.05, 0.1, 0.2]
+GRIDS = {"fngd": SHARED, "fngd-r1": SHARED, "sgd": SHARED, "kfac": SHARED,
+         "adamw": [1e-3, 3e-3, 1e-2], "twa": [0.1, 0.3, 1.0]}
 
 
 # ------------------------------------------------------------------ data and models
@@ -173,25 +180,31 @@ def time_to(curve, target):
 
 def run_task(name, make_student, data, epochs, target, grid, device, eval_every):
     rows = {}
-    for opt in OPTS:
+
+    def score(res):  # reach the target soonest, then the best final accuracy
+        t, _ = time_to(res.curve, target)
+        return (t is None, t or 0.0, -res.final_accuracy)
+
+    for label, (opt, extra) in OPTS.items():
         best = None
-        for lr in grid(opt):
+        for lr in grid(label):
             cfg = RecoverConfig(optimizer=opt, epochs=epochs, batch_size=64, lr=lr,
                                 device=device, eval_every=eval_every, twa_warmup_epochs=max(
-                                    1, epochs // 2), seed=0)
+                                    1, epochs // 2), seed=0, **extra)
             student, masks = make_student()
             try:
                 res = recover(student, data, cfg, masks=masks)
             except FloatingPointError as err:
-                logging.info("%s %s lr=%g diverged: %s", name, opt, lr, err)
+                logging.info("%s %s lr=%g diverged: %s", name, label, lr, err)
                 continue
-            if best is None or res.final_accuracy > best[1].final_accuracy:
+            if best is None or score(res) < score(best[1]):
                 best = (lr, res)
-        rows[opt] = best
+        rows[label] = best
     base = statistics.median(e.wall_s for e in rows["adamw"][1].epochs[1:])
+    base1 = rows["adamw"][1].epochs[0].wall_s
     print(f"\n== {name}: target accuracy {target:.3f}, {epochs} epochs ==")
     print(f"{'optimizer':10s} {'lr':>7s} {'t→target s':>11s} {'ep→target':>10s} "
-          f"{'epoch1 s':>9s} {'later/AdamW':>12s} {'final acc':>10s}")
+          f"{'epoch1/AdamW':>13s} {'later/AdamW':>12s} {'final acc':>10s}")
     for opt, best in rows.items():
         if best is None:
             print(f"{opt:10s}  diverged at every lr")
@@ -200,8 +213,8 @@ def run_task(name, make_student, data, epochs, target, grid, device, eval_every)
         t, ep = time_to(res.curve, target)
         later = statistics.median(e.wall_s for e in res.epochs[1:]) / base
         print(f"{opt:10s} {lr:7.3g} {('%.2f' % t) if t is not None else '—':>11s} "
-              f"{('%.2f' % ep) if ep is not None else '—':>10s} {res.epochs[0].wall_s:9.2f} "
-              f"{later:12.2f} {res.final_accuracy:10.3f}")
+              f"{('%.2f' % ep) if ep is not None else '—':>10s} "
+              f"{res.epochs[0].wall_s / base1:13.2f} {later:12.2f} {res.final_accuracy:10.3f}")
     return rows
 
 

@@ -14,9 +14,12 @@ import torch.distributed as dist
 log = logging.getLogger(__name__)
 
 
+_AVAILABLE = dist.is_available()
+
+
 def is_distributed() -> bool:
     """True when a process group with more than one rank is active."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return _AVAILABLE and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def rank() -> int:

@@ -135,7 +135,10 @@ class LayerHooks:
         calls = self._captures.get(i, [])
         if not calls or any(c[2] is None for c in calls):
             return None
-        D = torch.cat([c[2] for c in calls], dim=2)
+        def cat(k, dim):  # no copy for the usual single call
+            return calls[0][k] if len(calls) == 1 else torch.cat([c[k] for c in calls], dim)
+
+        D = cat(2, 2)
         if calls[0][1] is not None:
-            return layers.Capture(None, D, torch.cat([c[1] for c in calls], dim=1))
-        return layers.Capture(torch.cat([c[0] for c in calls], dim=2), D)
+            return layers.Capture(None, D, cat(1, 1))
+        return layers.Capture(cat(0, 2), D)

@@ -42,6 +42,8 @@ class Capture:
     A: torch.Tensor | None
     D: torch.Tensor
     idx: torch.Tensor | None = None
+    #: ``[N, G·o·a]`` per-sample gradients, when :func:`gram` formed them ("auto" mode).
+    per_sample: torch.Tensor | None = None
 
 
 def is_supported(module: nn.Module) -> bool:
@@ -148,6 +150,7 @@ def gram(cap: Capture, mode: str = "factor", max_elems: int = 1 << 25) -> torch.
     persample_cost = n * groups * t * a * o + n * n * groups * a * o
     if mode == "auto" and persample_cost < factor_cost and n * groups * a * o <= max_elems:
         per_sample = torch.einsum("ngto,ngta->ngoa", D, A).reshape(n, -1)
+        cap.per_sample = per_sample  # weighted_grad reuses it
         return per_sample @ per_sample.T
     # K is symmetric: only blocks j >= i are computed (half the (NT)² work of "factor").
     out = A.new_zeros(n, n)
@@ -182,6 +185,10 @@ def weighted_grad(module: nn.Module, cap: Capture, coef: torch.Tensor) -> dict[s
 
     Costs one weight-gradient contraction, the same as autograd's own.
     """
+    if cap.per_sample is not None:
+        full = (coef.to(cap.per_sample.dtype) @ cap.per_sample).view(
+            cap.D.shape[1], cap.D.shape[-1], cap.A.shape[-1])
+        return _split_bias(module, full)
     D = cap.D * coef.view(-1, 1, 1, 1).to(cap.D.dtype)
     if cap.A is None:
         weight = module.weight
@@ -190,7 +197,11 @@ def weighted_grad(module: nn.Module, cap: Capture, coef: torch.Tensor) -> dict[s
         if module.padding_idx is not None:
             step[module.padding_idx] = 0
         return {"weight": step}
-    full = torch.einsum("ngto,ngta->goa", D, cap.A)
+    return _split_bias(module, torch.einsum("ngto,ngta->goa", D, cap.A))
+
+
+def _split_bias(module: nn.Module, full: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``[G, o, a(+1)]`` -> ``{"weight": …, "bias": …}`` shaped like the parameters."""
     out = {}
     if has_bias(module):
         out["bias"] = full[..., -1].reshape(-1)

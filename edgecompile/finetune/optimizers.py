@@ -13,7 +13,7 @@ OPTIMIZERS = ("fngd", "adamw", "sgd", "kfac", "twa")
 
 #: Default learning rate and damping per optimizer (``None``: not used).
 DEFAULTS: dict[str, dict[str, float | None]] = {
-    "fngd": {"lr": 0.05, "damping": 1.0},
+    "fngd": {"lr": 0.1, "damping": 0.1},
     "adamw": {"lr": 1e-3, "damping": None},
     "sgd": {"lr": 0.05, "damping": None},
     "kfac": {"lr": 0.05, "damping": 1e-3},

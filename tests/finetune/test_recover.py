@@ -54,7 +54,7 @@ def test_distillation_without_labels_kl_and_mse():
             return self.fc(x.view(x.shape[0], 2, 3).repeat(1, 1, 2))
 
     res = recover(Seq(3), FinetuneData.from_arrays(x), RecoverConfig(
-        optimizer="fngd", epochs=3, batch_size=16, lr=0.05, damping=0.1), Seq(4))
+        optimizer="fngd", epochs=3, batch_size=16, lr=0.3, damping=0.1), Seq(4))
     assert res.epochs[-1].loss < 0.5 * res.epochs[0].loss
 
 
