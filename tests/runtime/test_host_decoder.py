@@ -92,3 +92,19 @@ def test_golden_vectors(host_tool):
             assert lines == want, path.name
         arrays = read_container(path).read_all()
         assert expected_lines(arrays) == [ln for ln in want if "CODEC_UNAVAILABLE" not in ln]
+
+
+def test_fast_path_two_byte_renormalization(host_tool, tmp_path):
+    """One dominant symbol and rare ones: M >= 14 and frequency-1 symbols leave x < 2^15 after a
+    step, so the branch-free renormalization takes its 2-byte case (and 0 and 1) in every lane."""
+    rng = np.random.default_rng(5)
+    a = np.zeros(200_003, np.uint8)
+    hit = rng.choice(a.size, 3000, replace=False)
+    a[hit] = rng.integers(1, 256, hit.size)
+    t = {"sparse": a, "sparse_i16": a[:100_000].astype(np.int16) * 129}
+    data, recs = encode_container(t, codec_for={k: "rans" for k in t})
+    assert data[recs[0].offset] >= 14  # scale bits M of the payload header
+    path = tmp_path / "sparse.ecw"
+    path.write_bytes(data)
+    outs = [run([str(host_tool), *ref, str(path)]) for ref in (["--ref"], [])]
+    assert outs[0] == outs[1] == (0, expected_lines(t))
