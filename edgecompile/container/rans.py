@@ -19,6 +19,10 @@ from .format import RANS_HEADER, RANS_L, RANS_MAX_LANE_SYMBOLS, RANS_MAX_SCALE_B
 #: Symbols per lane the encoder aims for: 8 bytes per lane (state + size) stay near 0.25 % of
 #: the payload while the numpy loop runs at most this many steps.
 LANE_SYMBOLS = 4096
+#: Groups of at least this many symbols get a multiple of 4 lanes: the C fast path decodes lanes
+#: 4 at a time and a leftover lane alone (about 3x slower per symbol). Cost: at most 3 extra
+#: lanes of 8 bytes, <= 0.3 % of such a group; measured +20 % C decode speed on a digits CNN.
+FAST_GROUP_SYMBOLS = 2 * LANE_SYMBOLS
 _SLOT_SPACE = 1 << RANS_MAX_SCALE_BITS  # per-table stride of the decoder's global slot space
 
 
@@ -71,6 +75,8 @@ def plan(symbols: np.ndarray, n_groups: int, *, shuffle: bool = False, itemsize:
         minlength=256 * n_groups,
     ).reshape(n_groups, 256)
     lanes = max(1, -(-group_len // LANE_SYMBOLS))
+    if group_len >= FAST_GROUP_SYMBOLS:
+        lanes = -(-lanes // 4) * 4
     best = None
     for m in tables.choose_scale_bits(counts):
         freqs = tables.normalize_freqs(counts, m)
