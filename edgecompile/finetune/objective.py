@@ -68,7 +68,8 @@ class Objective:
             return rows.view(n, -1).mean(1) * (t * t)
         return (out - target.to(out.dtype)).square().reshape(n, -1).mean(1)
 
-    def correct_t(self, out: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    def correct_t(self, out: torch.Tensor,
+                  labels: torch.Tensor | None) -> tuple[torch.Tensor, int]:
         """(correct as a device tensor, counted): no host sync per training step."""
         if self.kind != "ce":
             return out.new_zeros((), dtype=torch.long), 0
