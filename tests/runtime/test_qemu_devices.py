@@ -6,6 +6,8 @@ mps2-an386). Each build compiles the runtime the way a user would, from the bund
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +49,6 @@ def m4_bundle(tmp_path_factory) -> Path:
 
 
 def _sh(script: Path, **env: str) -> None:
-    import subprocess
-
     p = subprocess.run(["sh", str(script)], capture_output=True, text=True, timeout=300, env={**os.environ, **env})
     assert p.returncode == 0, p.stdout + p.stderr
 
@@ -70,6 +70,15 @@ def test_rpi4_bundle_decodes_bit_exact_under_qemu(rpi4_bundle, tmp_path):
         assert lines == expected_lines(ref)
         for i, (name, arr) in enumerate(ref.items()):
             assert (outdir / f"{i}.bin").read_bytes() == arr.tobytes(), name
+
+
+@pytest.mark.skipif(not have("gcc") or not Path("/usr/include/zstd.h").exists(), reason="gcc, libzstd-dev")
+def test_rpi4_bundle_script_builds_natively_with_zstd(rpi4_bundle, tmp_path):
+    """The same script as on the board (CC=gcc, ZSTD=1 links libzstd), here on the host."""
+    shutil.copytree(rpi4_bundle / "runtime", tmp_path / "runtime")
+    _sh(tmp_path / "runtime" / "build.sh", CC="gcc", AR="ar")
+    rc, lines = run([str(tmp_path / "runtime" / "build" / "ecw_tool"), str(rpi4_bundle / "weights.ecw")])
+    assert rc == 0 and lines == expected_lines(_reference(rpi4_bundle))
 
 
 @pytest.mark.skipif(not have("arm-none-eabi-gcc", "qemu-system-arm"), reason="scripts/install_toolchains.sh")
