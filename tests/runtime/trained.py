@@ -1,4 +1,4 @@
-"""A small trained model for the device tests: an MLP on sklearn's digits, int8 per-channel."""
+"""A small trained model for bench/bench_codec.py: an MLP on sklearn's digits, int8 per-channel."""
 from __future__ import annotations
 
 import warnings
