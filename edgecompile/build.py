@@ -172,7 +172,7 @@ def _finetune(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, data: Samples
 def _emit(graph: Graph, backend: str, embed: bool):
     if backend == "onnx":
         from .backends.onnx import emit_onnx
-        return emit_onnx(graph, embed_weights=embed)
+        return emit_onnx(graph, embed_weights=embed, minify=not embed)
     from .backends.tflite import emit_tflite
     return emit_tflite(graph, embed_weights=embed)
 

@@ -18,8 +18,9 @@ from . import __version__
 from .analysis import activation_bytes, layer_figures, total_macs, weight_input
 
 
-def _layer_rows(original, graph, container_records) -> list[dict]:
-    enc = {r.name: r for r in container_records}
+def _layer_rows(original, graph, container_records, source_names=None) -> list[dict]:
+    source_names = source_names or {}
+    enc = {source_names.get(r.name, r.name): r for r in container_records}
     before = layer_figures(original)
     after = layer_figures(graph)
     rows = []
@@ -102,7 +103,7 @@ def make_report(*, model, target, backend, config, original, graph, container_re
     model_file = (stage / ("model.onnx" if backend == "onnx" else "model.tflite")).read_bytes()
     model_bytes = len(model_file)
     container_bytes = (stage / "weights.ecw").stat().st_size
-    rows = _layer_rows(original, graph, container_records)
+    rows = _layer_rows(original, graph, container_records, getattr(emitted, "source_names", None))
     totals = {
         "params_before": original.param_count(), "params_after": graph.param_count(),
         "macs_before": total_macs(original), "macs_after": total_macs(graph),
@@ -121,7 +122,8 @@ def make_report(*, model, target, backend, config, original, graph, container_re
         "latency": {**latency, **_target_estimate(graph, target)},
         "memory": _memory(graph, target, backend, model_file, container_bytes),
         "backend_ops": _backend_ops(backend, model_file, emitted),
-        "container": [{"name": r.name, "codec": r.codec, "decoded_bytes": r.decoded_size,
+        "container": [{"name": r.name, "source": (getattr(emitted, "source_names", None) or {}).get(r.name, r.name),
+                       "codec": r.codec, "decoded_bytes": r.decoded_size,
                        "encoded_bytes": r.encoded_size} for r in container_records],
         "passes": clean, "finetune": finetune, "timings_s": timings,
     }

@@ -77,6 +77,7 @@ class EmittedModel:
     quant: dict[str, QuantInfo | None]
     ops: list[tuple[str, int]]
     dequantize_at_load: tuple[str, ...] = ()
+    source_names: dict[str, str] | None = None   # container tensor name -> IR constant name
 
 
 def _weights_only(graph: Graph) -> bool:
@@ -89,7 +90,7 @@ def _weights_only(graph: Graph) -> bool:
 
 def emit_onnx(graph: Graph, *, embed_weights: bool, activations: str = DEFAULT_ACTIVATIONS,
               int8_ops: str = DEFAULT_INT8_OPS, opset: int = DEFAULT_OPSET, check: bool = True,
-              dequantize_at_load: bool | None = None) -> EmittedModel:
+              dequantize_at_load: bool | None = None, minify: bool = False) -> EmittedModel:
     """Writes `graph` as an ONNX model.
 
     Parameters
@@ -110,6 +111,9 @@ def emit_onnx(graph: Graph, *, embed_weights: bool, activations: str = DEFAULT_A
         For weights-only int8 graphs: declare float initializers and let the loader dequantize the
         container's int8 weights once (listed in `EmittedModel.dequantize_at_load`). None: on for
         weights-only graphs.
+    minify : bool
+        With external weights: short tensor names, no node names (the deployable form; names were
+        most of a small model's bytes). `EmittedModel.source_names` maps container names back.
     check : bool
         Run `onnx.checker.check_model` on the result (embedded weights only: the checker
         wants external data to exist as files).
@@ -152,7 +156,56 @@ def emit_onnx(graph: Graph, *, embed_weights: bool, activations: str = DEFAULT_A
     ops = sorted({(n.op_type, onnx.defs.get_schema(n.op_type, opset, n.domain).since_version)
                   for n in model.graph.node})
     log.debug("emitted %s: %d nodes, %d weights, ops %s", graph.name, len(model.graph.node), len(b.weights), ops)
-    return EmittedModel(model.SerializeToString(), dict(b.weights), quant, ops, tuple(sorted(b.load_dequantized)))
+    tensors, deq = dict(b.weights), tuple(sorted(b.load_dequantized))
+    source = {k: k for k in tensors}
+    if minify and not embed_weights:
+        rename = _minify(model, keep={v.name for v in graph.inputs} | set(outputs))
+        tensors = {rename[k]: a for k, a in tensors.items()}
+        quant = {rename[k]: q for k, q in quant.items()}
+        deq = tuple(rename[k] for k in deq)
+        source = {rename[k]: k for k in source}
+    return EmittedModel(model.SerializeToString(), tensors, quant, ops, deq, source)
+
+
+def _minify(model: onnx.ModelProto, keep: set[str]) -> dict[str, str]:
+    """Short names for every tensor but the graph's inputs and outputs, no node names.
+
+    In a deployable model the names are most of the bytes (measured: 52 KB of 82 KB for a small
+    int8 transformer, ~200 B per node); the container and the loader use the short names too.
+    Returns the old -> new map of every renamed initializer and value.
+    """
+    g = model.graph
+    rename: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        if name not in rename:
+            rename[name] = _b36(len(rename))
+        return rename[name]
+
+    for t in g.initializer:
+        t.name = short(t.name)
+        for entry in t.external_data:
+            if entry.key == "location":
+                entry.value = EXTERNAL_LOCATION.format(name=t.name)
+    for n in g.node:
+        n.name = ""
+        n.input[:] = [short(x) for x in n.input]
+        n.output[:] = [short(x) for x in n.output]
+    for vi in list(g.value_info):
+        vi.name = short(vi.name)
+    return rename
+
+
+def _b36(i: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        i, r = divmod(i, 36)
+        out = digits[r] + out
+        if i == 0:
+            return "t" + out
 
 
 def _outputs(b: OnnxBuilder, graph: Graph) -> list[str]:

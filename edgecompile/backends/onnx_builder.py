@@ -121,9 +121,9 @@ class OnnxBuilder:
             zp = q.zero_point.astype(q.dtype)
             zp = zp if q.axis is not None else zp.reshape(())
             attrs = {} if q.axis is None else {"axis": q.axis}
-            self._derived[key] = self.add("DequantizeLinear", [stored, self.const(scale, f"{base}.scale"),
-                                                               self.const(zp, f"{base}.zero_point")],
-                                          base=f"{base}.dq", **attrs)[0]
+            # the zero point is kept even when all zero: onnxruntime's QGemm fusion needs it
+            ins = [stored, self.const(scale, f"{base}.scale"), self.const(zp, f"{base}.zero_point")]
+            self._derived[key] = self.add("DequantizeLinear", ins, base=f"{base}.dq", **attrs)[0]
         return self._derived[key]
 
     def const_real(self, v: Value) -> str:

@@ -56,7 +56,7 @@ class RecoverConfig:
     weight_decay: float = 0.0
     fallback_lr: float | None = None
     alpha_refresh_every: int | None = None
-    fngd_gram: str = "auto"
+    fngd_gram: str = "factor"  # never materializes per-sample gradients (issue 4); "auto" is faster on convs
     fngd_coefficients: str = "shared"
     fngd_normalize: str = "mean"
     lr_schedule: str = "cosine"

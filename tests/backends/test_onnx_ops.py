@@ -277,3 +277,16 @@ def test_bad_options_and_unverified_graph_are_rejected():
     with pytest.raises(ValueError, match="frobnicate"):
         emit_onnx(g, embed_weights=True)
     assert issubclass(OnnxEmitError, ValueError)
+
+
+def test_minified_model_has_short_names_and_maps_back():
+    g, arrays = CASES["linear_3d"][0]()
+    full = emit_onnx(g, embed_weights=False)
+    small = emit_onnx(g, embed_weights=False, minify=True)
+    assert len(small.model_bytes) < len(full.model_bytes) and b"fc.weight" not in small.model_bytes
+    src = small.source_names
+    assert set(src.values()) == {"fc.weight", "fc.bias"} and set(small.tensors) == set(src)
+    for short, name in src.items():
+        np.testing.assert_array_equal(small.tensors[short], full.tensors[name])
+    np.testing.assert_allclose(_run(small.model_bytes, small.tensors, g, arrays)[0], run_graph(g, *arrays),
+                               rtol=1e-5, atol=1e-5)
