@@ -61,6 +61,7 @@ class EmittedModel:
     tensors: dict[str, np.ndarray]
     quant: dict[str, QuantInfo | None]
     ops: list[tuple[str, int]] = field(default_factory=list)
+    source_names: dict[str, str] | None = None   # container tensor name -> original tensor name
 
 
 def _precheck(graph: Graph) -> None:
@@ -124,6 +125,7 @@ def emit_tflite(graph: Graph, *, embed_weights: bool = True) -> EmittedModel:
         if t.index in b.inputs or t.index in b.outputs:   # an output that is an input: copy it
             t = L.reshape(t, t.shape, v.name + "_out")
         b.outputs.append(t.index)
+    source = _minify(b) if not embed_weights else {name: name for name in b.weights}
     tensors = dict(b.weights)
     quant = {name: QuantInfo(*q) for name, q in b.weight_quant.items()}   # float weights: no entry
     if not embed_weights:
@@ -131,7 +133,24 @@ def emit_tflite(graph: Graph, *, embed_weights: bool = True) -> EmittedModel:
     model_bytes = b.finish()
     table = tflite_op_table(model_bytes)
     log.info("tflite: %d operators (%d int8 layers), %d bytes", len(b.operators), L.int8_ops, len(model_bytes))
-    return EmittedModel(model_bytes, tensors, quant, [(name, ver) for name, ver, _ in table])
+    return EmittedModel(model_bytes, tensors, quant, [(name, ver) for name, ver, _ in table], source)
+
+
+def _minify(b) -> dict[str, str]:
+    """Short names for every tensor but the model's inputs and outputs (the deployable form: names
+    were a third of a small int8 transformer's flatbuffer). Returns short -> original for weights."""
+    keep = set(b.inputs) | set(b.outputs)
+    weights = {}
+    for i, t in enumerate(b.tensors):
+        if i in keep:
+            continue
+        old = t.name.decode() if isinstance(t.name, bytes) else t.name
+        t.name = f"t{i:x}"
+        if old in b.weights:
+            weights[t.name] = old
+    b.weights = {short: b.weights[old] for short, old in weights.items()}
+    b.weight_quant = {short: b.weight_quant[old] for short, old in weights.items() if old in b.weight_quant}
+    return weights
 
 
 def op_counts(model_bytes: bytes) -> dict[str, int]:

@@ -254,6 +254,11 @@ class LowRankPass(Pass):
         before = spec.dense_params
         base = {"node": node.name, "op": node.op, "params_before": before}
         tt = self._tt_cores(layer, rank)
+        small_gain = (self.config.budget_bytes is None and rank is not None and tt is None
+                      and before > spec.params(rank) > (1 - self.config.min_saving) * before)
+        if small_gain:
+            return dict(base, kind="kept", params_after=before,
+                        reason=f"rank {rank} would save under {self.config.min_saving:.0%} of the weights")
         if tt is None and (rank is None or spec.params(rank) >= before):
             if self.config.budget_bytes is not None:
                 reason = "kept dense by the budget search"
