@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .analysis import activation_bytes, layer_figures, total_macs
+from .analysis import total_macs
 from .data_io import Samples, batches, load_samples, synthesize_samples
 from .ir import Graph, verify
 from .modelspec import LoadedModel, load_model
@@ -210,7 +210,7 @@ def _copy_loader(stage: Path) -> None:
     (dst / "__init__.py").write_text(f'__version__ = "{__version__}"\n')
     for f in (pkg / "container").glob("*.py"):
         shutil.copy2(f, dst / "container" / f.name)
-    for name in ("loader.py", "tflite_loader.py"):
+    for name in ("loader.py", "tflite_loader.py", "session_base.py"):
         if (pkg / name).exists():
             shutil.copy2(pkg / name, dst / name)
 

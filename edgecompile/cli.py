@@ -168,8 +168,6 @@ def targets(as_json):
 @click.option("--json", "as_json", is_flag=True)
 def inspect(bundle, as_json):
     """Print the report of an existing BUNDLE and check its integrity (every tensor's CRC)."""
-    from rich.console import Console
-
     from .bundle_inspect import BundleError, inspect_bundle
     from .report import render_terminal
 

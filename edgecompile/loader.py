@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import statistics
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +27,10 @@ import onnxruntime as ort
 
 try:
     from edgecompile.container import ContainerError, read_container
+    from edgecompile.session_base import BundleSessionBase, TensorSpec
 except ImportError:  # copied into a bundle next to a copy of the container package
     from container import ContainerError, read_container  # type: ignore[no-redef]
+    from session_base import BundleSessionBase, TensorSpec  # type: ignore[no-redef]
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +47,6 @@ class BundleError(ValueError):
     """The bundle is missing a file or its manifest is invalid (the message says which)."""
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name, static shape and numpy dtype name of a model input or output."""
 
     name: str
     shape: tuple[int, ...]
@@ -102,8 +98,8 @@ def dequantize(q_data: np.ndarray, q) -> np.ndarray:
     return ((q_data.astype(np.float32) - zp) * scale).astype(np.float32)
 
 
-class BundleSession:
-    """A loaded bundle: an onnxruntime session plus the manifest's input/output description."""
+class BundleSession(BundleSessionBase):
+    """A loaded ONNX bundle: an onnxruntime session plus the manifest's input/output description."""
 
     def __init__(self, session: ort.InferenceSession, manifest: dict, path: Path):
         self.session = session
@@ -112,32 +108,8 @@ class BundleSession:
         self.inputs = [_spec(a) for a in session.get_inputs()]
         self.outputs = [_spec(a) for a in session.get_outputs()]
 
-    def run(self, *arrays: np.ndarray) -> list[np.ndarray]:
-        """Runs the model on positional inputs (converted to the declared dtypes)."""
-        if len(arrays) != len(self.inputs):
-            raise ValueError(f"bundle {self.path} takes {len(self.inputs)} inputs "
-                             f"({', '.join(s.name for s in self.inputs)}), got {len(arrays)}")
-        feed = {}
-        for spec, a in zip(self.inputs, arrays):
-            a = np.asarray(a, dtype=spec.dtype)
-            if a.shape != spec.shape:
-                raise ValueError(f"input {spec.name!r}: expected shape {list(spec.shape)}, got {list(a.shape)}")
-            feed[spec.name] = a
-        return self.session.run(None, feed)
-
-    def latency(self, inputs: list[np.ndarray], repeats: int = 50, warmup: int = 3) -> float:
-        """Median wall time of one `run` over `repeats` runs, in seconds (after `warmup` runs)."""
-        for _ in range(warmup):
-            self.run(*inputs)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            self.run(*inputs)
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
-
-    def __repr__(self) -> str:
-        return f"BundleSession({self.path}, inputs={self.inputs}, outputs={self.outputs})"
+    def _invoke(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(None, {spec.name: a for spec, a in zip(self.inputs, arrays)})
 
 
 def _spec(arg) -> TensorSpec:

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import statistics
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import flatbuffers
@@ -24,8 +21,10 @@ from ai_edge_litert.interpreter import Interpreter
 
 try:
     from edgecompile.container import ContainerError, read_container
+    from edgecompile.session_base import BundleSessionBase, TensorSpec
 except ImportError:  # copied into a bundle next to a copy of the container package
     from container import ContainerError, read_container  # type: ignore[no-redef]
+    from session_base import BundleSessionBase, TensorSpec  # type: ignore[no-redef]
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +36,6 @@ class TFLiteBundleError(ValueError):
     """The bundle is missing a file, its manifest is invalid, or weights do not fit the model."""
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
 
 
 class AlignedBufferT(fb.BufferT):
@@ -99,7 +93,7 @@ def fill_weights(model_bytes: bytes, tensors: dict[str, np.ndarray]) -> bytes:
     return pack_model(model)
 
 
-class TFLiteBundleSession:
+class TFLiteBundleSession(BundleSessionBase):
     """A loaded TFLite bundle: `run(*arrays) -> list`, `inputs`, `outputs`, `latency(...)`."""
 
     def __init__(self, interpreter: Interpreter, manifest: dict, path: Path):
@@ -114,30 +108,11 @@ class TFLiteBundleSession:
         self.outputs = [TensorSpec(d["name"], tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"]).name)
                         for d in self._out]
 
-    def run(self, *arrays: np.ndarray) -> list[np.ndarray]:
-        if len(arrays) != len(self.inputs):
-            raise ValueError(f"bundle {self.path} takes {len(self.inputs)} inputs, got {len(arrays)}")
-        for spec, d, a in zip(self.inputs, self._in, arrays):
-            a = np.ascontiguousarray(a, dtype=spec.dtype)
-            if a.shape != spec.shape:
-                raise ValueError(f"input {spec.name!r}: expected shape {list(spec.shape)}, got {list(a.shape)}")
+    def _invoke(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        for d, a in zip(self._in, arrays):
             self.interpreter.set_tensor(d["index"], a)
         self.interpreter.invoke()
         return [self.interpreter.get_tensor(d["index"]).copy() for d in self._out]
-
-    def latency(self, inputs: list[np.ndarray], repeats: int = 50, warmup: int = 3) -> float:
-        """Median wall time of one `run`, in seconds."""
-        for _ in range(warmup):
-            self.run(*inputs)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            self.run(*inputs)
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
-
-    def __repr__(self) -> str:
-        return f"TFLiteBundleSession({self.path}, inputs={self.inputs}, outputs={self.outputs})"
 
 
 def create_interpreter(model_bytes: bytes, threads: int | None = None) -> Interpreter:

@@ -155,6 +155,7 @@ def test_loader_runs_copied_into_a_bundle_without_torch(tmp_path):
     runtime = bundle / "runtime"
     runtime.mkdir()
     (runtime / "loader.py").write_text((REPO / "edgecompile" / "loader.py").read_text())
+    (runtime / "session_base.py").write_text((REPO / "edgecompile" / "session_base.py").read_text())
     pkg = runtime / "container"
     pkg.mkdir()
     for f in (REPO / "edgecompile" / "container").glob("*.py"):

@@ -192,7 +192,7 @@ class Lowering:
         if layout == CL:
             a = cl_array(a)
         axis = 0 if q.axis is None else (q.axis if layout == IR else cl_axis(q.axis, v.data.ndim))
-        return self.b.tensor(v.name, a.shape, str(a.dtype), scale, q.zero_point, axis, data=a, weight=True)
+        return self.b.tensor(v.name, a.shape, str(a.dtype), q.scale, q.zero_point, axis, data=a, weight=True)
 
     def const_int8_operand(self, v: Value, layout: str, ndim: int) -> TensorRef | None:
         """A constant as an exact per-tensor int8 operand of an int8 kernel, or None if none exists."""
