@@ -14,7 +14,7 @@ from edgecompile.modelspec import LoadedModel
 class DigitsTransformer(nn.Module):
     """Patch embedding, 2 pre-norm encoder layers (GELU), mean pooling, linear head."""
 
-    def __init__(self, d: int = 64, heads: int = 4, layers: int = 2, ff: int = 128):
+    def __init__(self, d: int = 128, heads: int = 4, layers: int = 2, ff: int = 256):
         super().__init__()
         self.embed = nn.Linear(4, d)
         self.pos = nn.Parameter(torch.randn(1, 16, d) * 0.02)
@@ -37,7 +37,7 @@ def trained(kind: str, seed: int = 0) -> tuple[nn.Module, dict]:
     if kind == "cnn":
         net = train(DigitsCNN(), split["x_train"], split["y_train"], seed=seed)
     else:
-        net = train(DigitsTransformer(), split["x_train"], split["y_train"], epochs=120, lr=2e-3, seed=seed)
+        net = train(DigitsTransformer(), split["x_train"], split["y_train"], epochs=80, lr=2e-3, seed=seed)
     return net.eval(), split
 
 

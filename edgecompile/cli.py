@@ -96,10 +96,12 @@ def main(verbose: bool) -> None:
               help="Top-1 agreement threshold (classifiers).")
 @click.option("--min-cosine", type=float, default=0.97, show_default=True,
               help="Output cosine threshold (models that are not classifiers).")
+@click.option("--max-accuracy-drop", type=float, default=0.5, show_default=True,
+              help="Allowed accuracy drop in points, for classifiers with labelled eval data.")
 @click.option("--allow-degraded", is_flag=True, help="Keep a bundle that fails the fidelity thresholds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no progress bar).")
 def build(model, target, out, backend, calib, rank, prune, quant, budget_bytes, codecs, finetune, optimizer,
-          epochs, min_agreement, min_cosine, allow_degraded, as_json):
+          epochs, min_agreement, min_cosine, max_accuracy_drop, allow_degraded, as_json):
     """Compile MODEL (file.py:factory, package.module:factory or a .pt2; default: the embedded digits CNN)."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -112,7 +114,7 @@ def build(model, target, out, backend, calib, rank, prune, quant, budget_bytes, 
     cfg = BuildConfig(target=target, out=out or Path("out") / f"{name}-{target}", backend=backend, rank=rank,
                       prune=prune, quant=quant, budget_bytes=budget_bytes, codecs=tuple(codecs) or None,
                       calib=calib, finetune=finetune, optimizer=optimizer, epochs=epochs,
-                      thresholds=Thresholds(min_agreement, min_cosine), allow_degraded=allow_degraded)
+                      thresholds=Thresholds(min_agreement, min_cosine, max_accuracy_drop / 100), allow_degraded=allow_degraded)
     console = Console(stderr=True)
     errors = _input_errors()
     try:

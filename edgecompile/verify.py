@@ -13,6 +13,7 @@ class Thresholds:
 
     min_top1_agreement: float = 0.97
     min_cosine: float = 0.97
+    max_accuracy_drop: float = 0.005   # with labelled eval data: accuracy may drop this much (0.5 pt)
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,15 @@ class Fidelity:
     accuracy_bundle: float | None
 
     def failures(self, t: Thresholds) -> list[str]:
-        """Classifiers are judged by top-1 agreement (what their users see); other models by the
-        cosine of their outputs. Both figures are always reported."""
+        """Classifiers are judged by accuracy when the eval data has labels (a fine-tuned model may
+        disagree with the original where the original was wrong), else by top-1 agreement; other
+        models by the cosine of their outputs. Every figure is reported either way."""
+        if self.accuracy_reference is not None and self.accuracy_bundle is not None:
+            drop = self.accuracy_reference - self.accuracy_bundle
+            if drop > t.max_accuracy_drop:
+                return [f"accuracy {self.accuracy_bundle:.4f} is {100 * drop:.2f} points below the original's "
+                        f"{self.accuracy_reference:.4f} (allowed {100 * t.max_accuracy_drop:.2f})"]
+            return []
         if self.top1_agreement is not None:
             if self.top1_agreement < t.min_top1_agreement:
                 return [f"top-1 agreement {self.top1_agreement:.4f} < {t.min_top1_agreement}"]
