@@ -37,7 +37,7 @@ def trained(kind: str, seed: int = 0) -> tuple[nn.Module, dict]:
     if kind == "cnn":
         net = train(DigitsCNN(), split["x_train"], split["y_train"], seed=seed)
     else:
-        net = train(DigitsTransformer(), split["x_train"], split["y_train"], epochs=80, lr=2e-3, seed=seed)
+        net = train(DigitsTransformer(), split["x_train"], split["y_train"], epochs=150, lr=2e-3, seed=seed)
     return net.eval(), split
 
 
