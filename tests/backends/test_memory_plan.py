@@ -95,8 +95,10 @@ def test_deployment_figures_add_up():
     from edgecompile.backends.memory_plan import deployment_figures
     from edgecompile.backends.tflite import emit_tflite, tflite_op_table
     m = emit_tflite(_cnn_graph(), embed_weights=False)
-    plan = plan_tflite(m.model_bytes)          # stripped weights: same activations
-    assert plan == plan_tflite(emit_tflite(_cnn_graph()).model_bytes)
+    plan = plan_tflite(m.model_bytes)          # stripped weights (and short names): same activations
+    full = plan_tflite(emit_tflite(_cnn_graph()).model_bytes)
+    assert (plan.arena_bytes, plan.naive_bytes, plan.io_bytes) == (full.arena_bytes, full.naive_bytes, full.io_bytes)
+    assert sorted(plan.offsets.values()) == sorted(full.offsets.values())
     fig = deployment_figures(m.model_bytes, plan, len(tflite_op_table(m.model_bytes)), weights_bytes=1000)
     assert fig["ram_bytes"] == plan.arena_bytes + plan.io_bytes
     assert fig["flash_bytes_estimate"] == len(m.model_bytes) + 1000 + fig["runtime_bytes_estimate"]
