@@ -38,3 +38,13 @@ def test_rebatch_rejects_batch_mixing():
     xs = [np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)]
     with pytest.raises(RebatchError, match="differs"):
         rebatch(g, 4, check_inputs=xs)
+
+
+def test_rebatch_follows_the_batch_through_attention_reshapes():
+    """nn.MultiheadAttention works in [T, B*H, D] internally: the batch is not on axis 0 there."""
+    model, inputs = ZOO["encoder_layer_classifier"]()
+    g = import_model(model, inputs)
+    b = g.inputs[0].shape[0]
+    xs = [np.concatenate([t.numpy()] * 4) for t in inputs]
+    g4 = rebatch(g, 4 * b, check_inputs=xs)
+    assert g4.inputs[0].shape[0] == 4 * b
