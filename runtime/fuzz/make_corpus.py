@@ -1,4 +1,8 @@
-"""Seed corpus for the libFuzzer target: small valid containers of every codec (kept in git)."""
+"""Seed corpus for the libFuzzer target: small valid containers of every codec (kept in git).
+
+The hex-named files beside the seeds are minimized fuzzer finds (<= 1 KiB each) that add
+coverage; bench/fuzz_long.sh refreshes them.
+"""
 from __future__ import annotations
 
 import sys
