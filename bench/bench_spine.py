@@ -32,10 +32,10 @@ from edgecompile.frontend import import_model  # noqa: E402
 from edgecompile.modelspec import LoadedModel  # noqa: E402
 
 CONFIGS = {
-    "cnn": dict(prune="magnitude:global:0.7", rank="erank", quant="int8"),
+    "cnn": dict(prune="magnitude:global:0.7", rank="erank", quant="int8", cluster_bits=4),
     # the transformer loses too much to 60% pruning without recovery: fine-tune on the training split
-    "transformer": dict(prune="magnitude:global:0.8", rank="erank", quant="int8", finetune="train",
-                        optimizer="adamw", epochs=10),
+    "transformer": dict(prune="magnitude:global:0.8", rank="erank", quant="int8", cluster_bits=4,
+                        finetune="train", optimizer="adamw", epochs=10),
 }
 
 

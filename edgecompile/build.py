@@ -47,6 +47,7 @@ class BuildConfig:
     rank: str = "erank"                     # see passes.lowrank.rank.parse_rank_spec; "none" to skip
     prune: str = "none"                     # see passes.prune.parse_prune_spec
     quant: str = "auto"                     # auto | int8[:options] | none (see passes.quantize)
+    cluster_bits: int | None = None         # share int8 weights: <= 2^bits non-zero levels (lut codec)
     budget_bytes: int | None = None         # global weight-byte budget met by the rank search
     codecs: tuple[str, ...] | None = None   # None: every codec the target can decode
     calib: Path | None = None               # .npz of inputs (+ labels) for calibration and verification
@@ -120,7 +121,12 @@ def _quantize(graph: Graph, cfg: BuildConfig, calib: Samples, batch: int) -> lis
     limit = int(min(max(1, 128 // batch), max(4, 2e10 // per_batch)))
     inputs = list(batches(calib, batch, limit=limit))
     res = QuantizePass(qcfg, inputs)(graph)
-    return [dict(r, **{"pass": "quantize"}) for r in res.records]
+    records = [dict(r, **{"pass": "quantize"}) for r in res.records]
+    if cfg.cluster_bits:
+        from .passes.cluster import ClusterConfig, WeightClusterPass
+        records += [dict(r, **{"pass": "cluster"})
+                    for r in WeightClusterPass(ClusterConfig(cfg.cluster_bits))(graph).records]
+    return records
 
 
 def _finetune(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, data: Samples, labels, progress) -> dict:
@@ -254,20 +260,24 @@ def _bundle_outputs(session, samples: Samples, batch: int) -> np.ndarray:
 
 
 def _latency(stage: Path, baseline_bytes: bytes, session, example: list[np.ndarray], repeats: int) -> dict:
-    """Median host latency of the fp32 ONNX export vs the compiled bundle, same process, interleaved."""
+    """Median host latency of the fp32 ONNX export vs the compiled bundle: same process, runs
+    interleaved, both called through the same session wrapper (its input checks cost ~1 us, a few
+    percent of a small model)."""
     import onnxruntime as ort
+
+    from .loader import BundleSession
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
-    base = ort.InferenceSession(baseline_bytes, so, providers=["CPUExecutionProvider"])
-    feed = {i.name: x for i, x in zip(base.get_inputs(), example)}
+    base = BundleSession(ort.InferenceSession(baseline_bytes, so, providers=["CPUExecutionProvider"]), {},
+                         Path("fp32-baseline"))
     t_base, t_new = [], []
-    for _ in range(3):
-        base.run(None, feed)
+    for _ in range(5):
+        base.run(*example)
         session.run(*example)
     for _ in range(repeats):
         t0 = time.perf_counter()
-        base.run(None, feed)
+        base.run(*example)
         t1 = time.perf_counter()
         session.run(*example)
         t2 = time.perf_counter()
@@ -358,7 +368,7 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
         t = stage_done(f"emit {backend} + container", 0.7, t)
 
         from .loader import load_bundle
-        session = load_bundle(stage)
+        session = load_bundle(stage, threads=1)
         ref = _reference_outputs(loaded, evals, batch)
         got = _bundle_outputs(session, evals, batch)
         fidelity = compare(ref, got, labels)

@@ -86,6 +86,8 @@ def main(verbose: bool) -> None:
 @click.option("--quant", default="auto", show_default=True,
               help="auto (int8 where the target has int8 kernels, else int8 weights computed in fp32) | "
                    "int8[:weights_only|minmax|mse|percentile[=P]] | none.")
+@click.option("--cluster-bits", type=click.IntRange(1, 6), default=None,
+              help="Share int8 weights: at most 2^N non-zero levels per layer, stored by the lut codec.")
 @click.option("--budget-bytes", type=int, default=None, help="Global weight-byte budget for the rank search.")
 @click.option("--codec", "codecs", multiple=True, help="Allowed codecs (repeatable) [all the target decodes].")
 @click.option("--finetune", default=None, help="Recover accuracy: 'calib' or a .npz of training inputs(+labels).")
@@ -100,8 +102,8 @@ def main(verbose: bool) -> None:
               help="Allowed accuracy drop in points, for classifiers with labelled eval data.")
 @click.option("--allow-degraded", is_flag=True, help="Keep a bundle that fails the fidelity thresholds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no progress bar).")
-def build(model, target, out, backend, calib, rank, prune, quant, budget_bytes, codecs, finetune, optimizer,
-          epochs, min_agreement, min_cosine, max_accuracy_drop, allow_degraded, as_json):
+def build(model, target, out, backend, calib, rank, prune, quant, cluster_bits, budget_bytes, codecs, finetune,
+          optimizer, epochs, min_agreement, min_cosine, max_accuracy_drop, allow_degraded, as_json):
     """Compile MODEL (file.py:factory, package.module:factory or a .pt2; default: the embedded digits CNN)."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -112,7 +114,8 @@ def build(model, target, out, backend, calib, rank, prune, quant, budget_bytes, 
 
     name = "digits" if model is None else Path(model.split(":")[0]).stem.split(".")[-1]
     cfg = BuildConfig(target=target, out=out or Path("out") / f"{name}-{target}", backend=backend, rank=rank,
-                      prune=prune, quant=quant, budget_bytes=budget_bytes, codecs=tuple(codecs) or None,
+                      prune=prune, quant=quant, cluster_bits=cluster_bits, budget_bytes=budget_bytes,
+                      codecs=tuple(codecs) or None,
                       calib=calib, finetune=finetune, optimizer=optimizer, epochs=epochs,
                       thresholds=Thresholds(min_agreement, min_cosine, max_accuracy_drop / 100), allow_degraded=allow_degraded)
     console = Console(stderr=True)

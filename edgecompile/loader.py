@@ -167,7 +167,7 @@ def load_bundle(bundle_dir: str | Path, *, threads: int | None = None):
             from edgecompile.tflite_loader import load_tflite_bundle
         except ImportError:  # copied into a bundle
             from tflite_loader import load_tflite_bundle  # type: ignore[no-redef]
-        return load_tflite_bundle(root)
+        return load_tflite_bundle(root, threads=threads)
     if backend != "onnx":
         raise BundleError(f"{root / MANIFEST}: unknown backend {backend!r}; expected 'onnx' or 'tflite'")
     model_path, weights_path = root / manifest["model"], root / manifest["weights"]
