@@ -117,7 +117,8 @@ def build(model, target, out, backend, calib, rank, prune, quant, cluster_bits, 
                       prune=prune, quant=quant, cluster_bits=cluster_bits, budget_bytes=budget_bytes,
                       codecs=tuple(codecs) or None,
                       calib=calib, finetune=finetune, optimizer=optimizer, epochs=epochs,
-                      thresholds=Thresholds(min_agreement, min_cosine, max_accuracy_drop / 100), allow_degraded=allow_degraded)
+                      thresholds=Thresholds(min_agreement, min_cosine, max_accuracy_drop / 100),
+                      allow_degraded=allow_degraded)
     console = Console(stderr=True)
     errors = _input_errors()
     try:
