@@ -34,7 +34,7 @@ from edgecompile.modelspec import LoadedModel  # noqa: E402
 CONFIGS = {
     "cnn": dict(prune="magnitude:global:0.7", rank="erank", quant="int8", cluster_bits=4),
     # the transformer loses too much to 60% pruning without recovery: fine-tune on the training split
-    "transformer": dict(prune="magnitude:global:0.8", rank="erank", quant="int8", cluster_bits=4,
+    "transformer": dict(prune="magnitude:global:0.8", rank="erank", quant="int8", cluster_bits=3,
                         finetune="train", optimizer="adamw", epochs=10),
 }
 
