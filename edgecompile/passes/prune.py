@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..analysis import weight_input
 from ..ir import Graph, Node, Value, infer_shapes
 from .base import Pass, PassResult
 from .channel_plan import ChannelStep, apply_channel_removal, trace_channels
@@ -211,12 +212,7 @@ def _float_weight(v: Value | None) -> bool:
 
 def layer_weight(node: Node) -> Value | None:
     """The prunable weight of a layer node (linear, conv, const matmul b, embedding table), or None."""
-    if node.op in ("linear", "conv", "matmul"):
-        w = node.input(1)
-    elif node.op == "gather" and node.attrs.get("axis") == 0:
-        w = node.input(0)
-    else:
-        return None
+    w = weight_input(node)
     if not _float_weight(w) or w.data.ndim < 2 or (node.op == "gather" and w.data.ndim != 2):
         return None
     return w
