@@ -318,18 +318,7 @@ class FNGD(torch.optim.Optimizer):
                     d, lr = p.grad, group["fallback_lr"]
             if d is None:
                 continue
-            d = d.to(p.dtype)
-            if wd:
-                d = d.add(p, alpha=wd)
-            if mu:
-                state = self.state[p]
-                buf = state.get("momentum_buffer")
-                if buf is None:
-                    buf = state["momentum_buffer"] = d.clone()
-                else:
-                    buf.mul_(mu).add_(d)
-                d = buf
-            p.add_(d, alpha=-lr)
+            layers.momentum_update(p, d, lr, mu, wd, self.state[p])
 
     def _warn_fallback(self, i: int) -> None:
         name = self.layer_names[i]

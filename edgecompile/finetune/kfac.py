@@ -174,17 +174,7 @@ class KFAC(torch.optim.Optimizer):
                     if p.grad is None:
                         continue
                     d, lr = p.grad, group["fallback_lr"]
-                d = d.to(p.dtype)
-                if wd:
-                    d = d.add(p, alpha=wd)
-                if mu:
-                    buf = self.state[p].get("momentum_buffer")
-                    if buf is None:
-                        buf = self.state[p]["momentum_buffer"] = d.clone()
-                    else:
-                        buf.mul_(mu).add_(d)
-                    d = buf
-                p.add_(d, alpha=-lr)
+                layers.momentum_update(p, d, lr, mu, wd, self.state[p])
         self.steps += 1
         return loss
 

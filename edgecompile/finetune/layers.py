@@ -266,3 +266,20 @@ def per_sample_numel(module: nn.Module) -> int:
 
 def describe(module: nn.Module) -> str:
     return f"{type(module).__name__}({math.prod(module.weight.shape)} weights)"
+
+
+def momentum_update(p: torch.Tensor, d: torch.Tensor, lr: float, momentum: float, weight_decay: float,
+                    state: dict) -> None:
+    """``p -= lr * buf`` with ``buf = momentum * buf + (d + weight_decay * p)`` (PyTorch SGD's rule);
+    the step every preconditioned optimizer here ends with, given its direction ``d``."""
+    d = d.to(p.dtype)
+    if weight_decay:
+        d = d.add(p, alpha=weight_decay)
+    if momentum:
+        buf = state.get("momentum_buffer")
+        if buf is None:
+            buf = state["momentum_buffer"] = d.clone()
+        else:
+            buf.mul_(momentum).add_(d)
+        d = buf
+    p.add_(d, alpha=-lr)
