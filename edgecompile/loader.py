@@ -18,7 +18,6 @@ external data and `SessionOptions.add_external_initializers` supplies it from a 
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -26,31 +25,17 @@ import numpy as np
 import onnxruntime as ort
 
 try:
-    from edgecompile.container import ContainerError, read_container
-    from edgecompile.session_base import BundleSessionBase, TensorSpec
-except ImportError:  # copied into a bundle next to a copy of the container package
-    from container import ContainerError, read_container  # type: ignore[no-redef]
-    from session_base import BundleSessionBase, TensorSpec  # type: ignore[no-redef]
+    from edgecompile.session_base import (MANIFEST, BundleError, BundleSessionBase, TensorSpec,
+                                          read_bundle_files, read_manifest)
+except ImportError:  # copied into a bundle next to session_base.py and a copy of the container package
+    from session_base import (MANIFEST, BundleError, BundleSessionBase, TensorSpec,  # type: ignore[no-redef]
+                              read_bundle_files, read_manifest)
 
 log = logging.getLogger(__name__)
-
-MANIFEST = "manifest.json"
-FORMAT = "edgecompile-bundle"
-SUPPORTED_VERSIONS = (1,)
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
               "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8",
               "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
-
-
-class BundleError(ValueError):
-    """The bundle is missing a file or its manifest is invalid (the message says which)."""
-
-
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
 
 
 def create_session(model_bytes: bytes, tensors: dict[str, np.ndarray], *, threads: int | None = None,
@@ -85,19 +70,6 @@ def create_session(model_bytes: bytes, tensors: dict[str, np.ndarray], *, thread
     return sess
 
 
-def dequantize(q_data: np.ndarray, q) -> np.ndarray:
-    """float32 ``scale * (q - zero_point)``, per channel along ``q.axis`` (a container QuantInfo)."""
-    scale = np.asarray(q.scale, np.float32)
-    zp = np.asarray(q.zero_point, np.float32)
-    if q.axis is not None:
-        shape = [1] * q_data.ndim
-        shape[q.axis] = -1
-        scale, zp = scale.reshape(shape), zp.reshape(shape)
-    else:
-        scale, zp = scale.reshape(()), zp.reshape(())
-    return ((q_data.astype(np.float32) - zp) * scale).astype(np.float32)
-
-
 class BundleSession(BundleSessionBase):
     """A loaded ONNX bundle: an onnxruntime session plus the manifest's input/output description."""
 
@@ -115,26 +87,6 @@ class BundleSession(BundleSessionBase):
 def _spec(arg) -> TensorSpec:
     shape = tuple(d if isinstance(d, int) else -1 for d in arg.shape)
     return TensorSpec(arg.name, shape, _ORT_TYPES.get(arg.type, "float32"))
-
-
-def read_manifest(bundle_dir: str | Path) -> dict:
-    """Reads and checks ``manifest.json``; raises `BundleError` naming the problem."""
-    path = Path(bundle_dir) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise BundleError(f"{path}: no manifest; is {bundle_dir} an edgecompile bundle?") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BundleError(f"{path}: not an edgecompile bundle manifest (format must be {FORMAT!r})")
-    if manifest.get("version") not in SUPPORTED_VERSIONS:
-        raise BundleError(f"{path}: bundle version {manifest.get('version')!r} is not supported "
-                          f"(this loader reads {SUPPORTED_VERSIONS}); upgrade edgecompile")
-    for key in ("backend", "model", "weights"):
-        if not isinstance(manifest.get(key), str):
-            raise BundleError(f"{path}: manifest field {key!r} is missing or not a string")
-    return manifest
 
 
 def load_bundle(bundle_dir: str | Path, *, threads: int | None = None):
@@ -170,23 +122,9 @@ def load_bundle(bundle_dir: str | Path, *, threads: int | None = None):
         return load_tflite_bundle(root, threads=threads)
     if backend != "onnx":
         raise BundleError(f"{root / MANIFEST}: unknown backend {backend!r}; expected 'onnx' or 'tflite'")
-    model_path, weights_path = root / manifest["model"], root / manifest["weights"]
-    for p in (model_path, weights_path):
-        if not p.is_file():
-            raise BundleError(f"{p}: missing from the bundle")
+    model_bytes, tensors = read_bundle_files(root, manifest)
     try:
-        reader = read_container(weights_path)
-        tensors = reader.read_all()
-    except ContainerError as e:
-        raise type(e)(f"{weights_path}: {e}") from None
-    for name in manifest.get("dequantize_at_load", []):
-        q = reader.quant(name) if name in tensors else None
-        if q is None:
-            raise BundleError(f"{root / MANIFEST}: {name!r} is listed in dequantize_at_load but the container "
-                              "has no such quantized tensor")
-        tensors[name] = dequantize(tensors[name], q)
-    try:
-        sess = create_session(model_path.read_bytes(), tensors, threads=threads)
+        sess = create_session(model_bytes, tensors, threads=threads)
     except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
             ort.capi.onnxruntime_pybind11_state.InvalidArgument) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

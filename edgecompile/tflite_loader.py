@@ -10,7 +10,6 @@ object API, fill `BufferT.data`, repack), and creates ``Interpreter(model_conten
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -20,19 +19,16 @@ from ai_edge_litert import schema_py_generated as fb
 from ai_edge_litert.interpreter import Interpreter
 
 try:
-    from edgecompile.container import ContainerError, read_container
-    from edgecompile.session_base import BundleSessionBase, TensorSpec
-except ImportError:  # copied into a bundle next to a copy of the container package
-    from container import ContainerError, read_container  # type: ignore[no-redef]
-    from session_base import BundleSessionBase, TensorSpec  # type: ignore[no-redef]
+    from edgecompile.session_base import BundleError, BundleSessionBase, TensorSpec, read_bundle_files, read_manifest
+except ImportError:  # copied into a bundle next to session_base.py and a copy of the container package
+    from session_base import (BundleError, BundleSessionBase, TensorSpec,  # type: ignore[no-redef]
+                              read_bundle_files, read_manifest)
 
 log = logging.getLogger(__name__)
 
-FORMAT = "edgecompile-bundle"
-SUPPORTED_VERSIONS = (1,)
 
 
-class TFLiteBundleError(ValueError):
+class TFLiteBundleError(BundleError):
     """The bundle is missing a file, its manifest is invalid, or weights do not fit the model."""
 
 
@@ -130,28 +126,18 @@ def load_tflite_bundle(bundle_dir: str | Path, *, threads: int | None = None) ->
         The weight container is truncated or corrupt (the message starts with its path).
     """
     root = Path(bundle_dir)
-    path = root / "manifest.json"
     try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise TFLiteBundleError(f"{path}: no manifest; is {root} an edgecompile bundle?") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TFLiteBundleError(f"{path}: not valid JSON ({e})") from None
-    if manifest.get("format") != FORMAT or manifest.get("version") not in SUPPORTED_VERSIONS:
-        raise TFLiteBundleError(f"{path}: not a supported edgecompile bundle manifest")
-    if manifest.get("backend") != "tflite":
-        raise TFLiteBundleError(f"{path}: backend is {manifest.get('backend')!r}, not 'tflite'")
-    model_path, weights_path = root / manifest["model"], root / manifest["weights"]
-    for p in (model_path, weights_path):
-        if not p.is_file():
-            raise TFLiteBundleError(f"{p}: missing from the bundle")
-    try:
-        tensors = read_container(weights_path).read_all()
-    except ContainerError as e:
-        raise type(e)(f"{weights_path}: {e}") from None
-    model = fill_weights(model_path.read_bytes(), tensors)
+        manifest = read_manifest(root)
+        if manifest["backend"] != "tflite":
+            raise TFLiteBundleError(f"{root / 'manifest.json'}: backend is {manifest['backend']!r}, not 'tflite'")
+        model_bytes, tensors = read_bundle_files(root, manifest)
+    except TFLiteBundleError:
+        raise
+    except BundleError as e:  # the shared readers' error, as this loader's own type
+        raise TFLiteBundleError(str(e)) from None
+    model = fill_weights(model_bytes, tensors)
     try:
         interp = create_interpreter(model, threads)
     except (RuntimeError, ValueError) as e:
-        raise TFLiteBundleError(f"{model_path}: LiteRT cannot load the model ({e})") from None
+        raise TFLiteBundleError(f"{root / manifest['model']}: LiteRT cannot load the model ({e})") from None
     return TFLiteBundleSession(interp, manifest, root)
