@@ -93,13 +93,15 @@ def load_model(spec: str | None) -> LoadedModel:
     """Resolves a model spec (None = the embedded digits CNN) into a `LoadedModel`."""
     spec = spec or DEFAULT_MODEL
     if spec.endswith(".pt2"):
+        from .frontend import FrontendError, load_exported_program
+
         path = Path(spec)
         if not path.is_file():
             raise ModelSpecError(f"model file {spec} does not exist")
         try:
-            ep = torch.export.load(str(path))
-        except Exception as e:
-            raise ModelSpecError(f"{spec} is not a loadable torch.export program: {e}") from e
+            ep = load_exported_program(path)
+        except FrontendError as e:
+            raise ModelSpecError(str(e)) from e
         ex = ep.example_inputs[0] if ep.example_inputs else None
         if ex is None:
             raise ModelSpecError(f"{spec} was saved without example inputs; re-export it with torch.export.export")

@@ -2,7 +2,7 @@
 
 from .errors import FrontendError, UnsupportedOpError
 from .op_table import ATEN_TO_IR, supported_ops
-from .torch_export import import_exported_program, import_model, load_pt2
+from .torch_export import import_exported_program, import_model, load_exported_program, load_pt2
 
-__all__ = ["import_model", "import_exported_program", "load_pt2", "ATEN_TO_IR", "supported_ops",
+__all__ = ["import_model", "import_exported_program", "load_pt2", "load_exported_program", "ATEN_TO_IR", "supported_ops",
            "FrontendError", "UnsupportedOpError"]

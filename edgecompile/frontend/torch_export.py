@@ -109,16 +109,20 @@ def import_exported_program(ep: torch.export.ExportedProgram, name: str = "graph
     return graph
 
 
-def load_pt2(path: str | Path, name: str | None = None) -> Graph:
-    """Loads a program saved with `torch.export.save` and converts it."""
+def load_exported_program(path: str | Path) -> torch.export.ExportedProgram:
+    """A program saved with `torch.export.save`; `FrontendError` (one line) if it cannot be read."""
     path = Path(path)
     if not path.is_file():
         raise FrontendError(f"no such exported program: {path}")
     try:
-        ep = torch.export.load(str(path))
+        return torch.export.load(str(path))
     except Exception as e:
         raise FrontendError(f"cannot load {path} as a torch.export program: {str(e).splitlines()[0]}") from e
-    return import_exported_program(ep, name or path.stem)
+
+
+def load_pt2(path: str | Path, name: str | None = None) -> Graph:
+    """Loads a program saved with `torch.export.save` and converts it."""
+    return import_exported_program(load_exported_program(path), name or Path(path).stem)
 
 
 class _Importer:
