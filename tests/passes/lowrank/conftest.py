@@ -33,6 +33,21 @@ def one_thread():
         yield
 
 
+def _train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int,
+           weight_decay: float = 0.0) -> float:
+    """300 Adam steps on random batches; returns the training accuracy."""
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=weight_decay)
+    with _one_thread():
+        for _ in range(300):
+            idx = torch.randint(0, len(x), (batch,))
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
 @pytest.fixture(scope="session")
 def digits_mlp() -> dict[str, np.ndarray]:
     """Weights (float64, [out, in]) of a 64-256-128-10 ReLU MLP trained 300 Adam steps on digits.
@@ -50,16 +65,7 @@ def digits_mlp() -> dict[str, np.ndarray]:
         torch.nn.Linear(64, 256), torch.nn.ReLU(),
         torch.nn.Linear(256, 128), torch.nn.ReLU(),
         torch.nn.Linear(128, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    with _one_thread():
-        for _ in range(300):
-            idx = torch.randint(0, len(x), (128,))
-            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    with torch.no_grad():
-        acc = (model(x).argmax(1) == y).float().mean().item()
+    acc = _train(model, x, y, batch=128, weight_decay=1e-4)
     assert acc > 0.95, f"the digits MLP fixture trained badly (accuracy {acc:.3f})"
     return {f"fc{k}": m.weight.detach().double().numpy()
             for k, m in enumerate(m for m in model if isinstance(m, torch.nn.Linear))}
@@ -98,16 +104,7 @@ def digits_cnn() -> dict[str, np.ndarray]:
         torch.nn.Conv2d(16, 32, 3, stride=2, padding=1), torch.nn.ReLU(),
         torch.nn.Conv2d(32, 48, 3, padding=1), torch.nn.ReLU(),
         torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(48, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    with _one_thread():
-        for _ in range(300):
-            idx = torch.randint(0, len(x), (64,))
-            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    with torch.no_grad():
-        acc = (model(x).argmax(1) == y).float().mean().item()
+    acc = _train(model, x, y, batch=64)
     assert acc > 0.9, f"the digits CNN fixture trained badly (accuracy {acc:.3f})"
     convs = [m for m in model if isinstance(m, torch.nn.Conv2d)]
     return {f"conv{k}": c.weight.detach().numpy().copy() for k, c in enumerate(convs, start=1)}
