@@ -23,8 +23,6 @@ import torch
 import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import torch  # noqa: E402
-
 from common import loaded, trained  # noqa: E402
 
 from edgecompile.build import BuildConfig, build, fp32_onnx  # noqa: E402

@@ -3,7 +3,6 @@ transformer classifier on the same digits (each 8x8 image as 16 tokens of 2x2 pi
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from ..ir.graph import Node, QuantParams, Value
-from .onnx_builder import OnnxBuilder, OnnxEmitError, elem_type
+from .onnx_builder import OnnxBuilder, elem_type
 
 INT64_MAX = np.iinfo(np.int64).max
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from . import checkpoint, ddp, optimizers
-from .data import FinetuneData, FinetuneDataError, batches, eval_batches
+from .data import FinetuneData, batches, eval_batches
 from .fngd import FNGD
 from .objective import Objective, choose_objective, first_output, probe
 from .twa import TWA
