@@ -100,7 +100,7 @@ def make_report(*, model, target, backend, config, original, graph, container_re
     from .build import config_dict
 
     stage = Path(stage)
-    model_file = (stage / ("model.onnx" if backend == "onnx" else "model.tflite")).read_bytes()
+    model_file = emitted.model_bytes   # exactly what was written to the bundle
     model_bytes = len(model_file)
     container_bytes = (stage / "weights.ecw").stat().st_size
     rows = _layer_rows(original, graph, container_records, getattr(emitted, "source_names", None))
