@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from edgecompile.finetune import FinetuneData, RecoverConfig, recover
+from edgecompile.finetune import FinetuneData, RecoverConfig, ddp, recover
 
 CFG = dict(epochs=2, batch_size=16, device="cpu", lr=0.05, damping=0.05)
 
@@ -34,7 +34,7 @@ def _worker(rank, world, port, optimizer, out):
         if rank == 0:
             torch.save({"state": res.state_dict, "losses": [e.loss for e in res.epochs]}, out)
     finally:
-        dist.destroy_process_group()
+        ddp.shutdown()
 
 
 def _free_port():
