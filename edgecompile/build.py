@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -65,8 +66,14 @@ class BuildConfig:
 class BuildResult:
     out_dir: Path
     report: dict
-    fidelity: Fidelity
+    fidelity: Fidelity | None
     degraded: bool
+    written: bool = True                    # False on torchrun ranks other than 0
+
+
+def _launch_rank() -> int:
+    """This process's rank under torchrun (0 when not launched by it)."""
+    return int(os.environ.get("RANK", "0"))
 
 
 # -- stages ------------------------------------------------------------------------------------
@@ -139,12 +146,14 @@ def _finetune(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, data: Samples
     from .ir.rebatch import RebatchError, rebatch
 
     n = len(data[0])
-    bs = min(64, n)
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun: each rank runs bs / world rows
+    local = max(1, min(64, n) // world)
     try:
-        train_graph = rebatch(graph, bs, check_inputs=[a[:bs] for a in data])
+        train_graph = rebatch(graph, local, check_inputs=[a[:local] for a in data])
     except RebatchError as e:
         log.warning("fine-tuning in the model's own batch size: %s", e)
-        train_graph, bs = graph.copy(), graph.inputs[0].shape[0]
+        train_graph, local = graph.copy(), graph.inputs[0].shape[0]
+    bs = local * world
     keep = (n // bs) * bs
     if keep == 0:
         raise BuildError(f"fine-tuning needs at least {bs} samples, got {n}")
@@ -167,7 +176,8 @@ def _finetune(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, data: Samples
     for name, v in train_graph.consts.items():
         if name in graph.consts:
             graph.consts[name].data = v.data
-    shutil.rmtree(ckpt, ignore_errors=True)
+    if _launch_rank() == 0:  # rank 0 writes the checkpoints (recover)
+        shutil.rmtree(ckpt, ignore_errors=True)
     return {"optimizer": result.optimizer, "epochs": len(result.epochs), "batch_size": bs,
             "loss": "cross-entropy on labels" if labels is not None else "distillation from the original model",
             "qat_bits": qat, "seconds": round(time.perf_counter() - t0, 3), "device": result.device,
@@ -328,6 +338,8 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()) and not (out / "manifest.json").exists():
         raise BuildError(f"{out} exists and is not an edgecompile bundle; choose another --out")
+    if _launch_rank() != 0 and not cfg.finetune:
+        return BuildResult(out, {}, None, degraded=False, written=False)  # nothing to share out
     t = time.perf_counter()
     loaded = model_spec if isinstance(model_spec, LoadedModel) else load_model(model_spec)
     torch.manual_seed(cfg.seed)
@@ -356,6 +368,10 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
             ft_data, ft_labels = load_samples(Path(cfg.finetune), graph)
         finetune_info = _finetune(graph, loaded, cfg, ft_data, ft_labels, progress)
         t = stage_done("fine-tune", 0.5, t)
+    if _launch_rank() != 0:
+        # Under torchrun every rank trains its slice of each global batch (DDP keeps the weights
+        # equal); rank 0 alone quantizes, writes, verifies and reports.
+        return BuildResult(out, {}, None, degraded=False, written=False)
 
     pass_records += _quantize(graph, cfg, calib, batch)
     verify(graph)

@@ -140,6 +140,8 @@ def build(model, target, out, backend, calib, rank, prune, quant, cluster_bits, 
         _fail(str(e), EXIT_CORRUPT, as_json)
     except errors as e:
         _fail(str(e), EXIT_INPUT, as_json)
+    if not result.written:
+        return  # a torchrun rank other than 0: rank 0 prints the report
     if as_json:
         click.echo(json.dumps({"ok": True, "out": str(result.out_dir), "report": result.report}, default=str))
     else:

@@ -257,6 +257,11 @@ class FNGD(torch.optim.Optimizer):
             # Every rank stores the whole global batch's coefficients: the next epoch deals
             # the samples to other ranks.
             ids = ddp.gather_rows(self._ids)[0]
+            rows = next(iter(coefs.values())).shape[0]
+            if rows != ids.shape[0]:
+                raise ValueError(f"FNGD saw {rows} per-sample rows for {ids.shape[0]} samples: the "
+                                 "model padded or split the batch; train with a batch size the "
+                                 "model takes as it is")
             self._grow(int(ids.max()) + 1)
             if self.shared:
                 self.alpha[ids, 0] = c.to(self.alpha.device)

@@ -54,3 +54,33 @@ def test_two_process_ddp_equals_single_process(tmp_path, optimizer):
     for k, v in ref.state_dict.items():
         torch.testing.assert_close(got["state"][k], v, rtol=1e-9, atol=1e-10)
     assert got["losses"] == pytest.approx([e.loss for e in ref.epochs], rel=1e-9)
+
+
+def _cli_build(prefix: list[str], out) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    args = ["build", "--target", "host", "--prune", "magnitude:global:0.7", "--finetune", "calib",
+            "--epochs", "2", "--out", str(out), "--json", "--allow-degraded"]
+    run = subprocess.run(prefix + args, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1, run.stdout  # rank 1 prints nothing
+    return json.loads(lines[0])["report"]
+
+
+@pytest.mark.slow  # ~20 s: two builds of the embedded CNN, one under torchrun
+def test_build_under_torchrun_equals_single_process(tmp_path):
+    import sys
+    from pathlib import Path
+
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    two = _cli_build([torchrun, "--standalone", "--nproc_per_node=2", "-m", "edgecompile"],
+                     tmp_path / "two")
+    one = _cli_build([sys.executable, "-m", "edgecompile"], tmp_path / "one")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # nothing left by rank 1
+    losses = [e["loss"] for e in two["finetune"]["history"]]
+    assert losses == pytest.approx([e["loss"] for e in one["finetune"]["history"]], rel=1e-5)
+    assert two["fidelity"]["cosine"] == pytest.approx(one["fidelity"]["cosine"], rel=1e-5)
