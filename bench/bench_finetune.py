@@ -130,7 +130,7 @@ def compress(model: nn.Module, rank_frac=0.1, sparsity=0.7) -> dict[str, torch.T
 
     Returns keep-masks by parameter name.  numpy numerics, applied in place.
     """
-    for name, mod in list(model.named_modules()):
+    for _name, mod in list(model.named_modules()):
         for child_name, child in list(mod.named_children()):
             if isinstance(child, nn.Linear) and child.out_features != 10:
                 w = child.weight.detach().numpy().astype(np.float64)
@@ -212,8 +212,8 @@ def run_task(name, make_student, data, epochs, target, grid, device, eval_every)
         lr, res = best
         t, ep = time_to(res.curve, target)
         later = min(e.wall_s for e in res.epochs[1:]) / base
-        print(f"{opt:10s} {lr:7.3g} {('%.2f' % t) if t is not None else '—':>11s} "
-              f"{('%.2f' % ep) if ep is not None else '—':>10s} "
+        print(f"{opt:10s} {lr:7.3g} {(f'{t:.2f}') if t is not None else '—':>11s} "
+              f"{(f'{ep:.2f}') if ep is not None else '—':>10s} "
               f"{res.epochs[0].wall_s / base1:13.2f} {later:12.2f} {res.final_accuracy:10.3f}")
     return rows
 

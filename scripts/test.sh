@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+.venv/bin/ruff check edgecompile bench tests  # lint first: pyflakes/bugbear findings fail the run
 exec .venv/bin/python -m pytest -n 2 "$@"

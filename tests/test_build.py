@@ -2,7 +2,6 @@
 path for hosts, and the atomic --out contract."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -130,7 +130,7 @@ def verify_plan(buffers: Sequence[Buffer], plan: MemoryPlan) -> None:
             raise PlanError(f"buffer {b.name!r} [{o}, {o + b.size}) lies outside the arena of {plan.arena_bytes}")
         spans.append((o, o + b.size, b))
     spans.sort(key=lambda s: s[0])
-    for i, (o1, e1, b1) in enumerate(spans):
+    for i, (_o1, e1, b1) in enumerate(spans):
         for o2, e2, b2 in spans[i + 1:]:
             if o2 >= e1:
                 break

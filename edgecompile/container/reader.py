@@ -18,7 +18,7 @@ DEFAULT_MAX_TENSOR_BYTES = 1 << 32
 
 
 def read_container(src: str | os.PathLike | bytes | bytearray | memoryview, *,
-                   max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> "ContainerReader":
+                   max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> ContainerReader:
     """Open a container from a path or bytes and validate its header and table.
 
     Raises

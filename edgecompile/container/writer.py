@@ -6,7 +6,7 @@ import os
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

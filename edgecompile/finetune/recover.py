@@ -277,7 +277,7 @@ def recover(student: nn.Module, data: FinetuneData, config: RecoverConfig,
                          resumed, state)
 
 
-def _release(opts: dict, loop: "_Loop") -> None:
+def _release(opts: dict, loop: _Loop) -> None:
     """Leaves the student as it came: optimizer hooks removed, the DDP wrapper dropped now.
 
     The hooks tie student → optimizer → DDP wrapper in a cycle that only the garbage collector

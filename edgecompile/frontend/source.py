@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -32,7 +32,7 @@ class Frame:
         return f"{short_path(self.file)}:{self.line}"
 
 
-@lru_cache(maxsize=None)
+@cache
 def short_path(path: str) -> str:
     marker = os.sep + "site-packages" + os.sep
     if marker in path:

@@ -25,7 +25,7 @@ def _prepare(name):
     return g.copy(), xs
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _imported(name):
     """torch.export once per model (the slow part); tests get copies."""
     model, example = models.ZOO[name]()

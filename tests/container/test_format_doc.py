@@ -32,7 +32,7 @@ def _check_fields(heading: str, fields, st: struct.Struct) -> None:
     rows = _table(heading)
     assert [r[3] for r in rows] == [name for name, _ in fields], heading
     offset = 0
-    for (off, size, typ, name, _), (fname, code) in zip(rows, fields):
+    for (off, size, typ, name, _), (_fname, code) in zip(rows, fields):
         assert int(off) == offset, f"{heading}: {name} at {off}, code has {offset}"
         assert int(size) == struct.calcsize("<" + code), f"{heading}: size of {name}"
         m = re.fullmatch(r"(u8|u16|u32|u64)(?:\[(\d+)\])?", typ)

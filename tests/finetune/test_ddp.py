@@ -59,7 +59,6 @@ def test_two_process_ddp_equals_single_process(tmp_path, optimizer):
 def _cli_build(prefix: list[str], out) -> dict:
     import json
     import subprocess
-    import sys
 
     args = ["build", "--target", "host", "--prune", "magnitude:global:0.7", "--finetune", "calib",
             "--epochs", "2", "--out", str(out), "--json", "--allow-degraded"]

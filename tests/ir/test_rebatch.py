@@ -16,7 +16,7 @@ def test_rebatch_matches_per_sample(name):
     b = g.inputs[0].shape[0]
     rng = np.random.default_rng(0)
     xs = []
-    for v, t in zip(g.inputs, inputs):
+    for _v, t in zip(g.inputs, inputs):
         reps = [8] + [1] * (t.dim() - 1)
         xs.append(np.tile(t.numpy(), reps))
     xs = [x + rng.standard_normal(x.shape).astype(x.dtype) * 0.1 if x.dtype.kind == "f" else x for x in xs]
