@@ -11,7 +11,9 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+from .resources import project_dir
+
+TARGETS_DIR = project_dir("targets", "rpi4.toml")
 KINDS = ("linux", "mcu")
 BACKENDS = ("onnx", "tflite")
 

@@ -29,10 +29,12 @@ class BundleError(RuntimeError):
 
 
 def runtime_dir() -> Path:
-    """The ``runtime/`` folder of this checkout; raises ``BundleError`` when it is missing."""
-    root = Path(__file__).resolve().parents[2] / "runtime"
+    """The C runtime's sources (checkout or installed copy); raises ``BundleError`` when missing."""
+    from ..resources import project_dir
+
+    root = project_dir("runtime", "include/ecw.h")
     if not (root / "include" / "ecw.h").is_file():
-        raise BundleError(f"C runtime sources not found at {root}; run from a source checkout of edgecompile")
+        raise BundleError(f"C runtime sources not found at {root}; reinstall edgecompile or run from a checkout")
     return root
 
 
