@@ -7,27 +7,27 @@ pyproject.toml), because the repository layout keeps them at the top level, outs
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 
-def candidates(name: str) -> list[Path]:
-    """Folders that may hold ``name``: the checkout's, the installed wheel's (found through its
-    RECORD, so ``--prefix``/``--user`` installs work too), then ``sys.prefix``'s."""
-    found = [Path(__file__).resolve().parent.parent / name]
+def candidates(name: str) -> Iterator[Path]:
+    """Folders that may hold ``name``, lazily: the checkout's, the installed wheel's (found through
+    its RECORD, so ``--prefix``/``--user`` installs work too), then ``sys.prefix``'s."""
+    yield Path(__file__).resolve().parent.parent / name
     try:
         from importlib.metadata import PackageNotFoundError, distribution
 
         dist = distribution("edgecompile")
-        key = f"share/edgecompile/{name}/"
-        for f in dist.files or ():
-            path = str(f).replace("\\", "/")
-            if key in path:
-                found.append(Path(dist.locate_file(path[: path.index(key) + len(key)])).resolve())
-                break
     except PackageNotFoundError:
-        pass
-    found.append(Path(sys.prefix) / "share" / "edgecompile" / name)
-    return found
+        dist = None
+    key = f"share/edgecompile/{name}/"
+    for f in (dist.files or ()) if dist is not None else ():
+        path = str(f).replace("\\", "/")
+        if key in path:
+            yield Path(dist.locate_file(path[: path.index(key) + len(key)])).resolve()
+            break
+    yield Path(sys.prefix) / "share" / "edgecompile" / name
 
 
 def project_dir(name: str, marker: str) -> Path:
@@ -36,4 +36,4 @@ def project_dir(name: str, marker: str) -> Path:
     for c in candidates(name):
         if (c / marker).is_file():
             return c
-    return candidates(name)[0]
+    return next(candidates(name))
