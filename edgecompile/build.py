@@ -71,9 +71,9 @@ class BuildResult:
     written: bool = True                    # False on torchrun ranks other than 0
 
 
-def _launch_rank() -> int:
-    """This process's rank under torchrun (0 when not launched by it)."""
-    return int(os.environ.get("RANK", "0"))
+def _launch() -> tuple[int, int]:
+    """This process's rank and the world size under torchrun ((0, 1) when not launched by it)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 # -- stages ------------------------------------------------------------------------------------
@@ -146,7 +146,7 @@ def _finetune(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, data: Samples
     from .ir.rebatch import RebatchError, rebatch
 
     n = len(data[0])
-    world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun: each rank runs bs / world rows
+    rank, world = _launch()  # torchrun: each rank runs bs / world rows
     local = max(1, min(64, n) // world)
     try:
         train_graph = rebatch(graph, local, check_inputs=[a[:local] for a in data])
@@ -176,7 +176,7 @@ def _finetune(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, data: Samples
     for name, v in train_graph.consts.items():
         if name in graph.consts:
             graph.consts[name].data = v.data
-    if _launch_rank() == 0:  # rank 0 writes the checkpoints (recover)
+    if rank == 0:  # rank 0 writes the checkpoints (recover)
         shutil.rmtree(ckpt, ignore_errors=True)
     return {"optimizer": result.optimizer, "epochs": len(result.epochs), "batch_size": bs,
             "loss": "cross-entropy on labels" if labels is not None else "distillation from the original model",
@@ -338,7 +338,8 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()) and not (out / "manifest.json").exists():
         raise BuildError(f"{out} exists and is not an edgecompile bundle; choose another --out")
-    if _launch_rank() != 0 and not cfg.finetune:
+    rank, _ = _launch()
+    if rank != 0 and not cfg.finetune:
         return BuildResult(out, {}, None, degraded=False, written=False)  # nothing to share out
     t = time.perf_counter()
     loaded = model_spec if isinstance(model_spec, LoadedModel) else load_model(model_spec)
@@ -368,7 +369,7 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
             ft_data, ft_labels = load_samples(Path(cfg.finetune), graph)
         finetune_info = _finetune(graph, loaded, cfg, ft_data, ft_labels, progress)
         t = stage_done("fine-tune", 0.5, t)
-    if _launch_rank() != 0:
+    if rank != 0:
         # Under torchrun every rank trains its slice of each global batch (DDP keeps the weights
         # equal); rank 0 alone quantizes, writes, verifies and reports.
         return BuildResult(out, {}, None, degraded=False, written=False)
