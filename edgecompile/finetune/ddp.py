@@ -64,9 +64,9 @@ def init_from_env(device: str | None = None) -> torch.device:
 def shutdown() -> None:
     """Leave the process group: a barrier first, then destroy it.
 
-    Without the barrier a rank that finishes first closes its gloo sockets while the other is
-    still completing its last collective, and gloo aborts that process ("terminate called
-    without an active exception"; seen in about 1 of 12 two-process runs here).
+    The barrier keeps a rank that finishes first from closing its sockets while another is still
+    in its last collective. (The exit-time aborts CI once saw came from a DDP wrapper freed after
+    the group was destroyed; ``recover`` frees it before returning.)
     """
     if _AVAILABLE and dist.is_initialized():
         if dist.get_world_size() > 1:
