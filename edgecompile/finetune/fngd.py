@@ -313,17 +313,10 @@ class FNGD(torch.optim.Optimizer):
         return loss
 
     def _apply(self, group: dict, directions: dict[int, torch.Tensor] | None) -> None:
-        mu, wd = group["momentum"], group["weight_decay"]
-        for p in group["params"]:
-            if directions is None:
-                d, lr = p.grad, group["lr" if id(p) in self._supported else "fallback_lr"]
-            else:
-                d, lr = directions.get(id(p)), group["lr"]
-                if d is None:
-                    d, lr = p.grad, group["fallback_lr"]
-            if d is None:
-                continue
-            layers.momentum_update(p, d, lr, mu, wd, self.state[p])
+        if directions is None:  # .grad holds Σ cᵢ gᵢ for supported layers: their lr, others' fallback
+            directions = {id(p): p.grad for p in group["params"]
+                          if id(p) in self._supported and p.grad is not None}
+        layers.apply_directions(group, directions, self.state)
 
     def _warn_fallback(self, i: int) -> None:
         name = self.layer_names[i]

@@ -166,15 +166,7 @@ class KFAC(torch.optim.Optimizer):
             self._invert(group["damping"])
         directions = self._precondition()
         for group in self.param_groups:
-            mu, wd = group["momentum"], group["weight_decay"]
-            for p in group["params"]:
-                d = directions.get(id(p))
-                lr = group["lr"]
-                if d is None:
-                    if p.grad is None:
-                        continue
-                    d, lr = p.grad, group["fallback_lr"]
-                layers.momentum_update(p, d, lr, mu, wd, self.state[p])
+            layers.apply_directions(group, directions, self.state)
         self.steps += 1
         return loss
 

@@ -283,3 +283,15 @@ def momentum_update(p: torch.Tensor, d: torch.Tensor, lr: float, momentum: float
             buf.mul_(momentum).add_(d)
         d = buf
     p.add_(d, alpha=-lr)
+
+
+def apply_directions(group: dict, directions: dict[int, torch.Tensor], state) -> None:
+    """One optimizer step over ``group``: each parameter moves along its preconditioned direction
+    (by ``id``) at ``lr``, or, when it has none, along its gradient at ``fallback_lr``."""
+    mu, wd = group["momentum"], group["weight_decay"]
+    for p in group["params"]:
+        d, lr = directions.get(id(p)), group["lr"]
+        if d is None:
+            d, lr = p.grad, group["fallback_lr"]
+        if d is not None:
+            momentum_update(p, d, lr, mu, wd, state[p])
