@@ -1,8 +1,12 @@
 """Two gloo processes on one global batch give what one process gives (FNGD incl. reuse)."""
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,9 +61,6 @@ def test_two_process_ddp_equals_single_process(tmp_path, optimizer):
 
 
 def _cli_build(prefix: list[str], out) -> dict:
-    import json
-    import subprocess
-
     args = ["build", "--target", "host", "--prune", "magnitude:global:0.7", "--finetune", "calib",
             "--epochs", "2", "--out", str(out), "--json", "--allow-degraded"]
     run = subprocess.run(prefix + args, capture_output=True, text=True, timeout=300,
@@ -72,9 +73,6 @@ def _cli_build(prefix: list[str], out) -> dict:
 
 @pytest.mark.slow  # ~20 s: two builds of the embedded CNN, one under torchrun
 def test_build_under_torchrun_equals_single_process(tmp_path):
-    import sys
-    from pathlib import Path
-
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     two = _cli_build([torchrun, "--standalone", "--nproc_per_node=2", "-m", "edgecompile"],
                      tmp_path / "two")
