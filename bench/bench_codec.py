@@ -5,11 +5,13 @@ zstd C sources for the footprint comparison come from the zstandard sdist if --z
 or ``pip download --no-binary :all: --no-deps zstandard==0.25.0`` was unpacked there).
 Tensor sets are the int8 weights of models trained here: a digits MLP (sklearn, per-channel
 symmetric), the container of a real ``edgecompile build`` of the embedded digits CNN (plain and
-70 % magnitude-pruned), and a small transformer trained on a toy sequence task.
+70 % magnitude-pruned), and two transformers (d=128: tensors of 16k-65k weights; d=512: 262k-1M)
+trained on a toy sequence task.
 """
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 import tempfile
@@ -30,15 +32,15 @@ def int8_per_channel(w: np.ndarray) -> np.ndarray:
     return np.clip(np.round(w / np.where(scale > 0, scale, 1)), -127, 127).astype(np.int8)
 
 
-def transformer_int8(seed: int = 0, steps: int = 150) -> dict[str, np.ndarray]:
-    """A 2-layer encoder (d=128) trained to sort digit sequences; its matrices as int8."""
+def transformer_int8(seed: int = 0, steps: int = 150, d: int = 128) -> dict[str, np.ndarray]:
+    """A 2-layer encoder (width d) trained to sort digit sequences; its matrices as int8."""
     import torch
 
     torch.manual_seed(seed)
     vocab, seq = 16, 24
-    emb = torch.nn.Embedding(vocab, 128)
-    enc = torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(128, 4, 512, batch_first=True), 2)
-    head = torch.nn.Linear(128, vocab)
+    emb = torch.nn.Embedding(vocab, d)
+    enc = torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(d, 4, 4 * d, batch_first=True), 2)
+    head = torch.nn.Linear(d, vocab)
     params = [*emb.parameters(), *enc.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, 3e-3)
     for _ in range(steps):
@@ -103,7 +105,8 @@ def main() -> None:
     sets = {"digits-mlp (sklearn)": digits_mlp_int8()[0],
             "digits-cnn build": built_digits_cnn("none", tmp),
             "digits-cnn build, pruned 70%": built_digits_cnn("magnitude:global:0.7", tmp),
-            "transformer": transformer_int8()}
+            "transformer": transformer_int8(),
+            "transformer d=512": transformer_int8(d=512, steps=100)}
     sets = {k: {n: t for n, t in v.items() if t.dtype == np.int8} for k, v in sets.items()}
     rows = []
     for name, tensors in sets.items():
@@ -148,8 +151,9 @@ def main() -> None:
     full = m4_size([rt / "src/ecw_rans.c", rt / "src/ecw_crc32.c", rt / "src/ecw_container.c"], [rt / "include"], mcu, tmp)
     print("\n| Cortex-M4 -Os | .text+.data B | .bss B | workspace B |")
     print("|---|---|---|---|")
-    print(f"| ecw rANS decoder + CRC-32 | {ours[0]} | {ours[1]} | {528} |")
-    print(f"| ecw runtime (container, lut, rANS, CRC) | {full[0]} | {full[1]} | {528} |")
+    ws = int(re.search(r"#define ECW_WORKSPACE_SIZE (\d+)u", (rt / "include/ecw.h").read_text()).group(1))
+    print(f"| ecw rANS decoder + CRC-32 | {ours[0]} | {ours[1]} | {ws} |")
+    print(f"| ecw runtime (container, lut, rANS, CRC) | {full[0]} | {full[1]} | {ws} |")
     if args.zstd_src:
         print(f"| zstd decoder, linked size over an empty program ({args.zstd_src.name}/zstd.c) | {zstd_linked(args.zstd_src, tmp)} | heap | ~95000 (DCtx) |")
 

@@ -1,4 +1,4 @@
-"""Byte layout of the ``.ecw`` weight container, version 1 (mirror of ``runtime/FORMAT.md``).
+"""Byte layout of the ``.ecw`` weight container, version 2 (mirror of ``runtime/FORMAT.md``).
 
 ``runtime/FORMAT.md`` is the specification; this module restates it as data, and
 ``tests/container/test_format_doc.py`` parses the document's tables and checks them against the
@@ -9,13 +9,14 @@ field lists below, so the two cannot drift apart. Summary::
                 metadata               meta_size bytes: names, float32 scales, int32 zero points
                 zero padding           to a multiple of 16
                 payloads               each at a multiple of 16, codec-specific
-                                         rans: RANS_HEADER_FIELDS, G tables, G*P u32 lane sizes, lanes
+                                         rans: RANS_HEADER_FIELDS, G tables, u32 block sizes, blocks
                                          lut:  LUT_HEADER_FIELDS, k codebook values, indices
 
 All integers little-endian. ``meta_crc32`` covers header bytes 0..27, the table and the metadata;
-each entry's ``crc32`` covers the decoded tensor bytes (zlib CRC-32). A rans lane starts with its
-u32 state in [2^23, 2^31) and decodes ``slot = x % 2^M; x = f[s]*(x >> M) + slot - c[s]``, reading
-one byte while ``x < 2^23``; it ends with ``x == 2^23`` and no bytes left.
+each entry's ``crc32`` covers the decoded tensor bytes (zlib CRC-32). A rans block interleaves its
+symbols over W lanes, each starting from a u32 state ``x >= 2^16``; symbol i decodes in lane i mod W
+as ``slot = x % 2^M; x = f[s]*(x >> M) + slot - c[s]``, then reads one 16-bit word of the block's
+stream if ``x < 2^16``; every lane ends with ``x == 2^16`` and no words left.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import struct
 import numpy as np
 
 MAGIC = b"ECW1"
-VERSION = 1
+VERSION = 2
 ALIGN = 16
 
 #: (field name, struct code); ``struct`` little-endian, no padding.
@@ -60,9 +61,9 @@ RANS_HEADER_FIELDS: tuple[tuple[str, str], ...] = (
     ("scale_bits", "B"),
     ("shuffle", "B"),
     ("itemsize", "B"),
-    ("reserved", "B"),
+    ("lanes", "B"),
     ("n_groups", "I"),
-    ("lanes", "I"),
+    ("block", "I"),
     ("n_symbols", "I"),
 )
 LUT_HEADER_FIELDS: tuple[tuple[str, str], ...] = (
@@ -109,14 +110,15 @@ LAYOUT_CODES: dict[str, int] = {name: code for code, name in LAYOUTS.items()}
 QUANT_NONE, QUANT_PER_TENSOR, QUANT_PER_CHANNEL = 0, 1, 2
 
 # rANS constants (see FORMAT.md, "rans").
-RANS_L = 1 << 23
-RANS_MAX_SCALE_BITS = 15
+RANS_L = 1 << 16
+RANS_MAX_SCALE_BITS = 12
+RANS_MAX_LANES = 64
 RANS_MAX_LANE_SYMBOLS = 65536
 LUT_MAX_K = 64
 LUT_MAX_BITS = 6
 
 #: Largest decoded/encoded ratio a valid payload can have, per codec (FORMAT.md, "Errors").
-MAX_RATIO = {"raw": 1, "zstd": 1 << 20, "rans": 8192, "lut": 8192}
+MAX_RATIO = {"raw": 1, "zstd": 1 << 20, "rans": 1 << 14, "lut": 1 << 17}
 
 
 def align_up(n: int, a: int = ALIGN) -> int:

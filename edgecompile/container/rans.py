@@ -1,10 +1,13 @@
-"""Order-0 interleaved-lane rANS: numpy-vectorized encoder and decoder (FORMAT.md, "rans").
+"""Order-0 interleaved rANS: numpy-vectorized encoder and decoder (FORMAT.md, "rans").
 
-A payload cuts its byte stream into groups (one frequency table each) and each group into lanes
-(one rANS state and byte stream each). Lanes are independent, so both directions run all lanes
-of one or many payloads at once, one numpy operation per step over every active lane: the step
-count is the longest lane (<= ``LANE_SYMBOLS``), not the tensor length. This is what makes a
-20M-weight build verifiable in Python in about a second.
+A payload cuts its byte stream into groups (one frequency table each) and each group into blocks.
+A block interleaves its symbols over W lanes (symbol i goes to lane i mod W, each lane a 32-bit
+state) that share one stream of 16-bit words, read in symbol order. That is the layout SIMD
+decoders want (one vector of states, a contiguous word stream, contiguous output; see
+``runtime/src/ecw_rans.c``), while blocks are independent, so both directions here run every lane
+of every block of many payloads at once, one numpy operation per step: the step count is the
+longest lane (<= ``LANE_STEPS``), not the tensor length. This is what makes a 20M-weight build
+verifiable in Python in about a second.
 """
 from __future__ import annotations
 
@@ -14,20 +17,15 @@ import numpy as np
 
 from . import rans_tables as tables
 from .errors import CorruptStream
-from .format import RANS_HEADER, RANS_L, RANS_MAX_LANE_SYMBOLS, RANS_MAX_SCALE_BITS
+from .format import RANS_HEADER, RANS_L, RANS_MAX_LANE_SYMBOLS, RANS_MAX_LANES, RANS_MAX_SCALE_BITS
 
-#: Symbols per lane the encoder aims for: a lane costs 8 bytes (final state + size), so longer
-#: lanes are smaller, while the numpy loop runs at most this many steps. Measured (bench/
-#: bench_codec.py sets, rans / H0 bound; C decode speed unchanged): 4096 -> 16384 took the pruned
-#: digits CNN from 1.0172 to 1.0137 and the transformer from 1.0050 to 1.0037; 20M-symbol encode
-#: ~1 s either way (fewer, longer vector steps).
-LANE_SYMBOLS = 16384
-#: Groups of at least this many symbols get a multiple of 4 lanes: the C fast path decodes lanes
-#: 4 at a time and a leftover lane alone (about 3x slower per symbol). Cost: at most 3 extra
-#: lanes of 8 bytes; measured +20 % C decode speed on a digits CNN (raising it to 16384 or 32768
-#: cost 15-25 % decode speed on the digits CNN for 0.0005 of size).
-FAST_GROUP_SYMBOLS = 8192
-_SLOT_SPACE = 1 << RANS_MAX_SCALE_BITS  # per-table stride of the decoder's global slot space
+#: Symbols per lane in a full block: the numpy loops run at most this many steps; a block costs
+#: 4 bytes of size plus 4 bytes of state per lane, about 3 of them wasted (the final state's
+#: unused bits), so longer blocks are smaller.
+LANE_STEPS = 16384
+#: Fewest symbols per lane before the encoder doubles the lane count (up to 32, the SIMD width the
+#: C decoder wants): a lane wastes ~3 bytes, i.e. <= 0.2 % of a lane of 2048 symbols at 6 bits.
+MIN_LANE_SYMBOLS = 2048
 
 
 @dataclass(frozen=True)
@@ -37,7 +35,8 @@ class RansPlan:
     symbols: np.ndarray  # uint8, stream order
     scale_bits: int
     freqs: np.ndarray  # (G, 256) int64, rows sum to 2**scale_bits
-    lanes: int  # per group
+    lanes: int  # W, lanes interleaved in a block
+    block: int  # symbols per block (the last block of a group may be shorter)
     shuffle: bool = False
     itemsize: int = 1
 
@@ -51,25 +50,33 @@ class ParsedRans:
     itemsize: int
     freqs: np.ndarray
     lanes: int
+    block: int
     n_symbols: int
-    lane_sizes: np.ndarray  # (G*P,) int64
-    streams: np.ndarray  # uint8, the lanes' bytes concatenated
+    block_sizes: np.ndarray  # (G * blocks per group,) int64
+    streams: np.ndarray  # uint8, the blocks' bytes concatenated
 
 
-def lane_layout(n_symbols: int, n_groups: int, lanes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Start, length and group of every lane (group-major), as in FORMAT.md."""
+def block_layout(n_symbols: int, n_groups: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Start and length of every block (group-major), as in FORMAT.md."""
     group_len = n_symbols // n_groups
-    q, r = divmod(group_len, lanes)
-    p = np.arange(lanes)
-    length = np.where(p < r, q + 1, q)
-    start = (np.arange(n_groups)[:, None] * group_len + (p * q + np.minimum(p, r))[None, :]).ravel()
-    return start, np.tile(length, n_groups), np.repeat(np.arange(n_groups), lanes)
+    j = np.arange(-(-group_len // block))
+    length = np.minimum(block, group_len - j * block)
+    start = (np.arange(n_groups)[:, None] * group_len + j * block).ravel()
+    return start, np.tile(length, n_groups)
+
+
+def choose_layout(group_len: int) -> tuple[int, int]:
+    """Lanes W (a power of two, 1..32) and block length for groups of ``group_len`` symbols."""
+    w = 1
+    while w < RANS_MAX_LANES and group_len >= 2 * w * MIN_LANE_SYMBOLS:
+        w *= 2
+    return w, w * LANE_STEPS
 
 
 def plan(symbols: np.ndarray, n_groups: int, *, shuffle: bool = False, itemsize: int = 1) -> tuple[RansPlan, int]:
-    """Choose scale bits and lane count for a stream cut into ``n_groups`` tables.
+    """Choose scale bits and layout for a stream cut into ``n_groups`` tables.
 
-    Returns the plan and its estimated payload size in bytes (exact up to the lane ends).
+    Returns the plan and its estimated payload size in bytes (exact up to the lanes' final states).
     """
     symbols = np.ascontiguousarray(symbols, dtype=np.uint8)
     n = symbols.size
@@ -78,9 +85,7 @@ def plan(symbols: np.ndarray, n_groups: int, *, shuffle: bool = False, itemsize:
         (np.repeat(np.arange(n_groups), group_len) * 256 + symbols).astype(np.int64) if n_groups > 1 else symbols,
         minlength=256 * n_groups,
     ).reshape(n_groups, 256)
-    lanes = max(1, -(-group_len // LANE_SYMBOLS))
-    if group_len >= FAST_GROUP_SYMBOLS:
-        lanes = -(-lanes // 4) * 4
+    w, block = choose_layout(group_len)
     best = None
     for m in tables.choose_scale_bits(counts):
         freqs = tables.normalize_freqs(counts, m)
@@ -88,12 +93,53 @@ def plan(symbols: np.ndarray, n_groups: int, *, shuffle: bool = False, itemsize:
         if best is None or size < best[0]:
             best = (size, m, freqs)
     size, m, freqs = best
-    size += 8 * n_groups * lanes
-    return RansPlan(symbols, m, freqs, lanes, shuffle, itemsize), int(np.ceil(size))
+    size += n_groups * -(-group_len // block) * (4 + 3 * w)  # block size field + ~3 wasted bytes a lane
+    return RansPlan(symbols, m, freqs, w, block, shuffle, itemsize), int(np.ceil(size))
 
 
 def coded_bits_total(counts: np.ndarray, freqs: np.ndarray, m: int) -> float:
     return float(tables.coded_bits(counts, freqs, m).sum())
+
+
+@dataclass(frozen=True)
+class _Lanes:
+    """Every lane of a batch of payloads, block-major, lanes of a block in order."""
+
+    start: np.ndarray  # global index of the lane's first symbol
+    stride: np.ndarray  # W of its payload
+    length: np.ndarray  # symbols in the lane
+    table: np.ndarray  # global table index
+    bits: np.ndarray  # M of its payload
+    block: np.ndarray  # global block index
+    first: np.ndarray  # per block: its first lane
+    width: np.ndarray  # per block: W
+    block_start: np.ndarray  # per block: global index of its first symbol
+
+
+def _lanes(items: list) -> _Lanes:
+    parts: dict[str, list] = {k: [] for k in ("start", "stride", "length", "table", "bits", "width", "bstart")}
+    offset, table_base = 0, 0
+    for it in items:
+        n = it.symbols.size if isinstance(it, RansPlan) else it.n_symbols
+        g = len(it.freqs)
+        bstart, blen = block_layout(n, g, it.block)
+        w = it.lanes
+        i = np.arange(w)
+        lane_len = np.maximum(blen[:, None] - i[None, :] + w - 1, 0) // w
+        parts["start"].append((bstart[:, None] + i[None, :]).ravel() + offset)
+        parts["length"].append(lane_len.ravel())
+        parts["stride"].append(np.full(lane_len.size, w))
+        parts["table"].append(np.repeat(bstart // (n // g), w) + table_base)
+        parts["bits"].append(np.full(lane_len.size, it.scale_bits))
+        parts["width"].append(np.full(len(bstart), w))
+        parts["bstart"].append(bstart + offset)
+        offset += n
+        table_base += g
+    cat = {k: np.concatenate(v).astype(np.int64) for k, v in parts.items()}
+    width = cat["width"]
+    first = np.cumsum(width) - width
+    return _Lanes(cat["start"], cat["stride"], cat["length"], cat["table"], cat["bits"],
+                  np.repeat(np.arange(len(width)), width), first, width, cat["bstart"])
 
 
 def _active_counts(length_desc: np.ndarray) -> np.ndarray:
@@ -104,75 +150,57 @@ def _active_counts(length_desc: np.ndarray) -> np.ndarray:
 
 def encode_batch(plans: list[RansPlan]) -> list[bytes]:
     """Encode every plan's payload; all lanes of all plans advance together."""
-    starts, lengths, tids, bits = [], [], [], []
-    offset, table_base = 0, 0
-    for p in plans:
-        s, ln, g = lane_layout(p.symbols.size, len(p.freqs), p.lanes)
-        starts.append(s + offset)
-        lengths.append(ln)
-        tids.append(g + table_base)
-        bits.append(np.full(len(s), p.scale_bits))
-        offset += p.symbols.size
-        table_base += len(p.freqs)
+    if not plans:
+        return []
+    ln = _lanes(plans)
     symbols = np.concatenate([p.symbols for p in plans])
     freqs = np.concatenate([p.freqs for p in plans]).astype(np.uint32)
     cum = (np.cumsum(freqs, axis=1) - freqs).astype(np.uint32)
-    start, length, tid, m = (np.concatenate(a) for a in (starts, lengths, tids, bits))
-
-    order = np.argsort(-length, kind="stable")
-    st, ln, m_s = start[order], length[order], m[order].astype(np.uint32)
-    base = (tid[order] * 256).astype(np.int64)
-    x_max_unit = ((RANS_L >> m_s) << 8).astype(np.uint32)  # x_max = unit * f, at most 2^31
     f_flat, c_flat = freqs.ravel(), cum.ravel()
-    active = _active_counts(ln)
-    steps, n_lanes = len(active), len(order)
-    x = np.full(n_lanes, RANS_L, dtype=np.uint32)
-    low = np.zeros((steps, n_lanes), np.uint8)  # first byte shifted out at a step
-    high = np.zeros((steps, n_lanes), np.uint8)  # second byte
-    emitted = np.zeros((steps, n_lanes), np.uint8)
-    for t in range(steps - 1, -1, -1):
-        n = active[t]
+
+    order = np.argsort(-ln.length, kind="stable")
+    st, stride = ln.start[order], ln.stride[order]
+    m_s = ln.bits[order].astype(np.uint32)
+    top = (32 - m_s).astype(np.uint32)  # emit a word while x >= f * 2^(32 - M)
+    base = ln.table[order] * 256
+    x = np.full(len(order), RANS_L, dtype=np.uint32)
+    word = np.zeros(symbols.size, np.uint16)  # the word shifted out before coding symbol k
+    emit = np.zeros(symbols.size, bool)
+    for t, n in reversed(list(enumerate(_active_counts(ln.length[order])))):
+        idx = st[:n] + t * stride[:n]
+        e = base[:n] + symbols[idx]
+        f = f_flat[e]
         xs = x[:n]
-        idx = base[:n] + symbols[st[:n] + t]
-        f = f_flat[idx]
-        x_max = x_max_unit[:n] * f
-        # Renormalize: shift out bytes until x < x_max (at most 2 since M <= 15).
-        m1 = xs >= x_max
-        low[t, :n] = xs
-        xs = np.where(m1, xs >> 8, xs)
-        m2 = xs >= x_max
-        high[t, :n] = xs
-        xs = np.where(m2, xs >> 8, xs)
-        emitted[t, :n] = m1.view(np.uint8) + m2.view(np.uint8)
+        out = (xs >> top[:n]) >= f
+        word[idx] = xs.astype(np.uint16)
+        emit[idx] = out
+        xs = np.where(out, xs >> 16, xs)
         q, r = np.divmod(xs, f)
-        x[:n] = (q << m_s[:n]) + r + c_flat[idx]
-    # The decoder reads, after symbol t, the byte shifted out last first.
-    first = np.where(emitted == 2, high, low)
-    pair = np.stack([first, low], axis=2).transpose(1, 0, 2)
-    keep = np.stack([emitted >= 1, emitted == 2], axis=2).transpose(1, 0, 2)
-    body = pair[keep]  # sorted-lane-major, then step, then byte
-    body_len = keep.sum(axis=(1, 2))
+        x[:n] = (q << m_s[:n]) + r + c_flat[e]
+    # The decoder reads the words in symbol order, so a block's stream is its emitted words in order.
+    words = word[emit]
+    counts = np.diff(np.searchsorted(np.flatnonzero(emit), np.append(ln.block_start, symbols.size)))
+    final = np.empty_like(x)
+    final[order] = x
+    size = 4 * ln.width + 2 * counts
+    off = np.cumsum(size) - size
+    out_buf = np.empty(int(size.sum()), np.uint8)
+    state_at = off[ln.block] + 4 * (np.arange(len(final)) - ln.first[ln.block])
+    out_buf[(state_at[:, None] + np.arange(4)).ravel()] = final.astype("<u4").view(np.uint8)
+    wblock = np.repeat(np.arange(len(counts)), counts)
+    wat = off[wblock] + 4 * ln.width[wblock] + 2 * (np.arange(len(words)) - np.repeat(np.cumsum(counts) - counts, counts))
+    out_buf[(wat[:, None] + np.arange(2)).ravel()] = words.astype("<u2").view(np.uint8)
 
-    inv = np.empty_like(order)
-    inv[order] = np.arange(n_lanes)
-    lane_size = (body_len[inv] + 4).astype(np.int64)  # original lane order
-    lane_off = np.cumsum(lane_size) - lane_size
-    out = np.empty(int(lane_size.sum()), np.uint8)
-    state = x[inv].astype("<u4").view(np.uint8).reshape(-1, 4)
-    out[(lane_off[:, None] + np.arange(4)).ravel()] = state.ravel()
-    body_start_sorted = np.cumsum(body_len) - body_len
-    dest = np.repeat(lane_off[order] + 4 - body_start_sorted, body_len) + np.arange(len(body))
-    out[dest] = body
-
-    payloads, lane0 = [], 0
+    payloads, b0 = [], 0
     for p in plans:
-        k = len(p.freqs) * p.lanes
-        sizes = lane_size[lane0 : lane0 + k]
-        lo = int(lane_off[lane0]) if k else 0
-        hi = lo + int(sizes.sum())
-        header = RANS_HEADER.pack(p.scale_bits, int(p.shuffle), p.itemsize, 0, len(p.freqs), p.lanes, p.symbols.size)
-        payloads.append(header + tables.serialize_tables(p.freqs) + sizes.astype("<u4").tobytes() + out[lo:hi].tobytes())
-        lane0 += k
+        k = len(block_layout(p.symbols.size, len(p.freqs), p.block)[0])
+        sizes = size[b0 : b0 + k]
+        lo = int(off[b0])
+        header = RANS_HEADER.pack(p.scale_bits, int(p.shuffle), p.itemsize, p.lanes, len(p.freqs), p.block,
+                                  p.symbols.size)
+        payloads.append(header + tables.serialize_tables(p.freqs) + sizes.astype("<u4").tobytes()
+                        + out_buf[lo : lo + int(sizes.sum())].tobytes())
+        b0 += k
     return payloads
 
 
@@ -191,29 +219,28 @@ def parse(payload: bytes | memoryview | np.ndarray, n_symbols: int, *, itemsize:
     buf = np.frombuffer(payload, dtype=np.uint8)
     if len(buf) < RANS_HEADER.size:
         raise CorruptStream(f"rans payload of {len(buf)} bytes is shorter than its 16-byte header")
-    m, shuffle, isz, reserved, g, p, n = RANS_HEADER.unpack_from(buf, 0)
+    m, shuffle, isz, w, g, block, n = RANS_HEADER.unpack_from(buf, 0)
     if not 1 <= m <= RANS_MAX_SCALE_BITS:
         raise CorruptStream(f"rans scale_bits {m} is outside 1..{RANS_MAX_SCALE_BITS}")
-    if reserved or shuffle > 1 or (shuffle == 0 and isz != 1) or (shuffle and isz != itemsize):
+    if shuffle > 1 or (shuffle == 0 and isz != 1) or (shuffle and isz != itemsize):
         raise CorruptStream(f"rans shuffle={shuffle} itemsize={isz} does not fit the tensor")
     if n != n_symbols or n == 0:
         raise CorruptStream(f"rans payload has {n} symbols, the entry implies {n_symbols}")
     if g == 0 or n % g or (shuffle and g % isz):
         raise CorruptStream(f"rans n_groups={g} does not divide {n} symbols into whole groups")
-    group_len = n // g
-    if p == 0 or p > group_len or -(-group_len // p) > RANS_MAX_LANE_SYMBOLS:
-        raise CorruptStream(f"rans lanes={p} do not fit groups of {group_len} symbols")
+    if not 1 <= w <= RANS_MAX_LANES or not w <= block <= w * RANS_MAX_LANE_SYMBOLS:
+        raise CorruptStream(f"rans lanes={w} and block={block} are outside 1..{RANS_MAX_LANES} and W..W*65536")
     if 3 * g > len(buf) - RANS_HEADER.size:
         raise CorruptStream(f"rans payload too short for {g} tables")
     freqs, pos = tables.parse_tables(buf, RANS_HEADER.size, g, m)
-    n_lanes = g * p
-    if pos + 4 * n_lanes > len(buf):
-        raise CorruptStream(f"rans payload too short for {n_lanes} lane sizes")
-    sizes = buf[pos : pos + 4 * n_lanes].view("<u4").astype(np.int64)
-    pos += 4 * n_lanes
-    if np.any(sizes < 4) or int(sizes.sum()) != len(buf) - pos:
-        raise CorruptStream("rans lane sizes do not add up to the payload")
-    return ParsedRans(m, bool(shuffle), isz, freqs, p, n, sizes, buf[pos:])
+    n_blocks = g * -(-(n // g) // block)
+    if pos + 4 * n_blocks > len(buf):
+        raise CorruptStream(f"rans payload too short for {n_blocks} block sizes")
+    sizes = buf[pos : pos + 4 * n_blocks].view("<u4").astype(np.int64)
+    pos += 4 * n_blocks
+    if np.any(sizes < 4 * w) or np.any((sizes - 4 * w) % 2) or int(sizes.sum()) != len(buf) - pos:
+        raise CorruptStream("rans block sizes do not add up to the payload")
+    return ParsedRans(m, bool(shuffle), isz, freqs, w, block, n, sizes, buf[pos:])
 
 
 def decode_batch(parsed: list[ParsedRans]) -> list[np.ndarray]:
@@ -222,63 +249,48 @@ def decode_batch(parsed: list[ParsedRans]) -> list[np.ndarray]:
     Raises
     ------
     CorruptStream
-        A lane's initial state is out of range, or a lane does not end exactly at state 2^23
-        with its bytes used up.
+        A lane's initial state is below 2^16, or a block does not end with every lane at state
+        2^16 and its words used up.
     """
     if not parsed:
         return []
-    starts, lengths, tids, bits, sizes = [], [], [], [], []
-    offset, table_base = 0, 0
-    for p in parsed:
-        s, ln, g = lane_layout(p.n_symbols, len(p.freqs), p.lanes)
-        starts.append(s + offset)
-        lengths.append(ln)
-        tids.append(g + table_base)
-        bits.append(np.full(len(s), p.scale_bits))
-        sizes.append(p.lane_sizes)
-        offset += p.n_symbols
-        table_base += len(p.freqs)
-    start, length, tid, m, size = (np.concatenate(a) for a in (starts, lengths, tids, bits, sizes))
-    steps = int(length.max())
-    # Pad so that a corrupt lane overrunning by up to 2 bytes a step stays inside the array.
-    stream = np.concatenate([p.streams for p in parsed] + [np.zeros(2 * steps + 8, np.uint8)])
-    lane_off = np.cumsum(size) - size
-
-    # Flattened tables, zero frequencies dropped: entry e covers global slots
-    # [cum_g[e], cum_g[e] + f[e]) where table t occupies [t * 2^15, t * 2^15 + 2^M).
+    ln = _lanes(parsed)
+    size = np.concatenate([p.block_sizes for p in parsed])
+    stream = np.concatenate([p.streams for p in parsed] + [np.zeros(8, np.uint8)])
+    off = np.cumsum(size) - size
+    # One packed slot table per frequency table, 2^M entries each: sym | (f - 1) << 8 | c << 20.
     freqs = np.concatenate([p.freqs for p in parsed])
     cum = np.cumsum(freqs, axis=1) - freqs
-    present = freqs > 0
-    t_idx, sym = np.nonzero(present)
-    f_e = freqs[present].astype(np.uint32)
-    c_e = cum[present].astype(np.uint32)
-    cum_g = t_idx.astype(np.int64) * _SLOT_SPACE + c_e
-    sym_e = sym.astype(np.uint8)
-
-    order = np.argsort(-length, kind="stable")
-    st, m_s = start[order], m[order].astype(np.uint32)
-    slot_base = tid[order].astype(np.int64) * _SLOT_SPACE
-    mask = ((1 << m_s) - 1).astype(np.uint32)
-    off = lane_off[order]
-    x = stream[(off[:, None] + np.arange(4))].astype(np.uint32)
+    packed = np.arange(256, dtype=np.uint32) | ((freqs - 1).astype(np.uint32) << 8) | (cum.astype(np.uint32) << 20)
+    slot_tab = np.repeat(packed.ravel(), np.maximum(freqs, 0).ravel())
+    n_slots = freqs.sum(axis=1)
+    slot_base = (np.cumsum(n_slots) - n_slots)[ln.table]
+    lane_in_block = np.arange(len(ln.start)) - ln.first[ln.block]
+    at = off[ln.block] + 4 * lane_in_block
+    x = stream[at[:, None] + np.arange(4)].astype(np.uint32)
     x = x[:, 0] | (x[:, 1] << 8) | (x[:, 2] << 16) | (x[:, 3] << 24)
-    if np.any((x < RANS_L) | (x >= 1 << 31)):
-        raise CorruptStream("rans lane state out of range [2^23, 2^31)")
-    ptr = off + 4
-    out = np.empty(offset, np.uint8)
-    for t, n in enumerate(_active_counts(length[order])):
-        xs = x[:n]
-        slot = xs & mask[:n]
-        e = np.searchsorted(cum_g, slot_base[:n] + slot, side="right") - 1
-        out[st[:n] + t] = sym_e[e]
-        xs = f_e[e] * (xs >> m_s[:n]) + slot - c_e[e]
-        for _ in range(2):  # x >= 2^8 after a step, so two bytes always restore x >= 2^23
-            need = xs < RANS_L
-            xs = np.where(need, (xs << 8) | stream[ptr[:n]], xs)
-            ptr[:n] += need
-        x[:n] = xs
-    if np.any(x != RANS_L) or np.any(ptr != off + size[order]):
-        raise CorruptStream("rans lane does not end at its final state with its bytes used up")
+    if np.any(x < RANS_L):
+        raise CorruptStream("rans lane state below 2^16")
+    ptr = off + 4 * ln.width
+    m_s = ln.bits.astype(np.uint32)
+    mask = ((1 << m_s) - 1).astype(np.uint32)
+    out = np.empty(int(sum(p.n_symbols for p in parsed)), np.uint8)
+    last = len(stream) - 2
+    for t in range(int(ln.length.max())):
+        active = t < ln.length
+        slot = x & mask
+        e = slot_tab[slot_base + slot]
+        out[(ln.start + t * ln.stride)[active]] = e[active]  # the low byte: the symbol
+        f = ((e >> 8) & 0xFFF) + 1
+        x = np.where(active, f * (x >> m_s) + slot - (e >> 20), x)
+        need = active & (x < RANS_L)
+        before = np.cumsum(need) - need  # reads by earlier lanes, all blocks
+        pos = np.minimum(ptr[ln.block] + 2 * (before - before[ln.first[ln.block]]), last)
+        w = stream[pos].astype(np.uint32) | (stream[pos + 1].astype(np.uint32) << 8)
+        x = np.where(need, (x << 16) | w, x)
+        ptr += 2 * np.add.reduceat(need.astype(np.int64), ln.first)
+    if np.any(x != RANS_L) or np.any(ptr != off + size):
+        raise CorruptStream("rans block does not end with its lanes at the final state and its words used up")
     results, pos = [], 0
     for p in parsed:
         results.append(out[pos : pos + p.n_symbols])

@@ -24,6 +24,9 @@ seeds = {
     "lut_rans": ({"w": np.repeat(kmeans_cluster(w, 3), 40)}, "lut"), "zstd": ({"w": q}, "zstd"),
     "raw": ({"w": q, "b": np.arange(5, dtype=np.int32)}, "raw"),
     "rans_lanes": ({"w": rng.integers(0, 7, 20000).astype(np.uint8)}, "rans"),
+    # blocks of 8 and 64 lanes: the AVX2 and AVX-512 steps (sparse, so the seed stays small)
+    "rans_w8": ({"w": np.where(rng.random(16384) < 0.2, rng.integers(1, 9, 16384), 0).astype(np.uint8)}, "rans"),
+    "rans_w64": ({"w": np.where(rng.random(1 << 17) < 0.01, rng.integers(1, 5, 1 << 17), 0).astype(np.uint8)}, "rans"),
 }
 for name, (tensors, codec) in seeds.items():
     data, _ = encode_container(tensors, codec_for={k: codec for k in tensors})

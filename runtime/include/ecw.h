@@ -2,7 +2,7 @@
  *
  * C99, no allocation: the caller owns the container bytes, the output buffer and a workspace of
  * ECW_WORKSPACE_SIZE bytes (reference decoder, fits microcontrollers) or ECW_FAST_WORKSPACE_SIZE
- * bytes (table-driven 4-lane fast path). Every function returns an ecw_status; nothing is read
+ * bytes (table-driven fast path, AVX2 on x86-64). Every function returns an ecw_status; nothing is read
  * before its bounds are checked.
  *
  *   ecw_container c;  ecw_tensor t;
@@ -40,9 +40,10 @@ enum { ECW_CODEC_RAW = 0, ECW_CODEC_ZSTD = 1, ECW_CODEC_RANS = 2, ECW_CODEC_LUT 
 enum { ECW_MAX_NDIM = 6 };
 
 /* Workspace sizes in bytes (4-byte aligned). The reference decoder keeps one cumulative
- * frequency table (257 x u16); the fast path adds a 2^15-slot decode table. */
-#define ECW_WORKSPACE_SIZE 528u
-#define ECW_FAST_WORKSPACE_SIZE (ECW_WORKSPACE_SIZE + 5u * 32768u)
+ * frequency table (257 x u16) and 32 lane states; the fast path adds a 2^12-slot decode table
+ * and a 2 KiB SIMD shuffle table. */
+#define ECW_WORKSPACE_SIZE 772u
+#define ECW_FAST_WORKSPACE_SIZE (ECW_WORKSPACE_SIZE + 4u * 4096u + 2048u)
 
 typedef struct {
     const uint8_t *data; /* the whole container */

@@ -36,7 +36,7 @@ ecw_status ecw_open(ecw_container *c, const void *data, size_t size) {
     if (size < 4) return (size == 0 || memcmp(p, "ECW1", size) == 0) ? ECW_E_TRUNCATED : ECW_E_MAGIC;
     if (memcmp(p, "ECW1", 4) != 0) return ECW_E_MAGIC;
     if (size < HEADER_SIZE) return ECW_E_TRUNCATED;
-    if (ecw_le16(p + 4) != 1u) return ECW_E_VERSION;
+    if (ecw_le16(p + 4) != 2u) return ECW_E_VERSION;
     n = ecw_le32(p + 8);
     meta_size = ecw_le32(p + 12);
     file_size = ecw_le64(p + 16);
@@ -108,9 +108,9 @@ ecw_status ecw_tensor_at(const ecw_container *c, uint32_t index, ecw_tensor *t) 
         t->quant = c->meta + quant_off;
     }
     if (t->codec > ECW_CODEC_LUT) return ECW_E_CODEC;
-    /* FORMAT.md "Errors": a payload bounds its decoded size (ratios 1, 2^20, 2^13, 2^13) */
+    /* FORMAT.md "Errors": a payload bounds its decoded size (ratios 1, 2^20, 2^14, 2^17) */
     {
-        static const uint8_t log2_ratio[4] = {0u, 20u, 13u, 13u};
+        static const uint8_t log2_ratio[4] = {0u, 20u, 14u, 17u};
         unsigned sh = log2_ratio[t->codec];
         if ((t->encoded_size >> (63u - sh)) != 0 || t->decoded_size > (t->encoded_size << sh) ||
             (t->codec == ECW_CODEC_RAW && t->encoded_size != t->decoded_size))

@@ -11,9 +11,10 @@
         if (ecw_try_s_ != ECW_OK) return ecw_try_s_; \
     } while (0)
 
-#define ECW_RANS_L (1u << 23)
-#define ECW_RANS_MAX_SCALE_BITS 15u
-#define ECW_RANS_MAX_LANE 65536u
+#define ECW_RANS_L (1u << 16)
+#define ECW_RANS_MAX_SCALE_BITS 12u
+#define ECW_RANS_MAX_LANES 64u
+#define ECW_RANS_MAX_LANE 65536u /* symbols a lane holds in one block */
 
 static inline uint32_t ecw_le16(const uint8_t *p) { return (uint32_t)p[0] | ((uint32_t)p[1] << 8); }
 static inline uint32_t ecw_le32(const uint8_t *p) {

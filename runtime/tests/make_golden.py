@@ -31,9 +31,12 @@ def golden_tensors() -> tuple[dict, dict, dict]:
         "fc.clustered": kmeans_cluster(w, 3),
         "mask": (rng.random(200) < 0.2).astype(np.uint8),
         "embed": np.tile(np.arange(-8, 8, dtype=np.int8), 64).reshape(32, 32),
+        # 2^17 pruned weights: a block of 64 lanes (the widest SIMD path) in about 20 KB
+        "pruned": np.where(rng.random(1 << 17) < 0.1, np.clip(np.round(rng.laplace(0, 20, 1 << 17)), -127, 127),
+                           0).astype(np.int8).reshape(256, 512),
     }
     codecs = {"conv.weight": "rans", "conv.bias": "raw", "fc.weight": "rans", "fc.float": "rans",
-              "fc.clustered": "lut", "mask": "lut", "embed": "zstd"}
+              "fc.clustered": "lut", "mask": "lut", "embed": "zstd", "pruned": "rans"}
     quant = {"conv.weight": QuantInfo(np.abs(w).max(1) / 127, np.zeros(16, np.int32), axis=0),
              "fc.weight": QuantInfo(np.array([0.01], np.float32), np.array([3], np.int32))}
     return tensors, codecs, quant

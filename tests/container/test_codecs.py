@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from edgecompile.container import (QuantInfo, UnknownCodec, ContainerError, encode_container, kmeans_cluster,
+from edgecompile.container import (ContainerError, CorruptStream, QuantInfo, UnknownCodec, encode_container, kmeans_cluster,
                                    read_container, write_container)
 from edgecompile.container import rans
 
@@ -89,16 +89,34 @@ def test_per_channel_tables_chosen_when_channels_differ():
 
 
 def test_rans_python_speed_scales_with_lanes_not_length():
-    """20M symbols would take 20M Python steps without lanes; here steps <= LANE_SYMBOLS + 1."""
-    n = 3 * rans.LANE_SYMBOLS * 64
+    """20M symbols would take 20M Python steps without lanes; here steps <= LANE_STEPS."""
+    n = 3 * rans.LANE_STEPS * 64 + 5
     sym = np.random.default_rng(5).integers(0, 16, n).astype(np.uint8)
-    plan, _ = rans.plan(sym, 1)
-    assert plan.lanes == 3 * 64
+    plan, est = rans.plan(sym, 1)
+    assert (plan.lanes, plan.block) == (64, 64 * rans.LANE_STEPS)
     (payload,) = rans.encode_batch([plan])
+    assert abs(len(payload) - est) <= 2 * 4 * 64  # exact up to the final states of 4 blocks of 64 lanes
     parsed = rans.parse(payload, n)
-    starts, lengths, _ = rans.lane_layout(n, 1, parsed.lanes)
-    assert lengths.max() <= rans.LANE_SYMBOLS
+    starts, lengths = rans.block_layout(n, 1, parsed.block)
+    assert len(starts) == 4 and lengths.max() == parsed.block and lengths[-1] == 5
     assert np.array_equal(rans.decode_batch([parsed])[0], sym)
+
+
+def test_rans_lane_count_grows_with_the_group():
+    """Lanes cost ~3 bytes each: 1 lane for small tensors, 64 (the widest SIMD step) from 128k."""
+    assert [rans.choose_layout(n)[0] for n in (1, 4095, 4096, 16384, 65536, 131072, 10**7)] == [1, 1, 2, 8, 32, 64, 64]
+
+
+def test_rans_corrupt_words_are_caught_in_python():
+    """A flipped bit in the words or a lane state makes a lane miss its final state: CorruptStream."""
+    sym = np.clip(np.round(np.random.default_rng(1).laplace(0, 9, 70_000)), -127, 127).astype(np.int8).view(np.uint8)
+    plan, _ = rans.plan(sym, 1)
+    payload = bytearray(rans.encode_batch([plan])[0])
+    for at in (len(payload) - 2, len(payload) // 2, len(payload) - 4 * plan.lanes - 300):
+        bad = bytearray(payload)
+        bad[at] ^= 0x40
+        with pytest.raises(CorruptStream):
+            rans.decode_batch([rans.parse(bytes(bad), sym.size)])
 
 
 @pytest.mark.parametrize("axis", [None, 0, 1])

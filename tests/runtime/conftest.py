@@ -15,3 +15,12 @@ def host_tool(tmp_path_factory) -> Path:
     build = tmp_path_factory.mktemp("ecw_build")
     make("host", build)
     return build / "host" / "ecw_tool"
+
+
+@pytest.fixture(scope="session")
+def decoders(host_tool) -> dict[str, list[str]]:
+    """Every decoder path of the host build as an ecw_tool command prefix: the reference decoder,
+    the widest SIMD path this CPU runs, AVX2 at most, and the scalar fast path (the one ARM runs)."""
+    d = host_tool.parent
+    return {"ref": [str(host_tool), "--ref"], "fast": [str(host_tool)], "avx2": [str(d / "ecw_tool_avx2")],
+            "scalar": [str(d / "ecw_tool_scalar")]}
