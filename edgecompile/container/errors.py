@@ -35,4 +35,4 @@ class ChecksumMismatch(ContainerError):
 
 
 class CorruptStream(ContainerError):
-    """A payload is malformed: bad tables, lane sizes, stream overrun or bad final state."""
+    """A payload is malformed: bad tables, block sizes, stream overrun or bad final state."""
