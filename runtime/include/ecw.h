@@ -40,10 +40,9 @@ enum { ECW_CODEC_RAW = 0, ECW_CODEC_ZSTD = 1, ECW_CODEC_RANS = 2, ECW_CODEC_LUT 
 enum { ECW_MAX_NDIM = 6 };
 
 /* Workspace sizes in bytes (4-byte aligned). The reference decoder keeps one cumulative
- * frequency table (257 x u16) and 32 lane states; the fast path adds a 2^12-slot decode table
- * and a 2 KiB SIMD shuffle table. */
+ * frequency table (257 x u16) and 64 lane states; the fast path adds a 2^12-slot decode table. */
 #define ECW_WORKSPACE_SIZE 772u
-#define ECW_FAST_WORKSPACE_SIZE (ECW_WORKSPACE_SIZE + 4u * 4096u + 2048u)
+#define ECW_FAST_WORKSPACE_SIZE (ECW_WORKSPACE_SIZE + 4u * 4096u)
 
 typedef struct {
     const uint8_t *data; /* the whole container */

@@ -3,7 +3,7 @@
  * A block interleaves its symbols over W lanes (symbol i in lane i mod W) that read one shared
  * stream of 16-bit words in symbol order. Reference decoder: symbol by symbol, lookup by binary
  * search in a 257-entry cumulative table (the whole state: 514 bytes + 64 lane states). Fast path
- * (workspace >= ECW_FAST_WORKSPACE_SIZE): a 2^M-slot table of packed entries
+ * (workspace >= ECW_FAST_WORKSPACE_SIZE): a 2^12-slot table of packed entries
  * sym | (f - 1) << 8 | c << 20 (M <= 12), whole steps of W symbols while the block's bytes allow
  * them unchecked, then the checked reference loop for the rest. On x86-64, blocks of 8k lanes step
  * 8 lanes per AVX2 instruction and blocks of 16k lanes 16 per AVX-512 instruction: one gather for
@@ -34,7 +34,6 @@ typedef struct {
 typedef struct {
     ecw_ws_small small;
     uint32_t slot[1u << ECW_RANS_MAX_SCALE_BITS]; /* slot -> s | (f - 1) << 8 | (c[s]) << 20 */
-    uint8_t expand[256][8]; /* AVX2: lane -> index of its word among the 8 loaded, per need mask */
 } ecw_ws_fast;
 
 /* C99 static assertions: the macros in ecw.h cover the structs. */
@@ -179,7 +178,21 @@ static const uint8_t *steps_scalar(const uint8_t *p, uint32_t steps, unsigned w,
 }
 
 #ifdef ECW_AVX2
-/* The same steps for W = 8, 16 or 32, eight lanes a vector. Needs 2 * W * steps + 16 bytes: a
+/* AVX2 word placement: for a need mask s of 8 lanes, lane i takes word popcount(s & (2^i - 1))
+ * of the 8 loaded (a compile-time table: 2 KiB of read-only data, x86 builds only). */
+#define ECW_B(s, i) (((s) >> (i)) & 1)
+#define ECW_ROW(s)                                                                                        \
+    {0, ECW_B(s, 0), ECW_B(s, 0) + ECW_B(s, 1), ECW_B(s, 0) + ECW_B(s, 1) + ECW_B(s, 2),                  \
+     ECW_B(s, 0) + ECW_B(s, 1) + ECW_B(s, 2) + ECW_B(s, 3),                                              \
+     ECW_B(s, 0) + ECW_B(s, 1) + ECW_B(s, 2) + ECW_B(s, 3) + ECW_B(s, 4),                                \
+     ECW_B(s, 0) + ECW_B(s, 1) + ECW_B(s, 2) + ECW_B(s, 3) + ECW_B(s, 4) + ECW_B(s, 5),                  \
+     ECW_B(s, 0) + ECW_B(s, 1) + ECW_B(s, 2) + ECW_B(s, 3) + ECW_B(s, 4) + ECW_B(s, 5) + ECW_B(s, 6)}
+#define ECW_ROW4(s) ECW_ROW(s), ECW_ROW((s) + 1), ECW_ROW((s) + 2), ECW_ROW((s) + 3)
+#define ECW_ROW16(s) ECW_ROW4(s), ECW_ROW4((s) + 4), ECW_ROW4((s) + 8), ECW_ROW4((s) + 12)
+#define ECW_ROW64(s) ECW_ROW16(s), ECW_ROW16((s) + 16), ECW_ROW16((s) + 32), ECW_ROW16((s) + 48)
+static const uint8_t ecw_expand[256][8] = {ECW_ROW64(0), ECW_ROW64(64), ECW_ROW64(128), ECW_ROW64(192)};
+
+/* The same steps for W a multiple of 8 (up to 64), eight lanes a vector. Needs 2 * W * steps + 16 bytes: a
  * vector loads 8 words whichever of its lanes take one. */
 __attribute__((target("avx2,popcnt"))) static const uint8_t *steps_avx2(const uint8_t *p, uint32_t steps,
                                                                       unsigned w, uint32_t *x,
@@ -205,7 +218,7 @@ __attribute__((target("avx2,popcnt"))) static const uint8_t *steps_avx2(const ui
             __m256i need = _mm256_cmpeq_epi32(_mm256_min_epu32(y, below), y);
             unsigned bits = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(need));
             __m256i wd = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
-            __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)ws->expand[bits]));
+            __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)ecw_expand[bits]));
             __m256i s = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(e, lowbytes), join);
             wd = _mm256_permutevar8x32_epi32(wd, idx);
             xv[v] = _mm256_blendv_epi8(y, _mm256_or_si256(_mm256_slli_epi32(y, 16), wd), need);
@@ -217,7 +230,7 @@ __attribute__((target("avx2,popcnt"))) static const uint8_t *steps_avx2(const ui
     return p;
 }
 
-/* W = 16 or 32 with AVX-512: sixteen lanes a vector, vpexpandd places the words. Needs
+/* W a multiple of 16 (up to 64) with AVX-512: sixteen lanes a vector, vpexpandd places the words. Needs
  * 2 * W * steps + 32 bytes. */
 __attribute__((target("avx512f,avx512bw,popcnt"))) static const uint8_t *steps_avx512(
     const uint8_t *p, uint32_t steps, unsigned w, uint32_t *x, const ecw_ws_fast *ws, unsigned m, uint8_t *out) {
@@ -304,17 +317,6 @@ static void fill_slots(ecw_ws_fast *fast) {
         for (slot = c; slot < c + f; slot++) fast->slot[slot] = s | ((f - 1u) << 8) | (c << 20);
     }
 }
-
-static void fill_expand(ecw_ws_fast *fast) {
-    unsigned s, i;
-    for (s = 0; s < 256u; s++) { /* lane i of a need mask s takes word popcount(s & (2^i - 1)) */
-        unsigned r = 0;
-        for (i = 0; i < 8u; i++) {
-            fast->expand[s][i] = (uint8_t)r;
-            r += (s >> i) & 1u;
-        }
-    }
-}
 #endif
 
 ecw_status ecw_rans_decode(const uint8_t *src, uint64_t src_size, uint64_t n_symbols, unsigned itemsize,
@@ -361,9 +363,6 @@ ecw_status ecw_rans_decode(const uint8_t *src, uint64_t src_size, uint64_t n_sym
     }
     if (total != (uint64_t)(end - stream)) return ECW_E_STREAM;
     /* Pass 2: decode group by group, block by block. */
-#ifndef ECW_NO_FAST
-    if (fast != NULL) fill_expand(fast);
-#endif
     o.dst = dst;
     o.stride = shuffle ? isz : 1u;
     o.plane_len = shuffle ? n / isz : n;
