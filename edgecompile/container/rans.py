@@ -111,6 +111,7 @@ class _Lanes:
     table: np.ndarray  # global table index
     bits: np.ndarray  # M of its payload
     block: np.ndarray  # global block index
+    lead: np.ndarray  # the first lane of its block
     first: np.ndarray  # per block: its first lane
     width: np.ndarray  # per block: W
     block_start: np.ndarray  # per block: global index of its first symbol
@@ -138,8 +139,9 @@ def _lanes(items: list) -> _Lanes:
     cat = {k: np.concatenate(v).astype(np.int64) for k, v in parts.items()}
     width = cat["width"]
     first = np.cumsum(width) - width
-    return _Lanes(cat["start"], cat["stride"], cat["length"], cat["table"], cat["bits"],
-                  np.repeat(np.arange(len(width)), width), first, width, cat["bstart"])
+    block = np.repeat(np.arange(len(width)), width)
+    return _Lanes(cat["start"], cat["stride"], cat["length"], cat["table"], cat["bits"], block, first[block], first,
+                  width, cat["bstart"])
 
 
 def _active_counts(length_desc: np.ndarray) -> np.ndarray:
@@ -185,7 +187,7 @@ def encode_batch(plans: list[RansPlan]) -> list[bytes]:
     size = 4 * ln.width + 2 * counts
     off = np.cumsum(size) - size
     out_buf = np.empty(int(size.sum()), np.uint8)
-    state_at = off[ln.block] + 4 * (np.arange(len(final)) - ln.first[ln.block])
+    state_at = off[ln.block] + 4 * (np.arange(len(final)) - ln.lead)
     out_buf[(state_at[:, None] + np.arange(4)).ravel()] = final.astype("<u4").view(np.uint8)
     wblock = np.repeat(np.arange(len(counts)), counts)
     wat = off[wblock] + 4 * ln.width[wblock] + 2 * (np.arange(len(words)) - np.repeat(np.cumsum(counts) - counts, counts))
@@ -265,8 +267,7 @@ def decode_batch(parsed: list[ParsedRans]) -> list[np.ndarray]:
     slot_tab = np.repeat(packed.ravel(), np.maximum(freqs, 0).ravel())
     n_slots = freqs.sum(axis=1)
     slot_base = (np.cumsum(n_slots) - n_slots)[ln.table]
-    lane_in_block = np.arange(len(ln.start)) - ln.first[ln.block]
-    at = off[ln.block] + 4 * lane_in_block
+    at = off[ln.block] + 4 * (np.arange(len(ln.start)) - ln.lead)
     x = stream[at[:, None] + np.arange(4)].astype(np.uint32)
     x = x[:, 0] | (x[:, 1] << 8) | (x[:, 2] << 16) | (x[:, 3] << 24)
     if np.any(x < RANS_L):
@@ -285,7 +286,7 @@ def decode_batch(parsed: list[ParsedRans]) -> list[np.ndarray]:
         x = np.where(active, f * (x >> m_s) + slot - (e >> 20), x)
         need = active & (x < RANS_L)
         before = np.cumsum(need) - need  # reads by earlier lanes, all blocks
-        pos = np.minimum(ptr[ln.block] + 2 * (before - before[ln.first[ln.block]]), last)
+        pos = np.minimum(ptr[ln.block] + 2 * (before - before[ln.lead]), last)
         w = stream[pos].astype(np.uint32) | (stream[pos + 1].astype(np.uint32) << 8)
         x = np.where(need, (x << 16) | w, x)
         ptr += 2 * np.add.reduceat(need.astype(np.int64), ln.first)
