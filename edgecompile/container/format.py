@@ -25,7 +25,7 @@ import struct
 import numpy as np
 
 MAGIC = b"ECW1"
-VERSION = 2
+VERSION = 3
 ALIGN = 16
 
 #: (field name, struct code); ``struct`` little-endian, no padding.

@@ -39,6 +39,7 @@ class RansPlan:
     block: int  # symbols per block (the last block of a group may be shorter)
     shuffle: bool = False
     itemsize: int = 1
+    knots: tuple | None = None  # per table: None (explicit) or (start, count, positions, values)
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,48 @@ def plan(symbols: np.ndarray, n_groups: int, *, shuffle: bool = False, itemsize:
         if best is None or size < best[0]:
             best = (size, m, freqs)
     size, m, freqs = best
+    knots = None
+    if n_groups <= KNOT_MAX_TABLES and tables.table_bytes(freqs).sum() >= tables.KNOT_MIN_SHARE * size:
+        size, m, freqs, knots = _with_knots(counts, m, size)
     size += n_groups * -(-group_len // block) * (4 + 3 * w)  # block size field + ~3 wasted bytes a lane
-    return RansPlan(symbols, m, freqs, w, block, shuffle, itemsize), int(np.ceil(size))
+    return RansPlan(symbols, m, freqs, w, block, shuffle, itemsize, knots), int(np.ceil(size))
+
+
+#: Knot tables are tried for per-tensor (or per-byte-plane) tables only: per-channel tables are
+#: chosen for large tensors, where a table's bytes hardly matter, and there are many of them.
+KNOT_MAX_TABLES = 8
+
+
+def _with_knots(counts: np.ndarray, m_explicit: int, size_explicit: float) -> tuple:
+    """Smallest mix of explicit and knot tables: (size, M, freqs, knots or None).
+
+    Tries M = the explicit tables' best and 12 (knot tables cost nearly the same at any M, and a
+    finer M codes skewed histograms better), weights at 2^(M + 2).
+    """
+    best = (size_explicit, m_explicit, tables.normalize_freqs(counts, m_explicit), None)
+    for m in sorted({m_explicit, RANS_MAX_SCALE_BITS}):
+        freqs = tables.normalize_freqs(counts, m)
+        explicit = tables.table_bytes(freqs) + tables.coded_bits(counts, freqs, m) / 8
+        start, count = tables.windows(counts)
+        knots, size = [], RANS_HEADER.size
+        for g in range(len(counts)):
+            c = counts[g, (start[g] + np.arange(count[g])) % 256]
+            fit = tables.fit_knots(c, m, m + 2)
+            cost = np.inf
+            if fit is not None:
+                f = tables.knot_freqs(len(c), *fit, m)
+                row = np.zeros(256, np.int64)
+                row[(start[g] + np.arange(count[g])) % 256] = f
+                cost = tables.knot_table_bytes(*fit) + tables.coded_bits(counts[g : g + 1], row[None], m)[0] / 8
+            if cost < explicit[g]:
+                freqs[g] = row
+                knots.append((int(start[g]), int(count[g]), *fit))
+            else:
+                knots.append(None)
+            size += min(cost, explicit[g])
+        if size < best[0]:
+            best = (size, m, freqs, tuple(knots) if any(k is not None for k in knots) else None)
+    return best
 
 
 def coded_bits_total(counts: np.ndarray, freqs: np.ndarray, m: int) -> float:
@@ -200,7 +241,7 @@ def encode_batch(plans: list[RansPlan]) -> list[bytes]:
         lo = int(off[b0])
         header = RANS_HEADER.pack(p.scale_bits, int(p.shuffle), p.itemsize, p.lanes, len(p.freqs), p.block,
                                   p.symbols.size)
-        payloads.append(header + tables.serialize_tables(p.freqs) + sizes.astype("<u4").tobytes()
+        payloads.append(header + tables.serialize_tables(p.freqs, p.knots) + sizes.astype("<u4").tobytes()
                         + out_buf[lo : lo + int(sizes.sum())].tobytes())
         b0 += k
     return payloads

@@ -105,27 +105,59 @@ def table_bytes(freqs: np.ndarray) -> np.ndarray:
     return 3 + (bits + 7) // 8
 
 
-def serialize_tables(freqs: np.ndarray) -> bytes:
-    """Serialize a stack of tables (FORMAT.md: start, count - 1, k, Exp-Golomb-k deltas)."""
+def _eg_stream(codes: np.ndarray, orders: np.ndarray) -> bytes:
+    """Exp-Golomb codes, each of its own order: ``n`` zeros, then the ``n + k + 1`` bits of
+    ``z + 2^k`` most significant first; bits fill each byte from its least significant bit."""
+    v = codes + (1 << orders)
+    nb = _bit_length(v)
+    length = 2 * nb - orders - 1
+    first = np.cumsum(length) - length
+    stream = np.zeros(int(length.sum()), np.uint8)
+    owner = np.repeat(np.arange(len(v)), nb)
+    j = np.arange(len(owner)) - np.repeat(np.cumsum(nb) - nb, nb)  # bit index within v, MSB first
+    stream[np.repeat(first + nb - orders - 1, nb) + j] = (v[owner] >> (nb[owner] - 1 - j)) & 1
+    return np.packbits(stream, bitorder="little").tobytes()
+
+
+def serialize_tables(freqs: np.ndarray, knots: tuple | None = None) -> bytes:
+    """Serialize a stack of tables (FORMAT.md, "rans"): explicit (start, count - 1, k, Exp-Golomb-k
+    deltas) or, where ``knots[t]`` is ``(start, count, positions, values)``, a knot table."""
     freqs = np.asarray(freqs, dtype=np.int64)
     start, count, z = _window_values(freqs)
-    k, bits = _best_k(z)
+    k, _ = _best_k(z)
     out = bytearray()
     for t in range(len(freqs)):  # one iteration per table, vectorized within
-        zt = z[t, : count[t]]
-        v = zt + (1 << k[t])
-        nb = _bit_length(v)
-        length = 2 * nb - k[t] - 1
-        first = np.cumsum(length) - length
-        stream = np.zeros(int(length.sum()), np.uint8)
-        # Code: (nb - k - 1) zeros, then v's nb bits, most significant first.
-        lead = nb - k[t] - 1
-        owner = np.repeat(np.arange(len(v)), nb)
-        j = np.arange(len(owner)) - np.repeat(np.cumsum(nb) - nb, nb)  # bit index within v, MSB first
-        stream[np.repeat(first + lead, nb) + j] = (v[owner] >> (nb[owner] - 1 - j)) & 1
-        out += bytes([int(start[t]), int(count[t]) - 1, int(k[t])])
-        out += np.packbits(stream, bitorder="little").tobytes()
+        if knots is not None and knots[t] is not None:
+            st, cnt, pos, val = knots[t]
+            kg, kv, codes, orders = _knot_codes(pos, val)
+            out += bytes([st, cnt - 1, KNOT_MODE | kg << 4 | kv]) + _eg_stream(codes, orders)
+        else:
+            n = int(count[t])
+            out += bytes([int(start[t]), n - 1, int(k[t])]) + _eg_stream(z[t, :n], np.full(n, k[t]))
     return bytes(out)
+
+
+class _Bits:
+    """Exp-Golomb reader over a table's bytes (tables are small: a Python loop per code is fine)."""
+
+    def __init__(self, buf: np.ndarray, pos: int, t: int):
+        self.bits = np.unpackbits(buf[pos:], bitorder="little")
+        self.i, self.t = 0, t
+
+    def read(self, k: int) -> int:
+        bits, i = self.bits, self.i
+        n = 0
+        while i + n < len(bits) and bits[i + n] == 0 and n <= 16:
+            n += 1
+        if n > 16 or i + 2 * n + k + 1 > len(bits):
+            raise CorruptStream(f"rans table {self.t} runs past the payload or has an overlong code")
+        v = int("".join(map(str, bits[i + n : i + 2 * n + k + 1].tolist())), 2)
+        self.i = i + 2 * n + k + 1
+        return v - (1 << k)
+
+
+def _unzigzag(z: int) -> int:
+    return (z >> 1) if z % 2 == 0 else -((z + 1) >> 1)
 
 
 def parse_tables(buf: np.ndarray, pos: int, n_tables: int, scale_bits: int) -> tuple[np.ndarray, int]:
@@ -139,8 +171,9 @@ def parse_tables(buf: np.ndarray, pos: int, n_tables: int, scale_bits: int) -> t
     Raises
     ------
     CorruptStream
-        A table runs past the buffer, has an Exp-Golomb code longer than 16 bits of prefix, a
-        frequency above 2^M, or does not sum to exactly 2^M.
+        A table runs past the buffer, has an unknown mode, an Exp-Golomb code longer than 16 bits
+        of prefix, a frequency above 2^M or not summing to exactly 2^M, or knots past its window,
+        above 65535 or of zero total weight.
     """
     target = 1 << scale_bits
     out = np.zeros((n_tables, 256), dtype=np.int64)
@@ -148,33 +181,37 @@ def parse_tables(buf: np.ndarray, pos: int, n_tables: int, scale_bits: int) -> t
     for t in range(n_tables):
         if pos + 3 > end:
             raise CorruptStream(f"rans table {t} runs past the payload")
-        start, count, k = int(buf[pos]), int(buf[pos + 1]) + 1, int(buf[pos + 2])
-        if k > MAX_EG_K:
-            raise CorruptStream(f"rans table {t} has Exp-Golomb order {k} > {MAX_EG_K}")
-        pos += 3
-        # A code is at most 2 * 16 + k bits; read that much (or what is left) as bits.
-        bits = np.unpackbits(buf[pos : min(end, pos + count * (33 + k) // 8 + 8)], bitorder="little").tolist()
-        i, prev, total, values = 0, 0, 0, []
-        for _ in range(count):
-            n = 0
-            while i + n < len(bits) and bits[i + n] == 0 and n <= 16:
-                n += 1
-            if n > 16 or i + 2 * n + k + 1 > len(bits):
-                raise CorruptStream(f"rans table {t} runs past the payload or has an overlong code")
-            v = 0
-            for b in bits[i + n : i + 2 * n + k + 1]:
-                v = (v << 1) | b
-            i += 2 * n + k + 1
-            z = v - (1 << k)
-            prev += (z >> 1) if z % 2 == 0 else -((z + 1) >> 1)
-            if not 0 <= prev <= target:
-                raise CorruptStream(f"rans table {t} has frequency {prev} outside 0..2^{scale_bits}")
-            total += prev
-            values.append(prev)
-        if total != target:
-            raise CorruptStream(f"rans table {t} sums to {total}, not 2^{scale_bits}")
+        start, count, mode = int(buf[pos]), int(buf[pos + 1]) + 1, int(buf[pos + 2])
+        # A code is at most 2 * 16 + 8 bits: read that much per code (or what is left) as bits.
+        br = _Bits(buf[: min(end, pos + 3 + count * 11)], pos + 3, t)
+        if mode & KNOT_MODE:
+            if mode & 0x08:
+                raise CorruptStream(f"rans table {t} has unknown mode byte {mode:#x}")
+            kg, kv = (mode >> 4) & 7, mode & 7
+            at, vals = [0], [_unzigzag(br.read(kv))]
+            while at[-1] < count - 1:
+                at.append(at[-1] + 1 + br.read(kg))
+                vals.append(vals[-1] + _unzigzag(br.read(kv)))
+                if at[-1] > count - 1:
+                    raise CorruptStream(f"rans table {t} has a knot past its window of {count}")
+            if not all(0 <= v <= MAX_KNOT_VALUE for v in vals):
+                raise CorruptStream(f"rans table {t} has a knot weight outside 0..{MAX_KNOT_VALUE}")
+            values = knot_freqs(count, np.array(at), np.array(vals), scale_bits)
+            if values is None:
+                raise CorruptStream(f"rans table {t} has knots that give no valid frequencies")
+        else:
+            if mode > MAX_EG_K:
+                raise CorruptStream(f"rans table {t} has Exp-Golomb order {mode} > {MAX_EG_K}")
+            prev, values = 0, []
+            for _ in range(count):
+                prev += _unzigzag(br.read(mode))
+                if not 0 <= prev <= target:
+                    raise CorruptStream(f"rans table {t} has frequency {prev} outside 0..2^{scale_bits}")
+                values.append(prev)
+            if sum(values) != target:
+                raise CorruptStream(f"rans table {t} sums to {sum(values)}, not 2^{scale_bits}")
         out[t, (start + np.arange(count)) % 256] = values
-        pos += (i + 7) // 8
+        pos += 3 + (br.i + 7) // 8
     return out, pos
 
 
@@ -185,3 +222,121 @@ def choose_scale_bits(counts: np.ndarray) -> list[int]:
     n = int(counts.sum(axis=1).max())
     high = min(14, RANS_MAX_SCALE_BITS, max(low, int(np.ceil(np.log2(max(n, 2)))) + 2))
     return list(range(low, high + 1))
+
+
+# --- Knot tables (FORMAT.md "rans", table mode 1) ---------------------------------------------
+# An explicit table spends ~2-5 bits on every symbol of its window: 40-90 bytes, which is several
+# per cent of a tensor of a few thousand weights. Trained weights have smooth histograms, so a
+# knot table sends a few (position, weight) knots instead; the decoder interpolates the weights
+# linearly between knots and scales them to 2^M. Knots are placed by dynamic programming over the
+# window (cost: the knot's bits plus the coded bits of the symbols it spans); where a knot table
+# does not beat the explicit one, the explicit table is kept.
+
+KNOT_MODE = 0x80  # bit 7 of the table's third byte; bits 4-6: gap order, bits 0-2: value order
+MAX_KNOT_VALUE = 0xFFFF
+#: Longest segment the knot search considers (a wider gap costs more search than it saves bits).
+KNOT_MAX_GAP = 48
+#: Tables whose explicit form is under this share of the tensor's coded bytes are not refitted.
+KNOT_MIN_SHARE = 0.001
+
+
+def knot_weights(count: int, pos: np.ndarray, val: np.ndarray) -> np.ndarray:
+    """Interpolated weights of the window's ``count`` positions (floor of the linear blend)."""
+    w = np.zeros(count, np.int64)
+    w[pos[0]] = val[0]
+    a, b = pos[:-1], pos[1:]
+    seg = np.repeat(np.arange(len(a)), b - a)  # segment of every position after the first knot
+    t = np.arange(int(pos[0]) + 1, count)
+    w[t] = (val[:-1][seg] * (b[seg] - t) + val[1:][seg] * (t - a[seg])) // (b[seg] - a[seg])
+    return w
+
+
+def knot_freqs(count: int, pos: np.ndarray, val: np.ndarray, scale_bits: int) -> np.ndarray | None:
+    """Window frequencies of a knot table, exactly as the decoders compute them, or None if invalid.
+
+    ``f = max(1, w * 2^M // sum(w))`` where ``w > 0``, 0 elsewhere; the difference to 2^M goes to
+    the first largest ``f``, which must stay >= 1.
+    """
+    w = knot_weights(count, pos, val)
+    total, target = int(w.sum()), 1 << scale_bits
+    if total == 0:
+        return None
+    f = np.where(w > 0, np.maximum(w * target // total, 1), 0)
+    top = int(np.argmax(f))
+    f[top] += target - int(f.sum())
+    return f if f[top] >= 1 else None
+
+
+def _smooth(x: np.ndarray, sigma: float) -> np.ndarray:
+    r = int(3 * sigma)
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    return np.convolve(np.pad(x, r), k / k.sum(), mode="valid")
+
+
+def fit_knots(c: np.ndarray, scale_bits: int, value_bits: int, knot_cost: float = 14.0) -> tuple | None:
+    """Knots for the window counts ``c``: (positions, values), or None if no valid table came out.
+
+    Dynamic programming over the positions: a knot at position j with candidate value v (the
+    count scaled to 2^value_bits, raw or smoothed) is reached from an earlier knot (i, u) at the
+    cost of ``knot_cost`` bits plus, for every symbol between them, ``c * -log2(f) + lam * f``
+    with ``f`` the interpolated weight and ``lam`` the Lagrange multiplier that keeps the weights
+    summing to about 2^value_bits. Vectorized over the candidate pairs and the start positions.
+    """
+    c = np.asarray(c, np.int64)
+    n_pos, n, scale = len(c), int(c.sum()), 1 << value_bits
+    raw = c * scale / n
+    if raw.max() > MAX_KNOT_VALUE:
+        return None
+    cand = np.stack([np.where(c > 0, np.maximum(np.round(v), 1), np.round(v)) for v in (raw, _smooth(raw, 1.5))])
+    cand = np.minimum(cand, MAX_KNOT_VALUE).astype(np.int64)
+    n_cand, lam = len(cand), n / (scale * np.log(2))
+
+    def cost(f: np.ndarray, cc: np.ndarray) -> np.ndarray:
+        bits = np.where(cc > 0, -cc * np.log2(np.maximum(f, 1)), 0.0) + lam * f
+        return np.where((cc > 0) & (f <= 0), np.inf, bits)
+
+    best = np.full((n_cand, n_pos), np.inf)
+    back = np.zeros((n_cand, n_pos, 2), np.int64)
+    best[:, 0] = knot_cost + cost(cand[:, 0], c[0])
+    for j in range(1, n_pos):
+        i = np.arange(max(0, j - KNOT_MAX_GAP), j)  # the previous knot
+        t = np.arange(i[0] + 1, j + 1)  # the positions a segment (i, j] may cover
+        inside = t[None, :] > i[:, None]  # (I, T)
+        vi = cand[:, i][:, None, :, None]
+        vj = cand[:, j][None, :, None, None]
+        f = (vi * (j - t) + vj * (t[None, :] - i[:, None])) // (j - i)[:, None]
+        seg = np.where(inside, cost(f, c[t]), 0.0).sum(axis=-1)  # (Ci, Cj, I)
+        tot = (best[:, i][:, None, :] + seg + knot_cost).transpose(1, 0, 2).reshape(n_cand, -1)
+        a = np.argmin(tot, axis=1)
+        best[:, j] = tot[np.arange(n_cand), a]
+        back[:, j, 0], back[:, j, 1] = a // len(i), i[a % len(i)]
+    k, j = int(np.argmin(best[:, -1])), n_pos - 1
+    pos, val = [j], [cand[k, j]]
+    while j > 0:
+        k, j = back[k, j]
+        pos.append(j)
+        val.append(cand[k, j])
+    pos, val = np.array(pos[::-1], np.int64), np.array(val[::-1], np.int64)
+    f = knot_freqs(n_pos, pos, val, scale_bits)
+    if f is None or np.any((c > 0) & (f == 0)):
+        return None
+    return pos, val
+
+
+def _knot_codes(pos: np.ndarray, val: np.ndarray) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """Orders (gap, value) and the interleaved code values and orders of a knot table."""
+    d = np.diff(val, prepend=0)
+    z = np.where(d >= 0, 2 * d, -2 * d - 1)
+    gaps = np.diff(pos) - 1
+    kg = int(_best_k(np.concatenate([gaps, [-1]])[None])[0][0]) if len(gaps) else 0
+    kv = int(_best_k(z[None])[0][0])
+    codes = np.empty(2 * len(val) - 1, np.int64)
+    codes[0::2], codes[1::2] = z, gaps
+    orders = np.where(np.arange(len(codes)) % 2 == 0, kv, kg)
+    return kg, kv, codes, orders
+
+
+def knot_table_bytes(pos: np.ndarray, val: np.ndarray) -> int:
+    _, _, codes, orders = _knot_codes(pos, val)
+    nb = _bit_length(codes + (1 << orders))
+    return 3 + (int((2 * nb - orders - 1).sum()) + 7) // 8

@@ -26,6 +26,10 @@ seeds = {
     "lut_rans": ({"w": np.repeat(kmeans_cluster(w, 3), 40)}, "lut"), "zstd": ({"w": q}, "zstd"),
     "raw": ({"w": q, "b": np.arange(5, dtype=np.int32)}, "raw"),
     "rans_lanes": ({"w": rng.integers(0, 7, 20000).astype(np.uint8)}, "rans"),
+    # trained-like histograms: knot tables (one with a zero-weight hole around 0, as after pruning)
+    "rans_knots": ({"w": np.clip(np.round(rng.laplace(0, 8, 3000)), -127, 127).astype(np.int8)}, "rans"),
+    "rans_knots_pruned": ({"w": np.where(rng.random(3000) < 0.4, np.clip(np.round(rng.laplace(0, 30, 3000)), -127, 127),
+                                         0).astype(np.int8)}, "rans"),
 }
 # Blocks of 8 and 64 lanes (the AVX2 and AVX-512 steps), forced on small tensors so that an
 # execution stays fast: the encoder itself gives 64 lanes only from 131072 symbols.

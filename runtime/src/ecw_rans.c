@@ -52,40 +52,95 @@ static int br_bit(bitreader *br, unsigned *b) {
     return 1;
 }
 
+/* One Exp-Golomb code of order k (FORMAT.md "rans"): n <= 16 zeros, then the n + k + 1 bits of
+ * z + 2^k, most significant first. */
+static int br_eg(bitreader *br, unsigned k, uint32_t *z) {
+    unsigned n, j, b;
+    uint32_t v = 1; /* the 1 that ends the zeros is the top bit of z + 2^k */
+    for (n = 0;; n++) {
+        if (!br_bit(br, &b)) return 0;
+        if (b) break;
+        if (n == 16u) return 0;
+    }
+    for (j = 0; j < n + k; j++) {
+        if (!br_bit(br, &b)) return 0;
+        v = (v << 1) | b;
+    }
+    *z = v - (1u << k);
+    return 1;
+}
+
+static int32_t unzigzag(uint32_t z) { return (z & 1u) ? -(int32_t)((z + 1u) >> 1) : (int32_t)(z >> 1); }
+
+/* Knot table: weights interpolated between knots (floor of the linear blend), then
+ * f = max(1, w * 2^M / sum(w)) where w > 0; the rest of 2^M goes to the first largest f.
+ * f[s] is written to cum[s + 1] (the weights pass through there first: both fit 16 bits). */
+static ecw_status read_knots(bitreader *br, unsigned start, unsigned count, unsigned mode, unsigned m,
+                             ecw_ws_small *ws) {
+    unsigned kg = (mode >> 4) & 7u, kv = mode & 7u, at = 0, i, top = 0;
+    uint32_t z, total = 0, sum = 0, target = 1u << m;
+    int32_t v;
+    if (mode & 8u || !br_eg(br, kv, &z)) return ECW_E_STREAM;
+    v = unzigzag(z);
+    if (v < 0 || v > 0xFFFF) return ECW_E_STREAM;
+    ws->cum[start + 1u] = (uint16_t)v; /* start + 1 <= 256 */
+    total = (uint32_t)v;
+    while (at < count - 1u) { /* one segment (at, at + gap] a pass */
+        uint32_t gap, a;
+        int32_t u = v;
+        if (!br_eg(br, kg, &gap) || gap >= count - 1u - at || !br_eg(br, kv, &z)) return ECW_E_STREAM;
+        gap++;
+        v = u + unzigzag(z);
+        if (v < 0 || v > 0xFFFF) return ECW_E_STREAM;
+        for (a = 1; a <= gap; a++) { /* < 2^16 * 256: no overflow */
+            uint32_t w = ((uint32_t)u * (gap - a) + (uint32_t)v * a) / gap;
+            ws->cum[((start + at + a) & 255u) + 1u] = (uint16_t)w;
+            total += w;
+        }
+        at += gap;
+    }
+    if (total == 0) return ECW_E_STREAM;
+    for (i = 0; i < count; i++) {
+        unsigned s = ((start + i) & 255u) + 1u;
+        uint32_t w = ws->cum[s], f = w ? (w << m) / total : 0; /* w << m < 2^28 */
+        if (w && !f) f = 1;
+        ws->cum[s] = (uint16_t)f;
+        sum += f;
+        if (f > ws->cum[((start + top) & 255u) + 1u]) top = i;
+    }
+    i = ((start + top) & 255u) + 1u;
+    if (sum > target + ws->cum[i] - 1u) return ECW_E_STREAM; /* the largest must keep f >= 1 */
+    ws->cum[i] = (uint16_t)(ws->cum[i] + target - sum);
+    return ECW_OK;
+}
+
 /* Parse one table at *pp into ws->cum; advances *pp past it. */
 static ecw_status read_table(const uint8_t **pp, const uint8_t *end, unsigned m, ecw_ws_small *ws) {
     const uint8_t *p = *pp;
-    unsigned start, count, k, i, b, n, j;
-    uint32_t total = 0, target = 1u << m;
+    unsigned start, count, k, i;
+    uint32_t total = 0, target = 1u << m, z;
     int32_t f = 0;
     bitreader br;
     if (end - p < 3) return ECW_E_STREAM;
     start = p[0];
     count = (unsigned)p[1] + 1u;
     k = p[2];
-    if (k > 7u) return ECW_E_STREAM;
     memset(ws->cum, 0, sizeof ws->cum); /* cum[s + 1] holds f[s] until the prefix sum below */
     br.p = p + 3; br.end = end; br.bit = 0;
-    for (i = 0; i < count; i++) {
-        uint32_t v = 0, z;
-        for (n = 0;; n++) { /* n leading zeros, n <= 16 */
-            if (!br_bit(&br, &b)) return ECW_E_STREAM;
-            if (b) break;
-            if (n == 16u) return ECW_E_STREAM;
+    if (k & 0x80u) {
+        ECW_TRY(read_knots(&br, start, count, k, m, ws));
+    } else {
+        if (k > 7u) return ECW_E_STREAM;
+        for (i = 0; i < count; i++) {
+            if (!br_eg(&br, k, &z)) return ECW_E_STREAM;
+            f += unzigzag(z);
+            if (f < 0 || (uint32_t)f > target) return ECW_E_STREAM;
+            ws->cum[((start + i) & 255u) + 1u] = (uint16_t)f;
+            total += (uint32_t)f;
+            if (total > target) return ECW_E_STREAM;
         }
-        v = 1; /* the 1 just read is the top bit of z + 2^k */
-        for (j = 0; j < n + k; j++) {
-            if (!br_bit(&br, &b)) return ECW_E_STREAM;
-            v = (v << 1) | b;
-        }
-        z = v - (1u << k);
-        f += (z & 1u) ? -(int32_t)((z + 1u) >> 1) : (int32_t)(z >> 1);
-        if (f < 0 || (uint32_t)f > target) return ECW_E_STREAM;
-        ws->cum[((start + i) & 255u) + 1u] = (uint16_t)f;
-        total += (uint32_t)f;
-        if (total > target) return ECW_E_STREAM;
+        if (total != target) return ECW_E_STREAM;
     }
-    if (total != target) return ECW_E_STREAM;
     ws->cum[0] = 0;
     for (i = 0; i < 256u; i++) ws->cum[i + 1] = (uint16_t)(ws->cum[i + 1] + ws->cum[i]);
     *pp = br.p + (br.bit != 0);

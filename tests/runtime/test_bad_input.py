@@ -47,7 +47,7 @@ def _cases() -> dict:
     return {
         # name: (bytes, Python exception, C status, where: "open" or tensor index)
         "bad_magic": (b"PK\x03\x04" + base[4:], BadMagic, "ECW_E_MAGIC", "open"),
-        "version": (bytes(struct.pack_into("<H", v := b(), 4, 3) or v), UnsupportedVersion, "ECW_E_VERSION", "open"),
+        "version": (bytes(struct.pack_into("<H", v := b(), 4, 2) or v), UnsupportedVersion, "ECW_E_VERSION", "open"),
         "truncated_file": (base[:-5], Truncated, "ECW_E_TRUNCATED", "open"),
         "table_crc": (bytes(_entry(b(), 0, "layout", 3)), ChecksumMismatch, "ECW_E_CHECKSUM", "open"),
         "offset_outside_file": (_reseal(_entry(b(), 1, "offset", len(base) + 16)), CorruptHeader, "ECW_E_HEADER", "open"),
@@ -89,3 +89,45 @@ def test_c_reader_returns_the_specific_status(decoders, tmp_path, name):
 def test_every_kind_has_its_own_error():
     kinds = {(exc, status) for _, exc, status, _ in CASES.values()}
     assert len({e for e, _ in kinds}) == len({s for _, s in kinds}) == 7
+
+
+def _knot_table(start: int, count: int, mode: int, codes: list[int], orders: list[int]) -> bytes:
+    from edgecompile.container import rans_tables
+
+    return bytes([start, count - 1, mode]) + rans_tables._eg_stream(np.array(codes), np.array(orders))
+
+
+def _zz(d: int) -> int:
+    return 2 * d if d >= 0 else -2 * d - 1
+
+
+KNOT_CASES = {
+    # knots (value, gap - 1, value delta, ...): each invalid in its own way
+    "knot_past_window": (8, _knot_table(0, 10, 0x80, [_zz(5), 9, _zz(0)], [0, 0, 0])),
+    "knot_zero_weight": (8, _knot_table(0, 3, 0x80, [_zz(0), 1, _zz(0)], [0, 0, 0])),
+    "knot_weight_above_65535": (8, _knot_table(0, 2, 0x80, [_zz(65535), 0, _zz(1)], [0, 0, 0])),
+    "knot_unknown_mode_bit": (8, _knot_table(0, 2, 0x88, [_zz(5), 0, _zz(0)], [0, 0, 0])),
+    # two weights of 65535 and 254 of 1 at M = 8: the ones take 254 of 256, the largest ends below 1
+    "knot_remainder_below_1": (8, _knot_table(0, 256, 0x80, [_zz(65535), 0, _zz(0), 0, _zz(-65534), 252, _zz(0)],
+                                               [0] * 7)),
+    "knot_truncated": (8, _knot_table(0, 200, 0x80, [_zz(5), 0, _zz(1)], [0, 0, 0])),
+    "explicit_order_8": (8, bytes([0, 0, 8, 0xFF])),
+}
+
+
+@pytest.mark.parametrize("name", sorted(KNOT_CASES))
+def test_corrupt_tables_rejected_by_both_readers(decoders, tmp_path, name):
+    """A rans payload whose table is invalid: CorruptStream in Python, ECW_E_STREAM in C."""
+    from edgecompile.container.writer import _layout
+
+    m, table = KNOT_CASES[name]
+    t = {"w": np.arange(256, dtype=np.uint8)}
+    payload = struct.pack("<BBBBIII", m, 0, 1, 1, 1, 256, 256) + table + struct.pack("<I", 8) + bytes(8)
+    data = _layout(t, {}, {}, {"w": ("rans", payload)})[0]
+    with pytest.raises(CorruptStream):
+        read_container(data).verify()
+    path = tmp_path / f"{name}.ecw"
+    path.write_bytes(data)
+    for tool in decoders.values():
+        rc, lines = run([*tool, str(path)])
+        assert rc != 0 and lines[0] == "open ECW_OK" and lines[1].split()[2] == "ECW_E_STREAM", lines

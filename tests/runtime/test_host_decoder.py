@@ -131,3 +131,50 @@ def test_sparse_tensor_renormalizes_rarely(decoders, tmp_path):
     path.write_bytes(data)
     for tool in decoders.values():
         assert run([*tool, str(path)]) == (0, expected_lines(t))
+
+
+def _knot_plan(symbols: np.ndarray, m: int, start: int, count: int, pos, val) -> rans.RansPlan:
+    """A one-table plan whose table is the given knots (FORMAT.md "rans", knot tables)."""
+    from edgecompile.container import rans_tables
+
+    pos, val = np.asarray(pos, np.int64), np.asarray(val, np.int64)
+    f = rans_tables.knot_freqs(count, pos, val, m)
+    freqs = np.zeros((1, 256), np.int64)
+    freqs[0, (start + np.arange(count)) % 256] = f
+    w, block = rans.choose_layout(symbols.size)
+    return rans.RansPlan(symbols, m, freqs, w, block, knots=((start, count, pos, val),))
+
+
+def test_knot_tables_decode_on_every_path(decoders, tmp_path):
+    """Knot tables as the encoder picks them (small trained-like tensors) and hand-made edge cases:
+    a one-symbol window, a zero-weight segment (absent symbols inside the window), the largest
+    weights, a remainder that takes from the largest frequency, M = 1."""
+    rng = np.random.default_rng(11)
+    t = {
+        "laplace": np.clip(np.round(rng.laplace(0, 9, (24, 100))), -127, 127).astype(np.int8),
+        "pruned": np.where(rng.random(5000) < 0.3, np.clip(np.round(rng.laplace(0, 30, 5000)), -127, 127),
+                           0).astype(np.int8),
+        "single": np.full(300, 7, np.uint8),
+        "hole": np.where(rng.random(4000) < 0.5, rng.integers(0, 4, 4000), rng.integers(20, 30, 4000)).astype(np.uint8),
+        "big": rng.integers(250, 256, 70_000).astype(np.uint8),
+        "m1": rng.integers(3, 5, 1000).astype(np.uint8),
+    }
+    data, _ = encode_container(t, codec_for={k: "rans" for k in t})
+    chosen = {r.name: data[r.offset + 18] for r in read_container(data).records}  # mode byte of table 0
+    assert chosen["laplace"] & 0x80 and chosen["pruned"] & 0x80
+    sym = {k: v.view(np.uint8).ravel() for k, v in t.items()}
+    forced = {
+        "single": _knot_plan(sym["single"], 4, 7, 1, [0], [9]),
+        "hole": _knot_plan(sym["hole"], 12, 0, 30, [0, 3, 4, 19, 20, 29], [900, 1100, 0, 0, 500, 700]),
+        "big": _knot_plan(sym["big"], 12, 250, 6, [0, 1, 5], [65535, 65535, 1]),
+        "m1": _knot_plan(sym["m1"], 1, 3, 2, [0, 1], [1, 1]),
+    }
+    payloads = {k: rans.encode_batch([p])[0] for k, p in forced.items()}
+    assert all(p[18] & 0x80 for p in payloads.values())
+    data = _splice(t, data, payloads)
+    path = tmp_path / "knots.ecw"
+    path.write_bytes(data)
+    for tool in decoders.values():
+        assert run([*tool, str(path)]) == (0, expected_lines(t))
+    back = read_container(data).read_all()
+    assert all(back[k].tobytes() == v.tobytes() for k, v in t.items())
