@@ -1,4 +1,4 @@
-"""Byte layout of the ``.ecw`` weight container, version 2 (mirror of ``runtime/FORMAT.md``).
+"""Byte layout of the ``.ecw`` weight container, version 3 (mirror of ``runtime/FORMAT.md``).
 
 ``runtime/FORMAT.md`` is the specification; this module restates it as data, and
 ``tests/container/test_format_doc.py`` parses the document's tables and checks them against the

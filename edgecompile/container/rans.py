@@ -23,8 +23,8 @@ from .format import RANS_HEADER, RANS_L, RANS_MAX_LANE_SYMBOLS, RANS_MAX_LANES, 
 #: 4 bytes of size plus 4 bytes of state per lane, about 3 of them wasted (the final state's
 #: unused bits), so longer blocks are smaller.
 LANE_STEPS = 16384
-#: Fewest symbols per lane before the encoder doubles the lane count (up to 32, the SIMD width the
-#: C decoder wants): a lane wastes ~3 bytes, i.e. <= 0.2 % of a lane of 2048 symbols at 6 bits.
+#: Fewest symbols per lane before the encoder doubles the lane count (up to 64: the C decoder's
+#: SIMD steps want many lanes in flight): a lane costs ~2.75 bytes, <= 0.2 % of 2048 symbols at 6 bits.
 MIN_LANE_SYMBOLS = 2048
 
 
@@ -67,7 +67,7 @@ def block_layout(n_symbols: int, n_groups: int, block: int) -> tuple[np.ndarray,
 
 
 def choose_layout(group_len: int) -> tuple[int, int]:
-    """Lanes W (a power of two, 1..32) and block length for groups of ``group_len`` symbols."""
+    """Lanes W (a power of two, 1..64) and block length for groups of ``group_len`` symbols."""
     w = 1
     while w < RANS_MAX_LANES and group_len >= 2 * w * MIN_LANE_SYMBOLS:
         w *= 2

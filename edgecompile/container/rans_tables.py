@@ -1,9 +1,10 @@
-"""rANS frequency tables: normalization to 2^M, size estimates, (de)serialization.
+"""rANS frequency tables: normalization to 2^M, size estimates, knot fitting, (de)serialization.
 
-A table is stored as ``start`` (u8), ``count - 1`` (u8), ``k`` (u8) and ``count`` Exp-Golomb-k codes
-of the zigzagged differences between consecutive frequencies of the symbols ``start ..
-start+count-1`` (mod 256), bit-packed; see ``runtime/FORMAT.md``, "rans". All functions work
-on a stack of tables, shape ``(G, 256)``, without Python loops over symbols.
+A table is ``start`` (u8), ``count - 1`` (u8), a mode byte and bit-packed Exp-Golomb codes: either
+the zigzagged differences between consecutive frequencies of the window ``start .. start+count-1``
+(mod 256; explicit table) or a few knots whose interpolated weights the decoder scales to 2^M (knot
+table); see ``runtime/FORMAT.md``, "rans". Explicit tables are handled as a stack, shape
+``(G, 256)``, without Python loops over symbols; the knot search is vectorized per window position.
 """
 from __future__ import annotations
 
