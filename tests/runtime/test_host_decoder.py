@@ -86,14 +86,18 @@ def test_every_lane_count_and_path_matches_the_reference(decoders, tmp_path):
     assert all(f[3] == lanes[k] for k, f in forced.items())
     data = _splice(t, data, forced)
     assert read_container(data).read_all().keys() == t.keys()
-    path = tmp_path / "lanes.ecw"
-    path.write_bytes(data)
-    for tool in decoders.values():
-        assert run([*tool, str(path)]) == (0, expected_lines(t))
-    back = read_container(data).read_all()
-    assert all(back[k].tobytes() == v.tobytes() for k, v in t.items())
+    _decodes_everywhere(decoders, tmp_path / "lanes.ecw", data, t)
     widths = {data[r.offset + 3] for r in read_container(data).records if r.codec == "rans"}
     assert {1, 8, 16, 64} <= widths  # the encoder's own choices cover scalar and both SIMD widths
+
+
+def _decodes_everywhere(decoders: dict, path, data: bytes, tensors: dict) -> None:
+    """Every C decoder path and the Python reader give back ``tensors`` bit-exact."""
+    path.write_bytes(data)
+    for tool in decoders.values():
+        assert run([*tool, str(path)]) == (0, expected_lines(tensors))
+    back = read_container(data).read_all()
+    assert all(back[k].tobytes() == v.tobytes() for k, v in tensors.items())
 
 
 def _splice(tensors: dict, data: bytes, payloads: dict[str, bytes]) -> bytes:
@@ -172,9 +176,4 @@ def test_knot_tables_decode_on_every_path(decoders, tmp_path):
     payloads = {k: rans.encode_batch([p])[0] for k, p in forced.items()}
     assert all(p[18] & 0x80 for p in payloads.values())
     data = _splice(t, data, payloads)
-    path = tmp_path / "knots.ecw"
-    path.write_bytes(data)
-    for tool in decoders.values():
-        assert run([*tool, str(path)]) == (0, expected_lines(t))
-    back = read_container(data).read_all()
-    assert all(back[k].tobytes() == v.tobytes() for k, v in t.items())
+    _decodes_everywhere(decoders, tmp_path / "knots.ecw", data, t)
