@@ -9,7 +9,7 @@ field lists below, so the two cannot drift apart. Summary::
                 metadata               meta_size bytes: names, float32 scales, int32 zero points
                 zero padding           to a multiple of 16
                 payloads               each at a multiple of 16, codec-specific
-                                         rans: RANS_HEADER_FIELDS, G tables, u32 block sizes, blocks
+                                         rans: RANS_HEADER_FIELDS, G tables, u32 block sizes but the last, blocks
                                          lut:  LUT_HEADER_FIELDS, k codebook values, indices
 
 All integers little-endian. ``meta_crc32`` covers header bytes 0..27, the table and the metadata;
@@ -64,7 +64,6 @@ RANS_HEADER_FIELDS: tuple[tuple[str, str], ...] = (
     ("lanes", "B"),
     ("n_groups", "I"),
     ("block", "I"),
-    ("n_symbols", "I"),
 )
 LUT_HEADER_FIELDS: tuple[tuple[str, str], ...] = (
     ("bits", "B"),
@@ -81,7 +80,7 @@ HEADER = _struct(HEADER_FIELDS)
 ENTRY = _struct(ENTRY_FIELDS)
 RANS_HEADER = _struct(RANS_HEADER_FIELDS)
 LUT_HEADER = _struct(LUT_HEADER_FIELDS)
-assert HEADER.size == 32 and ENTRY.size == 80 and RANS_HEADER.size == 16 and LUT_HEADER.size == 4
+assert HEADER.size == 32 and ENTRY.size == 80 and RANS_HEADER.size == 12 and LUT_HEADER.size == 4
 
 MAX_NDIM = 6
 MAX_NAME_LEN = 1024

@@ -97,7 +97,7 @@ def plan(symbols: np.ndarray, n_groups: int, *, shuffle: bool = False, itemsize:
     knots = None
     if n_groups <= KNOT_MAX_TABLES and tables.table_bytes(freqs).sum() >= tables.KNOT_MIN_SHARE * size:
         size, m, freqs, knots = _with_knots(counts, m, size)
-    size += n_groups * -(-group_len // block) * (4 + 3 * w)  # block size field + ~3 wasted bytes a lane
+    size += n_groups * -(-group_len // block) * (4 + 3 * w) - 4  # block size fields + ~3 wasted bytes a lane
     return RansPlan(symbols, m, freqs, w, block, shuffle, itemsize, knots), int(np.ceil(size))
 
 
@@ -239,9 +239,9 @@ def encode_batch(plans: list[RansPlan]) -> list[bytes]:
         k = len(block_layout(p.symbols.size, len(p.freqs), p.block)[0])
         sizes = size[b0 : b0 + k]
         lo = int(off[b0])
-        header = RANS_HEADER.pack(p.scale_bits, int(p.shuffle), p.itemsize, p.lanes, len(p.freqs), p.block,
-                                  p.symbols.size)
-        payloads.append(header + tables.serialize_tables(p.freqs, p.knots) + sizes.astype("<u4").tobytes()
+        header = RANS_HEADER.pack(p.scale_bits, int(p.shuffle), p.itemsize, p.lanes, len(p.freqs), p.block)
+        # every block's size but the last: the payload's end implies it
+        payloads.append(header + tables.serialize_tables(p.freqs, p.knots) + sizes[:-1].astype("<u4").tobytes()
                         + out_buf[lo : lo + int(sizes.sum())].tobytes())
         b0 += k
     return payloads
@@ -261,14 +261,15 @@ def parse(payload: bytes | memoryview | np.ndarray, n_symbols: int, *, itemsize:
     """
     buf = np.frombuffer(payload, dtype=np.uint8)
     if len(buf) < RANS_HEADER.size:
-        raise CorruptStream(f"rans payload of {len(buf)} bytes is shorter than its 16-byte header")
-    m, shuffle, isz, w, g, block, n = RANS_HEADER.unpack_from(buf, 0)
+        raise CorruptStream(f"rans payload of {len(buf)} bytes is shorter than its {RANS_HEADER.size}-byte header")
+    m, shuffle, isz, w, g, block = RANS_HEADER.unpack_from(buf, 0)
+    n = n_symbols
     if not 1 <= m <= RANS_MAX_SCALE_BITS:
         raise CorruptStream(f"rans scale_bits {m} is outside 1..{RANS_MAX_SCALE_BITS}")
     if shuffle > 1 or (shuffle == 0 and isz != 1) or (shuffle and isz != itemsize):
         raise CorruptStream(f"rans shuffle={shuffle} itemsize={isz} does not fit the tensor")
-    if n != n_symbols or n == 0:
-        raise CorruptStream(f"rans payload has {n} symbols, the entry implies {n_symbols}")
+    if not 0 < n < 1 << 32:
+        raise CorruptStream(f"rans streams hold 1..2^32 - 1 symbols, the entry implies {n}")
     if g == 0 or n % g or (shuffle and g % isz):
         raise CorruptStream(f"rans n_groups={g} does not divide {n} symbols into whole groups")
     if not 1 <= w <= RANS_MAX_LANES or not w <= block <= w * RANS_MAX_LANE_SYMBOLS:
@@ -277,11 +278,12 @@ def parse(payload: bytes | memoryview | np.ndarray, n_symbols: int, *, itemsize:
         raise CorruptStream(f"rans payload too short for {g} tables")
     freqs, pos = tables.parse_tables(buf, RANS_HEADER.size, g, m)
     n_blocks = g * -(-(n // g) // block)
-    if pos + 4 * n_blocks > len(buf):
+    if pos + 4 * (n_blocks - 1) > len(buf):
         raise CorruptStream(f"rans payload too short for {n_blocks} block sizes")
-    sizes = buf[pos : pos + 4 * n_blocks].view("<u4").astype(np.int64)
-    pos += 4 * n_blocks
-    if np.any(sizes < 4 * w) or np.any((sizes - 4 * w) % 2) or int(sizes.sum()) != len(buf) - pos:
+    sizes = buf[pos : pos + 4 * (n_blocks - 1)].view("<u4").astype(np.int64)
+    pos += 4 * (n_blocks - 1)
+    sizes = np.append(sizes, len(buf) - pos - int(sizes.sum()))  # the last block: the rest
+    if np.any(sizes < 4 * w) or np.any((sizes - 4 * w) % 2):
         raise CorruptStream("rans block sizes do not add up to the payload")
     return ParsedRans(m, bool(shuffle), isz, freqs, w, block, n, sizes, buf[pos:])
 

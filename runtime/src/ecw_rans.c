@@ -385,38 +385,39 @@ ecw_status ecw_rans_decode(const uint8_t *src, uint64_t src_size, uint64_t n_sym
     const uint8_t *end = src + src_size, *tables, *tp, *sizes, *stream;
     unsigned m, shuffle, isz, w;
     uint32_t g_count, block, n, g, b, group_len, n_blocks;
-    uint64_t total;
+    uint64_t total, last;
     sink o;
-    if (src_size < 16u) return ECW_E_STREAM;
+    if (src_size < 12u || n_symbols == 0 || n_symbols > 0xFFFFFFFFu) return ECW_E_STREAM;
     m = src[0];
     shuffle = src[1];
     isz = src[2];
     w = src[3];
     g_count = ecw_le32(src + 4);
     block = ecw_le32(src + 8);
-    n = ecw_le32(src + 12);
+    n = (uint32_t)n_symbols;
     if (m < 1u || m > ECW_RANS_MAX_SCALE_BITS || shuffle > 1u) return ECW_E_STREAM;
     if (shuffle ? (itemsize < 2u || isz != itemsize) : (isz != 1u)) return ECW_E_STREAM;
-    if ((uint64_t)n != n_symbols || n == 0 || g_count == 0 || n % g_count != 0 ||
-        (shuffle && g_count % isz != 0))
-        return ECW_E_STREAM;
+    if (g_count == 0 || n % g_count != 0 || (shuffle && g_count % isz != 0)) return ECW_E_STREAM;
     if (w < 1u || w > ECW_RANS_MAX_LANES || block < w || block > (uint64_t)w * ECW_RANS_MAX_LANE)
         return ECW_E_STREAM;
     group_len = n / g_count;
     n_blocks = (group_len - 1u) / block + 1u;
-    /* Pass 1: walk the tables to find the block sizes; check they add up to the payload. */
-    tables = tp = src + 16;
+    /* Pass 1: walk the tables to find the block sizes (every block's but the last, which is the
+     * rest of the payload); check they fit. */
+    tables = tp = src + 12;
     for (g = 0; g < g_count; g++) ECW_TRY(read_table(&tp, end, m, ws));
-    if ((uint64_t)(end - tp) >> 2 < (uint64_t)g_count * n_blocks) return ECW_E_STREAM;
+    if ((uint64_t)(end - tp) >> 2 < (uint64_t)g_count * n_blocks - 1u) return ECW_E_STREAM;
     sizes = tp;
-    stream = tp + (size_t)4u * g_count * n_blocks;
+    stream = tp + (size_t)4u * (g_count * n_blocks - 1u);
     total = 0;
-    for (b = 0; b < g_count * n_blocks; b++) {
+    for (b = 0; b + 1u < g_count * n_blocks; b++) {
         uint32_t sz = ecw_le32(sizes + 4u * b);
         if (sz < 4u * w || (sz - 4u * w) % 2u != 0) return ECW_E_STREAM;
         total += sz;
     }
-    if (total != (uint64_t)(end - stream)) return ECW_E_STREAM;
+    if (total > (uint64_t)(end - stream)) return ECW_E_STREAM;
+    last = (uint64_t)(end - stream) - total;
+    if (last < 4u * w || (last - 4u * w) % 2u != 0) return ECW_E_STREAM;
     /* Pass 2: decode group by group, block by block. */
     o.dst = dst;
     o.stride = shuffle ? isz : 1u;
@@ -430,7 +431,8 @@ ecw_status ecw_rans_decode(const uint8_t *src, uint64_t src_size, uint64_t n_sym
         for (b = 0; b < n_blocks; b++) {
             uint32_t k0 = g * group_len + b * block; /* first stream index (< n < 2^32) */
             uint32_t len = group_len - b * block < block ? group_len - b * block : block, done = 0;
-            uint32_t sz = ecw_le32(sizes + 4u * ((size_t)g * n_blocks + b));
+            size_t at = (size_t)g * n_blocks + b;
+            uint64_t sz = at + 1u < (size_t)g_count * n_blocks ? ecw_le32(sizes + 4u * at) : last;
             const uint8_t *p = stream + 4u * w, *bend = stream + sz;
             unsigned j;
             for (j = 0; j < w; j++) {

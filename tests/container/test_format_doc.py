@@ -47,7 +47,7 @@ def _check_fields(heading: str, fields, st: struct.Struct) -> None:
 def test_header_entry_and_payload_headers_match_the_document():
     _check_fields("## Header", fmt.HEADER_FIELDS, fmt.HEADER)
     _check_fields("## Tensor entry", fmt.ENTRY_FIELDS, fmt.ENTRY)
-    _check_fields("rANS payload header (16 bytes):", fmt.RANS_HEADER_FIELDS, fmt.RANS_HEADER)
+    _check_fields("rANS payload header (12 bytes):", fmt.RANS_HEADER_FIELDS, fmt.RANS_HEADER)
     _check_fields("### lut (3)", fmt.LUT_HEADER_FIELDS, fmt.LUT_HEADER)
     assert "`ECW1`" in DOC and fmt.MAGIC == b"ECW1"
 

@@ -122,7 +122,7 @@ def test_corrupt_tables_rejected_by_both_readers(decoders, tmp_path, name):
 
     m, table = KNOT_CASES[name]
     t = {"w": np.arange(256, dtype=np.uint8)}
-    payload = struct.pack("<BBBBIII", m, 0, 1, 1, 1, 256, 256) + table + struct.pack("<I", 8) + bytes(8)
+    payload = struct.pack("<BBBBII", m, 0, 1, 1, 1, 256) + table + bytes(8)  # one block: no size field
     data = _layout(t, {}, {}, {"w": ("rans", payload)})[0]
     with pytest.raises(CorruptStream):
         read_container(data).verify()

@@ -164,7 +164,7 @@ def test_knot_tables_decode_on_every_path(decoders, tmp_path):
         "m1": rng.integers(3, 5, 1000).astype(np.uint8),
     }
     data, _ = encode_container(t, codec_for={k: "rans" for k in t})
-    chosen = {r.name: data[r.offset + 18] for r in read_container(data).records}  # mode byte of table 0
+    chosen = {r.name: data[r.offset + 14] for r in read_container(data).records}  # mode byte of table 0
     assert chosen["laplace"] & 0x80 and chosen["pruned"] & 0x80
     sym = {k: v.view(np.uint8).ravel() for k, v in t.items()}
     forced = {
@@ -174,6 +174,6 @@ def test_knot_tables_decode_on_every_path(decoders, tmp_path):
         "m1": _knot_plan(sym["m1"], 1, 3, 2, [0, 1], [1, 1]),
     }
     payloads = {k: rans.encode_batch([p])[0] for k, p in forced.items()}
-    assert all(p[18] & 0x80 for p in payloads.values())
+    assert all(p[14] & 0x80 for p in payloads.values())
     data = _splice(t, data, payloads)
     _decodes_everywhere(decoders, tmp_path / "knots.ecw", data, t)
