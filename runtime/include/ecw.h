@@ -42,7 +42,7 @@ enum { ECW_MAX_NDIM = 6 };
 /* Workspace sizes in bytes (4-byte aligned). The reference decoder keeps one cumulative
  * frequency table (257 x u16) and 64 lane states; the fast path adds a 2^12-slot decode table. */
 #define ECW_WORKSPACE_SIZE 772u
-#define ECW_FAST_WORKSPACE_SIZE (ECW_WORKSPACE_SIZE + 4u * 4096u)
+#define ECW_FAST_WORKSPACE_SIZE (ECW_WORKSPACE_SIZE + 4u * 4100u)
 
 typedef struct {
     const uint8_t *data; /* the whole container */

@@ -177,3 +177,29 @@ def test_knot_tables_decode_on_every_path(decoders, tmp_path):
     assert all(p[14] & 0x80 for p in payloads.values())
     data = _splice(t, data, payloads)
     _decodes_everywhere(decoders, tmp_path / "knots.ecw", data, t)
+
+
+def test_random_knot_tables_agree_with_python(decoders, tmp_path):
+    """Random knot tables (any window, gaps, weights 0..65535, M 8..12), each used to code symbols
+    drawn from its own frequencies: the C table arithmetic (stepped interpolation, reciprocal
+    division, remainder) gives Python's frequencies, or the payload would not decode."""
+    from edgecompile.container import rans_tables
+
+    rng = np.random.default_rng(12)
+    t, payloads = {}, {}
+    while len(t) < 60:
+        m = int(rng.integers(8, 13))
+        count = int(rng.integers(1, 257))
+        pos = np.unique(np.concatenate([[0, count - 1], rng.integers(0, count, int(rng.integers(0, 12)))]))
+        val = rng.choice([0, 1, 7, 300, 4095, 65535], len(pos)) * (rng.random(len(pos)) < 0.8)
+        val = np.where(rng.random(len(pos)) < 0.5, val, rng.integers(0, 65536, len(pos)))
+        f = rans_tables.knot_freqs(count, pos, val, m)
+        if f is None or np.count_nonzero(f) > (1 << m):
+            continue
+        start = int(rng.integers(0, 256))
+        sym = ((start + rng.choice(count, 300, p=f / f.sum())) % 256).astype(np.uint8)
+        name = f"k{len(t)}"
+        t[name] = sym
+        payloads[name] = rans.encode_batch([_knot_plan(sym, m, start, count, pos, val)])[0]
+    data, _ = encode_container(t, codec_for={k: "rans" for k in t})
+    _decodes_everywhere(decoders, tmp_path / "random_knots.ecw", _splice(t, data, payloads), t)
