@@ -225,7 +225,7 @@ def choose_scale_bits(counts: np.ndarray) -> list[int]:
     return list(range(low, high + 1))
 
 
-# --- Knot tables (FORMAT.md "rans", table mode 1) ---------------------------------------------
+# --- Knot tables (FORMAT.md "rans", mode byte 0x80 | ...) ------------------------------------
 # An explicit table spends ~2-5 bits on every symbol of its window: 40-90 bytes, which is several
 # per cent of a tensor of a few thousand weights. Trained weights have smooth histograms, so a
 # knot table sends a few (position, weight) knots instead; the decoder interpolates the weights
@@ -329,7 +329,7 @@ def _knot_codes(pos: np.ndarray, val: np.ndarray) -> tuple[int, int, np.ndarray,
     d = np.diff(val, prepend=0)
     z = np.where(d >= 0, 2 * d, -2 * d - 1)
     gaps = np.diff(pos) - 1
-    kg = int(_best_k(np.concatenate([gaps, [-1]])[None])[0][0]) if len(gaps) else 0
+    kg = int(_best_k(gaps[None])[0][0]) if len(gaps) else 0
     kv = int(_best_k(z[None])[0][0])
     codes = np.empty(2 * len(val) - 1, np.int64)
     codes[0::2], codes[1::2] = z, gaps
@@ -338,6 +338,7 @@ def _knot_codes(pos: np.ndarray, val: np.ndarray) -> tuple[int, int, np.ndarray,
 
 
 def knot_table_bytes(pos: np.ndarray, val: np.ndarray) -> int:
+    """Serialized size in bytes of a knot table."""
     _, _, codes, orders = _knot_codes(pos, val)
     nb = _bit_length(codes + (1 << orders))
     return 3 + (int((2 * nb - orders - 1).sum()) + 7) // 8
