@@ -143,7 +143,7 @@ def candidates(arr: np.ndarray, allowed: tuple[str, ...], zstd_level: int = ZSTD
 def finish(pendings: list[Pending]) -> list[bytes]:
     """Code every pending rANS plan in one batch and wrap each result."""
     plans = [p for pend in pendings for p in pend.parts]
-    coded = rans.encode_batch(plans) if plans else []
+    coded = rans.encode_batch(rans.with_knot_tables(plans)) if plans else []
     results, i = [], 0
     for pend in pendings:
         k = len(pend.parts)

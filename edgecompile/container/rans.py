@@ -11,7 +11,7 @@ verifiable in Python in about a second.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -40,6 +40,7 @@ class RansPlan:
     shuffle: bool = False
     itemsize: int = 1
     knots: tuple | None = None  # per table: None (explicit) or (start, count, positions, values)
+    est_size: int = 0  # payload bytes the planner expects
 
 
 @dataclass(frozen=True)
@@ -94,48 +95,61 @@ def plan(symbols: np.ndarray, n_groups: int, *, shuffle: bool = False, itemsize:
         if best is None or size < best[0]:
             best = (size, m, freqs)
     size, m, freqs = best
-    knots = None
-    if n_groups <= KNOT_MAX_TABLES and tables.table_bytes(freqs).sum() >= tables.KNOT_MIN_SHARE * size:
-        size, m, freqs, knots = _with_knots(counts, m, size)
     size += n_groups * -(-group_len // block) * (4 + 3 * w) - 4  # block size fields + ~3 wasted bytes a lane
-    return RansPlan(symbols, m, freqs, w, block, shuffle, itemsize, knots), int(np.ceil(size))
+    plan = RansPlan(symbols, m, freqs, w, block, shuffle, itemsize, est_size=int(np.ceil(size)))
+    return plan, plan.est_size
 
 
 #: Knot tables are tried for per-tensor (or per-byte-plane) tables only: per-channel tables are
 #: chosen for large tensors, where a table's bytes hardly matter, and there are many of them.
 KNOT_MAX_TABLES = 8
+#: Knot fits per batch (a container), the tables with the most bytes first: a fit costs ~10 ms, and
+#: a 20M-parameter transformer has hundreds of bias and norm tables whose bytes nobody would see.
+KNOT_MAX_FITS = 64
 
 
-def _with_knots(counts: np.ndarray, m_explicit: int, size_explicit: float) -> tuple:
-    """Smallest mix of explicit and knot tables: (size, M, freqs, knots or None).
+def with_knot_tables(plans: list[RansPlan]) -> list[RansPlan]:
+    """``plans`` with knot tables wherever they are smaller than the explicit ones (rans_tables,
+    "Knot tables"): for per-tensor or per-byte-plane tables that are >= ``KNOT_MIN_SHARE`` of
+    their payload, the ``KNOT_MAX_FITS`` tables of most bytes first."""
+    worth = []
+    for k, p in enumerate(plans):
+        if p.knots is None and len(p.freqs) <= KNOT_MAX_TABLES:
+            t = tables.table_bytes(p.freqs)
+            if t.sum() >= tables.KNOT_MIN_SHARE * p.est_size:
+                worth += [(-int(b), k, g) for g, b in enumerate(t)]
+    chosen: dict[int, list[int]] = {}
+    for _, k, g in sorted(worth)[:KNOT_MAX_FITS]:
+        chosen.setdefault(k, []).append(g)
+    return [_with_knots(p, chosen[k]) if k in chosen else p for k, p in enumerate(plans)]
 
-    Tries M = the explicit tables' best and 12 (knot tables cost nearly the same at any M, and a
-    finer M codes skewed histograms better), weights at 2^(M + 2).
-    """
-    best = (size_explicit, m_explicit, tables.normalize_freqs(counts, m_explicit), None)
-    for m in sorted({m_explicit, RANS_MAX_SCALE_BITS}):
-        freqs = tables.normalize_freqs(counts, m)
-        explicit = tables.table_bytes(freqs) + tables.coded_bits(counts, freqs, m) / 8
-        start, count = tables.windows(counts)
-        knots, size = [], RANS_HEADER.size
-        for g in range(len(counts)):
-            c = counts[g, (start[g] + np.arange(count[g])) % 256]
-            fit = tables.fit_knots(c, m, m + 2)
-            cost = np.inf
-            if fit is not None:
-                f = tables.knot_freqs(len(c), *fit, m)
-                row = np.zeros(256, np.int64)
-                row[(start[g] + np.arange(count[g])) % 256] = f
-                cost = tables.knot_table_bytes(*fit) + tables.coded_bits(counts[g : g + 1], row[None], m)[0] / 8
-            if cost < explicit[g]:
-                freqs[g] = row
-                knots.append((int(start[g]), int(count[g]), *fit))
-            else:
-                knots.append(None)
-            size += min(cost, explicit[g])
-        if size < best[0]:
-            best = (size, m, freqs, tuple(knots) if any(k is not None for k in knots) else None)
-    return best
+
+def _with_knots(p: RansPlan, groups: list[int]) -> RansPlan:
+    """``p`` with knot tables at M = 12 for those of ``groups`` where that is smaller (knot tables
+    cost about the same at any M, and a fine M codes skewed histograms better), or ``p`` itself."""
+    m = RANS_MAX_SCALE_BITS
+    n_groups = len(p.freqs)
+    g_len = p.symbols.size // n_groups
+    counts = np.bincount((np.repeat(np.arange(n_groups), g_len) * 256 + p.symbols).astype(np.int64),
+                         minlength=256 * n_groups).reshape(n_groups, 256)
+    before = tables.table_bytes(p.freqs).sum() + tables.coded_bits(counts, p.freqs, p.scale_bits).sum() / 8
+    freqs = tables.normalize_freqs(counts, m)
+    explicit = tables.table_bytes(freqs) + tables.coded_bits(counts, freqs, m) / 8
+    start, count = tables.windows(counts)
+    knots: list = [None] * n_groups
+    for g in groups:
+        window = (start[g] + np.arange(count[g])) % 256
+        fit = tables.fit_knots(counts[g, window], m, m + 2)
+        if fit is None:
+            continue
+        row = np.zeros(256, np.int64)
+        row[window] = tables.knot_freqs(int(count[g]), *fit, m)
+        cost = tables.knot_table_bytes(*fit) + tables.coded_bits(counts[g : g + 1], row[None], m)[0] / 8
+        if cost < explicit[g]:
+            freqs[g], explicit[g], knots[g] = row, cost, (int(start[g]), int(count[g]), *fit)
+    if all(k is None for k in knots) or explicit.sum() >= before:
+        return p
+    return replace(p, scale_bits=m, freqs=freqs, knots=tuple(knots))
 
 
 def coded_bits_total(counts: np.ndarray, freqs: np.ndarray, m: int) -> float:
