@@ -81,23 +81,27 @@ def plan(symbols: np.ndarray, n_groups: int, *, shuffle: bool = False, itemsize:
     Returns the plan and its estimated payload size in bytes (exact up to the lanes' final states).
     """
     symbols = np.ascontiguousarray(symbols, dtype=np.uint8)
-    n = symbols.size
-    group_len = n // n_groups
-    counts = np.bincount(
-        (np.repeat(np.arange(n_groups), group_len) * 256 + symbols).astype(np.int64) if n_groups > 1 else symbols,
-        minlength=256 * n_groups,
-    ).reshape(n_groups, 256)
+    group_len = symbols.size // n_groups
+    counts = _group_counts(symbols, n_groups)
     w, block = choose_layout(group_len)
     best = None
     for m in tables.choose_scale_bits(counts):
         freqs = tables.normalize_freqs(counts, m)
-        size = RANS_HEADER.size + tables.table_bytes(freqs).sum() + coded_bits_total(counts, freqs, m) / 8
+        size = RANS_HEADER.size + tables.table_bytes(freqs).sum() + tables.coded_bits(counts, freqs, m).sum() / 8
         if best is None or size < best[0]:
             best = (size, m, freqs)
     size, m, freqs = best
     size += n_groups * -(-group_len // block) * (4 + 3 * w) - 4  # block size fields + ~3 wasted bytes a lane
     plan = RansPlan(symbols, m, freqs, w, block, shuffle, itemsize, est_size=int(np.ceil(size)))
     return plan, plan.est_size
+
+
+def _group_counts(symbols: np.ndarray, n_groups: int) -> np.ndarray:
+    """``(n_groups, 256)`` symbol counts of the equal contiguous groups of ``symbols``."""
+    if n_groups == 1:
+        return np.bincount(symbols, minlength=256)[None]
+    keys = np.repeat(np.arange(n_groups), symbols.size // n_groups) * 256 + symbols
+    return np.bincount(keys, minlength=256 * n_groups).reshape(n_groups, 256)
 
 
 #: Knot tables are tried for per-tensor (or per-byte-plane) tables only: per-channel tables are
@@ -129,9 +133,7 @@ def _with_knots(p: RansPlan, groups: list[int]) -> RansPlan:
     cost about the same at any M, and a fine M codes skewed histograms better), or ``p`` itself."""
     m = RANS_MAX_SCALE_BITS
     n_groups = len(p.freqs)
-    g_len = p.symbols.size // n_groups
-    counts = np.bincount((np.repeat(np.arange(n_groups), g_len) * 256 + p.symbols).astype(np.int64),
-                         minlength=256 * n_groups).reshape(n_groups, 256)
+    counts = _group_counts(p.symbols, n_groups)
     before = tables.table_bytes(p.freqs).sum() + tables.coded_bits(counts, p.freqs, p.scale_bits).sum() / 8
     freqs = tables.normalize_freqs(counts, m)
     explicit = tables.table_bytes(freqs) + tables.coded_bits(counts, freqs, m) / 8
@@ -150,10 +152,6 @@ def _with_knots(p: RansPlan, groups: list[int]) -> RansPlan:
     if all(k is None for k in knots) or explicit.sum() >= before:
         return p
     return replace(p, scale_bits=m, freqs=freqs, knots=tuple(knots))
-
-
-def coded_bits_total(counts: np.ndarray, freqs: np.ndarray, m: int) -> float:
-    return float(tables.coded_bits(counts, freqs, m).sum())
 
 
 @dataclass(frozen=True)
