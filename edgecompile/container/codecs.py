@@ -54,6 +54,11 @@ def from_stream(sym: np.ndarray, itemsize: int, shuffle: bool) -> np.ndarray:
 
 
 PER_CHANNEL_MIN_SYMBOLS = 1024
+#: Per-channel tables must beat the best shared-table plan by this fraction: each channel is its own
+#: group (a table to set up, few lanes), which decodes several times slower than a shared table.
+PER_CHANNEL_MIN_GAIN = 0.01
+#: Class maps are tried with 2, 4, 8 and 16 shared tables, for rows of at least this many symbols.
+CLASS_MIN_ROW = 16
 ZSTD_MAX_BYTES_L19 = 1 << 20
 
 
@@ -62,14 +67,24 @@ def _channels(shape: tuple[int, ...]) -> int:
 
 
 def _rans_plan(sym: np.ndarray, shuffle: bool, itemsize: int, channels: int) -> rans.RansPlan:
-    """Smallest of per-tensor (or per-byte-plane) and per-channel tables."""
+    """Smallest of per-tensor (or per-byte-plane), class-map and per-channel tables."""
     base = itemsize if shuffle else 1
     best = rans.plan(sym, base, shuffle=shuffle, itemsize=itemsize)
+    if channels >= 4 and not shuffle and sym.size >= CLASS_MIN_ROW * channels:
+        row_counts = rans.group_counts(sym, np.full(channels, sym.size // channels))
+        for t in (2, 4, 8, 16):
+            if t > channels // 2:
+                break
+            classes = rans.fit_classes(row_counts, t)
+            if classes is not None:
+                alt = rans.plan(sym, int(classes.max()) + 1, classes=classes)
+                if alt[1] < best[1]:
+                    best = alt
     # A table costs tens of bytes: per-channel tables only pay off with enough symbols per channel
     # (and pricing 30k tables of an embedding would cost seconds for nothing).
     if channels > 1 and sym.size >= PER_CHANNEL_MIN_SYMBOLS * channels:
         alt = rans.plan(sym, base * channels, shuffle=shuffle, itemsize=itemsize)
-        if alt[1] < best[1]:
+        if alt[1] < (1 - PER_CHANNEL_MIN_GAIN) * best[1]:
             best = alt
     return best[0]
 

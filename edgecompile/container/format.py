@@ -1,4 +1,4 @@
-"""Byte layout of the ``.ecw`` weight container, version 3 (mirror of ``runtime/FORMAT.md``).
+"""Byte layout of the ``.ecw`` weight container, version 4 (mirror of ``runtime/FORMAT.md``).
 
 ``runtime/FORMAT.md`` is the specification; this module restates it as data, and
 ``tests/container/test_format_doc.py`` parses the document's tables and checks them against the
@@ -9,7 +9,7 @@ field lists below, so the two cannot drift apart. Summary::
                 metadata               meta_size bytes: names, float32 scales, int32 zero points
                 zero padding           to a multiple of 16
                 payloads               each at a multiple of 16, codec-specific
-                                         rans: RANS_HEADER_FIELDS, G tables, u32 block sizes but the last, blocks
+                                         rans: RANS_HEADER_FIELDS, [rows + class map], G tables, u32 block sizes but the last, blocks
                                          lut:  LUT_HEADER_FIELDS, k codebook values, indices
 
 All integers little-endian. ``meta_crc32`` covers header bytes 0..27, the table and the metadata;
@@ -25,7 +25,7 @@ import struct
 import numpy as np
 
 MAGIC = b"ECW1"
-VERSION = 3
+VERSION = 4
 ALIGN = 16
 
 #: (field name, struct code); ``struct`` little-endian, no padding.
@@ -59,7 +59,7 @@ ENTRY_FIELDS: tuple[tuple[str, str], ...] = (
 )
 RANS_HEADER_FIELDS: tuple[tuple[str, str], ...] = (
     ("scale_bits", "B"),
-    ("shuffle", "B"),
+    ("flags", "B"),
     ("itemsize", "B"),
     ("lanes", "B"),
     ("n_groups", "I"),
@@ -113,6 +113,8 @@ RANS_L = 1 << 16
 RANS_MAX_SCALE_BITS = 12
 RANS_MAX_LANES = 64
 RANS_MAX_LANE_SYMBOLS = 65536
+RANS_SHUFFLE, RANS_CLASSES = 1, 2  # bits of the rans header's flags
+RANS_MAX_CLASSES = 16
 LUT_MAX_K = 64
 LUT_MAX_BITS = 6
 

@@ -1,6 +1,10 @@
 """Order-0 interleaved rANS: numpy-vectorized encoder and decoder (FORMAT.md, "rans").
 
 A payload cuts its byte stream into groups (one frequency table each) and each group into blocks.
+A group is a contiguous run of the stream (per-tensor, per-byte-plane or per-channel tables) or,
+with a class map, the rows (channels) of one class: rows whose histograms look alike share a table,
+which codes per-channel-scaled weights 0.5-1.5 % below the per-tensor order-0 bound while keeping
+groups long enough for many lanes.
 A block interleaves its symbols over W lanes (symbol i goes to lane i mod W, each lane a 32-bit
 state) that share one stream of 16-bit words, read in symbol order. That is the layout SIMD
 decoders want (one vector of states, a contiguous word stream, contiguous output; see
@@ -17,7 +21,8 @@ import numpy as np
 
 from . import rans_tables as tables
 from .errors import CorruptStream
-from .format import RANS_HEADER, RANS_L, RANS_MAX_LANE_SYMBOLS, RANS_MAX_LANES, RANS_MAX_SCALE_BITS
+from .format import (RANS_CLASSES, RANS_HEADER, RANS_L, RANS_MAX_CLASSES, RANS_MAX_LANE_SYMBOLS, RANS_MAX_LANES,
+                     RANS_MAX_SCALE_BITS, RANS_SHUFFLE)
 
 #: Symbols per lane in a full block: the numpy loops run at most this many steps; a block costs
 #: 4 bytes of size plus 4 bytes of state per lane, about 3 of them wasted (the final state's
@@ -32,7 +37,7 @@ MIN_LANE_SYMBOLS = 2048
 class RansPlan:
     """What to encode: the symbol stream (already in stream order) and its tables."""
 
-    symbols: np.ndarray  # uint8, stream order
+    symbols: np.ndarray  # uint8, stream order (with classes: the rows of class 0, then class 1, ...)
     scale_bits: int
     freqs: np.ndarray  # (G, 256) int64, rows sum to 2**scale_bits
     lanes: int  # W, lanes interleaved in a block
@@ -41,6 +46,7 @@ class RansPlan:
     itemsize: int = 1
     knots: tuple | None = None  # per table: None (explicit) or (start, count, positions, values)
     est_size: int = 0  # payload bytes the planner expects
+    classes: np.ndarray | None = None  # uint8 class (table) of every row, or None: contiguous groups
 
 
 @dataclass(frozen=True)
@@ -54,17 +60,66 @@ class ParsedRans:
     lanes: int
     block: int
     n_symbols: int
-    block_sizes: np.ndarray  # (G * blocks per group,) int64
+    block_sizes: np.ndarray  # (blocks,) int64
     streams: np.ndarray  # uint8, the blocks' bytes concatenated
+    classes: np.ndarray | None = None  # class of every row (FORMAT.md "rans", class map)
 
 
-def block_layout(n_symbols: int, n_groups: int, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """Start and length of every block (group-major), as in FORMAT.md."""
-    group_len = n_symbols // n_groups
-    j = np.arange(-(-group_len // block))
-    length = np.minimum(block, group_len - j * block)
-    start = (np.arange(n_groups)[:, None] * group_len + j * block).ravel()
-    return start, np.tile(length, n_groups)
+def group_lengths(n_symbols: int, n_groups: int, classes: np.ndarray | None = None) -> np.ndarray:
+    """Symbols of every group: ``n / G`` each, or with a class map, the rows of each class."""
+    if classes is None:
+        return np.full(n_groups, n_symbols // n_groups, np.int64)
+    return np.bincount(classes, minlength=n_groups).astype(np.int64) * (n_symbols // len(classes))
+
+
+def block_layout(group_lens: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Start, length and group of every block (group-major), as in FORMAT.md."""
+    group_lens = np.asarray(group_lens, np.int64)
+    nb = -(-group_lens // block)
+    g = np.repeat(np.arange(len(group_lens)), nb)
+    j = np.arange(int(nb.sum())) - np.repeat(np.cumsum(nb) - nb, nb)
+    length = np.minimum(block, group_lens[g] - j * block)
+    return (np.cumsum(group_lens) - group_lens)[g] + j * block, length, g
+
+
+def class_map_bits(n_groups: int) -> int:
+    """Bits per class-map entry: 1, 2 or 4 (entries never straddle a byte)."""
+    return 1 if n_groups <= 2 else 2 if n_groups <= 4 else 4
+
+
+def pack_classes(classes: np.ndarray, n_groups: int) -> bytes:
+    """The class map: one entry per row, least significant bits first."""
+    b = class_map_bits(n_groups)
+    bits = (classes[:, None] >> np.arange(b, dtype=np.uint8)) & 1
+    return np.packbits(bits.reshape(-1), bitorder="little").tobytes()
+
+
+def fit_classes(row_counts: np.ndarray, n_classes: int, iters: int = 8) -> np.ndarray | None:
+    """Assign rows to ``n_classes`` shared tables: Lloyd iterations on code length.
+
+    Starts from quantiles of the rows' own entropy (per-channel int8 weights differ mostly in
+    spread), then alternates: table = pooled histogram of its rows; row -> the table that codes it
+    in the fewest bits. Returns uint8 classes ``0..T-1`` (empty classes dropped), or None when
+    fewer than two stay non-empty.
+    """
+    c = row_counts.astype(np.float64)
+    tot = c.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = c / tot
+        h = -np.where(c > 0, p * np.log2(p), 0).sum(axis=1)
+    cls = np.minimum((np.argsort(np.argsort(h, kind="stable")) * n_classes) // len(h), n_classes - 1)
+    for _ in range(iters):
+        pooled = np.zeros((n_classes, c.shape[1]))
+        np.add.at(pooled, cls, c)
+        used = pooled.sum(axis=1) > 0
+        logp = np.log2((pooled[used] + 0.02) / (pooled[used] + 0.02).sum(axis=1, keepdims=True))
+        new = np.argmax(c @ logp.T, axis=1)
+        new = np.flatnonzero(used)[new]
+        if np.array_equal(new, cls):
+            break
+        cls = new
+    kept, cls = np.unique(cls, return_inverse=True)
+    return cls.astype(np.uint8) if len(kept) >= 2 else None
 
 
 def choose_layout(group_len: int) -> tuple[int, int]:
@@ -75,38 +130,45 @@ def choose_layout(group_len: int) -> tuple[int, int]:
     return w, w * LANE_STEPS
 
 
-def plan(symbols: np.ndarray, n_groups: int, *, shuffle: bool = False, itemsize: int = 1) -> tuple[RansPlan, int]:
+def plan(symbols: np.ndarray, n_groups: int, *, shuffle: bool = False, itemsize: int = 1,
+         classes: np.ndarray | None = None) -> tuple[RansPlan, int]:
     """Choose scale bits and layout for a stream cut into ``n_groups`` tables.
 
+    ``symbols`` are in stream order; with ``classes`` (one per row of ``symbols.size /
+    len(classes)`` symbols) they are in tensor order and the plan holds them grouped by class.
     Returns the plan and its estimated payload size in bytes (exact up to the lanes' final states).
     """
     symbols = np.ascontiguousarray(symbols, dtype=np.uint8)
-    group_len = symbols.size // n_groups
-    counts = _group_counts(symbols, n_groups)
-    w, block = choose_layout(group_len)
+    extra = 0
+    if classes is not None:
+        symbols = symbols.reshape(len(classes), -1)[np.argsort(classes, kind="stable")].reshape(-1)
+        extra = 4 + -(-len(classes) * class_map_bits(n_groups) // 8)
+    lens = group_lengths(symbols.size, n_groups, classes)
+    counts = group_counts(symbols, lens)
+    w, block = choose_layout(int(lens.min()))
     best = None
     for m in tables.choose_scale_bits(counts):
         freqs = tables.normalize_freqs(counts, m)
-        size = RANS_HEADER.size + tables.table_bytes(freqs).sum() + tables.coded_bits(counts, freqs, m).sum() / 8
+        size = RANS_HEADER.size + extra + tables.table_bytes(freqs).sum() + tables.coded_bits(counts, freqs, m).sum() / 8
         if best is None or size < best[0]:
             best = (size, m, freqs)
     size, m, freqs = best
-    size += n_groups * -(-group_len // block) * (4 + 3 * w) - 4  # block size fields + ~3 wasted bytes a lane
-    plan = RansPlan(symbols, m, freqs, w, block, shuffle, itemsize, est_size=int(np.ceil(size)))
+    size += int((-(-lens // block)).sum()) * (4 + 3 * w) - 4  # block size fields + ~3 wasted bytes a lane
+    plan = RansPlan(symbols, m, freqs, w, block, shuffle, itemsize, est_size=int(np.ceil(size)), classes=classes)
     return plan, plan.est_size
 
 
-def _group_counts(symbols: np.ndarray, n_groups: int) -> np.ndarray:
-    """``(n_groups, 256)`` symbol counts of the equal contiguous groups of ``symbols``."""
-    if n_groups == 1:
+def group_counts(symbols: np.ndarray, group_lens: np.ndarray) -> np.ndarray:
+    """``(G, 256)`` symbol counts of the consecutive groups of ``symbols``."""
+    if len(group_lens) == 1:
         return np.bincount(symbols, minlength=256)[None]
-    keys = np.repeat(np.arange(n_groups), symbols.size // n_groups) * 256 + symbols
-    return np.bincount(keys, minlength=256 * n_groups).reshape(n_groups, 256)
+    keys = np.repeat(np.arange(len(group_lens)), group_lens) * 256 + symbols
+    return np.bincount(keys, minlength=256 * len(group_lens)).reshape(len(group_lens), 256)
 
 
 #: Knot tables are tried for per-tensor (or per-byte-plane) tables only: per-channel tables are
 #: chosen for large tensors, where a table's bytes hardly matter, and there are many of them.
-KNOT_MAX_TABLES = 8
+KNOT_MAX_TABLES = RANS_MAX_CLASSES
 #: Knot fits per batch (a container), the tables with the most bytes first: a fit costs ~10 ms, and
 #: a 20M-parameter transformer has hundreds of bias and norm tables whose bytes nobody would see.
 KNOT_MAX_FITS = 64
@@ -133,7 +195,7 @@ def _with_knots(p: RansPlan, groups: list[int]) -> RansPlan:
     cost about the same at any M, and a fine M codes skewed histograms better), or ``p`` itself."""
     m = RANS_MAX_SCALE_BITS
     n_groups = len(p.freqs)
-    counts = _group_counts(p.symbols, n_groups)
+    counts = group_counts(p.symbols, group_lengths(p.symbols.size, n_groups, p.classes))
     before = tables.table_bytes(p.freqs).sum() + tables.coded_bits(counts, p.freqs, p.scale_bits).sum() / 8
     freqs = tables.normalize_freqs(counts, m)
     explicit = tables.table_bytes(freqs) + tables.coded_bits(counts, freqs, m) / 8
@@ -176,14 +238,14 @@ def _lanes(items: list) -> _Lanes:
     for it in items:
         n = it.symbols.size if isinstance(it, RansPlan) else it.n_symbols
         g = len(it.freqs)
-        bstart, blen = block_layout(n, g, it.block)
+        bstart, blen, bgroup = block_layout(group_lengths(n, g, it.classes), it.block)
         w = it.lanes
         i = np.arange(w)
         lane_len = np.maximum(blen[:, None] - i[None, :] + w - 1, 0) // w
         parts["start"].append((bstart[:, None] + i[None, :]).ravel() + offset)
         parts["length"].append(lane_len.ravel())
         parts["stride"].append(np.full(lane_len.size, w))
-        parts["table"].append(np.repeat(bstart // (n // g), w) + table_base)
+        parts["table"].append(np.repeat(bgroup, w) + table_base)
         parts["bits"].append(np.full(lane_len.size, it.scale_bits))
         parts["width"].append(np.full(len(bstart), w))
         parts["bstart"].append(bstart + offset)
@@ -248,10 +310,14 @@ def encode_batch(plans: list[RansPlan]) -> list[bytes]:
 
     payloads, b0 = [], 0
     for p in plans:
-        k = len(block_layout(p.symbols.size, len(p.freqs), p.block)[0])
+        g = len(p.freqs)
+        k = len(block_layout(group_lengths(p.symbols.size, g, p.classes), p.block)[0])
         sizes = size[b0 : b0 + k]
         lo = int(off[b0])
-        header = RANS_HEADER.pack(p.scale_bits, int(p.shuffle), p.itemsize, p.lanes, len(p.freqs), p.block)
+        flags = (RANS_SHUFFLE if p.shuffle else 0) | (RANS_CLASSES if p.classes is not None else 0)
+        header = RANS_HEADER.pack(p.scale_bits, flags, p.itemsize, p.lanes, g, p.block)
+        if p.classes is not None:
+            header += len(p.classes).to_bytes(4, "little") + pack_classes(p.classes, g)
         # every block's size but the last: the payload's end implies it
         payloads.append(header + tables.serialize_tables(p.freqs, p.knots) + sizes[:-1].astype("<u4").tobytes()
                         + out_buf[lo : lo + int(sizes.sum())].tobytes())
@@ -274,22 +340,37 @@ def parse(payload: bytes | memoryview | np.ndarray, n_symbols: int, *, itemsize:
     buf = np.frombuffer(payload, dtype=np.uint8)
     if len(buf) < RANS_HEADER.size:
         raise CorruptStream(f"rans payload of {len(buf)} bytes is shorter than its {RANS_HEADER.size}-byte header")
-    m, shuffle, isz, w, g, block = RANS_HEADER.unpack_from(buf, 0)
+    m, flags, isz, w, g, block = RANS_HEADER.unpack_from(buf, 0)
     n = n_symbols
+    shuffle, has_classes = bool(flags & RANS_SHUFFLE), bool(flags & RANS_CLASSES)
     if not 1 <= m <= RANS_MAX_SCALE_BITS:
         raise CorruptStream(f"rans scale_bits {m} is outside 1..{RANS_MAX_SCALE_BITS}")
-    if shuffle > 1 or (shuffle == 0 and isz != 1) or (shuffle and isz != itemsize):
-        raise CorruptStream(f"rans shuffle={shuffle} itemsize={isz} does not fit the tensor")
+    if flags > 3 or (shuffle and has_classes) or (not shuffle and isz != 1) or (shuffle and isz != itemsize):
+        raise CorruptStream(f"rans flags={flags} itemsize={isz} does not fit the tensor")
     if not 0 < n < 1 << 32:
         raise CorruptStream(f"rans streams hold 1..2^32 - 1 symbols, the entry implies {n}")
-    if g == 0 or n % g or (shuffle and g % isz):
+    if g == 0 or (n % g and not has_classes) or (shuffle and g % isz):
         raise CorruptStream(f"rans n_groups={g} does not divide {n} symbols into whole groups")
     if not 1 <= w <= RANS_MAX_LANES or not w <= block <= w * RANS_MAX_LANE_SYMBOLS:
         raise CorruptStream(f"rans lanes={w} and block={block} are outside 1..{RANS_MAX_LANES} and W..W*65536")
-    if 3 * g > len(buf) - RANS_HEADER.size:
+    pos, classes = RANS_HEADER.size, None
+    if has_classes:
+        if not 2 <= g <= RANS_MAX_CLASSES or len(buf) < pos + 4:
+            raise CorruptStream(f"rans class map with {g} classes (2..{RANS_MAX_CLASSES}) or without its row count")
+        rows = int(buf[pos : pos + 4].view("<u4")[0])
+        b = class_map_bits(g)
+        end = pos + 4 + -(-rows * b // 8)
+        if rows == 0 or n % rows or end > len(buf):
+            raise CorruptStream(f"rans class map of {rows} rows does not fit {n} symbols or the payload")
+        bits = np.unpackbits(buf[pos + 4 : end], bitorder="little")[: rows * b].reshape(rows, b)
+        classes = (bits.astype(np.uint8) << np.arange(b, dtype=np.uint8)).sum(axis=1, dtype=np.uint8)
+        if np.any(np.bincount(classes, minlength=16)[:g] == 0) or classes.max() >= g:
+            raise CorruptStream(f"rans class map leaves a class empty or names one past {g}")
+        pos = end
+    if 3 * g > len(buf) - pos:
         raise CorruptStream(f"rans payload too short for {g} tables")
-    freqs, pos = tables.parse_tables(buf, RANS_HEADER.size, g, m)
-    n_blocks = g * -(-(n // g) // block)
+    freqs, pos = tables.parse_tables(buf, pos, g, m)
+    n_blocks = len(block_layout(group_lengths(n, g, classes), block)[0])
     if pos + 4 * (n_blocks - 1) > len(buf):
         raise CorruptStream(f"rans payload too short for {n_blocks} block sizes")
     sizes = buf[pos : pos + 4 * (n_blocks - 1)].view("<u4").astype(np.int64)
@@ -297,7 +378,7 @@ def parse(payload: bytes | memoryview | np.ndarray, n_symbols: int, *, itemsize:
     sizes = np.append(sizes, len(buf) - pos - int(sizes.sum()))  # the last block: the rest
     if np.any(sizes < 4 * w) or np.any((sizes - 4 * w) % 2):
         raise CorruptStream("rans block sizes do not add up to the payload")
-    return ParsedRans(m, bool(shuffle), isz, freqs, w, block, n, sizes, buf[pos:])
+    return ParsedRans(m, shuffle, isz, freqs, w, block, n, sizes, buf[pos:], classes)
 
 
 def decode_batch(parsed: list[ParsedRans]) -> list[np.ndarray]:
@@ -349,6 +430,11 @@ def decode_batch(parsed: list[ParsedRans]) -> list[np.ndarray]:
         raise CorruptStream("rans block does not end with its lanes at the final state and its words used up")
     results, pos = [], 0
     for p in parsed:
-        results.append(out[pos : pos + p.n_symbols])
+        sym = out[pos : pos + p.n_symbols]
+        if p.classes is not None:  # rows come grouped by class: put them back in row order
+            rows = np.empty((len(p.classes), p.n_symbols // len(p.classes)), np.uint8)
+            rows[np.argsort(p.classes, kind="stable")] = sym.reshape(len(p.classes), -1)
+            sym = rows.reshape(-1)
+        results.append(sym)
         pos += p.n_symbols
     return results

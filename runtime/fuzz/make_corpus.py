@@ -30,6 +30,9 @@ seeds = {
     "rans_knots": ({"w": np.clip(np.round(rng.laplace(0, 8, 3000)), -127, 127).astype(np.int8)}, "rans"),
     "rans_knots_pruned": ({"w": np.where(rng.random(3000) < 0.4, np.clip(np.round(rng.laplace(0, 30, 3000)), -127, 127),
                                          0).astype(np.int8)}, "rans"),
+    # rows of three spreads: a class map (shared tables, rows written through the row cursor)
+    "rans_classes": ({"w": np.clip(np.round(rng.laplace(0, np.array([1.0, 6.0, 30.0])[rng.integers(0, 3, 40)][:, None],
+                                                        (40, 50))), -127, 127).astype(np.int8)}, "rans"),
 }
 # Blocks of 8 and 64 lanes (the AVX2 and AVX-512 steps), forced on small tensors so that an
 # execution stays fast: the encoder itself gives 64 lanes only from 131072 symbols.

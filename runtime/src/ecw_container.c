@@ -36,7 +36,7 @@ ecw_status ecw_open(ecw_container *c, const void *data, size_t size) {
     if (size < 4) return (size == 0 || memcmp(p, "ECW1", size) == 0) ? ECW_E_TRUNCATED : ECW_E_MAGIC;
     if (memcmp(p, "ECW1", 4) != 0) return ECW_E_MAGIC;
     if (size < HEADER_SIZE) return ECW_E_TRUNCATED;
-    if (ecw_le16(p + 4) != 3u) return ECW_E_VERSION;
+    if (ecw_le16(p + 4) != 4u) return ECW_E_VERSION;
     n = ecw_le32(p + 8);
     meta_size = ecw_le32(p + 12);
     file_size = ecw_le64(p + 16);

@@ -166,24 +166,61 @@ static unsigned find_symbol(const uint16_t *cum, uint32_t slot) {
     return lo;
 }
 
-/* Where the decoder writes: stream index k goes to dst[(k % plane_len) * stride + k / plane_len]. */
+/* Where the decoder writes the stream, symbol after symbol (FORMAT.md "rans"): in order; with
+ * shuffle, stream index k to dst[(k % plane_len) * stride + k / plane_len]; with a class map, a
+ * group's symbols fill the rows of its class, in row order. */
 typedef struct {
     uint8_t *dst;
-    uint32_t plane_len;
-    unsigned stride;
+    uint32_t k;         /* plain and shuffle: stream index of the next symbol */
+    uint32_t plane_len; /* shuffle: symbols per byte plane */
+    unsigned stride;    /* shuffle: itemsize; 1 otherwise */
+    const uint8_t *map; /* the class map, or NULL */
+    unsigned map_bits, cls;
+    uint32_t rows, row_len, row, col; /* class map: the next symbol goes to dst[row * row_len + col] */
 } sink;
 
-static void put(const sink *o, uint32_t k, unsigned s) {
-    o->dst[o->stride == 1u ? k : (k % o->plane_len) * o->stride + k / o->plane_len] = (uint8_t)s;
+static unsigned class_of(const sink *o, uint32_t r) {
+    unsigned per_byte = 8u / o->map_bits; /* entries never straddle a byte */
+    return (o->map[r / per_byte] >> (r % per_byte * o->map_bits)) & ((1u << o->map_bits) - 1u);
 }
 
-/* Reference loop, every read checked: symbols i..len-1 of a block whose first stream index is k0,
- * from lane states x[] and words at *pp. */
+/* The first row at or after r of class o->cls (o->rows if none). */
+static uint32_t next_row(const sink *o, uint32_t r) {
+    while (r < o->rows && class_of(o, r) != o->cls) r++;
+    return r;
+}
+
+/* Write `count` consecutive stream symbols. A group emits exactly its length, so a class-map
+ * cursor never runs past the last row of its class. */
+static void emit(sink *o, const uint8_t *s, uint32_t count) {
+    if (o->map != NULL) {
+        while (count > 0) {
+            uint32_t take = o->row_len - o->col < count ? o->row_len - o->col : count;
+            memcpy(o->dst + (size_t)o->row * o->row_len + o->col, s, take);
+            s += take;
+            count -= take;
+            o->col += take;
+            if (o->col == o->row_len) {
+                o->col = 0;
+                o->row = next_row(o, o->row + 1u);
+            }
+        }
+    } else if (o->stride == 1u) {
+        memcpy(o->dst + o->k, s, count);
+        o->k += count;
+    } else {
+        for (; count > 0; count--, o->k++) o->dst[(o->k % o->plane_len) * o->stride + o->k / o->plane_len] = *s++;
+    }
+}
+
+/* Reference loop, every read checked: symbols i..len-1 of a block, from lane states x[] and words
+ * at *pp. */
 static ecw_status block_finish(const uint8_t **pp, const uint8_t *end, uint32_t i, uint32_t len, unsigned w,
-                               uint32_t *x, const uint16_t *cum, unsigned m, const sink *o, uint32_t k0) {
+                               uint32_t *x, const uint16_t *cum, unsigned m, sink *o) {
     const uint8_t *p = *pp;
     uint32_t mask = (1u << m) - 1u;
     unsigned j = i % w;
+    uint8_t sym;
     for (; i < len; i++) {
         uint32_t slot = x[j] & mask, xj;
         unsigned s = find_symbol(cum, slot);
@@ -194,7 +231,8 @@ static ecw_status block_finish(const uint8_t **pp, const uint8_t *end, uint32_t 
             p += 2;
         }
         x[j] = xj;
-        put(o, k0 + i, s);
+        sym = (uint8_t)s;
+        emit(o, &sym, 1u);
         if (++j == w) j = 0;
     }
     *pp = p;
@@ -338,9 +376,9 @@ static unsigned simd_width(void) {
 #endif
 
 /* Fast block decode: whole steps in chunks (each checked once against the bytes left, which
- * shrink geometrically), staged through `tmp` when the output is strided. */
+ * shrink geometrically), staged through `tmp` unless the output is in stream order. */
 static const uint8_t *block_fast(const uint8_t *p, const uint8_t *end, uint32_t len, unsigned w, uint32_t *x,
-                                 const ecw_ws_fast *ws, unsigned m, const sink *o, uint32_t k0, uint32_t *done) {
+                                 const ecw_ws_fast *ws, unsigned m, sink *o, uint32_t *done) {
     uint8_t tmp[4096];
     uint32_t full = len / w, t = 0;
 #ifdef ECW_AVX2
@@ -353,10 +391,10 @@ static const uint8_t *block_fast(const uint8_t *p, const uint8_t *end, uint32_t 
     for (;;) {
         size_t avail = (size_t)(end - p);
         uint32_t steps = full - t;
-        uint8_t *out = o->stride == 1u ? o->dst + k0 + t * w : tmp;
+        uint8_t *out = o->stride == 1u && o->map == NULL ? o->dst + o->k : tmp;
         if (avail < slack + 2u * w) break;
         if ((avail - slack) / (2u * w) < steps) steps = (uint32_t)((avail - slack) / (2u * w));
-        if (o->stride != 1u && steps > sizeof tmp / w) steps = (uint32_t)(sizeof tmp / w);
+        if (out == tmp && steps > sizeof tmp / w) steps = (uint32_t)(sizeof tmp / w);
         if (steps == 0) break;
 #ifdef ECW_AVX2
         if (simd == 16u) p = steps_avx512(p, steps, w, x, ws, m, out);
@@ -364,10 +402,8 @@ static const uint8_t *block_fast(const uint8_t *p, const uint8_t *end, uint32_t 
         else
 #endif
             p = steps_scalar(p, steps, w, x, ws->slot, m, out);
-        if (o->stride != 1u) {
-            uint32_t i;
-            for (i = 0; i < steps * w; i++) put(o, k0 + t * w + i, tmp[i]);
-        }
+        if (out == tmp) emit(o, tmp, steps * w);
+        else o->k += steps * w;
         t += steps;
     }
     *done = t * w;
@@ -387,6 +423,14 @@ static void fill_slots(ecw_ws_fast *fast) {
 }
 #endif
 
+/* Symbols of group g: n / G, or with a class map, row_len times the rows of class g. */
+static uint32_t group_len(sink *o, uint32_t n, uint32_t g_count, unsigned g) {
+    uint32_t r, count = 0;
+    if (o->map == NULL) return n / g_count;
+    for (r = 0; r < o->rows; r++) count += class_of(o, r) == g;
+    return count * o->row_len;
+}
+
 ecw_status ecw_rans_decode(const uint8_t *src, uint64_t src_size, uint64_t n_symbols, unsigned itemsize,
                            uint8_t *dst, void *wsp, size_t ws_size) {
     ecw_ws_small *ws = (ecw_ws_small *)wsp;
@@ -396,35 +440,56 @@ ecw_status ecw_rans_decode(const uint8_t *src, uint64_t src_size, uint64_t n_sym
     ecw_ws_fast *fast = ws_size >= ECW_FAST_WORKSPACE_SIZE ? (ecw_ws_fast *)wsp : NULL;
 #endif
     const uint8_t *end = src + src_size, *tables, *tp, *sizes, *stream;
-    unsigned m, shuffle, isz, w;
-    uint32_t g_count, block, n, g, b, group_len, n_blocks;
-    uint64_t total, last;
-    sink o;
+    unsigned m, flags, shuffle, isz, w;
+    uint32_t g_count, block, n, g, b, len_g, n_blocks;
+    uint64_t total, last, all_blocks = 0, covered = 0, at;
+    sink o = {0};
     if (src_size < 12u || n_symbols == 0 || n_symbols > 0xFFFFFFFFu) return ECW_E_STREAM;
     m = src[0];
-    shuffle = src[1];
+    flags = src[1];
+    shuffle = flags & 1u;
     isz = src[2];
     w = src[3];
     g_count = ecw_le32(src + 4);
     block = ecw_le32(src + 8);
     n = (uint32_t)n_symbols;
-    if (m < 1u || m > ECW_RANS_MAX_SCALE_BITS || shuffle > 1u) return ECW_E_STREAM;
+    if (m < 1u || m > ECW_RANS_MAX_SCALE_BITS || flags > 2u) return ECW_E_STREAM; /* shuffle or classes */
     if (shuffle ? (itemsize < 2u || isz != itemsize) : (isz != 1u)) return ECW_E_STREAM;
-    if (g_count == 0 || n % g_count != 0 || (shuffle && g_count % isz != 0)) return ECW_E_STREAM;
+    if (g_count == 0 || (!(flags & 2u) && n % g_count != 0) || (shuffle && g_count % isz != 0)) return ECW_E_STREAM;
     if (w < 1u || w > ECW_RANS_MAX_LANES || block < w || block > (uint64_t)w * ECW_RANS_MAX_LANE)
         return ECW_E_STREAM;
-    group_len = n / g_count;
-    n_blocks = (group_len - 1u) / block + 1u;
-    /* Pass 1: walk the tables to find the block sizes (every block's but the last, which is the
-     * rest of the payload); check they fit. */
-    tables = tp = src + 12;
-    for (g = 0; g < g_count; g++) ECW_TRY(read_table(&tp, end, m, ws));
-    if ((uint64_t)(end - tp) >> 2 < (uint64_t)g_count * n_blocks - 1u) return ECW_E_STREAM;
+    o.dst = dst;
+    o.stride = shuffle ? isz : 1u;
+    o.plane_len = shuffle ? n / isz : n;
+    tables = src + 12;
+    if (flags & 2u) { /* class map: u32 rows, then one 1/2/4-bit class per row */
+        uint64_t map_bytes;
+        if (g_count < 2u || g_count > 16u || src_size < 16u) return ECW_E_STREAM;
+        o.rows = ecw_le32(src + 12);
+        o.map_bits = g_count <= 2u ? 1u : g_count <= 4u ? 2u : 4u;
+        map_bytes = ((uint64_t)o.rows * o.map_bits + 7u) / 8u;
+        if (o.rows == 0 || n % o.rows != 0 || map_bytes > src_size - 16u) return ECW_E_STREAM;
+        o.map = src + 16;
+        o.row_len = n / o.rows;
+        tables = src + 16 + map_bytes;
+    }
+    /* Pass 1: walk the tables and the groups to find the block sizes (every block's but the last,
+     * which is the rest of the payload); check they fit and the groups cover the stream. */
+    tp = tables;
+    for (g = 0; g < g_count; g++) {
+        ECW_TRY(read_table(&tp, end, m, ws));
+        len_g = group_len(&o, n, g_count, g);
+        if (len_g == 0) return ECW_E_STREAM; /* an empty class */
+        covered += len_g;
+        all_blocks += (len_g - 1u) / block + 1u;
+    }
+    if (covered != n) return ECW_E_STREAM; /* a class number past the tables */
+    if ((uint64_t)(end - tp) >> 2 < all_blocks - 1u) return ECW_E_STREAM;
     sizes = tp;
-    stream = tp + (size_t)4u * (g_count * n_blocks - 1u);
+    stream = tp + (size_t)4u * (all_blocks - 1u);
     total = 0;
-    for (b = 0; b + 1u < g_count * n_blocks; b++) {
-        uint32_t sz = ecw_le32(sizes + 4u * b);
+    for (at = 0; at + 1u < all_blocks; at++) {
+        uint32_t sz = ecw_le32(sizes + 4u * at);
         if (sz < 4u * w || (sz - 4u * w) % 2u != 0) return ECW_E_STREAM;
         total += sz;
     }
@@ -432,20 +497,23 @@ ecw_status ecw_rans_decode(const uint8_t *src, uint64_t src_size, uint64_t n_sym
     last = (uint64_t)(end - stream) - total;
     if (last < 4u * w || (last - 4u * w) % 2u != 0) return ECW_E_STREAM;
     /* Pass 2: decode group by group, block by block. */
-    o.dst = dst;
-    o.stride = shuffle ? isz : 1u;
-    o.plane_len = shuffle ? n / isz : n;
     tp = tables;
+    at = 0;
     for (g = 0; g < g_count; g++) {
         ECW_TRY(read_table(&tp, end, m, ws));
 #ifndef ECW_NO_FAST
         if (fast != NULL) fill_slots(fast);
 #endif
-        for (b = 0; b < n_blocks; b++) {
-            uint32_t k0 = g * group_len + b * block; /* first stream index (< n < 2^32) */
-            uint32_t len = group_len - b * block < block ? group_len - b * block : block, done = 0;
-            size_t at = (size_t)g * n_blocks + b;
-            uint64_t sz = at + 1u < (size_t)g_count * n_blocks ? ecw_le32(sizes + 4u * at) : last;
+        len_g = group_len(&o, n, g_count, g);
+        n_blocks = (len_g - 1u) / block + 1u;
+        if (o.map != NULL) {
+            o.cls = g;
+            o.row = next_row(&o, 0);
+            o.col = 0;
+        }
+        for (b = 0; b < n_blocks; b++, at++) {
+            uint32_t len = len_g - b * block < block ? len_g - b * block : block, done = 0;
+            uint64_t sz = at + 1u < all_blocks ? ecw_le32(sizes + 4u * at) : last;
             const uint8_t *p = stream + 4u * w, *bend = stream + sz;
             unsigned j;
             for (j = 0; j < w; j++) {
@@ -453,9 +521,9 @@ ecw_status ecw_rans_decode(const uint8_t *src, uint64_t src_size, uint64_t n_sym
                 if (ws->x[j] < ECW_RANS_L) return ECW_E_STREAM;
             }
 #ifndef ECW_NO_FAST
-            if (fast != NULL) p = block_fast(p, bend, len, w, ws->x, fast, m, &o, k0, &done);
+            if (fast != NULL) p = block_fast(p, bend, len, w, ws->x, fast, m, &o, &done);
 #endif
-            ECW_TRY(block_finish(&p, bend, done, len, w, ws->x, ws->cum, m, &o, k0));
+            ECW_TRY(block_finish(&p, bend, done, len, w, ws->x, ws->cum, m, &o));
             if (p != bend) return ECW_E_STREAM;
             for (j = 0; j < w; j++)
                 if (ws->x[j] != ECW_RANS_L) return ECW_E_STREAM;

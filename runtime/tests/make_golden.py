@@ -35,7 +35,10 @@ def golden_tensors() -> tuple[dict, dict, dict]:
         "pruned": np.where(rng.random(1 << 17) < 0.1, np.clip(np.round(rng.laplace(0, 20, 1 << 17)), -127, 127),
                            0).astype(np.int8).reshape(256, 512),
     }
-    codecs = {"conv.weight": "rans", "conv.bias": "raw", "fc.weight": "rans", "fc.float": "rans",
+    # rows of three spreads: a class map with shared tables (rans flags bit 1)
+    spread = np.array([2.0, 9.0, 40.0])[rng.integers(0, 3, 96)]
+    tensors["rows"] = np.clip(np.round(rng.laplace(0, spread[:, None], (96, 200))), -127, 127).astype(np.int8)
+    codecs = {"rows": "rans", "conv.weight": "rans", "conv.bias": "raw", "fc.weight": "rans", "fc.float": "rans",
               "fc.clustered": "lut", "mask": "lut", "embed": "zstd", "pruned": "rans"}
     quant = {"conv.weight": QuantInfo(np.abs(w).max(1) / 127, np.zeros(16, np.int32), axis=0),
              "fc.weight": QuantInfo(np.array([0.01], np.float32), np.array([3], np.int32))}

@@ -131,3 +131,49 @@ def test_corrupt_tables_rejected_by_both_readers(decoders, tmp_path, name):
     for tool in decoders.values():
         rc, lines = run([*tool, str(path)])
         assert rc != 0 and lines[0] == "open ECW_OK" and lines[1].split()[2] == "ECW_E_STREAM", lines
+
+
+def _class_payload() -> tuple[dict, bytes]:
+    """A valid rans payload with a 2-class map over 16 rows of 512 symbols (flags 2, G = 2)."""
+    from edgecompile.container import rans
+
+    rng = np.random.default_rng(2)
+    a = np.concatenate([rng.integers(0, 2, (8, 512)), rng.integers(100, 102, (8, 512))]).astype(np.uint8)
+    cls = np.repeat(np.arange(2, dtype=np.uint8), 8)
+    (payload,) = rans.encode_batch([rans.plan(a.ravel(), 2, classes=cls)[0]])
+    assert payload[1] == 2 and payload[12:18] == bytes([16, 0, 0, 0, 0x00, 0xFF])
+    return {"w": a}, payload
+
+
+def _patch(payload: bytes, at: int, new: bytes) -> bytes:
+    return payload[:at] + new + payload[at + len(new):]
+
+
+CLASS_CASES = {
+    "class_empty": lambda p: _patch(p, 16, bytes([0, 0])),  # every row in class 0
+    "class_past_tables": lambda p: _patch(p, 4, struct.pack("<I", 3)),  # 2-bit entries, one reads 3
+    "class_rows_not_dividing": lambda p: _patch(p, 12, struct.pack("<I", 15)),
+    "class_zero_rows": lambda p: _patch(p, 12, struct.pack("<I", 0)),
+    "class_map_past_payload": lambda p: _patch(p, 4, struct.pack("<I", 16))[:12] + struct.pack("<I", 8192) + p[16:],
+    "class_count_17": lambda p: _patch(p, 4, struct.pack("<I", 17)),
+    "class_count_1": lambda p: _patch(p, 4, struct.pack("<I", 1)),
+    "flags_shuffle_and_classes": lambda p: _patch(p, 1, bytes([3])),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CLASS_CASES))
+def test_corrupt_class_maps_rejected_by_both_readers(decoders, tmp_path, name):
+    """A rans payload whose class map is invalid: CorruptStream in Python, ECW_E_STREAM in C."""
+    from edgecompile.container.writer import _layout
+
+    t, payload = _class_payload()
+    data = _layout(t, {}, {}, {"w": ("rans", payload)})[0]
+    read_container(data).verify()  # the unpatched payload is valid
+    data = _layout(t, {}, {}, {"w": ("rans", CLASS_CASES[name](payload))})[0]
+    with pytest.raises(CorruptStream):
+        read_container(data).verify()
+    path = tmp_path / f"{name}.ecw"
+    path.write_bytes(data)
+    for tool in decoders.values():
+        rc, lines = run([*tool, str(path)])
+        assert rc != 0 and lines[0] == "open ECW_OK" and lines[1].split()[2] == "ECW_E_STREAM", lines

@@ -203,3 +203,37 @@ def test_random_knot_tables_agree_with_python(decoders, tmp_path):
         payloads[name] = rans.encode_batch([_knot_plan(sym, m, start, count, pos, val)])[0]
     data, _ = encode_container(t, codec_for={k: "rans" for k in t})
     _decodes_everywhere(decoders, tmp_path / "random_knots.ecw", _splice(t, data, payloads), t)
+
+
+def test_class_maps_decode_on_every_path(decoders, tmp_path):
+    """Class maps (rows sharing G = 2..16 tables): as the encoder picks them for rows of different
+    spreads (int8 weights and lut indices), and forced with 1-, 2- and 4-bit entries, an odd row
+    count (map padding), several blocks per group with a short last one, and 8/16/64 lanes (the SIMD
+    paths stage their output through the row cursor)."""
+    rng = np.random.default_rng(21)
+    spread = np.array([1.5, 6.0, 25.0, 60.0])[rng.integers(0, 4, 301)]
+    t = {
+        "spreads": np.clip(np.round(rng.laplace(0, spread[:, None], (301, 96))), -127, 127).astype(np.int8),
+        "lut_rows": kmeans_cluster(rng.laplace(0, spread[:120, None], (120, 64)).astype(np.float32), 4),
+    }
+    for g, w in ((2, 8), (3, 16), (16, 64), (5, 1)):
+        rows = 7 * g + 3
+        cls = np.concatenate([np.arange(g), rng.integers(0, g, rows - g)]).astype(np.uint8)
+        t[f"g{g}"] = np.clip(np.round(rng.laplace(0, 1 + 4 * cls[:, None], (rows, 40 * w + 1))), -127, 127).astype(np.int8)
+    data, _ = encode_container(t, codec_for={"lut_rows": "lut"} | {k: "rans" for k in t if k != "lut_rows"})
+    recs = {r.name: r for r in read_container(data).records}
+    assert data[recs["spreads"].offset + 1] == 2  # the encoder's own pick: a class map
+    lut = recs["lut_rows"].offset
+    k = int.from_bytes(data[lut + 2 : lut + 4], "little")
+    assert data[lut + 1] == 2 and data[lut + 4 + 4 * k + 1] == 2  # lut header, codebook, then rans flags
+    forced = {}
+    for g, w in ((2, 8), (3, 16), (16, 64), (5, 1)):
+        a = t[f"g{g}"]
+        cls = np.unique(np.round(np.abs(a.astype(float)).mean(1)), return_inverse=True)[1].astype(np.uint8)
+        cls = np.minimum(cls, g - 1)
+        cls[:g] = np.arange(g)  # every class non-empty
+        p = rans.plan(a.view(np.uint8).ravel(), g, classes=cls)[0]
+        forced[f"g{g}"] = rans.encode_batch([replace(p, lanes=w, block=7 * w)])[0]
+        assert forced[f"g{g}"][1] == 2 and forced[f"g{g}"][3] == w
+    data = _splice(t, data, forced)
+    _decodes_everywhere(decoders, tmp_path / "classes.ecw", data, t)
