@@ -28,9 +28,11 @@ from .format import (RANS_CLASSES, RANS_HEADER, RANS_L, RANS_MAX_CLASSES, RANS_M
 #: 4 bytes of size plus 4 bytes of state per lane, about 3 of them wasted (the final state's
 #: unused bits), so longer blocks are smaller.
 LANE_STEPS = 16384
-#: Fewest symbols per lane before the encoder doubles the lane count (up to 64: the C decoder's
-#: SIMD steps want many lanes in flight): a lane costs ~2.75 bytes, <= 0.2 % of 2048 symbols at 6 bits.
-MIN_LANE_SYMBOLS = 2048
+#: Fewest coded bytes per lane before the encoder doubles the lane count (up to 64: the C decoder's
+#: SIMD steps want many lanes in flight, ~2 GB/s at 64 lanes against ~0.4 at 8). A lane costs ~2.75
+#: bytes (its final state's unused bits), <= 0.62 % of 448 (a lane carries 448..896 bytes); 64
+#: lanes from 28 KB coded.
+MIN_LANE_BYTES = 448
 
 
 @dataclass(frozen=True)
@@ -122,10 +124,11 @@ def fit_classes(row_counts: np.ndarray, n_classes: int, iters: int = 8) -> np.nd
     return cls.astype(np.uint8) if len(kept) >= 2 else None
 
 
-def choose_layout(group_len: int) -> tuple[int, int]:
-    """Lanes W (a power of two, 1..64) and block length for groups of ``group_len`` symbols."""
+def choose_layout(group_len: int, bits_per_symbol: float = 8.0) -> tuple[int, int]:
+    """Lanes W (a power of two, 1..64) and block length for groups of ``group_len`` symbols that
+    code to about ``bits_per_symbol`` each."""
     w = 1
-    while w < RANS_MAX_LANES and group_len >= 2 * w * MIN_LANE_SYMBOLS:
+    while w < RANS_MAX_LANES and group_len * bits_per_symbol / 8 >= 2 * w * MIN_LANE_BYTES:
         w *= 2
     return w, w * LANE_STEPS
 
@@ -145,14 +148,15 @@ def plan(symbols: np.ndarray, n_groups: int, *, shuffle: bool = False, itemsize:
         extra = 4 + -(-len(classes) * class_map_bits(n_groups) // 8)
     lens = group_lengths(symbols.size, n_groups, classes)
     counts = group_counts(symbols, lens)
-    w, block = choose_layout(int(lens.min()))
     best = None
     for m in tables.choose_scale_bits(counts):
         freqs = tables.normalize_freqs(counts, m)
-        size = RANS_HEADER.size + extra + tables.table_bytes(freqs).sum() + tables.coded_bits(counts, freqs, m).sum() / 8
+        coded = tables.coded_bits(counts, freqs, m).sum()
+        size = RANS_HEADER.size + extra + tables.table_bytes(freqs).sum() + coded / 8
         if best is None or size < best[0]:
-            best = (size, m, freqs)
-    size, m, freqs = best
+            best = (size, m, freqs, coded)
+    size, m, freqs, coded = best
+    w, block = choose_layout(symbols.size // n_groups, coded / symbols.size)  # classes: for the mean group
     size += int((-(-lens // block)).sum()) * (4 + 3 * w) - 4  # block size fields + ~3 wasted bytes a lane
     plan = RansPlan(symbols, m, freqs, w, block, shuffle, itemsize, est_size=int(np.ceil(size)), classes=classes)
     return plan, plan.est_size

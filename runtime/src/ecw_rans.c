@@ -175,13 +175,13 @@ typedef struct {
     uint32_t plane_len; /* shuffle: symbols per byte plane */
     unsigned stride;    /* shuffle: itemsize; 1 otherwise */
     const uint8_t *map; /* the class map, or NULL */
-    unsigned map_bits, cls;
+    unsigned log_bits, cls; /* entries of 2^log_bits bits (never straddling a byte); the group's class */
     uint32_t rows, row_len, row, col; /* class map: the next symbol goes to dst[row * row_len + col] */
 } sink;
 
 static unsigned class_of(const sink *o, uint32_t r) {
-    unsigned per_byte = 8u / o->map_bits; /* entries never straddle a byte */
-    return (o->map[r / per_byte] >> (r % per_byte * o->map_bits)) & ((1u << o->map_bits) - 1u);
+    unsigned b = 1u << o->log_bits;
+    return (o->map[r >> (3u - o->log_bits)] >> ((r << o->log_bits) & 7u)) & ((1u << b) - 1u);
 }
 
 /* The first row at or after r of class o->cls (o->rows if none). */
@@ -191,8 +191,10 @@ static uint32_t next_row(const sink *o, uint32_t r) {
 }
 
 /* Write `count` consecutive stream symbols. A group emits exactly its length, so a class-map
- * cursor never runs past the last row of its class. */
+ * cursor never runs past the last row of its class. Microcontroller builds keep only the
+ * symbol-by-symbol loop (plain order is shuffle order with one plane). */
 static void emit(sink *o, const uint8_t *s, uint32_t count) {
+#ifndef ECW_NO_FAST
     if (o->map != NULL) {
         while (count > 0) {
             uint32_t take = o->row_len - o->col < count ? o->row_len - o->col : count;
@@ -205,11 +207,25 @@ static void emit(sink *o, const uint8_t *s, uint32_t count) {
                 o->row = next_row(o, o->row + 1u);
             }
         }
-    } else if (o->stride == 1u) {
+        return;
+    }
+    if (o->stride == 1u) {
         memcpy(o->dst + o->k, s, count);
         o->k += count;
-    } else {
-        for (; count > 0; count--, o->k++) o->dst[(o->k % o->plane_len) * o->stride + o->k / o->plane_len] = *s++;
+        return;
+    }
+#endif
+    for (; count > 0; count--, s++) {
+        if (o->map != NULL) {
+            o->dst[(size_t)o->row * o->row_len + o->col] = *s;
+            if (++o->col == o->row_len) {
+                o->col = 0;
+                o->row = next_row(o, o->row + 1u);
+            }
+        } else {
+            o->dst[(o->k % o->plane_len) * o->stride + o->k / o->plane_len] = *s;
+            o->k++;
+        }
     }
 }
 
@@ -423,14 +439,6 @@ static void fill_slots(ecw_ws_fast *fast) {
 }
 #endif
 
-/* Symbols of group g: n / G, or with a class map, row_len times the rows of class g. */
-static uint32_t group_len(sink *o, uint32_t n, uint32_t g_count, unsigned g) {
-    uint32_t r, count = 0;
-    if (o->map == NULL) return n / g_count;
-    for (r = 0; r < o->rows; r++) count += class_of(o, r) == g;
-    return count * o->row_len;
-}
-
 ecw_status ecw_rans_decode(const uint8_t *src, uint64_t src_size, uint64_t n_symbols, unsigned itemsize,
                            uint8_t *dst, void *wsp, size_t ws_size) {
     ecw_ws_small *ws = (ecw_ws_small *)wsp;
@@ -441,8 +449,9 @@ ecw_status ecw_rans_decode(const uint8_t *src, uint64_t src_size, uint64_t n_sym
 #endif
     const uint8_t *end = src + src_size, *tables, *tp, *sizes, *stream;
     unsigned m, flags, shuffle, isz, w;
-    uint32_t g_count, block, n, g, b, len_g, n_blocks;
-    uint64_t total, last, all_blocks = 0, covered = 0, at;
+    uint32_t g_count, block, n, g, b, len, len_g;
+    uint64_t all_blocks = 0, at;
+    uint32_t class_rows[16] = {0}; /* with a class map: rows of each class */
     sink o = {0};
     if (src_size < 12u || n_symbols == 0 || n_symbols > 0xFFFFFFFFu) return ECW_E_STREAM;
     m = src[0];
@@ -459,44 +468,38 @@ ecw_status ecw_rans_decode(const uint8_t *src, uint64_t src_size, uint64_t n_sym
     if (w < 1u || w > ECW_RANS_MAX_LANES || block < w || block > (uint64_t)w * ECW_RANS_MAX_LANE)
         return ECW_E_STREAM;
     o.dst = dst;
-    o.stride = shuffle ? isz : 1u;
-    o.plane_len = shuffle ? n / isz : n;
+    o.stride = isz; /* 1 without shuffle */
+    o.plane_len = n / isz;
     tables = src + 12;
     if (flags & 2u) { /* class map: u32 rows, then one 1/2/4-bit class per row */
         uint64_t map_bytes;
         if (g_count < 2u || g_count > 16u || src_size < 16u) return ECW_E_STREAM;
         o.rows = ecw_le32(src + 12);
-        o.map_bits = g_count <= 2u ? 1u : g_count <= 4u ? 2u : 4u;
-        map_bytes = ((uint64_t)o.rows * o.map_bits + 7u) / 8u;
+        o.log_bits = g_count <= 2u ? 0u : g_count <= 4u ? 1u : 2u;
+        map_bytes = (((uint64_t)o.rows << o.log_bits) + 7u) / 8u;
         if (o.rows == 0 || n % o.rows != 0 || map_bytes > src_size - 16u) return ECW_E_STREAM;
         o.map = src + 16;
         o.row_len = n / o.rows;
         tables = src + 16 + map_bytes;
+        for (at = 0; at < o.rows; at++) {
+            unsigned c = class_of(&o, (uint32_t)at);
+            if (c >= g_count) return ECW_E_STREAM; /* a class past the tables */
+            class_rows[c]++;
+        }
     }
     /* Pass 1: walk the tables and the groups to find the block sizes (every block's but the last,
-     * which is the rest of the payload); check they fit and the groups cover the stream. */
+     * which is the rest of the payload). */
     tp = tables;
     for (g = 0; g < g_count; g++) {
         ECW_TRY(read_table(&tp, end, m, ws));
-        len_g = group_len(&o, n, g_count, g);
+        len_g = o.map != NULL ? class_rows[g] * o.row_len : n / g_count; /* < 2^32: the rows cover n */
         if (len_g == 0) return ECW_E_STREAM; /* an empty class */
-        covered += len_g;
         all_blocks += (len_g - 1u) / block + 1u;
     }
-    if (covered != n) return ECW_E_STREAM; /* a class number past the tables */
     if ((uint64_t)(end - tp) >> 2 < all_blocks - 1u) return ECW_E_STREAM;
     sizes = tp;
     stream = tp + (size_t)4u * (all_blocks - 1u);
-    total = 0;
-    for (at = 0; at + 1u < all_blocks; at++) {
-        uint32_t sz = ecw_le32(sizes + 4u * at);
-        if (sz < 4u * w || (sz - 4u * w) % 2u != 0) return ECW_E_STREAM;
-        total += sz;
-    }
-    if (total > (uint64_t)(end - stream)) return ECW_E_STREAM;
-    last = (uint64_t)(end - stream) - total;
-    if (last < 4u * w || (last - 4u * w) % 2u != 0) return ECW_E_STREAM;
-    /* Pass 2: decode group by group, block by block. */
+    /* Pass 2: decode group by group, block by block, each size checked against the bytes left. */
     tp = tables;
     at = 0;
     for (g = 0; g < g_count; g++) {
@@ -504,18 +507,18 @@ ecw_status ecw_rans_decode(const uint8_t *src, uint64_t src_size, uint64_t n_sym
 #ifndef ECW_NO_FAST
         if (fast != NULL) fill_slots(fast);
 #endif
-        len_g = group_len(&o, n, g_count, g);
-        n_blocks = (len_g - 1u) / block + 1u;
-        if (o.map != NULL) {
-            o.cls = g;
-            o.row = next_row(&o, 0);
-            o.col = 0;
-        }
-        for (b = 0; b < n_blocks; b++, at++) {
-            uint32_t len = len_g - b * block < block ? len_g - b * block : block, done = 0;
-            uint64_t sz = at + 1u < all_blocks ? ecw_le32(sizes + 4u * at) : last;
-            const uint8_t *p = stream + 4u * w, *bend = stream + sz;
+        len_g = o.map != NULL ? class_rows[g] * o.row_len : n / g_count;
+        o.cls = g;
+        o.row = next_row(&o, 0);
+        for (b = 0; b < len_g; b += len, at++) { /* b: the block's first symbol in the group */
+            uint32_t done = 0;
+            uint64_t sz = at + 1u < all_blocks ? ecw_le32(sizes + 4u * at) : (uint64_t)(end - stream);
+            const uint8_t *p, *bend;
             unsigned j;
+            len = len_g - b < block ? len_g - b : block;
+            if (sz < 4u * w || (sz - 4u * w) % 2u != 0 || sz > (uint64_t)(end - stream)) return ECW_E_STREAM;
+            p = stream + 4u * w;
+            bend = stream + sz;
             for (j = 0; j < w; j++) {
                 ws->x[j] = ecw_le32(stream + 4u * j);
                 if (ws->x[j] < ECW_RANS_L) return ECW_E_STREAM;

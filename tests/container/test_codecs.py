@@ -103,8 +103,11 @@ def test_rans_python_speed_scales_with_lanes_not_length():
 
 
 def test_rans_lane_count_grows_with_the_group():
-    """Lanes cost ~3 bytes each: 1 lane for small tensors, 64 (the widest SIMD step) from 128k."""
-    assert [rans.choose_layout(n)[0] for n in (1, 4095, 4096, 16384, 65536, 131072, 10**7)] == [1, 1, 2, 8, 32, 64, 64]
+    """Lanes cost ~3 bytes each: a lane carries 448..896 coded bytes (MIN_LANE_BYTES), 64 lanes (the
+    widest SIMD step) from 28 KB; low-entropy groups get fewer lanes for as many symbols."""
+    assert [rans.choose_layout(n)[0] for n in (1, 895, 896, 4096, 16384, 28671, 28672, 10**7)] == [1, 1, 2, 8, 32, 32,
+                                                                                                   64, 64]
+    assert rans.choose_layout(28672, 2.0)[0] == 16
 
 
 def test_rans_corrupt_words_are_caught_in_python():

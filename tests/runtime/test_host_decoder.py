@@ -211,10 +211,10 @@ def test_class_maps_decode_on_every_path(decoders, tmp_path):
     count (map padding), several blocks per group with a short last one, and 8/16/64 lanes (the SIMD
     paths stage their output through the row cursor)."""
     rng = np.random.default_rng(21)
-    spread = np.array([1.5, 6.0, 25.0, 60.0])[rng.integers(0, 4, 301)]
-    t = {
-        "spreads": np.clip(np.round(rng.laplace(0, spread[:, None], (301, 96))), -127, 127).astype(np.int8),
-        "lut_rows": kmeans_cluster(rng.laplace(0, spread[:120, None], (120, 64)).astype(np.float32), 4),
+    spread = np.array([1.5, 6.0, 25.0, 60.0])[rng.integers(0, 4, 1001)]
+    t = {  # large enough for groups of 64 lanes (the encoder's condition for a class map)
+        "spreads": np.clip(np.round(rng.laplace(0, spread[:301, None], (301, 600))), -127, 127).astype(np.int8),
+        "lut_rows": kmeans_cluster(rng.laplace(0, spread[:, None], (1001, 256)).astype(np.float32), 4),
     }
     for g, w in ((2, 8), (3, 16), (16, 64), (5, 1)):
         rows = 7 * g + 3
