@@ -71,12 +71,12 @@ def _rans_plan(sym: np.ndarray, shuffle: bool, itemsize: int, channels: int) -> 
     base = itemsize if shuffle else 1
     best = rans.plan(sym, base, shuffle=shuffle, itemsize=itemsize)
     if channels >= 4 and not shuffle and sym.size >= CLASS_MIN_ROW * channels:
-        row_counts = rans.group_counts(sym, np.full(channels, sym.size // channels))
-        for t in (2, 4, 8, 16):
-            if t > channels // 2 or best[1] / t < rans.RANS_MAX_LANES * rans.MIN_LANE_BYTES:
-                break  # every group wide enough for 64 lanes: a group's lanes step together
-            classes = rans.fit_classes(row_counts, t)
-            if classes is not None:
+        # every group wide enough for 64 lanes (a group's lanes step together in the decoder)
+        sizes = tuple(t for t in (2, 4, 8, 16)
+                      if t <= channels // 2 and best[1] / t >= rans.RANS_MAX_LANES * rans.MIN_LANE_BYTES)
+        if sizes:
+            row_counts = rans.group_counts(sym, np.full(channels, sym.size // channels))
+            for classes in rans.fit_classes(row_counts, sizes).values():
                 alt = rans.plan(sym, int(classes.max()) + 1, classes=classes)
                 if alt[1] < best[1]:
                     best = alt

