@@ -20,7 +20,8 @@ def host_tool(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def decoders(host_tool) -> dict[str, list[str]]:
     """Every decoder path of the host build as an ecw_tool command prefix: the reference decoder,
-    the widest SIMD path this CPU runs, AVX2 at most, and the scalar fast path (the one ARM runs)."""
+    the widest SIMD path this CPU runs, AVX2 at most, the scalar fast path (the one ARM runs) and
+    the microcontroller build (fast paths compiled out: its own output loop)."""
     d = host_tool.parent
     return {"ref": [str(host_tool), "--ref"], "fast": [str(host_tool)], "avx2": [str(d / "ecw_tool_avx2")],
-            "scalar": [str(d / "ecw_tool_scalar")]}
+            "scalar": [str(d / "ecw_tool_scalar")], "mcu": [str(d / "ecw_tool_mcu")]}
