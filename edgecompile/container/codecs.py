@@ -54,8 +54,8 @@ def from_stream(sym: np.ndarray, itemsize: int, shuffle: bool) -> np.ndarray:
 
 
 PER_CHANNEL_MIN_SYMBOLS = 1024
-#: Per-channel tables must beat the best shared-table plan by this fraction: each channel is its own
-#: group (a table to set up, few lanes), which decodes several times slower than a shared table.
+#: Per-channel tables must beat the best shared-table plan by this fraction: the decoder sets up a
+#: table (2^M slots) per channel and steps out of its SIMD loop at every channel boundary.
 PER_CHANNEL_MIN_GAIN = 0.01
 #: Class maps are tried with 2, 4, 8 and 16 shared tables, for rows of at least this many symbols.
 CLASS_MIN_ROW = 16
@@ -71,9 +71,7 @@ def _rans_plan(sym: np.ndarray, shuffle: bool, itemsize: int, channels: int) -> 
     base = itemsize if shuffle else 1
     best = rans.plan(sym, base, shuffle=shuffle, itemsize=itemsize)
     if channels >= 4 and not shuffle and sym.size >= CLASS_MIN_ROW * channels:
-        # every group wide enough for 64 lanes (a group's lanes step together in the decoder)
-        sizes = tuple(t for t in (2, 4, 8, 16)
-                      if t <= channels // 2 and best[1] / t >= rans.RANS_MAX_LANES * rans.MIN_LANE_BYTES)
+        sizes = tuple(t for t in (2, 4, 8, 16) if t <= channels // 2)
         if sizes:
             row_counts = rans.group_counts(sym, np.full(channels, sym.size // channels))
             for classes in rans.fit_classes(row_counts, sizes).values():

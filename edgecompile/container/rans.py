@@ -1,10 +1,11 @@
 """Order-0 interleaved rANS: numpy-vectorized encoder and decoder (FORMAT.md, "rans").
 
-A payload cuts its byte stream into groups (one frequency table each) and each group into blocks.
+A payload cuts its byte stream into groups (one frequency table each) and, independently, into
+blocks; a symbol is coded with its group's table, so a block may switch tables at a group boundary.
 A group is a contiguous run of the stream (per-tensor, per-byte-plane or per-channel tables) or,
 with a class map, the rows (channels) of one class: rows whose histograms look alike share a table,
 which codes per-channel-scaled weights 0.5-1.5 % below the per-tensor order-0 bound while keeping
-groups long enough for many lanes.
+the stream's lanes (decode speed) as they are.
 A block interleaves its symbols over W lanes (symbol i goes to lane i mod W, each lane a 32-bit
 state) that share one stream of 16-bit words, read in symbol order. That is the layout SIMD
 decoders want (one vector of states, a contiguous word stream, contiguous output; see
@@ -74,14 +75,15 @@ def group_lengths(n_symbols: int, n_groups: int, classes: np.ndarray | None = No
     return np.bincount(classes, minlength=n_groups).astype(np.int64) * (n_symbols // len(classes))
 
 
-def block_layout(group_lens: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Start, length and group of every block (group-major), as in FORMAT.md."""
-    group_lens = np.asarray(group_lens, np.int64)
-    nb = -(-group_lens // block)
-    g = np.repeat(np.arange(len(group_lens)), nb)
-    j = np.arange(int(nb.sum())) - np.repeat(np.cumsum(nb) - nb, nb)
-    length = np.minimum(block, group_lens[g] - j * block)
-    return (np.cumsum(group_lens) - group_lens)[g] + j * block, length, g
+def block_layout(n_symbols: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Start and length of every block of the stream, as in FORMAT.md."""
+    start = np.arange(0, n_symbols, block, dtype=np.int64)
+    return start, np.minimum(block, n_symbols - start)
+
+
+def symbol_tables(n_symbols: int, n_groups: int, classes: np.ndarray | None = None) -> np.ndarray:
+    """The table (group) of every stream symbol, int32."""
+    return np.repeat(np.arange(n_groups, dtype=np.int32), group_lengths(n_symbols, n_groups, classes))
 
 
 def class_map_bits(n_groups: int) -> int:
@@ -159,8 +161,8 @@ def plan(symbols: np.ndarray, n_groups: int, *, shuffle: bool = False, itemsize:
         if best is None or size < best[0]:
             best = (size, m, freqs, coded)
     size, m, freqs, coded = best
-    w, block = choose_layout(symbols.size // n_groups, coded / symbols.size)  # classes: for the mean group
-    size += int((-(-lens // block)).sum()) * (4 + 3 * w) - 4  # block size fields + ~3 wasted bytes a lane
+    w, block = choose_layout(symbols.size, coded / symbols.size)
+    size += -(-symbols.size // block) * (4 + 3 * w) - 4  # block size fields + ~3 wasted bytes a lane
     plan = RansPlan(symbols, m, freqs, w, block, shuffle, itemsize, est_size=int(np.ceil(size)), classes=classes)
     return plan, plan.est_size
 
@@ -230,40 +232,40 @@ class _Lanes:
     start: np.ndarray  # global index of the lane's first symbol
     stride: np.ndarray  # W of its payload
     length: np.ndarray  # symbols in the lane
-    table: np.ndarray  # global table index
     bits: np.ndarray  # M of its payload
     block: np.ndarray  # global block index
     lead: np.ndarray  # the first lane of its block
     first: np.ndarray  # per block: its first lane
     width: np.ndarray  # per block: W
     block_start: np.ndarray  # per block: global index of its first symbol
+    table: np.ndarray  # per symbol of the batch: global table index (int32)
 
 
 def _lanes(items: list) -> _Lanes:
-    parts: dict[str, list] = {k: [] for k in ("start", "stride", "length", "table", "bits", "width", "bstart")}
-    offset, table_base = 0, 0
+    parts: dict[str, list] = {k: [] for k in ("start", "stride", "length", "bits", "width", "bstart")}
+    tabs, offset, table_base = [], 0, 0
     for it in items:
         n = it.symbols.size if isinstance(it, RansPlan) else it.n_symbols
         g = len(it.freqs)
-        bstart, blen, bgroup = block_layout(group_lengths(n, g, it.classes), it.block)
+        bstart, blen = block_layout(n, it.block)
         w = it.lanes
         i = np.arange(w)
         lane_len = np.maximum(blen[:, None] - i[None, :] + w - 1, 0) // w
         parts["start"].append((bstart[:, None] + i[None, :]).ravel() + offset)
         parts["length"].append(lane_len.ravel())
         parts["stride"].append(np.full(lane_len.size, w))
-        parts["table"].append(np.repeat(bgroup, w) + table_base)
         parts["bits"].append(np.full(lane_len.size, it.scale_bits))
         parts["width"].append(np.full(len(bstart), w))
         parts["bstart"].append(bstart + offset)
+        tabs.append(symbol_tables(n, g, it.classes) + table_base)
         offset += n
         table_base += g
     cat = {k: np.concatenate(v).astype(np.int64) for k, v in parts.items()}
     width = cat["width"]
     first = np.cumsum(width) - width
     block = np.repeat(np.arange(len(width)), width)
-    return _Lanes(cat["start"], cat["stride"], cat["length"], cat["table"], cat["bits"], block, first[block], first,
-                  width, cat["bstart"])
+    return _Lanes(cat["start"], cat["stride"], cat["length"], cat["bits"], block, first[block], first,
+                  width, cat["bstart"], np.concatenate(tabs))
 
 
 def _active_counts(length_desc: np.ndarray) -> np.ndarray:
@@ -286,13 +288,12 @@ def encode_batch(plans: list[RansPlan]) -> list[bytes]:
     st, stride = ln.start[order], ln.stride[order]
     m_s = ln.bits[order].astype(np.uint32)
     top = (32 - m_s).astype(np.uint32)  # emit a word while x >= f * 2^(32 - M)
-    base = ln.table[order] * 256
     x = np.full(len(order), RANS_L, dtype=np.uint32)
     word = np.zeros(symbols.size, np.uint16)  # the word shifted out before coding symbol k
     emit = np.zeros(symbols.size, bool)
     for t, n in reversed(list(enumerate(_active_counts(ln.length[order])))):
         idx = st[:n] + t * stride[:n]
-        e = base[:n] + symbols[idx]
+        e = ln.table[idx] * 256 + symbols[idx]
         f = f_flat[e]
         xs = x[:n]
         out = (xs >> top[:n]) >= f
@@ -318,7 +319,7 @@ def encode_batch(plans: list[RansPlan]) -> list[bytes]:
     payloads, b0 = [], 0
     for p in plans:
         g = len(p.freqs)
-        k = len(block_layout(group_lengths(p.symbols.size, g, p.classes), p.block)[0])
+        k = -(-p.symbols.size // p.block)
         sizes = size[b0 : b0 + k]
         lo = int(off[b0])
         flags = (RANS_SHUFFLE if p.shuffle else 0) | (RANS_CLASSES if p.classes is not None else 0)
@@ -377,7 +378,7 @@ def parse(payload: bytes | memoryview | np.ndarray, n_symbols: int, *, itemsize:
     if 3 * g > len(buf) - pos:
         raise CorruptStream(f"rans payload too short for {g} tables")
     freqs, pos = tables.parse_tables(buf, pos, g, m)
-    n_blocks = len(block_layout(group_lengths(n, g, classes), block)[0])
+    n_blocks = -(-n // block)
     if pos + 4 * (n_blocks - 1) > len(buf):
         raise CorruptStream(f"rans payload too short for {n_blocks} block sizes")
     sizes = buf[pos : pos + 4 * (n_blocks - 1)].view("<u4").astype(np.int64)
@@ -409,7 +410,8 @@ def decode_batch(parsed: list[ParsedRans]) -> list[np.ndarray]:
     packed = np.arange(256, dtype=np.uint32) | ((freqs - 1).astype(np.uint32) << 8) | (cum.astype(np.uint32) << 20)
     slot_tab = np.repeat(packed.ravel(), np.maximum(freqs, 0).ravel())
     n_slots = freqs.sum(axis=1)
-    slot_base = (np.cumsum(n_slots) - n_slots)[ln.table]
+    slot_base = np.cumsum(n_slots) - n_slots  # per table
+    n_total = len(ln.table)
     at = off[ln.block] + 4 * (np.arange(len(ln.start)) - ln.lead)
     x = stream[at[:, None] + np.arange(4)].astype(np.uint32)
     x = x[:, 0] | (x[:, 1] << 8) | (x[:, 2] << 16) | (x[:, 3] << 24)
@@ -422,9 +424,10 @@ def decode_batch(parsed: list[ParsedRans]) -> list[np.ndarray]:
     last = len(stream) - 2
     for t in range(int(ln.length.max())):
         active = t < ln.length
+        idx = np.minimum(ln.start + t * ln.stride, n_total - 1)
         slot = x & mask
-        e = slot_tab[slot_base + slot]
-        out[(ln.start + t * ln.stride)[active]] = e[active]  # the low byte: the symbol
+        e = slot_tab[slot_base[ln.table[idx]] + slot]
+        out[idx[active]] = e[active]  # the low byte: the symbol
         f = ((e >> 8) & 0xFFF) + 1
         x = np.where(active, f * (x >> m_s) + slot - (e >> 20), x)
         need = active & (x < RANS_L)

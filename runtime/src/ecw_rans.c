@@ -439,6 +439,22 @@ static void fill_slots(ecw_ws_fast *fast) {
 }
 #endif
 
+#ifndef ECW_NO_FAST
+/* Symbols *i..stop-1 of a block on the fast path as far as it goes: the checked loop up to the next
+ * whole step (a table switch can fall inside one), then whole unchecked steps; *i says where the
+ * caller's checked loop goes on. */
+static ecw_status run_fast(const uint8_t **pp, const uint8_t *end, uint32_t *i, uint32_t stop, unsigned w,
+                           uint32_t *x, const ecw_ws_fast *ws, unsigned m, sink *o) {
+    uint32_t head = (w - *i % w) % w, done = 0;
+    if (head >= stop - *i) return ECW_OK;
+    ECW_TRY(block_finish(pp, end, *i, *i + head, w, x, ws->small.cum, m, o));
+    *i += head;
+    *pp = block_fast(*pp, end, stop - *i, w, x, ws, m, o, &done);
+    *i += done;
+    return ECW_OK;
+}
+#endif
+
 ecw_status ecw_rans_decode(const uint8_t *src, uint64_t src_size, uint64_t n_symbols, unsigned itemsize,
                            uint8_t *dst, void *wsp, size_t ws_size) {
     ecw_ws_small *ws = (ecw_ws_small *)wsp;
@@ -449,8 +465,8 @@ ecw_status ecw_rans_decode(const uint8_t *src, uint64_t src_size, uint64_t n_sym
 #endif
     const uint8_t *end = src + src_size, *tables, *tp, *sizes, *stream;
     unsigned m, flags, shuffle, isz, w;
-    uint32_t g_count, block, n, g, b, len, len_g;
-    uint64_t all_blocks = 0, at;
+    uint32_t g_count, block, n, g, len, k0, group_end, n_blocks;
+    uint64_t at;
     uint32_t class_rows[16] = {0}; /* with a class map: rows of each class */
     sink o = {0};
     if (src_size < 12u || n_symbols == 0 || n_symbols > 0xFFFFFFFFu) return ECW_E_STREAM;
@@ -487,51 +503,57 @@ ecw_status ecw_rans_decode(const uint8_t *src, uint64_t src_size, uint64_t n_sym
             class_rows[c]++;
         }
     }
-    /* Pass 1: walk the tables and the groups to find the block sizes (every block's but the last,
-     * which is the rest of the payload). */
+    /* Pass 1: walk the tables to find the block sizes (every block's but the last, which is the
+     * rest of the payload); check every group has symbols. */
     tp = tables;
     for (g = 0; g < g_count; g++) {
         ECW_TRY(read_table(&tp, end, m, ws));
-        len_g = o.map != NULL ? class_rows[g] * o.row_len : n / g_count; /* < 2^32: the rows cover n */
-        if (len_g == 0) return ECW_E_STREAM; /* an empty class */
-        all_blocks += (len_g - 1u) / block + 1u;
+        if (o.map != NULL && class_rows[g] == 0) return ECW_E_STREAM; /* an empty class */
     }
-    if ((uint64_t)(end - tp) >> 2 < all_blocks - 1u) return ECW_E_STREAM;
+    n_blocks = (n - 1u) / block + 1u;
+    if ((uint64_t)(end - tp) >> 2 < n_blocks - 1u) return ECW_E_STREAM;
     sizes = tp;
-    stream = tp + (size_t)4u * (all_blocks - 1u);
-    /* Pass 2: decode group by group, block by block, each size checked against the bytes left. */
+    stream = tp + (size_t)4u * (n_blocks - 1u);
+    /* Pass 2: decode block by block, each size checked against the bytes left; a symbol takes its
+     * group's table, switched where a group ends (inside a block or at its end). */
     tp = tables;
-    at = 0;
-    for (g = 0; g < g_count; g++) {
-        ECW_TRY(read_table(&tp, end, m, ws));
-#ifndef ECW_NO_FAST
-        if (fast != NULL) fill_slots(fast);
-#endif
-        len_g = o.map != NULL ? class_rows[g] * o.row_len : n / g_count;
-        o.cls = g;
-        o.row = next_row(&o, 0);
-        for (b = 0; b < len_g; b += len, at++) { /* b: the block's first symbol in the group */
-            uint32_t done = 0;
-            uint64_t sz = at + 1u < all_blocks ? ecw_le32(sizes + 4u * at) : (uint64_t)(end - stream);
-            const uint8_t *p, *bend;
-            unsigned j;
-            len = len_g - b < block ? len_g - b : block;
-            if (sz < 4u * w || (sz - 4u * w) % 2u != 0 || sz > (uint64_t)(end - stream)) return ECW_E_STREAM;
-            p = stream + 4u * w;
-            bend = stream + sz;
-            for (j = 0; j < w; j++) {
-                ws->x[j] = ecw_le32(stream + 4u * j);
-                if (ws->x[j] < ECW_RANS_L) return ECW_E_STREAM;
-            }
-#ifndef ECW_NO_FAST
-            if (fast != NULL) p = block_fast(p, bend, len, w, ws->x, fast, m, &o, &done);
-#endif
-            ECW_TRY(block_finish(&p, bend, done, len, w, ws->x, ws->cum, m, &o));
-            if (p != bend) return ECW_E_STREAM;
-            for (j = 0; j < w; j++)
-                if (ws->x[j] != ECW_RANS_L) return ECW_E_STREAM;
-            stream = bend;
+    g = 0;
+    group_end = 0;
+    for (k0 = 0, at = 0; k0 < n; k0 += len, at++) {
+        uint32_t i = 0;
+        uint64_t sz = at + 1u < n_blocks ? ecw_le32(sizes + 4u * at) : (uint64_t)(end - stream);
+        const uint8_t *p, *bend;
+        unsigned j;
+        len = n - k0 < block ? n - k0 : block;
+        if (sz < 4u * w || (sz - 4u * w) % 2u != 0 || sz > (uint64_t)(end - stream)) return ECW_E_STREAM;
+        p = stream + 4u * w;
+        bend = stream + sz;
+        for (j = 0; j < w; j++) {
+            ws->x[j] = ecw_le32(stream + 4u * j);
+            if (ws->x[j] < ECW_RANS_L) return ECW_E_STREAM;
         }
+        while (i < len) {
+            uint32_t stop;
+            if (k0 + i == group_end) { /* the next group starts: its table, its rows */
+                ECW_TRY(read_table(&tp, end, m, ws));
+#ifndef ECW_NO_FAST
+                if (fast != NULL) fill_slots(fast);
+#endif
+                group_end += o.map != NULL ? class_rows[g] * o.row_len : n / g_count; /* <= n */
+                o.cls = g++;
+                o.row = next_row(&o, 0);
+            }
+            stop = group_end - k0 < len ? group_end - k0 : len;
+#ifndef ECW_NO_FAST
+            if (fast != NULL) ECW_TRY(run_fast(&p, bend, &i, stop, w, ws->x, fast, m, &o));
+#endif
+            ECW_TRY(block_finish(&p, bend, i, stop, w, ws->x, ws->cum, m, &o));
+            i = stop;
+        }
+        if (p != bend) return ECW_E_STREAM;
+        for (j = 0; j < w; j++)
+            if (ws->x[j] != ECW_RANS_L) return ECW_E_STREAM;
+        stream = bend;
     }
     return ECW_OK;
 }
