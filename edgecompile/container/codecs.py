@@ -57,8 +57,11 @@ PER_CHANNEL_MIN_SYMBOLS = 1024
 #: Per-channel tables must beat the best shared-table plan by this fraction: the decoder sets up a
 #: table (2^M slots) per channel and steps out of its SIMD loop at every channel boundary.
 PER_CHANNEL_MIN_GAIN = 0.01
-#: Class maps are tried with 2, 4, 8 and 16 shared tables, for rows of at least this many symbols.
+#: Class maps are tried with 2, 4, 8 and 16 shared tables, for rows of at least this many symbols;
+#: more tables must save this fraction over the best plan so far: every table switch costs the
+#: decoder a table setup and a partial step (16 classes: ~1/3 slower than 4 on a 230k tensor).
 CLASS_MIN_ROW = 16
+CLASS_MIN_GAIN = 0.0025
 ZSTD_MAX_BYTES_L19 = 1 << 20
 
 
@@ -76,7 +79,7 @@ def _rans_plan(sym: np.ndarray, shuffle: bool, itemsize: int, channels: int) -> 
             row_counts = rans.group_counts(sym, np.full(channels, sym.size // channels))
             for classes in rans.fit_classes(row_counts, sizes).values():
                 alt = rans.plan(sym, int(classes.max()) + 1, classes=classes)
-                if alt[1] < best[1]:
+                if alt[1] < (1 - CLASS_MIN_GAIN) * best[1]:
                     best = alt
     # A table costs tens of bytes: per-channel tables only pay off with enough symbols per channel
     # (and pricing 30k tables of an embedding would cost seconds for nothing).
