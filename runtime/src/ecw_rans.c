@@ -1,7 +1,8 @@
 /* ecw_rans.c - order-0 rANS decoder for the "rans" payload (FORMAT.md "rans").
  *
  * A block interleaves its symbols over W lanes (symbol i in lane i mod W) that read one shared
- * stream of 16-bit words in symbol order. Reference decoder: symbol by symbol, lookup by binary
+ * stream of 16-bit words in symbol order; a symbol takes its group's table, and the decoder switches
+ * tables where a group ends (class-map groups write their rows through a cursor). Reference decoder: symbol by symbol, lookup by binary
  * search in a 257-entry cumulative table (the whole state: 514 bytes + 64 lane states). Fast path
  * (workspace >= ECW_FAST_WORKSPACE_SIZE): a 2^12-slot table of packed entries
  * sym | (f - 1) << 8 | c << 20 (M <= 12), whole steps of W symbols while the block's bytes allow
@@ -497,8 +498,8 @@ ecw_status ecw_rans_decode(const uint8_t *src, uint64_t src_size, uint64_t n_sym
         o.map = src + 16;
         o.row_len = n / o.rows;
         tables = src + 16 + map_bytes;
-        for (at = 0; at < o.rows; at++) {
-            unsigned c = class_of(&o, (uint32_t)at);
+        for (k0 = 0; k0 < o.rows; k0++) { /* k0: a row here */
+            unsigned c = class_of(&o, k0);
             if (c >= g_count) return ECW_E_STREAM; /* a class past the tables */
             class_rows[c]++;
         }
