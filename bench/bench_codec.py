@@ -141,6 +141,11 @@ def main() -> None:
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]:.0f} | {r[6]:.4f} | {r[7]:.0f} | {r[9]:.0f} "
               f"| {r[7] / r[9]:.2f} | {r[8]:.0f} | {r[10]:.0f} | {r[11]:.2f} |")
+    print("\nIssue 3's figures per set (size <= 1.01 x H0 and < zstd-19; decode+CRC >= 200 MB/s and >= zstd's):")
+    for r in rows:
+        marks = [r[6] <= 1.01, r[3] < r[2], r[7] >= 200, r[7] >= r[9]]
+        print(f"  {r[0]}: " + ", ".join(f"{k} {'yes' if ok else 'NO'}" for k, ok in
+                                        zip(("size<=1.01", "<zstd", ">=200MB/s", ">=zstd speed"), marks)))
     # Python speed at 20M symbols
     rng = np.random.default_rng(0)
     big = {"w": np.clip(np.round(rng.normal(0, 25, 20_000_000)), -127, 127).astype(np.int8)}

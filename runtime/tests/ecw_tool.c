@@ -1,6 +1,7 @@
 /* ecw_tool.c - test driver for Linux builds (host, aarch64 under qemu-aarch64).
  *
  *   ecw_tool [--ref] container.ecw [out_dir]
+ *   ecw_tool --crc32 file      (ecw_crc32 of the file's bytes from every offset 0..min(size, 200))
  *
  * Opens the container and decodes every tensor (reference decoder with --ref, fast path
  * otherwise). Prints "open <STATUS>", then per tensor "<index> <name> <STATUS> <crc32> <fnv1a64>",
@@ -19,7 +20,7 @@ static uint64_t fnv1a64(const uint8_t *p, uint64_t n) {
 }
 
 int main(int argc, char **argv) {
-    int ref = 0, argi = 1, rc = 0;
+    int ref = 0, crc_only = 0, argi = 1, rc = 0;
     FILE *f;
     long size;
     uint8_t *data;
@@ -29,6 +30,7 @@ int main(int argc, char **argv) {
     ecw_status s;
     uint32_t i;
     if (argi < argc && strcmp(argv[argi], "--ref") == 0) { ref = 1; argi++; }
+    if (argi < argc && strcmp(argv[argi], "--crc32") == 0) { crc_only = 1; argi++; }
     if (argi >= argc) { fprintf(stderr, "usage: ecw_tool [--ref] file.ecw [out_dir]\n"); return 2; }
     f = fopen(argv[argi], "rb");
     if (f == NULL || fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
@@ -38,6 +40,12 @@ int main(int argc, char **argv) {
     data = (uint8_t *)malloc((size_t)size + 1);
     if (data == NULL || fread(data, 1, (size_t)size, f) != (size_t)size) return 2;
     fclose(f);
+    if (crc_only) { /* every start offset: lengths and alignments around the 16- and 64-byte paths */
+        long k;
+        for (k = 0; k <= size && k <= 200; k++)
+            printf("%08x\n", (unsigned)ecw_crc32(0, data + k, (size_t)(size - k)));
+        return 0;
+    }
     ws_size = ref ? ECW_WORKSPACE_SIZE : ECW_FAST_WORKSPACE_SIZE;
     ws = malloc(ws_size);
     s = ecw_open(&c, data, (size_t)size);
