@@ -393,10 +393,13 @@ static unsigned simd_width(void) {
 #endif
 
 /* Fast block decode: whole steps in chunks (each checked once against the bytes left, which
- * shrink geometrically), staged through `tmp` unless the output is in stream order. */
+ * shrink geometrically), staged through `tmp` unless the output is in stream order. Where fewer
+ * than 2 W bytes a step are left, the steps read a zero-padded copy of the block's last bytes: a
+ * valid block never reads past its end, so a read into the padding means a corrupt block (NULL).
+ * Measured on a 70 % pruned 131k tensor (64 lanes): the checked loop had taken 1/7 of the time. */
 static const uint8_t *block_fast(const uint8_t *p, const uint8_t *end, uint32_t len, unsigned w, uint32_t *x,
                                  const ecw_ws_fast *ws, unsigned m, sink *o, uint32_t *done) {
-    uint8_t tmp[4096];
+    uint8_t tmp[4096], pad[4096 + 256];
     uint32_t full = len / w, t = 0;
 #ifdef ECW_AVX2
     const unsigned vw = simd_width();
@@ -405,20 +408,28 @@ static const uint8_t *block_fast(const uint8_t *p, const uint8_t *end, uint32_t 
     const unsigned simd = 0;
 #endif
     const size_t slack = 2u * simd; /* a vector loads `simd` words whichever lanes take one */
-    for (;;) {
-        size_t avail = (size_t)(end - p);
+    while (t < full) {
+        size_t avail = (size_t)(end - p), used;
         uint32_t steps = full - t;
+        const uint8_t *src = p, *q;
         uint8_t *out = o->stride == 1u && o->map == NULL ? o->dst + o->k : tmp;
-        if (avail < slack + 2u * w) break;
+        if (avail < slack + 2u * w) { /* < 160 bytes */
+            memcpy(pad, p, avail);
+            memset(pad + avail, 0, sizeof pad - avail);
+            src = pad;
+            avail = sizeof pad;
+        }
         if ((avail - slack) / (2u * w) < steps) steps = (uint32_t)((avail - slack) / (2u * w));
         if (out == tmp && steps > sizeof tmp / w) steps = (uint32_t)(sizeof tmp / w);
-        if (steps == 0) break;
 #ifdef ECW_AVX2
-        if (simd == 16u) p = steps_avx512(p, steps, w, x, ws, m, out);
-        else if (simd == 8u) p = steps_avx2(p, steps, w, x, ws, m, out);
+        if (simd == 16u) q = steps_avx512(src, steps, w, x, ws, m, out);
+        else if (simd == 8u) q = steps_avx2(src, steps, w, x, ws, m, out);
         else
 #endif
-            p = steps_scalar(p, steps, w, x, ws->slot, m, out);
+            q = steps_scalar(src, steps, w, x, ws->slot, m, out);
+        used = (size_t)(q - src);
+        if (src == pad && used > (size_t)(end - p)) return NULL;
+        p += used;
         if (out == tmp) emit(o, tmp, steps * w);
         else o->k += steps * w;
         t += steps;
@@ -451,6 +462,7 @@ static ecw_status run_fast(const uint8_t **pp, const uint8_t *end, uint32_t *i, 
     ECW_TRY(block_finish(pp, end, *i, *i + head, w, x, ws->small.cum, m, o));
     *i += head;
     *pp = block_fast(*pp, end, stop - *i, w, x, ws, m, o, &done);
+    if (*pp == NULL) return ECW_E_STREAM;
     *i += done;
     return ECW_OK;
 }
