@@ -547,8 +547,8 @@ ecw_status ecw_rans_decode(const uint8_t *src, uint64_t src_size, uint64_t n_sym
         }
         while (i < len) {
             uint32_t stop;
-            if (k0 + i == group_end) { /* the next group starts: its table, its rows */
-                ECW_TRY(read_table(&tp, end, m, ws));
+            if (k0 + i == group_end) { /* the next group starts: its table and rows */
+                if (g_count > 1u) ECW_TRY(read_table(&tp, end, m, ws)); /* one table: pass 1 left it */
 #ifndef ECW_NO_FAST
                 if (fast != NULL) fill_slots(fast);
 #endif
