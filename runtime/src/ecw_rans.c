@@ -2,11 +2,12 @@
  *
  * A block interleaves its symbols over W lanes (symbol i in lane i mod W) that read one shared
  * stream of 16-bit words in symbol order; a symbol takes its group's table, and the decoder switches
- * tables where a group ends (class-map groups write their rows through a cursor). Reference decoder: symbol by symbol, lookup by binary
- * search in a 257-entry cumulative table (the whole state: 514 bytes + 64 lane states). Fast path
- * (workspace >= ECW_FAST_WORKSPACE_SIZE): a 2^12-slot table of packed entries
- * sym | (f - 1) << 8 | c << 20 (M <= 12), whole steps of W symbols while the block's bytes allow
- * them unchecked, then the checked reference loop for the rest. On x86-64, blocks of 8k lanes step
+ * tables where a group ends (class-map groups write their rows through a cursor). Reference
+ * decoder: symbol by symbol, lookup by binary search in a 257-entry cumulative table (the whole
+ * state: 514 bytes + 64 lane states). Fast path (workspace >= ECW_FAST_WORKSPACE_SIZE): a
+ * 2^12-slot table of packed entries sym | (f - 1) << 8 | c << 20 (M <= 12), whole steps of W
+ * symbols (the block's last ones through a zero-padded copy of its last bytes), the checked
+ * reference loop for a partial step. On x86-64, blocks of 8k lanes step
  * 8 lanes per AVX2 instruction and blocks of 16k lanes 16 per AVX-512 instruction: one gather for
  * the table, the renormalization words placed from one load (the lanes that need a word take
  * consecutive ones). A lane's steps form one dependency chain (gather, multiply, compare, word),
