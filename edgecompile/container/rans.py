@@ -83,6 +83,8 @@ def block_layout(n_symbols: int, block: int) -> tuple[np.ndarray, np.ndarray]:
 
 def symbol_tables(n_symbols: int, n_groups: int, classes: np.ndarray | None = None) -> np.ndarray:
     """The table (group) of every stream symbol, int32."""
+    if n_groups == 1:
+        return np.zeros(n_symbols, np.int32)
     return np.repeat(np.arange(n_groups, dtype=np.int32), group_lengths(n_symbols, n_groups, classes))
 
 
@@ -282,6 +284,7 @@ def encode_batch(plans: list[RansPlan]) -> list[bytes]:
         return []
     ln = _lanes(plans)
     symbols = np.concatenate([p.symbols for p in plans])
+    entry = ln.table * 256 + symbols  # index into the flattened tables, per symbol (int32)
     freqs = np.concatenate([p.freqs for p in plans]).astype(np.uint32)
     cum = (np.cumsum(freqs, axis=1) - freqs).astype(np.uint32)
     f_flat, c_flat = freqs.ravel(), cum.ravel()
@@ -295,7 +298,7 @@ def encode_batch(plans: list[RansPlan]) -> list[bytes]:
     emit = np.zeros(symbols.size, bool)
     for t, n in reversed(list(enumerate(_active_counts(ln.length[order])))):
         idx = st[:n] + t * stride[:n]
-        e = ln.table[idx] * 256 + symbols[idx]
+        e = entry[idx]
         f = f_flat[e]
         xs = x[:n]
         out = (xs >> top[:n]) >= f
