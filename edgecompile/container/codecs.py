@@ -74,13 +74,11 @@ def _rans_plan(sym: np.ndarray, shuffle: bool, itemsize: int, channels: int) -> 
     base = itemsize if shuffle else 1
     best = rans.plan(sym, base, shuffle=shuffle, itemsize=itemsize)
     if channels >= 4 and not shuffle and sym.size >= CLASS_MIN_ROW * channels:
-        sizes = tuple(t for t in (2, 4, 8, 16) if t <= channels // 2)
-        if sizes:
-            row_counts = rans.group_counts(sym, np.full(channels, sym.size // channels))
-            for classes in rans.fit_classes(row_counts, sizes).values():
-                alt = rans.plan(sym, int(classes.max()) + 1, classes=classes)
-                if alt[1] < (1 - CLASS_MIN_GAIN) * best[1]:
-                    best = alt
+        row_counts = rans.group_counts(sym, np.full(channels, sym.size // channels))
+        for classes in rans.fit_classes(row_counts, tuple(t for t in (2, 4, 8, 16) if t <= channels // 2)).values():
+            alt = rans.plan(sym, int(classes.max()) + 1, classes=classes)
+            if alt[1] < (1 - CLASS_MIN_GAIN) * best[1]:
+                best = alt
     # A table costs tens of bytes: per-channel tables only pay off with enough symbols per channel
     # (and pricing 30k tables of an embedding would cost seconds for nothing).
     if channels > 1 and sym.size >= PER_CHANNEL_MIN_SYMBOLS * channels:

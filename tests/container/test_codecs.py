@@ -1,6 +1,8 @@
 """Round trips of every codec (Python), codec choice, and k-means clustering."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -29,6 +31,22 @@ def _roundtrip(arrays: dict, codec: str | None) -> None:
        codec=st.sampled_from(["raw", "zstd", "rans", None]))
 def test_roundtrip_any_array(arr, codec):
     _roundtrip({"t": arr}, codec)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(2, 40), row_len=st.integers(1, 60), n_classes=st.integers(2, 16), lanes=st.sampled_from([1, 3, 8, 16]),
+       steps=st.integers(1, 5), seed=st.integers(0, 2**16))
+def test_roundtrip_class_maps(rows, row_len, n_classes, lanes, steps, seed):
+    """Any class map (2..16 classes, any row order), lanes and short blocks, so that table switches
+    fall anywhere in a block: the Python encoder and decoder agree."""
+    rng = np.random.default_rng(seed)
+    g = min(n_classes, rows)
+    classes = rng.permutation(np.concatenate([np.arange(g), rng.integers(0, g, rows - g)])).astype(np.uint8)
+    sym = (rng.integers(0, 5, (rows, row_len)) * (1 + classes[:, None])).astype(np.uint8).ravel()
+    plan = rans.plan(sym, g, classes=classes)[0]
+    plan = dataclasses.replace(plan, lanes=lanes, block=lanes * steps)
+    (payload,) = rans.encode_batch([plan])
+    assert np.array_equal(rans.decode_batch([rans.parse(payload, sym.size)])[0], sym)
 
 
 @settings(max_examples=40, deadline=None)
@@ -86,6 +104,24 @@ def test_per_channel_tables_chosen_when_channels_differ():
     payload = rans.encode_batch([plan])[0]
     data, recs = encode_container({"w": w}, codecs=("rans",))
     assert recs[0].encoded_size == len(payload) <= 32 * 4096 / 8 * 1.05
+
+
+def test_class_map_shares_tables_between_rows_of_alike_spread():
+    """Rows of three spreads (per-channel scales of trained weights): the encoder picks a class map
+    that puts each spread in its own class and codes below the per-tensor order-0 bound."""
+    rng = np.random.default_rng(6)
+    kind = rng.integers(0, 3, 256)
+    w = np.clip(np.round(rng.laplace(0, np.array([2.0, 8.0, 32.0])[kind][:, None], (256, 512))), -127, 127)
+    w = w.astype(np.int8)
+    data, recs = encode_container({"w": w}, codecs=("rans",))
+    payload = data[recs[0].offset : recs[0].offset + recs[0].encoded_size]
+    parsed = rans.parse(payload, w.size)
+    assert parsed.classes is not None and len(parsed.freqs) >= 3
+    assert all(len(set(parsed.classes[kind == k])) == 1 for k in range(3))  # one class per spread
+    c = np.bincount(w.view(np.uint8).ravel(), minlength=256)
+    p = c[c > 0] / w.size
+    assert recs[0].encoded_size < 0.95 * -(p * np.log2(p)).sum() * w.size / 8
+    assert np.array_equal(read_container(data).read("w"), w)
 
 
 def test_rans_python_speed_scales_with_lanes_not_length():
