@@ -71,8 +71,10 @@ def container_to_c(container: bytes, out_dir: Path, symbol: str = "ecw_weights")
     return c, h
 
 
-def _linux_script(triple: str) -> str:
+def _linux_script(triple: str, cpu: str = "") -> str:
     cross = triple and not triple.startswith(("x86_64", "host"))
+    arch = (triple or "x86_64").split("-")[0]
+    mcpu = f" -mcpu={cpu}" if cpu and arch in ("aarch64", "arm") else ""
     cc, ar = (f"{triple}-gcc", f"{triple}-ar") if cross else ("gcc", "ar")
     return f"""#!/bin/sh
 # Build the .ecw decoder for {triple or 'this machine'}: libecw.a and the ecw_tool test driver.
@@ -84,6 +86,8 @@ cd "$(dirname "$0")"
 CC="${{CC:-{cc}}}"
 ZSTD="${{ZSTD:-1}}"
 FLAGS="-std=c99 -O2 -Wall -Iinclude -DECW_CRC_TABLE256"
+# the board's CPU when the compiler targets it: on a Cortex-A72 that brings the CRC32 instructions
+case "$($CC -dumpmachine)" in {arch}*) FLAGS="$FLAGS{mcpu}";; esac
 LIBS="${{LDFLAGS:-}}"
 if [ "$ZSTD" = 1 ]; then FLAGS="$FLAGS -DECW_WITH_ZSTD"; LIBS="$LIBS -lzstd"; fi
 mkdir -p build
@@ -147,7 +151,7 @@ def write_c_bundle(out_dir: Path, container_path: Path, target_kind: str, target
         written.append(target)
     script = dest / "build.sh"
     if target_kind == "linux":
-        script.write_text(_linux_script(triple))
+        script.write_text(_linux_script(triple, cpu))
     else:
         script.write_text(_mcu_script(cpu))
         main = dest / "demo" / "main.c"

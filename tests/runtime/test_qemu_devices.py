@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -119,9 +120,14 @@ def _golden_on_device(argv: list[str]) -> None:
 @pytest.mark.skipif(not have("aarch64-linux-gnu-gcc", "qemu-aarch64"), reason="scripts/install_toolchains.sh")
 def test_golden_vectors_decode_under_qemu_aarch64(tmp_path):
     subprocess.run(["make", "-s", "-C", str(RUNTIME), "aarch64", f"BUILD={tmp_path}"], check=True, capture_output=True)
+    tool = ["qemu-aarch64", "-cpu", "cortex-a72", str(tmp_path / "aarch64" / "ecw_tool")]
     golden = str(RUNTIME / "tests" / "golden" / "golden.ecw")
     for mode in ([], ["--ref"]):
-        _golden_on_device(["qemu-aarch64", "-cpu", "cortex-a72", str(tmp_path / "aarch64" / "ecw_tool"), *mode, golden])
+        _golden_on_device([*tool, *mode, golden])
+    # the CRC32 instructions of the Cortex-A72 build, every length 400..600 and offset 0..200
+    data = np.random.default_rng(8).integers(0, 256, 600, dtype=np.uint8).tobytes()
+    (tmp_path / "crc.bin").write_bytes(data)
+    assert run([*tool, "--crc32", str(tmp_path / "crc.bin")]) == (0, [f"{zlib.crc32(data[k:]):08x}" for k in range(201)])
 
 
 @pytest.mark.skipif(not have("arm-none-eabi-gcc", "qemu-system-arm"), reason="scripts/install_toolchains.sh")
