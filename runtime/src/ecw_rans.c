@@ -193,41 +193,34 @@ static uint32_t next_row(const sink *o, uint32_t r) {
 }
 
 /* Write `count` consecutive stream symbols. A group emits exactly its length, so a class-map
- * cursor never runs past the last row of its class. Microcontroller builds keep only the
- * symbol-by-symbol loop (plain order is shuffle order with one plane). */
+ * cursor never runs past the last row of its class. A row piece at a time (memcpy) on the fast
+ * path; microcontroller builds keep the symbol-by-symbol loop alone (smaller code). */
 static void emit(sink *o, const uint8_t *s, uint32_t count) {
+    while (count > 0) {
+        uint32_t take = 1;
+        if (o->map == NULL) {
 #ifndef ECW_NO_FAST
-    if (o->map != NULL) {
-        while (count > 0) {
-            uint32_t take = o->row_len - o->col < count ? o->row_len - o->col : count;
+            if (o->stride == 1u) {
+                memcpy(o->dst + o->k, s, count);
+                o->k += count;
+                return;
+            }
+#endif
+            o->dst[(o->k % o->plane_len) * o->stride + o->k / o->plane_len] = *s;
+            o->k++;
+        } else {
+#ifndef ECW_NO_FAST
+            take = o->row_len - o->col < count ? o->row_len - o->col : count;
+#endif
             memcpy(o->dst + (size_t)o->row * o->row_len + o->col, s, take);
-            s += take;
-            count -= take;
             o->col += take;
             if (o->col == o->row_len) {
                 o->col = 0;
                 o->row = next_row(o, o->row + 1u);
             }
         }
-        return;
-    }
-    if (o->stride == 1u) {
-        memcpy(o->dst + o->k, s, count);
-        o->k += count;
-        return;
-    }
-#endif
-    for (; count > 0; count--, s++) {
-        if (o->map != NULL) {
-            o->dst[(size_t)o->row * o->row_len + o->col] = *s;
-            if (++o->col == o->row_len) {
-                o->col = 0;
-                o->row = next_row(o, o->row + 1u);
-            }
-        } else {
-            o->dst[(o->k % o->plane_len) * o->stride + o->k / o->plane_len] = *s;
-            o->k++;
-        }
+        s += take;
+        count -= take;
     }
 }
 
@@ -452,9 +445,7 @@ static void fill_slots(ecw_ws_fast *fast) {
         for (; d < e; d += 4) { d[0] = v; d[1] = v; d[2] = v; d[3] = v; }
     }
 }
-#endif
 
-#ifndef ECW_NO_FAST
 /* Symbols *i..stop-1 of a block on the fast path as far as it goes: the checked loop up to the next
  * whole step (a table switch can fall inside one), then whole unchecked steps; *i says where the
  * caller's checked loop goes on. */
