@@ -71,7 +71,7 @@ def container_to_c(container: bytes, out_dir: Path, symbol: str = "ecw_weights")
     return c, h
 
 
-def _linux_script(triple: str, cpu: str = "") -> str:
+def _linux_script(triple: str, cpu: str) -> str:
     cross = triple and not triple.startswith(("x86_64", "host"))
     arch = (triple or "x86_64").split("-")[0]
     mcpu = f" -mcpu={cpu}" if cpu and arch in ("aarch64", "arm") else ""

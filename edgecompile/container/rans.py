@@ -83,7 +83,7 @@ def block_layout(n_symbols: int, block: int) -> tuple[np.ndarray, np.ndarray]:
 
 def symbol_tables(n_symbols: int, n_groups: int, classes: np.ndarray | None = None) -> np.ndarray:
     """The table (group) of every stream symbol, int32."""
-    if n_groups == 1:
+    if n_groups == 1:  # the common case, without np.repeat's pass over 4 bytes a symbol
         return np.zeros(n_symbols, np.int32)
     return np.repeat(np.arange(n_groups, dtype=np.int32), group_lengths(n_symbols, n_groups, classes))
 
