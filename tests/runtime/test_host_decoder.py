@@ -124,7 +124,8 @@ def test_golden_vectors(decoders):
 
 def test_sparse_tensor_renormalizes_rarely(decoders, tmp_path):
     """One dominant symbol and rare ones: most steps read no word, a few lanes read one, and the
-    fast paths run out of unchecked bytes long before the symbols end (the checked loop finishes)."""
+    fast paths run out of unchecked bytes long before the symbols end (the padded-copy tail
+    finishes)."""
     rng = np.random.default_rng(5)
     a = np.zeros(200_003, np.uint8)
     hit = rng.choice(a.size, 3000, replace=False)
