@@ -13,7 +13,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as fb
 
 from ..ir import Node, Value
-from .tflite_lower import CL, IR, Lowering, TensorRef, act_qparams, cl_axis
+from .tflite_lower import CL, IR, Lowering, TensorRef, TFLiteUnsupportedError, act_qparams, cl_axis, cl_shape
 
 # Fixed output qparams TFLite's int8 kernels require.
 FIXED_QPARAMS = {
@@ -273,22 +273,34 @@ def lower_transpose(L: Lowering, node: Node) -> None:
     _same_q_single(L, node, "TRANSPOSE", [L.b.const(node.name + "/perm", perm)], fb.TransposeOptionsT())
 
 
+def slice_vectors(shape: tuple[int, ...], axis: int, start: int, end: int, step: int,
+                  layout: str = IR) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """STRIDED_SLICE's (begin, end, strides) for ``x[start:end:step]`` along IR `axis` of a value
+    of IR `shape`, in `layout`. Bounds are resolved like Python's (negative from the end, clamped
+    to the axis); every other axis is taken whole with stride 1, including the unit H axis that the
+    channels-last form of a rank-3 value inserts (``[N, C, L] -> [N, 1, L, C]``)."""
+    rank = len(shape)
+    axis %= rank
+    if step <= 0:
+        raise TFLiteUnsupportedError(f"slice step {step} (TFLite lowering takes positive steps only)")
+    start, end, _ = slice(start, end, step).indices(shape[axis])
+    begin, stop, stride = np.zeros(rank, np.int32), np.array(shape, np.int32), np.ones(rank, np.int32)
+    begin[axis], stop[axis], stride[axis] = start, max(end, start), step
+    if layout == CL:
+        full = cl_shape(tuple(shape))
+        cl_b, cl_e, cl_s = np.zeros(len(full), np.int32), np.array(full, np.int32), np.ones(len(full), np.int32)
+        for d in range(rank):
+            c = cl_axis(d, rank)
+            cl_b[c], cl_e[c], cl_s[c] = begin[d], stop[d], stride[d]
+        return cl_b, cl_e, cl_s
+    return begin, stop, stride
+
+
 def lower_slice(L: Lowering, node: Node) -> None:
     x = node.inputs[0]
-    rank = len(x.shape)
     a = node.attrs
-    axis = a["axis"] % rank
-    begin, end, step = np.zeros(rank, np.int32), np.array(x.shape, np.int32), np.ones(rank, np.int32)
-    begin[axis], end[axis], step[axis] = a["start"], min(a["end"], x.shape[axis]), a["step"]
-    layout = IR
-    if L.prefers_cl(x):
-        layout = CL
-        perm = (0, 2, 3, 1) if rank == 4 else None
-        if perm is None:                      # [N, C, L] -> [N, 1, L, C]
-            begin, end, step = (np.array([b[0], 0, b[2], b[1]], np.int32) for b in (begin, end, step))
-            end[1] = 1
-        else:
-            begin, end, step = begin[list(perm)], end[list(perm)], step[list(perm)]
+    layout = CL if L.prefers_cl(x) else IR
+    begin, end, step = slice_vectors(tuple(x.shape), a["axis"], a["start"], a["end"], a["step"], layout)
     n = node.name
     extra = [L.b.const(n + "/begin", begin), L.b.const(n + "/end", end), L.b.const(n + "/strides", step)]
     _same_q_single(L, node, "STRIDED_SLICE", extra, fb.StridedSliceOptionsT(), layout)
