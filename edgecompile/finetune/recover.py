@@ -1,8 +1,9 @@
 """The short recovery loop after compression: ``recover(student, data, config, teacher, masks)``.
 
 Used by ``edgecompile build --finetune DATA --optimizer fngd|adamw|sgd|kfac|twa --epochs N``.
-Cross-entropy when the data has labels, distillation from the teacher otherwise
-(:mod:`.objective`); pruning masks re-applied after every step; a checkpoint per epoch; DDP
+Cross-entropy when the data has labels, distillation of every output from the teacher
+otherwise, with a loss per output kind (:mod:`.objective`); the teacher's outputs computed once
+and cached (:class:`.outputs.TeacherOutputs`); pruning masks re-applied after every step; a checkpoint per epoch; DDP
 when launched under ``torchrun`` (each rank takes its slice of every global batch); CUDA when
 available.
 """
@@ -12,16 +13,18 @@ import gc
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 from . import checkpoint, ddp, optimizers
-from .data import FinetuneData, batches, eval_batches
+from .data import FinetuneData, FinetuneDataError, batches, eval_batches
 from .fngd import FNGD
-from .objective import Objective, choose_objective, first_output, probe
+from .objective import Objective, choose_objective, probe, resolve_kinds
+from .outputs import (TEACHER_CACHE_BYTES, TeacherOutputs, batch_first, find_batch_axes,
+                      flatten_outputs)
 from .twa import TWA
 
 log = logging.getLogger(__name__)
@@ -67,8 +70,10 @@ class RecoverConfig:
     twa_warmup_epochs: int = 1
     twa_checkpoints: int = 8
     twa_base: str = "sgd"
-    distill: str = "auto"
+    distill: str = "auto"  # "auto": loss by output kind; "kl" / "mse" on every output
     temperature: float = 2.0
+    embedding_mse: float = 0.0  # weight of normalized MSE next to 1-cos on embeddings
+    teacher_cache_bytes: int = TEACHER_CACHE_BYTES  # above: the teacher re-runs every step
     device: str | None = None
     seed: int = 0
     checkpoint_dir: str | None = None
@@ -117,6 +122,11 @@ class RecoverResult:
     world_size: int
     resumed_from_epoch: int | None
     state_dict: dict[str, torch.Tensor]
+    #: The loss actually trained, e.g. "distillation: KL(T=2) on logits[0] + 1-cos on
+    #: embedding[1]" or "MSE on float labels (regression[0])".
+    loss_description: str = ""
+    #: Whether the teacher's outputs were cached (False: recomputed every step, or no teacher).
+    teacher_cached: bool = False
 
     @property
     def final_loss(self) -> float:
@@ -157,25 +167,17 @@ def _apply_masks(masks) -> None:
 
 
 @torch.no_grad()
-def _teacher_targets(teacher, inputs, batch_size, device):
-    teacher.eval()
-    outs = [first_output(teacher(*b.inputs)) for b in eval_batches(inputs, None, batch_size,
-                                                                    device)]
-    return torch.cat(outs)
-
-
-@torch.no_grad()
-def _evaluate(model, data, objective, teacher, batch_size, device):
+def _evaluate(model, data, objective, teacher_eval, axes, batch_size, device):
     if data.eval_inputs is None:
         return None, None
     was = model.training
     model.eval()
     total, correct, counted, n = 0.0, 0, 0, 0
     for b in eval_batches(data.eval_inputs, data.eval_labels, batch_size, device):
-        out = first_output(model(*b.inputs))
-        target = first_output(teacher(*b.inputs)) if objective.needs_teacher else None
-        total += float(objective.loss(out, b.labels, target)) * len(b.ids)
-        c, k = objective.correct(out, b.labels)
+        outs = batch_first(flatten_outputs(model(*b.inputs)), axes)
+        targets = teacher_eval.get(b.ids, b.inputs) if objective.needs_teacher else None
+        total += float(objective.loss(outs, b.labels, targets)) * len(b.ids)
+        c, k = objective.correct(outs, b.labels)
         correct, counted, n = correct + c, counted + k, n + len(b.ids)
     model.train(was)
     return total / n, (correct / counted if counted else None)
@@ -188,7 +190,8 @@ def _sync(device):
 
 def recover(student: nn.Module, data: FinetuneData, config: RecoverConfig,
             teacher: nn.Module | None = None, masks: Mapping[str, torch.Tensor] | None = None,
-            progress: Callable[[EpochStats], None] | None = None) -> RecoverResult:
+            progress: Callable[[EpochStats], None] | None = None,
+            output_kinds: Sequence[str] | None = None) -> RecoverResult:
     """Fine-tune ``student`` in place to win back accuracy after compression.
 
     Parameters
@@ -205,12 +208,23 @@ def recover(student: nn.Module, data: FinetuneData, config: RecoverConfig,
         Boolean keep-masks per parameter name; pruned weights stay exactly zero.
     progress:
         Called with each epoch's :class:`EpochStats`.
+    output_kinds:
+        What each output is, in ``tree_leaves`` order of the model's output (``"logits"``,
+        ``"embedding"``, ``"probability"``, ``"regression"``, ``"detection"``, ``"state"``,
+        ``"auto"``); chooses each output's distillation loss and which output labels train.
+        ``None``: ``"auto"`` (normalized MSE) for every output.
+
+    The teacher runs once over the data before the first epoch; its outputs are kept on the
+    CPU (``N × elements per sample × 4`` bytes, see :class:`.outputs.TeacherOutputs`) unless
+    that exceeds ``config.teacher_cache_bytes``, in which case it runs again at every step.
 
     Raises
     ------
     FinetuneDataError
         Empty data, inputs that do not fit the model, labels out of range, no labels and
-        no teacher.
+        no teacher, a student whose outputs do not match the teacher's.
+    ValueError
+        ``output_kinds`` does not have one kind per output.
     NonFiniteLossError
         The loss became NaN/inf (names epoch and step; lower the learning rate).
     """
@@ -225,10 +239,15 @@ def recover(student: nn.Module, data: FinetuneData, config: RecoverConfig,
     sample = probe(student, tuple(x.to(device) for x in data.inputs), "fine-tuning data")
     if data.eval_inputs is not None:
         probe(student, tuple(x.to(device) for x in data.eval_inputs), "eval data")
-    objective = choose_objective(data, sample, config.distill, config.temperature,
-                                 teacher is not None)
-    targets = (_teacher_targets(teacher, data.inputs, config.batch_size, device)
-               if objective.needs_teacher else None)
+    kinds = resolve_kinds(output_kinds, len(sample))
+    axes, targets, eval_targets, stats = (0,) * len(sample), None, None, None
+    if data.labels is None and teacher is not None:
+        axes, targets, eval_targets = _teacher_outputs(teacher, data, sample, config, device)
+        stats = targets.stats
+    objective = choose_objective(data, sample, kinds, stats, distill=config.distill,
+                                 temperature=config.temperature,
+                                 embedding_mse=config.embedding_mse)
+    log.info("fine-tuning loss: %s", objective.description)
     model = student
     if world > 1:
         model = nn.parallel.DistributedDataParallel(
@@ -253,8 +272,9 @@ def recover(student: nn.Module, data: FinetuneData, config: RecoverConfig,
             log.info("resuming from epoch %d (%s)", start, config.checkpoint_dir)
     steps_per_epoch = sum(1 for _ in batches(data, config.batch_size, 0, config.seed, "cpu",
                                              rank, world))
-    loop = _Loop(model, student, data, config, objective, targets, opts, mask_list, teacher,
-                 device, steps_per_epoch, curve, sum(e.wall_s for e in history), base_lrs)
+    loop = _Loop(model, student, data, config, objective, (targets, eval_targets, axes), opts,
+                 mask_list, device, steps_per_epoch, curve, sum(e.wall_s for e in history),
+                 base_lrs)
     try:
         for epoch in range(start, config.epochs):
             stats = loop.run_epoch(epoch)
@@ -274,7 +294,31 @@ def recover(student: nn.Module, data: FinetuneData, config: RecoverConfig,
             gc.collect()
     state = {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
     return RecoverResult(config.optimizer, tuple(history), tuple(curve), str(device), world,
-                         resumed, state)
+                         resumed, state, objective.description,
+                         targets is not None and targets.cached)
+
+
+def _teacher_outputs(teacher, data, sample, config, device):
+    """(batch axes, training-split and eval-split :class:`TeacherOutputs`), the cache cap
+    shared by the two splits (training first)."""
+    probe_in = tuple(x[:3].to(device) for x in data.inputs)
+    axes = find_batch_axes(teacher, probe_in)
+    if len(axes) != len(sample):
+        raise FinetuneDataError(f"the compressed model has {len(sample)} outputs, the original "
+                                f"{len(axes)}: they must match one to one")
+    cap = config.teacher_cache_bytes
+    train = TeacherOutputs(teacher, data.inputs, axes, config.batch_size, device, cap)
+    for k, (s, st) in enumerate(zip(batch_first(sample, axes), train.stats)):
+        if tuple(s.shape[1:]) != st.sample_shape:
+            raise FinetuneDataError(f"output {k}: the compressed model gives "
+                                    f"{list(s.shape[1:])} per sample, the original "
+                                    f"{list(st.sample_shape)}")
+    evals = None
+    if data.eval_inputs is not None:
+        left = cap - train.nbytes if train.cached else cap
+        evals = TeacherOutputs(teacher, data.eval_inputs, axes, config.batch_size, device,
+                               max(left, 0))
+    return axes, train, evals
 
 
 def _release(opts: dict, loop: _Loop) -> None:
@@ -293,11 +337,12 @@ def _release(opts: dict, loop: _Loop) -> None:
 class _Loop:
     """One epoch at a time; keeps the cumulative training clock for the curve."""
 
-    def __init__(self, model, student, data, config, objective: Objective, targets, opts,
-                 masks, teacher, device, steps_per_epoch, curve, clock, base_lrs):
+    def __init__(self, model, student, data, config, objective: Objective, teacher_outputs,
+                 opts, masks, device, steps_per_epoch, curve, clock, base_lrs):
         self.model, self.student, self.data, self.config = model, student, data, config
-        self.objective, self.targets, self.opts, self.masks = objective, targets, opts, masks
-        self.teacher, self.device, self.curve, self.clock = teacher, device, curve, clock
+        self.objective, self.opts, self.masks = objective, opts, masks
+        self.targets, self.eval_targets, self.axes = teacher_outputs
+        self.device, self.curve, self.clock = device, curve, clock
         self.steps_per_epoch, self.base_lrs = steps_per_epoch, base_lrs
         self.total_steps = steps_per_epoch * config.epochs
         warm = config.twa_warmup_epochs * steps_per_epoch
@@ -319,7 +364,7 @@ class _Loop:
                 group["fallback_lr"] = fallback * f
 
     def _record(self, epoch: int, step: int) -> tuple[float | None, float | None]:
-        ev = _evaluate(self.student, self.data, self.objective, self.teacher,
+        ev = _evaluate(self.student, self.data, self.objective, self.eval_targets, self.axes,
                        self.config.batch_size, self.device)
         self.curve.append(CurvePoint(epoch, step, self.clock, *ev))
         return ev
@@ -343,9 +388,9 @@ class _Loop:
             self._set_lr(opt, global_step)
             if fngd is not None:
                 fngd.set_batch(b.ids)
-            out = first_output(self.model(*b.inputs))
-            target = None if self.targets is None else self.targets[b.ids.to(self.device)]
-            per_sample = self.objective.per_sample(out, b.labels, target)
+            outs = batch_first(flatten_outputs(self.model(*b.inputs)), self.axes)
+            targets = None if self.targets is None else self.targets.get(b.ids, b.inputs)
+            per_sample = self.objective.per_sample(outs, b.labels, targets)
             mean = per_sample.detach().mean()
             if not math.isfinite(float(mean)):
                 raise NonFiniteLossError(
@@ -362,7 +407,7 @@ class _Loop:
             _apply_masks(self.masks)
             total += mean * len(b.ids)
             count += len(b.ids)
-            c, k = self.objective.correct_t(out.detach(), b.labels)
+            c, k = self.objective.correct_t([o.detach() for o in outs], b.labels)
             correct += c
             counted += k
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
