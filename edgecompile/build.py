@@ -171,7 +171,7 @@ def _finetune(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, data: Samples
                        twa_warmup_epochs=max(1, cfg.epochs // 2) if cfg.optimizer == "twa" else 1)
     t0 = time.perf_counter()
     result = recover(student, ft, rc, teacher=loaded.module, masks=masks,
-                     progress=(lambda *a, **k: None))
+                     progress=(lambda *a, **k: None), output_kinds=loaded.data.get("outputs"))
     student.write_back()
     for name, v in train_graph.consts.items():
         if name in graph.consts:
@@ -179,7 +179,7 @@ def _finetune(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, data: Samples
     if rank == 0:  # rank 0 writes the checkpoints (recover)
         shutil.rmtree(ckpt, ignore_errors=True)
     return {"optimizer": result.optimizer, "epochs": len(result.epochs), "batch_size": bs,
-            "loss": "cross-entropy on labels" if labels is not None else "distillation from the original model",
+            "loss": result.loss_description,
             "qat_bits": qat, "seconds": round(time.perf_counter() - t0, 3), "device": result.device,
             "history": [{"epoch": e.epoch, "loss": e.loss, "accuracy": e.accuracy, "seconds": e.wall_s}
                         for e in result.epochs]}
