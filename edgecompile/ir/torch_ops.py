@@ -148,8 +148,13 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, q
         scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
     q = torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
     y = (q - zero_point) * scale
-    # where x is +-inf (e.g. an attention mask), x + (y - x) would be inf - inf = NaN: take y there
-    return torch.where(torch.isfinite(x), x + (y - x).detach(), y)
+    if not x.requires_grad:
+        return y
+    # Straight-through: y + (x - x) has y's value exactly and x's gradient. The older form
+    # x + (y - x).detach() cancelled to 0 for huge finite x (a -3.4e38 attention mask fill: the
+    # executor read masked scores as 0 while onnxruntime clamped them to the range's low end).
+    # Where x is +-inf, x - x is NaN: take y there.
+    return torch.where(torch.isfinite(x), y + (x - x.detach()), y)
 
 
 def to_torch(a: np.ndarray) -> torch.Tensor:
