@@ -124,7 +124,7 @@ def test_normalized_mse_weighs_outputs_of_different_scales_alike():
 
 def test_every_output_contributes():
     teacher, x = Detector(0), _stream(16)
-    outs = flatten_outputs(teacher(x))
+    outs = tuple(o.detach() for o in flatten_outputs(teacher(x)))
     data = FinetuneData.from_arrays(x)
     obj = choose_objective(data, outs, ("probability", "state"), [_stats(o) for o in outs])
     assert float(obj.loss(outs, None, outs)) < 1e-6
