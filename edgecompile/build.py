@@ -25,11 +25,11 @@ import torch
 
 from . import __version__
 from .analysis import total_macs
-from .data_io import Samples, batches, load_samples, synthesize_samples
+from .data_io import Samples, as_samples, batches, load_samples, synthesize_samples
 from .ir import Graph, verify
 from .modelspec import LoadedModel, load_model
 from .targets import Target, load_target
-from .verify import Fidelity, Thresholds, compare
+from .fidelity import Fidelity, FidelitySpecError, OutputSpec, Thresholds, compare, parse_output_specs
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,22 @@ Progress = Callable[[str, float], None]
 
 
 class BuildError(RuntimeError):
-    """The build cannot produce a bundle; the message is one line saying why and what to do."""
+    """The build cannot produce a bundle; the message is one line saying why and what to do.
+    `exit_code` is the CLI's exit status for it (3: bad input)."""
+
+    exit_code = 3
+
+
+class VerificationFailed(BuildError):
+    """The bundle is below the fidelity gate (exit 1); its report is kept in ``<out>.failed/``."""
+
+    exit_code = 1
+
+
+class DoesNotFit(BuildError):
+    """The bundle does not fit the target's flash or RAM (exit 5); the report is in ``<out>.failed/``."""
+
+    exit_code = 5
 
 
 @dataclass(frozen=True)
@@ -45,7 +60,9 @@ class BuildConfig:
     target: str = "rpi4"
     out: Path = Path("out")
     backend: str | None = None              # None: the target's default
-    rank: str = "erank"                     # see passes.lowrank.rank.parse_rank_spec; "none" to skip
+    # Lossy steps never run by default unmeasured: factorizing pretrained weights without
+    # fine-tuning breaks them (measured on a pretrained ImageNet CNN), so low rank is opt-in.
+    rank: str = "none"                      # see passes.lowrank.rank.parse_rank_spec; e.g. "erank"
     prune: str = "none"                     # see passes.prune.parse_prune_spec
     quant: str = "auto"                     # auto | int8[:options] | none (see passes.quantize)
     cluster_bits: int | None = None         # share int8 weights: <= 2^bits non-zero levels (lut codec)
@@ -56,8 +73,10 @@ class BuildConfig:
     optimizer: str = "fngd"
     epochs: int = 3
     thresholds: Thresholds = field(default_factory=Thresholds)
+    task: str | None = None                 # output kinds, e.g. "logits" or "probability,state" (fidelity)
     allow_degraded: bool = False
-    max_eval_samples: int = 512
+    allow_oversize: bool = False            # keep a bundle that does not fit the target's flash / RAM
+    max_eval_samples: int | None = None     # None: verify on the whole held-back set
     latency_repeats: int = 100
     seed: int = 0
 
@@ -243,30 +262,75 @@ def fp32_onnx(graph: Graph) -> bytes:
     return emit_onnx(g, embed_weights=True).model_bytes
 
 
-def _first_output(y) -> torch.Tensor:
-    y = y[0] if isinstance(y, (tuple, list)) else getattr(y, "logits", y)
-    if not isinstance(y, torch.Tensor):  # e.g. a transformers ModelOutput without logits
-        y = next(v for v in y.values() if isinstance(v, torch.Tensor))
-    return y
+def _tensor_leaves(y) -> list[torch.Tensor]:
+    """Every tensor a model returned, in the order torch.export flattens outputs (pytree leaves:
+    tuples, lists, dicts and transformers' ModelOutput alike)."""
+    from torch.utils._pytree import tree_leaves
+
+    return [t for t in tree_leaves(y) if isinstance(t, torch.Tensor)]
 
 
-def _reference_outputs(loaded: LoadedModel, samples: Samples, batch: int) -> np.ndarray:
-    """The PyTorch model's outputs: in chunks of 64 samples when the model takes any batch size
-    (eager models usually do), else in the graph's static batch size."""
-    n = (len(samples[0]) // batch) * batch
+def _padded_batches(samples: Samples, batch: int):
+    """(inputs, valid rows) for consecutive batches of the graph's static size; the last partial
+    batch is padded with copies of its last sample so that every sample is verified."""
+    n = len(samples[0])
+    for i in range(0, n, batch):
+        xs = [a[i:i + batch] for a in samples]
+        k = len(xs[0])
+        if k < batch:
+            xs = [np.concatenate([x, np.repeat(x[-1:], batch - k, axis=0)]) for x in xs]
+        yield xs, k
+
+
+def _reference_outputs(loaded: LoadedModel, samples: Samples, batch: int) -> list[np.ndarray]:
+    """Every output of the PyTorch model on every sample: in chunks of 64 when the model takes any
+    batch size (eager models usually do), else in the graph's static batch size."""
+    n = len(samples[0])
+
+    def run(xs) -> list[np.ndarray]:
+        return [t.detach().float().numpy() for t in _tensor_leaves(loaded.module(*[torch.from_numpy(x) for x in xs]))]
+
     with torch.no_grad():
         try:
-            outs = [_first_output(loaded.module(*[torch.from_numpy(a[i:min(i + 64, n)]) for a in samples])).numpy()
-                    for i in range(0, n, 64)]
-            return np.concatenate(outs)
+            parts = [run([a[i:min(i + 64, n)] for a in samples]) for i in range(0, n, 64)]
+            if all(p[0].shape[0] == min(64, n - 64 * j) for j, p in enumerate(parts)):
+                return [np.concatenate(o) for o in zip(*parts)]
         except Exception:  # a model tied to its example batch size
             log.debug("reference model rejects other batch sizes; running batch %d", batch)
-        return np.concatenate([_first_output(loaded.module(*[torch.from_numpy(x) for x in xs])).numpy()
-                               for xs in batches(samples, batch)])
+        parts = [[o[:k] for o in run(xs)] for xs, k in _padded_batches(samples, batch)]
+    return [np.concatenate(o) for o in zip(*parts)]
 
 
-def _bundle_outputs(session, samples: Samples, batch: int) -> np.ndarray:
-    return np.concatenate([session.run(*xs)[0] for xs in batches(samples, batch)])
+def _bundle_outputs(session, samples: Samples, batch: int) -> list[np.ndarray]:
+    parts = [[o[:k] for o in session.run(*xs)] for xs, k in _padded_batches(samples, batch)]
+    return [np.concatenate(o) for o in zip(*parts)]
+
+
+def output_specs(loaded: LoadedModel, cfg: BuildConfig, graph: Graph) -> tuple[OutputSpec, ...]:
+    """The kind of each graph output: `--task` first, else the factory's ``data["outputs"]``."""
+    try:
+        return parse_output_specs(cfg.task if cfg.task else loaded.data.get("outputs"), len(graph.outputs))
+    except FidelitySpecError as e:
+        raise BuildError(f"{'--task' if cfg.task else 'the factory data[outputs]'}: {e}") from None
+
+
+def verify_bundle(session, loaded: LoadedModel, graph: Graph, evals: Samples, labels, specs, cfg: BuildConfig,
+                  note: str = "") -> Fidelity:
+    """Runs the held-back samples through the PyTorch model and the bundle's real runtime and
+    judges every output by its kind (`fidelity.compare`)."""
+    batch = int(graph.inputs[0].shape[0]) if graph.inputs and graph.inputs[0].shape else 1
+    ref = _reference_outputs(loaded, evals, batch)
+    got = _bundle_outputs(session, evals, batch)
+    if len(ref) != len(got):
+        raise BuildError(f"the model returns {len(ref)} tensors but the compiled graph has {len(got)} outputs; "
+                         "return tensors only (no None or Python numbers)")
+    try:
+        return compare(ref, got, specs, cfg.thresholds, labels, names=[v.name for v in graph.outputs],
+                       metric=loaded.data.get("metric"), note=note)
+    except FidelitySpecError as e:
+        raise BuildError(str(e)) from None
+    except ValueError as e:
+        raise BuildError(f"verification cannot compare outputs: {e}") from None
 
 
 def _latency(stage: Path, baseline_bytes: bytes, session, example: list[np.ndarray], repeats: int) -> dict:
@@ -356,6 +420,7 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
     t = stage_done("import (torch.export)", 0.15, t)
 
     batch = int(graph.inputs[0].shape[0]) if graph.inputs and graph.inputs[0].shape else 1
+    specs = output_specs(loaded, cfg, graph)
     calib, evals, labels, data_note = _data(loaded, cfg, graph)
     quantized = cfg.quant.startswith("int8")
     pass_records = _compress(graph, cfg, bytes_per_param=1.0 if quantized else 4.0)
@@ -386,9 +451,7 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
 
         from .loader import load_bundle
         session = load_bundle(stage, threads=1)
-        ref = _reference_outputs(loaded, evals, batch)
-        got = _bundle_outputs(session, evals, batch)
-        fidelity = compare(ref, got, labels)
+        fidelity = verify_bundle(session, loaded, graph, evals, labels, specs, cfg, note=data_note)
         t = stage_done(f"verify in {'onnxruntime' if backend == 'onnx' else 'LiteRT'}", 0.85, t)
 
         baseline = fp32_onnx(original)
@@ -402,25 +465,59 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
             container_records=written["records"], emitted=written["emitted"], stage=stage,
             baseline_onnx_bytes=len(baseline), fidelity=fidelity, latency=latency, pass_records=pass_records,
             finetune=finetune_info, timings=timings, data_note=data_note)
-        failures = fidelity.failures(cfg.thresholds)
-        report["verdict"] = {"passed": not failures, "failures": failures, "allow_degraded": cfg.allow_degraded}
+        failures = fidelity.failures()
+        oversize = [n for n in report["memory"]["notes"] if n.startswith("does not fit")]
+        report["verdict"] = {"passed": not failures and not oversize, "failures": failures, "oversize": oversize,
+                             "allow_degraded": cfg.allow_degraded, "allow_oversize": cfg.allow_oversize}
         write_report(report, stage)
         if failures and not cfg.allow_degraded:
-            raise BuildError("verification failed: " + "; ".join(failures)
-                             + " (relax compression, add --finetune, or pass --allow-degraded)")
-        if out.exists():
-            shutil.rmtree(out)
-        stage.rename(out)
-    except BaseException:
+            raise VerificationFailed(
+                "verification failed: " + "; ".join(failures) + " (relax compression, add --finetune, or pass "
+                f"--allow-degraded; report in {_failed_dir(out)}/report.html)")
+        if oversize and not cfg.allow_oversize:
+            raise DoesNotFit("; ".join(oversize) + " (try --cluster-bits 4, --prune magnitude:global:0.5, a larger "
+                             f"board, or --allow-oversize; report in {_failed_dir(out)}/report.html)")
+        _replace(stage, out)
+    except BaseException as e:
+        if isinstance(e, (VerificationFailed, DoesNotFit)):
+            _keep_failed(stage, out)
         shutil.rmtree(stage, ignore_errors=True)
         raise
     progress("done", 1.0)
     return BuildResult(out, report, fidelity, degraded=bool(failures))
 
 
+def _failed_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".failed")
+
+
+def _keep_failed(stage: Path, out: Path) -> None:
+    """A failed build's reports go to ``<out>.failed/`` (replacing an older one), so the user
+    can see why; the bundle files are not kept, so nothing there can be mistaken for a bundle."""
+    failed = _failed_dir(out)
+    shutil.rmtree(failed, ignore_errors=True)
+    failed.mkdir(parents=True, exist_ok=True)
+    for name in ("report.json", "report.html"):
+        if (stage / name).exists():
+            shutil.copy2(stage / name, failed / name)
+
+
+def _replace(stage: Path, out: Path) -> None:
+    """Moves the finished bundle into place: the old bundle is renamed aside first and removed
+    only after the new one is in, so an interruption never loses both."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old.{os.getpid()}")
+        out.rename(old)
+    stage.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(_failed_dir(out), ignore_errors=True)
+
+
 def _data(loaded: LoadedModel, cfg: BuildConfig, graph: Graph) -> tuple[Samples, Samples, np.ndarray | None, str]:
-    """Calibration and held-back evaluation samples: --calib file, the factory's data, or synthetic."""
-    cap = _eval_cap(cfg, total_macs(graph) // max(graph.inputs[0].shape[0], 1))
+    """Calibration and held-back evaluation samples: --calib file, the factory's data, or synthetic.
+    The user's eval set is used whole unless `max_eval_samples` caps it (the note says so)."""
     if cfg.calib is not None:
         samples, labels = load_samples(Path(cfg.calib), graph)
         n = len(samples[0])
@@ -428,21 +525,25 @@ def _data(loaded: LoadedModel, cfg: BuildConfig, graph: Graph) -> tuple[Samples,
         calib = tuple(a[:cut] for a in samples)
         evals = tuple(a[cut:] for a in samples) if n > 1 else calib
         lab = labels[cut:] if labels is not None and n > 1 else None
-        return calib, _limit(evals, cap), _limit_labels(lab, cap), f"held-back 20% of {cfg.calib}"
-    if "calib" in loaded.data:
-        calib = loaded.data["calib"]
-        evals = loaded.data.get("eval", calib)
-        return calib, _limit(evals, cap), _limit_labels(loaded.data.get("labels"), cap), \
-            "the model factory's held-back evaluation data"
-    samples = synthesize_samples(graph, 128, seed=cfg.seed)
-    log.warning("no calibration data given (--calib); using random inputs, fidelity figures are weak")
-    return samples, _limit(samples, cap), None, "random inputs (no --calib given)"
-
-
-def _eval_cap(cfg: BuildConfig, macs_per_sample: int) -> int:
-    """Held-back samples to verify on: `max_eval_samples`, fewer for big models (~4e10 MACs of
-    verification, at least 32 samples: a 20M-parameter encoder verifies on 32, the digits CNN on 512)."""
-    return int(min(cfg.max_eval_samples, max(32, 4e10 // max(macs_per_sample, 1))))
+        note = f"held-back 20% of {cfg.calib}"
+    elif "calib" in loaded.data:
+        calib = as_samples(graph, loaded.data["calib"], "the factory's data['calib']")
+        evals = as_samples(graph, loaded.data.get("eval", calib), "the factory's data['eval']")
+        lab, note = loaded.data.get("labels"), "the factory's held-back evaluation data"
+    else:
+        calib = synthesize_samples(graph, 128, seed=cfg.seed)
+        log.warning("no calibration data given (--calib); using random inputs, fidelity figures are weak")
+        # Our own random inputs: ~4e10 MACs of verification (at least 32 samples) is plenty.
+        macs = total_macs(graph) // max(graph.inputs[0].shape[0], 1) if graph.inputs else 0
+        cap = int(min(128, max(32, 4e10 // max(macs, 1))))
+        return calib, _limit(calib, cap), None, f"{cap} random inputs (no --calib given)"
+    n_eval = len(evals[0])
+    if cfg.max_eval_samples is not None and n_eval > cfg.max_eval_samples:
+        note += f" (capped by --max-eval at {cfg.max_eval_samples} of {n_eval} samples)"
+        evals, lab = _limit(evals, cfg.max_eval_samples), _limit_labels(lab, cfg.max_eval_samples)
+    if lab is not None and len(lab) < len(evals[0]):
+        raise BuildError(f"{len(lab)} labels for {len(evals[0])} evaluation samples; give one label per sample")
+    return calib, evals, None if lab is None else np.asarray(lab), note
 
 
 def _limit(s: Samples, cap: int) -> Samples:

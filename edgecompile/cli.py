@@ -2,7 +2,7 @@
 
 Exit codes: 0 success; 1 the bundle failed verification (below the fidelity thresholds); 2 usage
 error (click); 3 bad input (unknown target, model spec, data, unsupported op, impossible budget);
-4 corrupt or truncated bundle/container.
+4 corrupt or truncated bundle/container; 5 the bundle does not fit the target's flash or RAM.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def main(verbose: bool) -> None:
 @click.option("--backend", type=click.Choice(["onnx", "tflite"]), default=None, help="[the target's default]")
 @click.option("--calib", type=click.Path(path_type=Path), default=None,
               help=".npz of inputs (named like the model inputs, or arr_0..) and optional labels.")
-@click.option("--rank", default="erank", show_default=True,
+@click.option("--rank", default="none", show_default=True,
               help="Low-rank spec: erank[:scale] | energy:0.95 | fraction:0.25 | fixed:32 | none.")
 @click.option("--prune", default="none", show_default=True,
               help="magnitude:0.5 | magnitude:global:0.6 | channel:0.25 | none.")
@@ -94,30 +94,42 @@ def main(verbose: bool) -> None:
 @click.option("--optimizer", type=click.Choice(["fngd", "adamw", "sgd", "kfac", "twa"]), default="fngd",
               show_default=True)
 @click.option("--epochs", type=int, default=3, show_default=True)
+@click.option("--task", default=None,
+              help="What each output is, in output order: logits | embedding | probability | regression | "
+                   "detection | state | auto, comma-separated (e.g. 'probability,state') [the factory's, else auto].")
 @click.option("--min-agreement", type=float, default=0.97, show_default=True,
-              help="Top-1 agreement threshold (classifiers).")
+              help="Top-1 agreement (logits) and decision agreement (probability) thresholds.")
 @click.option("--min-cosine", type=float, default=0.97, show_default=True,
-              help="Output cosine threshold (models that are not classifiers).")
+              help="Per-sample cosine threshold (embedding, state, auto outputs).")
+@click.option("--min-correlation", type=float, default=0.97, show_default=True,
+              help="Correlation-over-the-set threshold (probability, regression, detection, scalar outputs).")
+@click.option("--max-eval", type=click.IntRange(1), default=None,
+              help="Verify on at most N held-back samples [all of them].")
+@click.option("--allow-oversize", is_flag=True, help="Keep a bundle that does not fit the target's flash or RAM.")
 @click.option("--max-accuracy-drop", type=float, default=0.5, show_default=True,
               help="Allowed accuracy drop in points, for classifiers with labelled eval data.")
 @click.option("--allow-degraded", is_flag=True, help="Keep a bundle that fails the fidelity thresholds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no progress bar).")
 def build(model, target, out, backend, calib, rank, prune, quant, cluster_bits, budget_bytes, codecs, finetune,
-          optimizer, epochs, min_agreement, min_cosine, max_accuracy_drop, allow_degraded, as_json):
+          optimizer, epochs, task, min_agreement, min_cosine, min_correlation, max_eval, allow_oversize,
+          max_accuracy_drop, allow_degraded, as_json):
     """Compile MODEL (file.py:factory, package.module:factory or a .pt2; default: the embedded digits CNN)."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .build import BuildConfig, BuildError, build as run_build
     from .report import render_terminal
-    from .verify import Thresholds
+    from .fidelity import Thresholds
 
     name = "digits" if model is None else Path(model.split(":")[0]).stem.split(".")[-1]
     cfg = BuildConfig(target=target, out=out or Path("out") / f"{name}-{target}", backend=backend, rank=rank,
                       prune=prune, quant=quant, cluster_bits=cluster_bits, budget_bytes=budget_bytes,
                       codecs=tuple(codecs) or None,
                       calib=calib, finetune=finetune, optimizer=optimizer, epochs=epochs,
-                      thresholds=Thresholds(min_agreement, min_cosine, max_accuracy_drop / 100),
+                      thresholds=Thresholds(min_top1_agreement=min_agreement, min_cosine=min_cosine,
+                                            max_accuracy_drop=max_accuracy_drop / 100,
+                                            min_decision_agreement=min_agreement, min_correlation=min_correlation),
+                      task=task, max_eval_samples=max_eval, allow_oversize=allow_oversize,
                       allow_degraded=allow_degraded)
     console = Console(stderr=True)
     errors = _input_errors()
@@ -135,7 +147,7 @@ def build(model, target, out, backend, calib, rank, prune, quant, cluster_bits, 
                 result = run_build(model, cfg, lambda stage, frac: bar.update(task, completed=frac,
                                                                              description=stage))
     except BuildError as e:
-        _fail(str(e), EXIT_VERIFY if "verification failed" in str(e) else EXIT_INPUT, as_json)
+        _fail(str(e), e.exit_code, as_json)
     except ContainerError as e:
         _fail(str(e), EXIT_CORRUPT, as_json)
     except errors as e:

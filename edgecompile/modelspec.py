@@ -86,6 +86,18 @@ def _check_data(data, n_inputs: int, what: str) -> dict:
             out[key] = tuple(np.asarray(a) for a in arrs)
     if "labels" in data:
         out["labels"] = np.asarray(data["labels"])
+    if "outputs" in data:
+        kinds = data["outputs"]
+        if isinstance(kinds, str) or not isinstance(kinds, (list, tuple)):
+            raise ModelSpecError(f"{what}: data['outputs'] must be a list with one kind per model output")
+        out["outputs"] = list(kinds)
+    if "metric" in data:
+        if not callable(data["metric"]):
+            raise ModelSpecError(f"{what}: data['metric'] must be a callable (ref_outputs, bundle_outputs) -> dict")
+        out["metric"] = data["metric"]
+    unknown = sorted(set(data) - {"calib", "eval", "labels", "outputs", "metric"})
+    if unknown:
+        raise ModelSpecError(f"{what}: unknown data key(s) {unknown}; use calib, eval, labels, outputs, metric")
     return out
 
 

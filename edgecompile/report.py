@@ -95,8 +95,6 @@ def _memory(graph, target, backend: str, model_bytes: bytes, container_bytes: in
 
 def make_report(*, model, target, backend, config, original, graph, container_records, emitted, stage,
                 baseline_onnx_bytes, fidelity, latency, pass_records, finetune, timings, data_note) -> dict:
-    from dataclasses import asdict
-
     from .build import config_dict
 
     stage = Path(stage)
@@ -118,7 +116,7 @@ def make_report(*, model, target, backend, config, original, graph, container_re
                                                      "ram_kib", "flash_kib")},
         "config": config_dict(config), "data": data_note,
         "layers": rows, "totals": totals,
-        "fidelity": asdict(fidelity),
+        "fidelity": fidelity.to_dict(),
         "latency": {**latency, **_target_estimate(graph, target)},
         "memory": _memory(graph, target, backend, model_file, container_bytes),
         "backend_ops": _backend_ops(backend, model_file, emitted),
@@ -161,6 +159,34 @@ def _vs(lat: dict) -> str:
     return f"{s:.2f}× faster than" if s >= 1 else f"{1 / s:.2f}× slower than" if s > 0 else "vs"
 
 
+def _output_figures(o: dict) -> str:
+    """The figures that mean something for this output, in one line."""
+    parts = []
+    if o.get("top1_agreement") is not None:
+        parts.append(f"top-1 agreement {o['top1_agreement']:.2%}")
+    if o.get("accuracy_reference") is not None:
+        parts.append(f"accuracy {o['accuracy_reference']:.2%} → {o['accuracy_bundle']:.2%}")
+    if o.get("decision_agreement") is not None:
+        parts.append(f"decision agreement {o['decision_agreement']:.2%} (positive "
+                     f"{o['positive_rate_reference']:.1%} → {o['positive_rate_bundle']:.1%})")
+    if o.get("mean_cosine") is not None:
+        parts.append(f"cosine mean {o['mean_cosine']:.4f} min {o['min_cosine']:.4f}")
+    if o.get("correlation") is not None:
+        parts.append(f"correlation {o['correlation']:.4f}")
+    if o.get("rel_rmse") is not None:
+        parts.append(f"RMSE/std {o['rel_rmse']:.3g}")
+    parts.append(f"max |err| {o['max_abs_error']:.3g}")
+    return ", ".join(parts)
+
+
+def _headline(fid: dict) -> tuple[str, str]:
+    """(value, label) of the gate's deciding figure for the report's card."""
+    c = next((c for c in fid["checks"] if not c["passed"]), fid["checks"][0] if fid["checks"] else None)
+    if c is None:
+        return "-", "no check"
+    return f"{c['value']:.4f}", f"{c['output']}: {c['metric']} (measured, needs {c['threshold']:g})"
+
+
 def _kb(n) -> str:
     return "-" if n is None else f"{n / 1024:,.1f} KB"
 
@@ -185,13 +211,12 @@ def render_terminal(report: dict, console) -> None:
                   f"(model {_kb(tot['model_file_bytes'])} + weights {_kb(tot['container_bytes'])}): "
                   f"[bold]{tot['compression_ratio']:.1f}× smaller[/]; params {tot['params_before']:,} → "
                   f"{tot['params_after']:,}; MACs {tot['macs_before']:,} → {tot['macs_after']:,}")
-    line = (f"[bold]fidelity[/] ({report['data']}, {fid['n_samples']} samples): cosine {fid['cosine']:.4f}, "
-            f"max |err| {fid['max_abs_error']:.3g}")
-    if fid["top1_agreement"] is not None:
-        line += f", top-1 agreement {fid['top1_agreement']:.2%}"
-    if fid["accuracy_reference"] is not None:
-        line += f", accuracy {fid['accuracy_reference']:.2%} → {fid['accuracy_bundle']:.2%}"
-    console.print(line)
+    console.print(f"[bold]fidelity[/] ({report['data']}, {fid['n_samples']} samples), every output by its kind:")
+    for o in fid["outputs"]:
+        console.print(f"  {o['name']} ({o['kind']}): {_output_figures(o)}")
+    for c in fid["checks"]:
+        mark = "[green]pass[/]" if c["passed"] else "[red]FAIL[/]"
+        console.print(f"  gate {mark} {c['line']}")
     console.print(f"[bold]latency[/] host (measured, 1 thread): fp32 ONNX {lat['host_fp32_onnx_ms']:.3f} ms, "
                   f"bundle {lat['host_bundle_ms']:.3f} ms ({_vs(lat)} fp32); "
                   f"{report['target']['name']} [italic]estimate[/] {lat['target_ms_estimate']:.3f} ms")
@@ -271,11 +296,9 @@ def render_html(report: dict) -> str:
     e = html.escape
     tot, fid, lat, mem = report["totals"], report["fidelity"], report["latency"], report["memory"]
     cards = [("bundle size", _kb(tot["bundle_bytes"]), f"{tot['compression_ratio']:.1f}× smaller than fp32 ONNX"),
-             ("fidelity", f"{fid['cosine']:.4f}", "mean output cosine (measured)"),
+             ("fidelity", *_headline(fid)),
              ("host latency", f"{lat['host_bundle_ms']:.3f} ms", f"{_vs(lat)} fp32 ONNX (measured)"),
              (f"{report['target']['name']} latency", f"{lat['target_ms_estimate']:.3f} ms", "estimate")]
-    if fid["top1_agreement"] is not None:
-        cards.insert(2, ("top-1 agreement", f"{fid['top1_agreement']:.2%}", "vs the PyTorch model"))
     rows = "".join(
         "<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in (
             r["layer"], r["op"] + (f"/{r['method']}" if r["method"] else ""), "×".join(map(str, r["weight_shape"])),
@@ -289,6 +312,10 @@ def render_html(report: dict) -> str:
     notes = "".join(f"<p class=bad>{e(n)}</p>" for n in mem["notes"])
     failures = report.get("verdict", {}).get("failures") or []
     verdict = "".join(f"<p class=bad>verification below threshold: {e(f)}</p>" for f in failures)
+    fid_rows = "".join(f"<tr><td>{e(o['name'])}</td><td>{e(o['kind'])}</td><td>{e(_output_figures(o))}</td></tr>"
+                       for o in fid["outputs"])
+    check_rows = "".join(f"<tr><td>{e(c['line'])}</td><td class={'' if c['passed'] else 'bad'}>"
+                         f"{'pass' if c['passed'] else 'FAIL'}</td></tr>" for c in fid["checks"])
     acc = ""
     if fid["accuracy_reference"] is not None:
         acc = f"<p>Accuracy: {fid['accuracy_reference']:.2%} (PyTorch) → {fid['accuracy_bundle']:.2%} (bundle)</p>"
@@ -303,8 +330,9 @@ def render_html(report: dict) -> str:
 <h2>Totals</h2><p>fp32 ONNX {_kb(tot['fp32_onnx_bytes'])} → model {_kb(tot['model_file_bytes'])} + weights
 {_kb(tot['container_bytes'])}; parameters {tot['params_before']:,} → {tot['params_after']:,};
 MACs {tot['macs_before']:,} → {tot['macs_after']:,}.</p>
-<h2>Fidelity (measured in the real runtime)</h2><p>{e(report['data'])}: {fid['n_samples']} samples, mean cosine
-{fid['cosine']:.5f} (min {fid['min_cosine']:.5f}), max |error| {fid['max_abs_error']:.4g}.</p>{acc}
+<h2>Fidelity (measured in the real runtime)</h2><p>{e(report['data'])}: {fid['n_samples']} samples; every
+output judged by its kind.</p><table><tr><th>output</th><th>kind</th><th>figures</th></tr>{fid_rows}</table>
+<table><tr><th>gate check</th><th>result</th></tr>{check_rows}</table>{acc}
 <h2>Latency</h2><p>Host, measured (median of {lat['repeats']}, 1 thread): fp32 ONNX {lat['host_fp32_onnx_ms']:.3f} ms,
 bundle {lat['host_bundle_ms']:.3f} ms. <span class=est>{e(report['target']['name'])} estimate:
 {lat['target_ms_estimate']:.3f} ms ({e(lat['basis'])}).</span></p>

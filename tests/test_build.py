@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from edgecompile.build import BuildConfig, BuildError, build
+from edgecompile.build import BuildConfig, VerificationFailed, build
 from edgecompile.loader import load_bundle
 
 
@@ -47,8 +47,16 @@ def test_finetune_recovers_pruned_model(tmp_path):
     assert min(sparsity) >= 0.55, "pruned weights stay zero through fine-tuning"
 
 
-def test_failed_verification_leaves_nothing(tmp_path):
+def test_failed_verification_keeps_only_its_report(tmp_path):
     out = tmp_path / "o"
-    with pytest.raises(BuildError, match="verification failed"):
+    with pytest.raises(VerificationFailed, match="verification failed") as info:
         build(None, BuildConfig(target="rpi4", out=out, prune="magnitude:0.9", latency_repeats=2))
-    assert not out.exists() and list(tmp_path.iterdir()) == []
+    assert info.value.exit_code == 1
+    failed = tmp_path / "o.failed"
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["o.failed"]
+    assert sorted(p.name for p in failed.iterdir()) == ["report.html", "report.json"]
+    rep = json.loads((failed / "report.json").read_text())
+    assert not rep["verdict"]["passed"] and "accuracy drop" in rep["verdict"]["failures"][0]
+    # a later successful build into the same folder clears the failed report
+    build(None, BuildConfig(target="rpi4", out=out, latency_repeats=2))
+    assert (out / "manifest.json").is_file() and not failed.exists()
