@@ -1,0 +1,232 @@
+"""Mixed precision by measured sensitivity: which nodes to keep in float so that int8 holds.
+
+`select_float_nodes(graph, calib_batches, score_fn, min_score)` quantizes a copy of the float
+graph (full int8, `QuantizePass`), then
+
+1. estimates in one forward + backward per calibration batch how much each quantized activation
+   costs the outputs: the Fisher-style sum ``sum((g * (fq(x) - x))**2)`` with ``g`` the gradient
+   of the outputs' normalized squared error with respect to the fake-quantized activation
+   (straight-through). An activation and the reshape / transpose / pool ... outputs that share its
+   quantization parameters form one unit (un-quantizing a reshape alone changes nothing);
+2. walks the units from the costliest estimate down, un-quantizing each in turn and measuring the
+   score with one forward per calibration batch; a unit is kept float only if the measured score
+   rose, and the walk stops once `min_score` is reached, after `max_float` units, or after
+   `max_evals` measurements;
+3. quantizes another copy with ``QuantConfig(skip=...)`` and measures the final score (ranges are
+   recalibrated there, so this is exactly what the build will ship).
+
+The measurement runs the IR with torch ops and fake quantization, the executor's numerics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from ..ir import Graph, QuantParams, Value
+from ..ir.torch_ops import TORCH_DTYPES, fake_quant, run_op, to_torch
+from .quantize import SHARED_QPARAMS, QuantConfig, QuantizePass
+
+__all__ = ["select_float_nodes", "mean_cosine", "quant_units"]
+
+log = logging.getLogger(__name__)
+
+ScoreFn = Callable[[list[np.ndarray], list[np.ndarray]], float]
+
+
+def mean_cosine(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
+    """Mean per-sample cosine over all outputs (axis 0 is the sample); an output with one value
+    per sample is judged by one cosine over the whole set instead (never a 1-element cosine)."""
+    scores = []
+    for r, g in zip(ref, got):
+        r = np.asarray(r, np.float64).reshape(len(r), -1)
+        g = np.asarray(g, np.float64).reshape(len(g), -1)
+        if r.shape[1] == 1:
+            r, g = r.reshape(1, -1), g.reshape(1, -1)
+        num = (r * g).sum(1)
+        den = np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1)
+        # two all-zero vectors agree; one zero against a non-zero one does not
+        c = np.where(den > 0, num / np.where(den > 0, den, 1), np.where(np.abs(r).sum(1) + np.abs(g).sum(1) == 0, 1, 0))
+        scores.append(float(np.clip(c, -1, 1).mean()))
+    return float(np.mean(scores))
+
+
+def quant_units(graph: Graph) -> dict[str, list[Value]]:
+    """Quantized node outputs grouped into units keyed by the producing node's name.
+
+    A unit is one node's output plus, transitively, the outputs of single-input shared-parameter
+    ops (`SHARED_QPARAMS`) that read it and carry the very same parameters.
+    """
+    units: dict[str, list[Value]] = {}
+    root_of: dict[int, str] = {}       # id(value) -> the unit it belongs to
+    for node in graph.nodes:
+        v = node.output
+        if v.quant is None:
+            continue
+        src = node.inputs[0] if node.inputs else None
+        if node.op in SHARED_QPARAMS and node.op != "concat" and src is not None \
+                and id(src) in root_of and src.quant is v.quant:
+            root = root_of[id(src)]
+        else:
+            root = node.name
+            units[root] = []
+        units[root].append(v)
+        root_of[id(v)] = root
+    return units
+
+
+class _Runner:
+    """Runs a quantized graph with fake quantization, with chosen units left unquantized."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.consts = {id(v): to_torch(v.real()) for v in graph.consts.values()}
+
+    def run(self, inputs: Sequence[np.ndarray], off: set[int], probe: bool = False):
+        """Outputs (and, with `probe`, {id(value): (pre, fake-quantized, zero-grad handle)})."""
+        g = self.graph
+        env: dict[int, torch.Tensor] = dict(self.consts)
+        probes: dict[int, tuple] = {}
+        for v, x in zip(g.inputs, inputs):
+            t = torch.as_tensor(np.asarray(x)).to(TORCH_DTYPES[v.dtype])
+            env[id(v)] = self._fq(v, t, off, probes if probe else None)
+        for node in g.nodes:
+            args = [None if v is None else env[id(v)] for v in node.inputs]
+            env[id(node.output)] = self._fq(node.output, run_op(node.op, args, node.attrs), off,
+                                            probes if probe else None)
+        outs = [env[id(v)] for v in g.outputs]
+        return (outs, probes) if probe else outs
+
+    @staticmethod
+    def _fq(v: Value, t: torch.Tensor, off: set[int], probes: dict | None) -> torch.Tensor:
+        q: QuantParams | None = v.quant
+        if q is None or id(v) in off or not t.is_floating_point():
+            return t
+        lo, hi = q.qrange()
+        x = t.detach().requires_grad_(False) if probes is None else t
+        y = fake_quant(x, torch.as_tensor(q.scale), torch.as_tensor(q.zero_point).float(), lo, hi, q.axis)
+        if probes is None:
+            return y
+        # a zero added to the quantized value: its gradient is dL/dy for this activation
+        handle = torch.zeros_like(y, requires_grad=True)
+        probes[id(v)] = (t.detach(), y.detach(), handle)
+        return y + handle
+
+
+def _outputs(runner: _Runner, batches, off: set[int]) -> list[np.ndarray]:
+    with torch.no_grad():
+        per_batch = [runner.run(b, off) for b in batches]
+    return [np.concatenate([o[k].float().numpy() for o in per_batch]) for k in range(len(per_batch[0]))]
+
+
+def _estimate(runner: _Runner, batches, ref: list[np.ndarray], units: dict[str, list[Value]]) -> dict[str, float]:
+    """Single-pass sensitivity of each unit: sum over batches of sum((dL/dy * (y - x))**2)."""
+    est = dict.fromkeys(units, 0.0)
+    start = 0
+    for b in batches:
+        outs, probes = runner.run(b, set(), probe=True)
+        n = outs[0].shape[0]
+        loss = 0.0
+        for o, r in zip(outs, ref):
+            rr = torch.as_tensor(r[start:start + n])
+            if o.is_floating_point():
+                loss = loss + ((o - rr) ** 2).sum() / (rr ** 2).sum().clamp_min(1e-12)
+        start += n
+        handles = [h for _, _, h in probes.values()]
+        if not isinstance(loss, torch.Tensor) or not handles:
+            continue
+        grads = torch.autograd.grad(loss, handles, allow_unused=True)
+        gmap = {vid: gr for vid, gr in zip(probes, grads)}
+        for name, vs in units.items():
+            for v in vs:
+                if id(v) in probes and gmap[id(v)] is not None:
+                    x, y, _ = probes[id(v)]
+                    # A first-order estimate means nothing far outside the range (a -3.4e38
+                    # mask fill meets a ~0 softmax gradient): clip the error to the range width.
+                    width = float(v.quant.scale.max()) * (v.quant.qrange()[1] - v.quant.qrange()[0])
+                    d = torch.where(torch.isfinite(x), (y - x).clamp(-width, width), torch.zeros_like(y))
+                    est[name] += float(((gmap[id(v)] * d) ** 2).sum())
+    return est
+
+
+def select_float_nodes(graph: Graph, calib_batches: Sequence[Sequence[np.ndarray]],
+                       score_fn: ScoreFn | None = None, min_score: float = 0.99,
+                       max_float: int | None = None, config: QuantConfig | None = None,
+                       max_evals: int = 64) -> tuple[tuple[str, ...], list[dict]]:
+    """Nodes to keep in float (``QuantConfig.skip``) so that full int8 scores at least `min_score`.
+
+    Parameters
+    ----------
+    graph : the float graph (not modified)
+    calib_batches : input tuples matching the graph inputs (a few batches: each measurement
+        runs all of them)
+    score_fn : ``score_fn(ref_outputs, got_outputs) -> float`` in [0, 1], higher is better; the
+        lists hold one array per graph output, samples along axis 0. Default `mean_cosine`.
+    min_score : stop keeping nodes in float once the measured score reaches it
+    max_float : at most this many units kept in float (None: no limit)
+    config : the int8 config to start from (`activations` must be "all"); its `skip` is kept
+    max_evals : at most this many measurements in the walk
+
+    Returns
+    -------
+    skip : node names to keep in float (each unit's producer and its shared-parameter followers),
+        including `config.skip`
+    records : one dict per node of the walk: ``node``, ``op``, ``estimate`` (single-pass cost),
+        ``measured_gain`` (score change when it was un-quantized, None if not measured),
+        ``score_after``, ``float`` (kept float?), ``reason``; plus a last record with ``node``
+        None holding ``score_int8``, ``score_final``, ``seconds``, ``evals``.
+    """
+    t0 = time.perf_counter()
+    score_fn = score_fn or mean_cosine
+    config = config or QuantConfig()
+    if config.activations != "all":
+        raise ValueError("select_float_nodes needs full int8 (QuantConfig(activations='all'))")
+    batches = [tuple(b) if isinstance(b, (tuple, list)) else (b,) for b in calib_batches]
+    if not batches:
+        raise ValueError("select_float_nodes needs at least one calibration batch")
+    ref = _outputs(_Runner(graph), batches, set())
+    q = graph.copy()
+    QuantizePass(config, batches)(q)
+    runner = _Runner(q)
+    units = quant_units(q)
+    units = {k: vs for k, vs in units.items() if k not in set(config.skip)}
+    est = _estimate(runner, batches, ref, units)
+    order = sorted(units, key=lambda k: -est[k])
+    off: set[int] = set()
+    score = base = score_fn(ref, _outputs(runner, batches, off))
+    records, kept, evals = [], [], 0
+    for name in order:
+        if score >= min_score or (max_float is not None and len(kept) >= max_float) or evals >= max_evals:
+            break
+        trial = off | {id(v) for v in units[name]}
+        s = score_fn(ref, _outputs(runner, batches, trial))
+        evals += 1
+        gain = s - score
+        keep = gain > 0
+        if keep:
+            off, score = trial, s
+            kept.append(name)
+        records.append({"node": name, "op": q.node(name).op, "estimate": est[name], "measured_gain": gain,
+                        "score_after": score, "float": keep,
+                        "reason": (f"int8 output cost {gain:.4g} of the score (measured); kept float"
+                                   if keep else "no measured gain from float; stays int8")})
+    measured = {r["node"] for r in records}
+    records += [{"node": n, "op": q.node(n).op, "estimate": est[n], "measured_gain": None, "score_after": None,
+                 "float": False, "reason": "not measured: the score was reached before it"} for n in order
+                if n not in measured]
+    skip = tuple(dict.fromkeys(list(config.skip) + [v.producer.name for k in kept for v in units[k]]))
+    final = score
+    if kept:
+        g2 = graph.copy()
+        QuantizePass(replace(config, skip=skip), batches)(g2)
+        final = score_fn(ref, _outputs(_Runner(g2), batches, set()))
+    records.append({"node": None, "score_int8": base, "score_final": final, "float_units": len(kept),
+                    "evals": evals, "seconds": round(time.perf_counter() - t0, 3)})
+    log.info("mixed precision: %d of %d units kept float; score %.4f -> %.4f (%d measurements, %.1f s)",
+             len(kept), len(units), base, final, evals, time.perf_counter() - t0)
+    return skip, records
