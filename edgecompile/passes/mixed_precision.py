@@ -80,12 +80,31 @@ def quant_units(graph: Graph) -> dict[str, list[Value]]:
     return units
 
 
+def _neighbours(vs: list[Value], unit_of: dict[int, str]) -> list[str]:
+    """Units that produce an input of, or consume, the values `vs` (in graph order, no repeats)."""
+    out: dict[str, None] = {}
+    for v in vs:
+        if v.producer is not None:
+            for i in v.producer.inputs:
+                if i is not None and id(i) in unit_of:
+                    out[unit_of[id(i)]] = None
+        for n, _ in v.uses:
+            if id(n.output) in unit_of:
+                out[unit_of[id(n.output)]] = None
+    return list(out)
+
+
 class _Runner:
     """Runs a quantized graph with fake quantization, with chosen units left unquantized."""
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, float_graph: Graph | None = None):
         self.graph = graph
         self.consts = {id(v): to_torch(v.real()) for v in graph.consts.values()}
+        # a node kept float also keeps float weights (what QuantConfig.skip does)
+        self.float_consts = {} if float_graph is None else {
+            id(v): to_torch(float_graph.consts[v.name].data) for v in graph.consts.values()
+            if v.quant is not None and v.name in float_graph.consts
+            and float_graph.consts[v.name].quant is None}
 
     def run(self, inputs: Sequence[np.ndarray], off: set[int], probe: bool = False):
         """Outputs (and, with `probe`, {id(value): (pre, fake-quantized, zero-grad handle)})."""
@@ -97,6 +116,8 @@ class _Runner:
             env[id(v)] = self._fq(v, t, off, probes if probe else None)
         for node in g.nodes:
             args = [None if v is None else env[id(v)] for v in node.inputs]
+            if id(node.output) in off:
+                args = [self.float_consts.get(id(v), a) if v is not None else a for v, a in zip(node.inputs, args)]
             env[id(node.output)] = self._fq(node.output, run_op(node.op, args, node.attrs), off,
                                             probes if probe else None)
         outs = [env[id(v)] for v in g.outputs]
@@ -192,29 +213,48 @@ def select_float_nodes(graph: Graph, calib_batches: Sequence[Sequence[np.ndarray
     ref = _outputs(_Runner(graph), batches, set())
     q = graph.copy()
     QuantizePass(config, batches)(q)
-    runner = _Runner(q)
+    runner = _Runner(q, graph)
     units = quant_units(q)
     units = {k: vs for k, vs in units.items() if k not in set(config.skip)}
     est = _estimate(runner, batches, ref, units)
     order = sorted(units, key=lambda k: -est[k])
     off: set[int] = set()
     score = base = score_fn(ref, _outputs(runner, batches, off))
-    records, kept, evals = [], [], 0
+    records: list[dict] = []
+    kept: list[str] = []
+    evals = 0
+    unit_of = {id(v): k for k, vs in units.items() for v in vs}
     for name in order:
+        if name in kept:
+            continue
         if score >= min_score or (max_float is not None and len(kept) >= max_float) or evals >= max_evals:
             break
+        group = [name]
         trial = off | {id(v) for v in units[name]}
         s = score_fn(ref, _outputs(runner, batches, trial))
         evals += 1
+        if s <= score:
+            # A chain (linear -> relu, add -> layer_norm) shares one bad range: un-quantizing one
+            # link alone gains nothing while the other still rounds. Try it with its neighbours.
+            group += [k for k in _neighbours(units[name], unit_of) if k not in kept and k != name]
+            if len(group) > 1 and (max_float is None or len(kept) + len(group) <= max_float):
+                trial = off | {id(v) for k in group for v in units[k]}
+                s = score_fn(ref, _outputs(runner, batches, trial))
+                evals += 1
+            else:
+                group = [name]
         gain = s - score
         keep = gain > 0
         if keep:
             off, score = trial, s
-            kept.append(name)
-        records.append({"node": name, "op": q.node(name).op, "estimate": est[name], "measured_gain": gain,
-                        "score_after": score, "float": keep,
-                        "reason": (f"int8 output cost {gain:.4g} of the score (measured); kept float"
-                                   if keep else "no measured gain from float; stays int8")})
+            kept += group
+        for k in group if keep else [name]:
+            records.append({"node": k, "op": q.node(k).op, "estimate": est[k], "measured_gain": gain,
+                            "score_after": score, "float": keep,
+                            "reason": ("no measured gain from float; stays int8" if not keep else
+                                       f"int8 output cost {gain:.4g} of the score (measured); kept float"
+                                       + ("" if k == name and len(group) == 1 else
+                                          f" together with {', '.join(x for x in group if x != k)}"))})
     measured = {r["node"] for r in records}
     records += [{"node": n, "op": q.node(n).op, "estimate": est[n], "measured_gain": None, "score_after": None,
                  "float": False, "reason": "not measured: the score was reached before it"} for n in order
