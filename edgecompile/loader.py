@@ -14,22 +14,29 @@ Usage::
 `load_bundle` reads ``manifest.json``, decodes ``weights.ecw`` in memory and creates the
 session with the decoded tensors as *external initializers*: the model marks each weight as
 external data and `SessionOptions.add_external_initializers` supplies it from a numpy buffer.
+
+When onnxruntime refuses the model or fails running it, the error is a one-line
+`BackendRuntimeError` naming the ONNX op, the node and, with a node map (the manifest's
+``node_map`` or the `node_map` argument), our layer. A minified model has no node names, so the
+failing node is found by repeating the failed step once on a copy whose nodes are named by their
+index (needs the ``onnx`` package; without it the error names the op only).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 try:
-    from edgecompile.session_base import (MANIFEST, BundleError, BundleSessionBase, TensorSpec,
-                                          read_bundle_files, read_manifest)
+    from edgecompile.session_base import (MANIFEST, BackendRuntimeError, BundleError, BundleSessionBase, NodeMap,
+                                          TensorSpec, one_line, read_bundle_files, read_manifest)
 except ImportError:  # copied into a bundle next to session_base.py and a copy of the container package
-    from session_base import (MANIFEST, BundleError, BundleSessionBase, TensorSpec,  # type: ignore[no-redef]
-                              read_bundle_files, read_manifest)
+    from session_base import (MANIFEST, BackendRuntimeError, BundleError,  # type: ignore[no-redef]
+                              BundleSessionBase, NodeMap, TensorSpec, one_line, read_bundle_files, read_manifest)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,7 @@ def create_session(model_bytes: bytes, tensors: dict[str, np.ndarray], *, thread
     """
     so = ort.SessionOptions()
     so.graph_optimization_level = optimization
+    so.log_severity_level = 4   # errors come back as exceptions (BackendRuntimeError); no stderr copy
     if threads is not None:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
@@ -70,18 +78,109 @@ def create_session(model_bytes: bytes, tensors: dict[str, np.ndarray], *, thread
     return sess
 
 
-class BundleSession(BundleSessionBase):
-    """A loaded ONNX bundle: an onnxruntime session plus the manifest's input/output description."""
+# onnxruntime's exceptions: every Exception class of its pybind module (Fail, InvalidGraph, ...)
+_ORT_STATE = ort.capi.onnxruntime_pybind11_state
+ORT_ERRORS = tuple(c for c in vars(_ORT_STATE).values() if isinstance(c, type) and issubclass(c, Exception))
+# the model file or the weights rather than an op: a bundle problem
+_ORT_FILE_ERRORS = tuple(getattr(_ORT_STATE, n) for n in ("InvalidProtobuf", "NoSuchFile", "NoModel")
+                         if hasattr(_ORT_STATE, n))
+# where onnxruntime names the failing node: (node name, op type) in each message form it uses
+_ORT_NODE = [
+    re.compile(r"Node \((?P<name>[^)]*)\) Op \((?P<op>[\w.]+)\)"),                 # shape inference at load
+    re.compile(r"running (?P<op>[\w.]+) node\. Name:'(?P<name>[^']*)'"),              # a kernel at run
+    re.compile(r"implementation for (?P<op>[\w.]+)\(\d+\) node with name '(?P<name>[^']*)'"),
+    re.compile(r"In Node, \(\"(?P<name>[^\"]*)\", (?P<op>[\w.]+),"),                   # graph check at load
+]
 
-    def __init__(self, session: ort.InferenceSession, manifest: dict, path: Path):
+
+def parse_ort_error(message: str) -> tuple[str | None, str | None, str]:
+    """(op type, node name, reason) from an onnxruntime error message; None where it names none."""
+    text = str(message)
+    op = name = None
+    for pattern in _ORT_NODE:
+        m = pattern.search(text)
+        if m:
+            op, name = m.group("op"), m.group("name")
+            break
+    reason = text.split("Status Message:", 1)[1] if "Status Message:" in text else text
+    reason = re.sub(r"^\s*\[ONNXRuntimeError\] : \d+ : \w+ : ", "", reason)
+    reason = re.sub(r"Node \([^)]*\) Op \([\w.]+\) ", "", reason)
+    reason = re.sub(r"This is an invalid model\. In Node, \(.*?\) , Error ", "", reason)
+    reason = re.sub(r"\S+\.(?:h|cc|cpp):\d+ ", "", reason)                     # source location
+    reason = re.sub(r"(?:\w+::)+~?\w+\([^()]*(?:\([^()]*\)[^()]*)*\)(?: const)? ", "", reason)   # C++ function
+    return op, name, one_line(reason)
+
+
+def runtime_error(e: Exception, stage: str, node_map: NodeMap | None, retry=None,
+                  model: str | None = None) -> BackendRuntimeError:
+    """The `BackendRuntimeError` for onnxruntime's exception `e` raised while `stage` ("load", "run").
+
+    `retry(model_bytes)` repeats the failed step on another model and returns the exception it
+    raises (or None); it is given the model with every node named by its index, so that the layer
+    can be found when the model's own node names are empty (minified) or unknown to the map.
+    """
+    op, name, reason = parse_ort_error(str(e))
+    index = int(name[1:]) if name and re.fullmatch(r"#\d+", name) else None
+    if node_map is not None and index is None and retry is not None:
+        again = retry(_index_named)
+        if again is not None:
+            op2, name2, _ = parse_ort_error(str(again))
+            if name2 and re.fullmatch(r"#\d+", name2):
+                op, index = op2 or op, int(name2[1:])
+    layer = node_map.lookup(index) if node_map is not None and index is not None else None
+    return BackendRuntimeError("onnxruntime", stage, reason, op=op,
+                               operator=index if index is not None else (name or None),
+                               layer=layer[0] if layer else None, ir_op=layer[1] if layer else None, model=model)
+
+
+def _index_named(model_bytes: bytes) -> bytes | None:
+    """The model with node i named "#i" (None when the onnx package is not installed)."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    m = onnx.ModelProto()
+    m.ParseFromString(model_bytes)
+    for i, n in enumerate(m.graph.node):
+        n.name = f"#{i}"
+    return m.SerializeToString()
+
+
+class BundleSession(BundleSessionBase):
+    """A loaded ONNX bundle: an onnxruntime session plus the manifest's input/output description.
+
+    With `model_bytes`, `tensors` and `node_map` (as `load_bundle` passes them) a failure while
+    running names the layer; without them it names the ONNX op and node only.
+    """
+
+    def __init__(self, session: ort.InferenceSession, manifest: dict, path: Path, *,
+                 model_bytes: bytes | None = None, tensors: dict[str, np.ndarray] | None = None,
+                 node_map=None):
         self.session = session
         self.manifest = manifest
         self.path = path
+        self.node_map = NodeMap.of(node_map)
+        self._model_bytes, self._tensors = model_bytes, tensors
         self.inputs = [_spec(a) for a in session.get_inputs()]
         self.outputs = [_spec(a) for a in session.get_outputs()]
 
     def _invoke(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(None, {spec.name: a for spec, a in zip(self.inputs, arrays)})
+        feeds = {spec.name: a for spec, a in zip(self.inputs, arrays)}
+        try:
+            return self.session.run(None, feeds)
+        except ORT_ERRORS as e:
+            retry = None
+            if self._model_bytes is not None:
+                def retry(rename):
+                    renamed = rename(self._model_bytes)
+                    if renamed is None:
+                        return None
+                    try:
+                        create_session(renamed, self._tensors or {}, threads=1).run(None, feeds)
+                    except ORT_ERRORS as again:
+                        return again
+                    return None
+            raise runtime_error(e, "run", self.node_map, retry, model=_model_path(self)) from None
 
 
 def _spec(arg) -> TensorSpec:
@@ -89,7 +188,11 @@ def _spec(arg) -> TensorSpec:
     return TensorSpec(arg.name, shape, _ORT_TYPES.get(arg.type, "float32"))
 
 
-def load_bundle(bundle_dir: str | Path, *, threads: int | None = None):
+def _model_path(session) -> str | None:
+    return (session.manifest or {}).get("model")
+
+
+def load_bundle(bundle_dir: str | Path, *, threads: int | None = None, node_map=None):
     """Loads a bundle directory written by `edgecompile build`.
 
     Parameters
@@ -98,6 +201,9 @@ def load_bundle(bundle_dir: str | Path, *, threads: int | None = None):
         The bundle (``manifest.json``, the model file, ``weights.ecw``).
     threads : int or None
         onnxruntime intra-op threads.
+    node_map : NodeMap, list or None
+        The emitter's map from operators to IR layers (``EmittedModel.node_map``); None: the
+        manifest's ``node_map`` when it has one.
 
     Returns
     -------
@@ -110,24 +216,42 @@ def load_bundle(bundle_dir: str | Path, *, threads: int | None = None):
         Missing files, a bad manifest, or weights that do not fit the model.
     ContainerError
         The weight container is truncated or corrupt (the message starts with its path).
+    BackendRuntimeError
+        onnxruntime refuses the model (an op, attribute or shape it rejects); `run` raises it too
+        when a kernel fails.
     """
     root = Path(bundle_dir)
     manifest = read_manifest(root)
     backend = manifest["backend"]
+    if node_map is None:
+        node_map = manifest.get("node_map")
     if backend == "tflite":
         try:
             from edgecompile.tflite_loader import load_tflite_bundle
         except ImportError:  # copied into a bundle
             from tflite_loader import load_tflite_bundle  # type: ignore[no-redef]
-        return load_tflite_bundle(root, threads=threads)
+        return load_tflite_bundle(root, threads=threads, node_map=node_map)
     if backend != "onnx":
         raise BundleError(f"{root / MANIFEST}: unknown backend {backend!r}; expected 'onnx' or 'tflite'")
     model_bytes, tensors = read_bundle_files(root, manifest)
+    node_map = NodeMap.of(node_map)
     try:
         sess = create_session(model_bytes, tensors, threads=threads)
-    except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
-            ort.capi.onnxruntime_pybind11_state.InvalidArgument) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BundleError(f"{root}: onnxruntime cannot load the model with the container's weights: {first}") from None
+    except ORT_ERRORS as e:
+        if isinstance(e, _ORT_FILE_ERRORS) or (parse_ort_error(str(e))[0] is None and re.search(
+                r"external data|initializer", str(e), re.IGNORECASE)):   # the file or the weights, not an op
+            raise BundleError(f"{root}: onnxruntime cannot load the model with the container's weights: "
+                              f"{one_line(str(e))}") from None
+
+        def retry(rename):
+            renamed = rename(model_bytes)
+            if renamed is None:
+                return None
+            try:
+                create_session(renamed, tensors, threads=1)
+            except ORT_ERRORS as again:
+                return again
+            return None
+        raise runtime_error(e, "load", node_map, retry, model=manifest["model"]) from None
     log.debug("loaded %s: %d tensors", root, len(tensors))
-    return BundleSession(sess, manifest, root)
+    return BundleSession(sess, manifest, root, model_bytes=model_bytes, tensors=tensors, node_map=node_map)

@@ -78,6 +78,9 @@ class EmittedModel:
     ops: list[tuple[str, int]]
     dequantize_at_load: tuple[str, ...] = ()
     source_names: dict[str, str] | None = None   # container tensor name -> IR constant name
+    # [first index in graph.node, IR node name, IR op] per IR node (inputs: op "input", output
+    # copies: "output"): maps a runtime failure back to the layer (session_base.NodeMap)
+    node_map: tuple[tuple[int, str, str], ...] = ()
 
 
 def _weights_only(graph: Graph) -> bool:
@@ -137,7 +140,9 @@ def emit_onnx(graph: Graph, *, embed_weights: bool, activations: str = DEFAULT_A
     if dequantize_at_load is None:
         dequantize_at_load = _weights_only(graph)
     b = OnnxBuilder(graph, activations, opset, dequantize_at_load=dequantize_at_load)
+    node_map: list[tuple[int, str, str]] = []
     for v in graph.inputs:
+        node_map.append((len(b.nodes), v.name, "input"))
         b.define(v, v.name)
     integer = INTEGER_LOWERINGS if int8_ops == "integer" else {}
     for node in graph.nodes:
@@ -145,9 +150,11 @@ def emit_onnx(graph: Graph, *, embed_weights: bool, activations: str = DEFAULT_A
         if lower is None:
             raise OnnxEmitError(f"node {node.name}: op {node.op!r} has no ONNX lowering; "
                                 f"supported: {', '.join(sorted(LOWERINGS))}")
+        node_map.append((len(b.nodes), node.name, node.op))
         if node.op in integer and integer[node.op](b, node):
             continue
         lower(b, node)
+    node_map.append((len(b.nodes), ", ".join(v.name for v in graph.outputs), "output"))
     outputs = _outputs(b, graph)
     model = _assemble(b, graph, outputs, embed_weights)
     if check and embed_weights:
@@ -164,7 +171,12 @@ def emit_onnx(graph: Graph, *, embed_weights: bool, activations: str = DEFAULT_A
         quant = {rename[k]: q for k, q in quant.items()}
         deq = tuple(rename[k] for k in deq)
         source = {rename[k]: k for k in source}
-    return EmittedModel(model.SerializeToString(), tensors, quant, ops, deq, source)
+    return EmittedModel(model.SerializeToString(), tensors, quant, ops, deq, source, _spans(node_map))
+
+
+def _spans(node_map: list[tuple[int, str, str]]) -> tuple[tuple[int, str, str], ...]:
+    """The map without entries that emitted no node (the next entry starts where they start)."""
+    return tuple(e for i, e in enumerate(node_map) if i + 1 == len(node_map) or node_map[i + 1][0] > e[0])
 
 
 def _minify(model: onnx.ModelProto, keep: set[str]) -> dict[str, str]:

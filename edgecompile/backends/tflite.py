@@ -62,6 +62,9 @@ class EmittedModel:
     quant: dict[str, QuantInfo | None]
     ops: list[tuple[str, int]] = field(default_factory=list)
     source_names: dict[str, str] | None = None   # container tensor name -> original tensor name
+    # [first operator index, IR node name, IR op] per IR node (inputs: op "input", output copies:
+    # "output"): maps LiteRT's "Node number N" back to the layer (session_base.NodeMap)
+    node_map: tuple[tuple[int, str, str], ...] = ()
 
 
 def _precheck(graph: Graph) -> None:
@@ -108,7 +111,9 @@ def emit_tflite(graph: Graph, *, embed_weights: bool = True) -> EmittedModel:
     _precheck(graph)
     b = ModelBuilder(graph.name)
     L = Lowering(graph, b)
+    node_map: list[tuple[int, str, str]] = []
     for v in graph.inputs:
+        node_map.append((len(b.operators), v.name, "input"))
         t = b.tensor(v.name, v.shape, "float32" if act_qparams(v) is not None else v.dtype)
         b.inputs.append(t.index)
         if act_qparams(v) is not None:
@@ -117,7 +122,9 @@ def emit_tflite(graph: Graph, *, embed_weights: bool = True) -> EmittedModel:
             t = q
         L.define(v, t, IR)
     for node in graph.nodes:
+        node_map.append((len(b.operators), node.name, node.op))
         _lower(L, node)
+    node_map.append((len(b.operators), ", ".join(v.name for v in graph.outputs), "output"))
     for v in graph.outputs:
         if v.is_const:
             raise TFLiteUnsupportedError(f"graph output {v.name} is a constant; use --backend onnx")
@@ -133,7 +140,8 @@ def emit_tflite(graph: Graph, *, embed_weights: bool = True) -> EmittedModel:
     model_bytes = b.finish()
     table = tflite_op_table(model_bytes)
     log.info("tflite: %d operators (%d int8 layers), %d bytes", len(b.operators), L.int8_ops, len(model_bytes))
-    return EmittedModel(model_bytes, tensors, quant, [(name, ver) for name, ver, _ in table], source)
+    spans = tuple(e for i, e in enumerate(node_map) if i + 1 == len(node_map) or node_map[i + 1][0] > e[0])
+    return EmittedModel(model_bytes, tensors, quant, [(name, ver) for name, ver, _ in table], source, spans)
 
 
 def _minify(b) -> dict[str, str]:
