@@ -67,6 +67,8 @@ class BuildConfig:
     quant: str = "auto"                     # auto | int8[:options] | none (see passes.quantize)
     cluster_bits: int | None = None         # share int8 weights: <= 2^bits non-zero levels (lut codec)
     budget_bytes: int | None = None         # global weight-byte budget met by the rank search
+    optimize: str = "size"                  # per-layer search under the gate: size | balanced | latency | none
+    quant_auto: bool = False                # set by the build: quant came from "auto" (may fall back)
     codecs: tuple[str, ...] | None = None   # None: every codec the target can decode
     calib: Path | None = None               # .npz of inputs (+ labels) for calibration and verification
     finetune: str | None = None             # "calib" or a .npz path: recover accuracy on this data
@@ -395,7 +397,7 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
         return time.perf_counter()
 
     target = load_target(cfg.target)
-    cfg = replace(cfg, quant=resolve_quant(cfg.quant, target))
+    cfg = replace(cfg, quant=resolve_quant(cfg.quant, target), quant_auto=cfg.quant == "auto")
     backend = cfg.backend or target.default_backend
     if backend not in ("onnx", "tflite"):
         raise BuildError(f"unknown backend {backend!r}; use onnx or tflite")
@@ -439,52 +441,113 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
         # equal); rank 0 alone quantizes, writes, verifies and reports.
         return BuildResult(out, {}, None, degraded=False, written=False)
 
-    pass_records += _quantize(graph, cfg, calib, batch)
-    verify(graph)
-    t = stage_done("quantize (calibrate)", 0.6, t)
-
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        written = _write_bundle(stage, graph, target, backend, cfg)
-        t = stage_done(f"emit {backend} + container", 0.7, t)
+    attempts: list[dict] = []
+    for label, cand, records, search in _candidates(graph, loaded, cfg, calib, batch, specs, data_note, labels,
+                                                            progress):
+        t = stage_done(f"quantize + search ({label})", 0.6, t)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            written = _write_bundle(stage, cand, target, backend, cfg)
+            t = stage_done(f"emit {backend} + container", 0.7, t)
+            from .loader import load_bundle
+            session = load_bundle(stage, threads=1)
+            fidelity = verify_bundle(session, loaded, cand, evals, labels, specs, cfg, note=data_note)
+            t = stage_done(f"verify in {'onnxruntime' if backend == 'onnx' else 'LiteRT'}", 0.85, t)
+            failures = fidelity.failures()
+            attempts.append({"config": label, "passed": not failures, "failures": failures,
+                             "container_bytes": (stage / "weights.ecw").stat().st_size})
+            if failures and not cfg.allow_degraded and search.get("more"):
+                log.info("%s failed the gate (%s); trying the next, less lossy configuration", label, failures)
+                shutil.rmtree(stage, ignore_errors=True)
+                continue
 
-        from .loader import load_bundle
-        session = load_bundle(stage, threads=1)
-        fidelity = verify_bundle(session, loaded, graph, evals, labels, specs, cfg, note=data_note)
-        t = stage_done(f"verify in {'onnxruntime' if backend == 'onnx' else 'LiteRT'}", 0.85, t)
+            baseline = fp32_onnx(original)
+            example = [x.numpy() for x in loaded.example_inputs]
+            latency = _latency(stage, baseline, session, example, cfg.latency_repeats)
+            t = stage_done("measure latency", 0.95, t)
 
-        baseline = fp32_onnx(original)
-        example = [x.numpy() for x in loaded.example_inputs]
-        latency = _latency(stage, baseline, session, example, cfg.latency_repeats)
-        t = stage_done("measure latency", 0.95, t)
-
-        timings["total"] = round(time.perf_counter() - t_start, 3)
-        report = make_report(
-            model=loaded.name, target=target, backend=backend, config=cfg, original=original, graph=graph,
-            container_records=written["records"], emitted=written["emitted"], stage=stage,
-            baseline_onnx_bytes=len(baseline), fidelity=fidelity, latency=latency, pass_records=pass_records,
-            finetune=finetune_info, timings=timings, data_note=data_note)
-        failures = fidelity.failures()
-        oversize = [n for n in report["memory"]["notes"] if n.startswith("does not fit")]
-        report["verdict"] = {"passed": not failures and not oversize, "failures": failures, "oversize": oversize,
-                             "allow_degraded": cfg.allow_degraded, "allow_oversize": cfg.allow_oversize}
-        write_report(report, stage)
-        if failures and not cfg.allow_degraded:
-            raise VerificationFailed(
-                "verification failed: " + "; ".join(failures) + " (relax compression, add --finetune, or pass "
-                f"--allow-degraded; report in {_failed_dir(out)}/report.html)")
-        if oversize and not cfg.allow_oversize:
-            raise DoesNotFit("; ".join(oversize) + " (try --cluster-bits 4, --prune magnitude:global:0.5, a larger "
-                             f"board, or --allow-oversize; report in {_failed_dir(out)}/report.html)")
-        _replace(stage, out)
-    except BaseException as e:
-        if isinstance(e, (VerificationFailed, DoesNotFit)):
-            _keep_failed(stage, out)
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+            timings["total"] = round(time.perf_counter() - t_start, 3)
+            report = make_report(
+                model=loaded.name, target=target, backend=backend, config=cfg, original=original, graph=cand,
+                container_records=written["records"], emitted=written["emitted"], stage=stage,
+                baseline_onnx_bytes=len(baseline), fidelity=fidelity, latency=latency,
+                pass_records=pass_records + records, finetune=finetune_info, timings=timings, data_note=data_note)
+            report["search"] = {k: v for k, v in search.items() if k != "more"}
+            report["attempts"] = attempts
+            oversize = [n for n in report["memory"]["notes"] if n.startswith("does not fit")]
+            report["verdict"] = {"passed": not failures and not oversize, "failures": failures,
+                                 "oversize": oversize, "allow_degraded": cfg.allow_degraded,
+                                 "allow_oversize": cfg.allow_oversize}
+            write_report(report, stage)
+            if failures and not cfg.allow_degraded:
+                raise VerificationFailed(
+                    "verification failed: " + "; ".join(failures) + " (relax compression, add --finetune, or "
+                    f"pass --allow-degraded; report in {_failed_dir(out)}/report.html)")
+            if oversize and not cfg.allow_oversize:
+                raise DoesNotFit("; ".join(oversize) + " (try --cluster-bits 4, --prune magnitude:global:0.5, a "
+                                 f"larger board, or --allow-oversize; report in {_failed_dir(out)}/report.html)")
+            _replace(stage, out)
+            break
+        except BaseException as e:
+            if isinstance(e, (VerificationFailed, DoesNotFit)):
+                _keep_failed(stage, out)
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
     progress("done", 1.0)
     return BuildResult(out, report, fidelity, degraded=bool(failures))
+
+
+def _search_samples(calib: Samples, graph: Graph) -> Samples:
+    """The last calibration samples, as many as ~4e9 MACs a forward pass allows (16 to 256): the
+    search runs hundreds of forward passes, and the gate's eval set stays untouched."""
+    macs = total_macs(graph) // max(int(graph.inputs[0].shape[0]), 1) if graph.inputs else 0
+    k = int(min(256, max(16, 4e9 // max(macs, 1))))
+    return tuple(a[-k:] for a in calib)
+
+
+def _candidates(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, calib: Samples, batch: int, specs,
+                data_note: str, labels, progress):
+    """The configurations to try, most compressed first: (label, graph, pass records, search info).
+    The build ships the first that passes the gate in the real runtime; each later one is less
+    lossy (the per-layer search undone; full int8 replaced by int8 weights), so a model that int8
+    weights can hold always gets a bundle. `search["more"]` says whether another one follows."""
+    from .optimize import OptimizeConfig, apply_plan, optimize_weights
+
+    float_graph = graph.copy()
+    records = _quantize(graph, cfg, calib, batch)
+    verify(graph)
+    quant_label = cfg.quant
+    opt = OptimizeConfig(cfg.optimize)
+    searchable = (cfg.quant.startswith("int8") and not cfg.cluster_bits and opt.ladder
+                  and not data_note.endswith("(no --calib given)") and "random inputs" not in data_note)
+    weights_only_next = cfg.quant == "int8" and cfg.quant_auto
+    if searchable:
+        samples = _search_samples(calib, graph)
+        ref = _reference_outputs(loaded, samples, batch)
+        info = optimize_weights(graph, samples, ref, specs, cfg.thresholds, opt, labelled=labels is not None,
+                                progress=lambda f: progress("search per-layer compression", 0.6 + 0.1 * f))
+        plans = info.pop("plans")
+        for i, plan in enumerate(plans):
+            cand = graph.copy()
+            apply_plan(cand, plan)
+            verify(cand)
+            summary = {k: v for k, v in plan.items() if k not in ("weights", "layers")}
+            yield (f"{quant_label} + per-layer search ({cfg.optimize}, plan {i + 1} of {len(plans)})", cand,
+                   records + [dict(r, **{"pass": "optimize"}) for r in plan["layers"]],
+                   dict(info, plan=summary, more=True))
+        why = "no searched plan passed the gate in the real runtime" if plans else info.get("note", "")
+        yield quant_label, graph, records, dict(info, note=f"shipped without the search: {why}",
+                                                more=weights_only_next)
+    else:
+        why = ("--cluster-bits given" if cfg.cluster_bits else "no calibration data" if cfg.quant.startswith("int8")
+               else "not quantized")
+        yield quant_label, graph, records, {"goal": cfg.optimize, "note": f"no per-layer search: {why}",
+                                            "more": weights_only_next}
+    if weights_only_next:
+        wcfg = replace(cfg, quant="int8:weights_only")
+        yield "int8:weights_only", float_graph, _quantize(float_graph, wcfg, calib, batch), {
+            "note": "full int8 failed the gate; int8 weights with float activations", "more": False}
 
 
 def _failed_dir(out: Path) -> Path:

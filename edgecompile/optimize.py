@@ -1,0 +1,254 @@
+"""`--optimize`: the compiler chooses each layer's compression by measurement, under the gate.
+
+``int8 graph -> int8 graph whose layer weights are pruned and/or shared (k-means levels) per layer``
+
+The search works on the quantized graph, whose int8 weights the container then codes (rANS /
+`lut`): fewer distinct values and more zeros cost fewer bits. For every layer weight (at least
+`min_params` values) it walks a ladder of settings (sparsity, bits), from mild to aggressive, and
+measures each setting *alone* with the IR executor on a search set held out from the calibration
+data: the gate's own checks (`fidelity.compare`, output kinds included) against the float model,
+with thresholds tightened by `margin`. A setting's cost is how much it lowers that score; its
+gain the estimated bytes it saves (order-0 entropy of the int8 values, which is what the rANS
+coder reaches). Then one tolerance is searched by bisection: every layer takes its smallest
+setting whose solo cost is within the tolerance, and the largest tolerance whose *joint* result
+still passes the tightened gate wins. The real-runtime gate checks the result afterwards.
+
+Cost: (layers × ladder steps) forward passes of the search set plus ~10 joint ones; a solo walk
+stops at the first setting that fails badly. Low rank is not in the ladder: measured on pretrained
+weights, effective ranks are ~0.7 of full rank, so factorizing adds bytes (DESIGN.md).
+
+Goals: ``size`` (the whole ladder), ``balanced`` (at least 4 bits, at most 50 % sparsity),
+``latency`` and ``none`` (no search: shared levels do not make int8 kernels faster).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .analysis import weight_input
+from .fidelity import OutputSpec, Thresholds, compare
+from .ir import Graph, TorchExecutor
+from .passes.cluster import cluster_int8
+
+log = logging.getLogger(__name__)
+
+GOALS = ("size", "balanced", "latency", "none")
+# (sparsity, bits): from mild to aggressive; bits 8 means "keep the int8 values".
+LADDER = ((0.0, 6), (0.0, 5), (0.0, 4), (0.5, 5), (0.0, 3), (0.5, 4), (0.5, 3), (0.0, 2), (0.75, 3),
+          (0.75, 2), (0.9, 2))
+
+
+class OptimizeError(ValueError):
+    """An --optimize goal that cannot be understood."""
+
+
+@dataclass(frozen=True)
+class OptimizeConfig:
+    goal: str = "size"
+    margin: float = 0.3          # keep this share of each threshold's headroom on the search set
+    min_params: int = 1024       # smaller weights cost little and are often sensitive
+
+    def __post_init__(self) -> None:
+        if self.goal not in GOALS:
+            raise OptimizeError(f"unknown --optimize goal {self.goal!r}; use one of {', '.join(GOALS)}")
+
+    @property
+    def ladder(self) -> tuple[tuple[float, int], ...]:
+        if self.goal == "balanced":
+            return tuple(s for s in LADDER if s[1] >= 4 and s[0] <= 0.5)
+        return LADDER if self.goal == "size" else ()
+
+
+def entropy_bytes(q: np.ndarray) -> float:
+    """Order-0 entropy of int8 values, in bytes: what an ideal per-tensor entropy coder needs."""
+    counts = np.bincount(q.ravel().astype(np.int16) + 128, minlength=256)
+    p = counts[counts > 0] / q.size
+    return float(q.size * -(p * np.log2(p)).sum() / 8)
+
+
+def apply_setting(q: np.ndarray, sparsity: float, bits: int) -> np.ndarray:
+    """Zeros the `sparsity` share of smallest-magnitude int8 values, then shares the rest among
+    at most 2^bits levels (zero kept exact); bits 8 keeps the values."""
+    out = q
+    if sparsity > 0:
+        mag = np.abs(q.astype(np.int16)).ravel()
+        k = int(sparsity * mag.size)
+        if k > 0:
+            cut = np.partition(mag, k - 1)[k - 1]
+            out = np.where(np.abs(q.astype(np.int16)) <= cut, 0, q).astype(q.dtype)
+    if bits < 8:
+        out = cluster_int8(out, bits)
+    return out
+
+
+@dataclass
+class _Layer:
+    node: str
+    const: str
+    q: np.ndarray                 # the int8 values before the search
+    scale: np.ndarray             # broadcastable per-channel scale
+    bytes0: float
+    options: list                 # (cost, bytes, (sparsity, bits), q') measured alone
+
+
+class _Scorer:
+    """The gate's checks on the search set as one number: >= 0 passes the tightened gate."""
+
+    def __init__(self, graph: Graph, samples: Sequence[np.ndarray], ref: list[np.ndarray],
+                 specs: Sequence[OutputSpec], t: Thresholds, margin: float):
+        def tight(x):
+            return x + (1 - x) * margin
+        self.t = Thresholds(min_top1_agreement=tight(t.min_top1_agreement), min_cosine=tight(t.min_cosine),
+                            max_accuracy_drop=t.max_accuracy_drop,
+                            min_decision_agreement=tight(t.min_decision_agreement),
+                            min_correlation=tight(t.min_correlation))
+        self.base = t
+        self.ex = TorchExecutor(graph, fake_quant=True).eval()
+        self.x = [torch.as_tensor(a) for a in samples]
+        self.ref, self.specs = ref, specs
+        self.evals = 0
+
+    def __call__(self) -> float:
+        with torch.no_grad():
+            out = self.ex(*self.x)
+        got = [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
+        self.evals += 1
+        fid = compare(self.ref, got, self.specs, self.t)
+        base = {"top-1 agreement": self.base.min_top1_agreement, "mean per-sample cosine": self.base.min_cosine,
+                "correlation over the set": self.base.min_correlation}
+        score = np.inf
+        for c in fid.checks:
+            floor = base.get(c.metric, self.base.min_decision_agreement)
+            score = min(score, (c.value - c.threshold) / max(1 - floor, 1e-6))
+        return float(score)
+
+    def set_weight(self, layer: _Layer, q: np.ndarray) -> None:
+        with torch.no_grad():
+            self.ex.const_tensor(layer.const).copy_(torch.from_numpy(q.astype(np.float32) * layer.scale))
+
+
+def _layers(graph: Graph, min_params: int) -> list[_Layer]:
+    out, seen = [], set()
+    for node in graph.nodes:
+        w = weight_input(node)
+        if w is None or w.quant is None or w.data.dtype != np.int8 or w.data.size < min_params or w.name in seen:
+            continue
+        if np.any(w.quant.zero_point != 0):
+            continue
+        seen.add(w.name)
+        scale, _ = w.quant.broadcast(w.data.ndim)
+        out.append(_Layer(node.name, w.name, w.data.copy(), scale.astype(np.float32), entropy_bytes(w.data), []))
+    return out
+
+
+def optimize_weights(graph: Graph, samples: Sequence[np.ndarray], ref: list[np.ndarray],
+                     specs: Sequence[OutputSpec], thresholds: Thresholds, config: OptimizeConfig,
+                     labelled: bool = False, progress: Callable[[float], None] | None = None) -> dict:
+    """Searches per-layer (sparsity, bits) for the int8 `graph` (left unchanged); see the module
+    docstring. Apply a result with `apply_plan`.
+
+    Parameters
+    ----------
+    samples : the search inputs (one array per graph input, samples on axis 0), not the eval set
+    ref : the float model's outputs on `samples`
+    labelled : the gate will judge logits by accuracy drop; the search set has no labels, so its
+        top-1 agreement must stay within twice the allowed drop (a changed decision can cost accuracy)
+    Returns a report dict with up to three ``plans`` (most compressed first), each with its
+    per-layer settings and why, estimated bytes before/after, and the search's cost.
+    """
+    if labelled:
+        thresholds = Thresholds(**{**thresholds.__dict__, "min_top1_agreement": max(
+            thresholds.min_top1_agreement, 1 - 2 * thresholds.max_accuracy_drop)})
+    t0 = time.perf_counter()
+    ladder = config.ladder
+    layers = _layers(graph, config.min_params) if ladder else []
+    if not layers:
+        return {"goal": config.goal, "plans": [], "note": "no int8 layer weight to search"}
+    scorer = _Scorer(graph, samples, ref, specs, thresholds, config.margin)
+    base = scorer()
+    if base < 0:
+        return {"goal": config.goal, "plans": [], "base_score": round(base, 4),
+                "note": "int8 alone is at the edge of the gate on the search set: no further compression"}
+    for i, layer in enumerate(sorted(layers, key=lambda lay: -lay.bytes0)):
+        for sparsity, bits in ladder:
+            q = apply_setting(layer.q, sparsity, bits)
+            scorer.set_weight(layer, q)
+            s = scorer()
+            layer.options.append((base - s, entropy_bytes(q), (sparsity, bits), q))
+            if s < -1.0:       # far below the gate: harsher settings only get worse
+                break
+        scorer.set_weight(layer, layer.q)
+        if progress:
+            progress(0.8 * (i + 1) / len(layers))
+
+    def choose(tol: float) -> list[tuple]:
+        picks = []
+        for layer in layers:
+            ok = [o for o in layer.options if o[0] <= tol and o[1] < layer.bytes0]
+            picks.append(min(ok, key=lambda o: o[1]) if ok else None)
+        return picks
+
+    def joint(picks) -> float:
+        for layer, p in zip(layers, picks):
+            scorer.set_weight(layer, layer.q if p is None else p[3])
+        return scorer()
+
+    tols = sorted({o[0] for layer in layers for o in layer.options if o[0] <= base})
+    passing: dict[int, float] = {}        # tolerance index -> joint score, for those that pass
+    lo, hi = 0, len(tols) - 1
+    while lo <= hi:                       # largest tolerance whose joint result passes
+        mid = (lo + hi) // 2
+        s = joint(choose(tols[mid]))
+        if s >= 0:
+            passing[mid], lo = s, mid + 1
+        else:
+            hi = mid - 1
+        if progress:
+            progress(0.8 + 0.2 * min(1.0, scorer.evals / (scorer.evals + hi - lo + 2)))
+    joint([None] * len(layers))
+    # Up to three plans, most compressed first: the best tolerance, then ones a half and a quarter
+    # of the way down (the build falls back to them if the real runtime's gate disagrees).
+    plans = []
+    if passing:
+        top = max(passing)
+        for k in dict.fromkeys((top, top // 2, top // 4)):
+            picks = choose(tols[k])
+            plans.append(_plan(layers, picks, tols[k], passing.get(k)))
+    return {"goal": config.goal, "plans": plans, "base_score": round(base, 4), "evaluations": scorer.evals,
+            "seconds": round(time.perf_counter() - t0, 2), "margin": config.margin,
+            "search_samples": int(len(samples[0])), "layers_searched": len(layers)}
+
+
+def _plan(layers: list[_Layer], picks: list, tol: float, score: float | None) -> dict:
+    """One searched configuration: new int8 values per constant and the report rows saying why."""
+    rows, weights, before, after = [], {}, 0.0, 0.0
+    for layer, p in zip(layers, picks):
+        before += layer.bytes0
+        after += layer.bytes0 if p is None else p[1]
+        if p is not None:
+            weights[layer.const] = (layer.node, p[2], p[3])
+        rows.append({"node": layer.node, "kind": "optimize", "params": int(layer.q.size),
+                     "sparsity": None if p is None else p[2][0], "bits": 8 if p is None else p[2][1],
+                     "est_bytes_before": round(layer.bytes0),
+                     "est_bytes_after": round(layer.bytes0 if p is None else p[1]),
+                     "solo_cost": None if p is None else round(p[0], 4),
+                     "why": "kept int8: every setting tried alone cost more than the tolerance" if p is None
+                     else f"smallest setting whose solo score drop {p[0]:.3f} is within the tolerance {tol:.3f}"})
+    return {"tolerance": round(tol, 4), "score": None if score is None else round(score, 4), "weights": weights,
+            "layers": rows, "est_bytes_before": round(before), "est_bytes_after": round(after)}
+
+
+def apply_plan(graph: Graph, plan: dict) -> None:
+    """Writes a plan's int8 values into `graph` (a copy of the graph the search ran on)."""
+    for const, (node, (sparsity, bits), q) in plan["weights"].items():
+        graph.consts[const].data = q.copy()
+        n = graph.node(node)
+        n.meta["optimize"] = {"sparsity": sparsity, "bits": bits}
+        if bits < 8:
+            n.meta["clustered"] = bits
