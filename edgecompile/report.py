@@ -232,22 +232,39 @@ def render_terminal(report: dict, console) -> None:
 
 # -- HTML --------------------------------------------------------------------------------------
 
+PLOT_MAX_LAYERS = 60   # the byte plot shows the heaviest layers (a tall PNG past ~1,700 rows fails)
+
+
 def _plot_bytes(report: dict) -> str:
+    """Weight bytes per layer before and after, on a log axis; a model without weights (nothing
+    but activations, e.g. ``x * 2``) gets a figure saying so instead of an empty log axis."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = report["layers"]
+    rows = [r for r in report.get("layers") or [] if r.get("bytes_before") or r.get("bytes_after")]
+    if not rows:
+        fig, ax = plt.subplots(figsize=(8, 1.2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "No layer has weights: this model has nothing to compress (activations only).",
+                ha="center", va="center")
+        return _png(fig)
+    title = "Weight bytes per layer, before → after"
+    if len(rows) > PLOT_MAX_LAYERS:
+        title += f" ({PLOT_MAX_LAYERS} largest of {len(rows)} layers)"
+        keep = sorted(range(len(rows)), key=lambda i: -rows[i]["bytes_before"])[:PLOT_MAX_LAYERS]
+        rows = [rows[i] for i in sorted(keep)]
     names = [r["layer"] for r in rows]
     y = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.5))
-    ax.barh(y + 0.2, [r["bytes_before"] for r in rows], 0.4, label="before (fp32)", color="#9aa5b1")
+    # a log axis cannot show 0: a layer pruned away (or without fp32 bytes) is drawn at 1 byte
+    ax.barh(y + 0.2, [max(r["bytes_before"], 1) for r in rows], 0.4, label="before (fp32)", color="#9aa5b1")
     ax.barh(y - 0.2, [max(r["bytes_after"], 1) for r in rows], 0.4, label="after (encoded)", color="#2f80ed")
     ax.set_yticks(y, names, fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.set_xlabel("bytes (log scale)")
-    ax.set_title("Weight bytes per layer, before → after")
+    ax.set_title(title)
     ax.legend(loc="lower right")
     fig.tight_layout()
     return _png(fig)
