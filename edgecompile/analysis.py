@@ -97,3 +97,27 @@ def activation_bytes(graph: Graph) -> int:
             size = 1 if v.quant is not None else DTYPE_BYTES.get(v.dtype, 4)
             total += _prod(v.shape or ()) * size
     return total
+
+
+def node_arith(node: Node) -> str | None:
+    """The arithmetic a MAC node runs: "int8", "int8-dynamic" or "fp32" (None for other nodes).
+
+    The quantize pass records it in ``node.meta["arith"]``; an unquantized graph runs fp32.
+    """
+    if node_macs(node) == 0 and node.op not in ("linear", "conv", "matmul"):
+        return None
+    return node.meta.get("arith", "fp32")
+
+
+def macs_by_arith(graph: Graph) -> dict[str, int]:
+    """MACs per arithmetic ("int8", "int8-dynamic", "fp32"): what a latency estimate should price.
+
+    Weights-only int8 and layers kept float count as fp32; dynamic-range layers run integer
+    matmuls plus a run-time quantization of their input (priced by the caller as it sees fit).
+    """
+    out = {"int8": 0, "int8-dynamic": 0, "fp32": 0}
+    for n in graph.nodes:
+        a = node_arith(n)
+        if a is not None:
+            out[a] = out.get(a, 0) + node_macs(n)
+    return out

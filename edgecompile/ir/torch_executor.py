@@ -9,7 +9,9 @@ float tensors are `nn.Parameter`s; scalars, batch-norm statistics and integer co
 weights into the graph.
 
 Quantization: constants stored as integers are dequantized (fixed buffers); activations whose
-value carries `quant` are fake-quantized when `fake_quant` is on (the int8 deployment's numerics).
+value carries `quant` are fake-quantized when `fake_quant` is on (the int8 deployment's numerics);
+the input of a layer marked ``meta["arith"] == "int8-dynamic"`` is quantized at run time, per
+tensor or per row as ``graph.meta["quant"]["dynamic_per"]`` says (dynamic-range int8).
 With `weight_fake_quant_bits` set, float layer weights are fake-quantized per output channel
 (symmetric) with a straight-through gradient: quantization-aware fine-tuning.
 """
@@ -23,7 +25,7 @@ import torch
 from torch import nn
 
 from .graph import Graph, Node, Value
-from .torch_ops import TORCH_DTYPES, fake_quant, run_op, to_torch
+from .torch_ops import TORCH_DTYPES, dynamic_fake_quant, fake_quant, run_op, to_torch
 
 
 def _key(name: str) -> str:
@@ -203,6 +205,13 @@ class TorchExecutor(nn.Module):
             return tuple(torch.cat([o[k] for o in outs])[:n] for k in range(len(outs[0])))
         return torch.cat(outs)[:n]
 
+    def _dynamic(self, node: Node, x: torch.Tensor) -> torch.Tensor:
+        """The run-time quantized input of a dynamic-range int8 layer (else `x` unchanged)."""
+        if not self.fake_quant or node.meta.get("arith") != "int8-dynamic" or not x.is_floating_point():
+            return x
+        per = (self.graph.meta.get("quant") or {}).get("dynamic_per") or "tensor"
+        return dynamic_fake_quant(x, "sample" if per == "row" and node.op == "conv" else per)
+
     def _run(self, inputs) -> torch.Tensor | tuple[torch.Tensor, ...]:
         g = self.graph
         env: dict[int, torch.Tensor] = {}
@@ -212,10 +221,12 @@ class TorchExecutor(nn.Module):
             key = self._layer_of.get(node.name)
             if key is not None:
                 x = env[id(node.input(1) if node.op == "gather" else node.input(0))]
-                out = self.layers[key](x.long() if node.op == "gather" else x)
+                out = self.layers[key](x.long() if node.op == "gather" else self._dynamic(node, x))
             else:
                 args = [None if v is None else (env[id(v)] if id(v) in env else self.const_tensor(v.name))
                         for v in node.inputs]
+                if args:
+                    args[0] = self._dynamic(node, args[0])
                 out = run_op(node.op, args, node.attrs)
             env[id(node.output)] = self._quantize_act(node.output, out)
         outs = tuple(env[id(v)] if id(v) in env else self.const_tensor(v.name) for v in g.outputs)

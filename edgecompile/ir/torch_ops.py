@@ -157,5 +157,25 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, q
     return torch.where(torch.isfinite(x), y + (x - x.detach()), y)
 
 
+def dynamic_fake_quant(x: torch.Tensor, per: str = "tensor") -> torch.Tensor:
+    """Run-time asymmetric uint8 quantize-dequantize (straight-through gradient).
+
+    ``per="tensor"``: one range over the whole tensor, as onnxruntime's DynamicQuantizeLinear
+    (``scale = (max(x, 0) - min(x, 0)) / 255``, ``zp = round(-min / scale)``). ``per="row"``: one
+    range per vector of the last axis (TFLite's hybrid FULLY_CONNECTED); use "sample" for one per
+    index of axis 0 (its hybrid CONV_2D).
+    """
+    xd = x.detach()
+    if per == "tensor":
+        lo, hi = xd.min().clamp_max(0), xd.max().clamp_min(0)
+    else:
+        dims = [-1] if per == "row" else list(range(1, x.dim()))
+        lo, hi = xd.amin(dims, keepdim=True).clamp_max(0), xd.amax(dims, keepdim=True).clamp_min(0)
+    scale = ((hi - lo) / 255).clamp_min(1e-30)
+    zp = torch.clamp(torch.round(-lo / scale), 0, 255)
+    y = (torch.clamp(torch.round(xd / scale) + zp, 0, 255) - zp) * scale
+    return y + (x - xd) if x.requires_grad else y
+
+
 def to_torch(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a))

@@ -18,6 +18,14 @@ QuantParams`` (the convention in `ir/graph.py`; the executor fake-quantizes, bac
   not wipe out the scores' resolution.
 - Float constants used by other ops (layer-norm and batch-norm parameters, additive masks...) stay
   float. Nodes in `QuantConfig.skip` keep float weights and a float output.
+- Dynamic range (``activations="dynamic"``): int8 per-channel weights, float biases, no calibrated
+  activations; each linear / conv / matmul-by-constant quantizes its input at run time (asymmetric
+  uint8 over the whole tensor as onnxruntime's DynamicQuantizeLinear does, or per row as TFLite's
+  hybrid kernels do: ``QuantConfig.dynamic_per``) and multiplies in integers.
+- Every MAC node (linear, conv, matmul) gets ``node.meta["arith"]``: "int8" (integer kernel with
+  calibrated int8 activations), "int8-dynamic" or "fp32" (weights-only, kept float, or a matmul
+  of float activations), so latency estimates count the arithmetic that really runs
+  (`analysis.macs_by_arith`).
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from .base import Pass, PassError, PassResult
 from .calibrate import CalibrationError, activation_qparams, collect_ranges
 
 __all__ = ["QuantConfig", "QuantSpecError", "parse_quant_spec", "quantize_weight", "quantize_bias",
-           "QuantizePass", "FIXED_QPARAMS", "SHARED_QPARAMS", "DEFAULT_CALIBRATION"]
+           "QuantizePass", "FIXED_QPARAMS", "SHARED_QPARAMS", "DEFAULT_CALIBRATION", "MAC_OPS"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +56,7 @@ FIXED_QPARAMS = {"softmax": (1 / 256, -128), "sigmoid": (1 / 256, -128), "tanh":
                  "log_softmax": (16 / 256, 127)}
 SHARED_QPARAMS = {"reshape", "transpose", "max_pool", "avg_pool", "slice", "pad", "expand", "concat", "gather"}
 SOFTMAX_SPAN = 32.0
+MAC_OPS = ("linear", "conv", "matmul")
 INT32_MAX = 2 ** 31 - 1
 
 
@@ -62,11 +71,14 @@ class QuantConfig:
     Attributes
     ----------
     mode : "int8" or "none"
-    activations : "all" (full int8: activations calibrated) or "weights_only" (int8 weights,
-        float activations and biases; no calibration needed)
+    activations : "all" (full int8: activations calibrated), "weights_only" (int8 weights,
+        float activations and biases; no calibration needed) or "dynamic" (int8 weights, layer
+        inputs quantized at run time, integer matmuls; no calibration needed)
     calibration : "minmax", "percentile" or "mse" (see `calibrate.collect_ranges`)
     percentile : upper percentile for "percentile"
     skip : node names kept in float
+    dynamic_per : for "dynamic": "tensor" (one scale per input tensor, onnxruntime) or "row" (one
+        per row of a linear's input / per sample of a conv's, TFLite's hybrid kernels)
     """
 
     mode: str = "int8"
@@ -74,12 +86,16 @@ class QuantConfig:
     calibration: str = DEFAULT_CALIBRATION
     percentile: float = 99.99
     skip: tuple[str, ...] = ()
+    dynamic_per: str = "tensor"
 
     def __post_init__(self) -> None:
         if self.mode not in ("int8", "none"):
             raise QuantSpecError(f"unknown quantization mode {self.mode!r}; use 'int8' or 'none'")
-        if self.activations not in ("all", "weights_only"):
-            raise QuantSpecError(f"unknown activation setting {self.activations!r}; use 'all' or 'weights_only'")
+        if self.activations not in ("all", "weights_only", "dynamic"):
+            raise QuantSpecError(f"unknown activation setting {self.activations!r}; "
+                                 f"use 'all', 'weights_only' or 'dynamic'")
+        if self.dynamic_per not in ("tensor", "row"):
+            raise QuantSpecError(f"unknown dynamic_per {self.dynamic_per!r}; use 'tensor' or 'row'")
         if self.calibration not in ("minmax", "percentile", "mse"):
             raise QuantSpecError(f"unknown calibration {self.calibration!r}; use minmax, percentile or mse")
         if not 50.0 < self.percentile <= 100.0:
@@ -90,11 +106,11 @@ class QuantConfig:
 def parse_quant_spec(spec: str) -> QuantConfig:
     """Parses the CLI form: ``none`` | ``int8[:OPTION...]``.
 
-    Options: ``weights_only``, ``minmax``, ``mse``, ``percentile`` or ``percentile=P``;
-    e.g. ``int8``, ``int8:weights_only``, ``int8:percentile=99.9``.
+    Options: ``weights_only``, ``dynamic``, ``minmax``, ``mse``, ``percentile`` or ``percentile=P``;
+    e.g. ``int8``, ``int8:weights_only``, ``int8:dynamic``, ``int8:percentile=99.9``.
     """
     parts = [p.strip() for p in spec.strip().lower().split(":")]
-    usage = "expected 'none' or 'int8[:weights_only|minmax|mse|percentile[=P]]'"
+    usage = "expected 'none' or 'int8[:weights_only|dynamic|minmax|mse|percentile[=P]]'"
     if parts == ["none"]:
         return QuantConfig(mode="none")
     if parts[0] != "int8":
@@ -102,8 +118,8 @@ def parse_quant_spec(spec: str) -> QuantConfig:
     kw: dict = {}
     for opt in parts[1:]:
         name, _, value = opt.partition("=")
-        if name == "weights_only" and not value:
-            kw["activations"] = "weights_only"
+        if name in ("weights_only", "dynamic") and not value:
+            kw["activations"] = name
         elif name in ("minmax", "mse") and not value:
             kw["calibration"] = name
         elif name == "percentile":
@@ -251,6 +267,25 @@ def _feeds_only_softmax(vs: list[Value], groups: _Groups, root: int) -> bool:
 
 # ---------------------------------------------------------------------------------- pass
 
+def _mark_arith(graph: Graph, activations: str) -> dict[str, str]:
+    """Sets ``node.meta["arith"]`` on every MAC node; returns {node name: arith}."""
+    out = {}
+    for node in graph.nodes:
+        if node.op not in MAC_OPS:
+            continue
+        x, w = node.input(0), node.input(1)
+        int8_w = w is not None and w.is_const and w.quant is not None and w.data.dtype == np.int8
+        if activations == "dynamic" and int8_w and not (x is not None and x.is_const):
+            arith = "int8-dynamic"
+        elif activations == "all" and x is not None and x.quant is not None and node.output.quant is not None \
+                and (int8_w or (w is not None and not w.is_const and w.quant is not None)):
+            arith = "int8"
+        else:
+            arith = "fp32"
+        node.meta["arith"] = out[node.name] = arith
+    return out
+
+
 class QuantizePass(Pass):
     """Float graph -> int8 weights (per channel), int32 biases, calibrated int8 activations.
 
@@ -300,9 +335,13 @@ class QuantizePass(Pass):
                 raise PassError(f"quantize: {e}") from e
             n_act = _assign_activations(graph, ranges, skip)
         records = self._quantize_weights(graph, skip)
+        arith = _mark_arith(graph, cfg.activations)
+        for r in records:
+            r["arith"] = arith.get(r["node"], "fp32")
         graph.meta["quant"] = {"scheme": cfg.mode, "activations": cfg.activations,
                                "calibration": cfg.calibration if cfg.activations == "all" else None,
-                               "quantized_activations": n_act}
+                               "quantized_activations": n_act,
+                               "dynamic_per": cfg.dynamic_per if cfg.activations == "dynamic" else None}
         return PassResult(graph, bool(records) or n_act > 0, records)
 
     def _quantize_weights(self, graph: Graph, skip: set[str]) -> list[dict]:
