@@ -111,30 +111,38 @@ def parse_ort_error(message: str) -> tuple[str | None, str | None, str]:
     return op, name, one_line(reason)
 
 
-def runtime_error(e: Exception, stage: str, node_map: NodeMap | None, retry=None,
+def runtime_error(e: Exception, stage: str, node_map: NodeMap | None, model_bytes: bytes | None = None,
+                  tensors: dict[str, np.ndarray] | None = None, feeds: dict | None = None,
                   model: str | None = None) -> BackendRuntimeError:
     """The `BackendRuntimeError` for onnxruntime's exception `e` raised while `stage` ("load", "run").
 
-    `retry(model_bytes)` repeats the failed step on another model and returns the exception it
-    raises (or None); it is given the model with every node named by its index, so that the layer
-    can be found when the model's own node names are empty (minified) or unknown to the map.
+    Node names are empty in a minified model (and are not what the map holds otherwise), so with
+    a `node_map` and the `model_bytes` the failed step (creating the session over `tensors`, then
+    running `feeds` when given) is repeated once on a copy whose node i is named "#i".
     """
     op, name, reason = parse_ort_error(str(e))
-    index = int(name[1:]) if name and re.fullmatch(r"#\d+", name) else None
-    if node_map is not None and index is None and retry is not None:
-        again = retry(_index_named)
+    index = _index_of(name)
+    if node_map is not None and index is None and model_bytes is not None:
+        again = _repeat_index_named(model_bytes, tensors or {}, feeds)
         if again is not None:
             op2, name2, _ = parse_ort_error(str(again))
-            if name2 and re.fullmatch(r"#\d+", name2):
-                op, index = op2 or op, int(name2[1:])
+            if _index_of(name2) is not None:
+                op, index = op2 or op, _index_of(name2)
     layer = node_map.lookup(index) if node_map is not None and index is not None else None
     return BackendRuntimeError("onnxruntime", stage, reason, op=op,
                                operator=index if index is not None else (name or None),
                                layer=layer[0] if layer else None, ir_op=layer[1] if layer else None, model=model)
 
 
-def _index_named(model_bytes: bytes) -> bytes | None:
-    """The model with node i named "#i" (None when the onnx package is not installed)."""
+def _index_of(name: str | None) -> int | None:
+    """i of a node named "#i" by `_repeat_index_named` (also of a fused node named after it)."""
+    m = re.match(r"#(\d+)", name or "")
+    return int(m.group(1)) if m else None
+
+
+def _repeat_index_named(model_bytes: bytes, tensors: dict[str, np.ndarray], feeds: dict | None) -> Exception | None:
+    """Creates (and with `feeds`, runs) the model with node i named "#i"; the exception it raises,
+    or None (also when the ``onnx`` package, needed to rename, is not installed, as on a board)."""
     try:
         import onnx
     except ImportError:
@@ -143,7 +151,13 @@ def _index_named(model_bytes: bytes) -> bytes | None:
     m.ParseFromString(model_bytes)
     for i, n in enumerate(m.graph.node):
         n.name = f"#{i}"
-    return m.SerializeToString()
+    try:
+        sess = create_session(m.SerializeToString(), tensors, threads=1)
+        if feeds is not None:
+            sess.run(None, feeds)
+    except ORT_ERRORS as again:
+        return again
+    return None
 
 
 class BundleSession(BundleSessionBase):
@@ -169,27 +183,13 @@ class BundleSession(BundleSessionBase):
         try:
             return self.session.run(None, feeds)
         except ORT_ERRORS as e:
-            retry = None
-            if self._model_bytes is not None:
-                def retry(rename):
-                    renamed = rename(self._model_bytes)
-                    if renamed is None:
-                        return None
-                    try:
-                        create_session(renamed, self._tensors or {}, threads=1).run(None, feeds)
-                    except ORT_ERRORS as again:
-                        return again
-                    return None
-            raise runtime_error(e, "run", self.node_map, retry, model=_model_path(self)) from None
+            raise runtime_error(e, "run", self.node_map, self._model_bytes, self._tensors, feeds,
+                                model=(self.manifest or {}).get("model")) from None
 
 
 def _spec(arg) -> TensorSpec:
     shape = tuple(d if isinstance(d, int) else -1 for d in arg.shape)
     return TensorSpec(arg.name, shape, _ORT_TYPES.get(arg.type, "float32"))
-
-
-def _model_path(session) -> str | None:
-    return (session.manifest or {}).get("model")
 
 
 def load_bundle(bundle_dir: str | Path, *, threads: int | None = None, node_map=None):
@@ -242,16 +242,6 @@ def load_bundle(bundle_dir: str | Path, *, threads: int | None = None, node_map=
                 r"external data|initializer", str(e), re.IGNORECASE)):   # the file or the weights, not an op
             raise BundleError(f"{root}: onnxruntime cannot load the model with the container's weights: "
                               f"{one_line(str(e))}") from None
-
-        def retry(rename):
-            renamed = rename(model_bytes)
-            if renamed is None:
-                return None
-            try:
-                create_session(renamed, tensors, threads=1)
-            except ORT_ERRORS as again:
-                return again
-            return None
-        raise runtime_error(e, "load", node_map, retry, model=manifest["model"]) from None
+        raise runtime_error(e, "load", node_map, model_bytes, tensors, model=manifest["model"]) from None
     log.debug("loaded %s: %d tensors", root, len(tensors))
     return BundleSession(sess, manifest, root, model_bytes=model_bytes, tensors=tensors, node_map=node_map)

@@ -279,3 +279,32 @@ def test_message_parsers():
                                   '("", FooBar, "", -1) : ("x": tensor(float),) -> ("y",) , Error No Op')
     assert (op, name) == ("FooBar", "")
     assert parse_ort_error("something else entirely")[:2] == (None, None)
+
+
+def test_copied_loader_without_torch_names_the_layer(tmp_path):
+    """The loader as shipped in a bundle's python/ folder (no torch, no edgecompile package)."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1] / "edgecompile"
+    g = _vad_graph()
+    em, model = _tflite(g)
+    [(_, op)] = _operators(model, "STRIDED_SLICE")
+    _set_const(model, op.inputs[3], np.array([1, 0, 1, 1], np.int32))
+    bundle = _write(tmp_path / "b", g, em, "tflite", pack_model(model))
+    py = tmp_path / "python"
+    (py / "container").mkdir(parents=True)
+    for f in ("loader.py", "tflite_loader.py", "session_base.py"):
+        (py / f).write_text((repo / f).read_text())
+    for f in (repo / "container").glob("*.py"):
+        (py / "container" / f.name).write_text(f.read_text())
+    script = ("import sys; sys.modules['torch'] = None; sys.modules['edgecompile'] = None\n"
+              "import loader, session_base\n"
+              "try:\n"
+              f"    loader.load_bundle({str(bundle)!r})\n"
+              "except session_base.BackendRuntimeError as e:\n"
+              "    print('CAUGHT', e.op, e.layer, str(e))\n")
+    run = subprocess.run([sys.executable, "-c", script], cwd=py, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    line = [x for x in run.stdout.splitlines() if x.startswith("CAUGHT")]
+    assert line and line[0].startswith("CAUGHT STRIDED_SLICE encoder.1.split LiteRT cannot prepare")
