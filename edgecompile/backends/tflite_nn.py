@@ -4,7 +4,11 @@ Weights are converted to TFLite's layouts: FULLY_CONNECTED [out, in]; CONV_2D OH
 [1, H, W, O]; 1-D convolutions run as 2-D with H = 1. An int8 layer (int8 per-channel weights and
 int8 input and output) becomes the int8 kernel with an int32 bias of scale s_in * s_w[c]; a
 layer whose weights are int8 but whose activations are float gets a DEQUANTIZE of the weights
-(weight-only quantization: int8 in flash, float kernels).
+(weight-only quantization: int8 in flash, float kernels). A layer marked dynamic-range
+(``node.meta["arith"] == "int8-dynamic"``) keeps its int8 per-channel filter next to a float input
+and float bias: TFLite's hybrid FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D kernels quantize the
+input at run time (FULLY_CONNECTED per row, asymmetric; the convs per sample) and multiply in
+integers, which the executor reproduces with ``QuantConfig(dynamic_per="row")``.
 """
 
 from __future__ import annotations
@@ -54,6 +58,11 @@ def _is_int8_weight(v: Value | None) -> bool:
     return v is not None and v.is_const and v.quant is not None and v.data.dtype == np.int8
 
 
+def _hybrid(node: Node, w: Value | None) -> bool:
+    """A dynamic-range layer: float input, int8 filter, float output (TFLite's hybrid kernels)."""
+    return node.meta.get("arith") == "int8-dynamic" and _is_int8_weight(w)
+
+
 def _layer_int8(L: Lowering, node: Node, x: Value, w: Value) -> bool:
     return _is_int8_weight(w) and L.int8_mode(node, [x])
 
@@ -66,7 +75,8 @@ def _fc(L: Lowering, node: Node, x: Value, w: Value, b: Value | None, transpose_
                                      f"{w.quant.axis}; FULLY_CONNECTED needs per-output-channel (axis 1)")
     if not transpose_w and w.quant is not None and w.quant.per_channel and w.quant.axis != 0:
         raise TFLiteUnsupportedError(f"node {node.name} (linear): weight quantized on axis {w.quant.axis}")
-    wt = _weight(L, w, (lambda a: a.T) if transpose_w else (lambda a: a), 0, int8, w.name)
+    hybrid = not int8 and _hybrid(node, w)
+    wt = _weight(L, w, (lambda a: a.T) if transpose_w else (lambda a: a), 0, int8 or hybrid, w.name)
     n_out = wt.shape[0]
     opts = fb.FullyConnectedOptionsT()
     opts.keepNumDims = len(x.shape) > 2
@@ -77,6 +87,7 @@ def _fc(L: Lowering, node: Node, x: Value, w: Value, b: Value | None, transpose_
         L.b.op("FULLY_CONNECTED", [src, wt, bias], [out], opts, int8=True)
         L.close_int8(node, out, final, IR)
         return
+    opts.asymmetricQuantizeInputs = hybrid
     src = L.get(x, IR, float_view=True)
     bias = _bias(L, b, n_out, False, 0, np.ones(1), b.name if b else "")
     out = L.float_out(node, IR)
@@ -199,7 +210,7 @@ def lower_conv(L: Lowering, node: Node) -> None:
         opts = fb.Conv2DOptionsT()
         op, layout_fn, axis = "CONV_2D", lambda arr: to_2d(arr).transpose(0, 2, 3, 1), 0
     opts.padding, (opts.strideH, opts.strideW), (opts.dilationHFactor, opts.dilationWFactor) = padding, s, d
-    wt = _weight(L, w, layout_fn, axis, int8, w.name)
+    wt = _weight(L, w, layout_fn, axis, int8 or _hybrid(node, w), w.name)
     w_scale = np.asarray(wt.scale) if int8 else np.ones(1)
     bias = _bias(L, b, c_out, int8, src.scale[0] if int8 else 0.0, w_scale, b.name if b else "")
     if bias is None:   # TFLite conv kernels want a bias tensor
