@@ -137,10 +137,12 @@ def resolve_quant(spec: str, target: Target) -> str:
     return "int8" if target.int8_kernels else "int8:weights_only"
 
 
-def _quantize(graph: Graph, cfg: BuildConfig, calib: Samples, batch: int) -> list[dict]:
+def _quantize(graph: Graph, cfg: BuildConfig, calib: Samples, batch: int, skip: tuple[str, ...] = ()) -> list[dict]:
     from .passes.quantize import QuantizePass, parse_quant_spec
 
     qcfg = parse_quant_spec(cfg.quant)
+    if skip:
+        qcfg = replace(qcfg, skip=tuple(qcfg.skip) + tuple(skip))
     if qcfg.mode == "none":
         return []
     # Ranges settle within a few dozen samples; cap the calibration work at ~2e10 MACs so a
@@ -509,45 +511,80 @@ def _search_samples(calib: Samples, graph: Graph) -> Samples:
 def _candidates(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, calib: Samples, batch: int, specs,
                 data_note: str, labels, progress):
     """The configurations to try, most compressed first: (label, graph, pass records, search info).
-    The build ships the first that passes the gate in the real runtime; each later one is less
-    lossy (the per-layer search undone; full int8 replaced by int8 weights), so a model that int8
-    weights can hold always gets a bundle. `search["more"]` says whether another one follows."""
-    from .optimize import OptimizeConfig, apply_plan, optimize_weights
+
+    With real calibration data, the int8 mode is chosen by measurement before anything is written:
+    full int8 is scored with the gate's own checks on held-out calibration samples (IR executor,
+    fake quantization); under ``--quant auto``, if it fails, the activations that cost the outputs
+    most stay float (`passes.mixed_precision`), and if that still fails, int8 weights with float
+    activations. The per-layer search (`optimize`) then runs on top. The build ships the first
+    candidate that passes the gate in the real runtime; each later one is less lossy (milder
+    search plans, no search, int8 weights only), so a model that int8 weights can hold always gets
+    a bundle. `search["more"]` says whether another candidate follows."""
+    from .ir import TorchExecutor
+    from .optimize import GateScore, OptimizeConfig, apply_plan, executor_outputs, optimize_weights
 
     float_graph = graph.copy()
     records = _quantize(graph, cfg, calib, batch)
     verify(graph)
-    quant_label = cfg.quant
+    label = cfg.quant
+    real_data = "random inputs" not in data_note
     opt = OptimizeConfig(cfg.optimize)
-    searchable = (cfg.quant.startswith("int8") and not cfg.cluster_bits and opt.ladder
-                  and not data_note.endswith("(no --calib given)") and "random inputs" not in data_note)
-    weights_only_next = cfg.quant == "int8" and cfg.quant_auto
-    if searchable:
+    info: dict = {"goal": cfg.optimize}
+    gate = GateScore(specs, cfg.thresholds, opt.margin, labelled=labels is not None)
+    samples = ref = None
+    if real_data and cfg.quant.startswith("int8"):
         samples = _search_samples(calib, graph)
         ref = _reference_outputs(loaded, samples, batch)
-        info = optimize_weights(graph, samples, ref, specs, cfg.thresholds, opt, labelled=labels is not None,
-                                progress=lambda f: progress("search per-layer compression", 0.6 + 0.1 * f))
-        plans = info.pop("plans")
+        x = [torch.as_tensor(a) for a in samples]
+
+        def score(g: Graph) -> float:
+            return gate(ref, executor_outputs(TorchExecutor(g, fake_quant=True).eval(), x))
+
+        info["int8_score"] = s = round(score(graph), 4)
+        if s < 0 and cfg.quant_auto and cfg.quant == "int8":
+            from .passes.mixed_precision import select_float_nodes
+
+            progress("mixed precision: measuring int8 sensitivity", 0.62)
+            few = tuple(a[-max(batch, 64 // batch * batch):] for a in samples)   # each measurement runs them all
+            skip, mp = select_float_nodes(float_graph, list(batches(few, batch)), score_fn=gate, min_score=0.0)
+            mixed = float_graph.copy()
+            mp_records = _quantize(mixed, cfg, calib, batch, skip=skip)
+            verify(mixed)
+            info["mixed_precision"] = {"float_nodes": list(skip), "score": round(score(mixed), 4)}
+            if info["mixed_precision"]["score"] >= 0:
+                graph, label = mixed, f"int8 ({len(skip)} activations float)"
+                records = mp_records + [dict(r, **{"pass": "mixed precision"}) for r in mp if r.get("node")]
+            else:
+                wo = float_graph.copy()
+                records = _quantize(wo, replace(cfg, quant="int8:weights_only"), calib, batch)
+                graph, label = wo, "int8:weights_only"
+                info["note"] = ("full int8 and mixed precision fail the gate on the calibration samples: int8 "
+                                "weights, float activations")
+    weights_only_next = cfg.quant_auto and label != "int8:weights_only" and cfg.quant.startswith("int8")
+    if samples is not None and not cfg.cluster_bits and opt.ladder:
+        res = optimize_weights(graph, samples, ref, gate, opt,
+                               progress=lambda f: progress("search per-layer compression", 0.65 + 0.1 * f))
+        plans = res.pop("plans")
+        info.update(res)
         for i, plan in enumerate(plans):
             cand = graph.copy()
             apply_plan(cand, plan)
             verify(cand)
             summary = {k: v for k, v in plan.items() if k not in ("weights", "layers")}
-            yield (f"{quant_label} + per-layer search ({cfg.optimize}, plan {i + 1} of {len(plans)})", cand,
+            yield (f"{label} + per-layer search ({cfg.optimize}, plan {i + 1} of {len(plans)})", cand,
                    records + [dict(r, **{"pass": "optimize"}) for r in plan["layers"]],
                    dict(info, plan=summary, more=True))
-        why = "no searched plan passed the gate in the real runtime" if plans else info.get("note", "")
-        yield quant_label, graph, records, dict(info, note=f"shipped without the search: {why}",
-                                                more=weights_only_next)
+        why = "no searched plan passed the gate in the real runtime" if plans else res.get("note", "")
+        yield label, graph, records, dict(info, note=f"shipped without the search: {why}", more=weights_only_next)
     else:
-        why = ("--cluster-bits given" if cfg.cluster_bits else "no calibration data" if cfg.quant.startswith("int8")
-               else "not quantized")
-        yield quant_label, graph, records, {"goal": cfg.optimize, "note": f"no per-layer search: {why}",
-                                            "more": weights_only_next}
+        why = ("--cluster-bits given" if cfg.cluster_bits else "not quantized" if not cfg.quant.startswith("int8")
+               else f"--optimize {cfg.optimize}" if not opt.ladder else "no calibration data")
+        yield label, graph, records, dict(info, note=f"no per-layer search: {why}", more=weights_only_next)
     if weights_only_next:
-        wcfg = replace(cfg, quant="int8:weights_only")
-        yield "int8:weights_only", float_graph, _quantize(float_graph, wcfg, calib, batch), {
-            "note": "full int8 failed the gate; int8 weights with float activations", "more": False}
+        wo = float_graph.copy()
+        yield "int8:weights_only", wo, _quantize(wo, replace(cfg, quant="int8:weights_only"), calib, batch), {
+            "note": "the int8 bundle failed the gate in the real runtime; int8 weights with float activations",
+            "more": False}
 
 
 def _failed_dir(out: Path) -> Path:

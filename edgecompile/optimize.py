@@ -97,36 +97,56 @@ class _Layer:
     options: list                 # (cost, bytes, (sparsity, bits), q') measured alone
 
 
-class _Scorer:
-    """The gate's checks on the search set as one number: >= 0 passes the tightened gate."""
+class GateScore:
+    """The gate's checks (output kinds included) as one number on unlabelled search samples:
+    ``min over checks of (value - tightened threshold) / (1 - threshold)``; >= 0 passes.
 
-    def __init__(self, graph: Graph, samples: Sequence[np.ndarray], ref: list[np.ndarray],
-                 specs: Sequence[OutputSpec], t: Thresholds, margin: float):
+    Thresholds are tightened by `margin` (that share of each threshold's headroom is kept), so a
+    result chosen on the search set keeps room for the eval set. With `labelled`, logits will be
+    gated by accuracy drop, which a changed decision can cost: agreement must then stay within
+    twice the allowed drop."""
+
+    def __init__(self, specs: Sequence[OutputSpec], t: Thresholds, margin: float = 0.3, labelled: bool = False):
         def tight(x):
             return x + (1 - x) * margin
-        self.t = Thresholds(min_top1_agreement=tight(t.min_top1_agreement), min_cosine=tight(t.min_cosine),
+        top1 = max(t.min_top1_agreement, 1 - 2 * t.max_accuracy_drop) if labelled else t.min_top1_agreement
+        self.base = Thresholds(**{**t.__dict__, "min_top1_agreement": top1})
+        self.t = Thresholds(min_top1_agreement=tight(top1), min_cosine=tight(t.min_cosine),
                             max_accuracy_drop=t.max_accuracy_drop,
                             min_decision_agreement=tight(t.min_decision_agreement),
                             min_correlation=tight(t.min_correlation))
-        self.base = t
+        self.specs = specs
+
+    def __call__(self, ref: list[np.ndarray], got: list[np.ndarray]) -> float:
+        fid = compare(ref, got, self.specs, self.t)
+        floors = {"top-1 agreement": self.base.min_top1_agreement, "mean per-sample cosine": self.base.min_cosine,
+                  "correlation over the set": self.base.min_correlation}
+        score = np.inf
+        for c in fid.checks:
+            floor = floors.get(c.metric, self.base.min_decision_agreement)
+            score = min(score, (c.value - c.threshold) / max(1 - floor, 1e-6))
+        return float(score)
+
+
+def executor_outputs(ex: TorchExecutor, x: Sequence[torch.Tensor]) -> list[np.ndarray]:
+    """Every output of the IR executor on the stacked samples `x`."""
+    with torch.no_grad():
+        out = ex(*x)
+    return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
+
+
+class _Scorer:
+    """The executor on the search set, scored by a `GateScore`; weights can be swapped in."""
+
+    def __init__(self, graph: Graph, samples: Sequence[np.ndarray], ref: list[np.ndarray], gate: GateScore):
         self.ex = TorchExecutor(graph, fake_quant=True).eval()
         self.x = [torch.as_tensor(a) for a in samples]
-        self.ref, self.specs = ref, specs
+        self.ref, self.gate = ref, gate
         self.evals = 0
 
     def __call__(self) -> float:
-        with torch.no_grad():
-            out = self.ex(*self.x)
-        got = [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
         self.evals += 1
-        fid = compare(self.ref, got, self.specs, self.t)
-        base = {"top-1 agreement": self.base.min_top1_agreement, "mean per-sample cosine": self.base.min_cosine,
-                "correlation over the set": self.base.min_correlation}
-        score = np.inf
-        for c in fid.checks:
-            floor = base.get(c.metric, self.base.min_decision_agreement)
-            score = min(score, (c.value - c.threshold) / max(1 - floor, 1e-6))
-        return float(score)
+        return self.gate(self.ref, executor_outputs(self.ex, self.x))
 
     def set_weight(self, layer: _Layer, q: np.ndarray) -> None:
         with torch.no_grad():
@@ -147,9 +167,8 @@ def _layers(graph: Graph, min_params: int) -> list[_Layer]:
     return out
 
 
-def optimize_weights(graph: Graph, samples: Sequence[np.ndarray], ref: list[np.ndarray],
-                     specs: Sequence[OutputSpec], thresholds: Thresholds, config: OptimizeConfig,
-                     labelled: bool = False, progress: Callable[[float], None] | None = None) -> dict:
+def optimize_weights(graph: Graph, samples: Sequence[np.ndarray], ref: list[np.ndarray], gate: GateScore,
+                     config: OptimizeConfig, progress: Callable[[float], None] | None = None) -> dict:
     """Searches per-layer (sparsity, bits) for the int8 `graph` (left unchanged); see the module
     docstring. Apply a result with `apply_plan`.
 
@@ -157,20 +176,16 @@ def optimize_weights(graph: Graph, samples: Sequence[np.ndarray], ref: list[np.n
     ----------
     samples : the search inputs (one array per graph input, samples on axis 0), not the eval set
     ref : the float model's outputs on `samples`
-    labelled : the gate will judge logits by accuracy drop; the search set has no labels, so its
-        top-1 agreement must stay within twice the allowed drop (a changed decision can cost accuracy)
+    gate : the gate's checks as one score (`GateScore`)
     Returns a report dict with up to three ``plans`` (most compressed first), each with its
     per-layer settings and why, estimated bytes before/after, and the search's cost.
     """
-    if labelled:
-        thresholds = Thresholds(**{**thresholds.__dict__, "min_top1_agreement": max(
-            thresholds.min_top1_agreement, 1 - 2 * thresholds.max_accuracy_drop)})
     t0 = time.perf_counter()
     ladder = config.ladder
     layers = _layers(graph, config.min_params) if ladder else []
     if not layers:
         return {"goal": config.goal, "plans": [], "note": "no int8 layer weight to search"}
-    scorer = _Scorer(graph, samples, ref, specs, thresholds, config.margin)
+    scorer = _Scorer(graph, samples, ref, gate)
     base = scorer()
     if base < 0:
         return {"goal": config.goal, "plans": [], "base_score": round(base, 4),
