@@ -453,8 +453,13 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
             written = _write_bundle(stage, cand, target, backend, cfg)
             t = stage_done(f"emit {backend} + container", 0.7, t)
             from .loader import load_bundle
-            session = load_bundle(stage, threads=1)
-            fidelity = verify_bundle(session, loaded, cand, evals, labels, specs, cfg, note=data_note)
+            from .session_base import BackendRuntimeError
+            try:
+                session = load_bundle(stage, threads=1, node_map=written["emitted"].node_map)
+                fidelity = verify_bundle(session, loaded, cand, evals, labels, specs, cfg, note=data_note)
+            except BackendRuntimeError as e:
+                # an emitted model the runtime rejects is our bug: one line naming op and layer
+                raise BuildError(str(e)) from None
             t = stage_done(f"verify in {'onnxruntime' if backend == 'onnx' else 'LiteRT'}", 0.85, t)
             failures = fidelity.failures()
             attempts.append({"config": label, "passed": not failures, "failures": failures,
