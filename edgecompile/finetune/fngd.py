@@ -219,15 +219,17 @@ class FNGD(torch.optim.Optimizer):
         for i in range(len(self.layer_names)):
             cap = self.hooks.capture(i)
             if cap is not None and ddp.is_distributed():  # same hooks fire on every rank
+                rows = cap.rows()
                 cap = layers.Capture(
-                    None if cap.A is None else ddp.gather_rows(cap.A.contiguous())[0],
+                    None if rows is None else ddp.gather_rows(rows.contiguous())[0],
                     ddp.gather_rows(cap.D.contiguous())[0],
                     None if cap.idx is None else ddp.gather_rows(cap.idx.contiguous())[0])
             if cap is None:
                 self._warn_fallback(i)
                 continue
             if cap.D.dtype in (torch.float16, torch.bfloat16):
-                cap = layers.Capture(None if cap.A is None else cap.A.float(), cap.D.float(),
+                rows = cap.rows()
+                cap = layers.Capture(None if rows is None else rows.float(), cap.D.float(),
                                      cap.idx)
             caps[i] = cap
         return caps

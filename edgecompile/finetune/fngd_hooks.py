@@ -115,8 +115,10 @@ class LayerHooks:
         x = args[0]
         if isinstance(module, nn.Embedding):
             rows, idx = None, layers.input_rows(module, x.detach())
-        else:
+        elif isinstance(module, nn.Linear):
             rows, idx = layers.input_rows(module, x.detach()), None
+        else:  # a convolution keeps its input: its rows are formed only if needed (gram)
+            rows, idx = x.detach(), None
         entry = [rows, idx, None]
         self._captures.setdefault(i, []).append(entry)
         mult = float(out.shape[0]) if self.reduction == "mean" else 1.0
@@ -141,4 +143,10 @@ class LayerHooks:
         D = cat(2, 2)
         if calls[0][1] is not None:
             return layers.Capture(None, D, cat(1, 1))
-        return layers.Capture(cat(0, 2), D)
+        module = self.layers[i][1]
+        if isinstance(module, nn.Linear):
+            return layers.Capture(cat(0, 2), D)
+        if len(calls) == 1:
+            return layers.Capture(None, D, x=calls[0][0], module=module)
+        # shared convolution: the calls' rows side by side along t
+        return layers.Capture(torch.cat([layers.input_rows(module, c[0]) for c in calls], 2), D)

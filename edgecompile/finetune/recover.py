@@ -60,7 +60,12 @@ class RecoverConfig:
     weight_decay: float = 0.0
     fallback_lr: float | None = None
     alpha_refresh_every: int | None = None
-    fngd_gram: str = "factor"  # never materializes per-sample gradients (issue 4); "auto" is faster on convs
+    # "auto": per layer the cheaper exact Gram, per-sample gradients of a convolution formed
+    # only within FNGD's max_gram_elems (the bound "factor" keeps for its own temporaries).
+    # "factor" never forms them (issue 4) but its (N·positions)² products took > 300 s for one
+    # batch of 64 160x160 images on a 5M-parameter MobileNet-style CNN (2 cores) against 34 s
+    # for "auto" (bench/bench_finetune_kinds.py): recovery must stay practical on real CNNs.
+    fngd_gram: str = "auto"
     fngd_coefficients: str = "shared"
     fngd_normalize: str = "mean"
     lr_schedule: str = "cosine"
