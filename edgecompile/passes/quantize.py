@@ -16,7 +16,9 @@ QuantParams`` (the convention in `ir/graph.py`; the executor fake-quantizes, bac
   (one range over the group); a layer or sum whose only use is a relu / clip takes the clamp's
   output parameters (the backends fuse the clamp into the kernel). A range feeding only softmax
   is clipped to 32 below its maximum (exp(-32) is nothing next to the output step 1/256), so that
-  additive masks (-1e4) and -inf do not wipe out the scores' resolution.
+  additive masks (-1e4) and -inf do not wipe out the scores' resolution. An activation whose
+  range still exceeds 1e6 after that (a mask tensor filled with finfo.min, added to the scores)
+  stays float: no integer kernel can requantize a scale of 1e36.
 - Float constants used by other ops (layer-norm and batch-norm parameters, additive masks...) stay
   float. Nodes in `QuantConfig.skip` keep float weights and a float output.
 - Dynamic range (``activations="dynamic"``): int8 per-channel weights, float biases, no calibrated
@@ -58,6 +60,7 @@ FIXED_QPARAMS = {"softmax": (1 / 256, -128), "sigmoid": (1 / 256, -128), "tanh":
 SHARED_QPARAMS = {"reshape", "transpose", "max_pool", "avg_pool", "slice", "pad", "expand", "concat", "gather"}
 SOFTMAX_SPAN = 32.0
 MAC_OPS = ("linear", "conv", "matmul")
+SENTINEL_RANGE = 1e6    # no real activation reaches this; mask fills (-1e9, finfo.min) do
 INT32_MAX = 2 ** 31 - 1
 
 
@@ -236,6 +239,7 @@ def _assign_activations(graph: Graph, ranges: dict[str, tuple[float, float]], sk
             if s is not None and id(s) in quantizable:
                 groups.union(id(node.output), id(s), allow_fixed=node.op != "concat")
     narrowed = _fuse_clamps(graph, quantizable, groups)
+    kept_float = 0
     members: dict[int, list[Value]] = {}
     for v in vals:
         members.setdefault(groups.find(id(v)), []).append(v)
@@ -252,10 +256,16 @@ def _assign_activations(graph: Graph, ranges: dict[str, tuple[float, float]], sk
             hi = max(ranges[v.name][1] for v in own)
             if _feeds_only_softmax(vs, groups, root):
                 lo = max(lo, hi - SOFTMAX_SPAN)
+            if max(-lo, hi) > SENTINEL_RANGE:
+                # an additive mask filled with finfo.min: int8 would need a scale of ~1e36,
+                # which onnxruntime's integer Add requantizes into garbage (MiniLM cosine 0.14)
+                log.info("quantize: %s stays float: its range [%.3g, %.3g] is a sentinel fill", vs[0].name, lo, hi)
+                kept_float += len(vs)
+                continue
             qp = activation_qparams(lo, hi)
         for v in vs:
             v.quant = qp
-    return len(vals)
+    return len(vals) - kept_float
 
 
 def _fuse_clamps(graph: Graph, quantizable: dict[int, Value], groups: _Groups) -> set[int]:
