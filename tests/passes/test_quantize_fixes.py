@@ -1,0 +1,117 @@
+"""Regression tests for the bugs that broke full int8 on pretrained models (issue 11, item 2).
+
+1. The executor's fake quantization read a huge finite activation (an attention mask filled with
+   finfo.min = -3.4e38) as 0 instead of the range's low end: x + (y - x) cancelled.
+2. A conv feeding only ReLU6 was quantized over its own range (+-180 in EfficientNet-Lite0) before
+   the clamp, where the backends' fused kernels use the clamp's [0, 6].
+3. An additive finfo.min mask got an int8 scale of ~1e36, which onnxruntime's integer Add
+   requantized into garbage while the executor did not.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from edgecompile.backends.onnx import emit_onnx
+from edgecompile.ir import Graph, infer_shapes, run_graph, verify
+from edgecompile.ir.torch_ops import fake_quant
+from edgecompile.loader import create_session
+from edgecompile.passes.quantize import QuantConfig, QuantizePass
+
+F32_MIN = float(np.finfo(np.float32).min)
+
+
+def test_fake_quant_clamps_huge_finite_values_to_the_range_end():
+    scale, zp = torch.tensor([0.125]), torch.tensor([10.0])
+    x = torch.tensor([F32_MIN, -1.0, 0.0, 3.0, 1e30, float("-inf")])
+    lo_end, hi_end = (-128 - 10) * 0.125, (127 - 10) * 0.125
+    want = torch.tensor([lo_end, -1.0, 0.0, 3.0, hi_end, lo_end])
+    assert torch.equal(fake_quant(x, scale, zp, -128, 127), want)
+    # with a gradient: same values, identity gradient where x is finite
+    xg = x.clone().requires_grad_(True)
+    y = fake_quant(xg, scale, zp, -128, 127)
+    assert torch.equal(y.detach(), want)
+    y[:5].sum().backward()
+    assert torch.equal(xg.grad[:5], torch.ones(5))
+
+
+def _conv_relu6(rng) -> tuple[Graph, list]:
+    g = Graph("conv_relu6")
+    x = g.add_input("x", (2, 3, 8, 8))
+    w = rng.normal(0, 1, (4, 3, 3, 3)).astype(np.float32)
+    b = np.array([-100, 100, 0, 0], np.float32)                         # pre-activation spans ~+-100
+    conv = {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1}
+    h = g.add_node("conv", [x, g.add_const("w", w), g.add_const("b", b)], conv, name="conv").output
+    r = g.add_node("clip", [h], {"min": 0.0, "max": 6.0}, name="relu6").output
+    y = g.add_node("add", [r, r], name="twice").output                   # a use of the clamp, not of conv
+    g.outputs = [y]
+    infer_shapes(g)
+    verify(g)
+    return g, [(rng.normal(0, 1, (2, 3, 8, 8)).astype(np.float32),) for _ in range(2)]
+
+
+def test_a_conv_feeding_only_a_clamp_takes_the_clamps_parameters():
+    g, calib = _conv_relu6(np.random.default_rng(0))
+    q = g.copy()
+    QuantizePass(QuantConfig(), calib)(q)
+    pre, post = q.node("conv").output.quant, q.node("relu6").output.quant
+    assert pre is post
+    assert abs(float(post.scale[0]) * 255 - 6.0) < 0.05            # [0, 6] over 255 steps, not [-100, 100]
+    x = calib[0][0]
+    err = np.abs(run_graph(q, x) - run_graph(g, x, fake_quant=False)).max()
+    assert err < 0.3, f"error {err:.3f} (a [-100, 100] range would leave steps of 0.8)"
+    # onnxruntime (fused QDQ) agrees with the executor within two output steps
+    m = emit_onnx(q, embed_weights=False)
+    got = create_session(m.model_bytes, m.tensors).run(None, {"x": x})[0]
+    assert np.abs(got - run_graph(q, x)).max() <= 2 * float(q.outputs[0].quant.scale[0]) + 1e-6
+
+
+def test_a_conv_with_another_use_keeps_its_own_range():
+    g, calib = _conv_relu6(np.random.default_rng(0))
+    h = g.node("conv").output
+    g.add_node("add", [h, g.outputs[0]], name="mix")
+    g.outputs = [g.node("mix").output]
+    infer_shapes(g)
+    q = g.copy()
+    QuantizePass(QuantConfig(), calib)(q)
+    assert q.node("conv").output.quant is not q.node("relu6").output.quant
+    assert float(q.node("conv").output.quant.scale[0]) * 255 > 50
+
+
+def _masked_attention(rng) -> tuple[Graph, list]:
+    """scores [2, 4, 4] + where(mask, 0, finfo.min) -> softmax -> @ v."""
+    g = Graph("masked")
+    x = g.add_input("x", (2, 4, 8))
+    mask = g.add_input("mask", (2, 1, 4), "bool")
+    s = g.add_node("matmul", [x, g.add_node("transpose", [x], {"perm": [0, 2, 1]}).output], name="scores").output
+    fill = g.add_node("where", [mask, g.add_const("zero", np.float32(0)), g.add_const("neg", np.float32(F32_MIN))],
+                      name="additive_mask").output
+    s = g.add_node("add", [s, fill], name="masked").output
+    p = g.add_node("softmax", [s], {"axis": -1}, name="probs").output
+    y = g.add_node("matmul", [p, x], name="attend").output
+    g.outputs = [y]
+    infer_shapes(g)
+    verify(g)
+
+    def sample():
+        m = np.ones((2, 1, 4), bool)
+        m[0, 0, 3:] = False
+        m[1, 0, 2:] = False
+        return rng.normal(0, 1, (2, 4, 8)).astype(np.float32), m
+    return g, [sample() for _ in range(3)]
+
+
+def test_an_additive_finfo_min_mask_stays_float_and_onnxruntime_agrees():
+    g, calib = _masked_attention(np.random.default_rng(1))
+    q = g.copy()
+    QuantizePass(QuantConfig(), calib)(q)
+    assert q.node("additive_mask").output.quant is None           # the sentinel fill
+    assert q.node("masked").output.quant is not None              # the scores stay int8 (softmax span)
+    x, m = calib[0]
+    want = run_graph(q, x, m)
+    ref = run_graph(g, x, m, fake_quant=False)
+    assert np.abs(want - ref).max() < 0.1
+    em = emit_onnx(q, embed_weights=False)
+    got = create_session(em.model_bytes, em.tensors).run(None, {"x": x, "mask": m})[0]
+    assert np.abs(got - want).max() <= 2 * float(q.outputs[0].quant.scale[0]) + 1e-6
