@@ -141,6 +141,8 @@ def _quantize(graph: Graph, cfg: BuildConfig, calib: Samples, batch: int, skip: 
     from .passes.quantize import QuantizePass, parse_quant_spec
 
     qcfg = parse_quant_spec(cfg.quant)
+    if qcfg.activations == "dynamic" and cfg.backend == "tflite":
+        qcfg = replace(qcfg, dynamic_per="row")      # TFLite's hybrid kernels scale each input row
     if skip:
         qcfg = replace(qcfg, skip=tuple(qcfg.skip) + tuple(skip))
     if qcfg.mode == "none":
@@ -403,6 +405,7 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
     backend = cfg.backend or target.default_backend
     if backend not in ("onnx", "tflite"):
         raise BuildError(f"unknown backend {backend!r}; use onnx or tflite")
+    cfg = replace(cfg, backend=backend)
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()) and not (out / "manifest.json").exists():
         raise BuildError(f"{out} exists and is not an edgecompile bundle; choose another --out")
@@ -560,11 +563,19 @@ def _candidates(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, calib: Samp
                 graph, label = mixed, f"int8 ({len(skip)} activations float)"
                 records = mp_records + [dict(r, **{"pass": "mixed precision"}) for r in mp if r.get("node")]
             else:
-                wo = float_graph.copy()
-                records = _quantize(wo, replace(cfg, quant="int8:weights_only"), calib, batch)
-                graph, label = wo, "int8:weights_only"
-                info["note"] = ("full int8 and mixed precision fail the gate on the calibration samples: int8 "
-                                "weights, float activations")
+                # dynamic range keeps integer matmuls (int8 speed) with run-time activation scales
+                dyn = float_graph.copy()
+                dyn_records = _quantize(dyn, replace(cfg, quant="int8:dynamic"), calib, batch)
+                info["dynamic_score"] = round(score(dyn), 4)
+                if info["dynamic_score"] >= 0:
+                    graph, label, records = dyn, "int8:dynamic", dyn_records
+                    info["note"] = "full int8 and mixed precision fail the gate on the calibration samples"
+                else:
+                    wo = float_graph.copy()
+                    records = _quantize(wo, replace(cfg, quant="int8:weights_only"), calib, batch)
+                    graph, label = wo, "int8:weights_only"
+                    info["note"] = ("full int8, mixed precision and dynamic range fail the gate on the "
+                                    "calibration samples: int8 weights, float activations")
     weights_only_next = cfg.quant_auto and label != "int8:weights_only" and cfg.quant.startswith("int8")
     if samples is not None and not cfg.cluster_bits and opt.ladder:
         res = optimize_weights(graph, samples, ref, gate, opt,

@@ -1,0 +1,81 @@
+"""`--optimize`: per-layer sparsity / shared levels chosen by measurement under the gate."""
+
+import numpy as np
+import pytest
+import torch
+
+from edgecompile.build import _reference_outputs
+from edgecompile.data.digits import model as digits_model
+from edgecompile.fidelity import OutputSpec, Thresholds
+from edgecompile.frontend import import_model
+from edgecompile.ir import TorchExecutor, verify
+from edgecompile.modelspec import LoadedModel
+from edgecompile.optimize import (
+    GateScore, OptimizeConfig, OptimizeError, apply_plan, apply_setting, entropy_bytes, executor_outputs,
+    optimize_weights,
+)
+from edgecompile.passes.fold import CleanupPass, FoldBatchNormPass
+from edgecompile.passes.quantize import QuantConfig, QuantizePass
+
+
+def test_apply_setting_sparsity_and_levels():
+    rng = np.random.default_rng(0)
+    q = np.clip(np.rint(rng.normal(0, 30, (64, 128))), -127, 127).astype(np.int8)
+    out = apply_setting(q, 0.5, 3)
+    assert out.dtype == np.int8 and out.shape == q.shape
+    assert (out == 0).mean() >= 0.5
+    assert len(np.unique(out[out != 0])) <= 8
+    assert np.array_equal(apply_setting(q, 0.0, 8), q)
+
+
+def test_entropy_bytes():
+    assert entropy_bytes(np.zeros(1000, np.int8)) == 0.0
+    u = np.arange(-128, 128, dtype=np.int8).repeat(4)
+    assert entropy_bytes(u) == pytest.approx(u.size)          # 8 bits a value
+
+
+def test_unknown_goal():
+    with pytest.raises(OptimizeError, match="unknown --optimize goal"):
+        OptimizeConfig("smallest")
+    assert OptimizeConfig("latency").ladder == ()
+    assert all(b >= 4 and s <= 0.5 for s, b in OptimizeConfig("balanced").ladder)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    torch.set_num_threads(1)
+    module, example, data = digits_model()
+    g = import_model(module, example)
+    FoldBatchNormPass()(g)
+    CleanupPass()(g)
+    calib = data["calib"][0]
+    QuantizePass(QuantConfig(), [(calib[i:i + 1],) for i in range(0, 64)])(g)
+    loaded = LoadedModel("digits", module, example, data)
+    samples = (calib[-128:],)
+    ref = _reference_outputs(loaded, samples, 1)
+    return g, samples, ref
+
+
+def test_search_shrinks_weights_and_keeps_the_gate(digits):
+    g, samples, ref = digits
+    gate = GateScore([OutputSpec("logits")], Thresholds())
+    res = optimize_weights(g, samples, ref, gate, OptimizeConfig("size"))
+    assert res["plans"], res
+    best = res["plans"][0]
+    assert best["est_bytes_after"] < 0.6 * best["est_bytes_before"]
+    assert [p["est_bytes_after"] for p in res["plans"]] == sorted(p["est_bytes_after"] for p in res["plans"])
+    cand = g.copy()
+    apply_plan(cand, best)
+    verify(cand)
+    got = executor_outputs(TorchExecutor(cand, fake_quant=True).eval(), [torch.as_tensor(samples[0])])
+    assert gate(ref, got) >= 0                          # the plan passes the (tightened) gate it was chosen by
+    assert any(r["bits"] < 8 for r in best["layers"]) and all(r["why"] for r in best["layers"])
+    before = {k: v.data.copy() for k, v in g.consts.items()}
+    assert all(np.array_equal(before[k], v.data) for k, v in g.consts.items())   # the input graph is unchanged
+
+
+def test_search_gives_nothing_when_the_gate_cannot_hold(digits):
+    g, samples, ref = digits
+    gate = GateScore([OutputSpec("auto")], Thresholds(min_cosine=0.999999))
+    res = optimize_weights(g, samples, ref, gate, OptimizeConfig("size"))
+    assert res["plans"] == [] and "edge of the gate" in res["note"]
