@@ -23,7 +23,7 @@ import torch
 from ..ir import Graph, QuantParams
 from ..ir.torch_ops import TORCH_DTYPES, run_op, to_torch
 
-__all__ = ["CalibrationError", "ValueStats", "collect_ranges", "activation_qparams", "mse_range"]
+__all__ = ["CalibrationError", "ValueStats", "collect_ranges", "activation_qparams", "mse_range", "channel_means"]
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,15 @@ def mse_range(x: np.ndarray, lo: float, hi: float, steps: int = 64) -> tuple[flo
 
 def _observe(graph: Graph, inputs: Sequence[np.ndarray], stats: dict[str, ValueStats],
              rng: np.random.Generator, keep_samples: bool) -> None:
+    env = _run_float(graph, inputs)
+    todo = [v for v in graph.inputs if v.dtype.startswith("float")]
+    todo += [n.output for n in graph.nodes if n.output.dtype.startswith("float")]
+    for v in todo:
+        stats.setdefault(v.name, ValueStats()).update(env[id(v)].numpy(), rng, keep_samples)
+
+
+def _run_float(graph: Graph, inputs: Sequence[np.ndarray]) -> dict[int, torch.Tensor]:
+    """Every value of `graph` on one input tuple (float, no fake quantization), by id."""
     if len(inputs) != len(graph.inputs):
         raise CalibrationError(f"a calibration sample has {len(inputs)} inputs; graph {graph.name!r} "
                                f"takes {len(graph.inputs)} ({', '.join(v.name for v in graph.inputs)})")
@@ -116,15 +125,31 @@ def _observe(graph: Graph, inputs: Sequence[np.ndarray], stats: dict[str, ValueS
             raise CalibrationError(f"calibration input {v.name!r} has shape {list(x.shape)}; the graph "
                                    f"expects {list(v.shape)}")
         env[id(v)] = torch.as_tensor(x).to(TORCH_DTYPES[v.dtype])
-    todo = [v for v in graph.inputs if v.dtype.startswith("float")]
     with torch.no_grad():
         for node in graph.nodes:
             args = [None if v is None else env[id(v)] for v in node.inputs]
             env[id(node.output)] = run_op(node.op, args, node.attrs)
-            if node.output.dtype.startswith("float"):
-                todo.append(node.output)
-    for v in todo:
-        stats.setdefault(v.name, ValueStats()).update(env[id(v)].numpy(), rng, keep_samples)
+    return env
+
+
+def channel_means(graph: Graph, batches: Sequence[Sequence[np.ndarray]], axes: dict[str, int]
+                  ) -> dict[str, np.ndarray]:
+    """Mean of each named activation per channel (`axes[name]`), over all other axes and batches.
+
+    Used by bias correction: E[x] of a layer's input, from the float graph.
+    """
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    names = {v.name: v for v in graph.values()}
+    for inputs in batches:
+        env = _run_float(graph, inputs if isinstance(inputs, (tuple, list)) else (inputs,))
+        for name, axis in axes.items():
+            x = env[id(names[name])].double()
+            axis = axis % x.dim()
+            other = [d for d in range(x.dim()) if d != axis]
+            sums[name] = sums.get(name, 0) + x.sum(other).numpy()
+            counts[name] = counts.get(name, 0) + x.numel() // x.shape[axis]
+    return {k: (sums[k] / counts[k]) for k in sums}
 
 
 def collect_ranges(graph: Graph, batches: Sequence[Sequence[np.ndarray]], method: str = "minmax",

@@ -41,10 +41,10 @@ import numpy as np
 
 from ..ir import Graph, Node, QuantParams, Value
 from .base import Pass, PassError, PassResult
-from .calibrate import CalibrationError, activation_qparams, collect_ranges
+from .calibrate import CalibrationError, activation_qparams, channel_means, collect_ranges
 
 __all__ = ["QuantConfig", "QuantSpecError", "parse_quant_spec", "quantize_weight", "quantize_bias",
-           "QuantizePass", "FIXED_QPARAMS", "SHARED_QPARAMS", "DEFAULT_CALIBRATION", "MAC_OPS"]
+           "QuantizePass", "FIXED_QPARAMS", "SHARED_QPARAMS", "DEFAULT_CALIBRATION", "MAC_OPS", "bias_shift"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,10 @@ class QuantConfig:
     skip : node names kept in float
     dynamic_per : for "dynamic": "tensor" (one scale per input tensor, onnxruntime) or "row" (one
         per row of a linear's input / per sample of a conv's, TFLite's hybrid kernels)
+    bias_correction : shift each linear / conv bias by the mean output error of its quantized
+        weight, ``-(W_q - W) @ E[x]`` with E[x] from the float graph on the calibration inputs
+        (Nagel et al. 2019, "Data-Free Quantization", sec. 4.2, with measured means); needs
+        calibration inputs. Layers without a bias are left as they are.
     """
 
     mode: str = "int8"
@@ -91,6 +95,7 @@ class QuantConfig:
     percentile: float = 99.99
     skip: tuple[str, ...] = ()
     dynamic_per: str = "tensor"
+    bias_correction: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("int8", "none"):
@@ -169,6 +174,20 @@ def quantize_bias(b: np.ndarray, s_in: float, s_w: np.ndarray) -> tuple[np.ndarr
     if np.any(np.abs(q) > INT32_MAX):
         raise ValueError(f"bias does not fit int32 at scale {float(scale.min()):.3g}; raise the weight scale")
     return q.astype(np.int32), QuantParams(scale, np.zeros(scale.size, np.int32), 0, "int32")
+
+
+def bias_shift(dw: np.ndarray, mean_x: np.ndarray, groups: int = 1) -> np.ndarray:
+    """Mean output error of a weight error `dw` on inputs of mean `mean_x`: what bias correction
+    subtracts from the bias.
+
+    `dw` is [out, in] (linear) or [out, in / groups, *kernel] (conv, where zero padding at the
+    borders is ignored: the interior sees every tap); `mean_x` is E[x] per input channel.
+    """
+    dw = dw.astype(np.float64).reshape(dw.shape[0], dw.shape[1], -1).sum(2)     # [out, in_g]
+    c_out, in_g = dw.shape
+    m = np.asarray(mean_x, np.float64).reshape(groups, in_g)                   # [groups, in_g]
+    g_of_out = np.arange(c_out) // (c_out // groups)
+    return (dw * m[g_of_out]).sum(1).astype(np.float32)
 
 
 # -------------------------------------------------------------------------- graph helpers
@@ -370,7 +389,8 @@ class QuantizePass(Pass):
             except CalibrationError as e:
                 raise PassError(f"quantize: {e}") from e
             n_act = _assign_activations(graph, ranges, skip)
-        records = self._quantize_weights(graph, skip)
+        means = self._input_means(graph, skip) if cfg.bias_correction else {}
+        records = self._quantize_weights(graph, skip, means)
         arith = _mark_arith(graph, cfg.activations)
         for r in records:
             r["arith"] = arith.get(r["node"], "fp32")
@@ -380,7 +400,24 @@ class QuantizePass(Pass):
                                "dynamic_per": cfg.dynamic_per if cfg.activations == "dynamic" else None}
         return PassResult(graph, bool(records) or n_act > 0, records)
 
-    def _quantize_weights(self, graph: Graph, skip: set[str]) -> list[dict]:
+    def _input_means(self, graph: Graph, skip: set[str]) -> dict[str, np.ndarray]:
+        """E[x] per input channel of every linear / conv with a bias, by node name."""
+        if not self.calibration:
+            raise PassError("quantize: bias correction needs calibration inputs (--calib FILE)")
+        axes, owner = {}, {}
+        for node in graph.nodes:
+            if node.op in ("linear", "conv") and node.name not in skip and _float_const(node.input(2)) \
+                    and _weight_use(node) is not None and not node.input(0).is_const:
+                axes[node.input(0).name] = 1 if node.op == "conv" else -1
+                owner[node.name] = node.input(0).name
+        try:
+            means = channel_means(graph, self.calibration, axes)
+        except CalibrationError as e:
+            raise PassError(f"quantize: {e}") from e
+        return {n: means[x] for n, x in owner.items()}
+
+    def _quantize_weights(self, graph: Graph, skip: set[str], means: dict[str, np.ndarray] | None = None
+                          ) -> list[dict]:
         records = []
         done: set[str] = set()
         for node in graph.nodes:
@@ -396,11 +433,13 @@ class QuantizePass(Pass):
                 log.info("quantize: %s stays float: it is shared with a non-layer or skipped use", w.name)
                 continue
             done.add(w.name)
-            records.append(self._quantize_layer(graph, node, i, axis, single=len(users) == 1))
+            records.append(self._quantize_layer(graph, node, i, axis, single=len(users) == 1,
+                                                mean_x=(means or {}).get(node.name)))
         return records
 
     @staticmethod
-    def _quantize_layer(graph: Graph, node: Node, i: int, axis: int, single: bool) -> dict:
+    def _quantize_layer(graph: Graph, node: Node, i: int, axis: int, single: bool,
+                        mean_x: np.ndarray | None = None) -> dict:
         w = node.inputs[i]
         b = node.input(2) if node.op in ("linear", "conv") else None
         x = node.inputs[0]
@@ -411,10 +450,15 @@ class QuantizePass(Pass):
         if quant_bias:      # keep |b / (s_in * s_w)| within int32
             min_scale = np.abs(b.data).astype(np.float64) / (float(s_in.scale[0]) * INT32_MAX) * 1.0001
         q, qp = quantize_weight(w.data, axis, min_scale)
+        shift = None
+        if mean_x is not None and single and _float_const(b) and len(b.uses) == 1:
+            shift = bias_shift(qp.dequantize(q) - w.data, mean_x, node.attrs.get("groups", 1))
+            b.data = (b.data - shift).astype(b.data.dtype)
         w.data, w.quant, w.dtype = q, qp, "float32"
         rec = {"node": node.name, "op": node.op, "kind": "quantize", "bits": 8, "weight": w.name,
                "axis": axis, "scale_min": float(qp.scale.min()), "scale_max": float(qp.scale.max()),
-               "scale_median": float(np.median(qp.scale)), "bias_bits": None}
+               "scale_median": float(np.median(qp.scale)), "bias_bits": None,
+               "bias_shift_max": None if shift is None else float(np.abs(shift).max())}
         if quant_bias:
             bq, bqp = quantize_bias(b.data, float(s_in.scale[0]), qp.scale)
             b.data, b.quant, b.dtype = bq, bqp, "float32"

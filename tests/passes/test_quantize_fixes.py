@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from edgecompile.backends.onnx import emit_onnx
@@ -115,3 +116,61 @@ def test_an_additive_finfo_min_mask_stays_float_and_onnxruntime_agrees():
     em = emit_onnx(q, embed_weights=False)
     got = create_session(em.model_bytes, em.tensors).run(None, {"x": x, "mask": m})[0]
     assert np.abs(got - want).max() <= 2 * float(q.outputs[0].quant.scale[0]) + 1e-6
+
+
+# -- bias correction ------------------------------------------------------------------------------
+from edgecompile.passes.base import PassError  # noqa: E402
+from edgecompile.passes.quantize import bias_shift  # noqa: E402
+
+
+def test_bias_shift_is_the_mean_output_error():
+    rng = np.random.default_rng(0)
+    # linear: E[(W + dW) x] - E[W x] = dW E[x]
+    dw, x = rng.normal(0, 0.01, (5, 7)), rng.normal(2, 1, (4000, 7))
+    np.testing.assert_allclose(bias_shift(dw, x.mean(0)), (x @ dw.T).mean(0), rtol=1e-5)
+    # grouped conv (2 groups, 4 outputs, 6 inputs) without padding: exact per output channel
+    dwc = rng.normal(0, 0.01, (4, 3, 3, 3)).astype(np.float32)
+    # per-channel constant inputs: every output position sees the channel means exactly
+    xc = torch.from_numpy(np.broadcast_to(rng.normal(1, 1, (1, 6, 1, 1)), (8, 6, 10, 10)).astype(np.float32))
+    want = torch.nn.functional.conv2d(xc, torch.from_numpy(dwc), groups=2).mean((0, 2, 3)).numpy()
+    np.testing.assert_allclose(bias_shift(dwc, xc.mean((0, 2, 3)).numpy(), groups=2), want, rtol=1e-4, atol=1e-7)
+
+
+def _biased_mlp(rng) -> tuple[Graph, list]:
+    """Inputs with a large mean (E[x] = 3): weight rounding errors turn into an output offset."""
+    g = Graph("biased")
+    x = g.add_input("x", (64, 32))
+    w = rng.normal(0, 0.3, (16, 32)).astype(np.float32)
+    y = g.add_node("linear", [x, g.add_const("w", w), g.add_const("b", np.zeros(16, np.float32))], name="fc").output
+    g.outputs = [y]
+    infer_shapes(g)
+    verify(g)
+    return g, [(rng.normal(3, 1, (64, 32)).astype(np.float32),) for _ in range(4)]
+
+
+def test_bias_correction_removes_the_mean_error_of_quantized_weights():
+    g, calib = _biased_mlp(np.random.default_rng(0))
+    held = np.random.default_rng(1).normal(3, 1, (64, 32)).astype(np.float32)
+    ref = run_graph(g, held, fake_quant=False)
+    errs = {}
+    for corr in (False, True):
+        q = g.copy()
+        res = QuantizePass(QuantConfig(activations="weights_only", bias_correction=corr), calib)(q)
+        errs[corr] = (run_graph(q, held) - ref).mean(0)       # per-channel mean error
+        assert (res.records[0]["bias_shift_max"] is not None) == corr
+    assert np.abs(errs[True]).max() < 0.1 * np.abs(errs[False]).max()
+    # full int8: the int32 bias carries the correction
+    q = g.copy()
+    QuantizePass(QuantConfig(bias_correction=True), calib)(q)
+    assert q.consts["b"].data.dtype == np.int32 and np.any(q.consts["b"].data != 0)
+
+
+def test_bias_correction_needs_calibration_and_skips_layers_without_bias():
+    g, calib = _biased_mlp(np.random.default_rng(0))
+    with pytest.raises(PassError, match="calibration"):
+        QuantizePass(QuantConfig(activations="weights_only", bias_correction=True))(g.copy())
+    nob = g.copy()
+    nob.set_input(nob.node("fc"), 2, None)
+    nob.remove_unused()
+    res = QuantizePass(QuantConfig(activations="weights_only", bias_correction=True), calib)(nob)
+    assert res.records[0]["bias_shift_max"] is None
