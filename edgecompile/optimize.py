@@ -13,8 +13,9 @@ coder reaches). Then one tolerance is searched by bisection: every layer takes i
 setting whose solo cost is within the tolerance, and the largest tolerance whose *joint* result
 still passes the tightened gate wins. The real-runtime gate checks the result afterwards.
 
-Cost: (layers × ladder steps) forward passes of the search set plus ~10 joint ones; a solo walk
-stops at the first setting that fails badly. Low rank is not in the ladder: measured on pretrained
+Cost: at most (layers × ladder steps) forward passes of the search set (capped by `max_evals`;
+only the largest layers holding `coverage` of the bytes are searched) plus ~10 joint ones; a solo
+walk stops at the first setting that fails the gate alone (it could never be chosen). Low rank is not in the ladder: measured on pretrained
 weights, effective ranks are ~0.7 of full rank, so factorizing adds bytes (DESIGN.md).
 
 Goals: ``size`` (the whole ladder), ``balanced`` (at least 4 bits, at most 50 % sparsity),
@@ -39,9 +40,10 @@ from .passes.cluster import cluster_int8
 log = logging.getLogger(__name__)
 
 GOALS = ("size", "balanced", "latency", "none")
-# (sparsity, bits): from mild to aggressive; bits 8 means "keep the int8 values".
-LADDER = ((0.0, 6), (0.0, 5), (0.0, 4), (0.5, 5), (0.0, 3), (0.5, 4), (0.5, 3), (0.0, 2), (0.75, 3),
-          (0.75, 2), (0.9, 2))
+# (sparsity, bits): from mild to aggressive. Six steps: each costs one forward pass of the search
+# set per layer, and the bits a weight costs fall fastest between 5 and 2 levels' bits.
+LADDER = ((0.0, 5), (0.0, 4), (0.0, 3), (0.5, 3), (0.0, 2), (0.75, 2))
+BALANCED = ((0.0, 6), (0.0, 5), (0.0, 4), (0.5, 4))
 
 
 class OptimizeError(ValueError):
@@ -53,6 +55,8 @@ class OptimizeConfig:
     goal: str = "size"
     margin: float = 0.3          # keep this share of each threshold's headroom on the search set
     min_params: int = 1024       # smaller weights cost little and are often sensitive
+    coverage: float = 0.95       # search the largest layers holding this share of the int8 bytes
+    max_evals: int = 320         # forward passes of the search set in the solo phase
 
     def __post_init__(self) -> None:
         if self.goal not in GOALS:
@@ -60,9 +64,7 @@ class OptimizeConfig:
 
     @property
     def ladder(self) -> tuple[tuple[float, int], ...]:
-        if self.goal == "balanced":
-            return tuple(s for s in LADDER if s[1] >= 4 and s[0] <= 0.5)
-        return LADDER if self.goal == "size" else ()
+        return {"size": LADDER, "balanced": BALANCED}.get(self.goal, ())
 
 
 def entropy_bytes(q: np.ndarray) -> float:
@@ -190,13 +192,23 @@ def optimize_weights(graph: Graph, samples: Sequence[np.ndarray], ref: list[np.n
     if base < 0:
         return {"goal": config.goal, "plans": [], "base_score": round(base, 4),
                 "note": "int8 alone is at the edge of the gate on the search set: no further compression"}
-    for i, layer in enumerate(sorted(layers, key=lambda lay: -lay.bytes0)):
+    layers.sort(key=lambda lay: -lay.bytes0)
+    total, kept, acc = sum(lay.bytes0 for lay in layers), [], 0.0
+    for lay in layers:                    # the largest layers first, until `coverage` of the bytes
+        if acc >= config.coverage * total:
+            break
+        kept.append(lay)
+        acc += lay.bytes0
+    layers = kept
+    for i, layer in enumerate(layers):
+        if scorer.evals >= config.max_evals:
+            break                         # out of budget: the smaller layers keep int8
         for sparsity, bits in ladder:
             q = apply_setting(layer.q, sparsity, bits)
             scorer.set_weight(layer, q)
             s = scorer()
             layer.options.append((base - s, entropy_bytes(q), (sparsity, bits), q))
-            if s < -1.0:       # far below the gate: harsher settings only get worse
+            if s < 0:          # fails the gate alone: it can never be chosen, and harsher steps cost more
                 break
         scorer.set_weight(layer, layer.q)
         if progress:
