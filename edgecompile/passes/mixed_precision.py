@@ -15,6 +15,9 @@ graph (full int8, `QuantizePass`), then
 3. quantizes another copy with ``QuantConfig(skip=...)`` and measures the final score (ranges are
    recalibrated there, so this is exactly what the build will ship).
 
+With ``config.fallback == "dynamic"`` the measurement runs float-kept layers as the build will:
+int8 weights with run-time (dynamic-range) input quantization.
+
 The measurement runs the IR with torch ops and fake quantization, the executor's numerics.
 """
 
@@ -29,8 +32,8 @@ import numpy as np
 import torch
 
 from ..ir import Graph, QuantParams, Value
-from ..ir.torch_ops import TORCH_DTYPES, fake_quant, run_op, to_torch
-from .quantize import SHARED_QPARAMS, QuantConfig, QuantizePass
+from ..ir.torch_ops import TORCH_DTYPES, dynamic_fake_quant, fake_quant, run_op, to_torch
+from .quantize import MAC_OPS, SHARED_QPARAMS, QuantConfig, QuantizePass
 
 __all__ = ["select_float_nodes", "mean_cosine", "quant_units"]
 
@@ -97,8 +100,11 @@ def _neighbours(vs: list[Value], unit_of: dict[int, str]) -> list[str]:
 class _Runner:
     """Runs a quantized graph with fake quantization, with chosen units left unquantized."""
 
-    def __init__(self, graph: Graph, float_graph: Graph | None = None):
+    def __init__(self, graph: Graph, float_graph: Graph | None = None, dynamic: bool = False):
         self.graph = graph
+        # QuantConfig.fallback == "dynamic": a float-kept layer keeps int8 weights and quantizes its
+        # input at run time, as does any int8 layer whose input is float
+        self.dynamic = dynamic
         self.consts = {id(v): to_torch(v.real()) for v in graph.consts.values()}
         # a node kept float also keeps float weights (what QuantConfig.skip does)
         self.float_consts = {} if float_graph is None else {
@@ -116,7 +122,14 @@ class _Runner:
             env[id(v)] = self._fq(v, t, off, probes if probe else None)
         for node in g.nodes:
             args = [None if v is None else env[id(v)] for v in node.inputs]
-            if id(node.output) in off:
+            if node.meta.get("arith") == "int8-dynamic" and args:     # as the executor does
+                args[0] = dynamic_fake_quant(args[0])
+            elif self.dynamic and node.op in MAC_OPS and args and id(node.input(1)) in self.float_consts \
+                    and not node.input(0).is_const:
+                x = node.input(0)
+                if id(node.output) in off or x.quant is None or id(x) in off:
+                    args[0] = dynamic_fake_quant(args[0])
+            elif id(node.output) in off:
                 args = [self.float_consts.get(id(v), a) if v is not None else a for v, a in zip(node.inputs, args)]
             env[id(node.output)] = self._fq(node.output, run_op(node.op, args, node.attrs), off,
                                             probes if probe else None)
@@ -213,7 +226,7 @@ def select_float_nodes(graph: Graph, calib_batches: Sequence[Sequence[np.ndarray
     ref = _outputs(_Runner(graph), batches, set())
     q = graph.copy()
     QuantizePass(config, batches)(q)
-    runner = _Runner(q, graph)
+    runner = _Runner(q, graph, dynamic=config.fallback == "dynamic")
     units = quant_units(q)
     units = {k: vs for k, vs in units.items() if k not in set(config.skip)}
     est = _estimate(runner, batches, ref, units)

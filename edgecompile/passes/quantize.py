@@ -83,6 +83,9 @@ class QuantConfig:
     skip : node names kept in float
     dynamic_per : for "dynamic": "tensor" (one scale per input tensor, onnxruntime) or "row" (one
         per row of a linear's input / per sample of a conv's, TFLite's hybrid kernels)
+    fallback : for "all": what nodes in `skip` compute. "fp32": float weights and arithmetic;
+        "dynamic": int8 weights and dynamic-range integer matmuls (float activations between
+        them), which keeps most of full int8's speed where a sensitive activation stays float
     bias_correction : shift each linear / conv bias by the mean output error of its quantized
         weight, ``-(W_q - W) @ E[x]`` with E[x] from the float graph on the calibration inputs
         (Nagel et al. 2019, "Data-Free Quantization", sec. 4.2, with measured means); needs
@@ -96,6 +99,7 @@ class QuantConfig:
     skip: tuple[str, ...] = ()
     dynamic_per: str = "tensor"
     bias_correction: bool = False
+    fallback: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.mode not in ("int8", "none"):
@@ -103,6 +107,8 @@ class QuantConfig:
         if self.activations not in ("all", "weights_only", "dynamic"):
             raise QuantSpecError(f"unknown activation setting {self.activations!r}; "
                                  f"use 'all', 'weights_only' or 'dynamic'")
+        if self.fallback not in ("fp32", "dynamic"):
+            raise QuantSpecError(f"unknown fallback {self.fallback!r}; use 'fp32' or 'dynamic'")
         if self.dynamic_per not in ("tensor", "row"):
             raise QuantSpecError(f"unknown dynamic_per {self.dynamic_per!r}; use 'tensor' or 'row'")
         if self.calibration not in ("minmax", "percentile", "mse"):
@@ -322,8 +328,12 @@ def _feeds_only_softmax(vs: list[Value], groups: _Groups, root: int) -> bool:
 
 # ---------------------------------------------------------------------------------- pass
 
-def _mark_arith(graph: Graph, activations: str) -> dict[str, str]:
-    """Sets ``node.meta["arith"]`` on every MAC node; returns {node name: arith}."""
+def _mark_arith(graph: Graph, activations: str, fallback: str = "fp32") -> dict[str, str]:
+    """Sets ``node.meta["arith"]`` on every MAC node; returns {node name: arith}.
+
+    With ``fallback="dynamic"`` a full-int8 graph's int8-weight layers whose input or output is
+    float (kept float by `skip`, or fed by such a node) run dynamic-range int8 instead of fp32.
+    """
     out = {}
     for node in graph.nodes:
         if node.op not in MAC_OPS:
@@ -335,6 +345,8 @@ def _mark_arith(graph: Graph, activations: str) -> dict[str, str]:
         elif activations == "all" and x is not None and x.quant is not None and node.output.quant is not None \
                 and (int8_w or (w is not None and not w.is_const and w.quant is not None)):
             arith = "int8"
+        elif activations == "all" and fallback == "dynamic" and int8_w and x is not None and not x.is_const:
+            arith = "int8-dynamic"
         else:
             arith = "fp32"
         node.meta["arith"] = out[node.name] = arith
@@ -390,8 +402,10 @@ class QuantizePass(Pass):
                 raise PassError(f"quantize: {e}") from e
             n_act = _assign_activations(graph, ranges, skip)
         means = self._input_means(graph, skip) if cfg.bias_correction else {}
-        records = self._quantize_weights(graph, skip, means)
-        arith = _mark_arith(graph, cfg.activations)
+        # skipped nodes keep float weights, unless they fall back to dynamic-range int8
+        weight_skip = set() if cfg.activations == "all" and cfg.fallback == "dynamic" else skip
+        records = self._quantize_weights(graph, weight_skip, means)
+        arith = _mark_arith(graph, cfg.activations, cfg.fallback)
         for r in records:
             r["arith"] = arith.get(r["node"], "fp32")
         graph.meta["quant"] = {"scheme": cfg.mode, "activations": cfg.activations,

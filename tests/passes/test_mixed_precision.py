@@ -123,3 +123,33 @@ def test_mean_cosine_judges_scalar_outputs_over_the_set():
     ref = np.array([[1.0], [2.0], [3.0]])
     assert mean_cosine([ref], [-ref]) == pytest.approx(-1.0)   # a per-sample cosine would be 1 for 1 value
     assert mean_cosine([ref], [ref]) == pytest.approx(1.0)
+
+
+def test_dynamic_fallback_keeps_int8_weights_and_integer_matmuls():
+    from edgecompile.backends.onnx import emit_onnx
+    from edgecompile.loader import create_session
+
+    g = outlier_mlp(outlier=1.0)
+    calib, held = _batches(0), _batches(1)
+    cfg = QuantConfig(fallback="dynamic")
+    # an unreachable score: the walk measures every unit and keeps those that gain
+    skip, records = select_float_nodes(g, calib, min_score=1.01, config=cfg)
+    kept = [r["node"] for r in records[:-1] if r["float"]]
+    assert kept and set(kept) <= set(skip)
+    q = g.copy()
+    QuantizePass(QuantConfig(fallback="dynamic", skip=skip), calib)(q)
+    # what the walk reports is what the build gets (same config, recalibrated)
+    assert records[-1]["score_final"] == pytest.approx(_score(g, q, calib), abs=1e-6)
+    assert records[-1]["score_final"] >= records[-1]["score_int8"]
+    for name in ("fc1", "fc2"):
+        node = q.node(name)
+        assert node.input(1).data.dtype == np.int8            # int8 weights even when kept float
+        want = "int8" if node.input(0).quant is not None and node.output.quant is not None else "int8-dynamic"
+        assert node.meta["arith"] == want
+    assert any(q.node(n).meta.get("arith") == "int8-dynamic" for n in ("fc1", "fc2"))
+    # onnxruntime computes what the executor does: within one output step
+    x = held[0][0]
+    m = emit_onnx(q, embed_weights=False)
+    got = create_session(m.model_bytes, m.tensors).run(None, {"x": x})[0]
+    step = float(q.outputs[0].quant.scale[0]) if q.outputs[0].quant is not None else 1e-5
+    assert np.abs(got - run_graph(q, x)).max() <= step + 1e-5
