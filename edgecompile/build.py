@@ -27,7 +27,7 @@ from . import __version__
 from .analysis import total_macs
 from .data_io import Samples, as_samples, batches, load_samples, synthesize_samples
 from .ir import Graph, verify
-from .modelspec import LoadedModel, load_model
+from .modelspec import LoadedModel, batch_first, load_model
 from .targets import Target, load_target
 from .fidelity import Fidelity, FidelitySpecError, OutputSpec, Thresholds, compare, parse_output_specs
 
@@ -414,6 +414,7 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
         return BuildResult(out, {}, None, degraded=False, written=False)  # nothing to share out
     t = time.perf_counter()
     loaded = model_spec if isinstance(model_spec, LoadedModel) else load_model(model_spec)
+    loaded = batch_first(loaded)
     torch.manual_seed(cfg.seed)
     t = stage_done("load model", 0.05, t)
 

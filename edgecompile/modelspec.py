@@ -7,7 +7,14 @@ The factory contract (also in the README): a callable taking no arguments that r
 - `example_inputs`: a tuple of tensors with the deployment shapes (the graph is static);
 - `data` (optional): a dict with ``"calib"`` (tuple of arrays, one per input, samples stacked on
   axis 0) for calibration and fine-tuning, ``"eval"`` (same form) held back for verification, and
-  ``"labels"`` (integer array for ``eval``) to measure accuracy.
+  ``"labels"`` (integer array for ``eval``) to measure accuracy; ``"outputs"`` (one kind per model
+  output, in the order torch flattens them: ``"logits"``, ``"embedding"``, ``"probability"``,
+  ``"regression"``, ``"detection"``, ``"state"`` or ``"auto"``, or a dict ``{"kind", "threshold"}``;
+  see `fidelity`); ``"metric"`` (a callable ``(ref_outputs, bundle_outputs) -> {"name", "value",
+  "threshold"}`` or a list of such dicts: the factory's own checks, e.g. over a whole stream);
+  ``"batch_axes"`` (one integer per input: where its batch axis is, e.g. 1 for an LSTM state
+  ``[layers, B, hidden]``; samples are still stacked on axis 0, and the bundle takes and returns
+  batch-first tensors, see `batch_first`).
 
 A `.pt2` file is a saved `torch.export` program; its module is the reference.
 """
@@ -95,10 +102,71 @@ def _check_data(data, n_inputs: int, what: str) -> dict:
         if not callable(data["metric"]):
             raise ModelSpecError(f"{what}: data['metric'] must be a callable (ref_outputs, bundle_outputs) -> dict")
         out["metric"] = data["metric"]
-    unknown = sorted(set(data) - {"calib", "eval", "labels", "outputs", "metric"})
+    if "batch_axes" in data:
+        axes = data["batch_axes"]
+        if not isinstance(axes, (list, tuple)) or len(axes) != n_inputs or not all(isinstance(a, int) for a in axes):
+            raise ModelSpecError(f"{what}: data['batch_axes'] must list one integer axis per model input "
+                                 f"({n_inputs})")
+        out["batch_axes"] = [int(a) for a in axes]
+    unknown = sorted(set(data) - {"calib", "eval", "labels", "outputs", "metric", "batch_axes"})
     if unknown:
-        raise ModelSpecError(f"{what}: unknown data key(s) {unknown}; use calib, eval, labels, outputs, metric")
+        raise ModelSpecError(f"{what}: unknown data key(s) {unknown}; use calib, eval, labels, outputs, metric, "
+                             "batch_axes")
     return out
+
+
+class BatchFirst(torch.nn.Module):
+    """Wraps a model whose inputs/outputs carry the batch on another axis (an LSTM state laid out
+    ``[layers, B, hidden]``) so that every input and output has it on axis 0: samples stack on
+    axis 0 everywhere in the build, and the bundle takes and returns batch-first tensors."""
+
+    def __init__(self, module: torch.nn.Module, in_axes: list[int], out_axes: list[int]):
+        super().__init__()
+        self.module, self.in_axes, self.out_axes = module, list(in_axes), list(out_axes)
+
+    def forward(self, *xs):
+        from torch.utils._pytree import tree_leaves
+
+        ys = self.module(*[x.movedim(0, a) for x, a in zip(xs, self.in_axes)])
+        ys = [t for t in tree_leaves(ys) if isinstance(t, torch.Tensor)]
+        out = tuple(y.movedim(a, 0) for y, a in zip(ys, self.out_axes))
+        return out[0] if len(out) == 1 else out
+
+
+def batch_first(loaded: LoadedModel) -> LoadedModel:
+    """`loaded` with every input and output batch-first (`BatchFirst`), when the factory declared
+    ``data["batch_axes"]`` other than 0. Each output's batch axis is found by a second trace at
+    twice the batch size: the axis whose size doubles."""
+    from torch.utils._pytree import tree_leaves
+
+    axes = loaded.data.get("batch_axes")
+    if not axes or all(a == 0 for a in axes):
+        return loaded
+    ex = loaded.example_inputs
+    for i, (x, a) in enumerate(zip(ex, axes)):
+        if not -x.dim() <= a < x.dim():
+            raise ModelSpecError(f"batch axis {a} of input {i} is outside its shape {list(x.shape)}")
+    axes = [a % x.dim() for x, a in zip(ex, axes)]
+    sizes = sorted({int(x.shape[a]) for x, a in zip(ex, axes)})
+    if len(sizes) != 1:
+        raise ModelSpecError(f"the example inputs' batch axes {axes} have different sizes {sizes}")
+
+    def tensors(y):
+        return [t for t in tree_leaves(y) if isinstance(t, torch.Tensor)]
+
+    with torch.no_grad():
+        y1 = tensors(loaded.module(*ex))
+        y2 = tensors(loaded.module(*[torch.cat([x, x], a) for x, a in zip(ex, axes)]))
+    out_axes = []
+    for k, (a, b) in enumerate(zip(y1, y2)):
+        grown = [d for d in range(a.dim()) if a.dim() == b.dim() and b.shape[d] == 2 * a.shape[d] > 0]
+        if len(grown) != 1:
+            raise ModelSpecError(f"cannot tell the batch axis of output {k}: shape {list(a.shape)} at batch "
+                                 f"{sizes[0]}, {list(b.shape)} at twice that")
+        out_axes.append(grown[0])
+    module = BatchFirst(loaded.module, axes, out_axes).eval()
+    example = tuple(x.movedim(a, 0).contiguous() for x, a in zip(ex, axes))
+    return LoadedModel(loaded.name, module, example, loaded.data, None)
 
 
 def load_model(spec: str | None) -> LoadedModel:

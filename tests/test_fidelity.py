@@ -173,3 +173,35 @@ def test_oversize_bundle_fails_unless_allowed(tmp_path):
     assert (tmp_path / "b.failed" / "report.json").is_file()
     res = build(loaded, BuildConfig(target="nrf52840", out=tmp_path / "b", latency_repeats=2, allow_oversize=True))
     assert res.report["verdict"]["oversize"] and (tmp_path / "b" / "manifest.json").is_file()
+
+
+class StatefulGRU(nn.Module):
+    """A recurrent model whose state is laid out [layers, B, hidden], as nn.GRU wants it."""
+
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(4, 16, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x, h):
+        y, h = self.gru(x, h)
+        return self.head(y[:, -1]), h
+
+
+def test_batch_axis_declared_by_the_factory(tmp_path):
+    torch.manual_seed(0)
+    g = np.random.default_rng(0)
+    x = g.normal(size=(80, 6, 4)).astype(np.float32)
+    h = (0.5 * g.normal(size=(80, 1, 16))).astype(np.float32)          # samples on axis 0: [N, layers, hidden]
+    data = {"calib": (x[:48], h[:48]), "eval": (x[48:], h[48:]), "outputs": ["auto", "state"],
+            "batch_axes": [0, 1]}
+    loaded = LoadedModel("gru", StatefulGRU().eval(), (torch.from_numpy(x[:2]), torch.from_numpy(h[:2]).transpose(0, 1)),
+                         data)
+    res = build(loaded, BuildConfig(target="host", out=tmp_path / "g", latency_repeats=2))
+    man = json.loads((tmp_path / "g" / "manifest.json").read_text())
+    assert [i["shape"] for i in man["inputs"]] == [[2, 6, 4], [2, 1, 16]]     # batch-first in the bundle
+    assert [o["kind"] for o in res.report["fidelity"]["outputs"]] == ["auto", "state"]
+    assert res.report["fidelity"]["n_samples"] == 32 and res.report["verdict"]["passed"]
+    from edgecompile.modelspec import ModelSpecError, _check_data
+    with pytest.raises(ModelSpecError, match="batch_axes"):
+        _check_data({"batch_axes": [0]}, 2, "factory")
