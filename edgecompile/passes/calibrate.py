@@ -105,12 +105,13 @@ def mse_range(x: np.ndarray, lo: float, hi: float, steps: int = 64) -> tuple[flo
 
 
 def _observe(graph: Graph, inputs: Sequence[np.ndarray], stats: dict[str, ValueStats],
-             rng: np.random.Generator, keep_samples: bool) -> None:
+             rng: np.random.Generator, keep_samples: bool | set[str]) -> None:
     env = _run_float(graph, inputs)
     todo = [v for v in graph.inputs if v.dtype.startswith("float")]
     todo += [n.output for n in graph.nodes if n.output.dtype.startswith("float")]
     for v in todo:
-        stats.setdefault(v.name, ValueStats()).update(env[id(v)].numpy(), rng, keep_samples)
+        keep = keep_samples if isinstance(keep_samples, bool) else v.name in keep_samples
+        stats.setdefault(v.name, ValueStats()).update(env[id(v)].numpy(), rng, keep)
 
 
 def _run_float(graph: Graph, inputs: Sequence[np.ndarray]) -> dict[int, torch.Tensor]:
@@ -153,7 +154,8 @@ def channel_means(graph: Graph, batches: Sequence[Sequence[np.ndarray]], axes: d
 
 
 def collect_ranges(graph: Graph, batches: Sequence[Sequence[np.ndarray]], method: str = "minmax",
-                   percentile: float = 99.99, seed: int = 0) -> dict[str, tuple[float, float]]:
+                   percentile: float = 99.99, seed: int = 0, overrides: dict[str, str] | None = None
+                   ) -> dict[str, tuple[float, float]]:
     """Quantization range of every float activation, by value name.
 
     Parameters
@@ -163,23 +165,28 @@ def collect_ranges(graph: Graph, batches: Sequence[Sequence[np.ndarray]], method
     method : "minmax", "percentile" or "mse"
     percentile : for "percentile": the upper percentile (the lower is ``100 - percentile``)
     seed : for the subsampling of values kept for percentile / MSE
+    overrides : value name -> method, for the values that use another method than `method`
+        (chosen per tensor by measurement: `mixed_precision.select_float_nodes(try_ranges=...)`)
     """
-    if method not in ("minmax", "percentile", "mse"):
-        raise CalibrationError(f"unknown calibration method {method!r}; use minmax, percentile or mse")
+    overrides = dict(overrides or {})
+    for m in {method, *overrides.values()}:
+        if m not in ("minmax", "percentile", "mse"):
+            raise CalibrationError(f"unknown calibration method {m!r}; use minmax, percentile or mse")
     if not batches:
         raise CalibrationError("no calibration inputs: give at least one input tuple")
     rng = np.random.default_rng(seed)
     stats: dict[str, ValueStats] = {}
     for inputs in batches:
         _observe(graph, inputs if isinstance(inputs, (tuple, list)) else (inputs,), stats, rng,
-                 keep_samples=method != "minmax")
+                 keep_samples=method != "minmax" or {k for k, m in overrides.items() if m != "minmax"})
     ranges = {}
     for name, s in stats.items():
         if s.seen == 0:
             raise CalibrationError(f"activation {name!r} had no finite value on the calibration inputs")
-        if method == "minmax":
+        how = overrides.get(name, method)
+        if how == "minmax":
             ranges[name] = (s.lo, s.hi)
-        elif method == "percentile":
+        elif how == "percentile":
             x = s.sample(rng)
             lo, hi = np.percentile(x, [100.0 - percentile, percentile])
             ranges[name] = (float(lo), float(hi))

@@ -33,6 +33,7 @@ import torch
 
 from ..ir import Graph, QuantParams, Value
 from ..ir.torch_ops import TORCH_DTYPES, dynamic_fake_quant, fake_quant, run_op, to_torch
+from .calibrate import activation_qparams, collect_ranges
 from .quantize import MAC_OPS, SHARED_QPARAMS, QuantConfig, QuantizePass
 
 __all__ = ["select_float_nodes", "mean_cosine", "quant_units"]
@@ -112,11 +113,15 @@ class _Runner:
             if v.quant is not None and v.name in float_graph.consts
             and float_graph.consts[v.name].quant is None}
 
-    def run(self, inputs: Sequence[np.ndarray], off: set[int], probe: bool = False):
-        """Outputs (and, with `probe`, {id(value): (pre, fake-quantized, zero-grad handle)})."""
+    def run(self, inputs: Sequence[np.ndarray], off: set[int], probe: bool = False,
+            override: dict[int, QuantParams] | None = None):
+        """Outputs (and, with `probe`, {id(value): (pre, fake-quantized, zero-grad handle)}).
+
+        `off`: ids of values left unquantized; `override`: other parameters for some values."""
         g = self.graph
         env: dict[int, torch.Tensor] = dict(self.consts)
         probes: dict[int, tuple] = {}
+        self.override = override or {}
         for v, x in zip(g.inputs, inputs):
             t = torch.as_tensor(np.asarray(x)).to(TORCH_DTYPES[v.dtype])
             env[id(v)] = self._fq(v, t, off, probes if probe else None)
@@ -136,9 +141,8 @@ class _Runner:
         outs = [env[id(v)] for v in g.outputs]
         return (outs, probes) if probe else outs
 
-    @staticmethod
-    def _fq(v: Value, t: torch.Tensor, off: set[int], probes: dict | None) -> torch.Tensor:
-        q: QuantParams | None = v.quant
+    def _fq(self, v: Value, t: torch.Tensor, off: set[int], probes: dict | None) -> torch.Tensor:
+        q: QuantParams | None = self.override.get(id(v), v.quant)
         if q is None or id(v) in off or not t.is_floating_point():
             return t
         lo, hi = q.qrange()
@@ -152,9 +156,9 @@ class _Runner:
         return y + handle
 
 
-def _outputs(runner: _Runner, batches, off: set[int]) -> list[np.ndarray]:
+def _outputs(runner: _Runner, batches, off: set[int], override: dict | None = None) -> list[np.ndarray]:
     with torch.no_grad():
-        per_batch = [runner.run(b, off) for b in batches]
+        per_batch = [runner.run(b, off, override=override) for b in batches]
     return [np.concatenate([o[k].float().numpy() for o in per_batch]) for k in range(len(per_batch[0]))]
 
 
@@ -188,10 +192,30 @@ def _estimate(runner: _Runner, batches, ref: list[np.ndarray], units: dict[str, 
     return est
 
 
+def _alternative_qparams(graph: Graph, batches, units: dict[str, list[Value]], methods: Sequence[str],
+                         config: QuantConfig) -> dict[str, dict[str, list[QuantParams]]]:
+    """method -> unit -> parameters of each of its values, from that method's ranges (one range
+    over the unit, as the quantize pass groups shared-parameter values)."""
+    out = {}
+    for m in methods:
+        if m == config.calibration:
+            continue
+        r = collect_ranges(graph, batches, m, config.percentile)
+        per_unit = {}
+        for name, vs in units.items():
+            if any(v.name not in r for v in vs):
+                continue
+            qp = activation_qparams(min(r[v.name][0] for v in vs), max(r[v.name][1] for v in vs))
+            per_unit[name] = [qp] * len(vs)
+        out[m] = per_unit
+    return out
+
+
 def select_float_nodes(graph: Graph, calib_batches: Sequence[Sequence[np.ndarray]],
                        score_fn: ScoreFn | None = None, min_score: float = 0.99,
                        max_float: int | None = None, config: QuantConfig | None = None,
-                       max_evals: int = 64) -> tuple[tuple[str, ...], list[dict]]:
+                       max_evals: int = 64, try_ranges: Sequence[str] = ()
+                       ) -> tuple[tuple[str, ...], list[dict]]:
     """Nodes to keep in float (``QuantConfig.skip``) so that full int8 scores at least `min_score`.
 
     Parameters
@@ -205,6 +229,9 @@ def select_float_nodes(graph: Graph, calib_batches: Sequence[Sequence[np.ndarray
     max_float : at most this many units kept in float (None: no limit)
     config : the int8 config to start from (`activations` must be "all"); its `skip` is kept
     max_evals : at most this many measurements in the walk
+    try_ranges : range methods ("percentile", "mse") to try on an activation before keeping it
+        float: the first that recovers 90 % of float's measured gain keeps it int8 with that
+        range (costs one calibration per method and one measurement per method and candidate)
 
     Returns
     -------
@@ -212,8 +239,9 @@ def select_float_nodes(graph: Graph, calib_batches: Sequence[Sequence[np.ndarray
         including `config.skip`
     records : one dict per node of the walk: ``node``, ``op``, ``estimate`` (single-pass cost),
         ``measured_gain`` (score change when it was un-quantized, None if not measured),
-        ``score_after``, ``float`` (kept float?), ``reason``; plus a last record with ``node``
-        None holding ``score_int8``, ``score_final``, ``seconds``, ``evals``.
+        ``score_after``, ``float`` (kept float?), ``range`` (the range method chosen instead, or
+        None), ``reason``; plus a last record with ``node`` None holding ``score_int8``,
+        ``score_final``, ``ranges`` (pass as ``QuantConfig.ranges``), ``seconds``, ``evals``.
     """
     t0 = time.perf_counter()
     score_fn = score_fn or mean_cosine
@@ -237,8 +265,13 @@ def select_float_nodes(graph: Graph, calib_batches: Sequence[Sequence[np.ndarray
     kept: list[str] = []
     evals = 0
     unit_of = {id(v): k for k, vs in units.items() for v in vs}
+    alt = _alternative_qparams(graph, batches, units, try_ranges, config)
+    override: dict[int, QuantParams] = {}
+    ranges: list[tuple[str, str]] = []
+    best, best_q = 0.0, {}
+    settled: set[str] = set()          # units given another range: int8, not walked again
     for name in order:
-        if name in kept:
+        if name in kept or name in settled:
             continue
         if score >= min_score or (max_float is not None and len(kept) >= max_float) or evals >= max_evals:
             break
@@ -249,7 +282,8 @@ def select_float_nodes(graph: Graph, calib_batches: Sequence[Sequence[np.ndarray
         if s <= score:
             # A chain (linear -> relu, add -> layer_norm) shares one bad range: un-quantizing one
             # link alone gains nothing while the other still rounds. Try it with its neighbours.
-            group += [k for k in _neighbours(units[name], unit_of) if k not in kept and k != name]
+            group += [k for k in _neighbours(units[name], unit_of) if k not in kept and k not in settled
+                      and k != name]
             if len(group) > 1 and (max_float is None or len(kept) + len(group) <= max_float):
                 trial = off | {id(v) for k in group for v in units[k]}
                 s = score_fn(ref, _outputs(runner, batches, trial))
@@ -258,13 +292,32 @@ def select_float_nodes(graph: Graph, calib_batches: Sequence[Sequence[np.ndarray
                 group = [name]
         gain = s - score
         keep = gain > 0
+        method = None
+        if keep and alt:
+            # a cheaper fix than float: other ranges for these activations, kept if they recover
+            # at least 90 % of what float does
+            for m, qps in alt.items():
+                if any(k not in qps for k in group):
+                    continue
+                trial_q = {id(v): qp for k in group for v, qp in zip(units[k], qps[k])}
+                s_m = score_fn(ref, _outputs(runner, batches, off, override | trial_q))
+                evals += 1
+                if s_m - score >= 0.9 * gain and (method is None or s_m > best):
+                    method, best, best_q = m, s_m, trial_q
+            if method is not None:
+                override |= best_q
+                settled.update(group)
+                ranges += [(v.producer.name, method) for k in group for v in units[k]]
+                gain, score, keep = best - score, best, False
         if keep:
             off, score = trial, s
             kept += group
         for k in group if keep else [name]:
             records.append({"node": k, "op": q.node(k).op, "estimate": est[k], "measured_gain": gain,
-                            "score_after": score, "float": keep,
-                            "reason": ("no measured gain from float; stays int8" if not keep else
+                            "score_after": score, "float": keep, "range": method,
+                            "reason": (f"{method} range recovers {gain:.4g} of the score (measured); stays int8"
+                                       + ("" if len(group) == 1 else f" (with {', '.join(x for x in group if x != k)})")
+                                       if method else "no measured gain from float; stays int8" if not keep else
                                        f"int8 output cost {gain:.4g} of the score (measured); kept float"
                                        + ("" if k == name and len(group) == 1 else
                                           f" together with {', '.join(x for x in group if x != k)}"))})
@@ -273,13 +326,14 @@ def select_float_nodes(graph: Graph, calib_batches: Sequence[Sequence[np.ndarray
                  "float": False, "reason": "not measured: the score was reached before it"} for n in order
                 if n not in measured]
     skip = tuple(dict.fromkeys(list(config.skip) + [v.producer.name for k in kept for v in units[k]]))
+    ranges_t = tuple(config.ranges) + tuple(ranges)
     final = score
-    if kept:
+    if kept or ranges:
         g2 = graph.copy()
-        QuantizePass(replace(config, skip=skip), batches)(g2)
+        QuantizePass(replace(config, skip=skip, ranges=ranges_t), batches)(g2)
         final = score_fn(ref, _outputs(_Runner(g2), batches, set()))
     records.append({"node": None, "score_int8": base, "score_final": final, "float_units": len(kept),
-                    "evals": evals, "seconds": round(time.perf_counter() - t0, 3)})
+                    "ranges": ranges_t, "evals": evals, "seconds": round(time.perf_counter() - t0, 3)})
     log.info("mixed precision: %d of %d units kept float; score %.4f -> %.4f (%d measurements, %.1f s)",
              len(kept), len(units), base, final, evals, time.perf_counter() - t0)
     return skip, records

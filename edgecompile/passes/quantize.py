@@ -86,6 +86,9 @@ class QuantConfig:
     fallback : for "all": what nodes in `skip` compute. "fp32": float weights and arithmetic;
         "dynamic": int8 weights and dynamic-range integer matmuls (float activations between
         them), which keeps most of full int8's speed where a sensitive activation stays float
+    ranges : (node name, "minmax" | "percentile" | "mse") pairs: per-tensor range methods for
+        those nodes' outputs, overriding `calibration` (chosen by measurement, see
+        `mixed_precision.select_float_nodes`)
     bias_correction : shift each linear / conv bias by the mean output error of its quantized
         weight, ``-(W_q - W) @ E[x]`` with E[x] from the float graph on the calibration inputs
         (Nagel et al. 2019, "Data-Free Quantization", sec. 4.2, with measured means); needs
@@ -100,6 +103,7 @@ class QuantConfig:
     dynamic_per: str = "tensor"
     bias_correction: bool = False
     fallback: str = "fp32"
+    ranges: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.mode not in ("int8", "none"):
@@ -116,6 +120,10 @@ class QuantConfig:
         if not 50.0 < self.percentile <= 100.0:
             raise QuantSpecError(f"percentile {self.percentile} is outside (50, 100]")
         object.__setattr__(self, "skip", tuple(self.skip))
+        object.__setattr__(self, "ranges", tuple((str(n), str(m)) for n, m in self.ranges))
+        bad = [m for _, m in self.ranges if m not in ("minmax", "percentile", "mse")]
+        if bad:
+            raise QuantSpecError(f"unknown range method {bad[0]!r}; use minmax, percentile or mse")
 
 
 def parse_quant_spec(spec: str) -> QuantConfig:
@@ -377,9 +385,9 @@ class QuantizePass(Pass):
         if cfg.mode == "none":
             return
         names = {n.name for n in graph.nodes}
-        unknown = [s for s in cfg.skip if s not in names]
+        unknown = [s for s in cfg.skip if s not in names] + [n for n, _ in cfg.ranges if n not in names]
         if unknown:
-            raise PassError(f"quantize: skip list names unknown node {unknown[0]!r}; "
+            raise PassError(f"quantize: skip / ranges list names unknown node {unknown[0]!r}; "
                             f"use node names from graph.dump()")
         for v in graph.consts.values():
             if v.quant is not None:
@@ -397,7 +405,10 @@ class QuantizePass(Pass):
         n_act = 0
         if cfg.activations == "all":
             try:
-                ranges = collect_ranges(graph, self.calibration, cfg.calibration, cfg.percentile)
+                by_node = dict(cfg.ranges)
+                overrides = {n.output.name: by_node[n.name] for n in graph.nodes if n.name in by_node}
+                ranges = collect_ranges(graph, self.calibration, cfg.calibration, cfg.percentile,
+                                        overrides=overrides)
             except CalibrationError as e:
                 raise PassError(f"quantize: {e}") from e
             n_act = _assign_activations(graph, ranges, skip)

@@ -13,7 +13,8 @@ import torch
 
 from edgecompile.ir import Graph, infer_shapes, run_graph, verify
 from edgecompile.passes.mixed_precision import mean_cosine, quant_units, select_float_nodes
-from edgecompile.passes.quantize import QuantConfig, QuantizePass
+from edgecompile.passes.base import PassError
+from edgecompile.passes.quantize import QuantConfig, QuantizePass, QuantSpecError
 
 B, D, H, N_OUT = 16, 24, 48, 10
 
@@ -153,3 +154,32 @@ def test_dynamic_fallback_keeps_int8_weights_and_integer_matmuls():
     got = create_session(m.model_bytes, m.tensors).run(None, {"x": x})[0]
     step = float(q.outputs[0].quant.scale[0]) if q.outputs[0].quant is not None else 1e-5
     assert np.abs(got - run_graph(q, x)).max() <= step + 1e-5
+
+
+def test_range_overrides_reach_the_calibration_and_are_validated():
+    g = outlier_mlp()
+    calib = _batches(0)
+    a, b = g.copy(), g.copy()
+    QuantizePass(QuantConfig(), calib)(a)
+    QuantizePass(QuantConfig(ranges=(("fc2", "percentile"),)), calib)(b)
+    # only the named node's range changes (percentile clips fc2's tails)
+    assert a.node("fc1").output.quant == b.node("fc1").output.quant
+    assert float(b.node("fc2").output.quant.scale[0]) < float(a.node("fc2").output.quant.scale[0])
+    with pytest.raises(QuantSpecError):
+        QuantConfig(ranges=(("fc2", "entropy"),))
+    with pytest.raises(PassError, match="unknown node"):
+        QuantizePass(QuantConfig(ranges=(("nope", "mse"),)), calib)(g.copy())
+
+
+def test_try_ranges_keeps_an_activation_int8_when_a_range_recovers_it():
+    # the outlier channel is a constant 500 in 1 of 48 channels: percentile(97) clips it away (fc2
+    # ignores it), so a percentile range recovers what float does and fc1 / act stay int8
+    g = outlier_mlp()
+    cfg = QuantConfig(percentile=97.0)
+    skip, records = select_float_nodes(g, _batches(0), min_score=0.999, config=cfg, try_ranges=("percentile",))
+    summary = records[-1]
+    chosen = dict(summary["ranges"])
+    assert chosen and set(chosen.values()) == {"percentile"}
+    assert "fc1" not in skip and "act" not in skip and chosen["fc1"] == chosen["act"] == "percentile"
+    assert any(r.get("range") == "percentile" and not r["float"] for r in records[:-1])
+    assert summary["score_final"] > summary["score_int8"]
