@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from .data import eval_batches
+from .data import FinetuneDataError, eval_batches
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +51,21 @@ def batch_first(outs: Sequence[torch.Tensor], axes: Sequence[int]) -> tuple[torc
 
 
 @torch.no_grad()
-def find_batch_axes(model: nn.Module, inputs: Sequence[torch.Tensor]) -> tuple[int, ...]:
+def find_batch_axes(model: nn.Module, inputs: Sequence[torch.Tensor],
+                    n_outputs: int) -> tuple[int, ...]:
     """Per output, the axis whose size follows the batch: run on 2 and 3 samples, compare.
 
-    Axis 0 when nothing tells them apart (a single sample given, or an output whose shape does
-    not depend on the batch: such an output is still read as batch-first).
+    Axis 0 when nothing tells them apart (fewer than 3 samples given, a model tied to one
+    batch size, or an output whose shape does not depend on the batch).
     """
-    n = inputs[0].shape[0]
-    if n < 3:
-        return (0,) * len(flatten_outputs(model(*(x[:n] for x in inputs))))
-    two = flatten_outputs(model(*(x[:2] for x in inputs)))
-    three = flatten_outputs(model(*(x[:3] for x in inputs)))
+    if inputs[0].shape[0] < 3:
+        return (0,) * n_outputs
+    try:
+        two = flatten_outputs(model(*(x[:2] for x in inputs)))
+        three = flatten_outputs(model(*(x[:3] for x in inputs)))
+    except (RuntimeError, ValueError, IndexError) as err:
+        log.debug("batch axes not probed (%s): outputs read as batch-first", err)
+        return (0,) * n_outputs
     axes = []
     for a, b in zip(two, three):
         moved = [d for d in range(min(a.dim(), b.dim())) if a.shape[d] == 2 and b.shape[d] == 3]
@@ -136,6 +140,10 @@ class TeacherOutputs:
         with torch.no_grad():
             for b in eval_batches(inputs, None, batch_size, device):
                 outs = self._run(b.inputs)
+                if len(outs) != len(self.axes):
+                    raise FinetuneDataError(f"the original model has {len(outs)} outputs, the "
+                                            f"compressed one {len(self.axes)}: they must match "
+                                            "one to one")
                 if store is None:
                     self.nbytes = n * sum(o[0].numel() * o.element_size() for o in outs)
                     if self.nbytes <= cap_bytes:
@@ -157,7 +165,8 @@ class TeacherOutputs:
         return self._store is not None
 
     def _run(self, inputs) -> tuple[torch.Tensor, ...]:
-        return batch_first(flatten_outputs(self.teacher(*inputs)), self.axes)
+        outs = flatten_outputs(self.teacher(*inputs))
+        return outs if len(outs) != len(self.axes) else batch_first(outs, self.axes)
 
     @torch.no_grad()
     def get(self, ids: torch.Tensor, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:

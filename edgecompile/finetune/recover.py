@@ -307,10 +307,10 @@ def _teacher_outputs(teacher, data, sample, config, device):
     """(batch axes, training-split and eval-split :class:`TeacherOutputs`), the cache cap
     shared by the two splits (training first)."""
     probe_in = tuple(x[:3].to(device) for x in data.inputs)
-    axes = find_batch_axes(teacher, probe_in)
+    axes = find_batch_axes(teacher, probe_in, len(sample))
     if len(axes) != len(sample):
-        raise FinetuneDataError(f"the compressed model has {len(sample)} outputs, the original "
-                                f"{len(axes)}: they must match one to one")
+        raise FinetuneDataError(f"the original model has {len(axes)} outputs, the compressed "
+                                f"one {len(sample)}: they must match one to one")
     cap = config.teacher_cache_bytes
     train = TeacherOutputs(teacher, data.inputs, axes, config.batch_size, device, cap)
     for k, (s, st) in enumerate(zip(batch_first(sample, axes), train.stats)):

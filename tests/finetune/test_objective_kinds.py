@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgecompile.finetune import FinetuneData, RecoverConfig, recover
+from edgecompile.finetune import FinetuneData, FinetuneDataError, RecoverConfig, recover
 from edgecompile.finetune.objective import Objective, Term, choose_objective, distill_term
 from edgecompile.finetune.outputs import OutputStats, TeacherOutputs, flatten_outputs
 
@@ -242,3 +242,19 @@ def test_objective_without_terms_is_plain_sum():
     o = Objective((Term(0, "state", "nmse", 2.0), Term(1, "regression", "nmse", 1.0)))
     a, b = torch.ones(3, 2), torch.zeros(3, 2)
     torch.testing.assert_close(o.per_sample((a, a), None, (b, b)), torch.full((3,), 3.0))
+
+
+def test_outputs_must_match_one_to_one():
+    teacher, x = Detector(0), _stream(16)
+
+    class ProbabilityOnly(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = _perturbed(teacher)
+
+        def forward(self, x):
+            return self.inner(x)[0]
+
+    with pytest.raises(FinetuneDataError, match="original model has 2 outputs, the compressed "
+                                                "one 1"):
+        recover(ProbabilityOnly(), FinetuneData.from_arrays(x), RecoverConfig(), teacher)
