@@ -422,7 +422,7 @@ class QuantizePass(Pass):
         graph.meta["quant"] = {"scheme": cfg.mode, "activations": cfg.activations,
                                "calibration": cfg.calibration if cfg.activations == "all" else None,
                                "quantized_activations": n_act,
-                               "dynamic_per": cfg.dynamic_per if cfg.activations == "dynamic" else None}
+                               "dynamic_per": cfg.dynamic_per if "int8-dynamic" in arith.values() else None}
         return PassResult(graph, bool(records) or n_act > 0, records)
 
     def _input_means(self, graph: Graph, skip: set[str]) -> dict[str, np.ndarray]:
