@@ -111,6 +111,23 @@ def test_silero_streams_are_about_half_speech(silero):
     assert ((s["eval_jit_probs"] > 0.5) == s["speech"]).mean() > 0.85
 
 
+def test_silero_metric_catches_a_broken_h_that_one_state_cosine_hides(silero):
+    sv, jit, s = silero
+    net = sv.from_jit(jit)
+    xs, states = s["eval"]
+    p, new = outputs_of(net, (torch.from_numpy(xs), torch.from_numpy(states)))
+    ref = [p.numpy(), new.numpy()]
+    assert all(c["value"] > 0.9999 for c in sv.state_halves_metric(ref, ref))
+    bad = ref[1].copy()
+    bad[:, 0] = np.random.default_rng(0).permutation(bad[:, 0])  # h of other chunks, c kept
+    flat_r, flat_b = ref[1].reshape(len(xs), -1), bad.reshape(len(xs), -1)
+    joint = ((flat_r * flat_b).sum(1) / (np.linalg.norm(flat_r, axis=1) * np.linalg.norm(flat_b, axis=1))).mean()
+    checks = {c["name"]: c for c in sv.state_halves_metric(ref, [ref[0], bad])}
+    assert joint > 0.97  # the gate's one cosine over [h, c] would pass this
+    assert checks["LSTM h mean per-sample cosine"]["value"] < checks["LSTM h mean per-sample cosine"]["threshold"]
+    assert checks["LSTM c mean per-sample cosine"]["value"] > 0.9999
+
+
 def test_silero_factory_contract():
     need("silero-vad")
     if shutil.which("espeak-ng") is None:
@@ -119,6 +136,7 @@ def test_silero_factory_contract():
     p, state = check_contract(loaded, len(loaded.data["calib"][0]), len(loaded.data["eval"][0]))
     assert p.shape == (1, 1) and state.shape == (1, 2, 128)
     assert loaded.data["outputs"] == ["probability", "state"]
+    assert callable(loaded.data["metric"])
 
 
 # -- all-MiniLM-L6-v2 ----------------------------------------------------------------------------------
