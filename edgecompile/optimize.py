@@ -57,6 +57,8 @@ class OptimizeConfig:
     min_params: int = 1024       # smaller weights cost little and are often sensitive
     coverage: float = 0.95       # search the largest layers holding this share of the int8 bytes
     max_evals: int = 320         # forward passes of the search set in the solo phase
+    max_seconds: float = 240.0   # wall-clock budget of the solo phase (the plain build's order of time)
+    min_headroom: float = 0.05   # below this base score, int8 alone leaves nothing to spend
 
     def __post_init__(self) -> None:
         if self.goal not in GOALS:
@@ -189,7 +191,7 @@ def optimize_weights(graph: Graph, samples: Sequence[np.ndarray], ref: list[np.n
         return {"goal": config.goal, "plans": [], "note": "no int8 layer weight to search"}
     scorer = _Scorer(graph, samples, ref, gate)
     base = scorer()
-    if base < 0:
+    if base < config.min_headroom:
         return {"goal": config.goal, "plans": [], "base_score": round(base, 4),
                 "note": "int8 alone is at the edge of the gate on the search set: no further compression"}
     layers.sort(key=lambda lay: -lay.bytes0)
@@ -201,7 +203,7 @@ def optimize_weights(graph: Graph, samples: Sequence[np.ndarray], ref: list[np.n
         acc += lay.bytes0
     layers = kept
     for i, layer in enumerate(layers):
-        if scorer.evals >= config.max_evals:
+        if scorer.evals >= config.max_evals or time.perf_counter() - t0 > config.max_seconds:
             break                         # out of budget: the smaller layers keep int8
         for sparsity, bits in ladder:
             q = apply_setting(layer.q, sparsity, bits)
@@ -249,7 +251,8 @@ def optimize_weights(graph: Graph, samples: Sequence[np.ndarray], ref: list[np.n
             plans.append(_plan(layers, picks, tols[k], passing.get(k)))
     return {"goal": config.goal, "plans": plans, "base_score": round(base, 4), "evaluations": scorer.evals,
             "seconds": round(time.perf_counter() - t0, 2), "margin": config.margin,
-            "search_samples": int(len(samples[0])), "layers_searched": len(layers)}
+            "search_samples": int(len(samples[0])), "layers_searched": len(layers),
+            "layers_measured": sum(1 for lay in layers if lay.options)}
 
 
 def _plan(layers: list[_Layer], picks: list, tol: float, score: float | None) -> dict:

@@ -87,7 +87,8 @@ def model():
     net.load_state_dict({k: torch.from_numpy(state[k]) for k in state.files})
     net.eval()
     split = load_split()
-    data = {"calib": (split["x_calib"],), "eval": (split["x_test"],), "labels": split["y_test"]}
+    data = {"calib": (split["x_calib"],), "eval": (split["x_test"],), "labels": split["y_test"],
+            "outputs": ["logits"]}
     return net, (torch.from_numpy(split["x_test"][:1]),), data
 
 

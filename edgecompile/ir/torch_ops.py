@@ -93,7 +93,7 @@ OP_IMPLS = {
     "hardsigmoid": lambda a, _: F.hardsigmoid(a[0]),
     "exp": lambda a, _: torch.exp(a[0]),
     "log": lambda a, _: torch.log(a[0]),
-    "sqrt": lambda a, _: torch.sqrt(a[0]),
+    "sqrt": lambda a, _: _sqrt(a[0]),
     "rsqrt": lambda a, _: torch.rsqrt(a[0]),
     "neg": lambda a, _: torch.neg(a[0]),
     "abs": lambda a, _: torch.abs(a[0]),
@@ -137,6 +137,16 @@ OP_IMPLS = {
 def run_op(op: str, args: list, attrs: dict) -> torch.Tensor:
     """Runs one IR op with torch."""
     return OP_IMPLS[op](args, attrs)
+
+
+def _sqrt(x: torch.Tensor) -> torch.Tensor:
+    """sqrt with a finite gradient at 0 (0 instead of inf), same values: a magnitude such as
+    sqrt(re^2 + im^2) of an all-zero (pruned) STFT bin otherwise turns training gradients NaN."""
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        return torch.sqrt(x)
+    pos = x > 0
+    # x <= 0: the plain value (0, or NaN for a negative input), without a gradient
+    return torch.where(pos, torch.sqrt(torch.where(pos, x, torch.ones_like(x))), torch.sqrt(x.detach()))
 
 
 def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int,
