@@ -29,8 +29,8 @@ def _build(target: str, out: Path, **kw):
 
     torch.set_num_threads(1)
     # None: the embedded digits CNN, trained by edgecompile itself; pruned so rANS has zeros to code
-    return build(None, BuildConfig(target=target, out=out, prune="magnitude:global:0.7", latency_repeats=1,
-                                   max_eval_samples=128, **kw))
+    # the whole eval set (360 images): at 128 one changed decision is 0.78 points, above the gate's 0.5
+    return build(None, BuildConfig(target=target, out=out, prune="magnitude:global:0.7", latency_repeats=1, **kw))
 
 
 def _reference(bundle: Path) -> dict[str, np.ndarray]:
