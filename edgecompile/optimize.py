@@ -110,7 +110,8 @@ class GateScore:
     gated by accuracy drop, which a changed decision can cost: agreement must then stay within
     twice the allowed drop."""
 
-    def __init__(self, specs: Sequence[OutputSpec], t: Thresholds, margin: float = 0.3, labelled: bool = False):
+    def __init__(self, specs: Sequence[OutputSpec], t: Thresholds, margin: float = 0.3, labelled: bool = False,
+                 metric=None):
         def tight(x):
             return x + (1 - x) * margin
         top1 = max(t.min_top1_agreement, 1 - 2 * t.max_accuracy_drop) if labelled else t.min_top1_agreement
@@ -119,17 +120,25 @@ class GateScore:
                             max_accuracy_drop=t.max_accuracy_drop,
                             min_decision_agreement=tight(t.min_decision_agreement),
                             min_correlation=tight(t.min_correlation))
-        self.specs = specs
+        self.specs, self.metric = specs, metric
+
+    def _floor(self, metric: str) -> float:
+        b = self.base
+        if metric.startswith("top-1 agreement"):
+            return b.min_top1_agreement
+        return {"mean per-sample cosine": b.min_cosine, "correlation over the set": b.min_correlation}.get(
+            metric, b.min_decision_agreement)
 
     def __call__(self, ref: list[np.ndarray], got: list[np.ndarray]) -> float:
-        fid = compare(ref, got, self.specs, self.t)
-        floors = {"top-1 agreement": self.base.min_top1_agreement, "mean per-sample cosine": self.base.min_cosine,
-                  "correlation over the set": self.base.min_correlation}
+        fid = compare(ref, got, self.specs, self.t, metric=self.metric)
         score = np.inf
         for c in fid.checks:
-            floor = floors.get(c.metric, self.base.min_decision_agreement)
-            score = min(score, (c.value - c.threshold) / max(1 - floor, 1e-6))
-        return float(score)
+            if c.output == "model":       # the factory's own check: its threshold as given
+                span = max(abs(1 - c.threshold), 0.01) if c.higher_is_better else max(abs(c.threshold), 1e-6)
+                score = min(score, (c.value - c.threshold if c.higher_is_better else c.threshold - c.value) / span)
+                continue
+            score = min(score, (c.value - c.threshold) / max(1 - self._floor(c.metric), 1e-6))
+        return float(score) if np.isfinite(score) or score == np.inf else -np.inf
 
 
 def executor_outputs(ex: TorchExecutor, x: Sequence[torch.Tensor]) -> list[np.ndarray]:
@@ -240,7 +249,6 @@ def optimize_weights(graph: Graph, samples: Sequence[np.ndarray], ref: list[np.n
             hi = mid - 1
         if progress:
             progress(0.8 + 0.2 * min(1.0, scorer.evals / (scorer.evals + hi - lo + 2)))
-    joint([None] * len(layers))
     # Up to three plans, most compressed first: the best tolerance, then ones a half and a quarter
     # of the way down (the build falls back to them if the real runtime's gate disagrees).
     plans = []
@@ -249,6 +257,26 @@ def optimize_weights(graph: Graph, samples: Sequence[np.ndarray], ref: list[np.n
         for k in dict.fromkeys((top, top // 2, top // 4)):
             picks = choose(tols[k])
             plans.append(_plan(layers, picks, tols[k], passing.get(k)))
+    elif tols:
+        # Small solo costs can still add up past the gate. Then take the layers in order of bytes
+        # saved per unit of solo cost at the median tolerance, and bisect on how many of them.
+        tol = tols[len(tols) // 2]
+        picks = choose(tol)
+        order = sorted((i for i, p in enumerate(picks) if p is not None),
+                       key=lambda i: -(layers[i].bytes0 - picks[i][1]) / max(picks[i][0], 1e-3))
+        lo, hi, best = 1, len(order), None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            keep = set(order[:mid])
+            sub = [p if i in keep else None for i, p in enumerate(picks)]
+            s = joint(sub)
+            if s >= 0:
+                best, lo = (sub, s, mid), mid + 1
+            else:
+                hi = mid - 1
+        if best is not None:
+            plans.append(_plan(layers, best[0], tol, best[1]))
+    joint([None] * len(layers))
     return {"goal": config.goal, "plans": plans, "base_score": round(base, 4), "evaluations": scorer.evals,
             "seconds": round(time.perf_counter() - t0, 2), "margin": config.margin,
             "search_samples": int(len(samples[0])), "layers_searched": len(layers),

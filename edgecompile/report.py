@@ -167,6 +167,8 @@ def _output_figures(o: dict) -> str:
     parts = []
     if o.get("top1_agreement") is not None:
         parts.append(f"top-1 agreement {o['top1_agreement']:.2%}")
+        if o.get("top1_agreement_decided") is not None and o.get("decided_fraction", 1.0) < 1.0:
+            parts.append(f"{o['top1_agreement_decided']:.2%} on the {o['decided_fraction']:.0%} decided samples")
     if o.get("accuracy_reference") is not None:
         parts.append(f"accuracy {o['accuracy_reference']:.2%} → {o['accuracy_bundle']:.2%}")
     if o.get("decision_agreement") is not None:
