@@ -205,3 +205,19 @@ def test_batch_axis_declared_by_the_factory(tmp_path):
     from edgecompile.modelspec import ModelSpecError, _check_data
     with pytest.raises(ModelSpecError, match="batch_axes"):
         _check_data({"batch_axes": [0]}, 2, "factory")
+
+
+def test_logits_judged_on_decided_samples():
+    """Near-ties flip under any rounding; a classifier is judged on the samples it decides, and a
+    real change of decisions is still caught."""
+    g = np.random.default_rng(1)
+    ref = g.normal(size=(200, 10))
+    ref[:100, 0] += 5.0                                    # half the set clearly decided
+    got = ref + g.normal(0, 0.2, ref.shape)                # small noise: flips only near-ties
+    fid = compare([ref], [got], [OutputSpec("logits")])
+    o = fid.outputs[0]
+    assert o.top1_agreement < 0.97 <= o.top1_agreement_decided and 0.25 <= o.decided_fraction < 1
+    assert fid.passed and "decided samples" in fid.checks[0].metric
+    broken = got.copy()
+    broken[:100, 0] -= 10.0                                # the decided samples change class
+    assert not compare([ref], [broken], [OutputSpec("logits")]).passed
