@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgecompile.build import _reference_outputs
+from edgecompile.reference import reference_outputs
 from edgecompile.data.digits import model as digits_model
 from edgecompile.fidelity import OutputSpec, Thresholds
 from edgecompile.frontend import import_model
@@ -52,7 +52,7 @@ def digits():
     QuantizePass(QuantConfig(), [(calib[i:i + 1],) for i in range(0, 64)])(g)
     loaded = LoadedModel("digits", module, example, data)
     samples = (calib[-128:],)
-    ref = _reference_outputs(loaded, samples, 1)
+    ref = reference_outputs(loaded, samples, 1)
     return g, samples, ref
 
 
