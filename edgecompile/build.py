@@ -1,8 +1,10 @@
 """`build()`: the one place the whole flow is spelled out.
 
-    model spec ─load─▶ torch.export ─frontend─▶ IR ─fold, factorize, prune─▶ (fine-tune) ─quantize─▶ IR
+    model spec ─load─▶ torch.export ─frontend─▶ IR ─fold, factorize, prune─▶ (fine-tune)
+        ─choose (int8 mode by measurement, per-layer search; `choose.candidates`)─▶ candidate IRs
         ─backend─▶ model.onnx | model.tflite  +  weights.ecw  +  runtime/ (C sources)
-        ─loader, real runtime─▶ fidelity vs the PyTorch model ─▶ report (terminal, JSON, HTML)
+        ─loader, real runtime─▶ the gate: every output vs the PyTorch model, by kind (`fidelity`)
+        ─▶ the first candidate that passes ─▶ report (terminal, JSON, HTML)
 
 Everything is written into a temporary folder beside `--out` and renamed into place only when
 the build and its verification succeeded, so a failed build leaves nothing half-written.
@@ -394,7 +396,7 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
             failures = fidelity.failures()
             attempts.append({"config": label, "passed": not failures, "failures": failures,
                              "container_bytes": (stage / "weights.ecw").stat().st_size})
-            if failures and not cfg.allow_degraded and search.get("more"):
+            if failures and search.get("more"):   # --allow-degraded keeps a failing bundle only at the end
                 log.info("%s failed the gate (%s); trying the next, less lossy configuration", label, failures)
                 shutil.rmtree(stage, ignore_errors=True)
                 continue

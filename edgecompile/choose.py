@@ -163,7 +163,10 @@ def candidates(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, calib: Sampl
                 label = "int8:weights_only"
             info["int8_fallbacks"] = tried
             info["note"] = f"full int8 fails the gate on the calibration samples (score {s}); chose {label}"
-    weights_only_next = cfg.quant_auto and label != "int8:weights_only" and cfg.quant.startswith("int8")
+    # int8 weights last, unless the float model after pruning / factorization already fails the gate
+    # (then no int8 mode can pass; the real gate decides, --finetune may recover)
+    weights_only_next = (cfg.quant_auto and label != "int8:weights_only" and cfg.quant.startswith("int8")
+                         and info.get("float_score", 0.0) >= 0)
     if samples is not None and not cfg.cluster_bits and opt.ladder:
         res = optimize_weights(graph, samples, ref, gate, opt,
                                progress=lambda f: progress("search per-layer compression", 0.65 + 0.1 * f))
