@@ -1,0 +1,304 @@
+/* ecm_kernels.c - portable int8 kernels (ecm.h): TFLite's reference integer semantics.
+ *
+ * The readable reference: plain loops, no SIMD. Each kernel validates its shapes and parameters
+ * first (ecm_check_*), then runs loops whose indices the checks have proven in bounds.
+ * Relies on arithmetic right shift of negative int32 (gcc, clang and arm-none-eabi-gcc all do it;
+ * TFLite and gemmlowp rely on it too). */
+#include <limits.h>
+
+#include "ecm.h"
+
+/* Return the status of `expr` if it is not ECM_OK. */
+#define ECM_TRY(expr)                                \
+    do {                                             \
+        ecm_status ecm_try_s_ = (expr);              \
+        if (ecm_try_s_ != ECM_OK) return ecm_try_s_; \
+    } while (0)
+
+const char *ecm_status_name(ecm_status s) {
+    static const char *const names[] = {"ECM_OK", "ECM_E_ARG", "ECM_E_SHAPE", "ECM_E_RANGE"};
+    int i = -(int)s;
+    return (i >= 0 && i <= 3) ? names[i] : "ECM_E_UNKNOWN";
+}
+
+/* ---------------------------------------------------------------- fixed point (common.h) */
+
+/* gemmlowp's SaturatingRoundingDoublingHighMul: high 32 bits of 2ab, rounded to nearest with ties
+ * toward +infinity (the negative nudge 1 - 2^30 and truncation send -2.5 to -2). */
+static int32_t ecm_srdhm(int32_t a, int32_t b) {
+    int64_t ab;
+    int64_t nudge;
+    if (a == INT32_MIN && b == INT32_MIN) return INT32_MAX;
+    ab = (int64_t)a * (int64_t)b;                 /* |ab| <= 2^62 */
+    nudge = ab >= 0 ? ((int64_t)1 << 30) : (1 - ((int64_t)1 << 30));
+    return (int32_t)((ab + nudge) / ((int64_t)1 << 31)); /* C99 division truncates toward zero */
+}
+
+/* gemmlowp's RoundingDivideByPOT: x / 2^e rounded half away from zero, e in [0, 31]. */
+static int32_t ecm_rdbpot(int32_t x, int32_t e) {
+    const int32_t mask = (int32_t)(((int64_t)1 << e) - 1);
+    const int32_t remainder = x & mask;
+    const int32_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
+    return (x >> e) + (remainder > threshold ? 1 : 0);
+}
+
+int32_t ecm_requantize(int32_t x, int32_t multiplier, int32_t shift) {
+    const int32_t left = shift > 0 ? shift : 0;
+    const int32_t right = shift > 0 ? 0 : -shift;
+    int64_t v = (int64_t)x * ((int64_t)1 << left); /* left <= 30: |v| < 2^62 */
+    if (v > INT32_MAX) v = INT32_MAX;              /* ours: saturate where TFLite overflows */
+    if (v < INT32_MIN) v = INT32_MIN;
+    return ecm_rdbpot(ecm_srdhm((int32_t)v, multiplier), right);
+}
+
+/* acc / count rounded half away from zero (TFLite's pooling and mean); count >= 1. */
+static int32_t ecm_round_div(int64_t acc, int64_t count) {
+    return (int32_t)(acc > 0 ? (acc + count / 2) / count : (acc - count / 2) / count);
+}
+
+/* Clamp to [lo, hi] (an int8 range). Takes int64 so that `requantized + zero point` never wraps. */
+static int8_t ecm_clamp(int64_t v, int32_t lo, int32_t hi) {
+    return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
+}
+
+/* ---------------------------------------------------------------- checks */
+
+static int ecm_is_int8(int32_t v) { return v >= -128 && v <= 127; }
+
+static ecm_status ecm_check_act(int32_t lo, int32_t hi) {
+    return (ecm_is_int8(lo) && ecm_is_int8(hi) && lo <= hi) ? ECM_OK : ECM_E_ARG;
+}
+
+static ecm_status ecm_check_multiplier(int32_t multiplier, int32_t shift) {
+    return (multiplier >= 0 && shift >= -31 && shift <= 30) ? ECM_OK : ECM_E_ARG;
+}
+
+/* All dimensions >= 1 and n * h * w * c <= INT32_MAX, so every index below fits int32 and size_t. */
+static ecm_status ecm_check_dims(ecm_dims d) {
+    int64_t count;
+    if (d.n < 1 || d.h < 1 || d.w < 1 || d.c < 1) return ECM_E_SHAPE;
+    count = (int64_t)d.n * d.h;
+    if (count > INT32_MAX || (count *= d.w) > INT32_MAX || (count *= d.c) > INT32_MAX) return ECM_E_RANGE;
+    return ECM_OK;
+}
+
+static ecm_status ecm_check_quant(const ecm_quant *q, int32_t channels) {
+    int32_t i;
+    if (q == NULL || q->multiplier == NULL || q->shift == NULL) return ECM_E_ARG;
+    if (q->count != 1 && q->count != channels) return ECM_E_SHAPE;
+    for (i = 0; i < q->count; i++) ECM_TRY(ecm_check_multiplier(q->multiplier[i], q->shift[i]));
+    return ECM_OK;
+}
+
+/* Output length of a window sweep; -1 when the window does not fit the padded input. */
+static int64_t ecm_out_len(int32_t size, int32_t kernel, int32_t stride, int32_t dilation, int32_t pad0,
+                           int32_t pad1) {
+    const int64_t span = (int64_t)size + pad0 + pad1 - (int64_t)dilation * (kernel - 1) - 1;
+    return span < 0 ? -1 : span / stride + 1;
+}
+
+/* ---------------------------------------------------------------- convolution */
+
+static ecm_status ecm_check_conv(const ecm_conv_params *p, const ecm_quant *q, ecm_dims in, ecm_dims wd,
+                                 ecm_dims out) {
+    if (p == NULL) return ECM_E_ARG;
+    ECM_TRY(ecm_check_dims(in));
+    ECM_TRY(ecm_check_dims(wd));
+    ECM_TRY(ecm_check_dims(out));
+    if (p->stride_h < 1 || p->stride_w < 1 || p->dilation_h < 1 || p->dilation_w < 1 || p->groups < 1 ||
+        p->pad_top < 0 || p->pad_left < 0 || p->pad_bottom < 0 || p->pad_right < 0)
+        return ECM_E_ARG;
+    if (!ecm_is_int8(p->input_zp) || !ecm_is_int8(p->output_zp)) return ECM_E_ARG;
+    ECM_TRY(ecm_check_act(p->act_min, p->act_max));
+    if ((int64_t)wd.c * p->groups != in.c || wd.n % p->groups != 0 || out.c != wd.n || out.n != in.n)
+        return ECM_E_SHAPE;
+    if ((int64_t)wd.h * wd.w * wd.c > ECM_MAX_PATCH) return ECM_E_RANGE;
+    if (ecm_out_len(in.h, wd.h, p->stride_h, p->dilation_h, p->pad_top, p->pad_bottom) != out.h ||
+        ecm_out_len(in.w, wd.w, p->stride_w, p->dilation_w, p->pad_left, p->pad_right) != out.w)
+        return ECM_E_SHAPE;
+    return ecm_check_quant(q, out.c);
+}
+
+ecm_status ecm_conv2d(const ecm_conv_params *p, const ecm_quant *q, ecm_dims in_dims, const int8_t *in,
+                      ecm_dims w_dims, const int8_t *weights, const int32_t *bias, ecm_dims out_dims,
+                      int8_t *out) {
+    const int32_t cpg = w_dims.c; /* input channels per group */
+    int32_t b, oy, ox, o, ky, kx, ci, opg;
+    int8_t *dst = out;
+    if (in == NULL || weights == NULL || out == NULL) return ECM_E_ARG;
+    ECM_TRY(ecm_check_conv(p, q, in_dims, w_dims, out_dims));
+    opg = out_dims.c / p->groups;
+    for (b = 0; b < out_dims.n; b++) {
+        const int8_t *img = in + (size_t)b * in_dims.h * in_dims.w * in_dims.c;
+        for (oy = 0; oy < out_dims.h; oy++) {
+            const int32_t y0 = oy * p->stride_h - p->pad_top;
+            for (ox = 0; ox < out_dims.w; ox++) {
+                const int32_t x0 = ox * p->stride_w - p->pad_left;
+                for (o = 0; o < out_dims.c; o++) {
+                    const int8_t *w = weights + (size_t)o * w_dims.h * w_dims.w * cpg;
+                    const int32_t c0 = (o / opg) * cpg; /* first input channel of o's group */
+                    const int32_t qi = q->count == 1 ? 0 : o;
+                    int32_t acc = 0;
+                    int64_t sum;
+                    /* |acc| <= ECM_MAX_PATCH * 255 * 128 < 2^31: no overflow (ecm_check_conv). */
+                    for (ky = 0; ky < w_dims.h; ky++) {
+                        const int32_t iy = y0 + ky * p->dilation_h;
+                        if (iy < 0 || iy >= in_dims.h) continue; /* padding: x == zp, adds 0 */
+                        for (kx = 0; kx < w_dims.w; kx++) {
+                            const int32_t ix = x0 + kx * p->dilation_w;
+                            const int8_t *src, *wk;
+                            if (ix < 0 || ix >= in_dims.w) continue;
+                            src = img + ((size_t)iy * in_dims.w + ix) * in_dims.c + c0;
+                            wk = w + ((size_t)ky * w_dims.w + kx) * cpg;
+                            for (ci = 0; ci < cpg; ci++) acc += ((int32_t)src[ci] - p->input_zp) * wk[ci];
+                        }
+                    }
+                    sum = (int64_t)acc + (bias != NULL ? bias[o] : 0);
+                    sum = sum > INT32_MAX ? INT32_MAX : (sum < INT32_MIN ? INT32_MIN : sum);
+                    *dst++ = ecm_clamp((int64_t)ecm_requantize((int32_t)sum, q->multiplier[qi], q->shift[qi]) + p->output_zp,
+                                       p->act_min, p->act_max);
+                }
+            }
+        }
+    }
+    return ECM_OK;
+}
+
+/* ---------------------------------------------------------------- fully connected */
+
+ecm_status ecm_fully_connected(const ecm_fc_params *p, const ecm_quant *q, int32_t batches, int32_t in_features,
+                               int32_t out_features, const int8_t *in, const int8_t *weights,
+                               const int32_t *bias, int8_t *out) {
+    const ecm_dims din = {batches, 1, 1, in_features}, dout = {batches, 1, 1, out_features};
+    const ecm_dims dw = {out_features, 1, 1, in_features};
+    int32_t b, o, i;
+    if (p == NULL || in == NULL || weights == NULL || out == NULL) return ECM_E_ARG;
+    ECM_TRY(ecm_check_dims(din));
+    ECM_TRY(ecm_check_dims(dout));
+    ECM_TRY(ecm_check_dims(dw));
+    if (!ecm_is_int8(p->input_zp) || !ecm_is_int8(p->output_zp)) return ECM_E_ARG;
+    ECM_TRY(ecm_check_act(p->act_min, p->act_max));
+    if (in_features > ECM_MAX_PATCH) return ECM_E_RANGE;
+    ECM_TRY(ecm_check_quant(q, out_features));
+    for (b = 0; b < batches; b++) {
+        const int8_t *x = in + (size_t)b * in_features;
+        for (o = 0; o < out_features; o++) {
+            const int8_t *w = weights + (size_t)o * in_features;
+            const int32_t qi = q->count == 1 ? 0 : o;
+            int32_t acc = 0; /* |acc| < ECM_MAX_PATCH * 255 * 128 < 2^31 */
+            int64_t sum;
+            for (i = 0; i < in_features; i++) acc += ((int32_t)x[i] - p->input_zp) * w[i];
+            sum = (int64_t)acc + (bias != NULL ? bias[o] : 0);
+            sum = sum > INT32_MAX ? INT32_MAX : (sum < INT32_MIN ? INT32_MIN : sum);
+            out[(size_t)b * out_features + o] =
+                ecm_clamp((int64_t)ecm_requantize((int32_t)sum, q->multiplier[qi], q->shift[qi]) + p->output_zp, p->act_min,
+                          p->act_max);
+        }
+    }
+    return ECM_OK;
+}
+
+/* ---------------------------------------------------------------- add */
+
+ecm_status ecm_add(const ecm_add_params *p, size_t count, const int8_t *a, const int8_t *b, int8_t *out) {
+    size_t i;
+    if (p == NULL || a == NULL || b == NULL || out == NULL) return ECM_E_ARG;
+    if (!ecm_is_int8(p->a_zp) || !ecm_is_int8(p->b_zp) || !ecm_is_int8(p->output_zp)) return ECM_E_ARG;
+    if (p->left_shift < 0 || p->left_shift > ECM_ADD_LEFT_SHIFT || p->a_shift > 0 || p->b_shift > 0) return ECM_E_ARG;
+    ECM_TRY(ecm_check_multiplier(p->a_multiplier, p->a_shift));
+    ECM_TRY(ecm_check_multiplier(p->b_multiplier, p->b_shift));
+    ECM_TRY(ecm_check_multiplier(p->output_multiplier, p->output_shift));
+    ECM_TRY(ecm_check_act(p->act_min, p->act_max));
+    for (i = 0; i < count; i++) {
+        /* |x - zp| <= 255, << 20 < 2^28; multipliers < 1 keep each term there: the sum fits int32. */
+        const int32_t sa = ecm_requantize(((int32_t)a[i] - p->a_zp) * (1 << p->left_shift), p->a_multiplier, p->a_shift);
+        const int32_t sb = ecm_requantize(((int32_t)b[i] - p->b_zp) * (1 << p->left_shift), p->b_multiplier, p->b_shift);
+        out[i] = ecm_clamp((int64_t)ecm_requantize(sa + sb, p->output_multiplier, p->output_shift) + p->output_zp, p->act_min,
+                           p->act_max);
+    }
+    return ECM_OK;
+}
+
+/* ---------------------------------------------------------------- pooling and mean */
+
+static ecm_status ecm_check_pool(const ecm_pool_params *p, ecm_dims in, const int8_t *src, ecm_dims out,
+                                 const int8_t *dst) {
+    if (p == NULL || src == NULL || dst == NULL) return ECM_E_ARG;
+    ECM_TRY(ecm_check_dims(in));
+    ECM_TRY(ecm_check_dims(out));
+    if (p->kernel_h < 1 || p->kernel_w < 1 || p->stride_h < 1 || p->stride_w < 1) return ECM_E_ARG;
+    if (p->pad_top < 0 || p->pad_bottom < 0 || p->pad_left < 0 || p->pad_right < 0 || p->pad_top >= p->kernel_h ||
+        p->pad_bottom >= p->kernel_h || p->pad_left >= p->kernel_w || p->pad_right >= p->kernel_w)
+        return ECM_E_ARG; /* a window of padding only would have no element (avg: count 0) */
+    if ((int64_t)p->kernel_h * p->kernel_w > ECM_MAX_PATCH) return ECM_E_RANGE;
+    ECM_TRY(ecm_check_act(p->act_min, p->act_max));
+    if (out.n != in.n || out.c != in.c ||
+        ecm_out_len(in.h, p->kernel_h, p->stride_h, 1, p->pad_top, p->pad_bottom) != out.h ||
+        ecm_out_len(in.w, p->kernel_w, p->stride_w, 1, p->pad_left, p->pad_right) != out.w)
+        return ECM_E_SHAPE;
+    return ECM_OK;
+}
+
+/* Shared loop of max and average pooling: is_max selects the reduction. */
+static void ecm_pool(const ecm_pool_params *p, ecm_dims in, const int8_t *src, ecm_dims out, int8_t *dst,
+                     int is_max) {
+    int32_t b, oy, ox, c, y, x;
+    for (b = 0; b < out.n; b++)
+        for (oy = 0; oy < out.h; oy++) {
+            /* In-bounds window rows [y0, y1): padding < kernel leaves at least one. */
+            const int32_t ys = oy * p->stride_h - p->pad_top;
+            const int32_t y0 = ys < 0 ? 0 : ys, y1 = ys + p->kernel_h > in.h ? in.h : ys + p->kernel_h;
+            for (ox = 0; ox < out.w; ox++) {
+                const int32_t xs = ox * p->stride_w - p->pad_left;
+                const int32_t x0 = xs < 0 ? 0 : xs, x1 = xs + p->kernel_w > in.w ? in.w : xs + p->kernel_w;
+                for (c = 0; c < out.c; c++) {
+                    int32_t acc = is_max ? -128 : 0; /* |sum| <= ECM_MAX_PATCH * 128 */
+                    for (y = y0; y < y1; y++)
+                        for (x = x0; x < x1; x++) {
+                            const int32_t v = src[(((size_t)b * in.h + y) * in.w + x) * in.c + c];
+                            if (is_max)
+                                acc = v > acc ? v : acc;
+                            else
+                                acc += v;
+                        }
+                    if (!is_max) acc = ecm_round_div(acc, (int64_t)(y1 - y0) * (x1 - x0));
+                    *dst++ = ecm_clamp(acc, p->act_min, p->act_max);
+                }
+            }
+        }
+}
+
+ecm_status ecm_max_pool2d(const ecm_pool_params *p, ecm_dims in_dims, const int8_t *in, ecm_dims out_dims,
+                          int8_t *out) {
+    ECM_TRY(ecm_check_pool(p, in_dims, in, out_dims, out));
+    ecm_pool(p, in_dims, in, out_dims, out, 1);
+    return ECM_OK;
+}
+
+ecm_status ecm_avg_pool2d(const ecm_pool_params *p, ecm_dims in_dims, const int8_t *in, ecm_dims out_dims,
+                          int8_t *out) {
+    ECM_TRY(ecm_check_pool(p, in_dims, in, out_dims, out));
+    ecm_pool(p, in_dims, in, out_dims, out, 0);
+    return ECM_OK;
+}
+
+ecm_status ecm_mean_hw(const ecm_mean_params *p, ecm_dims in_dims, const int8_t *in, int8_t *out) {
+    int32_t b, c, i;
+    int32_t window;
+    if (p == NULL || in == NULL || out == NULL) return ECM_E_ARG;
+    ECM_TRY(ecm_check_dims(in_dims));
+    if (!ecm_is_int8(p->input_zp) || !ecm_is_int8(p->output_zp)) return ECM_E_ARG;
+    ECM_TRY(ecm_check_multiplier(p->multiplier, p->shift));
+    if ((int64_t)in_dims.h * in_dims.w > ECM_MAX_MEAN_WINDOW) return ECM_E_RANGE;
+    window = in_dims.h * in_dims.w;
+    for (b = 0; b < in_dims.n; b++)
+        for (c = 0; c < in_dims.c; c++) {
+            const int8_t *src = in + (size_t)b * window * in_dims.c + c;
+            int32_t acc = 0; /* |acc| <= ECM_MAX_MEAN_WINDOW * 255 < 2^31 */
+            for (i = 0; i < window; i++) acc += (int32_t)src[(size_t)i * in_dims.c] - p->input_zp;
+            out[(size_t)b * in_dims.c + c] =
+                ecm_clamp((int64_t)ecm_round_div(ecm_requantize(acc, p->multiplier, p->shift), window) + p->output_zp,
+                          -128, 127);
+        }
+    return ECM_OK;
+}
