@@ -88,7 +88,10 @@ typedef struct {
 
 typedef struct {
     int32_t input_zp, output_zp;
-    int32_t multiplier, shift; /* s_in / s_out */
+    int32_t multiplier, shift; /* s_in / s_out, or with 1 / (h * w) folded in when divide == 0 */
+    int32_t divide;            /* 1: TFLite's integer Mean (MEAN keep_dims over h, w): scale, then
+                                * divide by h * w rounding half away from zero; 0: QuantizedMeanOrSum
+                                * (every other MEAN): one scaling */
 } ecm_mean_params;
 
 /* TFLite's MultiplyByQuantizedMultiplier (double rounding): x * multiplier * 2^(shift - 31),

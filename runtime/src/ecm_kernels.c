@@ -289,6 +289,7 @@ ecm_status ecm_mean_hw(const ecm_mean_params *p, ecm_dims in_dims, const int8_t 
     ECM_TRY(ecm_check_dims(in_dims));
     if (!ecm_is_int8(p->input_zp) || !ecm_is_int8(p->output_zp)) return ECM_E_ARG;
     ECM_TRY(ecm_check_multiplier(p->multiplier, p->shift));
+    if (p->divide != 0 && p->divide != 1) return ECM_E_ARG;
     if ((int64_t)in_dims.h * in_dims.w > ECM_MAX_MEAN_WINDOW) return ECM_E_RANGE;
     window = in_dims.h * in_dims.w;
     for (b = 0; b < in_dims.n; b++)
@@ -296,9 +297,9 @@ ecm_status ecm_mean_hw(const ecm_mean_params *p, ecm_dims in_dims, const int8_t 
             const int8_t *src = in + (size_t)b * window * in_dims.c + c;
             int32_t acc = 0; /* |acc| <= ECM_MAX_MEAN_WINDOW * 255 < 2^31 */
             for (i = 0; i < window; i++) acc += (int32_t)src[(size_t)i * in_dims.c] - p->input_zp;
+            acc = ecm_requantize(acc, p->multiplier, p->shift);
             out[(size_t)b * in_dims.c + c] =
-                ecm_clamp((int64_t)ecm_round_div(ecm_requantize(acc, p->multiplier, p->shift), window) + p->output_zp,
-                          -128, 127);
+                ecm_clamp((int64_t)(p->divide ? ecm_round_div(acc, window) : acc) + p->output_zp, -128, 127);
         }
     return ECM_OK;
 }

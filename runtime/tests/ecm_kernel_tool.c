@@ -137,9 +137,9 @@ static int run_case(int32_t op, reader *r, const int8_t *i8, size_t n_i8, ecm_st
         ecm_dims din;
         ecm_mean_params p;
         if (!dims(r, &din)) return 0;
-        for (i = 0; i < 4; i++)
+        for (i = 0; i < 5; i++)
             if (!next(r, &a[i])) return 0;
-        p.input_zp = a[0], p.output_zp = a[1], p.multiplier = a[2], p.shift = a[3];
+        p.input_zp = a[0], p.output_zp = a[1], p.multiplier = a[2], p.shift = a[3], p.divide = a[4];
         if (n_i8 != count(din)) return 0;
         *out_size = count(din) / (size_t)din.h / (size_t)din.w;
         *out = alloc_out(*out_size);

@@ -28,7 +28,7 @@ INT32_MAX = 2 ** 31 - 1
 
 __all__ = ["quantize_multiplier", "quantize_multipliers", "saturating_rounding_doubling_high_mul",
            "rounding_divide_by_pot", "multiply_by_quantized_multiplier", "rounding_int_divide", "INT32_MIN",
-           "INT32_MAX"]
+           "INT32_MAX", "multiply_by_quantized_multiplier_single"]
 
 
 def quantize_multiplier(real: float) -> tuple[int, int]:
@@ -111,3 +111,13 @@ def rounding_int_divide(acc, count) -> np.ndarray:
     pos = (acc + half) // count                       # acc + half >= 0 here: floor == trunc
     neg = -((-acc + half) // count)                   # trunc((acc - half) / count) for acc <= 0
     return np.where(acc > 0, pos, neg)
+
+
+def multiply_by_quantized_multiplier_single(x, multiplier, shift) -> np.ndarray:
+    """The single-rounding variant (TFLite built with ``TFLITE_SINGLE_ROUNDING``; XNNPACK's and, as
+    measured, LiteRT 2.3's per-channel FULLY_CONNECTED): ``(x * multiplier + 2**(30 - shift)) >>
+    (31 - shift)``, ties toward +infinity. Not what the C kernels do; kept to explain the 1-LSB
+    differences against those builds (``1.25 -> 1`` here, ``2`` with double rounding)."""
+    x = np.asarray(x, np.int64)
+    total = 31 - np.asarray(shift, np.int64)
+    return (x * np.asarray(multiplier, np.int64) + (np.int64(1) << (total - 1))) >> total

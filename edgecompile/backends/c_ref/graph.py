@@ -127,8 +127,11 @@ def _mean(node: Node, env: dict) -> np.ndarray:
     if len(x.shape) != 4 or axes != [2, 3]:
         raise _fail(node, "only the mean over H and W of a 4-D tensor (global average pooling)")
     (si, zi), (so, zo) = _q(x), _q(node.output)
-    m, s = mean_multiplier(si, so)
-    y = K.mean_hw(env[x.name], input_zp=zi, output_zp=zo, multiplier=m, shift=s)
+    # TFLite: keep_dims takes reference_integer_ops::Mean (divide after scaling), other MEANs the
+    # general QuantizedMeanOrSum (1 / count folded into the multiplier); the TFLite backend emits both.
+    keep = bool(node.attrs.get("keepdims"))
+    m, s = mean_multiplier(si, so, None if keep else x.shape[2] * x.shape[3])
+    y = K.mean_hw(env[x.name], input_zp=zi, output_zp=zo, multiplier=m, shift=s, divide=keep)
     return y if node.attrs.get("keepdims") else y.reshape(y.shape[0], y.shape[3])
 
 

@@ -186,12 +186,21 @@ def avg_pool2d(x: np.ndarray, kernel, stride, padding=0, act: tuple[int, int] = 
     return np.clip(rounding_int_divide(win.sum(axis=(-2, -1)), vwin.sum(axis=(-2, -1))), *act).astype(np.int8)
 
 
-def mean_hw(x: np.ndarray, *, input_zp: int, output_zp: int, multiplier: int, shift: int) -> np.ndarray:
-    """Global average pooling (mean over H and W), NHWC, as TFLite's ``reference_integer_ops::Mean``
-    (MEAN over axes (1, 2) with keep_dims): ``acc = sum(x - zp_in)`` in int32, scaled by
-    ``s_in / s_out`` (``multiplier, shift``), divided by ``H * W`` rounding half away from zero,
-    plus ``zp_out``, clamped to int8. Returns int8 [N, 1, 1, C]."""
+def mean_hw(x: np.ndarray, *, input_zp: int, output_zp: int, multiplier: int, shift: int,
+            divide: bool = True) -> np.ndarray:
+    """Global average pooling (mean over H and W), NHWC, as TFLite's int8 MEAN. Returns int8 [N, 1, 1, C].
+
+    ``acc = sum(x - zp_in)`` in int32, then
+
+    - ``divide=True`` (``reference_integer_ops::Mean``, MEAN over axes (1, 2) with keep_dims):
+      ``acc`` scaled by ``s_in / s_out``, divided by ``H * W`` rounding half away from zero;
+    - ``divide=False`` (``reference_ops::QuantizedMeanOrSum``, every other MEAN): one scaling by a
+      multiplier with ``1 / (H * W)`` folded in at build time (`params.mean_multiplier` with ``count``);
+
+    plus ``zp_out``, clamped to int8.
+    """
     n, h, w, c = x.shape
-    acc = (x.astype(np.int64) - input_zp).sum(axis=(1, 2), keepdims=True)
-    y = rounding_int_divide(multiply_by_quantized_multiplier(acc, multiplier, shift), h * w) + output_zp
+    acc = multiply_by_quantized_multiplier((x.astype(np.int64) - input_zp).sum(axis=(1, 2), keepdims=True),
+                                           multiplier, shift)
+    y = (rounding_int_divide(acc, h * w) if divide else acc) + output_zp
     return np.clip(y, -128, 127).astype(np.int8)

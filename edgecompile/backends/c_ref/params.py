@@ -61,6 +61,15 @@ def add_params(s_a: float, s_b: float, s_out: float) -> AddParams:
     return AddParams(ma, sa, mb, sb, mo, so)
 
 
-def mean_multiplier(s_in: float, s_out: float) -> tuple[int, int]:
-    """MEAN over H, W: ``s_in / s_out`` (``reduce.cc``, ``PrepareMeanOrSum``)."""
-    return quantize_multiplier(float(np.float32(s_in)) / float(np.float32(s_out)))
+def mean_multiplier(s_in: float, s_out: float, count: int | None = None) -> tuple[int, int]:
+    """MEAN: ``s_in / s_out`` (``reduce.cc``, ``Prepare``). With ``count`` (elements averaged), ``1 /
+    count`` folded in as ``QuantizedMeanOrSum`` does: ``k = min(floor(log2(count)), 32, 31 + shift)``,
+    ``multiplier = (multiplier << k) // count``, ``shift -= k`` (for `kernels.mean_hw` with
+    ``divide=False``)."""
+    m, s = quantize_multiplier(float(np.float32(s_in)) / float(np.float32(s_out)))
+    if count is None:
+        return m, s
+    if count < 1:
+        raise ValueError(f"mean over {count} elements")
+    k = min(count.bit_length() - 1, 32, 31 + s)
+    return (m << k) // count, s - k
