@@ -425,13 +425,14 @@ def test_reference_matches_litert_reference_kernels_op_by_op(small_cnn):
 def test_reference_end_to_end_vs_litert(small_cnn):
     """The whole graph from the same int8 inputs: LiteRT reference kernels and LiteRT's default
     (XNNPACK, single rounding) both within 1 LSB of the reference on every output element; the
-    equal fractions (measured 99.9 % / 99.3 % on 200 inputs) are held above 99.5 % / 98.5 %."""
+    equal fractions (measured 99.94 % / 98.81 % of 3600 elements on 200 inputs; the FC output alone
+    99.9 % / 98.25 %) are held at 99.9 % / 98 %."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     g, model = small_cnn
     xq, xf = _exact_float_inputs(g, np.random.default_rng(2), 200)
     ref = [run_int8(g, xq[k]) for k in range(len(xq))]
-    for resolver, floor in ((OpResolverType.BUILTIN_REF, 0.995), (OpResolverType.AUTO, 0.985)):
+    for resolver, floor in ((OpResolverType.BUILTIN_REF, 0.999), (OpResolverType.AUTO, 0.98)):
         it = Interpreter(model_content=model, experimental_op_resolver_type=resolver)
         it.allocate_tensors()
         equal = count = 0
