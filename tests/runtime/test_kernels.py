@@ -383,7 +383,7 @@ def test_reference_matches_litert_reference_kernels_op_by_op(small_cnn):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     from edgecompile.backends.c_ref.fixedpoint import multiply_by_quantized_multiplier_single
-    from edgecompile.backends.c_ref.graph import SUPPORTED_OPS
+    from edgecompile.backends.c_ref.graph import lower, run_call
     from edgecompile.backends.c_ref.params import fc_multipliers
 
     g, model = small_cnn
@@ -394,12 +394,16 @@ def test_reference_matches_litert_reference_kernels_op_by_op(small_cnn):
     xq, xf = _exact_float_inputs(g, np.random.default_rng(1), 40)
     differ, total = {}, {}
     fc = next(n for n in g.nodes if n.op == "linear")
+    calls, node_of = lower(g), {n.output.name: n for n in g.nodes}
     for k in range(len(xq)):
         it.set_tensor(it.get_input_details()[0]["index"], xf[k])
         it.invoke()
         env = {g.inputs[0].name: xq[k].transpose(0, 2, 3, 1)}
-        for n in g.nodes:
-            want = SUPPORTED_OPS[n.op](n, env)
+        for call in calls:
+            env[call.output] = want = run_call(call, env)
+            n = node_of.get(call.output)
+            if n is None:
+                continue
             idx = names.get(n.output.name + "_nhwc", names.get(n.output.name))
             assert idx is not None, f"no LiteRT tensor for {n.output.name}"
             got = it.get_tensor(idx).reshape(want.shape)
@@ -450,15 +454,14 @@ def test_reference_end_to_end_vs_litert(small_cnn):
 
 # ------------------------------------------------------------------------------ a real model
 
-def test_digits_cnn_end_to_end_agrees_with_fake_quant():
-    """The embedded digits CNN (import, fold, quantize) through the integer reference: top-1 equal
-    to the IR executor's fake-quant output on 64 held-out digits (measured 64 / 64), logits within
-    one output step."""
+@pytest.fixture(scope="module")
+def digits():
+    """The embedded digits CNN (import, fold, quantize on 64 calibration images) and 64 held-out
+    images with their int8 codes."""
     import torch
 
     from edgecompile.data.digits import model
     from edgecompile.frontend.torch_export import import_model
-    from edgecompile.ir import run_graph
     from edgecompile.passes.fold import CleanupPass, FoldBatchNormPass
     from edgecompile.passes.quantize import QuantConfig, QuantizePass
 
@@ -469,15 +472,66 @@ def test_digits_cnn_end_to_end_agrees_with_fake_quant():
     CleanupPass()(g)
     calib = data["calib"][0]
     QuantizePass(QuantConfig(), [(calib[i: i + 1],) for i in range(0, 128, 2)])(g)
-    assert {n.op for n in g.nodes} >= {"conv", "add", "max_pool", "linear", "relu", "reshape"}
     x = data["eval"][0][:64]
-    xq = g.inputs[0].quant.quantize(x)
+    return g, x, g.inputs[0].quant.quantize(x)
+
+
+def test_digits_cnn_end_to_end_agrees_with_fake_quant(digits):
+    """The digits CNN through the integer reference: top-1 equal to the IR executor's fake-quant
+    output on 64 held-out digits (measured 64 / 64), logits within one output step."""
+    from edgecompile.ir import run_graph
+
+    g, x, xq = digits
+    assert {n.op for n in g.nodes} >= {"conv", "add", "max_pool", "linear", "relu", "reshape"}
     oq = g.outputs[0].quant
     ints = np.concatenate([run_int8(g, xq[i: i + 1])[0] for i in range(64)])
     fake = np.concatenate([run_graph(g, x[i: i + 1]) for i in range(64)])
     assert ints.dtype == np.int8
     assert (oq.dequantize(ints).argmax(1) == fake.argmax(1)).mean() >= 0.98
     assert np.abs(oq.dequantize(ints) - fake).max() <= 1.01 * oq.scale[0]
+
+
+def case_from_call(call, x: list[np.ndarray], y: np.ndarray) -> Case | None:
+    """The tool case of a reference kernel call on inputs `x` (NHWC) with reference output `y`;
+    None for the data-movement steps (clamp, reshape, pad) that have no C kernel of their own."""
+    a = call.args
+    if call.kernel == "conv2d":
+        w, b, m = a["w"], a["bias"], np.atleast_1d(a["multiplier"])
+        i32 = [*x[0].shape, *w.shape, *y.shape, *a["stride"], *a["dilation"], *a["padding"], a["groups"],
+               a["input_zp"], a["output_zp"], *a["act"], m.size, *m, *np.atleast_1d(a["shift"]), int(b is not None),
+               *([] if b is None else b)]
+        return Case(OP_CONV, i32, x[0].tobytes() + w.tobytes(), y, call.node)
+    if call.kernel == "fully_connected":
+        w, b, m = a["w"], a["bias"], np.atleast_1d(a["multiplier"])
+        i32 = [x[0].shape[0], w.shape[1], w.shape[0], a["input_zp"], a["output_zp"], *a["act"], m.size, *m,
+               *np.atleast_1d(a["shift"]), int(b is not None), *([] if b is None else b)]
+        return Case(OP_FC, i32, x[0].tobytes() + w.tobytes(), y, call.node)
+    if call.kernel == "add":
+        i32 = [x[0].size, a["a_zp"], a["b_zp"], a["output_zp"], a["a_multiplier"], a["a_shift"], a["b_multiplier"],
+               a["b_shift"], a["output_multiplier"], a["output_shift"], a["left_shift"], *a["act"]]
+        return Case(OP_ADD, i32, x[0].tobytes() + x[1].tobytes(), y, call.node)
+    if call.kernel in ("max_pool2d", "avg_pool2d"):
+        i32 = [*x[0].shape, *y.shape, *a["kernel"], *a["stride"], *a["padding"], *a["act"]]
+        return Case(OP_MAX_POOL if call.kernel == "max_pool2d" else OP_AVG_POOL, i32, x[0].tobytes(), y, call.node)
+    if call.kernel == "mean_hw":
+        i32 = [*x[0].shape, a["input_zp"], a["output_zp"], a["multiplier"], a["shift"], int(a["divide"])]
+        return Case(OP_MEAN, i32, x[0].tobytes(), y, call.node)
+    return None
+
+
+def test_digits_cnn_layers_in_c_match_reference(tool, tmp_path, digits):
+    """Every kernel call of the lowered digits CNN (4 convs, the residual add, max pool, 2 fully
+    connected) run by the C kernels on the 64 images' activations: bit for bit the reference."""
+    from edgecompile.backends.c_ref.graph import execute, lower
+
+    g, _, xq = digits
+    calls = lower(g)
+    envs = [execute(calls, {g.inputs[0].name: xq[i: i + 1].transpose(0, 2, 3, 1)}) for i in range(len(xq))]
+    stacked = {k: np.ascontiguousarray(np.concatenate([e[k] for e in envs])) for k in envs[0]}
+    cases = [c for call in calls
+             if (c := case_from_call(call, [stacked[i] for i in call.inputs], stacked[call.output])) is not None]
+    assert sorted(c.op for c in cases) == sorted([OP_CONV] * 4 + [OP_ADD, OP_MAX_POOL, OP_FC, OP_FC])
+    assert_c_matches(tool, tmp_path, cases)
 
 
 def test_unsupported_op_is_named():

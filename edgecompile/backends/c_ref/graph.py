@@ -1,18 +1,20 @@
-"""A quantized IR graph run through the integer reference kernels: what the generated C computes.
+"""A quantized IR graph as a list of kernel calls, run by the integer reference kernels.
 
-``run_int8(graph, *x_q)`` takes int8 inputs in the IR's layout (NCHW) and returns int8 outputs in
-the IR's layout. Inside, 4-D activations live in NHWC (the kernels' layout); conv weights are
-transposed OIHW -> OHWI once per call, as the code generator will do at build time.
+``lower(graph)`` turns each node into a `KernelCall`: the kernel's name in `kernels` and its
+integer arguments, weights already in the kernels' layout (conv OIHW -> OHWI), multipliers
+computed as TFLite does (`params`). ``run_int8(graph, *x_q)`` lowers and executes: int8 inputs in
+the IR's layout (NCHW) in, int8 outputs in the IR's layout out; inside, 4-D activations are NHWC.
+The schedule is what generated C will call, one ``ecm_`` kernel per call.
 
-The lowering from IR attributes and `QuantParams` to kernel parameters lives in `lower_node`; the
-code generator will reuse it. Clamps (relu, relu6 / clip) run as separate clamps here; fusing one
-into the producing kernel's ``act`` range gives the same bits (both clip the same requantized
-int32 value), which the C generator may do.
+Clamps (relu, relu6 / clip) are calls of their own here; fusing one into the producing kernel's
+``act`` range gives the same bits (both clip the same requantized value), which the C generator may do.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -20,11 +22,29 @@ from ...ir import Graph, Node, Value
 from . import kernels as K
 from .params import add_params, conv_multipliers, fc_multipliers, mean_multiplier
 
-__all__ = ["run_int8", "CRefUnsupported", "SUPPORTED_OPS"]
+__all__ = ["KernelCall", "lower", "execute", "run_int8", "CRefUnsupported", "LOWERINGS"]
 
 
 class CRefUnsupported(ValueError):
     """A node the integer reference has no kernel for (yet), named with its op and the reason."""
+
+
+@dataclass(frozen=True)
+class KernelCall:
+    """One kernel invocation: ``output = kernel(*inputs, **args)``.
+
+    kernel : a function of `kernels` ("conv2d", "fully_connected", "add", "max_pool2d",
+        "avg_pool2d", "mean_hw") or a data-movement step ("clamp": lo, hi; "reshape": the IR
+        shape, taken in NCHW element order; "pad": NHWC pads and the fill value)
+    inputs, output : value names (activations, int8)
+    args : integer parameters and constant arrays (weights OHWI int8, bias int32)
+    """
+
+    node: str
+    kernel: str
+    inputs: tuple[str, ...]
+    output: str
+    args: dict[str, Any] = field(default_factory=dict)
 
 
 def _q(v: Value) -> tuple[float, int]:
@@ -39,89 +59,93 @@ def _fail(node: Node, why: str) -> CRefUnsupported:
     return CRefUnsupported(f"node {node.name} ({node.op}): {why}")
 
 
-def _nchw(x: np.ndarray) -> np.ndarray:
-    return x.transpose(0, 3, 1, 2) if x.ndim == 4 else x
+def _same_q(node: Node) -> None:
+    if _q(node.inputs[0]) != _q(node.output):
+        raise _fail(node, "must keep its input's quantization (the quantize pass shares it)")
 
 
-def _nhwc(x: np.ndarray) -> np.ndarray:
-    return x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
+def _weights(node: Node, w: Value) -> None:
+    if w is None or not w.is_const or w.quant is None or w.data.dtype != np.int8 or np.any(w.quant.zero_point != 0):
+        raise _fail(node, "weights must be symmetric int8 constants")
 
 
-def _conv(node: Node, env: dict) -> np.ndarray:
+def _bias(b: Value | None) -> np.ndarray | None:
+    return None if b is None else b.data.astype(np.int32)
+
+
+def _c_round(v: float) -> int:
+    return int(np.sign(v) * np.floor(abs(v) + 0.5))
+
+
+def _conv(node: Node) -> list[KernelCall]:
     x, w, b = (node.input(i) for i in range(3))
     if len(w.shape) != 4:
         raise _fail(node, "only 2-D convolution")
-    s_in, zp_in = _q(x)
-    s_out, zp_out = _q(node.output)
-    if w.quant is None or w.data.dtype != np.int8 or np.any(w.quant.zero_point != 0):
-        raise _fail(node, "weights must be symmetric int8")
+    _weights(node, w)
+    (s_in, zp_in), (s_out, zp_out) = _q(x), _q(node.output)
     mult, shift = conv_multipliers(s_in, np.broadcast_to(w.quant.scale, (w.shape[0],)), s_out)
     a = node.attrs
-    return K.conv2d(env[x.name], w.data.transpose(0, 2, 3, 1), None if b is None else b.data.astype(np.int32),
-                    input_zp=zp_in, output_zp=zp_out, multiplier=mult, shift=shift, stride=a["stride"],
-                    padding=a["padding"], dilation=a["dilation"], groups=a["groups"])
+    ph, pw = a["padding"]
+    return [KernelCall(node.name, "conv2d", (x.name,), node.output.name, dict(
+        w=w.data.transpose(0, 2, 3, 1).copy(), bias=_bias(b), input_zp=zp_in, output_zp=zp_out, multiplier=mult,
+        shift=shift, stride=tuple(a["stride"]), padding=(ph, pw, ph, pw), dilation=tuple(a["dilation"]),
+        groups=int(a["groups"]), act=(-128, 127)))]
 
 
-def _linear(node: Node, env: dict) -> np.ndarray:
+def _linear(node: Node) -> list[KernelCall]:
     x, w, b = (node.input(i) for i in range(3))
-    s_in, zp_in = _q(x)
-    s_out, zp_out = _q(node.output)
-    if w.quant is None or w.data.dtype != np.int8 or np.any(w.quant.zero_point != 0):
-        raise _fail(node, "weights must be symmetric int8")
+    _weights(node, w)
+    (s_in, zp_in), (s_out, zp_out) = _q(x), _q(node.output)
     mult, shift = fc_multipliers(s_in, w.quant.scale, s_out)
-    return K.fully_connected(env[x.name], w.data, None if b is None else b.data.astype(np.int32),
-                             input_zp=zp_in, output_zp=zp_out, multiplier=mult, shift=shift)
+    return [KernelCall(node.name, "fully_connected", (x.name,), node.output.name, dict(
+        w=w.data, bias=_bias(b), input_zp=zp_in, output_zp=zp_out, multiplier=mult, shift=shift, act=(-128, 127)))]
 
 
-def _add(node: Node, env: dict) -> np.ndarray:
+def _add(node: Node) -> list[KernelCall]:
     a, b = node.inputs
+    if a is None or b is None or a.is_const or b.is_const or a.shape != b.shape:
+        raise _fail(node, "only the sum of two activations of one shape has a kernel yet")
     (sa, za), (sb, zb), (so, zo) = _q(a), _q(b), _q(node.output)
-    if a.shape != b.shape:
-        raise _fail(node, "broadcasting add has no kernel yet")
     p = add_params(sa, sb, so)
-    return K.add(env[a.name], env[b.name], a_zp=za, b_zp=zb, output_zp=zo, a_multiplier=p.a_multiplier,
-                 a_shift=p.a_shift, b_multiplier=p.b_multiplier, b_shift=p.b_shift,
-                 output_multiplier=p.output_multiplier, output_shift=p.output_shift)
+    return [KernelCall(node.name, "add", (a.name, b.name), node.output.name, dict(
+        a_zp=za, b_zp=zb, output_zp=zo, a_multiplier=p.a_multiplier, a_shift=p.a_shift, b_multiplier=p.b_multiplier,
+        b_shift=p.b_shift, output_multiplier=p.output_multiplier, output_shift=p.output_shift,
+        left_shift=p.left_shift, act=(-128, 127)))]
 
 
-def _clamp(node: Node, env: dict) -> np.ndarray:
-    x = node.inputs[0]
-    if _q(x) != _q(node.output):
-        raise _fail(node, "a clamp must keep its input's quantization (the quantize pass shares it)")
-    s, zp = _q(x)
+def _clamp(node: Node) -> list[KernelCall]:
+    _same_q(node)
+    s, zp = _q(node.inputs[0])
     if node.op == "relu":
         lo, hi = K.activation_range("relu", s, zp)
     else:
         lo, hi = -128, 127
-        q = lambda v: zp + int(np.sign(v / s) * np.floor(abs(v / s) + 0.5))  # noqa: E731 - C's round
         if node.attrs.get("min") is not None:
-            lo = max(lo, q(float(node.attrs["min"])))
+            lo = max(lo, zp + _c_round(float(node.attrs["min"]) / s))
         if node.attrs.get("max") is not None:
-            hi = min(hi, q(float(node.attrs["max"])))
-    return np.clip(env[x.name], lo, hi).astype(np.int8)
+            hi = min(hi, zp + _c_round(float(node.attrs["max"]) / s))
+    return [KernelCall(node.name, "clamp", (node.inputs[0].name,), node.output.name, dict(lo=lo, hi=hi))]
 
 
-def _pool(node: Node, env: dict) -> np.ndarray:
-    x = node.inputs[0]
-    a = node.attrs
+def _pool(node: Node) -> list[KernelCall]:
+    x, a = node.inputs[0], node.attrs
     if len(x.shape) != 4 or a.get("ceil_mode"):
         raise _fail(node, "only 2-D pooling without ceil_mode")
-    if _q(x) != _q(node.output):
-        raise _fail(node, "pooling must keep its input's quantization")
-    src = env[x.name]
+    _same_q(node)
+    ph, pw = a["padding"]
+    common = dict(kernel=tuple(a["kernel"]), stride=tuple(a["stride"]), act=(-128, 127))
     if node.op == "max_pool":
         if tuple(a.get("dilation", (1, 1))) != (1, 1):
             raise _fail(node, "no dilated max pooling")
-        return K.max_pool2d(src, a["kernel"], a["stride"], a["padding"])
-    pad = a["padding"]
-    if a.get("count_include_pad", True) and any(pad):   # PyTorch counts padding: pad with zp first
-        ph, pw = pad
-        src = np.pad(src, ((0, 0), (ph, ph), (pw, pw), (0, 0)), constant_values=_q(x)[1])
-        pad = 0
-    return K.avg_pool2d(src, a["kernel"], a["stride"], pad)
+        return [KernelCall(node.name, "max_pool2d", (x.name,), node.output.name, dict(common, padding=(ph, pw, ph, pw)))]
+    if a.get("count_include_pad", True) and (ph or pw):   # PyTorch counts padding: pad with zp first
+        padded = node.output.name + "/pad"
+        return [KernelCall(node.name, "pad", (x.name,), padded, dict(pads=(ph, pw, ph, pw), value=_q(x)[1])),
+                KernelCall(node.name, "avg_pool2d", (padded,), node.output.name, dict(common, padding=(0, 0, 0, 0)))]
+    return [KernelCall(node.name, "avg_pool2d", (x.name,), node.output.name, dict(common, padding=(ph, pw, ph, pw)))]
 
 
-def _mean(node: Node, env: dict) -> np.ndarray:
+def _mean(node: Node) -> list[KernelCall]:
     x = node.inputs[0]
     axes = sorted(int(e) % len(x.shape) for e in node.attrs["axes"])
     if len(x.shape) != 4 or axes != [2, 3]:
@@ -131,38 +155,81 @@ def _mean(node: Node, env: dict) -> np.ndarray:
     # general QuantizedMeanOrSum (1 / count folded into the multiplier); the TFLite backend emits both.
     keep = bool(node.attrs.get("keepdims"))
     m, s = mean_multiplier(si, so, None if keep else x.shape[2] * x.shape[3])
-    y = K.mean_hw(env[x.name], input_zp=zi, output_zp=zo, multiplier=m, shift=s, divide=keep)
-    return y if node.attrs.get("keepdims") else y.reshape(y.shape[0], y.shape[3])
+    calls = [KernelCall(node.name, "mean_hw", (x.name,), node.output.name if keep else node.output.name + "/hw",
+                        dict(input_zp=zi, output_zp=zo, multiplier=m, shift=s, divide=keep))]
+    if not keep:
+        calls.append(KernelCall(node.name, "reshape", (calls[0].output,), node.output.name,
+                                dict(shape=tuple(node.output.shape))))
+    return calls
 
 
-def _reshape(node: Node, env: dict) -> np.ndarray:
-    x = node.inputs[0]
-    if _q(x) != _q(node.output):
-        raise _fail(node, "reshape must keep its input's quantization")
-    y = _nchw(env[x.name]).reshape(node.output.shape)   # the IR's (NCHW) element order
-    return _nhwc(y)
+def _reshape(node: Node) -> list[KernelCall]:
+    _same_q(node)
+    return [KernelCall(node.name, "reshape", (node.inputs[0].name,), node.output.name,
+                       dict(shape=tuple(node.output.shape)))]
 
 
-SUPPORTED_OPS: dict[str, Callable[[Node, dict], np.ndarray]] = {
+LOWERINGS: dict[str, Callable[[Node], list[KernelCall]]] = {
     "conv": _conv, "linear": _linear, "add": _add, "relu": _clamp, "clip": _clamp, "max_pool": _pool,
     "avg_pool": _pool, "mean": _mean, "reshape": _reshape,
 }
 
 
+def lower(graph: Graph) -> list[KernelCall]:
+    """The graph as kernel calls in schedule order; raises `CRefUnsupported` naming the first node
+    without a reference kernel."""
+    for v in graph.inputs:
+        _q(v)
+    calls = []
+    for node in graph.nodes:
+        fn = LOWERINGS.get(node.op)
+        if fn is None:
+            raise _fail(node, "no integer reference kernel")
+        calls.extend(fn(node))
+    return calls
+
+
+def _nchw(x: np.ndarray) -> np.ndarray:
+    return x.transpose(0, 3, 1, 2) if x.ndim == 4 else x
+
+
+def _nhwc(x: np.ndarray) -> np.ndarray:
+    return x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
+
+
+def run_call(call: KernelCall, env: dict[str, np.ndarray]) -> np.ndarray:
+    """One call on the activations in `env` (4-D ones NHWC)."""
+    xs = [env[name] for name in call.inputs]
+    a = call.args
+    if call.kernel == "clamp":
+        return np.clip(xs[0], a["lo"], a["hi"]).astype(np.int8)
+    if call.kernel == "reshape":
+        return _nhwc(_nchw(xs[0]).reshape(a["shape"]))
+    if call.kernel == "pad":
+        t, lf, b, r = a["pads"]
+        return np.pad(xs[0], ((0, 0), (t, b), (lf, r), (0, 0)), constant_values=a["value"])
+    if call.kernel in ("conv2d", "fully_connected"):
+        return getattr(K, call.kernel)(xs[0], a["w"], a["bias"], **{k: v for k, v in a.items() if k not in ("w", "bias")})
+    if call.kernel in ("max_pool2d", "avg_pool2d"):
+        return getattr(K, call.kernel)(xs[0], a["kernel"], a["stride"], a["padding"], act=a["act"])
+    return getattr(K, call.kernel)(*xs, **a)
+
+
+def execute(calls: list[KernelCall], env: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Runs the calls in order, adding each output to `env` (which holds the NHWC inputs)."""
+    for call in calls:
+        env[call.output] = run_call(call, env)
+    return env
+
+
 def run_int8(graph: Graph, *inputs_q: np.ndarray) -> list[np.ndarray]:
     """Runs a quantized graph (the quantize pass's convention) on int8 inputs in the IR's layout;
-    returns int8 outputs in the IR's layout. Raises `CRefUnsupported` naming the first node
-    without a reference kernel."""
+    returns int8 outputs in the IR's layout."""
     env: dict[str, np.ndarray] = {}
     for v, x in zip(graph.inputs, inputs_q, strict=True):
-        _q(v)
         x = np.asarray(x)
         if x.dtype != np.int8 or tuple(x.shape) != tuple(v.shape):
             raise ValueError(f"input {v.name!r}: expected int8 {list(v.shape)}, got {x.dtype} {list(x.shape)}")
         env[v.name] = _nhwc(x)
-    for node in graph.nodes:
-        fn = SUPPORTED_OPS.get(node.op)
-        if fn is None:
-            raise _fail(node, "no integer reference kernel")
-        env[node.output.name] = fn(node, env)
+    execute(lower(graph), env)
     return [_nchw(env[v.name]) for v in graph.outputs]
