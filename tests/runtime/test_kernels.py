@@ -177,7 +177,6 @@ def pool_case(rng, is_max: bool, label) -> Case:
     kh, kw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
     sh, sw = int(rng.integers(1, 3)), int(rng.integers(1, 3))
     pad = tuple(int(rng.integers(0, k)) for k in (kh, kw, kh, kw))
-    pad = (pad[0], pad[1], pad[2], pad[3])
     x = _i8(rng, (int(rng.integers(1, 3)), int(rng.integers(kh, 9)), int(rng.integers(kw, 9)), int(rng.integers(1, 6))))
     act = _act(rng, _zp(rng))
     fn = K.max_pool2d if is_max else K.avg_pool2d
@@ -271,6 +270,27 @@ def test_add_c_matches_reference(tool, tmp_path):
 def test_pooling_and_mean_c_match_reference(tool, tmp_path):
     rng = np.random.default_rng(5)
     cases = [pool_case(rng, i % 2 == 0, f"pool{i}") for i in range(40)] + [mean_case(rng, f"mean{i}") for i in range(20)]
+    assert_c_matches(tool, tmp_path, cases)
+
+
+def test_accumulator_extremes_and_saturation(tool, tmp_path):
+    """Patches of ECM_MAX_PATCH (65535) elements at the int8 extremes: the int32 accumulator reaches
+    +-2139062400 without overflow, the bias add saturates at INT32_MIN / INT32_MAX, multipliers
+    above 1 saturate at the left shift; C and reference agree on all of it."""
+    n = 65535
+    cases = []
+    for xv, zp, wv, bias in ((127, -128, -128, -(2 ** 23) - 1), (-128, 127, -128, 2 ** 30), (-128, 127, 127, 0),
+                             (127, -128, 127, INT32_MAX)):
+        x = np.full((1, n), xv, np.int8)
+        w = np.full((2, n), wv, np.int8)
+        b = np.array([bias, -bias // 2], np.int32)
+        for real in (2.0 ** -24, 0.75, 3.0):
+            m, s = quantize_multipliers(np.array([real, real]))
+            acc = (x.astype(np.int64) - zp) @ w.astype(np.int64).T
+            assert np.abs(acc).max() < 2 ** 31
+            y = K.fully_connected(x, w, b, input_zp=zp, output_zp=0, multiplier=m, shift=s)
+            i32 = [1, n, 2, zp, 0, -128, 127, 2, *m, *s, 1, *b]
+            cases.append(Case(OP_FC, i32, x.tobytes() + w.tobytes(), y, f"fc extremes {xv} {zp} {wv} {real}"))
     assert_c_matches(tool, tmp_path, cases)
 
 
@@ -580,3 +600,17 @@ def test_kernels_on_aarch64_under_qemu(tmp_path):
     tool = tmp_path / "aarch64" / "ecm_kernel_tool"
     assert_c_matches(lambda src, dst: ["qemu-aarch64", "-cpu", "cortex-a72", str(tool), str(src), str(dst)],
                      tmp_path, _all_kernel_cases(12))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not have("gcc"), reason="gcc")
+def test_kernels_under_address_and_undefined_sanitizers(tmp_path):
+    """The host tool built with ASan + UBSan (no recovery) on every kernel's cases and the
+    rejections: no out-of-bounds access, no signed overflow, results unchanged."""
+    tool = tmp_path / "ecm_kernel_tool_san"
+    subprocess.run(["gcc", "-std=c99", "-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                    f"-I{RUNTIME / 'include'}", str(RUNTIME / "src" / "ecm_kernels.c"),
+                    str(RUNTIME / "tests" / "ecm_kernel_tool.c"), "-o", str(tool)], check=True, capture_output=True)
+    assert_c_matches(tool, tmp_path, _all_kernel_cases(13))
+    test_bad_calls_are_rejected_before_writing(tool, tmp_path)
+    test_accumulator_extremes_and_saturation(tool, tmp_path)

@@ -73,10 +73,6 @@ def _bias(b: Value | None) -> np.ndarray | None:
     return None if b is None else b.data.astype(np.int32)
 
 
-def _c_round(v: float) -> int:
-    return int(np.sign(v) * np.floor(abs(v) + 0.5))
-
-
 def _conv(node: Node) -> list[KernelCall]:
     x, w, b = (node.input(i) for i in range(3))
     if len(w.shape) != 4:
@@ -121,9 +117,9 @@ def _clamp(node: Node) -> list[KernelCall]:
     else:
         lo, hi = -128, 127
         if node.attrs.get("min") is not None:
-            lo = max(lo, zp + _c_round(float(node.attrs["min"]) / s))
+            lo = max(lo, K.quantize_scalar(float(node.attrs["min"]), s, zp))
         if node.attrs.get("max") is not None:
-            hi = min(hi, zp + _c_round(float(node.attrs["max"]) / s))
+            hi = min(hi, K.quantize_scalar(float(node.attrs["max"]), s, zp))
     return [KernelCall(node.name, "clamp", (node.inputs[0].name,), node.output.name, dict(lo=lo, hi=hi))]
 
 

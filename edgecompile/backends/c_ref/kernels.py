@@ -31,8 +31,9 @@ from .fixedpoint import (
     INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier, quantize_multiplier, rounding_int_divide,
 )
 
-__all__ = ["quantize_multiplier", "multiply_by_quantized_multiplier", "activation_range", "conv_output_size",
-           "conv2d", "fully_connected", "add", "max_pool2d", "avg_pool2d", "mean_hw", "ADD_LEFT_SHIFT"]
+__all__ = ["quantize_multiplier", "multiply_by_quantized_multiplier", "activation_range", "quantize_scalar",
+           "conv_output_size", "conv2d", "fully_connected", "add", "max_pool2d", "avg_pool2d", "mean_hw",
+           "ADD_LEFT_SHIFT"]
 
 #: TFLite's int8 ADD/SUB: inputs are shifted left by 20 bits before their multipliers (add.cc).
 ADD_LEFT_SHIFT = 20
@@ -41,21 +42,25 @@ ADD_LEFT_SHIFT = 20
 def activation_range(kind: str | None, scale: float, zero_point: int) -> tuple[int, int]:
     """The int8 clamp of a fused activation, as TFLite's ``CalculateActivationRangeQuantized``:
     ``None`` -> [-128, 127]; "relu" -> [max(-128, zp), 127]; "relu6" -> [max(-128, zp),
-    min(127, zp + round(6 / scale))]; "relu1" (-1..1) likewise. ``round`` is C's (ties away)."""
-    def q(v: float) -> int:
-        r = v / scale
-        return zero_point + int(np.sign(r) * np.floor(abs(r) + 0.5))
-
-    lo, hi = -128, 127
-    if kind in ("relu", "relu6"):
-        lo = max(lo, q(0.0))
-    if kind == "relu6":
-        hi = min(hi, q(6.0))
-    if kind == "relu1":
-        lo, hi = max(lo, q(-1.0)), min(hi, q(1.0))
+    min(127, zp + round(6 / scale))]; "relu1" (-1..1) likewise. ``v / scale`` in float32 and C's
+    ``round`` (ties away from zero), as TFLite."""
     if kind not in (None, "relu", "relu6", "relu1"):
         raise ValueError(f"unknown fused activation {kind!r}")
+    lo, hi = -128, 127
+    if kind in ("relu", "relu6"):
+        lo = max(lo, quantize_scalar(0.0, scale, zero_point))
+    if kind == "relu6":
+        hi = min(hi, quantize_scalar(6.0, scale, zero_point))
+    if kind == "relu1":
+        lo, hi = max(lo, quantize_scalar(-1.0, scale, zero_point)), min(hi, quantize_scalar(1.0, scale, zero_point))
     return lo, hi
+
+
+def quantize_scalar(value: float, scale: float, zero_point: int) -> int:
+    """``zero_point + round(value / scale)`` with the division in float32 and C's ``round``
+    (TFLite's activation bounds; not clamped)."""
+    r = float(np.float32(value) / np.float32(scale))
+    return int(zero_point) + int(np.sign(r) * np.floor(abs(r) + 0.5))
 
 
 def conv_output_size(size: int, kernel: int, stride: int, dilation: int, pad_before: int, pad_after: int) -> int:
@@ -144,7 +149,7 @@ def add(a: np.ndarray, b: np.ndarray, *, a_zp: int, b_zp: int, output_zp: int, a
     """int8 addition with two-input requantization, as TFLite's ``reference_integer_ops::Add``
     (``AddElementwise``): each input ``(q - zp) << 20`` scaled by its multiplier (``s_i / (2 *
     max(s_a, s_b))``), the sum scaled by ``2 * max(s_a, s_b) / (2**20 * s_out)``, plus ``zp_out``,
-    clamped (see `add_multipliers`). Shapes broadcast as numpy's."""
+    clamped (parameters from `params.add_params`). Shapes broadcast as numpy's."""
     sa = multiply_by_quantized_multiplier((a.astype(np.int64) - a_zp) << left_shift, a_multiplier, a_shift)
     sb = multiply_by_quantized_multiplier((b.astype(np.int64) - b_zp) << left_shift, b_multiplier, b_shift)
     return _requant(sa + sb, output_multiplier, output_shift, output_zp, act)
