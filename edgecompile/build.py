@@ -378,7 +378,7 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
     out.parent.mkdir(parents=True, exist_ok=True)
     attempts: list[dict] = []
     for label, cand, records, search in candidates(graph, loaded, cfg, calib, batch, specs, data_note, labels,
-                                                            target.kind == "mcu", progress):
+                                                   target.kind == "mcu", progress, time.perf_counter() - t_start):
         t = stage_done(f"quantize + search ({label})", 0.6, t)
         stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:

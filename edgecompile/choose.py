@@ -7,6 +7,7 @@ first; see its docstring for the order and why each one follows the last.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -77,7 +78,7 @@ def _search_samples(calib: Samples, graph: Graph, specs) -> Samples:
 
 
 def candidates(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, calib: Samples, batch: int, specs,
-                data_note: str, labels, mcu: bool, progress):
+                data_note: str, labels, mcu: bool, progress, elapsed: float = 0.0):
     """The configurations to try, most compressed first: (label, graph, pass records, search info).
 
     With real calibration data, the int8 mode is chosen by measurement before anything is written:
@@ -96,6 +97,7 @@ def candidates(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, calib: Sampl
     records = quantize(graph, cfg, calib, batch, real_data=real_data)
     verify(graph)
     label = cfg.quant
+    t0 = time.perf_counter()
     opt = OptimizeConfig(cfg.optimize)
     info: dict = {"goal": cfg.optimize}
     gate = GateScore(specs, cfg.thresholds, opt.margin, labelled=labels is not None,
@@ -168,6 +170,9 @@ def candidates(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, calib: Sampl
     weights_only_next = (cfg.quant_auto and label != "int8:weights_only" and cfg.quant.startswith("int8")
                          and info.get("float_score", 0.0) >= 0)
     if samples is not None and not cfg.cluster_bits and opt.ladder:
+        # The solo phase gets about three times what the build took so far (load, export, quantize,
+        # measure), at least 20 s: the search stays within a few plain builds' time.
+        opt = replace(opt, max_seconds=min(opt.max_seconds, max(20.0, 3.0 * (elapsed + time.perf_counter() - t0))))
         res = optimize_weights(graph, samples, ref, gate, opt,
                                progress=lambda f: progress("search per-layer compression", 0.65 + 0.1 * f))
         plans = res.pop("plans")
