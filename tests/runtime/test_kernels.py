@@ -414,7 +414,7 @@ def test_reference_matches_litert_reference_kernels_op_by_op(small_cnn):
     xq, xf = _exact_float_inputs(g, np.random.default_rng(1), 40)
     differ, total = {}, {}
     fc = next(n for n in g.nodes if n.op == "linear")
-    calls, node_of = lower(g), {n.output.name: n for n in g.nodes}
+    calls, node_of = lower(g, fuse=False), {n.output.name: n for n in g.nodes}
     for k in range(len(xq)):
         it.set_tensor(it.get_input_details()[0]["index"], xf[k])
         it.invoke()
@@ -501,10 +501,18 @@ def test_digits_cnn_end_to_end_agrees_with_fake_quant(digits):
     output on 64 held-out digits (measured 64 / 64), logits within one output step."""
     from edgecompile.ir import run_graph
 
+    from edgecompile.backends.c_ref.graph import execute, lower
+
     g, x, xq = digits
     assert {n.op for n in g.nodes} >= {"conv", "add", "max_pool", "linear", "relu", "reshape"}
     oq = g.outputs[0].quant
     ints = np.concatenate([run_int8(g, xq[i: i + 1])[0] for i in range(64)])
+    # fused clamps (the default) give the same bits as separate ones
+    unfused = lower(g, fuse=False)
+    assert sum(c.kernel == "clamp" for c in unfused) == 5 and not any(c.kernel == "clamp" for c in lower(g))
+    sep = [execute(unfused, {g.inputs[0].name: xq[i: i + 1].transpose(0, 2, 3, 1)})[g.outputs[0].name]
+           for i in range(64)]
+    assert np.array_equal(np.concatenate(sep), ints)
     fake = np.concatenate([run_graph(g, x[i: i + 1]) for i in range(64)])
     assert ints.dtype == np.int8
     assert (oq.dequantize(ints).argmax(1) == fake.argmax(1)).mean() >= 0.98
@@ -541,7 +549,8 @@ def case_from_call(call, x: list[np.ndarray], y: np.ndarray) -> Case | None:
 
 def test_digits_cnn_layers_in_c_match_reference(tool, tmp_path, digits):
     """Every kernel call of the lowered digits CNN (4 convs, the residual add, max pool, 2 fully
-    connected) run by the C kernels on the 64 images' activations: bit for bit the reference."""
+    connected; the ReLUs fused, as no-op clamps: every ReLU output has zero point -128) run by the C kernels on the 64 images'
+    activations: bit for bit the reference."""
     from edgecompile.backends.c_ref.graph import execute, lower
 
     g, _, xq = digits

@@ -6,14 +6,15 @@ computed as TFLite does (`params`). ``run_int8(graph, *x_q)`` lowers and execute
 the IR's layout (NCHW) in, int8 outputs in the IR's layout out; inside, 4-D activations are NHWC.
 The schedule is what generated C will call, one ``ecm_`` kernel per call.
 
-Clamps (relu, relu6 / clip) are calls of their own here; fusing one into the producing kernel's
-``act`` range gives the same bits (both clip the same requantized value), which the C generator may do.
+A clamp (relu, relu6 / clip) whose input comes from a conv, fully connected or add used by nothing
+else is fused into that kernel's ``act`` range (``lower(graph, fuse=True)``, the default, as TFLite
+fuses activations): the same bits as a separate clamp, since both clip the same requantized value.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -171,18 +172,32 @@ LOWERINGS: dict[str, Callable[[Node], list[KernelCall]]] = {
 }
 
 
-def lower(graph: Graph) -> list[KernelCall]:
+def lower(graph: Graph, fuse: bool = True) -> list[KernelCall]:
     """The graph as kernel calls in schedule order; raises `CRefUnsupported` naming the first node
-    without a reference kernel."""
+    without a reference kernel. With `fuse`, clamps fold into the producing kernel's ``act``."""
     for v in graph.inputs:
         _q(v)
-    calls = []
+    calls: list[KernelCall] = []
     for node in graph.nodes:
         fn = LOWERINGS.get(node.op)
         if fn is None:
             raise _fail(node, "no integer reference kernel")
-        calls.extend(fn(node))
+        new = fn(node)
+        if fuse and new[0].kernel == "clamp" and _fusable(graph, node, calls):
+            prev, (lo, hi) = calls[-1], calls[-1].args["act"]
+            act = (max(lo, new[0].args["lo"]), min(hi, new[0].args["hi"]))
+            calls[-1] = replace(prev, output=new[0].output, args={**prev.args, "act": act})
+            continue
+        calls.extend(new)
     return calls
+
+
+def _fusable(graph: Graph, clamp: Node, calls: list[KernelCall]) -> bool:
+    """The clamp's input is the output of the last call, a kernel with an ``act`` range, and nothing
+    else reads it (not another node, not a graph output)."""
+    x = clamp.inputs[0]
+    return (bool(calls) and calls[-1].output == x.name and "act" in calls[-1].args and len(x.uses) == 1
+            and all(v is not x for v in graph.outputs))
 
 
 def _nchw(x: np.ndarray) -> np.ndarray:
