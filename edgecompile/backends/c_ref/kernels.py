@@ -9,11 +9,13 @@ Conventions (TFLite's int8 scheme, ``tensorflow/lite/kernels/internal/reference/
   fully connected weights ``[O, I]``. Channels innermost make each output pixel's patch a run of
   contiguous channel rows (the dot products a microcontroller streams, and the layout CMSIS-NN and
   TFLite Micro use), and per-channel parameters broadcast on the last axis. The IR is NCHW: the
-  lowering transposes weights once, at build time.
+  lowering transposes weights once, at build time. Depthwise weights are OHWI too, ``[O, KH, KW,
+  1]`` (TFLite stores ``[1, KH, KW, O]``; the same bytes when the depth multiplier is 1).
 - int8 activations with per-tensor zero points, int8 weights symmetric (zero point 0) per output
   channel, int32 bias of scale ``s_in * s_w[c]``.
 - Accumulation in int32: ``acc = sum((x - zp_in) * w) + bias``; padded positions contribute
-  nothing (they stand for ``x = zp_in``).
+  nothing (they stand for ``x = zp_in``). numpy sums in int64, which equals the C kernels' int32
+  sums for patches up to ``ECM_MAX_PATCH`` (65535) elements; the bias add saturates to int32 in both.
 - Requantization ``MultiplyByQuantizedMultiplier(acc, M[c], shift[c]) + zp_out`` (`fixedpoint`),
   then the fused activation clamp ``[act_min, act_max]`` (an int8 range: ReLU is ``[zp_out, 127]``,
   ReLU6 ``[zp_out, zp_out + round(6 / s_out)]``, see `activation_range`).
