@@ -507,9 +507,10 @@ def test_digits_cnn_end_to_end_agrees_with_fake_quant(digits):
     assert {n.op for n in g.nodes} >= {"conv", "add", "max_pool", "linear", "relu", "reshape"}
     oq = g.outputs[0].quant
     ints = np.concatenate([run_int8(g, xq[i: i + 1])[0] for i in range(64)])
-    # fused clamps (the default) give the same bits as separate ones
-    unfused = lower(g, fuse=False)
-    assert sum(c.kernel == "clamp" for c in unfused) == 5 and not any(c.kernel == "clamp" for c in lower(g))
+    # fused clamps and the flatten folded into the FC weights (the default) give the same bits
+    unfused, fused = lower(g, fuse=False), lower(g)
+    assert sum(c.kernel == "clamp" for c in unfused) == 5 and not any(c.kernel == "clamp" for c in fused)
+    assert [c.kernel for c in unfused].count("reshape") == 1 and [c.kernel for c in fused].count("flatten") == 1
     sep = [execute(unfused, {g.inputs[0].name: xq[i: i + 1].transpose(0, 2, 3, 1)})[g.outputs[0].name]
            for i in range(64)]
     assert np.array_equal(np.concatenate(sep), ints)

@@ -6,9 +6,14 @@ computed as TFLite does (`params`). ``run_int8(graph, *x_q)`` lowers and execute
 the IR's layout (NCHW) in, int8 outputs in the IR's layout out; inside, 4-D activations are NHWC.
 The schedule is what generated C will call, one ``ecm_`` kernel per call.
 
-A clamp (relu, relu6 / clip) whose input comes from a conv, fully connected or add used by nothing
-else is fused into that kernel's ``act`` range (``lower(graph, fuse=True)``, the default, as TFLite
-fuses activations): the same bits as a separate clamp, since both clip the same requantized value.
+``lower(graph, fuse=True)`` (the default) folds what generated C folds, without changing a bit:
+
+- a clamp (relu, relu6 / clip) whose input comes from a conv, fully connected or add used by nothing
+  else goes into that kernel's ``act`` range (as TFLite fuses activations): both clip the same
+  requantized value;
+- a flatten of 4-D data feeding only a fully connected layer becomes an alias ("flatten": NHWC
+  element order) and the layer's weight columns are permuted from (C, H, W) to (H, W, C) order
+  instead, so that the NCHW flatten costs no transpose at run time.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ class KernelCall:
 
     kernel : a function of `kernels` ("conv2d", "fully_connected", "add", "max_pool2d",
         "avg_pool2d", "mean_hw") or a data-movement step ("clamp": lo, hi; "reshape": the IR
-        shape, taken in NCHW element order; "pad": NHWC pads and the fill value)
+        shape, taken in NCHW element order (a transpose for 4-D NHWC data); "flatten": the same
+        shape in NHWC element order, an alias in C; "pad": NHWC pads and the fill value)
     inputs, output : value names (activations, int8)
     args : integer parameters and constant arrays (weights OHWI int8, bias int32)
     """
@@ -189,7 +195,29 @@ def lower(graph: Graph, fuse: bool = True) -> list[KernelCall]:
             calls[-1] = replace(prev, output=new[0].output, args={**prev.args, "act": act})
             continue
         calls.extend(new)
-    return calls
+    return _fold_flattens(graph, calls) if fuse else calls
+
+
+def _fold_flattens(graph: Graph, calls: list[KernelCall]) -> list[KernelCall]:
+    """"reshape" [N, C, H, W] -> [N, C*H*W] read only by one fully connected call: "flatten" (NHWC
+    order) and that call's weights permuted to match."""
+    shapes = {v.name: tuple(v.shape) for v in graph.inputs} | {n.output.name: tuple(n.output.shape) for n in graph.nodes}
+    outputs = {v.name for v in graph.outputs}
+    out = list(calls)
+    for i, call in enumerate(out):
+        src = shapes.get(call.inputs[0]) if call.kernel == "reshape" else None
+        if src is None or len(src) != 4 or call.args["shape"] != (src[0], src[1] * src[2] * src[3]):
+            continue
+        readers = [j for j, c in enumerate(out) if call.output in c.inputs]
+        if call.output in outputs or len(readers) != 1 or out[readers[0]].kernel != "fully_connected":
+            continue
+        fc = out[readers[0]]
+        _, c, h, w = src
+        wt = fc.args["w"]
+        perm = wt.reshape(wt.shape[0], c, h, w).transpose(0, 2, 3, 1).reshape(wt.shape[0], -1)
+        out[readers[0]] = replace(fc, args={**fc.args, "w": np.ascontiguousarray(perm)})
+        out[i] = replace(call, kernel="flatten")
+    return out
 
 
 def _fusable(graph: Graph, clamp: Node, calls: list[KernelCall]) -> bool:
@@ -216,6 +244,8 @@ def run_call(call: KernelCall, env: dict[str, np.ndarray]) -> np.ndarray:
         return np.clip(xs[0], a["lo"], a["hi"]).astype(np.int8)
     if call.kernel == "reshape":
         return _nhwc(_nchw(xs[0]).reshape(a["shape"]))
+    if call.kernel == "flatten":
+        return xs[0].reshape(a["shape"])
     if call.kernel == "pad":
         t, lf, b, r = a["pads"]
         return np.pad(xs[0], ((0, 0), (t, b), (lf, r), (0, 0)), constant_values=a["value"])
