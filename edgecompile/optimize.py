@@ -120,7 +120,7 @@ class GateScore:
                             max_accuracy_drop=t.max_accuracy_drop,
                             min_decision_agreement=tight(t.min_decision_agreement),
                             min_correlation=tight(t.min_correlation))
-        self.specs, self.metric = specs, metric
+        self.specs, self.metric, self.margin = specs, metric, margin
 
     def _floor(self, metric: str) -> float:
         b = self.base
@@ -133,9 +133,13 @@ class GateScore:
         fid = compare(ref, got, self.specs, self.t, metric=self.metric)
         score = np.inf
         for c in fid.checks:
-            if c.output == "model":       # the factory's own check: its threshold as given
-                span = max(abs(1 - c.threshold), 0.01) if c.higher_is_better else max(abs(c.threshold), 1e-6)
-                score = min(score, (c.value - c.threshold if c.higher_is_better else c.threshold - c.value) / span)
+            if c.output == "model":       # the factory's own check: tightened alike when it is a [0, 1] figure
+                if c.higher_is_better and 0 < c.threshold < 1:
+                    tight = c.threshold + (1 - c.threshold) * self.margin
+                    score = min(score, (c.value - tight) / (1 - c.threshold))
+                else:
+                    span = max(abs(c.threshold), 1e-6)
+                    score = min(score, (c.value - c.threshold if c.higher_is_better else c.threshold - c.value) / span)
                 continue
             score = min(score, (c.value - c.threshold) / max(1 - self._floor(c.metric), 1e-6))
         return float(score) if np.isfinite(score) or score == np.inf else -np.inf
