@@ -412,6 +412,7 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
                 container_records=written["records"], emitted=written["emitted"], stage=stage,
                 baseline_onnx_bytes=len(baseline), fidelity=fidelity, latency=latency,
                 pass_records=pass_records + records, finetune=finetune_info, timings=timings, data_note=data_note)
+            report["chosen"] = label          # the configuration shipped (quant mode, search plan)
             report["search"] = {k: v for k, v in search.items() if k != "more"}
             report["attempts"] = attempts
             oversize = [n for n in report["memory"]["notes"] if n.startswith("does not fit")]

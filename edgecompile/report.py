@@ -212,6 +212,9 @@ def render_terminal(report: dict, console) -> None:
                   "-" if r["sparsity"] is None else f"{r['sparsity']:.0%}", str(r["bits"]), r["codec"] or "-")
     console.print(t)
     tot, fid, lat, mem = report["totals"], report["fidelity"], report["latency"], report["memory"]
+    if report.get("chosen"):
+        tried = ", ".join(f"{a['config']} ({'pass' if a['passed'] else 'fail'})" for a in report.get("attempts", []))
+        console.print(f"[bold]chosen[/] {report['chosen']}; tried in the real runtime: {tried}")
     console.print(f"[bold]size[/]  fp32 ONNX {_kb(tot['fp32_onnx_bytes'])} → bundle {_kb(tot['bundle_bytes'])} "
                   f"(model {_kb(tot['model_file_bytes'])} + weights {_kb(tot['container_bytes'])}): "
                   f"[bold]{tot['compression_ratio']:.1f}× smaller[/]; params {tot['params_before']:,} → "
