@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from edgecompile.ir import Graph, infer_shapes, run_graph, verify
 from edgecompile.passes.mixed_precision import mean_cosine, quant_units, select_float_nodes
@@ -17,14 +16,6 @@ from edgecompile.passes.base import PassError
 from edgecompile.passes.quantize import QuantConfig, QuantizePass, QuantSpecError
 
 B, D, H, N_OUT = 16, 24, 48, 10
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def outlier_mlp(outlier: float = 500.0) -> Graph:

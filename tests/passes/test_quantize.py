@@ -21,13 +21,6 @@ from edgecompile.passes.quantize import (
 BATCH = 100
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models train and run far faster on one thread than on two contended ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 CONV = dict(stride=[1, 1], padding=[1, 1], dilation=[1, 1], groups=1)
 POOL = dict(kernel=[2, 2], stride=[2, 2], padding=[0, 0], dilation=[1, 1], ceil_mode=False)
 
