@@ -40,8 +40,10 @@ def test_installed_wheel_finds_targets_and_runtime(tmp_path):
     py = venv / "bin" / "python"
     site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                           check=True, capture_output=True, text=True).stdout.strip()
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--prefix", str(venv),
-                    str(wheel)], check=True, capture_output=True)
+    # --ignore-installed: without it pip uninstalls this environment's editable edgecompile first
+    # (--prefix does not isolate the uninstall), leaving .venv without its `edgecompile` command
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--ignore-installed", "-q", "--prefix",
+                    str(venv), str(wheel)], check=True, capture_output=True)
     names = sorted(p.stem for p in (ROOT / "targets").glob("*.toml"))
     # The dependencies (torch, numpy, ...) come from this environment's site-packages, put after
     # the fresh venv's, which holds the wheel (this environment's editable finder is not loaded).
