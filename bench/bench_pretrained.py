@@ -271,7 +271,8 @@ def edgecompile_row(key, label, extra: dict, loaded, ref, ref_stream, kinds, exa
     fid, ok = judge(ref, run_all(session, evals, batch), kinds)
     verdict = res.report.get("verdict", {})
     cfgd = res.report.get("config", {})
-    note = "; ".join(x for x in (f"quant {cfgd.get('quant')}, optimize {cfgd.get('optimize')}",
+    shipped = res.report.get("chosen") or f"quant {cfgd.get('quant')}, optimize {cfgd.get('optimize')}"
+    note = "; ".join(x for x in (f"shipped: {shipped}",
                                   stream_note(key, session, loaded, ref_stream),
                                   "; ".join(verdict.get("failures", []))[:160]) if x)
     return Row(label, res.report["totals"]["bundle_bytes"], zstd19(payload), fid + ("" if ok else " [bench: FAIL]"),
