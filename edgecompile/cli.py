@@ -94,6 +94,10 @@ def main(verbose: bool) -> None:
 @click.option("--optimizer", type=click.Choice(["fngd", "adamw", "sgd", "kfac", "twa"]), default="fngd",
               show_default=True)
 @click.option("--epochs", type=int, default=3, show_default=True)
+@click.option("--optimize", type=click.Choice(["size", "balanced", "latency", "none"]), default="size",
+              show_default=True,
+              help="Per-layer compression chosen by measurement under the gate: size (sparsity + shared levels "
+                   "down to 2 bits), balanced (>= 4 bits, <= 50% sparsity), latency / none (no search).")
 @click.option("--task", default=None,
               help="What each output is, in output order: logits | embedding | probability | regression | "
                    "detection | state | auto, comma-separated (e.g. 'probability,state') [the factory's, else auto].")
@@ -111,7 +115,7 @@ def main(verbose: bool) -> None:
 @click.option("--allow-degraded", is_flag=True, help="Keep a bundle that fails the fidelity thresholds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no progress bar).")
 def build(model, target, out, backend, calib, rank, prune, quant, cluster_bits, budget_bytes, codecs, finetune,
-          optimizer, epochs, task, min_agreement, min_cosine, min_correlation, max_eval, allow_oversize,
+          optimizer, epochs, optimize, task, min_agreement, min_cosine, min_correlation, max_eval, allow_oversize,
           max_accuracy_drop, allow_degraded, as_json):
     """Compile MODEL (file.py:factory, package.module:factory or a .pt2; default: the embedded digits CNN)."""
     from rich.console import Console
@@ -129,7 +133,7 @@ def build(model, target, out, backend, calib, rank, prune, quant, cluster_bits, 
                       thresholds=Thresholds(min_top1_agreement=min_agreement, min_cosine=min_cosine,
                                             max_accuracy_drop=max_accuracy_drop / 100,
                                             min_decision_agreement=min_agreement, min_correlation=min_correlation),
-                      task=task, max_eval_samples=max_eval, allow_oversize=allow_oversize,
+                      task=task, optimize=optimize, max_eval_samples=max_eval, allow_oversize=allow_oversize,
                       allow_degraded=allow_degraded)
     console = Console(stderr=True)
     errors = _input_errors()

@@ -100,9 +100,10 @@ def parse_output_specs(spec, n_outputs: int) -> tuple[OutputSpec, ...]:
         kind = str(d.get("kind", "auto")).lower()
         kind = _ALIASES.get(kind, kind)
         try:
-            out.append(OutputSpec(kind, float(d.get("threshold", 0.5))))
-        except (TypeError, ValueError) as e:
-            raise FidelitySpecError(f"bad output kind {it!r}: {e}") from None
+            threshold = float(d.get("threshold", 0.5))
+        except (TypeError, ValueError):
+            raise FidelitySpecError(f"output {it!r}: threshold must be a number") from None
+        out.append(OutputSpec(kind, threshold))
     return tuple(out) + (OutputSpec(),) * (n_outputs - len(out))
 
 

@@ -87,3 +87,21 @@ def test_targets_lists_all():
     r = run_cli("targets", "--json")
     names = {t["name"] for t in json.loads(r.stdout)}
     assert {"rpi4", "rpi5", "stm32f746", "nrf52840", "rp2040", "host"} <= names
+
+
+def test_default_build_searches_and_says_what_it_shipped(default_bundle):
+    rep = default_bundle[1]["report"]
+    assert rep["config"]["optimize"] == "size" and rep["attempts"] and rep["chosen"]
+    assert rep["attempts"][-1]["passed"] and rep["attempts"][-1]["config"] == rep["chosen"]
+    assert rep["totals"]["compression_ratio"] > 6      # the search adds sparsity and shared levels
+
+
+def test_optimize_none_and_task_on_the_cli(tmp_path):
+    r = run_cli("build", "--optimize", "none", "--task", "logits", "--out", str(tmp_path / "o"), "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)["report"]
+    assert rep["config"]["optimize"] == "none" and "no per-layer search" in rep["search"]["note"]
+    assert rep["fidelity"]["outputs"][0]["kind"] == "logits"
+    bad = run_cli("build", "--task", "banana", "--out", str(tmp_path / "b"))
+    assert bad.returncode == 3 and bad.stderr.count("\n") == 1 and "unknown output kind 'banana'" in bad.stderr
+    assert not (tmp_path / "b").exists()
