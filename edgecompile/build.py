@@ -32,7 +32,9 @@ from .ir import Graph, verify
 from .modelspec import LoadedModel, batch_first, load_model
 from .targets import Target, load_target
 from .choose import candidates, resolve_quant
-from .fidelity import Fidelity, FidelitySpecError, OutputSpec, Thresholds, compare, parse_output_specs
+from .fidelity import (
+    Fidelity, FidelitySpecError, OutputSpec, Thresholds, checks_from, compare, parse_output_specs,
+)
 from .reference import bundle_outputs, reference_outputs
 
 log = logging.getLogger(__name__)
@@ -259,8 +261,12 @@ def verify_bundle(session, loaded: LoadedModel, graph: Graph, evals: Samples, la
         raise BuildError(f"the model returns {len(ref)} tensors but the compiled graph has {len(got)} outputs; "
                          "return tensors only (no None or Python numbers)")
     try:
-        return compare(ref, got, specs, cfg.thresholds, labels, names=[v.name for v in graph.outputs],
-                       metric=loaded.data.get("metric"), note=note)
+        fid = compare(ref, got, specs, cfg.thresholds, labels, names=[v.name for v in graph.outputs],
+                      metric=loaded.data.get("metric"), note=note)
+        stream = loaded.data.get("stream_metric")
+        if stream is not None:       # the factory drives the bundle itself (e.g. on its own state)
+            fid = replace(fid, checks=fid.checks + tuple(checks_from(stream(session.run), "stream_metric")))
+        return fid
     except FidelitySpecError as e:
         raise BuildError(str(e)) from None
     except ValueError as e:

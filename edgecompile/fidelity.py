@@ -277,7 +277,12 @@ def _checks(o: OutputFidelity, spec: OutputSpec, t: Thresholds) -> list[Check]:
 
 
 def _custom_checks(metric: MetricFn, ref: list[np.ndarray], got: list[np.ndarray]) -> list[Check]:
-    res = metric(ref, got)
+    return checks_from(metric(ref, got), "metric")
+
+
+def checks_from(res, what: str = "metric") -> list[Check]:
+    """`Check`s from what a factory's metric returned: one dict or a list of dicts with
+    ``name``, ``value``, ``threshold`` and optionally ``higher_is_better``."""
     items = res if isinstance(res, list) else [res]
     checks = []
     for it in items:
@@ -285,7 +290,7 @@ def _custom_checks(metric: MetricFn, ref: list[np.ndarray], got: list[np.ndarray
             checks.append(Check("model", str(it["name"]), float(it["value"]), float(it["threshold"]),
                                 bool(it.get("higher_is_better", True))))
         except (KeyError, TypeError, ValueError) as e:
-            raise FidelitySpecError(f"the factory's metric returned {it!r}; it must return "
+            raise FidelitySpecError(f"the factory's {what} returned {it!r}; it must return "
                                     f"{{'name', 'value', 'threshold'[, 'higher_is_better']}} ({e})") from None
     return checks
 

@@ -11,7 +11,10 @@ The factory contract (also in the README): a callable taking no arguments that r
   output, in the order torch flattens them: ``"logits"``, ``"embedding"``, ``"probability"``,
   ``"regression"``, ``"detection"``, ``"state"`` or ``"auto"``, or a dict ``{"kind", "threshold"}``;
   see `fidelity`); ``"metric"`` (a callable ``(ref_outputs, bundle_outputs) -> {"name", "value",
-  "threshold"}`` or a list of such dicts: the factory's own checks, e.g. over a whole stream);
+  "threshold"}`` or a list of such dicts: the factory's own checks); ``"stream_metric"`` (a callable
+  ``(run) -> {"name", "value", "threshold"}`` or a list: checks that drive the compiled model
+  itself, ``run(*inputs) -> outputs`` on one batch, e.g. a recurrent model streaming on its own
+  state, which per-sample comparisons with the reference state cannot see);
   ``"batch_axes"`` (one integer per input: where its batch axis is, e.g. 1 for an LSTM state
   ``[layers, B, hidden]``; samples are still stacked on axis 0, and the bundle takes and returns
   batch-first tensors, see `batch_first`).
@@ -108,10 +111,14 @@ def _check_data(data, n_inputs: int, what: str) -> dict:
             raise ModelSpecError(f"{what}: data['batch_axes'] must list one integer axis per model input "
                                  f"({n_inputs})")
         out["batch_axes"] = [int(a) for a in axes]
-    unknown = sorted(set(data) - {"calib", "eval", "labels", "outputs", "metric", "batch_axes"})
+    if "stream_metric" in data:
+        if not callable(data["stream_metric"]):
+            raise ModelSpecError(f"{what}: data['stream_metric'] must be a callable (run) -> dict")
+        out["stream_metric"] = data["stream_metric"]
+    unknown = sorted(set(data) - {"calib", "eval", "labels", "outputs", "metric", "stream_metric", "batch_axes"})
     if unknown:
         raise ModelSpecError(f"{what}: unknown data key(s) {unknown}; use calib, eval, labels, outputs, metric, "
-                             "batch_axes")
+                             "stream_metric, batch_axes")
     return out
 
 

@@ -221,3 +221,28 @@ def test_logits_judged_on_decided_samples():
     broken = got.copy()
     broken[:100, 0] -= 10.0                                # the decided samples change class
     assert not compare([ref], [broken], [OutputSpec("logits")]).passed
+
+
+def test_stream_metric_drives_the_bundle_on_its_own_state(tmp_path):
+    """A factory's stream check runs the compiled model itself (here: feeding back its state)."""
+    loaded = _vad()
+    x = loaded.data["eval"][0][:4]
+
+    def stream(run, threshold):
+        h_ref = h = np.zeros((4, 16), np.float32)
+        agree = []
+        for _ in range(5):
+            p, h = run(x, h)
+            with torch.no_grad():
+                p_ref, h_ref = (t.numpy() for t in loaded.module(torch.from_numpy(x), torch.from_numpy(h_ref)))
+            agree.append(((p > 0.5) == (p_ref > 0.5)).mean())
+        return {"name": "stream agreement", "value": float(np.mean(agree)), "threshold": threshold}
+
+    data = dict(loaded.data, stream_metric=lambda run: stream(run, 0.9))
+    res = build(LoadedModel("v", loaded.module, loaded.example_inputs, data),
+                BuildConfig(target="host", out=tmp_path / "ok", latency_repeats=2))
+    assert any(c["metric"] == "stream agreement" and c["passed"] for c in res.report["fidelity"]["checks"])
+    data = dict(loaded.data, stream_metric=lambda run: stream(run, 1.01))      # cannot be met
+    with pytest.raises(VerificationFailed, match="stream agreement"):
+        build(LoadedModel("v", loaded.module, loaded.example_inputs, data),
+              BuildConfig(target="host", out=tmp_path / "no", latency_repeats=2))
