@@ -79,3 +79,24 @@ def test_search_gives_nothing_when_the_gate_cannot_hold(digits):
     gate = GateScore([OutputSpec("auto")], Thresholds(min_cosine=0.999999))
     res = optimize_weights(g, samples, ref, gate, OptimizeConfig("size"))
     assert res["plans"] == [] and "edge of the gate" in res["note"]
+
+
+def test_per_tensor_grid_keeps_values_and_moves_the_int32_bias(digits):
+    from edgecompile.optimize import _layers, per_tensor_grid
+
+    g, samples, ref = digits
+    lay = next(lay for lay in _layers(g, 1024) if g.node(lay.node).op == "conv")
+    q2, sc = per_tensor_grid(lay.q, lay.scale)
+    real, real2 = lay.q * lay.scale, q2 * sc
+    assert np.all(np.abs(real2 - real) <= sc.max() / 2 + 1e-7)               # within half a step of the grid
+    assert entropy_bytes(q2) <= entropy_bytes(lay.q)
+    plan = {"weights": {lay.const: (lay.node, (0.0, 8, "tensor"), q2, sc)}}
+    cand = g.copy()
+    apply_plan(cand, plan)
+    verify(cand)
+    n = cand.node(lay.node)
+    w, b, x = n.input(1), n.input(2), n.inputs[0]
+    assert np.all(w.quant.scale == np.float32(sc.max()))
+    assert b.data.dtype == np.int32 and np.array_equal(b.quant.scale, np.float32(x.quant.scale[0]) * w.quant.scale)
+    got = executor_outputs(TorchExecutor(cand, fake_quant=True).eval(), [torch.as_tensor(samples[0])])
+    assert (got[0].argmax(1) == ref[0].argmax(1)).mean() > 0.95
