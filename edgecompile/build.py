@@ -250,12 +250,11 @@ def output_specs(loaded: LoadedModel, cfg: BuildConfig, graph: Graph) -> tuple[O
         raise BuildError(f"{'--task' if cfg.task else 'the factory data[outputs]'}: {e}") from None
 
 
-def verify_bundle(session, loaded: LoadedModel, graph: Graph, evals: Samples, labels, specs, cfg: BuildConfig,
-                  note: str = "") -> Fidelity:
-    """Runs the held-back samples through the PyTorch model and the bundle's real runtime and
-    judges every output by its kind (`fidelity.compare`)."""
+def verify_bundle(session, loaded: LoadedModel, graph: Graph, evals: Samples, ref: list[np.ndarray], labels,
+                  specs, cfg: BuildConfig, note: str = "") -> Fidelity:
+    """Runs the held-back samples through the bundle's real runtime and judges every output by
+    its kind against `ref`, the PyTorch model's outputs on them (`fidelity.compare`)."""
     batch = int(graph.inputs[0].shape[0]) if graph.inputs and graph.inputs[0].shape else 1
-    ref = reference_outputs(loaded, evals, batch)
     got = bundle_outputs(session, evals, batch)
     if len(ref) != len(got):
         raise BuildError(f"the model returns {len(ref)} tensors but the compiled graph has {len(got)} outputs; "
@@ -381,7 +380,11 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
         # equal); rank 0 alone quantizes, writes, verifies and reports.
         return BuildResult(out, {}, None, degraded=False, written=False)
 
+    from .loader import load_bundle
+    from .session_base import BackendRuntimeError
+
     out.parent.mkdir(parents=True, exist_ok=True)
+    ref = reference_outputs(loaded, evals, batch)   # once: every candidate is judged against it
     attempts: list[dict] = []
     for label, cand, records, search in candidates(graph, loaded, cfg, calib, batch, specs, data_note, labels,
                                                    target.kind == "mcu", progress, time.perf_counter() - t_start):
@@ -390,11 +393,9 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
         try:
             written = _write_bundle(stage, cand, target, backend, cfg)
             t = stage_done(f"emit {backend} + container", 0.7, t)
-            from .loader import load_bundle
-            from .session_base import BackendRuntimeError
             try:
                 session = load_bundle(stage, threads=1, node_map=written["emitted"].node_map)
-                fidelity = verify_bundle(session, loaded, cand, evals, labels, specs, cfg, note=data_note)
+                fidelity = verify_bundle(session, loaded, cand, evals, ref, labels, specs, cfg, note=data_note)
             except BackendRuntimeError as e:
                 # an emitted model the runtime rejects is our bug: one line naming op and layer
                 raise BuildError(str(e)) from None

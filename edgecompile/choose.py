@@ -77,41 +77,85 @@ def _search_samples(calib: Samples, graph: Graph, specs) -> Samples:
     return tuple(a[-k:] for a in calib)
 
 
+def _weights_only(float_graph: Graph, cfg: BuildConfig, calib: Samples, batch: int, real_data: bool):
+    """A copy of the float graph with int8 weights and float activations: the least lossy int8."""
+    g = float_graph.copy()
+    return g, quantize(g, replace(cfg, quant="int8:weights_only"), calib, batch, real_data=real_data)
+
+
+def _fallback_int8(float_graph: Graph, cfg: BuildConfig, calib: Samples, batch: int, samples: Samples,
+                   score, plain_gate, mcu: bool, progress, info: dict) -> tuple[Graph, list[dict], str]:
+    """Full int8 failed on the search samples: the first of dynamic-range int8, mixed precision
+    and int8 weights that passes (graph, pass records, label); `info` records what was tried.
+
+    Dynamic range goes first where the runtime has hybrid kernels and the work is in matmuls (one
+    measurement; it holds transformers as onnxruntime's quantize_dynamic does). Never for
+    conv-heavy models (onnxruntime's ConvInteger runs ~11x slower than fp32, measured on
+    EfficientNet-Lite0) nor on microcontrollers (TFLite Micro has no hybrid kernels)."""
+    from .analysis import node_macs
+    from .passes.mixed_precision import select_float_nodes
+
+    def dynamic():
+        g = float_graph.copy()
+        return g, quantize(g, replace(cfg, quant="int8:dynamic"), calib, batch, real_data=True), "int8:dynamic"
+
+    def mixed():
+        progress("mixed precision: measuring int8 sensitivity", 0.62)
+        few = tuple(a[-max(batch, 64 // batch * batch):] for a in samples)  # each measurement runs them all
+        skip, mp = select_float_nodes(float_graph, list(batches(few, batch)), score_fn=plain_gate, min_score=0.0)
+        g = float_graph.copy()
+        chosen = next((r.get("ranges") for r in mp if r.get("node") is None), None) or ()
+        recs = quantize(g, cfg, calib, batch, skip=skip, ranges=tuple(chosen), real_data=True)
+        recs += [dict(r, **{"pass": "mixed precision"}) for r in mp if r.get("node")]
+        info["float_activations"] = list(skip)
+        return g, recs, f"int8 ({len(skip)} activations float)"
+
+    conv_macs = sum(node_macs(n) for n in float_graph.nodes if n.op == "conv")
+    conv_heavy = conv_macs > 0.5 * max(total_macs(float_graph), 1)
+    info["int8_fallbacks"] = tried = []
+    for step in ((mixed,) if mcu or conv_heavy else (dynamic, mixed)):
+        g, recs, label = step()
+        verify(g)
+        tried.append({"config": label, "score": round(score(g), 4)})
+        if tried[-1]["score"] >= 0:
+            return g, recs, label
+    g, recs = _weights_only(float_graph, cfg, calib, batch, True)
+    return g, recs, "int8:weights_only"
+
+
 def candidates(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, calib: Samples, batch: int, specs,
-                data_note: str, labels, mcu: bool, progress, elapsed: float = 0.0):
+               data_note: str, labels, mcu: bool, progress, elapsed: float = 0.0):
     """The configurations to try, most compressed first: (label, graph, pass records, search info).
 
     With real calibration data, the int8 mode is chosen by measurement before anything is written:
     full int8 is scored with the gate's own checks on held-out calibration samples (IR executor,
-    fake quantization); under ``--quant auto``, if it fails, dynamic-range int8 (not on
-    microcontrollers), then mixed precision (the activations that cost the outputs most stay float,
-    `passes.mixed_precision`), and if those fail too, int8 weights with float activations. The per-layer search (`optimize`) then runs on top. The build ships the first
-    candidate that passes the gate in the real runtime; each later one is less lossy (milder
-    search plans, no search, int8 weights only), so a model that int8 weights can hold always gets
-    a bundle. `search["more"]` says whether another candidate follows."""
+    fake quantization); under ``--quant auto``, if it fails while the float compressed model
+    holds, `_fallback_int8` picks dynamic range, mixed precision or int8 weights. The per-layer
+    search (`optimize`) then runs on top. The build ships the first candidate that passes the gate
+    in the real runtime; each later one is less lossy (milder search plans, no search, int8
+    weights only), so a model that int8 weights can hold always gets a bundle. `search["more"]`
+    says whether another candidate follows."""
     from .ir import TorchExecutor
     from .optimize import GateScore, OptimizeConfig, apply_plan, executor_outputs, optimize_weights
 
+    t0 = time.perf_counter()
     float_graph = graph.copy()
     real_data = "random inputs" not in data_note
     records = quantize(graph, cfg, calib, batch, real_data=real_data)
     verify(graph)
     label = cfg.quant
-    t0 = time.perf_counter()
     opt = OptimizeConfig(cfg.optimize)
     info: dict = {"goal": cfg.optimize}
-    gate = GateScore(specs, cfg.thresholds, opt.margin, labelled=labels is not None,
-                     metric=loaded.data.get("metric"))
+    metric, labelled = loaded.data.get("metric"), labels is not None
+    gate = GateScore(specs, cfg.thresholds, opt.margin, labelled=labelled, metric=metric)
     samples = ref = None
     if real_data and cfg.quant.startswith("int8"):
         samples = _search_samples(calib, graph, specs)
         ref = reference_outputs(loaded, samples, batch)
         x = [torch.as_tensor(a) for a in samples]
-
         # The int8 mode is chosen against the gate's own thresholds (the real gate decides after);
         # the search below keeps a margin, since it spends what headroom there is.
-        plain_gate = GateScore(specs, cfg.thresholds, 0.0, labelled=labels is not None,
-                               metric=loaded.data.get("metric"))
+        plain_gate = GateScore(specs, cfg.thresholds, 0.0, labelled=labelled, metric=metric)
 
         def score(g: Graph) -> float:
             return plain_gate(ref, executor_outputs(TorchExecutor(g, fake_quant=True).eval(), x))
@@ -121,50 +165,10 @@ def candidates(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, calib: Sampl
             # Only worth trying if the float model after pruning / factorization holds the gate:
             # otherwise no int8 mode can, and the real gate decides (or --finetune recovers).
             info["float_score"] = round(score(float_graph), 4)
-        if s < 0 and cfg.quant_auto and cfg.quant == "int8" and info["float_score"] >= 0:
-            def dynamic():
-                # int8 weights, activations scaled at run time: integer matmuls keep int8 speed
-                # (onnxruntime's quantize_dynamic and TFLite's dynamic-range models do the same)
-                g = float_graph.copy()
-                return g, quantize(g, replace(cfg, quant="int8:dynamic"), calib, batch, real_data=True), \
-                    "int8:dynamic"
-
-            def mixed():
-                from .passes.mixed_precision import select_float_nodes
-
-                progress("mixed precision: measuring int8 sensitivity", 0.62)
-                few = tuple(a[-max(batch, 64 // batch * batch):] for a in samples)  # each measurement runs all
-                skip, mp = select_float_nodes(float_graph, list(batches(few, batch)), score_fn=plain_gate,
-                                          min_score=0.0)
-                g = float_graph.copy()
-                chosen = next((r.get("ranges") for r in mp if r.get("node") is None), None) or ()
-                recs = quantize(g, cfg, calib, batch, skip=skip, ranges=tuple(chosen), real_data=True)
-                recs += [dict(r, **{"pass": "mixed precision"}) for r in mp if r.get("node")]
-                info["float_activations"] = list(skip)
-                return g, recs, f"int8 ({len(skip)} activations float)"
-
-            # Dynamic range first where the runtime has hybrid kernels and the work is in matmuls (one
-            # measurement; it holds transformers as onnxruntime's quantize_dynamic does). Never for
-            # conv-heavy models (onnxruntime's ConvInteger runs ~11x slower than fp32, measured on
-            # EfficientNet-Lite0) nor on microcontrollers (TFLite Micro has no hybrid kernels).
-            from .analysis import node_macs
-            conv_macs = sum(node_macs(n) for n in float_graph.nodes if n.op == "conv")
-            conv_heavy = conv_macs > 0.5 * max(total_macs(float_graph), 1)
-            tried = []
-            for step in ((mixed,) if mcu or conv_heavy else (dynamic, mixed)):
-                g, recs, lab = step()
-                verify(g)
-                sc = round(score(g), 4)
-                tried.append({"config": lab, "score": sc})
-                if sc >= 0:
-                    graph, records, label = g, recs, lab
-                    break
-            else:
-                graph = float_graph.copy()
-                records = quantize(graph, replace(cfg, quant="int8:weights_only"), calib, batch, real_data=True)
-                label = "int8:weights_only"
-            info["int8_fallbacks"] = tried
-            info["note"] = f"full int8 fails the gate on the calibration samples (score {s}); chose {label}"
+            if info["float_score"] >= 0:
+                graph, records, label = _fallback_int8(float_graph, cfg, calib, batch, samples, score, plain_gate,
+                                                       mcu, progress, info)
+                info["note"] = f"full int8 fails the gate on the calibration samples (score {s}); chose {label}"
     # int8 weights last, unless the float model after pruning / factorization already fails the gate
     # (then no int8 mode can pass; the real gate decides, --finetune may recover)
     weights_only_next = (cfg.quant_auto and label != "int8:weights_only" and cfg.quant.startswith("int8")
@@ -193,8 +197,7 @@ def candidates(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, calib: Sampl
                else f"--optimize {cfg.optimize}" if not opt.ladder else "no calibration data")
         yield label, graph, records, dict(info, note=f"no per-layer search: {why}", more=weights_only_next)
     if weights_only_next:
-        wo = float_graph.copy()
-        yield "int8:weights_only", wo, quantize(wo, replace(cfg, quant="int8:weights_only"), calib, batch,
-                                                 real_data=real_data), {
+        wo, wo_records = _weights_only(float_graph, cfg, calib, batch, real_data)
+        yield "int8:weights_only", wo, wo_records, {
             "note": "the int8 bundle failed the gate in the real runtime; int8 weights with float activations",
             "more": False}

@@ -276,10 +276,6 @@ def _checks(o: OutputFidelity, spec: OutputSpec, t: Thresholds) -> list[Check]:
     return [Check(name, "correlation over the set", o.correlation, t.min_correlation)]
 
 
-def _custom_checks(metric: MetricFn, ref: list[np.ndarray], got: list[np.ndarray]) -> list[Check]:
-    return checks_from(metric(ref, got), "metric")
-
-
 def checks_from(res, what: str = "metric") -> list[Check]:
     """`Check`s from what a factory's metric returned: one dict or a list of dicts with
     ``name``, ``value``, ``threshold`` and optionally ``higher_is_better``."""
@@ -324,7 +320,7 @@ def compare(ref: Sequence[np.ndarray], got: Sequence[np.ndarray], specs: Sequenc
         outs.append(o)
         checks += _checks(o, specs[i], t)
     if metric is not None:
-        checks += _custom_checks(metric, ref, got)
+        checks += checks_from(metric(ref, got), "metric")
     return Fidelity(int(ref[0].shape[0]), tuple(outs), tuple(checks), note)
 
 

@@ -122,6 +122,14 @@ def _check_data(data, n_inputs: int, what: str) -> dict:
     return out
 
 
+def tensor_leaves(y) -> list[torch.Tensor]:
+    """Every tensor a model returned, in the order torch.export flattens outputs (pytree leaves:
+    tuples, lists, dicts and transformers' ModelOutput alike; non-tensor leaves dropped)."""
+    from torch.utils._pytree import tree_leaves
+
+    return [t for t in tree_leaves(y) if isinstance(t, torch.Tensor)]
+
+
 class BatchFirst(torch.nn.Module):
     """Wraps a model whose inputs/outputs carry the batch on another axis (an LSTM state laid out
     ``[layers, B, hidden]``) so that every input and output has it on axis 0: samples stack on
@@ -132,10 +140,7 @@ class BatchFirst(torch.nn.Module):
         self.module, self.in_axes, self.out_axes = module, list(in_axes), list(out_axes)
 
     def forward(self, *xs):
-        from torch.utils._pytree import tree_leaves
-
-        ys = self.module(*[x.movedim(0, a) for x, a in zip(xs, self.in_axes)])
-        ys = [t for t in tree_leaves(ys) if isinstance(t, torch.Tensor)]
+        ys = tensor_leaves(self.module(*[x.movedim(0, a) for x, a in zip(xs, self.in_axes)]))
         out = tuple(y.movedim(a, 0) for y, a in zip(ys, self.out_axes))
         return out[0] if len(out) == 1 else out
 
@@ -144,8 +149,6 @@ def batch_first(loaded: LoadedModel) -> LoadedModel:
     """`loaded` with every input and output batch-first (`BatchFirst`), when the factory declared
     ``data["batch_axes"]`` other than 0. Each output's batch axis is found by a second trace at
     twice the batch size: the axis whose size doubles."""
-    from torch.utils._pytree import tree_leaves
-
     axes = loaded.data.get("batch_axes")
     if not axes or all(a == 0 for a in axes):
         return loaded
@@ -158,12 +161,9 @@ def batch_first(loaded: LoadedModel) -> LoadedModel:
     if len(sizes) != 1:
         raise ModelSpecError(f"the example inputs' batch axes {axes} have different sizes {sizes}")
 
-    def tensors(y):
-        return [t for t in tree_leaves(y) if isinstance(t, torch.Tensor)]
-
     with torch.no_grad():
-        y1 = tensors(loaded.module(*ex))
-        y2 = tensors(loaded.module(*[torch.cat([x, x], a) for x, a in zip(ex, axes)]))
+        y1 = tensor_leaves(loaded.module(*ex))
+        y2 = tensor_leaves(loaded.module(*[torch.cat([x, x], a) for x, a in zip(ex, axes)]))
     out_axes = []
     for k, (a, b) in enumerate(zip(y1, y2)):
         grown = [d for d in range(a.dim()) if a.dim() == b.dim() and b.shape[d] == 2 * a.shape[d] > 0]

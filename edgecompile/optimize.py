@@ -144,18 +144,21 @@ class GateScore:
 
     def __call__(self, ref: list[np.ndarray], got: list[np.ndarray]) -> float:
         fid = compare(ref, got, self.specs, self.t, metric=self.metric)
-        score = np.inf
-        for c in fid.checks:
-            if c.output == "model":       # the factory's own check: tightened alike when it is a [0, 1] figure
-                if c.higher_is_better and 0 < c.threshold < 1:
-                    tight = c.threshold + (1 - c.threshold) * self.margin
-                    score = min(score, (c.value - tight) / (1 - c.threshold))
-                else:
-                    span = max(abs(c.threshold), 1e-6)
-                    score = min(score, (c.value - c.threshold if c.higher_is_better else c.threshold - c.value) / span)
-                continue
-            score = min(score, (c.value - c.threshold) / max(1 - self._floor(c.metric), 1e-6))
-        return float(score) if np.isfinite(score) or score == np.inf else -np.inf
+        return min((self._margin(c) for c in fid.checks), default=np.inf)
+
+    def _margin(self, c) -> float:
+        """How far one check is above its tightened threshold, in units of the threshold's headroom
+        (-inf when it could not be measured: a NaN must never look like a pass)."""
+        if not np.isfinite(c.value):
+            return -np.inf
+        if c.output != "model":
+            return float((c.value - c.threshold) / max(1 - self._floor(c.metric), 1e-6))
+        # the factory's own check: tightened alike when it is a [0, 1] figure
+        if c.higher_is_better and 0 < c.threshold < 1:
+            tight = c.threshold + (1 - c.threshold) * self.margin
+            return float((c.value - tight) / (1 - c.threshold))
+        gap = c.value - c.threshold if c.higher_is_better else c.threshold - c.value
+        return float(gap / max(abs(c.threshold), 1e-6))
 
 
 def executor_outputs(ex: TorchExecutor, x: Sequence[torch.Tensor]) -> list[np.ndarray]:

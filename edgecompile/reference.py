@@ -12,17 +12,9 @@ import numpy as np
 import torch
 
 from .data_io import Samples
-from .modelspec import LoadedModel
+from .modelspec import LoadedModel, tensor_leaves
 
 log = logging.getLogger(__name__)
-
-
-def _tensor_leaves(y) -> list[torch.Tensor]:
-    """Every tensor a model returned, in the order torch.export flattens outputs (pytree leaves:
-    tuples, lists, dicts and transformers' ModelOutput alike)."""
-    from torch.utils._pytree import tree_leaves
-
-    return [t for t in tree_leaves(y) if isinstance(t, torch.Tensor)]
 
 
 def _padded_batches(samples: Samples, batch: int):
@@ -43,7 +35,7 @@ def reference_outputs(loaded: LoadedModel, samples: Samples, batch: int) -> list
     n = len(samples[0])
 
     def run(xs) -> list[np.ndarray]:
-        return [t.detach().float().numpy() for t in _tensor_leaves(loaded.module(*[torch.from_numpy(x) for x in xs]))]
+        return [t.detach().float().numpy() for t in tensor_leaves(loaded.module(*[torch.from_numpy(x) for x in xs]))]
 
     with torch.no_grad():
         try:
