@@ -162,3 +162,87 @@ def write_c_bundle(out_dir: Path, container_path: Path, target_kind: str, target
     written.append(script)
     log.info("C bundle for %s (%s, %s): %d files in %s", target_name, target_kind, shlex.quote(cpu), len(written), dest)
     return written
+
+
+# -- generated inference (--backend c) -----------------------------------------------------------
+MODEL_RUNTIME_FILES = ("FORMAT.md", "include/ecw.h", "include/ecm.h", "src/ecw_internal.h", "src/ecw_container.c",
+                       "src/ecw_rans.c", "src/ecw_crc32.c", "src/ecw_crc32_table.h", "src/ecm_kernels.c")
+
+
+def _model_script(kind: str, cpu: str, triple: str) -> str:
+    """build.sh of a generated model: the program ``build/model.elf`` (microcontroller, QEMU mps2
+    startup and linker script) or ``build/model`` (Linux), from model/*.c and the runtime."""
+    sources = "src/ecm_kernels.c src/ecw_container.c src/ecw_rans.c src/ecw_crc32.c model/model.c model/model_weights.c"
+    if kind == "mcu":
+        if cpu not in _MCU_FLOAT:
+            raise BundleError(f"unknown MCU cpu {cpu!r}; known: {sorted(_MCU_FLOAT)}")
+        return f"""#!/bin/sh
+# Build the model for {cpu}. build/model.elf runs the embedded samples (model/main.c) and prints
+# the outputs; model/model.{{c,h}} + include/ + src/ are what your firmware compiles (call
+# model_run from your own main; mcu/ is the startup file and linker script for QEMU mps2 boards).
+#   OPT=-O2 ./build.sh            faster code (default -Os: smaller)
+#   PROFILE=1 ./build.sh          prints SysTick ticks per layer (ecm_profile_mark)
+#   qemu-system-arm -M mps2-an386 -nographic -semihosting -kernel build/model.elf
+set -eu
+cd "$(dirname "$0")"
+CC="${{CC:-arm-none-eabi-gcc}}"
+OPT="${{OPT:--Os}}"
+FLAGS="-std=c99 $OPT -mcpu={cpu} -mthumb {_MCU_FLOAT[cpu]} -DECW_NO_FAST -ffunction-sections -fdata-sections -Iinclude -Imodel"
+if [ "${{PROFILE:-0}}" = 1 ]; then FLAGS="$FLAGS -DECM_PROFILE"; fi
+mkdir -p build
+$CC $FLAGS {sources} model/main.c mcu/startup.c \\
+  -T mcu/mps2_an386.ld --specs=nano.specs --specs=rdimon.specs -lrdimon -Wl,--gc-sections -o build/model.elf
+${{SIZE:-arm-none-eabi-size}} build/model.elf
+"""
+    cross = triple and not triple.startswith(("x86_64", "host"))
+    arch = (triple or "x86_64").split("-")[0]
+    mcpu = f" -mcpu={cpu}" if cpu and arch in ("aarch64", "arm") else ""
+    cc = f"{triple}-gcc" if cross else "gcc"
+    return f"""#!/bin/sh
+# Build the model for {triple or 'this machine'}: build/model runs the embedded samples
+# (model/main.c) and prints the outputs. A cross build runs under user-mode QEMU when static:
+#   LDFLAGS=-static ./build.sh && qemu-{arch} build/model
+set -eu
+cd "$(dirname "$0")"
+CC="${{CC:-{cc}}}"
+FLAGS="-std=c99 ${{OPT:--O2}} -Wall -Iinclude -Imodel -DECW_CRC_TABLE256"
+case "$($CC -dumpmachine)" in {arch}*) FLAGS="$FLAGS{mcpu}";; esac
+if [ "${{PROFILE:-0}}" = 1 ]; then FLAGS="$FLAGS -DECM_PROFILE"; fi
+mkdir -p build
+$CC $FLAGS {sources} model/main.c ${{LDFLAGS:-}} -o build/model
+echo "built build/model"
+"""
+
+
+def write_c_model(out_dir: Path, cm, target_kind: str, target_name: str, triple: str, cpu: str,
+                  samples: list[list] | None = None) -> list[Path]:
+    """Write a generated model (`c_model.CModel`) with its runtime into ``out_dir/runtime``:
+    ``model/{model.c, model.h, model_weights.c, model_weights.h, main.c}``, the kernels and the
+    decoder, and ``build.sh`` for the target. `samples` (int8 inputs in storage layout) go into
+    ``main.c``, the program that runs them and prints the outputs."""
+    from .c_model import demo_main
+
+    if target_kind not in ("linux", "mcu"):
+        raise BundleError(f"target {target_name!r}: unknown kind {target_kind!r}; expected 'linux' or 'mcu'")
+    src = runtime_dir()
+    dest = Path(out_dir) / "runtime"
+    written: list[Path] = []
+    for rel in MODEL_RUNTIME_FILES + (MCU_FILES if target_kind == "mcu" else ()):
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / rel, target)
+        written.append(target)
+    model_dir = dest / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in cm.files.items():
+        (model_dir / name).write_text(text)
+        written.append(model_dir / name)
+    written.extend(container_to_c(cm.container, model_dir, symbol=f"{cm.prefix}_weights"))
+    (model_dir / "main.c").write_text(demo_main(cm, list(samples or [])))
+    written.append(model_dir / "main.c")
+    script = dest / "build.sh"
+    script.write_text(_model_script(target_kind, cpu, triple))
+    script.chmod(0o755)
+    written.append(script)
+    log.info("generated C model for %s: %d files in %s", target_name, len(written), dest)
+    return written

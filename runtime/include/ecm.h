@@ -33,8 +33,12 @@ typedef enum {
     ECM_OK = 0,
     ECM_E_ARG = -1,   /* a NULL pointer or a parameter out of range */
     ECM_E_SHAPE = -2, /* dimensions that do not agree (channels, groups, output size) */
-    ECM_E_RANGE = -3  /* sizes beyond what int32 accumulation is proven safe for */
+    ECM_E_RANGE = -3,  /* sizes beyond what int32 accumulation is proven safe for */
+    ECM_E_WEIGHTS = -4 /* generated models: a weight tensor of the container did not decode */
 } ecm_status;
+
+/* Most dimensions of ecm_transpose. */
+#define ECM_MAX_DIMS 6
 
 /* Largest conv / fully connected patch (kh * kw * in_c / groups, or in): 65535 * 255 * 128 <
  * 2^31 - 1, so the int32 accumulator cannot overflow before the bias is added. */
@@ -123,6 +127,24 @@ ecm_status ecm_avg_pool2d(const ecm_pool_params *p, ecm_dims in_dims, const int8
 
 /* Mean over h and w (global average pooling): out is [n, 1, 1, c]. */
 ecm_status ecm_mean_hw(const ecm_mean_params *p, ecm_dims in_dims, const int8_t *in, int8_t *out);
+
+/* ---- data movement (no arithmetic: the same bytes, moved or clamped) ---- */
+
+/* out[i] = min(max(in[i], lo), hi): an activation clamp that no kernel before it could fuse.
+ * in == out is allowed. */
+ecm_status ecm_clip(size_t count, const int8_t *in, int32_t lo, int32_t hi, int8_t *out);
+
+/* Constant padding of NHWC data: out is [n, h + top + bottom, w + left + right, c], the border
+ * filled with `value` (an int8, e.g. the zero point). */
+typedef struct {
+    int32_t top, left, bottom, right; /* >= 0 */
+    int32_t value;                    /* [-128, 127] */
+} ecm_pad_params;
+ecm_status ecm_pad(const ecm_pad_params *p, ecm_dims in_dims, const int8_t *in, int8_t *out);
+
+/* out = in transposed: in has `ndim` (1..ECM_MAX_DIMS) dimensions `shape`, output dimension k is
+ * input dimension perm[k] (numpy's transpose). */
+ecm_status ecm_transpose(int32_t ndim, const int32_t *shape, const int32_t *perm, const int8_t *in, int8_t *out);
 
 /* Name of a status, e.g. "ECM_E_SHAPE". */
 const char *ecm_status_name(ecm_status s);

@@ -16,9 +16,9 @@
     } while (0)
 
 const char *ecm_status_name(ecm_status s) {
-    static const char *const names[] = {"ECM_OK", "ECM_E_ARG", "ECM_E_SHAPE", "ECM_E_RANGE"};
+    static const char *const names[] = {"ECM_OK", "ECM_E_ARG", "ECM_E_SHAPE", "ECM_E_RANGE", "ECM_E_WEIGHTS"};
     int i = -(int)s;
-    return (i >= 0 && i <= 3) ? names[i] : "ECM_E_UNKNOWN";
+    return (i >= 0 && i <= 4) ? names[i] : "ECM_E_UNKNOWN";
 }
 
 /* ---------------------------------------------------------------- fixed point (common.h) */
@@ -301,5 +301,81 @@ ecm_status ecm_mean_hw(const ecm_mean_params *p, ecm_dims in_dims, const int8_t 
             out[(size_t)b * in_dims.c + c] =
                 ecm_clamp((int64_t)(p->divide ? ecm_round_div(acc, window) : acc) + p->output_zp, -128, 127);
         }
+    return ECM_OK;
+}
+
+/* ---------------------------------------------------------------- data movement */
+
+ecm_status ecm_clip(size_t count, const int8_t *in, int32_t lo, int32_t hi, int8_t *out) {
+    size_t i;
+    if (in == NULL || out == NULL) return ECM_E_ARG;
+    ECM_TRY(ecm_check_act(lo, hi));
+    for (i = 0; i < count; i++) out[i] = ecm_clamp(in[i], lo, hi);
+    return ECM_OK;
+}
+
+ecm_status ecm_pad(const ecm_pad_params *p, ecm_dims in_dims, const int8_t *in, int8_t *out) {
+    int32_t b, y, x, c;
+    int32_t oh, ow;
+    if (p == NULL || in == NULL || out == NULL) return ECM_E_ARG;
+    if (p->top < 0 || p->left < 0 || p->bottom < 0 || p->right < 0 || !ecm_is_int8(p->value)) return ECM_E_ARG;
+    ECM_TRY(ecm_check_dims(in_dims));
+    if ((int64_t)in_dims.h + p->top + p->bottom > INT32_MAX || (int64_t)in_dims.w + p->left + p->right > INT32_MAX)
+        return ECM_E_RANGE;
+    oh = in_dims.h + p->top + p->bottom;
+    ow = in_dims.w + p->left + p->right;
+    {
+        ecm_dims od;
+        od.n = in_dims.n, od.h = oh, od.w = ow, od.c = in_dims.c;
+        ECM_TRY(ecm_check_dims(od));
+    }
+    for (b = 0; b < in_dims.n; b++)
+        for (y = 0; y < oh; y++)
+            for (x = 0; x < ow; x++) {
+                int8_t *dst = out + (((size_t)b * oh + y) * ow + x) * in_dims.c;
+                const int32_t iy = y - p->top, ix = x - p->left;
+                if (iy < 0 || iy >= in_dims.h || ix < 0 || ix >= in_dims.w) {
+                    for (c = 0; c < in_dims.c; c++) dst[c] = (int8_t)p->value;
+                } else {
+                    const int8_t *src = in + (((size_t)b * in_dims.h + iy) * in_dims.w + ix) * in_dims.c;
+                    for (c = 0; c < in_dims.c; c++) dst[c] = src[c];
+                }
+            }
+    return ECM_OK;
+}
+
+ecm_status ecm_transpose(int32_t ndim, const int32_t *shape, const int32_t *perm, const int8_t *in, int8_t *out) {
+    int32_t k, seen = 0;
+    int64_t count = 1;
+    size_t in_stride[ECM_MAX_DIMS], stride[ECM_MAX_DIMS]; /* stride[k]: input step of output dim k */
+    int32_t oshape[ECM_MAX_DIMS], idx[ECM_MAX_DIMS];
+    size_t i, n, src;
+    if (shape == NULL || perm == NULL || in == NULL || out == NULL || ndim < 1 || ndim > ECM_MAX_DIMS)
+        return ECM_E_ARG;
+    for (k = ndim - 1; k >= 0; k--) {
+        if (shape[k] < 1) return ECM_E_SHAPE;
+        in_stride[k] = (size_t)count;
+        count *= shape[k];
+        if (count > INT32_MAX) return ECM_E_RANGE;
+    }
+    for (k = 0; k < ndim; k++) {
+        if (perm[k] < 0 || perm[k] >= ndim || (seen >> perm[k]) & 1) return ECM_E_ARG; /* a permutation */
+        seen |= 1 << perm[k];
+        oshape[k] = shape[perm[k]];
+        stride[k] = in_stride[perm[k]];
+        idx[k] = 0;
+    }
+    /* Walk the output in order, carrying the multi-index like an odometer; src tracks its input offset. */
+    n = (size_t)count;
+    src = 0;
+    for (i = 0; i < n; i++) {
+        out[i] = in[src];
+        for (k = ndim - 1; k >= 0; k--) {
+            src += stride[k];
+            if (++idx[k] < oshape[k]) break;
+            src -= stride[k] * (size_t)oshape[k];
+            idx[k] = 0;
+        }
+    }
     return ECM_OK;
 }

@@ -1,0 +1,536 @@
+"""Generated C inference: a quantized IR graph as ``model.c`` / ``model.h`` for the ``ecm_`` kernels.
+
+``emit_c(graph)`` lowers the graph with the integer reference (`c_ref.graph.lower`: the schedule of
+kernel calls and their integer parameters), then writes it as one straight-line C function:
+
+- **No interpreter.** ``model_run(in0, ..., out0, ..., arena)`` calls one ``ecm_`` kernel per
+  step, every shape and parameter a compile-time constant; no op registry, no allocation, no
+  global state. A failing kernel returns its ``ecm_status`` at once.
+- **One arena, planned statically.** Activations live at fixed offsets of a caller-owned arena
+  (`memory_plan.plan_memory`, TFLite Micro's greedy planner). Graph inputs and outputs are the
+  caller's buffers. Reshapes that keep the byte order are aliases; others are transposes.
+- **Weights stay in the container.** Every weight tensor goes into an ``.ecw`` container in the
+  kernels' layout (conv OHWI, fully connected [O, I]), compiled into flash as a C array. A tensor
+  whose entropy coding saves at least `STREAM_MIN_SAVING` of its bytes is *streamed*: decoded
+  into a scratch slot of the arena just before its layer runs (the slot is a buffer of the plan,
+  alive for that one step, so it reuses dead activation space). Other tensors are stored raw and
+  read in place from flash. RAM is the arena + I/O, never the decoded model.
+- Biases and requantization multipliers (int32, one per output channel) are ``static const``
+  arrays in ``model.c`` (flash).
+
+Inputs and outputs are int8 in the kernels' layout (NHWC for 4-D tensors: an image as rows of
+pixels of channels), quantized with the scale and zero point that ``model.h`` defines.
+
+The numpy reference of the same calls (`c_ref.graph.execute`) is the specification: the tests
+compile this C for the host, Cortex-M (QEMU) and aarch64 (QEMU) and compare every output byte.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..container import format as ecw_format
+from ..container.writer import encode_container
+from ..ir import Graph
+from .c_ref.graph import CRefUnsupported, KernelCall, _nchw, _nhwc, execute, lower
+from .memory_plan import ALIGNMENT, Buffer, plan_memory, verify_plan
+
+__all__ = ["CModel", "CLayer", "emit_c", "demo_main", "CBackendError", "STREAM_MIN_SAVING", "ECW_WORKSPACE_BYTES"]
+
+#: A weight tensor is streamed (entropy-decoded before its layer on every run) only when its
+#: container payload is at most this fraction of its raw bytes: decoding costs time on every
+#: inference, so it must buy a real flash saving.
+STREAM_MIN_SAVING = 0.125
+#: ``ECW_WORKSPACE_SIZE`` of runtime/include/ecw.h (the reference decoder's state); a test holds
+#: the two equal.
+ECW_WORKSPACE_BYTES = 772
+_WEIGHTED = ("conv2d", "fully_connected")
+
+
+class CBackendError(ValueError):
+    """The graph cannot become C: an op without a kernel (named with its layer), or a shape the
+    kernels do not take."""
+
+
+@dataclass(frozen=True)
+class CLayer:
+    """One step of the generated schedule, for the report."""
+
+    index: int
+    node: str
+    kernel: str
+    output_shape: tuple[int, ...]
+    weight_bytes: int = 0          # decoded int8 weights
+    stored_bytes: int = 0          # bytes in the container (payload)
+    codec: str = ""
+    streamed: bool = False
+    macs: int = 0
+
+
+@dataclass
+class CModel:
+    """What `emit_c` writes: sources, the container, and the static memory figures.
+
+    files : file name -> text (``model.h``, ``model.c``) or bytes (``weights.ecw``); the container
+        C array (``model_weights.c``) is written by `c_bundle.container_to_c` from ``container``.
+    arena_bytes : the one buffer ``model_run`` needs (activations + streaming slots + decoder state)
+    scratch_bytes : the largest streamed tensor (one slot of the arena, not extra)
+    io_bytes : inputs + outputs (the caller's buffers)
+    container : the ``.ecw`` bytes (weights in kernel layout)
+    calls : the numpy reference's kernel calls (`c_ref.graph.execute` runs them)
+    """
+
+    prefix: str
+    files: dict[str, Any]
+    arena_bytes: int
+    scratch_bytes: int
+    io_bytes: int
+    container: bytes
+    records: list
+    layers: list[CLayer]
+    calls: list[KernelCall]
+    inputs: list[dict] = field(default_factory=list)
+    outputs: list[dict] = field(default_factory=list)
+
+    @property
+    def ram_bytes(self) -> int:
+        return self.arena_bytes + self.io_bytes
+
+    @property
+    def streamed_bytes(self) -> int:
+        return sum(layer.weight_bytes for layer in self.layers if layer.streamed)
+
+
+# -- schedule ------------------------------------------------------------------------------------
+@dataclass
+class _Step:
+    kernel: str                      # an ecm kernel, "transpose", "copy", or "alias"
+    node: str
+    inputs: list[str]
+    output: str
+    args: dict
+    call: int                        # index of the KernelCall it comes from
+
+
+def _shapes(graph: Graph, calls: list[KernelCall]) -> dict[str, tuple[int, ...]]:
+    """Storage shape (NHWC for 4-D) of every value the calls touch: the reference run once on zeros."""
+    env = {v.name: _nhwc(np.zeros(v.shape, np.int8)) for v in graph.inputs}
+    env = execute(calls, env)
+    return {k: tuple(v.shape) for k, v in env.items()}
+
+
+def _expand(calls: list[KernelCall], shapes: dict[str, tuple[int, ...]]) -> list[_Step]:
+    """Kernel calls -> C steps: flattens and order-keeping reshapes become aliases; other reshapes
+    one or two transposes (NHWC <-> NCHW around the free reshape)."""
+    steps: list[_Step] = []
+    for i, c in enumerate(calls):
+        src = c.inputs[0] if c.inputs else ""
+        if c.kernel == "flatten":
+            steps.append(_Step("alias", c.node, [src], c.output, {}, i))
+            continue
+        if c.kernel != "reshape":
+            steps.append(_Step(c.kernel, c.node, list(c.inputs), c.output, dict(c.args), i))
+            continue
+        in_shape, out_shape = shapes[src], shapes[c.output]
+        n = int(np.prod(in_shape))
+        order = _nhwc(_nchw(np.arange(n).reshape(in_shape)).reshape(c.args["shape"])).reshape(-1)
+        if np.array_equal(order, np.arange(n)):
+            steps.append(_Step("alias", c.node, [src], c.output, {}, i))
+            continue
+        cur = src
+        if len(in_shape) == 4:           # NHWC storage -> NCHW order
+            tmp = c.output + "/nchw" if len(out_shape) == 4 else c.output
+            shapes[tmp] = tuple(in_shape[k] for k in (0, 3, 1, 2)) if len(out_shape) == 4 else out_shape
+            steps.append(_Step("transpose", c.node, [cur], tmp, {"shape": in_shape, "perm": (0, 3, 1, 2)}, i))
+            cur = tmp
+        if len(out_shape) == 4:          # NCHW order (the IR shape) -> NHWC storage
+            nchw = tuple(c.args["shape"])
+            steps.append(_Step("transpose", c.node, [cur], c.output, {"shape": nchw, "perm": (0, 2, 3, 1)}, i))
+    return steps
+
+
+def _storage(graph: Graph, steps: list[_Step]) -> tuple[dict[str, str], list[_Step]]:
+    """Each value's storage: ``in<k>`` / ``out<k>`` (the caller's buffers) or ``a:<group>`` (an
+    arena buffer). Aliases join groups; an alias that would join two caller buffers becomes a copy."""
+    pinned = {v.name: f"in{k}" for k, v in enumerate(graph.inputs)}
+    for k, v in enumerate(graph.outputs):
+        pinned.setdefault(v.name, f"out{k}")
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.get(x, x) != x:
+            x = parent[x]
+        return x
+
+    def pin_of(root: str) -> str | None:
+        return next((io for v, io in pinned.items() if find(v) == root), None)
+
+    out: list[_Step] = []
+    for s in steps:
+        if s.kernel == "alias":
+            a, b = find(s.inputs[0]), find(s.output)
+            pa, pb = pin_of(a), pin_of(b)
+            if pa is not None and pb is not None and pa != pb:
+                out.append(_Step("copy", s.node, s.inputs, s.output, {}, s.call))
+            else:
+                parent[b] = a
+            continue
+        out.append(s)
+    names = {v.name for v in graph.inputs} | {x for s in steps for x in (*s.inputs, s.output)}
+    return {name: pin_of(find(name)) or "a:" + find(name) for name in names}, out
+
+
+def _weights_container(steps: list[_Step], codecs: tuple[str, ...], stream: str):
+    """The container of every step's weights (kernel layout) and, per step, (name, streamed)."""
+    tensors: dict[str, np.ndarray] = {}
+    names: dict[int, str] = {}
+    for i, s in enumerate(steps):
+        if s.kernel in _WEIGHTED:
+            name = f"{len(tensors)}:{s.node}"
+            name = name.encode()[: ecw_format.MAX_NAME_LEN].decode("utf-8", "ignore")
+            tensors[name] = np.ascontiguousarray(s.args["w"], np.int8)
+            names[i] = name
+    allowed = tuple(c for c in codecs if c in ("raw", "rans", "lut")) or ("raw",)
+    if "raw" not in allowed:
+        allowed = allowed + ("raw",)
+    if stream == "never":
+        allowed = ("raw",)
+    _, records = encode_container(tensors, codecs=allowed)
+    force = {}
+    for r in records:
+        keep = r.codec != "raw" and (stream == "always" or r.encoded_size <= (1 - STREAM_MIN_SAVING) * r.decoded_size)
+        if not keep and r.codec != "raw":
+            force[r.name] = "raw"     # not worth decoding on every run: read in place
+    data, records = encode_container(tensors, codecs=allowed, codec_for=force)
+    by_name = {r.name: r for r in records}
+    return data, records, {i: by_name[n] for i, n in names.items()}
+
+
+def emit_c(graph: Graph, *, codecs: tuple[str, ...] = ("raw", "rans", "lut"), prefix: str = "model",
+           stream: str = "auto") -> CModel:
+    """The graph as generated C (see the module docstring).
+
+    Parameters
+    ----------
+    graph : Graph
+        Quantized by the quantize pass: int8 activations (per tensor), symmetric int8 weights.
+    codecs : tuple of str
+        Codecs the target decodes; zstd is never used on the device.
+    prefix : str
+        C identifier prefix of the public API (``<prefix>_run``, ``<PREFIX>_ARENA_SIZE``).
+    stream : "auto" | "never" | "always"
+        "auto": stream a weight tensor when entropy coding saves at least `STREAM_MIN_SAVING`;
+        "never": every tensor raw (read in place); "always": stream whatever the coder shrinks.
+
+    Raises
+    ------
+    CBackendError
+        An op or shape without a C kernel, naming the op and the layer.
+    """
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", prefix):
+        raise CBackendError(f"prefix {prefix!r} is not a C identifier")
+    try:
+        calls = lower(graph)
+    except CRefUnsupported as e:
+        raise CBackendError(f"{e}; the C backend has no kernel for it (try --backend tflite)") from None
+    shapes = _shapes(graph, calls)
+    steps = _expand(calls, shapes)
+    where, steps = _storage(graph, steps)
+    data, records, wrec = _weights_container(steps, codecs, stream)
+
+    # Lifetimes of arena groups (by step index), plus one slot per streamed tensor and the decoder
+    # state, each alive only during its step.
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    size: dict[str, int] = {}
+    for i, s in enumerate(steps):
+        for x in s.inputs:
+            g = where[x]
+            last[g] = i
+        g = where[s.output]
+        first.setdefault(g, i)
+        last[g] = max(last.get(g, i), i)
+        size[g] = max(size.get(g, 0), int(np.prod(shapes[s.output])))
+    buffers = [Buffer(g, size[g], first[g], last[g]) for g in first if g.startswith("a:")]
+    scratch = 0
+    for i, r in wrec.items():
+        if r.codec != "raw":
+            buffers.append(Buffer(f"w@{i}", r.decoded_size, i, i))
+            buffers.append(Buffer(f"ws@{i}", ECW_WORKSPACE_BYTES, i, i))
+            scratch = max(scratch, r.decoded_size)
+    plan = plan_memory(buffers, alignment=ALIGNMENT)
+    verify_plan(buffers, plan)
+
+    ins = [_io(v, shapes) for v in graph.inputs]
+    outs = [_io(v, shapes) for v in graph.outputs]
+    io_bytes = sum(d["size"] for d in ins) + sum(d["size"] for d in outs)
+    layers = []
+    for i, s in enumerate(steps):
+        r = wrec.get(i)
+        w = s.args.get("w")
+        macs = 0
+        if s.kernel == "conv2d":
+            macs = int(np.prod(shapes[s.output])) * int(np.prod(w.shape[1:]))
+        elif s.kernel == "fully_connected":
+            macs = int(np.prod(shapes[s.output])) * int(w.shape[1])
+        layers.append(CLayer(i, s.node, s.kernel, shapes[s.output], 0 if r is None else r.decoded_size,
+                             0 if r is None else r.encoded_size, "" if r is None else r.codec,
+                             r is not None and r.codec != "raw", macs))
+    gen = _Writer(prefix, graph, steps, where, shapes, plan.offsets, wrec, records, ins, outs, plan.arena_bytes, scratch)
+    files = {f"{prefix}.h": gen.header(), f"{prefix}.c": gen.source()}
+    return CModel(prefix, files, plan.arena_bytes, scratch, io_bytes, data, records, layers, calls, ins, outs)
+
+
+def _io(v, shapes) -> dict:
+    q = v.quant
+    shape = shapes[v.name]
+    return {"name": v.name, "shape": list(shape), "size": int(np.prod(shape)), "scale": float(q.scale[0]),
+            "zero_point": int(q.zero_point[0]), "layout": "NHWC" if len(shape) == 4 else "as the IR"}
+
+
+# -- C text --------------------------------------------------------------------------------------
+def _array(ctype: str, name: str, values: np.ndarray) -> str:
+    vals = [str(int(v)) for v in np.asarray(values).reshape(-1)]
+    lines, line = [], "   "
+    for v in vals:
+        if len(line) + len(v) + 2 > 100:
+            lines.append(line)
+            line = "   "
+        line += " " + v + ","
+    lines.append(line)
+    return f"static const {ctype} {name}[{max(len(vals), 1)}] = {{\n" + "\n".join(lines) + "\n};\n"
+
+
+def _dims(shape) -> str:
+    """ecm_dims of a storage shape: 4-D NHWC as is; 2-D [n, c] as [n, 1, 1, c]."""
+    s = tuple(int(e) for e in shape)
+    if len(s) == 4:
+        n, h, w, c = s
+    elif len(s) == 2:
+        n, h, w, c = s[0], 1, 1, s[1]
+    else:
+        n, h, w, c = 1, 1, 1, int(np.prod(s))
+    return f"(ecm_dims){{{n}, {h}, {w}, {c}}}"
+
+
+class _Writer:
+    def __init__(self, prefix, graph, steps, where, shapes, offsets, wrec, records, ins, outs, arena, scratch):
+        self.records = records
+        self.p, self.P = prefix, prefix.upper()
+        self.graph, self.steps, self.where, self.shapes = graph, steps, where, shapes
+        self.offsets, self.wrec, self.ins, self.outs = offsets, wrec, ins, outs
+        self.arena, self.scratch = arena, scratch
+
+    def header(self) -> str:
+        P, p = self.P, self.p
+        lines = [f"/* {p}.h - generated by edgecompile: int8 inference of one model on the ecm_ kernels.",
+                 " *",
+                 f" *   static uint32_t arena[({P}_ARENA_SIZE + 3) / 4];   (4-byte aligned, any RAM)",
+                 f" *   ecm_status s = {p}_run(input, output, arena);",
+                 " *",
+                 " * Inputs and outputs are int8 (q = round(x / scale) + zero_point, clamped), 4-D tensors NHWC.",
+                 f" * The weights are read from {p}_weights (the .ecw container, const: flash). */",
+                 f"#ifndef {P}_H", f"#define {P}_H", "", '#include "ecm.h"', "",
+                 f"/* Bytes of the arena {p}_run needs: activations, the decode slot of streamed weights",
+                 f" * ({P}_SCRATCH_SIZE, inside it) and the decoder's state. */",
+                 f"#define {P}_ARENA_SIZE {self.arena}u",
+                 f"#define {P}_SCRATCH_SIZE {self.scratch}u",
+                 f"#define {P}_NUM_INPUTS {len(self.ins)}", f"#define {P}_NUM_OUTPUTS {len(self.outs)}"]
+        for kind, items in (("INPUT", self.ins), ("OUTPUT", self.outs)):
+            for k, d in enumerate(items):
+                lines += [f"/* {kind.lower()} {k}: {d['name']} {d['shape']} ({d['layout']}) */",
+                          f"#define {P}_{kind}{k}_SIZE {d['size']}u",
+                          f"#define {P}_{kind}{k}_SCALE {np.float32(d['scale']).item()!r}f",
+                          f"#define {P}_{kind}{k}_ZERO_POINT ({d['zero_point']})"]
+        args = ", ".join([f"const int8_t *in{k}" for k in range(len(self.ins))]
+                         + [f"int8_t *out{k}" for k in range(len(self.outs))] + ["void *arena"])
+        lines += ["", "#ifdef __cplusplus", 'extern "C" {', "#endif",
+                  f"extern const unsigned char {p}_weights[];",
+                  "/* Runs the model once. ECM_OK, or the first failing kernel's status (ECM_E_WEIGHTS: a",
+                  " * streamed tensor did not decode, e.g. corrupt flash; ECM_E_ARG: arena not 4-byte aligned). */",
+                  f"ecm_status {p}_run({args});",
+                  "/* The same with arrays of pointers (inputs[k], outputs[k]). */",
+                  f"ecm_status {p}_run_v(const int8_t *const *inputs, int8_t *const *outputs, void *arena);",
+                  "#ifdef __cplusplus", "}", "#endif", f"#endif /* {P}_H */", ""]
+        return "\n".join(lines)
+
+    def ptr(self, name: str, const: bool) -> str:
+        g = self.where[name]
+        if not g.startswith("a:"):
+            return g if not const or g.startswith("in") else f"(const int8_t *){g}"
+        return f"{'(const int8_t *)' if const else ''}A({self.offsets[g]})"
+
+    def source(self) -> str:
+        p = self.p
+        head = [f"/* {p}.c - generated by edgecompile. Do not edit: rebuild the bundle instead.",
+                f" * {len(self.steps)} steps; arena {self.arena} bytes. Each step names its layer in the IR. */",
+                "#include <stdint.h>", "#include <string.h>", "", '#include "ecw.h"', f'#include "{p}.h"', "",
+                "#ifdef ECM_PROFILE",
+                "/* Profiling builds call this before step k (k = 0 .. steps - 1) and with k = steps at the end. */",
+                "void ecm_profile_mark(int32_t step);",
+                "#define MARK(k) ecm_profile_mark(k)", "#else", "#define MARK(k) ((void)0)", "#endif",
+                "#define A(off) (base + (off))",
+                "#define TRY(expr) do { ecm_status s_ = (expr); if (s_ != ECM_OK) return s_; } while (0)",
+                "#define TRYW(expr) do { if ((expr) != ECW_OK) return ECM_E_WEIGHTS; } while (0)", ""]
+        consts: list[str] = []
+        body: list[str] = []
+        streamed = any(r.codec != "raw" for r in self.wrec.values())
+        for i, s in enumerate(self.steps):
+            body.append(f"    /* {i}: {s.kernel} {s.node} -> {list(self.shapes[s.output])} */")
+            body.append(f"    MARK({i});")
+            body.extend("    " + line for line in self.step(i, s, consts))
+        body.append(f"    MARK({len(self.steps)});")
+        args = ", ".join([f"const int8_t *in{k}" for k in range(len(self.ins))]
+                         + [f"int8_t *out{k}" for k in range(len(self.outs))] + ["void *arena"])
+        fn = [f"ecm_status {p}_run({args}) {{", "    int8_t *const base = (int8_t *)arena;"]
+        if streamed:
+            fn += ["    ecw_container wc;", "    ecw_tensor wt;"]
+        fn += ["    if (arena == NULL || ((uintptr_t)arena & 3u) != 0) return ECM_E_ARG;"]
+        if streamed:
+            fn += [f"    TRYW(ecw_open(&wc, {p}_weights, {p}_weights_size));"]
+        fn += body + ["    return ECM_OK;", "}", ""]
+        call = ", ".join([f"inputs[{k}]" for k in range(len(self.ins))]
+                         + [f"outputs[{k}]" for k in range(len(self.outs))] + ["arena"])
+        fn += [f"ecm_status {p}_run_v(const int8_t *const *inputs, int8_t *const *outputs, void *arena) {{",
+               "    if (inputs == NULL || outputs == NULL) return ECM_E_ARG;", f"    return {p}_run({call});", "}", ""]
+        decl = [f"extern const size_t {p}_weights_size;", ""]
+        return "\n".join(head + decl) + "\n".join(consts) + "\n" + "\n".join(fn)
+
+    def weights(self, i: int, s: _Step) -> tuple[list[str], str]:
+        r = self.wrec[i]
+        if r.codec == "raw":
+            return [], f"(const int8_t *)({self.p}_weights + {r.offset})"
+        slot, ws = self.offsets[f"w@{i}"], self.offsets[f"ws@{i}"]
+        index = [rec.name for rec in self.records].index(r.name)
+        return ([f"TRYW(ecw_tensor_at(&wc, {index}u, &wt));",
+                 f"TRYW(ecw_decode(&wc, &wt, A({slot}), {r.decoded_size}u, A({ws}), {ECW_WORKSPACE_BYTES}u));"],
+                f"(const int8_t *)A({slot})")
+
+    def step(self, i: int, s: _Step, consts: list[str]) -> list[str]:
+        a, L = s.args, f"L{i}"
+        x = [self.ptr(n, True) for n in s.inputs]
+        y = self.ptr(s.output, False)
+        ish = [self.shapes[n] for n in s.inputs]
+        osh = self.shapes[s.output]
+        count = int(np.prod(osh))
+        if s.kernel in _WEIGHTED:
+            w = a["w"]
+            n = w.shape[0]
+            consts.append(_array("int32_t", f"{L}_mult", a["multiplier"]) + _array("int32_t", f"{L}_shift", a["shift"]))
+            bias = "NULL"
+            if a["bias"] is not None:
+                consts.append(_array("int32_t", f"{L}_bias", a["bias"]))
+                bias = f"{L}_bias"
+            nq = np.asarray(a["multiplier"]).size
+            consts.append(f"static const ecm_quant {L}_q = {{{L}_mult, {L}_shift, {nq}}};\n")
+            pre, wp = self.weights(i, s)
+            if s.kernel == "conv2d":
+                sh, sw = a["stride"]
+                dh, dw = a["dilation"]
+                pt, pl, pb, pr = a["padding"]
+                lo, hi = a["act"]
+                consts.append(f"static const ecm_conv_params {L}_p = {{{sh}, {sw}, {dh}, {dw}, {pt}, {pl}, {pb}, {pr}, "
+                              f"{a['groups']}, {a['input_zp']}, {a['output_zp']}, {lo}, {hi}}};\n")
+                return pre + [f"TRY(ecm_conv2d(&{L}_p, &{L}_q, {_dims(ish[0])}, {x[0]}, {_dims(w.shape)}, {wp}, "
+                              f"{bias}, {_dims(osh)}, {y}));"]
+            lo, hi = a["act"]
+            consts.append(f"static const ecm_fc_params {L}_p = {{{a['input_zp']}, {a['output_zp']}, {lo}, {hi}}};\n")
+            batches = int(np.prod(ish[0])) // int(w.shape[1])
+            return pre + [f"TRY(ecm_fully_connected(&{L}_p, &{L}_q, {batches}, {w.shape[1]}, {n}, {x[0]}, {wp}, "
+                          f"{bias}, {y}));"]
+        if s.kernel == "add":
+            lo, hi = a["act"]
+            consts.append(f"static const ecm_add_params {L}_p = {{{a['a_zp']}, {a['b_zp']}, {a['output_zp']}, "
+                          f"{a['a_multiplier']}, {a['a_shift']}, {a['b_multiplier']}, {a['b_shift']}, "
+                          f"{a['output_multiplier']}, {a['output_shift']}, {a['left_shift']}, {lo}, {hi}}};\n")
+            return [f"TRY(ecm_add(&{L}_p, {count}u, {x[0]}, {x[1]}, {y}));"]
+        if s.kernel in ("max_pool2d", "avg_pool2d"):
+            kh, kw = a["kernel"]
+            sh, sw = a["stride"]
+            pt, pl, pb, pr = a["padding"]
+            lo, hi = a["act"]
+            consts.append(f"static const ecm_pool_params {L}_p = {{{kh}, {kw}, {sh}, {sw}, {pt}, {pl}, {pb}, {pr}, "
+                          f"{lo}, {hi}}};\n")
+            return [f"TRY(ecm_{s.kernel}(&{L}_p, {_dims(ish[0])}, {x[0]}, {_dims(osh)}, {y}));"]
+        if s.kernel == "mean_hw":
+            consts.append(f"static const ecm_mean_params {L}_p = {{{a['input_zp']}, {a['output_zp']}, "
+                          f"{a['multiplier']}, {a['shift']}, {int(bool(a['divide']))}}};\n")
+            return [f"TRY(ecm_mean_hw(&{L}_p, {_dims(ish[0])}, {x[0]}, {y}));"]
+        if s.kernel == "clamp":
+            return [f"TRY(ecm_clip({count}u, {x[0]}, {a['lo']}, {a['hi']}, {y}));"]
+        if s.kernel == "pad":
+            t, lf, b, r = a["pads"]
+            consts.append(f"static const ecm_pad_params {L}_p = {{{t}, {lf}, {b}, {r}, {a['value']}}};\n")
+            return [f"TRY(ecm_pad(&{L}_p, {_dims(ish[0])}, {x[0]}, {y}));"]
+        if s.kernel == "transpose":
+            shape, perm = a["shape"], a["perm"]
+            consts.append(_array("int32_t", f"{L}_shape", np.array(shape)) + _array("int32_t", f"{L}_perm", np.array(perm)))
+            return [f"TRY(ecm_transpose({len(shape)}, {L}_shape, {L}_perm, {x[0]}, {y}));"]
+        if s.kernel == "copy":
+            return [f"memcpy({y}, {x[0]}, {count}u);"]
+        raise CBackendError(f"layer {s.node}: kernel {s.kernel!r} has no C emitter (try --backend tflite)")
+
+
+# -- a demo / test program -----------------------------------------------------------------------
+_SYSTICK = """
+#if defined(__ARM_ARCH_7EM__) || defined(__ARM_ARCH_7M__) || defined(__ARM_ARCH_6M__) || defined(__ARM_ARCH_8M_MAIN__)
+/* Per-step time from SysTick (24-bit, core clock). Under qemu-system-arm -icount shift=0 one
+ * instruction is 1 ns of virtual time and the mps2 boards clock SysTick at 25 MHz: a tick is 40
+ * emulated instructions. On hardware it counts core cycles. */
+#define SYST_CSR (*(volatile uint32_t *)0xE000E010u)
+#define SYST_RVR (*(volatile uint32_t *)0xE000E014u)
+#define SYST_CVR (*(volatile uint32_t *)0xE000E018u)
+static uint32_t prof_last;
+static uint64_t prof_ticks[PROF_STEPS + 1];
+static void prof_start(void) { SYST_RVR = 0xFFFFFFu; SYST_CVR = 0u; SYST_CSR = 5u; prof_last = SYST_CVR; }
+void ecm_profile_mark(int32_t step) {
+    const uint32_t now = SYST_CVR;
+    if (step > 0) prof_ticks[step - 1] += (prof_last - now) & 0xFFFFFFu; /* counts down */
+    prof_last = SYST_CVR;
+}
+#else
+static uint64_t prof_ticks[PROF_STEPS + 1];
+static void prof_start(void) {}
+void ecm_profile_mark(int32_t step) { (void)step; }
+#endif
+"""
+
+
+def demo_main(cm: CModel, samples: list[list[np.ndarray]]) -> str:
+    """``main.c`` of a program that runs `cm` on embedded samples and prints, per sample and
+    output, ``y <sample> <output> <hex bytes>``, then ``done <status>``. `samples` holds each
+    sample's int8 inputs in storage layout (NHWC for 4-D). Built with ``-DECM_PROFILE`` it also
+    prints ``step <k> <ticks>`` (summed over the samples) from the core's SysTick on Cortex-M."""
+    p, P = cm.prefix, cm.prefix.upper()
+    n = len(samples)
+    lines = [f"/* main.c - generated by edgecompile: runs {p}_run on {n} embedded samples. */",
+             "#include <stdint.h>", "#include <stdio.h>", "", f'#include "{p}.h"', "",
+             f"#define PROF_STEPS {len(cm.layers)}"]
+    lines.append("#ifdef ECM_PROFILE" + _SYSTICK + "#endif")
+    for k, d in enumerate(cm.inputs):
+        data = np.stack([np.asarray(smp[k], np.int8).reshape(-1) for smp in samples]) if n else np.zeros((0, d["size"]))
+        lines.append(_array("int8_t", f"sample_in{k}", data))
+    for k in range(len(cm.outputs)):
+        lines.append(f"static int8_t out{k}[{P}_OUTPUT{k}_SIZE];")
+    lines += [f"static uint32_t arena[({P}_ARENA_SIZE + 3u) / 4u + 1u];", "",
+              "static void print_hex(int s, int k, const int8_t *y, unsigned n) {",
+              "    unsigned i;", '    printf("y %d %d ", s, k);',
+              '    for (i = 0; i < n; i++) printf("%02x", (unsigned)(uint8_t)y[i]);', '    printf("\\n");', "}", "",
+              "int main(void) {", "    int s;", "    ecm_status st = ECM_OK;",
+              "#ifdef ECM_PROFILE", "    prof_start();", "#endif",
+              f"    for (s = 0; s < {n} && st == ECM_OK; s++) {{"]
+    args = [f"sample_in{k} + (unsigned)s * {P}_INPUT{k}_SIZE" for k in range(len(cm.inputs))]
+    args += [f"out{k}" for k in range(len(cm.outputs))] + ["arena"]
+    lines.append(f"        st = {p}_run({', '.join(args)});")
+    for k in range(len(cm.outputs)):
+        lines.append(f"        if (st == ECM_OK) print_hex(s, {k}, out{k}, {P}_OUTPUT{k}_SIZE);")
+    lines += ["    }",
+              "#ifdef ECM_PROFILE",
+              "    { int k; for (k = 0; k < PROF_STEPS; k++) printf(\"step %d %lu\\n\", k, (unsigned long)prof_ticks[k]); }",
+              "#endif",
+              '    printf("done %s\\n", ecm_status_name(st));', "    return st == ECM_OK ? 0 : 1;", "}", ""]
+    return "\n".join(lines)

@@ -1,0 +1,181 @@
+"""Generated C inference (edgecompile.backends.c_model): the program the bundle's own build.sh
+compiles, run on the host, Cortex-M4F (qemu mps2-an386), Cortex-M7 (mps2-an500) and aarch64
+(qemu-aarch64), gives bit for bit the numpy integer reference's outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cmodel_harness import build_and_run, device_available
+from edgecompile.backends.c_model import ECW_WORKSPACE_BYTES, CBackendError, emit_c
+from edgecompile.backends.c_ref.graph import _nhwc, run_int8
+from test_kernels import _small_cnn_graph
+
+
+def _check(g, cm, xs, device, tmp_path, profile=False):
+    run = build_and_run(cm, [[_nhwc(x) for x in sample] for sample in xs], device, tmp_path, profile=profile)
+    assert run.status == "ECM_OK"
+    for s, sample in enumerate(xs):
+        for k, ref in enumerate(run_int8(g, *sample)):
+            assert np.array_equal(_nhwc(ref).reshape(-1), run.outputs[(s, k)]), (device, s, k)
+    return run
+
+
+@pytest.fixture(scope="module")
+def small():
+    g = _small_cnn_graph()
+    rng = np.random.default_rng(3)
+    xs = [[rng.integers(-128, 128, g.inputs[0].shape).astype(np.int8)] for _ in range(4)]
+    return g, xs
+
+
+@pytest.fixture(scope="module")
+def digits_coarse():
+    """The digits CNN with its int8 weights rounded to 8 levels: every tensor is streamed (lut)."""
+    import torch
+
+    from edgecompile.data.digits import model
+    from edgecompile.frontend.torch_export import import_model
+    from edgecompile.passes.fold import CleanupPass, FoldBatchNormPass
+    from edgecompile.passes.quantize import QuantConfig, QuantizePass
+
+    torch.set_num_threads(1)
+    net, example, data = model()
+    g = import_model(net, example)
+    FoldBatchNormPass()(g)
+    CleanupPass()(g)
+    calib = data["calib"][0]
+    QuantizePass(QuantConfig(), [(calib[i: i + 1],) for i in range(0, 64, 2)])(g)
+    for n in g.nodes:
+        if n.op in ("conv", "linear"):
+            w = n.input(1)
+            w.data = ((w.data.astype(np.int16) // 32) * 32).astype(np.int8)
+    xq = g.inputs[0].quant.quantize(data["eval"][0][:3])
+    return g, [[xq[i: i + 1]] for i in range(3)]
+
+
+@pytest.mark.parametrize("device", ["host", "m4", "m7", "aarch64"])
+def test_small_cnn_bit_exact_on_devices(small, device, tmp_path):
+    """conv (stride 2) + relu, dilated depthwise + relu6, pointwise, residual add, max / avg pool,
+    flatten into fully connected, global mean: two outputs, weights raw in flash."""
+    if not device_available(device):
+        pytest.skip("scripts/install_toolchains.sh")
+    g, xs = small
+    cm = emit_c(g)
+    assert not any(layer.streamed for layer in cm.layers)
+    _check(g, cm, xs, device, tmp_path)
+
+
+@pytest.mark.parametrize("device", ["host", "m4"])
+def test_streamed_weights_bit_exact(digits_coarse, device, tmp_path):
+    """Every weight tensor entropy-coded (lut) and decoded into the arena's scratch slot before its
+    layer: the same bytes out, flash ~3x smaller than raw, RAM = activations + the largest slot."""
+    if not device_available(device):
+        pytest.skip("scripts/install_toolchains.sh")
+    g, xs = digits_coarse
+    cm = emit_c(g)
+    raw = emit_c(g, stream="never")
+    assert all(layer.streamed for layer in cm.layers if layer.weight_bytes)
+    assert len(cm.container) * 3 <= len(raw.container)
+    biggest = max(layer.weight_bytes for layer in cm.layers)
+    assert cm.scratch_bytes == biggest
+    assert cm.arena_bytes <= raw.arena_bytes + biggest + ECW_WORKSPACE_BYTES + 32
+    _check(g, cm, xs, device, tmp_path)
+
+
+def test_profile_counts_instructions_per_step(small, tmp_path):
+    """A profiling build under -icount shift=0: SysTick ticks per step, every step > 0, the
+    convolutions the most."""
+    if not device_available("m4"):
+        pytest.skip("scripts/install_toolchains.sh")
+    g, xs = small
+    cm = emit_c(g)
+    run = _check(g, cm, xs[:1], "m4", tmp_path, profile=True)
+    assert len(run.steps) == len(cm.layers) and all(t > 0 for t in run.steps)
+    assert int(np.argmax(run.steps)) == 0
+
+
+def test_workspace_constant_matches_header():
+    from ecw_harness import RUNTIME
+
+    text = (RUNTIME / "include" / "ecw.h").read_text()
+    assert f"#define ECW_WORKSPACE_SIZE {ECW_WORKSPACE_BYTES}u" in text
+
+
+def test_reshape_transposes_and_output_alias(tmp_path):
+    """A 4-D -> 2-D reshape of NHWC data that is not a flatten into a linear layer (a transpose),
+    a 2-D -> 4-D reshape (a transpose back) and a graph output that is a flatten (an alias written
+    in place by its producer)."""
+    import torch
+    from torch import nn
+
+    from edgecompile.frontend.torch_export import import_model
+    from edgecompile.passes.fold import CleanupPass
+    from edgecompile.passes.quantize import QuantConfig, QuantizePass
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(2, 4, 3, padding=1)
+            self.c2 = nn.Conv2d(4, 3, 1)
+
+        def forward(self, x):
+            y = torch.relu(self.c(x))                # [1, 4, 4, 4]
+            z = y.reshape(1, 4, 16).reshape(1, 2, 8, 4)
+            return self.c2(z.reshape(1, 4, 4, 4)), y.flatten(1)
+
+    torch.manual_seed(0)
+    g = import_model(M().eval(), (torch.randn(1, 2, 4, 4),))
+    CleanupPass()(g)
+    rng = np.random.default_rng(0)
+    QuantizePass(QuantConfig(), [(rng.standard_normal((1, 2, 4, 4)).astype(np.float32),) for _ in range(8)])(g)
+    cm = emit_c(g)
+    kernels = [layer.kernel for layer in cm.layers]
+    assert "transpose" in kernels, kernels
+    xs = [[rng.integers(-128, 128, (1, 2, 4, 4)).astype(np.int8)] for _ in range(2)]
+    _check(g, cm, xs, "host", tmp_path)
+
+
+def test_op_without_kernel_names_op_and_layer():
+    from edgecompile.ir import Graph, QuantParams, infer_shapes
+
+    g = Graph("t")
+    x = g.add_input("x", (1, 4))
+    x.quant = QuantParams([0.1], [0])
+    y = g.add_node("erf", [x], name="my_erf").output
+    y.quant = QuantParams([1 / 256], [-128])
+    g.outputs = [y]
+    infer_shapes(g)
+    with pytest.raises(CBackendError, match=r"my_erf \(erf\).*--backend tflite"):
+        emit_c(g)
+
+
+def test_bad_arena_and_corrupt_weights_are_statuses(digits_coarse, tmp_path):
+    """model_run returns ECM_E_ARG for a misaligned arena and ECM_E_WEIGHTS when a streamed tensor's
+    bytes in flash are corrupt (the container's CRC), never garbage."""
+    import subprocess
+
+    from edgecompile.backends.c_bundle import write_c_model
+
+    if not device_available("host"):
+        pytest.skip("gcc")
+    g, xs = digits_coarse
+    cm = emit_c(g)
+    bad = bytearray(cm.container)
+    last = cm.records[-1]
+    bad[last.offset + last.encoded_size // 2] ^= 0x55
+    write_c_model(tmp_path, cm, "linux", "host", "", "", [[_nhwc(x) for x in xs[0]]])
+    rt = tmp_path / "runtime"
+    from edgecompile.backends.c_bundle import container_to_c
+
+    container_to_c(bytes(bad), rt / "model", symbol="model_weights")
+    main = rt / "model" / "main.c"
+    main.write_text(main.read_text().replace(
+        "int main(void) {", "static ecm_status misaligned(void) {\n    static uint32_t a[(MODEL_ARENA_SIZE + 8u) / 4u];\n"
+        "    return model_run(sample_in0, out0, (uint8_t *)a + 1);\n}\nint main(void) {\n"
+        '    printf("misaligned %s\\n", ecm_status_name(misaligned()));'))
+    subprocess.run(["sh", str(rt / "build.sh")], check=True, capture_output=True)
+    out = subprocess.run([str(rt / "build" / "model")], capture_output=True, text=True).stdout.splitlines()
+    assert out[0] == "misaligned ECM_E_ARG"
+    assert out[-1] == "done ECM_E_WEIGHTS"
