@@ -35,7 +35,7 @@ from .choose import candidates, resolve_quant
 from .fidelity import (
     Fidelity, FidelitySpecError, OutputSpec, Thresholds, checks_from, compare, parse_output_specs,
 )
-from .reference import bundle_outputs, reference_outputs
+from .reference import _padded_batches, bundle_outputs, reference_outputs
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +217,136 @@ def _write_bundle(stage: Path, graph: Graph, target: Target, backend: str, cfg: 
     return {"emitted": emitted, "records": records, "model_file": model_name}
 
 
+#: Samples the generated C program embeds (model/main.c): what the host check and the emulated
+#: profile run; a few batches keep QEMU time short.
+C_DEMO_BATCHES = 4
+
+
+class _CEmitted:
+    """What the report reads from an emitted model, for generated C: the model file is model.c,
+    the "ops" the ecm_ kernels it calls, container names map back to layers."""
+
+    def __init__(self, cm, graph: Graph):
+        self.model_bytes = cm.files[f"{cm.prefix}.c"].encode()
+        kernels: dict[str, int] = {}
+        for layer in cm.layers:
+            kernels[layer.kernel] = kernels.get(layer.kernel, 0) + 1
+        self.ops = [(f"ecm_{k}", n) for k, n in kernels.items()]
+        # container names are "<index>:<layer>"; the report's rows match a layer's weight value
+        weight_of = {n.name: n.inputs[1].name for n in graph.nodes if len(n.inputs) > 1 and n.inputs[1] is not None}
+        self.source_names = {r.name: weight_of.get(r.name.split(":", 1)[-1], r.name) for r in cm.records}
+        self.node_map = None
+        self.quant = {}
+
+
+def _write_c_bundle(stage: Path, graph: Graph, target: Target, cfg: BuildConfig, evals: Samples) -> dict:
+    """``--backend c``: generated ``model.c`` / ``model.h`` with the kernels and decoder sources in
+    ``runtime/``, the weights (kernel layout) in ``weights.ecw`` and as a C array, a demo program on
+    a few eval samples. The session is the numpy integer reference: the device's arithmetic."""
+    from .backends.c_bundle import write_c_model
+    from .backends.c_model import CBackendError, emit_c
+    from .backends.c_ref.graph import _nhwc
+    from .backends.c_ref.session import ReferenceSession
+
+    codecs = tuple(c for c in (cfg.codecs or target.codecs) if c in target.codecs and c != "zstd") or ("raw",)
+    try:
+        cm = emit_c(graph, codecs=codecs, ram_budget=target.ram_bytes if target.kind == "mcu" else None)
+    except CBackendError as e:
+        raise BuildError(str(e)) from None
+    (stage / "weights.ecw").write_bytes(cm.container)
+    session = ReferenceSession(graph, cm.calls)
+    batch = int(graph.inputs[0].shape[0]) if graph.inputs and graph.inputs[0].shape else 1
+    demo = []
+    for xs, _ in _padded_batches(tuple(a[: C_DEMO_BATCHES * batch] for a in evals), batch):
+        demo.append(session.quantize_inputs(*xs))
+    write_c_model(stage, cm, target.kind, target.name, target.triple, target.cpu,
+                  [[_nhwc(x) for x in sample] for sample in demo])
+    io = lambda ds: [{k: d[k] for k in ("name", "shape", "scale", "zero_point", "layout")} for d in ds]  # noqa: E731
+    manifest = {"format": "edgecompile-bundle", "version": 1, "backend": "c", "model": "runtime/model/model.c",
+                "weights": "weights.ecw", "inputs": io(cm.inputs), "outputs": io(cm.outputs),
+                "arena_bytes": cm.arena_bytes, "build": "runtime/build.sh", "target": target.name,
+                "edgecompile_version": __version__}
+    (stage / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return {"emitted": _CEmitted(cm, graph), "records": cm.records, "model_file": "runtime/model/model.c", "cmodel": cm,
+            "session": session, "demo": demo}
+
+
+def _c_device_checks(stage: Path, written: dict, target: Target) -> dict:
+    """The generated C compiled and run (see `backends.c_device`): on the host, bit for bit the
+    integer reference on the demo samples (else a BuildError: our bug); for a microcontroller, code
+    sizes from the cross toolchain and per-layer emulated instruction counts under QEMU."""
+    from .backends import c_device
+
+    cm, session, demo = written["cmodel"], written["session"], written["demo"]
+    rt = stage / "runtime"
+    info: dict = {"samples": len(demo)}
+    try:
+        host = c_device.host_run(rt)
+        if host is None:
+            info["host_check"] = "skipped: gcc not installed"
+        else:
+            for s, sample in enumerate(demo):
+                for k, ref in enumerate(session.run_int8(*sample)):
+                    from .backends.c_ref.graph import _nhwc
+                    got = host.outputs.get((s, k))
+                    if host.status != "ECM_OK" or got is None or not np.array_equal(got, _nhwc(ref).reshape(-1)):
+                        raise BuildError(f"the generated C differs from the integer reference (sample {s}, output {k}, "
+                                         f"status {host.status}): an edgecompile bug; try --backend tflite and report it")
+            info["host_check"] = f"bit-exact with the integer reference on {len(demo)} samples (gcc, host)"
+        if target.kind == "mcu":
+            info["code_size"] = c_device.code_sizes(rt, target.cpu)
+            emu = c_device.emulate(rt, target.cpu)
+            if emu is not None and emu.status == "ECM_OK" and emu.steps:
+                n = max(len(demo), 1)
+                per = [int(round(v / n)) for v in emu.steps]
+                total = sum(per)
+                info["emulated"] = {
+                    "instructions_per_inference": total,
+                    "ms_at_clock": total / (target.clock_mhz * 1e3),
+                    "clock_mhz": target.clock_mhz,
+                    "machine": c_device.qemu_machine(target.cpu),
+                    "per_layer": [{"step": layer.index, "layer": layer.node, "kernel": layer.kernel,
+                                   "instructions": per[layer.index], "macs": layer.macs,
+                                   "streamed": layer.streamed} for layer in cm.layers],
+                    "basis": f"emulated instruction count: qemu-system-arm -M {c_device.qemu_machine(target.cpu)} "
+                             f"-icount shift=0, SysTick ticks x {c_device.INSTRUCTIONS_PER_TICK}; ms at "
+                             f"{target.clock_mhz:g} MHz assumes one instruction per cycle (an estimate)"}
+            elif emu is None:
+                info["emulated"] = None
+    except c_device.DeviceToolError as e:
+        raise BuildError(f"the generated C did not build or run: {e}") from None
+    return info
+
+
+def _c_memory(cm, device: dict, target: Target) -> dict:
+    """RAM = arena (activations + the streaming slot + decoder state) + I/O, from the generated C's
+    static sizes; flash = container + model code + runtime code, measured by the cross toolchain
+    when installed (else the container + an estimate)."""
+    sizes = device.get("code_size")
+    if sizes:
+        code = sum(sizes[p][k] for p in ("model", "runtime") for k in ("text", "rodata", "data"))
+        statics = sum(sizes[p]["bss"] + sizes[p]["data"] for p in ("model", "runtime"))
+        basis = f"measured: {sizes['toolchain']} {sizes['flags']}"
+    else:
+        code, statics, basis = 16 * 1024 + 64 * len(cm.layers), 0, "code size estimated (no arm-none-eabi-gcc)"
+    mem = {"model_file_bytes": len(cm.files[f"{cm.prefix}.c"]), "weights_bytes": len(cm.container),
+           "arena_bytes": cm.arena_bytes, "scratch_bytes": cm.scratch_bytes, "io_bytes": cm.io_bytes,
+           "naive_activation_bytes": None, "streamed_weight_bytes": cm.streamed_bytes,
+           "runtime_flash_estimate": code, "code_bytes": code,
+           "flash_needed": len(cm.container) + code, "ram_needed": cm.ram_bytes + statics, "basis": basis}
+    mem["fits_flash"] = mem["flash_needed"] <= target.flash_bytes
+    mem["fits_ram"] = mem["ram_needed"] <= target.ram_bytes
+    notes = []
+    if not mem["fits_flash"]:
+        notes.append(f"does not fit {target.name}'s flash: needs {mem['flash_needed']:,} B of {target.flash_bytes:,} B")
+    if not mem["fits_ram"]:
+        peak = max(cm.layers, key=lambda layer: layer.weight_bytes if layer.streamed else 0)
+        notes.append(f"does not fit {target.name}'s RAM: needs {mem['ram_needed']:,} B of {target.ram_bytes:,} B "
+                     f"(arena {cm.arena_bytes:,} B; largest streamed layer {peak.node}, {peak.weight_bytes:,} B)")
+    mem["notes"] = notes
+    return mem
+
+
 def _copy_loader(stage: Path) -> None:
     """Ships the torch-free loader and container reader so the bundle runs on a board without edgecompile."""
     pkg = Path(__file__).resolve().parent
@@ -336,8 +466,14 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
     target = load_target(cfg.target)
     cfg = replace(cfg, quant=resolve_quant(cfg.quant, target), quant_auto=cfg.quant == "auto")
     backend = cfg.backend or target.default_backend
-    if backend not in ("onnx", "tflite"):
-        raise BuildError(f"unknown backend {backend!r}; use onnx or tflite")
+    if backend not in ("onnx", "tflite", "c"):
+        raise BuildError(f"unknown backend {backend!r}; use onnx, tflite or c")
+    if backend == "c":
+        # Generated C runs full int8 only (the ecm_ kernels): no fallback to float activations.
+        from .passes.quantize import parse_quant_spec
+        if parse_quant_spec(cfg.quant).mode != "int8":
+            raise BuildError(f"--backend c runs full int8; --quant {cfg.quant} needs --backend onnx or tflite")
+        cfg = replace(cfg, quant_auto=False)
     cfg = replace(cfg, backend=backend)
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()) and not (out / "manifest.json").exists():
@@ -391,15 +527,22 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
         t = stage_done(f"quantize + search ({label})", 0.6, t)
         stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
-            written = _write_bundle(stage, cand, target, backend, cfg)
-            t = stage_done(f"emit {backend} + container", 0.7, t)
-            try:
-                session = load_bundle(stage, threads=1, node_map=written["emitted"].node_map)
+            if backend == "c":
+                written = _write_c_bundle(stage, cand, target, cfg, evals)
+                session = written["session"]
+                t = stage_done("emit C + container", 0.7, t)
                 fidelity = verify_bundle(session, loaded, cand, evals, ref, labels, specs, cfg, note=data_note)
-            except BackendRuntimeError as e:
-                # an emitted model the runtime rejects is our bug: one line naming op and layer
-                raise BuildError(str(e)) from None
-            t = stage_done(f"verify in {'onnxruntime' if backend == 'onnx' else 'LiteRT'}", 0.85, t)
+                t = stage_done("verify (integer reference: the device's arithmetic)", 0.85, t)
+            else:
+                written = _write_bundle(stage, cand, target, backend, cfg)
+                t = stage_done(f"emit {backend} + container", 0.7, t)
+                try:
+                    session = load_bundle(stage, threads=1, node_map=written["emitted"].node_map)
+                    fidelity = verify_bundle(session, loaded, cand, evals, ref, labels, specs, cfg, note=data_note)
+                except BackendRuntimeError as e:
+                    # an emitted model the runtime rejects is our bug: one line naming op and layer
+                    raise BuildError(str(e)) from None
+                t = stage_done(f"verify in {'onnxruntime' if backend == 'onnx' else 'LiteRT'}", 0.85, t)
             failures = fidelity.failures()
             attempts.append({"config": label, "passed": not failures, "failures": failures,
                              "container_bytes": (stage / "weights.ecw").stat().st_size})
@@ -409,9 +552,18 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
                 continue
 
             baseline = fp32_onnx(original)
-            example = [x.numpy() for x in loaded.example_inputs]
-            latency = _latency(stage, baseline, session, example, cfg.latency_repeats)
-            t = stage_done("measure latency", 0.95, t)
+            device = None
+            if backend == "c":
+                device = _c_device_checks(stage, written, target)
+                emu = device.get("emulated") or {}
+                latency = {"host_fp32_onnx_ms": None, "host_bundle_ms": None, "speedup": None, "repeats": 0,
+                           "emulated_instructions": emu.get("instructions_per_inference"),
+                           "target_ms_emulated": emu.get("ms_at_clock")}
+                t = stage_done("compile and run the generated C", 0.95, t)
+            else:
+                example = [x.numpy() for x in loaded.example_inputs]
+                latency = _latency(stage, baseline, session, example, cfg.latency_repeats)
+                t = stage_done("measure latency", 0.95, t)
 
             timings["total"] = round(time.perf_counter() - t_start, 3)
             report = make_report(
@@ -419,6 +571,9 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
                 container_records=written["records"], emitted=written["emitted"], stage=stage,
                 baseline_onnx_bytes=len(baseline), fidelity=fidelity, latency=latency,
                 pass_records=pass_records + records, finetune=finetune_info, timings=timings, data_note=data_note)
+            if device is not None:
+                report["device"] = device
+                report["memory"] = _c_memory(written["cmodel"], device, target)
             report["chosen"] = label          # the configuration shipped (quant mode, search plan)
             report["search"] = {k: v for k, v in search.items() if k != "more"}
             report["attempts"] = attempts

@@ -76,7 +76,8 @@ def main(verbose: bool) -> None:
 @click.argument("model", required=False)
 @click.option("--target", "-t", default="rpi4", show_default=True, help="Board name (see `edgecompile targets`).")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=None, help="Bundle folder [out/<model>-<target>].")
-@click.option("--backend", type=click.Choice(["onnx", "tflite"]), default=None, help="[the target's default]")
+@click.option("--backend", type=click.Choice(["onnx", "tflite", "c"]), default=None,
+              help="[the target's default] c: generated C inference (int8 kernels, weights streamed from the container)")
 @click.option("--calib", type=click.Path(path_type=Path), default=None,
               help=".npz of inputs (named like the model inputs, or arr_0..) and optional labels.")
 @click.option("--rank", default="none", show_default=True,

@@ -211,7 +211,7 @@ def render_terminal(report: dict, console) -> None:
                   f"{_kb(r['bytes_before'])} → {_kb(r['bytes_after'])}", str(r["rank"] or "-"),
                   "-" if r["sparsity"] is None else f"{r['sparsity']:.0%}", str(r["bits"]), r["codec"] or "-")
     console.print(t)
-    tot, fid, lat, mem = report["totals"], report["fidelity"], report["latency"], report["memory"]
+    tot, fid, mem = report["totals"], report["fidelity"], report["memory"]
     if report.get("chosen"):
         tried = ", ".join(f"{a['config']} ({'pass' if a['passed'] else 'fail'})" for a in report.get("attempts", []))
         console.print(f"[bold]chosen[/] {report['chosen']}; tried in the real runtime: {tried}")
@@ -225,17 +225,44 @@ def render_terminal(report: dict, console) -> None:
     for c in fid["checks"]:
         mark = "[green]pass[/]" if c["passed"] else "[red]FAIL[/]"
         console.print(f"  gate {mark} {c['line']}")
-    console.print(f"[bold]latency[/] host (measured, 1 thread): fp32 ONNX {lat['host_fp32_onnx_ms']:.3f} ms, "
-                  f"bundle {lat['host_bundle_ms']:.3f} ms ({_vs(lat)} fp32); "
-                  f"{report['target']['name']} [italic]estimate[/] {lat['target_ms_estimate']:.3f} ms")
-    console.print(f"[bold]memory[/] flash needed {_kb(mem['flash_needed'])} (runtime estimate "
-                  f"{_kb(mem['runtime_flash_estimate'])}), RAM {_kb(mem['ram_needed'])} "
-                  f"(arena {_kb(mem.get('arena_bytes'))})")
+    console.print(f"[bold]latency[/] {_latency_line(report)}")
+    dev = report.get("device")
+    if dev:
+        console.print(f"[bold]device check[/] {dev.get('host_check')}")
+        cs = dev.get("code_size")
+        if cs:
+            console.print("[bold]code size[/] " + _code_size_line(cs))
+    runtime = (f"code {_kb(mem['code_bytes'])}, {mem['basis']}" if "code_bytes" in mem
+               else f"runtime estimate {_kb(mem['runtime_flash_estimate'])}")
+    console.print(f"[bold]memory[/] flash needed {_kb(mem['flash_needed'])} ({runtime}), RAM {_kb(mem['ram_needed'])} "
+                  f"(arena {_kb(mem.get('arena_bytes'))}" + (f", of which the weight decode slot {_kb(mem['scratch_bytes'])}"
+                                                             if mem.get("scratch_bytes") else "") + ")")
     for note in mem["notes"]:
         console.print(f"[yellow]warning:[/] {note}")
     verdict = report.get("verdict", {})
     if verdict.get("failures"):
         console.print("[red]verification below threshold:[/] " + "; ".join(verdict["failures"]))
+
+
+def _latency_line(report: dict) -> str:
+    """Host measurement for ONNX / TFLite bundles; for generated C the emulated instruction count
+    (labelled), and always the roofline estimate."""
+    lat, name = report["latency"], report["target"]["name"]
+    est = f"{name} [italic]roofline estimate[/] {lat['target_ms_estimate']:.3f} ms"
+    if lat.get("host_bundle_ms") is not None:
+        return (f"host (measured, 1 thread): fp32 ONNX {lat['host_fp32_onnx_ms']:.3f} ms, bundle "
+                f"{lat['host_bundle_ms']:.3f} ms ({_vs(lat)} fp32); {est}")
+    if lat.get("emulated_instructions"):
+        return (f"{name}: {lat['emulated_instructions']:,} [italic]emulated instructions[/] per inference "
+                f"(≈ {lat['target_ms_emulated']:.3f} ms at {report['target']['clock_mhz']:g} MHz, 1 instruction per "
+                f"cycle: an estimate); {est}")
+    return f"not measured (no emulator for this target); {est}"
+
+
+def _code_size_line(cs: dict) -> str:
+    part = lambda p: cs[p]["text"] + cs[p]["rodata"] + cs[p]["data"]  # noqa: E731
+    return (f"weights {_kb(part('weights'))}, model code + parameters {_kb(part('model'))}, runtime (kernels + "
+            f"decoder) {_kb(part('runtime'))} ({cs['toolchain']} {cs['flags']}; demo main and libc apart)")
 
 
 # -- HTML --------------------------------------------------------------------------------------
@@ -317,12 +344,51 @@ text-align:right}td:first-child,th:first-child,td:nth-child(2){text-align:left}t
 .card b{font-size:1.4em;display:block}.est{color:#7b8794;font-style:italic}.bad{color:#c62828}"""
 
 
+def _latency_html(report: dict) -> str:
+    lat = report["latency"]
+    if lat.get("host_bundle_ms") is not None:
+        return (f"Host, measured (median of {lat['repeats']}, 1 thread): fp32 ONNX {lat['host_fp32_onnx_ms']:.3f} ms, "
+                f"bundle {lat['host_bundle_ms']:.3f} ms.")
+    emu = (report.get("device") or {}).get("emulated")
+    if emu:
+        return html.escape(f"{emu['instructions_per_inference']:,} emulated instructions per inference "
+                           f"(≈ {emu['ms_at_clock']:.3f} ms at {emu['clock_mhz']:g} MHz). {emu['basis']}.")
+    return "Not measured on the host (generated C; no emulator for this target)."
+
+
+def _device_html(report: dict) -> str:
+    """Generated C: the host check, code sizes, per-layer emulated instruction counts."""
+    dev = report.get("device")
+    if not dev:
+        return ""
+    e = html.escape
+    out = f"<h2>Device</h2><p>{e(str(dev.get('host_check')))}</p>"
+    cs = dev.get("code_size")
+    if cs:
+        rows = "".join(f"<tr><td>{p}</td>" + "".join(f"<td>{cs[p][k]:,}</td>" for k in ("text", "rodata", "data", "bss"))
+                       + "</tr>" for p in ("weights", "model", "runtime", "demo"))
+        out += (f"<p>Code size ({e(cs['toolchain'])}, {e(cs['flags'])}), bytes:</p><table><tr><th>part</th><th>.text"
+                f"</th><th>.rodata</th><th>.data</th><th>.bss</th></tr>{rows}</table>")
+    emu = dev.get("emulated")
+    if emu:
+        rows = "".join(f"<tr><td>{r['step']}</td><td>{e(r['layer'])}</td><td>{e(r['kernel'])}</td>"
+                       f"<td>{r['instructions']:,}</td><td>{r['macs']:,}</td><td>{'yes' if r['streamed'] else ''}</td></tr>"
+                       for r in emu["per_layer"])
+        out += ("<p class=est>Emulated instruction count per layer (not cycles):</p><table><tr><th>step</th><th>layer"
+                f"</th><th>kernel</th><th>instructions</th><th>MACs</th><th>weights streamed</th></tr>{rows}</table>")
+    return out
+
+
 def render_html(report: dict) -> str:
     e = html.escape
     tot, fid, lat, mem = report["totals"], report["fidelity"], report["latency"], report["memory"]
     cards = [("bundle size", _kb(tot["bundle_bytes"]), f"{tot['compression_ratio']:.1f}× smaller than fp32 ONNX"),
              ("fidelity", *_headline(fid)),
-             ("host latency", f"{lat['host_bundle_ms']:.3f} ms", f"{_vs(lat)} fp32 ONNX (measured)"),
+             (("host latency", f"{lat['host_bundle_ms']:.3f} ms", f"{_vs(lat)} fp32 ONNX (measured)")
+              if lat.get("host_bundle_ms") is not None else
+              ("emulated instructions", f"{lat['emulated_instructions']:,}" if lat.get("emulated_instructions") else "-",
+               f"per inference under QEMU (≈ {lat['target_ms_emulated']:.3f} ms at the target clock: estimate)"
+               if lat.get("emulated_instructions") else "no emulator for this target")),
              (f"{report['target']['name']} latency", f"{lat['target_ms_estimate']:.3f} ms", "estimate")]
     rows = "".join(
         "<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in (
@@ -358,12 +424,12 @@ MACs {tot['macs_before']:,} → {tot['macs_after']:,}.</p>
 <h2>Fidelity (measured in the real runtime)</h2><p>{e(report['data'])}: {fid['n_samples']} samples; every
 output judged by its kind.</p><table><tr><th>output</th><th>kind</th><th>figures</th></tr>{fid_rows}</table>
 <table><tr><th>gate check</th><th>result</th></tr>{check_rows}</table>{acc}
-<h2>Latency</h2><p>Host, measured (median of {lat['repeats']}, 1 thread): fp32 ONNX {lat['host_fp32_onnx_ms']:.3f} ms,
-bundle {lat['host_bundle_ms']:.3f} ms. <span class=est>{e(report['target']['name'])} estimate:
+<h2>Latency</h2><p>{_latency_html(report)} <span class=est>{e(report['target']['name'])} estimate:
 {lat['target_ms_estimate']:.3f} ms ({e(lat['basis'])}).</span></p>
 <h2>Memory</h2><p>Flash needed {_kb(mem['flash_needed'])} (<span class=est>runtime estimate
 {_kb(mem['runtime_flash_estimate'])}</span>); RAM {_kb(mem['ram_needed'])} (arena {_kb(mem.get('arena_bytes'))},
 all activations {_kb(mem.get('naive_activation_bytes'))}).</p>
+{_device_html(report)}
 <h2>Backend ops</h2><table><tr><th>op</th><th>version</th><th>count</th></tr>{ops}</table>
 {f'<h2>Fine-tuning</h2><img alt="fine-tuning curve" src="{ft_plot}">' if ft_plot else ''}
 <h2>Build timings</h2><p>{e(', '.join(f'{k} {v:.2f} s' for k, v in report['timings_s'].items()))}</p>

@@ -184,7 +184,7 @@ def _storage(graph: Graph, steps: list[_Step]) -> tuple[dict[str, str], list[_St
     return {name: pin_of(find(name)) or "a:" + find(name) for name in names}, out
 
 
-def _weights_container(steps: list[_Step], codecs: tuple[str, ...], stream: str):
+def _weights_container(steps: list[_Step], codecs: tuple[str, ...], stream: str, keep_raw: frozenset = frozenset()):
     """The container of every step's weights (kernel layout) and, per step, (name, streamed)."""
     tensors: dict[str, np.ndarray] = {}
     names: dict[int, str] = {}
@@ -202,7 +202,8 @@ def _weights_container(steps: list[_Step], codecs: tuple[str, ...], stream: str)
     _, records = encode_container(tensors, codecs=allowed)
     force = {}
     for r in records:
-        keep = r.codec != "raw" and (stream == "always" or r.encoded_size <= (1 - STREAM_MIN_SAVING) * r.decoded_size)
+        keep = r.codec != "raw" and r.name not in keep_raw and (
+            stream == "always" or r.encoded_size <= (1 - STREAM_MIN_SAVING) * r.decoded_size)
         if not keep and r.codec != "raw":
             force[r.name] = "raw"     # not worth decoding on every run: read in place
     data, records = encode_container(tensors, codecs=allowed, codec_for=force)
@@ -211,7 +212,7 @@ def _weights_container(steps: list[_Step], codecs: tuple[str, ...], stream: str)
 
 
 def emit_c(graph: Graph, *, codecs: tuple[str, ...] = ("raw", "rans", "lut"), prefix: str = "model",
-           stream: str = "auto") -> CModel:
+           stream: str = "auto", ram_budget: int | None = None) -> CModel:
     """The graph as generated C (see the module docstring).
 
     Parameters
@@ -225,6 +226,9 @@ def emit_c(graph: Graph, *, codecs: tuple[str, ...] = ("raw", "rans", "lut"), pr
     stream : "auto" | "never" | "always"
         "auto": stream a weight tensor when entropy coding saves at least `STREAM_MIN_SAVING`;
         "never": every tensor raw (read in place); "always": stream whatever the coder shrinks.
+    ram_budget : int, optional
+        The board's RAM: while arena + I/O exceed it, the tensor with the largest decode slot is
+        stored raw instead (flash for RAM), until it fits or nothing is streamed.
 
     Raises
     ------
@@ -240,10 +244,37 @@ def emit_c(graph: Graph, *, codecs: tuple[str, ...] = ("raw", "rans", "lut"), pr
     shapes = _shapes(graph, calls)
     steps = _expand(calls, shapes)
     where, steps = _storage(graph, steps)
-    data, records, wrec = _weights_container(steps, codecs, stream)
+    ins = [_io(v, shapes) for v in graph.inputs]
+    outs = [_io(v, shapes) for v in graph.outputs]
+    io_bytes = sum(d["size"] for d in ins) + sum(d["size"] for d in outs)
+    keep_raw: set[str] = set()
+    while True:
+        data, records, wrec = _weights_container(steps, codecs, stream, frozenset(keep_raw))
+        plan, scratch = _plan(steps, where, shapes, wrec)
+        slots = [r for r in wrec.values() if r.codec != "raw"]
+        if ram_budget is None or plan.arena_bytes + io_bytes <= ram_budget or not slots:
+            break
+        keep_raw.add(max(slots, key=lambda r: r.decoded_size).name)
+    layers = []
+    for i, s in enumerate(steps):
+        r = wrec.get(i)
+        w = s.args.get("w")
+        macs = 0
+        if s.kernel == "conv2d":
+            macs = int(np.prod(shapes[s.output])) * int(np.prod(w.shape[1:]))
+        elif s.kernel == "fully_connected":
+            macs = int(np.prod(shapes[s.output])) * int(w.shape[1])
+        layers.append(CLayer(i, s.node, s.kernel, shapes[s.output], 0 if r is None else r.decoded_size,
+                             0 if r is None else r.encoded_size, "" if r is None else r.codec,
+                             r is not None and r.codec != "raw", macs))
+    gen = _Writer(prefix, graph, steps, where, shapes, plan.offsets, wrec, records, ins, outs, plan.arena_bytes, scratch)
+    files = {f"{prefix}.h": gen.header(), f"{prefix}.c": gen.source()}
+    return CModel(prefix, files, plan.arena_bytes, scratch, io_bytes, data, records, layers, calls, ins, outs)
 
-    # Lifetimes of arena groups (by step index), plus one slot per streamed tensor and the decoder
-    # state, each alive only during its step.
+
+def _plan(steps: list[_Step], where: dict[str, str], shapes, wrec):
+    """The arena plan: activation groups alive from their first write to their last read, plus one
+    slot per streamed tensor and the decoder state, each alive only during its step."""
     first: dict[str, int] = {}
     last: dict[str, int] = {}
     size: dict[str, int] = {}
@@ -264,25 +295,7 @@ def emit_c(graph: Graph, *, codecs: tuple[str, ...] = ("raw", "rans", "lut"), pr
             scratch = max(scratch, r.decoded_size)
     plan = plan_memory(buffers, alignment=ALIGNMENT)
     verify_plan(buffers, plan)
-
-    ins = [_io(v, shapes) for v in graph.inputs]
-    outs = [_io(v, shapes) for v in graph.outputs]
-    io_bytes = sum(d["size"] for d in ins) + sum(d["size"] for d in outs)
-    layers = []
-    for i, s in enumerate(steps):
-        r = wrec.get(i)
-        w = s.args.get("w")
-        macs = 0
-        if s.kernel == "conv2d":
-            macs = int(np.prod(shapes[s.output])) * int(np.prod(w.shape[1:]))
-        elif s.kernel == "fully_connected":
-            macs = int(np.prod(shapes[s.output])) * int(w.shape[1])
-        layers.append(CLayer(i, s.node, s.kernel, shapes[s.output], 0 if r is None else r.decoded_size,
-                             0 if r is None else r.encoded_size, "" if r is None else r.codec,
-                             r is not None and r.codec != "raw", macs))
-    gen = _Writer(prefix, graph, steps, where, shapes, plan.offsets, wrec, records, ins, outs, plan.arena_bytes, scratch)
-    files = {f"{prefix}.h": gen.header(), f"{prefix}.c": gen.source()}
-    return CModel(prefix, files, plan.arena_bytes, scratch, io_bytes, data, records, layers, calls, ins, outs)
+    return plan, scratch
 
 
 def _io(v, shapes) -> dict:
