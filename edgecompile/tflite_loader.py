@@ -7,6 +7,18 @@ also works when copied into a bundle beside a copy of ``container`` (hence the g
 weight into the flatbuffer buffer of the tensor with the same name (unpack the model with the
 object API, fill `BufferT.data`, repack), and creates ``Interpreter(model_content=...)``.
 
+A bundle's ``model.tflite`` is a weights-stripped model that no interpreter may run on its own (an
+interpreter given empty weight buffers would run them as zeros, silently): it differs from a
+TFLite model in two places, both undone by `fill_weights`, which also refuses to return a model in
+which any constant operator input is still empty.
+
+- bytes 4..8, the flatbuffer file identifier, are ``ECST`` instead of ``TFL3`` (LiteRT's verifier
+  refuses the file: "The model is not a valid Flatbuffer buffer");
+- the last operator of subgraph 0 is a custom op ``EDGECOMPILE_WEIGHTS_STRIPPED`` with no inputs and
+  no outputs, whose operator code is the last one (TFLite Micro ignores the identifier but has no
+  kernel for it: "Failed to get registration from op code CUSTOM"). Operator indices of the real
+  operators are those of the full model.
+
 When LiteRT refuses the model or fails running it, the error is a one-line `BackendRuntimeError`
 naming the TFLite op, its operator index ("Node number N" in LiteRT's message) and, with a node map
 (the manifest's ``node_map`` or the `node_map` argument), our layer. A failure inside the XNNPACK
@@ -57,8 +69,67 @@ class AlignedBufferT(fb.BufferT):
         return fb.BufferEnd(builder)
 
 
-def pack_model(model: fb.ModelT) -> bytes:
-    """Serializes a ModelT with 16-byte aligned buffers and the TFL3 identifier."""
+TFLITE_IDENTIFIER = b"TFL3"
+STRIPPED_IDENTIFIER = b"ECST"
+STRIPPED_MARKER = "EDGECOMPILE_WEIGHTS_STRIPPED"
+
+
+def is_stripped_marker(code: fb.OperatorCodeT) -> bool:
+    """Whether an operator code is the stripped-model marker (see the module docstring)."""
+    custom = code.customCode.decode() if isinstance(code.customCode, bytes) else code.customCode
+    return max(code.builtinCode, code.deprecatedBuiltinCode) == fb.BuiltinOperator.CUSTOM and custom == STRIPPED_MARKER
+
+
+def mark_stripped(model: fb.ModelT) -> None:
+    """Appends the marker operator code and operator to a model whose weights were taken out."""
+    code = fb.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = fb.BuiltinOperator.CUSTOM
+    code.customCode = STRIPPED_MARKER
+    code.version = 1
+    model.operatorCodes = [*(model.operatorCodes or []), code]
+    op = fb.OperatorT()
+    op.opcodeIndex = len(model.operatorCodes) - 1
+    op.inputs, op.outputs = [], []
+    model.subgraphs[0].operators = [*(model.subgraphs[0].operators or []), op]
+
+
+def unmark_stripped(model: fb.ModelT) -> None:
+    """Removes the marker operators and their operator code (a no-op on an unmarked model)."""
+    codes = model.operatorCodes or []
+    marks = {i for i, c in enumerate(codes) if is_stripped_marker(c)}
+    if not marks:
+        return
+    renumber = {old: new for new, old in enumerate(i for i in range(len(codes)) if i not in marks)}
+    model.operatorCodes = [c for i, c in enumerate(codes) if i not in marks]
+    for sg in model.subgraphs:
+        sg.operators = [o for o in sg.operators or [] if o.opcodeIndex not in marks]
+        for o in sg.operators:
+            o.opcodeIndex = renumber[o.opcodeIndex]
+
+
+def empty_constants(model: fb.ModelT) -> list[str]:
+    """Names of subgraph 0's constant operator inputs (read by an operator, written by none, not a
+    model input nor a variable) whose buffer holds no data: weights that were never put back."""
+    sg = model.subgraphs[0]
+    ops = sg.operators or []
+    produced = set(_ints(sg.inputs)) | {t for o in ops for t in _ints(o.outputs)}
+    out = []
+    for i in sorted({t for o in ops for t in _ints(o.inputs) if 0 <= t < len(sg.tensors or [])} - produced):
+        t = sg.tensors[i]   # (an index out of range is left to the interpreter's verifier)
+        data = model.buffers[t.buffer].data if 0 <= t.buffer < len(model.buffers or []) else None
+        if t.isVariable or (data is not None and np.size(data)) or 0 in _ints(t.shape):
+            continue
+        out.append(t.name.decode() if isinstance(t.name, bytes) else t.name)
+    return out
+
+
+def _ints(v) -> list[int]:
+    """A flatbuffer int vector (None, a list or a numpy array) as a list."""
+    return [] if v is None else [int(x) for x in v]
+
+
+def pack_model(model: fb.ModelT, file_identifier: bytes = TFLITE_IDENTIFIER) -> bytes:
+    """Serializes a ModelT with 16-byte aligned buffers and the given file identifier (TFL3)."""
     bufs = []
     for b in model.buffers or []:
         a = b if isinstance(b, AlignedBufferT) else AlignedBufferT()
@@ -67,12 +138,21 @@ def pack_model(model: fb.ModelT) -> bytes:
         bufs.append(a)
     model.buffers = bufs
     builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    builder.Finish(model.Pack(builder), file_identifier=file_identifier)
     return bytes(builder.Output())
 
 
 def fill_weights(model_bytes: bytes, tensors: dict[str, np.ndarray]) -> bytes:
-    """The model with each named tensor's (empty) buffer filled from `tensors`, in memory."""
+    """The runnable TFLite model: each named tensor's (empty) buffer filled from `tensors`, in memory.
+
+    Takes a stripped model (``ECST``, with the marker operator) or a plain ``TFL3`` one and returns
+    a ``TFL3`` model without the marker. Raises `TFLiteBundleError` when the bytes are no such
+    model, a weight does not fit its tensor, or a constant input is still empty afterwards.
+    """
+    ident = bytes(model_bytes[4:8])
+    if ident not in (TFLITE_IDENTIFIER, STRIPPED_IDENTIFIER):
+        raise TFLiteBundleError(f"not a readable .tflite model (file identifier {ident!r}, expected "
+                                f"{TFLITE_IDENTIFIER!r} or {STRIPPED_IDENTIFIER!r})")
     try:
         model = fb.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
         if not model.subgraphs:
@@ -96,6 +176,11 @@ def fill_weights(model_bytes: bytes, tensors: dict[str, np.ndarray]) -> bytes:
     missing = sorted(set(tensors) - seen)
     if missing:
         raise TFLiteBundleError(f"weights {missing[:5]} are not tensors of the model")
+    unmark_stripped(model)
+    empty = empty_constants(model)
+    if empty:
+        raise TFLiteBundleError(f"constant tensors {empty[:5]} have no data in the model nor in the container "
+                                f"({len(empty)} in all)")
     return pack_model(model)
 
 

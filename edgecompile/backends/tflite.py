@@ -8,7 +8,9 @@ graphs QUANTIZE their inputs and DEQUANTIZE their outputs inside the model.
 
 With ``embed_weights=False`` the weight buffers are left empty and `EmittedModel.tensors` holds
 them (in TFLite layout, keyed by tensor name) for the `.ecw` container; `edgecompile.tflite_loader`
-puts them back in memory before creating the interpreter.
+puts them back in memory before creating the interpreter. Such a model is marked (file identifier
+``ECST`` and a marker operator, see `tflite_loader`) so that neither LiteRT nor TFLite Micro loads
+it on its own: both would otherwise run empty weights as zeros without a word.
 """
 
 from __future__ import annotations

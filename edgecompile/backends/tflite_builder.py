@@ -4,7 +4,10 @@
 into `.tflite` bytes. It knows nothing about our IR: the lowering in `tflite_lower.py` drives it.
 
 Buffers are written 16-byte aligned (as the TFLite converter does) so that kernels may read int32
-biases and float weights in place. Buffer 0 is the empty sentinel the format reserves.
+biases and float weights in place. Buffer 0 is the empty sentinel the format reserves. A model whose
+weights were stripped is marked so that no interpreter runs it (identifier ``ECST`` and a trailing
+marker operator, defined and undone in `edgecompile.tflite_loader`); `tflite_op_table` skips the
+marker.
 Operator versions follow TFLite's `op_version.cc` for the features we emit: a float kernel at
 its base version and the int8 kernel at the version that introduced int8 (per-channel) support.
 """
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from ai_edge_litert import schema_py_generated as fb
 
-from ..tflite_loader import AlignedBufferT, pack_model
+from ..tflite_loader import STRIPPED_IDENTIFIER, AlignedBufferT, is_stripped_marker, mark_stripped, pack_model
 
 TFL_TYPES = {
     "float32": fb.TensorType.FLOAT32, "int32": fb.TensorType.INT32, "int8": fb.TensorType.INT8,
@@ -74,6 +77,7 @@ class ModelBuilder:
         self.outputs: list[int] = []
         self.weights: dict[str, np.ndarray] = {}     # tensor name -> data, for the container
         self.weight_quant: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
+        self.stripped = False
         self._names: set[str] = set()
 
     def _unique(self, name: str) -> str:
@@ -138,7 +142,9 @@ class ModelBuilder:
         self.operators.append(o)
 
     def strip_weights(self) -> None:
-        """Empties every weight buffer (the weights then live in the container only)."""
+        """Empties every weight buffer (the weights then live in the container only); `finish`
+        then marks the model as stripped."""
+        self.stripped = True
         for t in self.tensors:
             if t.name in self.weights:
                 self.buffers[t.buffer].data = None
@@ -161,6 +167,9 @@ class ModelBuilder:
         sg.inputs, sg.outputs = list(self.inputs), list(self.outputs)
         model.subgraphs = [sg]
         model.buffers = self.buffers
+        if self.stripped:
+            mark_stripped(model)
+            return pack_model(model, STRIPPED_IDENTIFIER)
         return pack_model(model)
 
 
@@ -170,12 +179,15 @@ def unpack_model(model_bytes: bytes) -> fb.ModelT:
 
 
 def tflite_op_table(model_bytes: bytes) -> list[tuple[str, int, int]]:
-    """(builtin op name, version, count) for every operator code used, in first-use order."""
+    """(builtin op name, version, count) for every operator code used, in first-use order (the
+    stripped-model marker is no operator of the model and is left out)."""
     model = unpack_model(model_bytes)
     counts: dict[int, int] = {}
     order: list[int] = []
     for sg in model.subgraphs:
         for o in sg.operators or []:
+            if is_stripped_marker(model.operatorCodes[o.opcodeIndex]):
+                continue
             if o.opcodeIndex not in counts:
                 order.append(o.opcodeIndex)
                 counts[o.opcodeIndex] = 0
