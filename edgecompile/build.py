@@ -85,6 +85,7 @@ class BuildConfig:
     allow_degraded: bool = False
     allow_oversize: bool = False            # keep a bundle that does not fit the target's flash / RAM
     max_eval_samples: int | None = None     # None: verify on the whole held-back set
+    stream_weights: str = "auto"            # --backend c: auto | all | none (backends.c_model.emit_c)
     latency_repeats: int = 100
     seed: int = 0
 
@@ -250,7 +251,10 @@ def _write_c_bundle(stage: Path, graph: Graph, target: Target, cfg: BuildConfig,
 
     codecs = tuple(c for c in (cfg.codecs or target.codecs) if c in target.codecs and c != "zstd") or ("raw",)
     try:
-        cm = emit_c(graph, codecs=codecs, ram_budget=target.ram_bytes if target.kind == "mcu" else None)
+        mcu = target.kind == "mcu"
+        # flash for the weights: the board's, less room for the code (runtime + model, ~16 KB -Os)
+        cm = emit_c(graph, codecs=codecs, stream=cfg.stream_weights, ram_budget=target.ram_bytes if mcu else None,
+                    flash_budget=target.flash_bytes - 32 * 1024 if mcu else None)
     except CBackendError as e:
         raise BuildError(str(e)) from None
     (stage / "weights.ecw").write_bytes(cm.container)
@@ -344,6 +348,58 @@ def _c_memory(cm, device: dict, target: Target) -> dict:
         notes.append(f"does not fit {target.name}'s RAM: needs {mem['ram_needed']:,} B of {target.ram_bytes:,} B "
                      f"(arena {cm.arena_bytes:,} B; largest streamed layer {peak.node}, {peak.weight_bytes:,} B)")
     mem["notes"] = notes
+    return mem
+
+
+class _TflmSession:
+    """A microcontroller's arithmetic for ``--backend tflite``: TFLite Micro's reference kernels run
+    the full model (weights filled back in), so the report's fidelity is what the board computes."""
+
+    def __init__(self, model_bytes: bytes, node_map):
+        self.model_bytes, self.node_map = model_bytes, node_map
+
+    def run(self, *xs: np.ndarray) -> list[np.ndarray]:
+        from .backends import tflm
+
+        try:
+            return tflm.run(self.model_bytes, list(xs), self.node_map)
+        except tflm.TflmError as e:
+            raise BuildError(f"TFLite Micro failed running the model: {e}") from None
+
+
+def _tflm_checks(written: dict) -> tuple[_TflmSession, dict]:
+    """``--backend tflite`` for a microcontroller: every op checked against TFLite Micro's kernels
+    (a one-line error naming the op and layer when TFLM lacks it), the session that verifies on TFLM,
+    and TFLM's measured arena."""
+    from .backends import tflm
+    from .tflite_loader import fill_weights
+
+    em = written["emitted"]
+    full = fill_weights(em.model_bytes, em.tensors)
+    try:
+        tflm.check_ops(full, em.node_map)
+        arena = tflm.arena_figures(full)
+    except tflm.TflmUnsupported as e:
+        raise BuildError(str(e)) from None
+    except tflm.TflmError as e:
+        raise BuildError(f"TFLite Micro cannot load the model: {e}; try --backend c") from None
+    return _TflmSession(full, em.node_map), arena
+
+
+def _tflm_memory(mem: dict, arena: dict, written: dict, target: Target) -> dict:
+    """RAM for TFLite Micro: its measured arena (persistent + non-persistent, I/O inside) plus the
+    decoded weights, which TFLM reads from the flatbuffer and the loader must rebuild in RAM (or
+    flash the full .tflite: the flash figure then grows by the same amount instead)."""
+    decoded = sum(r.decoded_size for r in written["records"])
+    mem = dict(mem, tflm_arena=arena, decoded_weights_bytes=decoded, arena_bytes=arena["total_bytes"],
+               ram_needed=arena["total_bytes"] + decoded,
+               ram_basis=f"{arena['basis']} + decoded weights ({decoded:,} B)")
+    mem["fits_ram"] = mem["ram_needed"] <= target.ram_bytes
+    mem["notes"] = [n for n in mem["notes"] if "RAM" not in n]
+    if not mem["fits_ram"]:
+        mem["notes"].append(f"does not fit {target.name}'s RAM: needs {mem['ram_needed']:,} B of {target.ram_bytes:,} B "
+                            f"(TFLite Micro arena {arena['total_bytes']:,} B + decoded weights {decoded:,} B; "
+                            "--backend c streams weights from flash instead)")
     return mem
 
 
@@ -538,11 +594,19 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
                 t = stage_done(f"emit {backend} + container", 0.7, t)
                 try:
                     session = load_bundle(stage, threads=1, node_map=written["emitted"].node_map)
+                    if backend == "tflite" and target.kind == "mcu":
+                        # the board runs TFLite Micro: its kernels decide what runs and what it computes
+                        host_session = session
+                        session, tflm_arena = _tflm_checks(written)
                     fidelity = verify_bundle(session, loaded, cand, evals, ref, labels, specs, cfg, note=data_note)
+                    if backend == "tflite" and target.kind == "mcu":
+                        session = host_session          # host latency below: LiteRT, labelled so
                 except BackendRuntimeError as e:
                     # an emitted model the runtime rejects is our bug: one line naming op and layer
                     raise BuildError(str(e)) from None
-                t = stage_done(f"verify in {'onnxruntime' if backend == 'onnx' else 'LiteRT'}", 0.85, t)
+                verifier = ("onnxruntime" if backend == "onnx" else
+                            "TFLite Micro (reference kernels)" if target.kind == "mcu" else "LiteRT")
+                t = stage_done(f"verify in {verifier}", 0.85, t)
             failures = fidelity.failures()
             attempts.append({"config": label, "passed": not failures, "failures": failures,
                              "container_bytes": (stage / "weights.ecw").stat().st_size})
@@ -574,6 +638,8 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
             if device is not None:
                 report["device"] = device
                 report["memory"] = _c_memory(written["cmodel"], device, target)
+            elif backend == "tflite" and target.kind == "mcu":
+                report["memory"] = _tflm_memory(report["memory"], tflm_arena, written, target)
             report["chosen"] = label          # the configuration shipped (quant mode, search plan)
             report["search"] = {k: v for k, v in search.items() if k != "more"}
             report["attempts"] = attempts

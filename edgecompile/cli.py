@@ -45,6 +45,11 @@ def _input_errors() -> tuple[type[BaseException], ...]:
         errors.append(TFLiteUnsupportedError)
     except ImportError:
         pass
+    try:
+        from .backends.tflm import TflmUnsupported
+        errors.append(TflmUnsupported)
+    except ImportError:
+        pass
     return tuple(errors)
 
 
@@ -78,6 +83,10 @@ def main(verbose: bool) -> None:
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=None, help="Bundle folder [out/<model>-<target>].")
 @click.option("--backend", type=click.Choice(["onnx", "tflite", "c"]), default=None,
               help="[the target's default] c: generated C inference (int8 kernels, weights streamed from the container)")
+@click.option("--stream-weights", type=click.Choice(["auto", "all", "none"]), default="auto", show_default=True,
+              help="--backend c: which weight tensors stay entropy-coded in flash and are decoded before their layer "
+                   "on every run: all (smallest flash), none (fastest), auto (where decoding is cheap beside the "
+                   "layer's arithmetic, plus what it takes to fit the board's flash).")
 @click.option("--calib", type=click.Path(path_type=Path), default=None,
               help=".npz of inputs (named like the model inputs, or arr_0..) and optional labels.")
 @click.option("--rank", default="none", show_default=True,
@@ -115,7 +124,7 @@ def main(verbose: bool) -> None:
               help="Allowed accuracy drop in points, for classifiers with labelled eval data.")
 @click.option("--allow-degraded", is_flag=True, help="Keep a bundle that fails the fidelity thresholds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no progress bar).")
-def build(model, target, out, backend, calib, rank, prune, quant, cluster_bits, budget_bytes, codecs, finetune,
+def build(model, target, out, backend, stream_weights, calib, rank, prune, quant, cluster_bits, budget_bytes, codecs, finetune,
           optimizer, epochs, optimize, task, min_agreement, min_cosine, min_correlation, max_eval, allow_oversize,
           max_accuracy_drop, allow_degraded, as_json):
     """Compile MODEL (file.py:factory, package.module:factory or a .pt2; default: the embedded digits CNN)."""
@@ -135,7 +144,7 @@ def build(model, target, out, backend, calib, rank, prune, quant, cluster_bits, 
                                             max_accuracy_drop=max_accuracy_drop / 100,
                                             min_decision_agreement=min_agreement, min_correlation=min_correlation),
                       task=task, optimize=optimize, max_eval_samples=max_eval, allow_oversize=allow_oversize,
-                      allow_degraded=allow_degraded)
+                      allow_degraded=allow_degraded, stream_weights=stream_weights)
     console = Console(stderr=True)
     errors = _input_errors()
     try:

@@ -15,7 +15,7 @@ from .resources import project_dir
 
 TARGETS_DIR = project_dir("targets", "rpi4.toml")
 KINDS = ("linux", "mcu")
-BACKENDS = ("onnx", "tflite")
+BACKENDS = ("onnx", "tflite", "c")
 
 
 class TargetError(ValueError):

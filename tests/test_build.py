@@ -11,16 +11,40 @@ from edgecompile.loader import load_bundle
 
 
 def test_mcu_build_tflite_with_c_runtime(tmp_path):
-    res = build(None, BuildConfig(target="nrf52840", out=tmp_path / "mcu", prune="magnitude:global:0.7"))
+    """--backend tflite for a microcontroller: checked and verified by TFLite Micro itself; RAM is
+    TFLM's measured arena + the decoded weights."""
+    res = build(None, BuildConfig(target="nrf52840", out=tmp_path / "mcu", prune="magnitude:global:0.7",
+                                  backend="tflite"))
     out = res.out_dir
     man = json.loads((out / "manifest.json").read_text())
     assert man["backend"] == "tflite" and (out / "model.tflite").is_file()
+    assert res.report["memory"]["tflm_arena"]["total_bytes"] > 0
+    assert res.report["memory"]["ram_needed"] >= res.report["memory"]["decoded_weights_bytes"]
     assert (out / "runtime").is_dir() and any((out / "runtime").rglob("*.c"))
     rep = res.report
     assert rep["fidelity"]["top1_agreement"] >= 0.97
     assert rep["memory"]["arena_bytes"] > 0 and rep["memory"]["fits_ram"] and rep["memory"]["fits_flash"]
     assert {o["op"] for o in rep["backend_ops"]} >= {"CONV_2D", "FULLY_CONNECTED"}
     assert all(c["codec"] != "zstd" for c in rep["container"])  # MCUs cannot decode zstd
+    assert rep["totals"]["compression_ratio"] >= 8
+
+
+def test_mcu_default_is_generated_c(tmp_path):
+    """A microcontroller's default bundle is a program: model.c + kernels + the container, checked
+    on the host bit for bit against the integer reference that verified it; with every tensor
+    streamed the flash is many times below fp32 and the RAM is the arena + one layer's weights."""
+    res = build(None, BuildConfig(target="nrf52840", out=tmp_path / "c", prune="magnitude:global:0.7",
+                                  cluster_bits=4, stream_weights="all"))
+    out, rep = res.out_dir, res.report
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["backend"] == "c" and (out / "runtime" / "model" / "model.c").is_file()
+    assert (out / "runtime" / "build.sh").is_file() and (out / "runtime" / "src" / "ecm_kernels.c").is_file()
+    assert rep["fidelity"]["top1_agreement"] >= 0.97
+    assert "bit-exact" in rep["device"]["host_check"] or "skipped" in rep["device"]["host_check"]
+    mem = rep["memory"]
+    assert mem["fits_ram"] and mem["fits_flash"]
+    assert mem["arena_bytes"] <= 8 * 1024 + max(layer["weight_shape"][0] * np.prod(layer["weight_shape"][1:])
+                                               for layer in rep["layers"]) + 17 * 1024
     assert rep["totals"]["compression_ratio"] >= 8
 
 

@@ -187,7 +187,7 @@ set -eu
 cd "$(dirname "$0")"
 CC="${{CC:-arm-none-eabi-gcc}}"
 OPT="${{OPT:--Os}}"
-FLAGS="-std=c99 $OPT -mcpu={cpu} -mthumb {_MCU_FLOAT[cpu]} -DECW_NO_FAST -ffunction-sections -fdata-sections -Iinclude -Imodel"
+FLAGS="-std=c99 $OPT -mcpu={cpu} -mthumb {_MCU_FLOAT[cpu]} -ffunction-sections -fdata-sections -Iinclude -Imodel"
 if [ "${{PROFILE:-0}}" = 1 ]; then FLAGS="$FLAGS -DECM_PROFILE"; fi
 mkdir -p build
 $CC $FLAGS {sources} model/main.c mcu/startup.c \\

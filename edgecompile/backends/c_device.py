@@ -95,7 +95,7 @@ def host_run(rt: Path, timeout: float = 120) -> ProgramRun | None:
 
 def _mcu_build(rt: Path, cpu: str, out: Path, profile: bool, opt: str, timeout: float) -> tuple[Path, list[Path]]:
     """Objects and the linked demo ELF for a Cortex-M `cpu`; (elf, objects)."""
-    flags = ["-std=c99", opt, *_MCU_FLAGS[cpu], "-DECW_NO_FAST", "-ffunction-sections", "-fdata-sections",
+    flags = ["-std=c99", opt, *_MCU_FLAGS[cpu], "-ffunction-sections", "-fdata-sections",
              f"-I{rt / 'include'}", f"-I{rt / 'model'}"] + (["-DECM_PROFILE"] if profile else [])
     objs = []
     for src in _sources(rt) + [str(rt / "mcu" / "startup.c")]:

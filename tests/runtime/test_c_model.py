@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cmodel_harness import build_and_run, device_available
-from edgecompile.backends.c_model import ECW_WORKSPACE_BYTES, CBackendError, emit_c
+from edgecompile.backends.c_model import ECW_FAST_WORKSPACE_BYTES, ECW_WORKSPACE_BYTES, CBackendError, emit_c
 from edgecompile.backends.c_ref.graph import _nhwc, run_int8
 from test_kernels import _small_cnn_graph
 
@@ -74,14 +74,34 @@ def test_streamed_weights_bit_exact(digits_coarse, device, tmp_path):
     if not device_available(device):
         pytest.skip("scripts/install_toolchains.sh")
     g, xs = digits_coarse
-    cm = emit_c(g)
-    raw = emit_c(g, stream="never")
+    cm = emit_c(g, stream="all")
+    raw = emit_c(g, stream="none")
     assert all(layer.streamed for layer in cm.layers if layer.weight_bytes)
     assert len(cm.container) * 3 <= len(raw.container)
     biggest = max(layer.weight_bytes for layer in cm.layers)
     assert cm.scratch_bytes == biggest
-    assert cm.arena_bytes <= raw.arena_bytes + biggest + ECW_WORKSPACE_BYTES + 32
+    assert cm.arena_bytes <= raw.arena_bytes + biggest + ECW_FAST_WORKSPACE_BYTES + 32
     _check(g, cm, xs, device, tmp_path)
+
+
+def test_streaming_policy(digits_coarse):
+    """"auto" streams the 3x3 convolutions at 8x8 (64 MACs per weight) but not the strided one at
+    4x4 (16) nor the fully connected layers (1 MAC per weight: decoding would cost more than the
+    layer); a flash budget the raw weights miss
+    streams the largest saving too; a RAM budget drops the fast decoder's table, then the largest
+    decode slot."""
+    g, _ = digits_coarse
+    auto = emit_c(g)
+    assert {layer.node for layer in auto.layers if layer.streamed} == {"stem.0", "block.0", "block.3"}
+    tight = emit_c(g, flash_budget=len(auto.container) - 50_000)
+    fc = max(tight.layers, key=lambda layer: layer.weight_bytes)
+    assert fc.streamed and len(tight.container) <= len(auto.container) - 50_000
+    everything = emit_c(g, stream="all")
+    small = emit_c(g, stream="all", ram_budget=everything.arena_bytes - 1)
+    assert small.arena_bytes < everything.arena_bytes and all(
+        a.streamed == b.streamed for a, b in zip(small.layers, everything.layers))
+    tiny = emit_c(g, stream="all", ram_budget=everything.arena_bytes - ECW_FAST_WORKSPACE_BYTES - 1)
+    assert tiny.scratch_bytes < everything.scratch_bytes
 
 
 def test_profile_counts_instructions_per_step(small, tmp_path):
@@ -101,6 +121,8 @@ def test_workspace_constant_matches_header():
 
     text = (RUNTIME / "include" / "ecw.h").read_text()
     assert f"#define ECW_WORKSPACE_SIZE {ECW_WORKSPACE_BYTES}u" in text
+    assert "#define ECW_FAST_WORKSPACE_SIZE (ECW_WORKSPACE_SIZE + 4u * 4100u)" in text
+    assert ECW_FAST_WORKSPACE_BYTES == ECW_WORKSPACE_BYTES + 4 * 4100
 
 
 def test_reshape_transposes_and_output_alias(tmp_path):
@@ -161,7 +183,7 @@ def test_bad_arena_and_corrupt_weights_are_statuses(digits_coarse, tmp_path):
     if not device_available("host"):
         pytest.skip("gcc")
     g, xs = digits_coarse
-    cm = emit_c(g)
+    cm = emit_c(g, stream="all")
     bad = bytearray(cm.container)
     last = cm.records[-1]
     bad[last.offset + last.encoded_size // 2] ^= 0x55
