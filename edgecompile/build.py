@@ -344,9 +344,9 @@ def _c_memory(cm, device: dict, target: Target) -> dict:
     if not mem["fits_flash"]:
         notes.append(f"does not fit {target.name}'s flash: needs {mem['flash_needed']:,} B of {target.flash_bytes:,} B")
     if not mem["fits_ram"]:
-        peak = max(cm.layers, key=lambda layer: layer.weight_bytes if layer.streamed else 0)
-        notes.append(f"does not fit {target.name}'s RAM: needs {mem['ram_needed']:,} B of {target.ram_bytes:,} B "
-                     f"(arena {cm.arena_bytes:,} B; largest streamed layer {peak.node}, {peak.weight_bytes:,} B)")
+        notes.append(f"does not fit {target.name}'s RAM: needs {mem['ram_needed']:,} B of {target.ram_bytes:,} B, "
+                     f"{mem['ram_needed'] - target.ram_bytes:,} B too many (arena {cm.arena_bytes:,} B, peak at layer "
+                     f"{cm.peak_layer}: {cm.peak_live_bytes:,} B alive together; streaming already gave way to RAM)")
     mem["notes"] = notes
     return mem
 

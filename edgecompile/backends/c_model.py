@@ -102,6 +102,8 @@ class CModel:
     calls: list[KernelCall]
     inputs: list[dict] = field(default_factory=list)
     outputs: list[dict] = field(default_factory=list)
+    peak_layer: str = ""             # the step where the most arena bytes are alive together
+    peak_live_bytes: int = 0
 
     @property
     def ram_bytes(self) -> int:
@@ -291,7 +293,7 @@ def emit_c(graph: Graph, *, codecs: tuple[str, ...] = ("raw", "rans", "lut"), pr
         by_name = {r.name: r for r in records}
         wrec = {i: by_name[n] for i, n in names.items()}
         workspace = ECW_FAST_WORKSPACE_BYTES if fast_decode else ECW_WORKSPACE_BYTES
-        plan, scratch = _plan(steps, where, shapes, wrec, workspace)
+        plan, scratch, buffers = _plan(steps, where, shapes, wrec, workspace)
         if ram_budget is None or plan.arena_bytes + io_bytes <= ram_budget or not (streamed or fast_decode):
             break
         if fast_decode:          # the small decoder first: 16 KB less, slower decode
@@ -304,7 +306,10 @@ def emit_c(graph: Graph, *, codecs: tuple[str, ...] = ("raw", "rans", "lut"), pr
     gen = _Writer(prefix, graph, steps, where, shapes, plan.offsets, wrec, records, ins, outs, plan.arena_bytes, scratch,
                   workspace)
     files = {f"{prefix}.h": gen.header(), f"{prefix}.c": gen.source()}
-    return CModel(prefix, files, plan.arena_bytes, scratch, io_bytes, data, records, layers, calls, ins, outs)
+    live = [sum(b.size for b in buffers if b.first <= i <= b.last) for i in range(len(steps))]
+    peak = int(np.argmax(live)) if live else 0
+    return CModel(prefix, files, plan.arena_bytes, scratch, io_bytes, data, records, layers, calls, ins, outs,
+                  steps[peak].node if steps else "", live[peak] if live else 0)
 
 
 def _plan(steps: list[_Step], where: dict[str, str], shapes, wrec, workspace: int):
@@ -330,7 +335,7 @@ def _plan(steps: list[_Step], where: dict[str, str], shapes, wrec, workspace: in
             scratch = max(scratch, r.decoded_size)
     plan = plan_memory(buffers, alignment=ALIGNMENT)
     verify_plan(buffers, plan)
-    return plan, scratch
+    return plan, scratch, buffers
 
 
 def _io(v, shapes) -> dict:
