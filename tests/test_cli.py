@@ -105,3 +105,43 @@ def test_optimize_none_and_task_on_the_cli(tmp_path):
     bad = run_cli("build", "--task", "banana", "--out", str(tmp_path / "b"))
     assert bad.returncode == 3 and bad.stderr.count("\n") == 1 and "unknown output kind 'banana'" in bad.stderr
     assert not (tmp_path / "b").exists()
+
+
+def _factory(tmp_path, body: str) -> str:
+    src = tmp_path / "m.py"
+    src.write_text("import torch\n"
+                   "class M(torch.nn.Module):\n"
+                   "    def __init__(self):\n"
+                   "        super().__init__()\n"
+                   "        self.fc = torch.nn.Linear(8, 6)\n"
+                   "    def forward(self, x):\n"
+                   f"        return {body}\n"
+                   "def model():\n"
+                   "    torch.manual_seed(0)\n"
+                   "    return M().eval(), (torch.randn(1, 8),)\n")
+    return f"{src}:model"
+
+
+def test_mcu_op_without_c_kernel_names_op_layer_and_way_out(tmp_path):
+    """The default microcontroller backend (generated C) has no log_softmax kernel: one line naming
+    the op and the layer and suggesting --backend tflite, exit 3, nothing written."""
+    out = tmp_path / "o"
+    r = run_cli("build", _factory(tmp_path, "torch.log_softmax(self.fc(x), 1)"), "--target", "nrf52840",
+                "--out", str(out))
+    assert r.returncode == 3, r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "log_softmax" in errors[0] and "--backend tflite" in errors[0]
+    assert not out.exists()
+
+
+def test_tflite_for_mcu_checks_tflite_micro_kernels(tmp_path):
+    """--backend tflite for a microcontroller: TFLite Micro has no GELU kernel, so the build stops
+    with one line naming GELU (not a bundle that cannot run on the board)."""
+    pytest.importorskip("tflite_micro")
+    out = tmp_path / "o"
+    r = run_cli("build", _factory(tmp_path, "torch.nn.functional.gelu(self.fc(x))"), "--target", "nrf52840",
+                "--backend", "tflite", "--quant", "int8", "--out", str(out))
+    assert r.returncode == 3, r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "GELU" in errors[0] and "layer gelu" in errors[0]
+    assert not out.exists()

@@ -275,7 +275,7 @@ def emit_c(graph: Graph, *, codecs: tuple[str, ...] = ("raw", "rans", "lut"), pr
     try:
         calls = lower(graph)
     except CRefUnsupported as e:
-        raise CBackendError(f"{e}; the C backend has no kernel for it (try --backend tflite)") from None
+        raise CBackendError(f"{e}; --backend c cannot run it (try --backend tflite)") from None
     shapes = _shapes(graph, calls)
     steps = _expand(calls, shapes)
     where, steps = _storage(graph, steps)
