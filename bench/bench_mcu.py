@@ -22,6 +22,10 @@ Each is quantized to full int8 on seeded Gaussian calibration inputs and compile
 - *code*: ``.text`` of runtime (kernels + decoder) + generated model code at ``-Os`` (weights and
   the demo's main/libc apart), from arm-none-eabi-gcc;
 - the generated program's outputs are checked bit for bit against the numpy integer reference.
+
+A second table streams weights: the embedded digits CNN pruned and clustered (``--prune
+magnitude:global:0.7 --cluster-bits 4``) built for nrf52840 with every tensor streamed from the
+container and with raw int8 weights: flash (container + code), RAM (arena + I/O), instructions.
 """
 
 from __future__ import annotations
@@ -205,10 +209,30 @@ def _is_dw(cm, layer) -> bool:
     return call is not None and call.args["groups"] > 1
 
 
+def streaming_rows() -> list[dict]:
+    """The digits CNN, pruned + clustered, built for nrf52840 twice: every tensor streamed, all raw."""
+    from edgecompile.build import BuildConfig, build
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in ("all", "none"):
+            rep = build(None, BuildConfig(target="nrf52840", out=Path(tmp) / mode, prune="magnitude:global:0.7",
+                                          cluster_bits=4, optimize="none", stream_weights=mode,
+                                          latency_repeats=1)).report
+            mem, lat = rep["memory"], rep["latency"]
+            largest = max((layer["instructions"], layer) for layer in rep["device"]["emulated"]["per_layer"])[1]
+            rows.append({"mode": mode, "flash": mem["flash_needed"], "weights": mem["weights_bytes"],
+                         "ram": mem["ram_needed"], "arena": mem["arena_bytes"], "slot": mem["scratch_bytes"],
+                         "instr": lat["emulated_instructions"], "largest": largest["layer"],
+                         "accuracy": rep["fidelity"]["accuracy_bundle"]})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="kws,vww,ic,ad")
     ap.add_argument("--opt", default="-O2", help="optimization of the timed build (code size is always -Os)")
+    ap.add_argument("--no-streaming", action="store_true", help="skip the streaming table")
     args = ap.parse_args()
     if not (shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm")):
         sys.exit("needs arm-none-eabi-gcc and qemu-system-arm (scripts/install_toolchains.sh)")
@@ -232,6 +256,17 @@ def main() -> None:
         parts = ", ".join(f"{k} {n / max(m, 1):.2f} ({n / r['instructions']:.0%})" if m else f"{k} ({n / r['instructions']:.0%})"
                           for k, (n, m) in sorted(r["by_kernel"].items(), key=lambda kv: -kv[1][0]))
         print(f"  {r['model']}: {parts}")
+    if args.no_streaming:
+        return
+    st = streaming_rows()
+    print("\ndigits CNN, --prune magnitude:global:0.7 --cluster-bits 4, nrf52840 (Cortex-M4, -Os build):")
+    print(f"{'weights':10} {'flash':>9} {'container':>9} {'RAM':>8} {'arena':>8} {'slot':>8} {'instr':>12} {'accuracy':>8}")
+    for r in st:
+        print(f"{'streamed' if r['mode'] == 'all' else 'raw int8':10} {r['flash']:>9,} {r['weights']:>9,} {r['ram']:>8,} "
+              f"{r['arena']:>8,} {r['slot']:>8,} {r['instr']:>12,} {r['accuracy']:>8.2%}")
+    a, b = st
+    print(f"flash raw / streamed: {b['flash'] / a['flash']:.2f}x; RAM streamed - raw arena = {a['ram'] - b['ram']:,} B "
+          f"(largest streamed layer's weights {a['slot']:,} B + the decoder's table)")
 
 
 if __name__ == "__main__":

@@ -256,14 +256,15 @@ def emit_c(graph: Graph, *, codecs: tuple[str, ...] = ("raw", "rans", "lut"), pr
         "none" (every tensor raw, read in place: fastest), "auto" those whose decoding is cheap
         beside their layer's arithmetic, plus what it takes to fit `flash_budget`.
     ram_budget : int, optional
-        The board's RAM: while arena + I/O exceed it, first the small decoder is used, then the
-        tensor with the largest decode slot is stored raw instead (flash for RAM).
+        The board's RAM: while arena + I/O exceed it, the tensor with the largest decode slot is
+        stored raw instead (flash for RAM).
     flash_budget : int, optional
         Bytes of flash the weights may take ("auto" streams more until they fit).
     fast_decode : bool
-        Plan the table-driven decoder's workspace (`ECW_FAST_WORKSPACE_BYTES`, alive only while a
-        tensor decodes): measured on Cortex-M4, 2.3x fewer instructions to decode a lut tensor
-        than the reference decoder's 772 bytes.
+        Give a streamed tensor's decode the table-driven decoder's workspace
+        (`ECW_FAST_WORKSPACE_BYTES` instead of 772 bytes, alive only while it decodes) wherever that
+        does not grow the arena: measured on Cortex-M4, 2.3x fewer instructions to decode a lut
+        tensor.
 
     Raises
     ------
@@ -292,14 +293,19 @@ def emit_c(graph: Graph, *, codecs: tuple[str, ...] = ("raw", "rans", "lut"), pr
         data, records = encode_container(tensors, codecs=allowed, codec_for={n: "raw" for n in tensors if n not in streamed})
         by_name = {r.name: r for r in records}
         wrec = {i: by_name[n] for i, n in names.items()}
-        workspace = ECW_FAST_WORKSPACE_BYTES if fast_decode else ECW_WORKSPACE_BYTES
+        workspace = {i: ECW_WORKSPACE_BYTES for i, r in wrec.items() if r.codec != "raw"}
         plan, scratch, buffers = _plan(steps, where, shapes, wrec, workspace)
-        if ram_budget is None or plan.arena_bytes + io_bytes <= ram_budget or not (streamed or fast_decode):
+        if ram_budget is None or plan.arena_bytes + io_bytes <= ram_budget or not streamed:
             break
-        if fast_decode:          # the small decoder first: 16 KB less, slower decode
-            fast_decode = False
-        else:                    # then flash for RAM: the largest decode slot goes raw
-            streamed.discard(max(streamed, key=lambda n: by_name[n].decoded_size))
+        streamed.discard(max(streamed, key=lambda n: by_name[n].decoded_size))  # flash for RAM
+    if fast_decode:
+        # The fast decoder's table where it costs no RAM: a step's workspace grows only if the
+        # arena stays as it is (it fits in activation space dead at that step).
+        for i in sorted(workspace, key=lambda i: -wrec[i].decoded_size):
+            trial = {**workspace, i: ECW_FAST_WORKSPACE_BYTES}
+            got = _plan(steps, where, shapes, wrec, trial)
+            if got[0].arena_bytes <= plan.arena_bytes:
+                workspace, (plan, scratch, buffers) = trial, got
     layers = [CLayer(i, s.node, s.kernel, shapes[s.output], 0 if i not in wrec else wrec[i].decoded_size,
                      0 if i not in wrec else wrec[i].encoded_size, "" if i not in wrec else wrec[i].codec,
                      i in wrec and wrec[i].codec != "raw", _macs(s, shapes)) for i, s in enumerate(steps)]
@@ -312,7 +318,7 @@ def emit_c(graph: Graph, *, codecs: tuple[str, ...] = ("raw", "rans", "lut"), pr
                   steps[peak].node if steps else "", live[peak] if live else 0)
 
 
-def _plan(steps: list[_Step], where: dict[str, str], shapes, wrec, workspace: int):
+def _plan(steps: list[_Step], where: dict[str, str], shapes, wrec, workspace: dict[int, int]):
     """The arena plan: activation groups alive from their first write to their last read, plus one
     slot per streamed tensor and the decoder state, each alive only during its step."""
     first: dict[str, int] = {}
@@ -331,7 +337,7 @@ def _plan(steps: list[_Step], where: dict[str, str], shapes, wrec, workspace: in
     for i, r in wrec.items():
         if r.codec != "raw":
             buffers.append(Buffer(f"w@{i}", r.decoded_size, i, i))
-            buffers.append(Buffer(f"ws@{i}", workspace, i, i))
+            buffers.append(Buffer(f"ws@{i}", workspace[i], i, i))
             scratch = max(scratch, r.decoded_size)
     plan = plan_memory(buffers, alignment=ALIGNMENT)
     verify_plan(buffers, plan)
@@ -461,7 +467,7 @@ class _Writer:
         slot, ws = self.offsets[f"w@{i}"], self.offsets[f"ws@{i}"]
         index = [rec.name for rec in self.records].index(r.name)
         return ([f"TRYW(ecw_tensor_at(&wc, {index}u, &wt));",
-                 f"TRYW(ecw_decode(&wc, &wt, A({slot}), {r.decoded_size}u, A({ws}), {self.workspace}u));"],
+                 f"TRYW(ecw_decode(&wc, &wt, A({slot}), {r.decoded_size}u, A({ws}), {self.workspace[i]}u));"],
                 f"(const int8_t *)A({slot})")
 
     def step(self, i: int, s: _Step, consts: list[str]) -> list[str]:
