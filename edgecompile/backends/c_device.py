@@ -38,8 +38,11 @@ _MCU_FLAGS = {
     "cortex-m0plus": ["-mcpu=cortex-m0plus", "-mthumb", "-mfloat-abi=soft"],
     "cortex-m3": ["-mcpu=cortex-m3", "-mthumb", "-mfloat-abi=soft"],
 }
-#: Cortex-M cores QEMU emulates on an mps2 board with our startup file and linker script.
-_QEMU_MACHINES = {"cortex-m4": "mps2-an386", "cortex-m7": "mps2-an500", "cortex-m3": "mps2-an385"}
+#: Cortex-M cores QEMU emulates on an mps2 board with our startup file and linker script. QEMU has
+#: no Cortex-M0+ board with that memory map; ARMv6-M code is a subset of ARMv7-M, so an M0+ build
+#: runs unchanged on the Cortex-M3 board (mps2-an385) and counts the M0+ program's instructions.
+_QEMU_MACHINES = {"cortex-m4": "mps2-an386", "cortex-m7": "mps2-an500", "cortex-m3": "mps2-an385",
+                  "cortex-m0plus": "mps2-an385"}
 
 
 class DeviceToolError(RuntimeError):
