@@ -21,6 +21,10 @@ DEVICES = {
     "m7": ("mcu", "arm-none-eabi", "cortex-m7", ("arm-none-eabi-gcc", "qemu-system-arm"),
            lambda d: ["qemu-system-arm", "-M", "mps2-an500", "-nographic", "-semihosting", "-kernel",
                       str(d / "build" / "model.elf")]),
+    # ARMv6-M (Cortex-M0+, rp2040) code on QEMU's Cortex-M3 board: no M0+ board has the mps2 map
+    "m0plus": ("mcu", "arm-none-eabi", "cortex-m0plus", ("arm-none-eabi-gcc", "qemu-system-arm"),
+               lambda d: ["qemu-system-arm", "-M", "mps2-an385", "-nographic", "-semihosting", "-kernel",
+                          str(d / "build" / "model.elf")]),
     "aarch64": ("linux", "aarch64-linux-gnu", "cortex-a72", ("aarch64-linux-gnu-gcc", "qemu-aarch64"),
                 lambda d: ["qemu-aarch64", "-cpu", "cortex-a72", str(d / "build" / "model")]),
 }

@@ -1,6 +1,7 @@
 """Generated C inference (edgecompile.backends.c_model): the program the bundle's own build.sh
-compiles, run on the host, Cortex-M4F (qemu mps2-an386), Cortex-M7 (mps2-an500) and aarch64
-(qemu-aarch64), gives bit for bit the numpy integer reference's outputs."""
+compiles, run on the host, Cortex-M4F (qemu mps2-an386), Cortex-M7 (mps2-an500), Cortex-M0+ code
+(on the Cortex-M3 board mps2-an385) and aarch64 (qemu-aarch64), gives bit for bit the numpy
+integer reference's outputs."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def digits_coarse():
     return g, [[xq[i: i + 1]] for i in range(3)]
 
 
-@pytest.mark.parametrize("device", ["host", "m4", "m7", "aarch64"])
+@pytest.mark.parametrize("device", ["host", "m4", "m7", "m0plus", "aarch64"])
 def test_small_cnn_bit_exact_on_devices(small, device, tmp_path):
     """conv (stride 2) + relu, dilated depthwise + relu6, pointwise, residual add, max / avg pool,
     flatten into fully connected, global mean: two outputs, weights raw in flash."""
