@@ -345,10 +345,11 @@ def _plan(steps: list[_Step], where: dict[str, str], shapes, wrec, workspace: di
 
 
 def _io(v, shapes) -> dict:
-    q = v.quant
+    q = v.quant                        # None: a bool mask, bytes 0 / 1 (scale 1, zero point 0)
     shape = shapes[v.name]
-    return {"name": v.name, "shape": list(shape), "size": int(np.prod(shape)), "scale": float(q.scale[0]),
-            "zero_point": int(q.zero_point[0]), "layout": "NHWC" if len(shape) == 4 else "as the IR"}
+    return {"name": v.name, "shape": list(shape), "size": int(np.prod(shape)),
+            "scale": 1.0 if q is None else float(q.scale[0]), "zero_point": 0 if q is None else int(q.zero_point[0]),
+            "layout": "NHWC" if len(shape) == 4 else "as the IR"}
 
 
 # -- C text --------------------------------------------------------------------------------------
@@ -502,6 +503,10 @@ class _Writer:
             batches = int(np.prod(ish[0])) // int(w.shape[1])
             return pre + [f"TRY(ecm_fully_connected(&{L}_p, &{L}_q, {batches}, {w.shape[1]}, {n}, {x[0]}, {wp}, "
                           f"{bias}, {y}));"]
+        from .c_steps import emit_step   # sequence / attention / MobileNet-style kernels
+        lines = emit_step(s.kernel, a, x, y, ish, osh, L, consts)
+        if lines is not None:
+            return lines
         if s.kernel == "add":
             lo, hi = a["act"]
             consts.append(f"static const ecm_add_params {L}_p = {{{a['a_zp']}, {a['b_zp']}, {a['output_zp']}, "

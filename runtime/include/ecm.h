@@ -149,6 +149,104 @@ ecm_status ecm_transpose(int32_t ndim, const int32_t *shape, const int32_t *perm
 /* Name of a status, e.g. "ECM_E_SHAPE". */
 const char *ecm_status_name(ecm_status s);
 
+/* ---- sequence, attention and MobileNet-style kernels (LSTM / GRU cells, transformer encoders) ----
+ *
+ * Element-wise kernels broadcast as numpy does (ecm_bcast: shapes of equal rank, a 1 repeats);
+ * row kernels see the tensor as [outer, len, inner] (ecm_rows): rows of `len` elements `inner`
+ * apart, e.g. the last axis of [n, t, c] is {n * t, c, 1}, the W axis of NHWC {n * h, w, c}. */
+
+/* Longest softmax / layer-norm row and deepest batched matmul: 32768 * 255^2 < 2^31, so sums of
+ * squares and dot products fit int32. */
+#define ECM_MAX_ROW 32768
+
+typedef struct {
+    int32_t ndim;              /* 1..ECM_MAX_DIMS */
+    int32_t out[ECM_MAX_DIMS]; /* output shape, >= 1 */
+    int32_t a[ECM_MAX_DIMS];   /* a[k] == out[k] or 1 */
+    int32_t b[ECM_MAX_DIMS];   /* b[k] == out[k] or 1 */
+} ecm_bcast;
+
+typedef struct {
+    int32_t outer, len, inner; /* >= 1 */
+} ecm_rows;
+
+/* a + b (subtract == 0) or a - b (subtract == 1) with broadcasting: TFLite's ADD / SUB, the
+ * arithmetic of ecm_add. */
+ecm_status ecm_add_bcast(const ecm_add_params *p, int32_t subtract, const ecm_bcast *s, const int8_t *a,
+                         const int8_t *b, int8_t *out);
+
+typedef struct {
+    int32_t a_zp, b_zp, output_zp;
+    int32_t multiplier, shift; /* s_a * s_b / s_out */
+    int32_t act_min, act_max;
+} ecm_mul_params;
+
+/* a * b with broadcasting, TFLite's MUL: requant((a - a_zp) * (b - b_zp)) + output_zp, clamped. */
+ecm_status ecm_mul(const ecm_mul_params *p, const ecm_bcast *s, const int8_t *a, const int8_t *b, int8_t *out);
+
+/* out[i] = table[in[i] + 128]: sigmoid, tanh, hard-swish, GELU, SiLU... as the 256 values computed
+ * at build time from the input and output quantization. in == out is allowed. */
+ecm_status ecm_lut(size_t count, const int8_t *in, const int8_t *table, int8_t *out);
+
+typedef struct {
+    int32_t a_zp, b_zp, output_zp;
+    int32_t multiplier, shift; /* s_a * s_b / s_out */
+    int32_t act_min, act_max;
+} ecm_matmul_params;
+
+/* Where each operand's elements are: element strides (>= 0; 0 repeats a broadcast axis) of two
+ * batch axes, the row axis and the column axis, so that any storage layout (NHWC included) is
+ * read in place. size: the operand's buffer length, which every reachable offset must be below. */
+typedef struct {
+    int32_t batch[2];    /* output batch axes (1 where absent) */
+    int32_t m, k, n;     /* out[.., m, n] = sum_k a[.., m, k] * b[.., k, n]; k <= ECM_MAX_ROW */
+    int32_t a_stride[4]; /* batch 0, batch 1, m, k */
+    int32_t b_stride[4]; /* batch 0, batch 1, k, n */
+    int32_t out_stride[4]; /* batch 0, batch 1, m, n */
+    int32_t a_size, b_size, out_size;
+} ecm_matmul_dims;
+
+/* Batched a @ b of two int8 activations, TFLite's BATCH_MATMUL: acc = sum (a - a_zp) * (b - b_zp),
+ * requant + output_zp, clamped. */
+ecm_status ecm_batch_matmul(const ecm_matmul_params *p, const ecm_matmul_dims *d, const int8_t *a, const int8_t *b,
+                            int8_t *out);
+
+/* Softmax along rows, output scale 1/256 and zero point -128: with d = max(row) - x,
+ * e = table[d] (round(65535 * exp(-s_in * d)), computed at build time) and sum = sum(e),
+ * out = (256 * e + sum / 2) / sum - 128, clamped. r.len <= ECM_MAX_ROW. */
+ecm_status ecm_softmax(ecm_rows r, const uint16_t *table, const int8_t *in, int8_t *out);
+
+typedef struct {
+    int32_t input_zp, output_zp;
+    int64_t eps;       /* [1, 2^61): eps / s_in^2 * len^2 * 4^var_shift, rounded */
+    int32_t var_shift; /* [0, 20]; (len * 255)^2 * 4^var_shift + eps < 2^62 */
+    int32_t shift;     /* [1, 62]: fraction bits of gamma * z + beta */
+} ecm_layer_norm_params;
+
+/* Layer norm along rows, integers only (see kernels.layer_norm in the numpy reference), with
+ * d = x - input_zp and k = var_shift: t = (len * sum(d^2) - sum(d)^2) * 4^k + eps,
+ * r = isqrt(t * 4^p) in [2^30, 2^31), z = round((len * d - sum(d)) * round(2^61 / r) / 2^(46 - p - k))
+ * (the normalized value in Q15),
+ * out = round((gamma[j] * z + beta[j]) / 2^shift) + output_zp, clamped; j is the position in the
+ * row. r.len <= ECM_MAX_ROW. */
+ecm_status ecm_layer_norm(const ecm_layer_norm_params *p, ecm_rows r, const int32_t *gamma, const int64_t *beta,
+                          const int8_t *in, int8_t *out);
+
+/* Mean along rows (out is [outer, inner]), TFLite's QuantizedMeanOrSum (divide == 0: 1 / len in
+ * the multiplier) or, with divide == 1, scaled then divided by len as ecm_mean_hw. */
+ecm_status ecm_mean_rows(const ecm_mean_params *p, ecm_rows r, const int8_t *in, int8_t *out);
+
+/* out[o, i, :] = in[o, start + i * step, :] for i < out_len: a slice of the middle axis of
+ * in = [r.outer, r.len, r.inner]; start + (out_len - 1) * step < r.len. */
+ecm_status ecm_slice(ecm_rows r, int32_t start, int32_t step, int32_t out_len, const int8_t *in, int8_t *out);
+
+/* One input of a concatenation: in is [outer, part], written to columns [offset, offset + part)
+ * of out = [outer, total]. */
+ecm_status ecm_concat_part(int32_t outer, int32_t part, int32_t total, int32_t offset, const int8_t *in, int8_t *out);
+
+/* out[i] = cond[i] != 0 ? if_true : if_false (a mask selecting between two int8 codes). */
+ecm_status ecm_select(size_t count, const int8_t *cond, int32_t if_true, int32_t if_false, int8_t *out);
+
 #ifdef __cplusplus
 }
 #endif

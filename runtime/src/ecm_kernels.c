@@ -379,3 +379,332 @@ ecm_status ecm_transpose(int32_t ndim, const int32_t *shape, const int32_t *perm
     }
     return ECM_OK;
 }
+
+/* ================================================================ sequence, attention, MobileNet-style
+ * Element-wise kernels with broadcasting, lookup tables, batched matmul of two activations, and
+ * row kernels (softmax, layer norm, mean, slice). */
+
+/* ---------------------------------------------------------------- broadcasting */
+
+/* Checks s; *count = elements of the output (<= INT32_MAX). */
+static ecm_status ecm_check_bcast(const ecm_bcast *s, size_t *count) {
+    int32_t k;
+    int64_t n = 1;
+    if (s == NULL || s->ndim < 1 || s->ndim > ECM_MAX_DIMS) return ECM_E_ARG;
+    for (k = 0; k < s->ndim; k++) {
+        if (s->out[k] < 1) return ECM_E_SHAPE;
+        if ((s->a[k] != s->out[k] && s->a[k] != 1) || (s->b[k] != s->out[k] && s->b[k] != 1)) return ECM_E_SHAPE;
+        n *= s->out[k];
+        if (n > INT32_MAX) return ECM_E_RANGE;
+    }
+    *count = (size_t)n;
+    return ECM_OK;
+}
+
+/* Element strides of a contiguous tensor of `shape` along the output's axes: 0 where it repeats. */
+static void ecm_bcast_strides(int32_t ndim, const int32_t *shape, size_t *stride) {
+    size_t step = 1;
+    int32_t k;
+    for (k = ndim - 1; k >= 0; k--) {
+        stride[k] = shape[k] == 1 ? 0 : step;
+        step *= (size_t)shape[k];
+    }
+}
+
+/* Walks the output of s in order: offsets of a and b for each output element. */
+typedef struct {
+    size_t sa[ECM_MAX_DIMS], sb[ECM_MAX_DIMS];
+    int32_t idx[ECM_MAX_DIMS];
+    size_t ia, ib;
+} ecm_bcast_walk;
+
+static void ecm_bcast_start(const ecm_bcast *s, ecm_bcast_walk *w) {
+    int32_t k;
+    ecm_bcast_strides(s->ndim, s->a, w->sa);
+    ecm_bcast_strides(s->ndim, s->b, w->sb);
+    for (k = 0; k < s->ndim; k++) w->idx[k] = 0;
+    w->ia = w->ib = 0;
+}
+
+/* Advances to the next output element (an odometer over the output's index; ia / ib stay below
+ * the elements of a / b because every stride belongs to an axis of that operand). */
+static void ecm_bcast_next(const ecm_bcast *s, ecm_bcast_walk *w) {
+    int32_t k;
+    for (k = s->ndim - 1; k >= 0; k--) {
+        w->ia += w->sa[k];
+        w->ib += w->sb[k];
+        if (++w->idx[k] < s->out[k]) return;
+        w->ia -= w->sa[k] * (size_t)s->out[k];
+        w->ib -= w->sb[k] * (size_t)s->out[k];
+        w->idx[k] = 0;
+    }
+}
+
+static ecm_status ecm_check_add(const ecm_add_params *p) {
+    if (p == NULL) return ECM_E_ARG;
+    if (!ecm_is_int8(p->a_zp) || !ecm_is_int8(p->b_zp) || !ecm_is_int8(p->output_zp)) return ECM_E_ARG;
+    if (p->left_shift < 0 || p->left_shift > ECM_ADD_LEFT_SHIFT || p->a_shift > 0 || p->b_shift > 0) return ECM_E_ARG;
+    ECM_TRY(ecm_check_multiplier(p->a_multiplier, p->a_shift));
+    ECM_TRY(ecm_check_multiplier(p->b_multiplier, p->b_shift));
+    ECM_TRY(ecm_check_multiplier(p->output_multiplier, p->output_shift));
+    return ecm_check_act(p->act_min, p->act_max);
+}
+
+ecm_status ecm_add_bcast(const ecm_add_params *p, int32_t subtract, const ecm_bcast *s, const int8_t *a,
+                         const int8_t *b, int8_t *out) {
+    size_t i, count = 0;
+    ecm_bcast_walk w;
+    if (a == NULL || b == NULL || out == NULL || (subtract != 0 && subtract != 1)) return ECM_E_ARG;
+    ECM_TRY(ecm_check_add(p));
+    ECM_TRY(ecm_check_bcast(s, &count));
+    ecm_bcast_start(s, &w);
+    for (i = 0; i < count; i++, ecm_bcast_next(s, &w)) {
+        /* As ecm_add: each scaled term stays below 2^28, so the sum or difference fits int32. */
+        const int32_t sa =
+            ecm_requantize(((int32_t)a[w.ia] - p->a_zp) * (1 << p->left_shift), p->a_multiplier, p->a_shift);
+        const int32_t sb =
+            ecm_requantize(((int32_t)b[w.ib] - p->b_zp) * (1 << p->left_shift), p->b_multiplier, p->b_shift);
+        const int32_t raw = subtract ? sa - sb : sa + sb;
+        out[i] = ecm_clamp((int64_t)ecm_requantize(raw, p->output_multiplier, p->output_shift) + p->output_zp,
+                           p->act_min, p->act_max);
+    }
+    return ECM_OK;
+}
+
+ecm_status ecm_mul(const ecm_mul_params *p, const ecm_bcast *s, const int8_t *a, const int8_t *b, int8_t *out) {
+    size_t i, count = 0;
+    ecm_bcast_walk w;
+    if (p == NULL || a == NULL || b == NULL || out == NULL) return ECM_E_ARG;
+    if (!ecm_is_int8(p->a_zp) || !ecm_is_int8(p->b_zp) || !ecm_is_int8(p->output_zp)) return ECM_E_ARG;
+    ECM_TRY(ecm_check_multiplier(p->multiplier, p->shift));
+    ECM_TRY(ecm_check_act(p->act_min, p->act_max));
+    ECM_TRY(ecm_check_bcast(s, &count));
+    ecm_bcast_start(s, &w);
+    for (i = 0; i < count; i++, ecm_bcast_next(s, &w)) {
+        const int32_t prod = ((int32_t)a[w.ia] - p->a_zp) * ((int32_t)b[w.ib] - p->b_zp); /* |.| <= 255^2 */
+        out[i] = ecm_clamp((int64_t)ecm_requantize(prod, p->multiplier, p->shift) + p->output_zp, p->act_min,
+                           p->act_max);
+    }
+    return ECM_OK;
+}
+
+/* ---------------------------------------------------------------- lookup tables, select */
+
+ecm_status ecm_lut(size_t count, const int8_t *in, const int8_t *table, int8_t *out) {
+    size_t i;
+    if (in == NULL || table == NULL || out == NULL) return ECM_E_ARG;
+    for (i = 0; i < count; i++) out[i] = table[(int32_t)in[i] + 128];
+    return ECM_OK;
+}
+
+ecm_status ecm_select(size_t count, const int8_t *cond, int32_t if_true, int32_t if_false, int8_t *out) {
+    size_t i;
+    if (cond == NULL || out == NULL || !ecm_is_int8(if_true) || !ecm_is_int8(if_false)) return ECM_E_ARG;
+    for (i = 0; i < count; i++) out[i] = (int8_t)(cond[i] != 0 ? if_true : if_false);
+    return ECM_OK;
+}
+
+/* ---------------------------------------------------------------- batched matmul */
+
+/* The largest offset the strides reach over the given extents (all >= 1, strides >= 0). */
+static int64_t ecm_reach(const int32_t *stride, int32_t e0, int32_t e1, int32_t e2, int32_t e3) {
+    return (int64_t)(e0 - 1) * stride[0] + (int64_t)(e1 - 1) * stride[1] + (int64_t)(e2 - 1) * stride[2] +
+           (int64_t)(e3 - 1) * stride[3];
+}
+
+static ecm_status ecm_check_matmul(const ecm_matmul_params *p, const ecm_matmul_dims *d) {
+    int32_t k;
+    if (p == NULL || d == NULL) return ECM_E_ARG;
+    if (!ecm_is_int8(p->a_zp) || !ecm_is_int8(p->b_zp) || !ecm_is_int8(p->output_zp)) return ECM_E_ARG;
+    ECM_TRY(ecm_check_multiplier(p->multiplier, p->shift));
+    ECM_TRY(ecm_check_act(p->act_min, p->act_max));
+    if (d->batch[0] < 1 || d->batch[1] < 1 || d->m < 1 || d->k < 1 || d->n < 1) return ECM_E_SHAPE;
+    if (d->k > ECM_MAX_ROW) return ECM_E_RANGE;
+    for (k = 0; k < 4; k++)
+        if (d->a_stride[k] < 0 || d->b_stride[k] < 0 || d->out_stride[k] < 0) return ECM_E_ARG;
+    /* Every offset read or written is below its buffer's size. */
+    if (ecm_reach(d->a_stride, d->batch[0], d->batch[1], d->m, d->k) >= d->a_size ||
+        ecm_reach(d->b_stride, d->batch[0], d->batch[1], d->k, d->n) >= d->b_size ||
+        ecm_reach(d->out_stride, d->batch[0], d->batch[1], d->m, d->n) >= d->out_size)
+        return ECM_E_SHAPE;
+    return ECM_OK;
+}
+
+ecm_status ecm_batch_matmul(const ecm_matmul_params *p, const ecm_matmul_dims *d, const int8_t *a, const int8_t *b,
+                            int8_t *out) {
+    int32_t b0, b1, i, j, k;
+    if (a == NULL || b == NULL || out == NULL) return ECM_E_ARG;
+    ECM_TRY(ecm_check_matmul(p, d));
+    for (b0 = 0; b0 < d->batch[0]; b0++)
+        for (b1 = 0; b1 < d->batch[1]; b1++) {
+            const int8_t *ab = a + (size_t)b0 * d->a_stride[0] + (size_t)b1 * d->a_stride[1];
+            const int8_t *bb = b + (size_t)b0 * d->b_stride[0] + (size_t)b1 * d->b_stride[1];
+            int8_t *ob = out + (size_t)b0 * d->out_stride[0] + (size_t)b1 * d->out_stride[1];
+            for (i = 0; i < d->m; i++)
+                for (j = 0; j < d->n; j++) {
+                    const int8_t *x = ab + (size_t)i * d->a_stride[2];
+                    const int8_t *y = bb + (size_t)j * d->b_stride[3];
+                    int32_t acc = 0; /* |acc| <= ECM_MAX_ROW * 255^2 < 2^31 */
+                    for (k = 0; k < d->k; k++)
+                        acc += ((int32_t)x[(size_t)k * d->a_stride[3]] - p->a_zp) *
+                               ((int32_t)y[(size_t)k * d->b_stride[2]] - p->b_zp);
+                    ob[(size_t)i * d->out_stride[2] + (size_t)j * d->out_stride[3]] =
+                        ecm_clamp((int64_t)ecm_requantize(acc, p->multiplier, p->shift) + p->output_zp, p->act_min,
+                                  p->act_max);
+                }
+        }
+    return ECM_OK;
+}
+
+/* ---------------------------------------------------------------- row kernels */
+
+static ecm_status ecm_check_rows(ecm_rows r) {
+    int64_t n;
+    if (r.outer < 1 || r.len < 1 || r.inner < 1) return ECM_E_SHAPE;
+    n = (int64_t)r.outer * r.len;
+    if (n > INT32_MAX || n * r.inner > INT32_MAX) return ECM_E_RANGE;
+    return ECM_OK;
+}
+
+ecm_status ecm_softmax(ecm_rows r, const uint16_t *table, const int8_t *in, int8_t *out) {
+    int32_t o, i, j;
+    if (table == NULL || in == NULL || out == NULL) return ECM_E_ARG;
+    ECM_TRY(ecm_check_rows(r));
+    if (r.len > ECM_MAX_ROW) return ECM_E_RANGE;
+    for (o = 0; o < r.outer; o++)
+        for (i = 0; i < r.inner; i++) {
+            const size_t base = (size_t)o * r.len * r.inner + (size_t)i;
+            int32_t mx = -128;
+            uint32_t sum = 0; /* <= ECM_MAX_ROW * 65535 < 2^31 */
+            for (j = 0; j < r.len; j++) {
+                const int32_t v = in[base + (size_t)j * r.inner];
+                mx = v > mx ? v : mx;
+            }
+            for (j = 0; j < r.len; j++) sum += table[mx - in[base + (size_t)j * r.inner]];
+            /* sum >= table[0]; 256 * e + sum / 2 < 2^24 + 2^30: no overflow in uint32. */
+            for (j = 0; j < r.len; j++) {
+                const size_t at = base + (size_t)j * r.inner;
+                const uint32_t q = ((uint32_t)table[mx - in[at]] * 256u + sum / 2u) / sum;
+                out[at] = ecm_clamp((int64_t)q - 128, -128, 127);
+            }
+        }
+    return ECM_OK;
+}
+
+/* floor(sqrt(x)) for x < 2^62 (digit by digit, two bits a step). */
+static uint32_t ecm_isqrt64(uint64_t x) {
+    uint64_t r = 0, bit = (uint64_t)1 << 62;
+    while (bit > x) bit >>= 2;
+    while (bit != 0) {
+        if (x >= r + bit) {
+            x -= r + bit;
+            r = (r >> 1) + bit;
+        } else {
+            r >>= 1;
+        }
+        bit >>= 2;
+    }
+    return (uint32_t)r;
+}
+
+/* x / 2^e rounded half away from zero, int64, e in [1, 62]. */
+static int64_t ecm_rdbpot64(int64_t x, int32_t e) {
+    const int64_t mask = ((int64_t)1 << e) - 1;
+    const int64_t remainder = x & mask;
+    const int64_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
+    return (x >> e) + (remainder > threshold ? 1 : 0);
+}
+
+ecm_status ecm_layer_norm(const ecm_layer_norm_params *p, ecm_rows r, const int32_t *gamma, const int64_t *beta,
+                          const int8_t *in, int8_t *out) {
+    int32_t o, i, j;
+    const int64_t beta_max = (int64_t)1 << 60;
+    if (p == NULL || gamma == NULL || beta == NULL || in == NULL || out == NULL) return ECM_E_ARG;
+    if (!ecm_is_int8(p->input_zp) || !ecm_is_int8(p->output_zp) || p->shift < 1 || p->shift > 62 || p->eps < 1 ||
+        p->eps >= ((int64_t)1 << 61) || p->var_shift < 0 || p->var_shift > 20)
+        return ECM_E_ARG;
+    ECM_TRY(ecm_check_rows(r));
+    if (r.len > ECM_MAX_ROW) return ECM_E_RANGE;
+    /* The largest variance term, (len * 255)^2 * 4^var_shift, plus eps stays below 2^62. */
+    if ((((uint64_t)r.len * r.len * 65025u) << (2 * p->var_shift)) >> (2 * p->var_shift) !=
+            (uint64_t)r.len * r.len * 65025u ||
+        (((uint64_t)r.len * r.len * 65025u) << (2 * p->var_shift)) + (uint64_t)p->eps >= ((uint64_t)1 << 62))
+        return ECM_E_RANGE;
+    for (j = 0; j < r.len; j++)
+        if (beta[j] >= beta_max || beta[j] <= -beta_max) return ECM_E_ARG;
+    for (o = 0; o < r.outer; o++)
+        for (i = 0; i < r.inner; i++) {
+            const size_t base = (size_t)o * r.len * r.inner + (size_t)i;
+            int32_t sum = 0, sq = 0; /* |sum| <= 2^23, sq <= ECM_MAX_ROW * 255^2 < 2^31 */
+            int64_t t;
+            int32_t bits = 0, shift;
+            uint32_t root;
+            int64_t inv;
+            for (j = 0; j < r.len; j++) {
+                const int32_t d = (int32_t)in[base + (size_t)j * r.inner] - p->input_zp;
+                sum += d;
+                sq += d * d;
+            }
+            /* t = 4^k * len^2 * (variance + eps) in squared input steps: 1 <= t < 2^62 (checked above). */
+            t = (int64_t)(((uint64_t)((int64_t)r.len * sq - (int64_t)sum * sum) << (2 * p->var_shift)) +
+                          (uint64_t)p->eps);
+            while (bits < 62 && (t >> bits) != 0) bits++;
+            shift = (62 - bits) / 2; /* t << 2 * shift has 61 or 62 bits */
+            root = ecm_isqrt64((uint64_t)t << (2 * shift)); /* sqrt(t) * 2^shift, in [2^30, 2^31) */
+            inv = (int64_t)((((uint64_t)1 << 61) + root / 2u) / root); /* 2^61 / root, in (2^30, 2^31] */
+            for (j = 0; j < r.len; j++) {
+                const size_t at = base + (size_t)j * r.inner;
+                const int32_t c = r.len * ((int32_t)in[at] - p->input_zp) - sum; /* |c| < 2^24 */
+                /* z: (x - mean) / sqrt(var + eps) in Q15, |z| <= sqrt(len) * 2^15 < 2^23 */
+                const int64_t z = ecm_rdbpot64((int64_t)c * inv, 46 - shift - p->var_shift);
+                const int64_t acc = (int64_t)gamma[j] * z + beta[j]; /* < 2^54 + 2^60 */
+                out[at] = ecm_clamp(ecm_rdbpot64(acc, p->shift) + p->output_zp, -128, 127);
+            }
+        }
+    return ECM_OK;
+}
+
+ecm_status ecm_mean_rows(const ecm_mean_params *p, ecm_rows r, const int8_t *in, int8_t *out) {
+    int32_t o, i, j;
+    if (p == NULL || in == NULL || out == NULL) return ECM_E_ARG;
+    if (!ecm_is_int8(p->input_zp) || !ecm_is_int8(p->output_zp) || (p->divide != 0 && p->divide != 1)) return ECM_E_ARG;
+    ECM_TRY(ecm_check_multiplier(p->multiplier, p->shift));
+    ECM_TRY(ecm_check_rows(r));
+    if (r.len > ECM_MAX_MEAN_WINDOW) return ECM_E_RANGE;
+    for (o = 0; o < r.outer; o++)
+        for (i = 0; i < r.inner; i++) {
+            const int8_t *src = in + (size_t)o * r.len * r.inner + (size_t)i;
+            int32_t acc = 0; /* |acc| <= ECM_MAX_MEAN_WINDOW * 255 < 2^31 */
+            for (j = 0; j < r.len; j++) acc += (int32_t)src[(size_t)j * r.inner] - p->input_zp;
+            acc = ecm_requantize(acc, p->multiplier, p->shift);
+            out[(size_t)o * r.inner + i] =
+                ecm_clamp((int64_t)(p->divide ? ecm_round_div(acc, r.len) : acc) + p->output_zp, -128, 127);
+        }
+    return ECM_OK;
+}
+
+ecm_status ecm_slice(ecm_rows r, int32_t start, int32_t step, int32_t out_len, const int8_t *in, int8_t *out) {
+    int32_t o, i, c;
+    if (in == NULL || out == NULL || start < 0 || step < 1 || out_len < 1) return ECM_E_ARG;
+    ECM_TRY(ecm_check_rows(r));
+    if ((int64_t)start + (int64_t)(out_len - 1) * step >= r.len) return ECM_E_SHAPE;
+    for (o = 0; o < r.outer; o++)
+        for (i = 0; i < out_len; i++) {
+            const int8_t *src = in + ((size_t)o * r.len + (size_t)start + (size_t)i * step) * r.inner;
+            int8_t *dst = out + ((size_t)o * out_len + i) * r.inner;
+            for (c = 0; c < r.inner; c++) dst[c] = src[c];
+        }
+    return ECM_OK;
+}
+
+ecm_status ecm_concat_part(int32_t outer, int32_t part, int32_t total, int32_t offset, const int8_t *in, int8_t *out) {
+    int32_t o, c;
+    if (in == NULL || out == NULL || outer < 1 || part < 1 || offset < 0) return ECM_E_ARG;
+    if ((int64_t)offset + part > total || (int64_t)outer * total > INT32_MAX) return ECM_E_SHAPE;
+    for (o = 0; o < outer; o++) {
+        const int8_t *src = in + (size_t)o * part;
+        int8_t *dst = out + (size_t)o * total + offset;
+        for (c = 0; c < part; c++) dst[c] = src[c];
+    }
+    return ECM_OK;
+}

@@ -14,61 +14,26 @@ The schedule is what generated C will call, one ``ecm_`` kernel per call.
 - a flatten of 4-D data feeding only a fully connected layer becomes an alias ("flatten": NHWC
   element order) and the layer's weight columns are permuted from (C, H, W) to (H, W, C) order
   instead, so that the NCHW flatten costs no transpose at run time.
+
+The ops of sequence, attention and MobileNet-style models (lookup-table activations, broadcasting
+add / sub / mul, batched matmul, softmax, layer norm, slice / concat / transpose, mask selects)
+lower in `lower_seq`; `calls` holds `KernelCall` and the storage layout.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
 import numpy as np
 
 from ...ir import Graph, Node, Value
 from . import kernels as K
-from .params import add_params, conv_multipliers, fc_multipliers, mean_multiplier
+from .calls import CRefUnsupported, KernelCall, _fail, _nchw, _nhwc, _q, _same_q
+from .lower_seq import SEQ_LOWERINGS, _mean_axes, operands
+from .params import conv_multipliers, fc_multipliers, mean_multiplier
 
-__all__ = ["KernelCall", "lower", "execute", "run_int8", "CRefUnsupported", "LOWERINGS"]
-
-
-class CRefUnsupported(ValueError):
-    """A node the integer reference has no kernel for (yet), named with its op and the reason."""
-
-
-@dataclass(frozen=True)
-class KernelCall:
-    """One kernel invocation: ``output = kernel(*inputs, **args)``.
-
-    kernel : a function of `kernels` ("conv2d", "fully_connected", "add", "max_pool2d",
-        "avg_pool2d", "mean_hw") or a data-movement step ("clamp": lo, hi; "reshape": the IR
-        shape, taken in NCHW element order (a transpose for 4-D NHWC data); "flatten": the same
-        shape in NHWC element order, an alias in C; "pad": NHWC pads and the fill value)
-    inputs, output : value names (activations, int8)
-    args : integer parameters and constant arrays (weights OHWI int8, bias int32)
-    """
-
-    node: str
-    kernel: str
-    inputs: tuple[str, ...]
-    output: str
-    args: dict[str, Any] = field(default_factory=dict)
-
-
-def _q(v: Value) -> tuple[float, int]:
-    """Per-tensor int8 (scale, zero point) of an activation."""
-    q = v.quant
-    if q is None or q.axis is not None or q.dtype != "int8":
-        raise CRefUnsupported(f"value {v.name!r} is not a per-tensor int8 activation")
-    return float(q.scale[0]), int(q.zero_point[0])
-
-
-def _fail(node: Node, why: str) -> CRefUnsupported:
-    return CRefUnsupported(f"node {node.name} ({node.op}): {why}")
-
-
-def _same_q(node: Node) -> None:
-    if _q(node.inputs[0]) != _q(node.output):
-        raise _fail(node, "must keep its input's quantization (the quantize pass shares it)")
+__all__ = ["KernelCall", "lower", "execute", "run_int8", "CRefUnsupported", "LOWERINGS", "run_call"]
 
 
 def _weights(node: Node, w: Value) -> None:
@@ -76,8 +41,17 @@ def _weights(node: Node, w: Value) -> None:
         raise _fail(node, "weights must be symmetric int8 constants")
 
 
-def _bias(b: Value | None) -> np.ndarray | None:
-    return None if b is None else b.data.astype(np.int32)
+def _bias(b: Value | None, s_in: float, s_w) -> np.ndarray | None:
+    """The int32 bias: as the quantize pass stored it, or, for a float bias (a weight shared by
+    several layers keeps its bias float), quantized here with scale ``s_in * s_w`` (the float32
+    product, as the pass does), saturated to int32."""
+    if b is None:
+        return None
+    if b.quant is not None:
+        return b.data.astype(np.int32)
+    scale = (np.float32(s_in) * np.asarray(s_w, np.float32)).astype(np.float64)
+    q = np.rint(np.asarray(b.data, np.float64) / scale)
+    return np.clip(q, K.INT32_MIN, K.INT32_MAX).astype(np.int32)
 
 
 def _conv(node: Node) -> list[KernelCall]:
@@ -90,7 +64,8 @@ def _conv(node: Node) -> list[KernelCall]:
     a = node.attrs
     ph, pw = a["padding"]
     return [KernelCall(node.name, "conv2d", (x.name,), node.output.name, dict(
-        w=w.data.transpose(0, 2, 3, 1).copy(), bias=_bias(b), input_zp=zp_in, output_zp=zp_out, multiplier=mult,
+        w=w.data.transpose(0, 2, 3, 1).copy(), bias=_bias(b, s_in, w.quant.scale), input_zp=zp_in, output_zp=zp_out,
+        multiplier=mult,
         shift=shift, stride=tuple(a["stride"]), padding=(ph, pw, ph, pw), dilation=tuple(a["dilation"]),
         groups=int(a["groups"]), act=(-128, 127)))]
 
@@ -101,19 +76,8 @@ def _linear(node: Node) -> list[KernelCall]:
     (s_in, zp_in), (s_out, zp_out) = _q(x), _q(node.output)
     mult, shift = fc_multipliers(s_in, w.quant.scale, s_out)
     return [KernelCall(node.name, "fully_connected", (x.name,), node.output.name, dict(
-        w=w.data, bias=_bias(b), input_zp=zp_in, output_zp=zp_out, multiplier=mult, shift=shift, act=(-128, 127)))]
-
-
-def _add(node: Node) -> list[KernelCall]:
-    a, b = node.inputs
-    if a is None or b is None or a.is_const or b.is_const or a.shape != b.shape:
-        raise _fail(node, "only the sum of two activations of one shape has a kernel yet")
-    (sa, za), (sb, zb), (so, zo) = _q(a), _q(b), _q(node.output)
-    p = add_params(sa, sb, so)
-    return [KernelCall(node.name, "add", (a.name, b.name), node.output.name, dict(
-        a_zp=za, b_zp=zb, output_zp=zo, a_multiplier=p.a_multiplier, a_shift=p.a_shift, b_multiplier=p.b_multiplier,
-        b_shift=p.b_shift, output_multiplier=p.output_multiplier, output_shift=p.output_shift,
-        left_shift=p.left_shift, act=(-128, 127)))]
+        w=w.data, bias=_bias(b, s_in, w.quant.scale), input_zp=zp_in, output_zp=zp_out, multiplier=mult, shift=shift,
+        act=(-128, 127)))]
 
 
 def _clamp(node: Node) -> list[KernelCall]:
@@ -132,27 +96,35 @@ def _clamp(node: Node) -> list[KernelCall]:
 
 def _pool(node: Node) -> list[KernelCall]:
     x, a = node.inputs[0], node.attrs
-    if len(x.shape) != 4 or a.get("ceil_mode"):
-        raise _fail(node, "only 2-D pooling without ceil_mode")
+    if len(x.shape) != 4:
+        raise _fail(node, "only 2-D pooling")
     _same_q(node)
     ph, pw = a["padding"]
+    # ceil_mode: the last window overhangs the padded input by (eb, er); PyTorch counts none of the
+    # overhang (its divisor stops at H + padding), so it is padding the kernels do not count either.
+    (kh, kw), (sh, sw) = a["kernel"], a["stride"]
+    oh, ow = node.output.shape[2], node.output.shape[3]
+    eb = max(0, (oh - 1) * sh + kh - x.shape[2] - 2 * ph) if a.get("ceil_mode") else 0
+    er = max(0, (ow - 1) * sw + kw - x.shape[3] - 2 * pw) if a.get("ceil_mode") else 0
     common = dict(kernel=tuple(a["kernel"]), stride=tuple(a["stride"]), act=(-128, 127))
     if node.op == "max_pool":
         if tuple(a.get("dilation", (1, 1))) != (1, 1):
             raise _fail(node, "no dilated max pooling")
-        return [KernelCall(node.name, "max_pool2d", (x.name,), node.output.name, dict(common, padding=(ph, pw, ph, pw)))]
+        return [KernelCall(node.name, "max_pool2d", (x.name,), node.output.name,
+                           dict(common, padding=(ph, pw, ph + eb, pw + er)))]
     if a.get("count_include_pad", True) and (ph or pw):   # PyTorch counts padding: pad with zp first
         padded = node.output.name + "/pad"
         return [KernelCall(node.name, "pad", (x.name,), padded, dict(pads=(ph, pw, ph, pw), value=_q(x)[1])),
-                KernelCall(node.name, "avg_pool2d", (padded,), node.output.name, dict(common, padding=(0, 0, 0, 0)))]
-    return [KernelCall(node.name, "avg_pool2d", (x.name,), node.output.name, dict(common, padding=(ph, pw, ph, pw)))]
+                KernelCall(node.name, "avg_pool2d", (padded,), node.output.name, dict(common, padding=(0, 0, eb, er)))]
+    return [KernelCall(node.name, "avg_pool2d", (x.name,), node.output.name,
+                       dict(common, padding=(ph, pw, ph + eb, pw + er)))]
 
 
 def _mean(node: Node) -> list[KernelCall]:
     x = node.inputs[0]
     axes = sorted(int(e) % len(x.shape) for e in node.attrs["axes"])
     if len(x.shape) != 4 or axes != [2, 3]:
-        raise _fail(node, "only the mean over H and W of a 4-D tensor (global average pooling)")
+        return _mean_axes(node, axes)
     (si, zi), (so, zo) = _q(x), _q(node.output)
     # TFLite: keep_dims takes reference_integer_ops::Mean (divide after scaling), other MEANs the
     # general QuantizedMeanOrSum (1 / count folded into the multiplier); the TFLite backend emits both.
@@ -173,8 +145,8 @@ def _reshape(node: Node) -> list[KernelCall]:
 
 
 LOWERINGS: dict[str, Callable[[Node], list[KernelCall]]] = {
-    "conv": _conv, "linear": _linear, "add": _add, "relu": _clamp, "clip": _clamp, "max_pool": _pool,
-    "avg_pool": _pool, "mean": _mean, "reshape": _reshape,
+    "conv": _conv, "linear": _linear, "relu": _clamp, "clip": _clamp, "max_pool": _pool, "avg_pool": _pool,
+    "mean": _mean, "reshape": _reshape, **SEQ_LOWERINGS,
 }
 
 
@@ -182,7 +154,8 @@ def lower(graph: Graph, fuse: bool = True) -> list[KernelCall]:
     """The graph as kernel calls in schedule order; raises `CRefUnsupported` naming the first node
     without a reference kernel. With `fuse`, clamps fold into the producing kernel's ``act``."""
     for v in graph.inputs:
-        _q(v)
+        if v.dtype != "bool":       # a bool mask travels as bytes 0 / 1
+            _q(v)
     calls: list[KernelCall] = []
     for node in graph.nodes:
         fn = LOWERINGS.get(node.op)
@@ -228,14 +201,6 @@ def _fusable(graph: Graph, clamp: Node, calls: list[KernelCall]) -> bool:
             and all(v is not x for v in graph.outputs))
 
 
-def _nchw(x: np.ndarray) -> np.ndarray:
-    return x.transpose(0, 3, 1, 2) if x.ndim == 4 else x
-
-
-def _nhwc(x: np.ndarray) -> np.ndarray:
-    return x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
-
-
 def run_call(call: KernelCall, env: dict[str, np.ndarray]) -> np.ndarray:
     """One call on the activations in `env` (4-D ones NHWC)."""
     xs = [env[name] for name in call.inputs]
@@ -253,6 +218,24 @@ def run_call(call: KernelCall, env: dict[str, np.ndarray]) -> np.ndarray:
         return getattr(K, call.kernel)(xs[0], a["w"], a["bias"], **{k: v for k, v in a.items() if k not in ("w", "bias")})
     if call.kernel in ("max_pool2d", "avg_pool2d"):
         return getattr(K, call.kernel)(xs[0], a["kernel"], a["stride"], a["padding"], act=a["act"])
+    if call.kernel in ("add", "mul"):
+        kw = {k: v for k, v in a.items() if not k.startswith("const_")}
+        return getattr(K, call.kernel)(*operands(call, env), **kw)
+    if call.kernel == "batch_matmul":
+        y = K.batch_matmul(_nchw(xs[0]), _nchw(xs[1]), **{k: v for k, v in a.items() if k != "dims"})
+        return _nhwc(y)
+    if call.kernel == "lut":
+        return K.lut(xs[0], a["table"])
+    if call.kernel == "transpose":
+        return np.ascontiguousarray(xs[0].transpose(a["perm"]))
+    if call.kernel == "slice":
+        index = [slice(None)] * xs[0].ndim
+        index[a["axis"]] = slice(a["start"], a["end"], a["step"])
+        return np.ascontiguousarray(xs[0][tuple(index)])
+    if call.kernel == "concat":
+        return np.concatenate(xs, axis=a["axis"])
+    if call.kernel == "select":
+        return K.select(xs[0], a["if_true"], a["if_false"])
     return getattr(K, call.kernel)(*xs, **a)
 
 
@@ -269,6 +252,8 @@ def run_int8(graph: Graph, *inputs_q: np.ndarray) -> list[np.ndarray]:
     env: dict[str, np.ndarray] = {}
     for v, x in zip(graph.inputs, inputs_q, strict=True):
         x = np.asarray(x)
+        if v.dtype == "bool" and x.dtype == np.bool_:
+            x = x.astype(np.int8)
         if x.dtype != np.int8 or tuple(x.shape) != tuple(v.shape):
             raise ValueError(f"input {v.name!r}: expected int8 {list(v.shape)}, got {x.dtype} {list(x.shape)}")
         env[v.name] = _nhwc(x)

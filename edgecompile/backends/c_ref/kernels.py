@@ -30,12 +30,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from .fixedpoint import (
-    INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier, quantize_multiplier, rounding_int_divide,
+    INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier, quantize_multiplier, rounding_divide_by_pot,
+    rounding_int_divide,
 )
 
 __all__ = ["quantize_multiplier", "multiply_by_quantized_multiplier", "activation_range", "quantize_scalar",
            "conv_output_size", "conv2d", "fully_connected", "add", "max_pool2d", "avg_pool2d", "mean_hw",
-           "ADD_LEFT_SHIFT"]
+           "ADD_LEFT_SHIFT", "lut", "mul", "batch_matmul", "softmax", "layer_norm", "isqrt",
+           "mean_axes", "select", "MAX_ROW"]
 
 #: TFLite's int8 ADD/SUB: inputs are shifted left by 20 bits before their multipliers (add.cc).
 ADD_LEFT_SHIFT = 20
@@ -147,14 +149,15 @@ def fully_connected(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, *, in
 
 def add(a: np.ndarray, b: np.ndarray, *, a_zp: int, b_zp: int, output_zp: int, a_multiplier: int,
         a_shift: int, b_multiplier: int, b_shift: int, output_multiplier: int, output_shift: int,
-        left_shift: int = ADD_LEFT_SHIFT, act: tuple[int, int] = (-128, 127)) -> np.ndarray:
+        left_shift: int = ADD_LEFT_SHIFT, act: tuple[int, int] = (-128, 127), subtract: bool = False) -> np.ndarray:
     """int8 addition with two-input requantization, as TFLite's ``reference_integer_ops::Add``
     (``AddElementwise``): each input ``(q - zp) << 20`` scaled by its multiplier (``s_i / (2 *
     max(s_a, s_b))``), the sum scaled by ``2 * max(s_a, s_b) / (2**20 * s_out)``, plus ``zp_out``,
-    clamped (parameters from `params.add_params`). Shapes broadcast as numpy's."""
+    clamped (parameters from `params.add_params`). Shapes broadcast as numpy's. With `subtract`,
+    TFLite's int8 SUB (``SubElementwise``): the same with the scaled b subtracted."""
     sa = multiply_by_quantized_multiplier((a.astype(np.int64) - a_zp) << left_shift, a_multiplier, a_shift)
     sb = multiply_by_quantized_multiplier((b.astype(np.int64) - b_zp) << left_shift, b_multiplier, b_shift)
-    return _requant(sa + sb, output_multiplier, output_shift, output_zp, act)
+    return _requant(sa - sb if subtract else sa + sb, output_multiplier, output_shift, output_zp, act)
 
 
 def _pool_windows(x: np.ndarray, kernel, stride, padding, fill: int):
@@ -211,3 +214,130 @@ def mean_hw(x: np.ndarray, *, input_zp: int, output_zp: int, multiplier: int, sh
                                            multiplier, shift)
     y = (rounding_int_divide(acc, h * w) if divide else acc) + output_zp
     return np.clip(y, -128, 127).astype(np.int8)
+
+
+# ---------------------------------------------------------------- sequence and attention models
+# The kernels of LSTM / GRU cells, MobileNet-style activations and transformer encoders. Row
+# kernels (softmax, layer norm, mean, slice, concat) work on the storage layout directly: `axis`
+# is an axis of the stored array (NHWC for 4-D values), not of the IR tensor.
+
+#: Longest softmax / layer-norm row and deepest matmul the C kernels take (``ECM_MAX_ROW``,
+#: ``ECM_MAX_DEPTH``): 32768 * 255**2 < 2**31, so sums of squares and dot products fit int32.
+MAX_ROW = 32768
+
+
+def lut(x: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``table[x + 128]``: any int8 -> int8 function as its 256 values (`params.lut_table`)."""
+    table = np.asarray(table, np.int8)
+    if table.shape != (256,):
+        raise ValueError(f"a lookup table has 256 entries, got {table.shape}")
+    return table[x.astype(np.int64) + 128]
+
+
+def mul(a: np.ndarray, b: np.ndarray, *, a_zp: int, b_zp: int, output_zp: int, multiplier: int, shift: int,
+        act: tuple[int, int] = (-128, 127)) -> np.ndarray:
+    """int8 product, as TFLite's ``reference_integer_ops::Mul`` (``MulElementwise``):
+    ``(a - a_zp) * (b - b_zp)`` (|.| <= 255**2, exact in int32) scaled once by ``s_a * s_b / s_out``
+    (`params.mul_multiplier`), plus ``output_zp``, clamped. Shapes broadcast as numpy's."""
+    acc = (a.astype(np.int64) - a_zp) * (b.astype(np.int64) - b_zp)
+    return _requant(acc, multiplier, shift, output_zp, act)
+
+
+def batch_matmul(a: np.ndarray, b: np.ndarray, *, a_zp: int, b_zp: int, output_zp: int, multiplier: int,
+                 shift: int, act: tuple[int, int] = (-128, 127)) -> np.ndarray:
+    """int8 ``a @ b`` of two activations, as TFLite's int8 ``BATCH_MATMUL``
+    (``reference_ops::BatchMatMul``): ``acc = sum_k (a[.., m, k] - a_zp) * (b[.., k, n] - b_zp)`` in
+    int32, one per-tensor requantization by ``s_a * s_b / s_out`` (``GetQuantizedConvolutionMultipler``:
+    `params.fc_multipliers` with one weight scale), plus ``output_zp``, clamped. a [..., M, K], b [...,
+    K, N] with numpy's batch broadcasting (the IR layout: the caller undoes NHWC storage)."""
+    if a.shape[-1] != b.shape[-2] or a.shape[-1] > MAX_ROW:
+        raise ValueError(f"batch_matmul: {a.shape} @ {b.shape}")
+    acc = np.matmul(a.astype(np.int64) - a_zp, b.astype(np.int64) - b_zp)
+    return _requant(acc, multiplier, shift, output_zp, act)
+
+
+def softmax(x: np.ndarray, table: np.ndarray, axis: int = -1) -> np.ndarray:
+    """int8 softmax along `axis`, output scale 1/256 and zero point -128 (the quantize pass's fixed
+    parameters; TFLite's too). Ours, not TFLite's fixed-point algorithm: per row, ``d = max - x``
+    (0..255) indexes ``table[d] = round(65535 * exp(-s_in * d))`` (`params.softmax_table`, uint16),
+    ``sum = sum(table[d])`` in uint32 (rows up to `MAX_ROW`), and each output is
+    ``(table[d] * 256 + sum // 2) // sum - 128`` (256 * table[d] / sum rounded half up), clamped to
+    int8. The exponentials' relative error (<= 2**-17 at the largest entries) is far below the
+    output step: measured against the float softmax of the dequantized input in
+    tests/runtime/test_kernels.py."""
+    xi = x.astype(np.int64)
+    if xi.shape[axis] > MAX_ROW:
+        raise ValueError(f"softmax: rows of {xi.shape[axis]} > {MAX_ROW}")
+    e = np.asarray(table, np.int64)[xi.max(axis=axis, keepdims=True) - xi]
+    total = e.sum(axis=axis, keepdims=True)
+    return np.clip((e * 256 + total // 2) // total - 128, -128, 127).astype(np.int8)
+
+
+def _bit_length(t: np.ndarray) -> np.ndarray:
+    """Exact bit length of positive int64 values below 2**62 (the float estimate can round up)."""
+    bits = np.frexp(t.astype(np.float64))[1].astype(np.int64)
+    return np.where((t >> (bits - 1)) == 0, bits - 1, bits)
+
+
+def isqrt(x: np.ndarray) -> np.ndarray:
+    """``floor(sqrt(x))`` of int64 values in [0, 2**62), exactly (a float estimate, corrected)."""
+    x = np.asarray(x, np.int64)
+    r = np.floor(np.sqrt(x.astype(np.float64))).astype(np.int64)
+    for _ in range(2):
+        r = np.where(r * r > x, r - 1, r)
+        r = np.where((r + 1) * (r + 1) <= x, r + 1, r)
+    return r
+
+
+def layer_norm(x: np.ndarray, *, axis: int, input_zp: int, output_zp: int, eps: int, var_shift: int,
+               gamma: np.ndarray, beta: np.ndarray, shift: int) -> np.ndarray:
+    """int8 layer norm along `axis` (n elements), in integers only (ours: TFLite has no int8 layer
+    norm kernel). Per row, with ``d = x - input_zp`` and ``k = var_shift``:
+
+    1. ``s = sum(d)``, ``q = sum(d * d)`` (int32: n <= `MAX_ROW`); ``t = (n * q - s**2) * 4**k + eps``
+       (int64, >= 1), which is ``4**k * n**2 * (var + eps_real / s_in**2)`` in input steps
+       (`params.layer_norm_params` rounds ``eps`` and picks the largest `k` that cannot overflow, so
+       that a small ``eps`` keeps its precision);
+    2. ``p = (62 - bit_length(t)) // 2``, ``r = isqrt(t << 2p)`` in [2**30, 2**31) (``sqrt(t) * 2**p``),
+       ``inv = round(2**61 / r)``;
+    3. per element, the normalized value in Q15: ``z = round((n * d - s) * inv / 2**(46 - p - k))``
+       (``(d - mean) / sqrt(var + eps)``, |z| <= sqrt(n) * 2**15);
+    4. ``y = round((gamma * z + beta) / 2**shift) + output_zp``, clamped; ``gamma`` int32 is
+       ``gamma_real / s_out * 2**(shift - 15)`` and ``beta`` int64 ``beta_real / s_out * 2**shift``.
+
+    Every rounding is half away from zero (`fixedpoint.rounding_divide_by_pot`). Beside the final
+    rounding the error is about 2**-15 of a normalized unit: within 1 output step of the float
+    layer norm of the dequantized input (measured in tests/runtime/test_kernels.py).
+    """
+    d = np.moveaxis(x.astype(np.int64) - input_zp, axis, -1)
+    n = d.shape[-1]
+    if not 1 <= n <= MAX_ROW or not 1 <= shift <= 62 or not 1 <= eps < 2 ** 61 or not 0 <= var_shift <= 20:
+        raise ValueError(f"layer_norm: row of {n}, shift {shift}, eps {eps}, var_shift {var_shift}")
+    s = d.sum(-1, keepdims=True)
+    v = n * (d * d).sum(-1, keepdims=True) - s * s
+    if (int(v.max(initial=0)) << (2 * var_shift)) + eps >= 2 ** 62:
+        raise ValueError("layer_norm: var_shift too large for this row length")
+    t = (v << (2 * var_shift)) + eps
+    p = (62 - _bit_length(t)) // 2
+    r = isqrt(t << (2 * p))
+    inv = ((1 << 61) + r // 2) // r
+    z = rounding_divide_by_pot((n * d - s) * inv, 46 - p - var_shift)
+    acc = np.asarray(gamma, np.int64) * z + np.asarray(beta, np.int64)
+    y = rounding_divide_by_pot(acc, shift) + output_zp
+    return np.moveaxis(np.clip(y, -128, 127).astype(np.int8), -1, axis)
+
+
+def mean_axes(x: np.ndarray, axes: Sequence[int], *, input_zp: int, output_zp: int, multiplier: int,
+              shift: int) -> np.ndarray:
+    """int8 mean over `axes` (kept, as size 1), TFLite's general ``QuantizedMeanOrSum``:
+    ``sum(x - input_zp)`` scaled once by ``s_in / s_out`` with ``1 / count`` folded in
+    (`params.mean_multiplier` with ``count``), plus ``output_zp``, clamped. `mean_hw` with
+    ``divide=False`` over any axes."""
+    acc = (x.astype(np.int64) - input_zp).sum(axis=tuple(axes), keepdims=True)
+    return np.clip(multiply_by_quantized_multiplier(acc, multiplier, shift) + output_zp, -128, 127).astype(np.int8)
+
+
+def select(cond: np.ndarray, if_true: int, if_false: int) -> np.ndarray:
+    """``cond ? if_true : if_false`` with two int8 codes (a ``where`` whose branches are constants,
+    quantized at build time); `cond` is a bool mask stored as bytes (nonzero is true)."""
+    return np.where(np.asarray(cond) != 0, np.int8(if_true), np.int8(if_false)).astype(np.int8)

@@ -6,6 +6,8 @@ float32 scales in TFLite's order before `quantize_multiplier` turns it into ``(m
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +15,9 @@ import numpy as np
 from .fixedpoint import quantize_multiplier, quantize_multipliers
 from .kernels import ADD_LEFT_SHIFT
 
-__all__ = ["conv_multipliers", "fc_multipliers", "AddParams", "add_params", "mean_multiplier"]
+__all__ = ["conv_multipliers", "fc_multipliers", "AddParams", "add_params", "mean_multiplier", "mul_multiplier",
+           "LUT_FUNCTIONS", "lut_table", "softmax_table", "LayerNormParams", "layer_norm_params", "const_qparams",
+           "quantize_const"]
 
 
 def _f32(v) -> np.ndarray:
@@ -73,3 +77,137 @@ def mean_multiplier(s_in: float, s_out: float, count: int | None = None) -> tupl
         raise ValueError(f"mean over {count} elements")
     k = min(count.bit_length() - 1, 32, 31 + s)
     return (m << k) // count, s - k
+
+
+def mul_multiplier(s_a: float, s_b: float, s_out: float) -> tuple[int, int]:
+    """MUL: ``s_a * s_b / s_out`` evaluated in float32 (LiteRT's ``mul.cc`` multiplies and divides the
+    float scales before widening to double), then `quantize_multiplier`."""
+    real = np.float32(np.float32(s_a) * np.float32(s_b)) / np.float32(s_out)
+    return quantize_multiplier(float(np.float32(real)))
+
+
+# ---------------------------------------------------------------- lookup tables
+
+
+def _gelu_erf(x: np.ndarray) -> np.ndarray:
+    erf = np.vectorize(math.erf, otypes=[np.float64])
+    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+def _gelu_tanh(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+#: Unary IR ops as float64 functions of ``(x, attrs)``: each runs as a 256-entry table in int8.
+LUT_FUNCTIONS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
+    "sigmoid": lambda x, _: _sigmoid(x),
+    "tanh": lambda x, _: np.tanh(x),
+    "silu": lambda x, _: x * _sigmoid(x),
+    "hardswish": lambda x, _: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0,
+    "hardsigmoid": lambda x, _: np.clip(x + 3.0, 0.0, 6.0) / 6.0,
+    "gelu": lambda x, a: _gelu_tanh(x) if a.get("approximate") == "tanh" else _gelu_erf(x),
+    "exp": lambda x, _: np.exp(x),
+    "neg": lambda x, _: -x,
+    "abs": lambda x, _: np.abs(x),
+}
+
+
+def lut_table(fn: Callable[[np.ndarray], np.ndarray], s_in: float, zp_in: int, s_out: float, zp_out: int
+              ) -> np.ndarray:
+    """The int8 -> int8 table of a float function: each code ``q`` dequantized as the fake-quant
+    executor does (``(q - zp_in) * s_in`` in float32), ``fn`` in float64, requantized as
+    ``round(y / s_out) + zp_out`` (half away from zero, as TFLite's ``LUTPopulate``) and clamped;
+    infinities clamp to the int8 ends. Returns int8 [256], entry ``q + 128``.
+
+    The table is the kernel's specification (C and numpy index the same bytes). Against TFLite's
+    own int8 kernels it differs where they approximate: LOGISTIC / TANH evaluate the function in
+    fixed point, HARD_SWISH in 16-bit fixed point (the differences are measured against LiteRT in
+    tests/runtime/test_kernels.py)."""
+    q = np.arange(-128, 128, dtype=np.int64)
+    x = ((q - int(zp_in)).astype(np.float32) * np.float32(s_in)).astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        y = np.asarray(fn(x), np.float64) / float(np.float32(s_out))
+    if np.isnan(y).any():
+        raise ValueError("the function is undefined (NaN) on part of the input range")
+    r = np.sign(y) * np.floor(np.abs(y) + 0.5)
+    return np.clip(r + int(zp_out), -128, 127).astype(np.int8)
+
+
+def softmax_table(s_in: float) -> np.ndarray:
+    """``round(65535 * exp(-s_in * d))`` for d = 0..255 (uint16): the exponentials of `kernels.softmax`
+    for the input steps below the row's maximum."""
+    d = np.arange(256, dtype=np.float64)
+    return np.floor(65535.0 * np.exp(-float(np.float32(s_in)) * d) + 0.5).astype(np.uint16)
+
+
+# ---------------------------------------------------------------- layer norm
+
+
+@dataclass(frozen=True)
+class LayerNormParams:
+    """The integers of `kernels.layer_norm`: ``eps`` in squared input steps times ``n**2 * 4**var_shift``,
+    per-element ``gamma`` (int32) and ``beta`` (int64) in fixed point with `shift` fraction bits."""
+
+    eps: int
+    var_shift: int
+    gamma: np.ndarray
+    beta: np.ndarray
+    shift: int
+
+
+def layer_norm_params(s_in: float, s_out: float, n: int, eps: float, gamma=None, beta=None) -> LayerNormParams:
+    """Parameters of an int8 layer norm over rows of `n` elements (input scale `s_in`, output `s_out`;
+    `gamma` / `beta` float [n] or None for 1 / 0).
+
+    ``eps = max(1, round(eps * n**2 * 4**k / s_in**2))`` with ``var_shift = k``, the largest in [0, 20]
+    for which ``n**2 * 255**2 * 4**k + eps`` (the largest scaled variance term) stays below 2**62;
+    ``A = gamma / s_out`` and ``B = beta / s_out`` (the
+    output in steps is ``A * normalized + B``) become ``gamma_q = round(A * 2**a)`` with the largest
+    ``a`` that keeps ``|gamma_q| < 2**31`` (at most 47), ``beta_q = round(B * 2**(a + 15))``, and
+    ``shift = a + 15``. Raises ValueError where the integers would not fit (|A| >= 2**45)."""
+    s_in, s_out = float(np.float32(s_in)), float(np.float32(s_out))
+    g = np.ones(n) if gamma is None else np.asarray(gamma, np.float64).reshape(-1)
+    b = np.zeros(n) if beta is None else np.asarray(beta, np.float64).reshape(-1)
+    if g.size != n or b.size != n or not (np.isfinite(g).all() and np.isfinite(b).all()):
+        raise ValueError(f"layer norm parameters must be {n} finite values")
+    vmax = n * n * 255 * 255
+    for k in range(20, -1, -1):
+        e = max(1, int(round(float(eps) * n * n * 4.0 ** k / (s_in * s_in))))
+        if (vmax << (2 * k)) + e < 2 ** 62 and e < 2 ** 61:
+            break
+    else:
+        raise ValueError(f"layer norm epsilon {eps} is too large for input scale {s_in}")
+    a_real, b_real = g / s_out, b / s_out
+    top = float(np.abs(a_real).max())
+    a = 47 if top == 0 else min(47, math.floor(math.log2((2 ** 31 - 1) / top)))
+    while a > -14 and np.abs(np.round(a_real * 2.0 ** a)).max() > 2 ** 31 - 1:
+        a -= 1
+    gq = np.round(a_real * 2.0 ** a)
+    bq = np.round(b_real * 2.0 ** (a + 15))
+    if a <= -15 or np.abs(gq).max() > 2 ** 31 - 1 or np.abs(bq).max() >= 2 ** 60:
+        raise ValueError("layer norm gamma / beta too large for the output scale")
+    return LayerNormParams(e, k, gq.astype(np.int32), bq.astype(np.int64), a + 15)
+
+
+# ---------------------------------------------------------------- constants
+
+
+def const_qparams(c: np.ndarray) -> tuple[float, int]:
+    """Per-tensor int8 (scale, zero point) of a float constant operand, as the quantize pass gives an
+    activation of that range: ``[min(c, 0), max(c, 0)]`` over 255 steps (1e-8 steps when all zero),
+    the zero point placing 0 exactly."""
+    c = np.asarray(c, np.float64)
+    lo, hi = min(float(c.min()), 0.0), max(float(c.max()), 0.0)
+    if hi - lo < 1e-12:
+        hi = lo + 1e-8 * 255
+    scale = float(np.float32((hi - lo) / 255))
+    return scale, int(np.clip(-128 - np.rint(lo / scale), -128, 127))
+
+
+def quantize_const(c: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """``clamp(round(c / scale) + zero_point)`` to int8 (half to even, as the fake-quant executor)."""
+    return np.clip(np.rint(np.asarray(c, np.float64) / scale) + zero_point, -128, 127).astype(np.int8)
