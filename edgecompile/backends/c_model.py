@@ -345,11 +345,12 @@ def _plan(steps: list[_Step], where: dict[str, str], shapes, wrec, workspace: di
 
 
 def _io(v, shapes) -> dict:
-    q = v.quant                        # None: a bool mask, bytes 0 / 1 (scale 1, zero point 0)
+    q = v.quant                        # None: a bool mask (bytes 0 / 1) or token ids (int32, 4 bytes each)
     shape = shapes[v.name]
-    return {"name": v.name, "shape": list(shape), "size": int(np.prod(shape)),
+    ids = q is None and v.dtype != "bool"
+    return {"name": v.name, "shape": list(shape), "size": int(np.prod(shape)) * (4 if ids else 1),
             "scale": 1.0 if q is None else float(q.scale[0]), "zero_point": 0 if q is None else int(q.zero_point[0]),
-            "layout": "NHWC" if len(shape) == 4 else "as the IR"}
+            "layout": "int32 ids, little-endian bytes" if ids else "NHWC" if len(shape) == 4 else "as the IR"}
 
 
 # -- C text --------------------------------------------------------------------------------------

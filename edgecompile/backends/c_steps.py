@@ -2,7 +2,8 @@
 
 `emit_step` writes the call of one kernel of the second section of ``runtime/include/ecm.h``
 (``ecm_add_bcast``, ``ecm_mul``, ``ecm_lut``, ``ecm_batch_matmul``, ``ecm_softmax``,
-``ecm_layer_norm``, ``ecm_mean_rows``, ``ecm_slice``, ``ecm_concat_part``, ``ecm_select``) from a
+``ecm_layer_norm``, ``ecm_mean_rows``, ``ecm_slice``, ``ecm_concat_part``, ``ecm_select``,
+``ecm_where``, ``ecm_gather_rows``, ``ecm_equal_const``) from a
 step of `c_model` (`c_ref.graph` kernel call, storage shapes); `c_model._Writer.step` calls it
 first. Constants (lookup tables, quantized constant operands, layer-norm gamma / beta, parameter
 structs) go to `consts` as ``static const`` definitions named after the step (``L<i>_...``): flash.
@@ -15,7 +16,7 @@ import numpy as np
 __all__ = ["emit_step", "STEP_KERNELS"]
 
 STEP_KERNELS = ("add", "mul", "lut", "batch_matmul", "softmax", "layer_norm", "mean_axes", "slice", "concat",
-                "select")
+                "select", "gather_rows", "equal_const")
 
 
 def _array(ctype: str, name: str, values) -> str:
@@ -42,6 +43,17 @@ def _rows(shape, first: int, last: int | None = None) -> str:
     return f"(ecm_rows){{{outer}, {n}, {inner}}}"
 
 
+def _bcast(L: str, osh, sa, sb) -> str:
+    """The ``static const ecm_bcast L_s`` of two operand shapes broadcast to `osh` (ranks aligned
+    on the right, as numpy)."""
+    nd = len(osh)
+    if nd > 6 or len(sa) > nd or len(sb) > nd:
+        raise ValueError(f"{list(sa)} and {list(sb)} do not broadcast to {list(osh)} in at most 6 dimensions")
+    full = lambda s: (1,) * (nd - len(s)) + tuple(s)  # noqa: E731
+    pad = lambda s: _braces(list(s) + [1] * (6 - nd))  # noqa: E731
+    return f"static const ecm_bcast {L}_s = {{{nd}, {pad(osh)}, {pad(full(sa))}, {pad(full(sb))}}};\n"
+
+
 def _binary(kernel: str, a: dict, x: list[str], y: str, ish: list, osh, L: str, consts: list[str]) -> list[str] | None:
     """add / sub / mul; None for the plain add of two activations of one shape (ecm_add, c_model)."""
     names = iter(zip(x, ish))
@@ -55,12 +67,7 @@ def _binary(kernel: str, a: dict, x: list[str], y: str, ish: list, osh, L: str, 
     (pa, sa), (pb, sb) = ops
     if kernel == "add" and not a.get("subtract") and len(x) == 2 and tuple(sa) == tuple(sb) == tuple(osh):
         return None
-    nd = len(osh)
-    if nd > 6 or len(sa) > nd or len(sb) > nd:
-        raise ValueError(f"{kernel}: {list(sa)} and {list(sb)} to {list(osh)}")
-    full = lambda s: (1,) * (nd - len(s)) + tuple(s)  # noqa: E731
-    pad = lambda s: _braces(list(s) + [1] * (6 - nd))  # noqa: E731
-    consts.append(f"static const ecm_bcast {L}_s = {{{nd}, {pad(osh)}, {pad(full(sa))}, {pad(full(sb))}}};\n")
+    consts.append(_bcast(L, osh, sa, sb))
     lo, hi = a["act"]
     if kernel == "mul":
         consts.append(f"static const ecm_mul_params {L}_p = {{{a['a_zp']}, {a['b_zp']}, {a['output_zp']}, "
@@ -83,7 +90,17 @@ def emit_step(kernel: str, a: dict, x: list[str], y: str, ish: list, osh, L: str
         consts.append(f"/* {a.get('fn', 'lookup')} */\n" + _array("int8_t", f"{L}_table", a["table"]))
         return [f"TRY(ecm_lut({count}u, {x[0]}, {L}_table, {y}));"]
     if kernel == "select":
-        return [f"TRY(ecm_select({count}u, {x[0]}, {a['if_true']}, {a['if_false']}, {y}));"]
+        t, f = ("ECM_WHERE_X" if a[k] is None else a[k] for k in ("if_true", "if_false"))
+        if len(x) == 1 and tuple(ish[0]) == tuple(osh):
+            return [f"TRY(ecm_select({count}u, {x[0]}, {t}, {f}, {y}));"]
+        consts.append(_bcast(L, osh, ish[0], ish[1] if len(x) > 1 else osh))
+        return [f"TRY(ecm_where(&{L}_s, {x[0]}, {x[1] if len(x) > 1 else 'NULL'}, {t}, {f}, {y}));"]
+    if kernel == "gather_rows":
+        vocab, row = a["table"].shape
+        consts.append(_array("int8_t", f"{L}_table", a["table"]))
+        return [f"TRY(ecm_gather_rows({int(np.prod(ish[0]))}u, {x[0]}, {vocab}, {row}, {L}_table, {y}));"]
+    if kernel == "equal_const":
+        return [f"TRY(ecm_equal_const({count}u, {x[0]}, {a['width']}, {a['value']}, {y}));"]
     if kernel == "batch_matmul":
         d, lo, hi = a["dims"], *a["act"]
         consts.append(f"static const ecm_matmul_params {L}_p = {{{a['a_zp']}, {a['b_zp']}, {a['output_zp']}, "
@@ -109,10 +126,17 @@ def emit_step(kernel: str, a: dict, x: list[str], y: str, ish: list, osh, L: str
         n = len(range(a["start"], a["end"], a["step"]))
         return [f"TRY(ecm_slice({_rows(ish[0], a['axis'])}, {a['start']}, {a['step']}, {n}, {x[0]}, {y}));"]
     if kernel == "concat":
-        ax = a["axis"]
+        ax, consts_in = a["axis"], a.get("consts", {})
         outer, total = int(np.prod(osh[:ax])), int(np.prod(osh[ax:]))
+        parts, acts = [], iter(zip(x, ish))
+        for k in range(len(x) + len(consts_in)):
+            if k in consts_in:
+                consts.append(_array("int8_t", f"{L}_c{k}", consts_in[k]))
+                parts.append((f"{L}_c{k}", consts_in[k].shape))
+            else:
+                parts.append(next(acts))
         lines, offset = [], 0
-        for ptr, shape in zip(x, ish):
+        for ptr, shape in parts:
             part = int(np.prod(shape[ax:]))
             lines.append(f"TRY(ecm_concat_part({outer}, {part}, {total}, {offset}, {ptr}, {y}));")
             offset += part

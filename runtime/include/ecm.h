@@ -247,6 +247,25 @@ ecm_status ecm_concat_part(int32_t outer, int32_t part, int32_t total, int32_t o
 /* out[i] = cond[i] != 0 ? if_true : if_false (a mask selecting between two int8 codes). */
 ecm_status ecm_select(size_t count, const int8_t *cond, int32_t if_true, int32_t if_false, int8_t *out);
 
+/* A branch of ecm_where that reads x instead of a constant code. */
+#define ECM_WHERE_X 256
+
+/* where(cond, if_true, if_false) with broadcasting: s->a is cond's shape (bytes, nonzero is true),
+ * s->b is x's; each branch is an int8 code or ECM_WHERE_X (the element of x, already in the
+ * output's quantization). x may be NULL when neither branch is ECM_WHERE_X. */
+ecm_status ecm_where(const ecm_bcast *s, const int8_t *cond, const int8_t *x, int32_t if_true, int32_t if_false,
+                     int8_t *out);
+
+/* Embedding lookup: out[i, :] = table[ids[i], :] for `count` ids, each 4 bytes of a little-endian
+ * int32 (any alignment); table is [vocab, row] int8, already in the output's quantization.
+ * ECM_E_RANGE, before anything is written, if an id is outside [0, vocab). */
+ecm_status ecm_gather_rows(size_t count, const int8_t *ids, int32_t vocab, int32_t row, const int8_t *table,
+                           int8_t *out);
+
+/* out[i] = (in[i] == value) as bytes 0 / 1; in holds int8 values (width 1: a mask, == 0 is a
+ * logical not) or little-endian int32 (width 4: token ids). */
+ecm_status ecm_equal_const(size_t count, const int8_t *in, int32_t width, int32_t value, int8_t *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -708,3 +708,52 @@ ecm_status ecm_concat_part(int32_t outer, int32_t part, int32_t total, int32_t o
     }
     return ECM_OK;
 }
+
+/* ---------------------------------------------------------------- masks and token ids */
+
+ecm_status ecm_where(const ecm_bcast *s, const int8_t *cond, const int8_t *x, int32_t if_true, int32_t if_false,
+                     int8_t *out) {
+    size_t i, count = 0;
+    ecm_bcast_walk w;
+    const int take_t = if_true == ECM_WHERE_X, take_f = if_false == ECM_WHERE_X;
+    if (cond == NULL || out == NULL || ((take_t || take_f) && x == NULL)) return ECM_E_ARG;
+    if ((!take_t && !ecm_is_int8(if_true)) || (!take_f && !ecm_is_int8(if_false))) return ECM_E_ARG;
+    ECM_TRY(ecm_check_bcast(s, &count));
+    ecm_bcast_start(s, &w);
+    for (i = 0; i < count; i++, ecm_bcast_next(s, &w)) {
+        const int t = cond[w.ia] != 0;
+        const int use_x = t ? take_t : take_f;
+        out[i] = use_x ? x[w.ib] : (int8_t)(t ? if_true : if_false);
+    }
+    return ECM_OK;
+}
+
+/* A little-endian int32 from 4 bytes at any address. */
+static int32_t ecm_le32(const int8_t *p) {
+    const uint8_t *b = (const uint8_t *)p;
+    return (int32_t)((uint32_t)b[0] | ((uint32_t)b[1] << 8) | ((uint32_t)b[2] << 16) | ((uint32_t)b[3] << 24));
+}
+
+ecm_status ecm_gather_rows(size_t count, const int8_t *ids, int32_t vocab, int32_t row, const int8_t *table,
+                           int8_t *out) {
+    size_t i;
+    int32_t c;
+    if (ids == NULL || table == NULL || out == NULL || vocab < 1 || row < 1) return ECM_E_ARG;
+    if ((int64_t)vocab * row > INT32_MAX || count > (size_t)INT32_MAX / (size_t)row) return ECM_E_RANGE;
+    for (i = 0; i < count; i++) {
+        const int32_t id = ecm_le32(ids + 4 * i);
+        if (id < 0 || id >= vocab) return ECM_E_RANGE; /* every id checked before any write */
+    }
+    for (i = 0; i < count; i++) {
+        const int8_t *src = table + (size_t)ecm_le32(ids + 4 * i) * (size_t)row;
+        for (c = 0; c < row; c++) out[i * (size_t)row + (size_t)c] = src[c];
+    }
+    return ECM_OK;
+}
+
+ecm_status ecm_equal_const(size_t count, const int8_t *in, int32_t width, int32_t value, int8_t *out) {
+    size_t i;
+    if (in == NULL || out == NULL || (width != 1 && width != 4)) return ECM_E_ARG;
+    for (i = 0; i < count; i++) out[i] = (int8_t)((width == 1 ? (int32_t)in[i] : ecm_le32(in + 4 * i)) == value);
+    return ECM_OK;
+}

@@ -18,7 +18,8 @@ enum { OP_REQUANT = 1, OP_CONV = 2, OP_FC = 3, OP_ADD = 4, OP_MAX_POOL = 5, OP_A
 /* Sequence / attention kernels (run_case2). */
 enum {
     OP_LUT = 8, OP_MUL = 9, OP_ADD_BCAST = 10, OP_MATMUL = 11, OP_SOFTMAX = 12, OP_LAYER_NORM = 13,
-    OP_MEAN_ROWS = 14, OP_SLICE = 15, OP_CONCAT = 16, OP_SELECT = 17, OP_TRANSPOSE = 18
+    OP_MEAN_ROWS = 14, OP_SLICE = 15, OP_CONCAT = 16, OP_SELECT = 17, OP_TRANSPOSE = 18, OP_WHERE = 19,
+    OP_GATHER = 20, OP_EQUAL = 21
 };
 
 typedef struct {
@@ -304,6 +305,36 @@ static int run_case2(int32_t op, reader *r, const int8_t *i8, size_t n_i8, ecm_s
         *out_size = n_i8;
         *out = alloc_out(*out_size);
         *st = ecm_select(n_i8, i8, a[1], a[2], (int8_t *)*out);
+        return 1;
+    }
+    if (op == OP_WHERE) {
+        ecm_bcast s;
+        size_t nc, nx, k;
+        if (!bcast(r, &s, &nc, &nx)) return 0;
+        for (i = 0; i < 3; i++)
+            if (!next(r, &a[i])) return 0;
+        if (n_i8 != nc + (a[2] ? nx : 0)) return 0;
+        for (*out_size = 1, k = 0; k < (size_t)s.ndim; k++) *out_size *= (size_t)s.out[k];
+        *out = alloc_out(*out_size);
+        *st = ecm_where(&s, i8, a[2] ? i8 + nc : NULL, a[0], a[1], (int8_t *)*out);
+        return 1;
+    }
+    if (op == OP_GATHER) {
+        for (i = 0; i < 3; i++)
+            if (!next(r, &a[i])) return 0;
+        if (a[0] < 0 || a[1] < 1 || a[2] < 1 || n_i8 != 4 * (size_t)a[0] + (size_t)a[1] * a[2]) return 0;
+        *out_size = (size_t)a[0] * a[2];
+        *out = alloc_out(*out_size);
+        *st = ecm_gather_rows((size_t)a[0], i8, a[1], a[2], i8 + 4 * (size_t)a[0], (int8_t *)*out);
+        return 1;
+    }
+    if (op == OP_EQUAL) {
+        for (i = 0; i < 3; i++)
+            if (!next(r, &a[i])) return 0;
+        if (a[0] < 0 || a[1] < 1 || n_i8 != (size_t)a[0] * a[1]) return 0;
+        *out_size = (size_t)a[0];
+        *out = alloc_out(*out_size);
+        *st = ecm_equal_const((size_t)a[0], i8, a[1], a[2], (int8_t *)*out);
         return 1;
     }
     if (op == OP_TRANSPOSE) {

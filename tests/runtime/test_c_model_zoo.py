@@ -25,7 +25,14 @@ ZOO_OPS = {
                         "mul", "pad", "relu", "reshape", "silu"},
     "encoder_layer_classifier": {"add", "layer_norm", "linear", "matmul", "mean", "mul", "relu", "reshape", "slice",
                                  "softmax", "transpose", "where"},
+    "tiny_transformer": {"add", "concat", "eq", "expand", "gather", "gelu", "layer_norm", "linear", "matmul", "mul",
+                         "reshape", "slice", "softmax", "transpose", "where"},
 }
+#: output steps between the integer reference and fake-quant: the tiny transformer's CLS row is
+#: nearly constant (0.02-scale parameters on a 0.024 step), so its layer norm turns a 1-step
+#: rounding difference of the row into ~30 steps; the executor's own fake-quant is 29.5 steps
+#: from float there (measured), ours 23.
+FAKE_QUANT_STEPS = {"tiny_transformer": 10}
 
 
 def _quantized(name: str):
@@ -49,9 +56,16 @@ def _quantized(name: str):
 
     QuantizePass(QuantConfig(), [sample() for _ in range(16)])(g)
     xs = [sample() for _ in range(16)]
-    codes = [[v.quant.quantize(x) if v.quant is not None else x.astype(np.int8) for v, x in zip(g.inputs, s)]
-             for s in xs]
+    codes = [[v.quant.quantize(x) if v.quant is not None else x for v, x in zip(g.inputs, s)] for s in xs]
     return g, xs, codes
+
+
+def _c_input(v, x: np.ndarray) -> np.ndarray:
+    """An input as the generated C reads it: int8 (NHWC when 4-D), a bool mask as bytes, token ids
+    as little-endian int32 bytes."""
+    if v.quant is None and v.dtype != "bool":
+        return np.ascontiguousarray(x, "<i4").view(np.int8)
+    return _nhwc(np.asarray(x, np.int8))
 
 
 @pytest.fixture(scope="module", params=sorted(ZOO_OPS))
@@ -68,8 +82,8 @@ def test_int8_reference_agrees_with_fake_quant(zoo):
     """16 held-out samples (32 rows: batch 2): every output within 2 output steps of the IR
     executor's fake-quant output (measured: at most 1 step on the LSTM / GRU models, 2 on
     mobilenet_block and the encoder, where the differences of ~40 integer kernels add up; 64-95 %
-    of the outputs equal) and the same top-1 class on at least 31 of 32 rows (measured: 32 / 32 but
-    for one near-tie of the GRU cell's logits)."""
+    of the outputs equal; the tiny transformer 9, see `FAKE_QUANT_STEPS`) and the same top-1 class
+    on at least 31 of 32 rows (measured: 32 / 32 but for one near-tie of the GRU cell's logits)."""
     from edgecompile.ir import run_graph
 
     name, g, xs, codes = zoo
@@ -77,7 +91,7 @@ def test_int8_reference_agrees_with_fake_quant(zoo):
     ints = np.concatenate([run_int8(g, *c)[0] for c in codes])
     fake = np.concatenate([np.asarray(run_graph(g, *x)) for x in xs])
     got = oq.dequantize(ints)
-    assert np.abs(got - fake).max() <= 2.01 * oq.scale[0], name
+    assert np.abs(got - fake).max() <= (FAKE_QUANT_STEPS.get(name, 2) + 0.01) * oq.scale[0], name
     assert (got.argmax(-1) == fake.argmax(-1)).sum() >= len(got) - 1, name
 
 
@@ -89,16 +103,59 @@ def test_generated_c_bit_exact(zoo, device, tmp_path):
         pytest.skip("scripts/install_toolchains.sh")
     name, g, _, codes = zoo
     cm = emit_c(g)
-    run = build_and_run(cm, [[_nhwc(c) for c in sample] for sample in codes[:3]], device, tmp_path)
+    run = build_and_run(cm, [[_c_input(v, c) for v, c in zip(g.inputs, sample)] for sample in codes[:3]], device,
+                        tmp_path)
     assert run.status == "ECM_OK", name
     for s, sample in enumerate(codes[:3]):
         for k, ref in enumerate(run_int8(g, *sample)):
             assert np.array_equal(_nhwc(ref).reshape(-1), run.outputs[(s, k)]), (name, device, s, k)
 
 
-def test_token_id_input_is_named():
-    """tiny_transformer embeds int64 token ids (gather): the generated C takes int8 inputs only, so
-    it stops with one line naming the input."""
-    g, _, _ = _quantized("tiny_transformer")
-    with pytest.raises(CBackendError, match=r"'ids'.*--backend tflite"):
+def test_token_ids_outside_the_vocabulary_are_a_status(tmp_path):
+    """tiny_transformer's token ids reach C as little-endian int32 bytes (model.h says so); an id
+    outside the embedding table stops model_run with ECM_E_RANGE (the reference refuses it too)."""
+    if not device_available("host"):
+        pytest.skip("gcc")
+    g, _, codes = _quantized("tiny_transformer")
+    cm = emit_c(g)
+    assert "int32 ids, little-endian bytes" in cm.files["model.h"] and cm.inputs[0]["size"] == 4 * 2 * 12
+    bad = np.array(codes[0][0])
+    bad[1, 3] = 100                                      # vocab is 100
+    with pytest.raises(ValueError, match="ids outside"):
+        run_int8(g, bad)
+    run = build_and_run(cm, [[_c_input(g.inputs[0], codes[0][0])], [_c_input(g.inputs[0], bad)]], "host", tmp_path)
+    assert run.status == "ECM_E_RANGE" and (0, 0) in run.outputs and (1, 0) not in run.outputs
+
+
+def test_op_without_kernel_is_named():
+    """conv1d_net's 1-D convolution has no C kernel: emit_c names the node and the way out."""
+    g, _, _ = _quantized("conv1d_net")
+    with pytest.raises(CBackendError, match=r"conv1 \(conv\).*--backend tflite"):
         emit_c(g)
+
+
+def test_where_requantizes_its_activation_branch(tmp_path):
+    """where(mask, -inf, x) with the mask broadcast over channels (4-D, stored NHWC) and an output
+    quantized apart from x: x is requantized by a table first, -inf becomes -128; the integer
+    reference equals the executor's fake-quant code for code, and the generated C the reference."""
+    from edgecompile.ir import Graph, QuantParams, infer_shapes, run_graph
+
+    g = Graph("w")
+    x = g.add_input("x", (2, 3, 4, 5))
+    x.quant = QuantParams(np.array([0.05], np.float32), np.array([3]))
+    m = g.add_input("m", (2, 1, 4, 5), dtype="bool")
+    node = g.append(g.make_node("where", [m, g.add_const("neg", np.array(-np.inf, np.float32)), x], name="w",
+                                out_dtypes=["float32"]))
+    node.output.quant = QuantParams(np.array([0.03], np.float32), np.array([-10]))
+    g.outputs = [node.output]
+    infer_shapes(g)
+    rng = np.random.default_rng(1)
+    xq, mask = rng.integers(-128, 128, (2, 3, 4, 5)).astype(np.int8), rng.random((2, 1, 4, 5)) < 0.3
+    fake = node.output.quant.quantize(run_graph(g, x.quant.dequantize(xq), mask))
+    ints = run_int8(g, xq, mask)[0]
+    assert np.array_equal(ints, fake) and (ints == -128).sum() >= mask.sum() * 3
+    if device_available("host"):
+        cm = emit_c(g)
+        assert [layer.kernel for layer in cm.layers] == ["lut", "select"]
+        run = build_and_run(cm, [[_nhwc(xq), _nhwc(mask.astype(np.int8))]], "host", tmp_path)
+        assert np.array_equal(run.outputs[(0, 0)], _nhwc(ints).reshape(-1))

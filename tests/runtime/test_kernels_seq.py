@@ -19,7 +19,8 @@ from edgecompile.backends.c_ref.params import (
 from test_kernels import Case, _act, _i8, _zp, assert_c_matches, run_cases, tool  # noqa: F401 (fixture)
 
 OP_LUT, OP_MUL, OP_ADD_BCAST, OP_MATMUL, OP_SOFTMAX, OP_LAYER_NORM = range(8, 14)
-OP_MEAN_ROWS, OP_SLICE, OP_CONCAT, OP_SELECT, OP_TRANSPOSE = range(14, 19)
+OP_MEAN_ROWS, OP_SLICE, OP_CONCAT, OP_SELECT, OP_TRANSPOSE, OP_WHERE, OP_GATHER, OP_EQUAL = range(14, 22)
+WHERE_X = 256
 
 
 def _scale(rng, lo=-9.0, hi=-2.0) -> float:
@@ -181,8 +182,41 @@ def transpose_case(rng, label) -> Case:
     return Case(OP_TRANSPOSE, [len(shape), *shape, *perm], x.tobytes(), x.transpose(perm), f"{label} transpose")
 
 
+def where_case(rng, label) -> Case:
+    out, sc, sx = _bcast_shapes(rng)
+    cond = (rng.random(sc) < 0.4).astype(np.int8) * rng.integers(1, 4)
+    x = _i8(rng, sx)
+    has_x = rng.random() < 0.8
+    codes = [int(rng.integers(-128, 128)), int(rng.integers(-128, 128))]
+    if has_x:
+        codes[int(rng.integers(0, 2))] = WHERE_X
+    branch = [x if c == WHERE_X else c for c in codes]
+    y = np.broadcast_to(K.select(cond, *branch), out)
+    i32 = [len(out), *out, *sc, *sx, *codes, int(has_x)]
+    return Case(OP_WHERE, i32, cond.astype(np.int8).tobytes() + (x.tobytes() if has_x else b""), y,
+                f"{label} where {sc} {sx} {codes}")
+
+
+def gather_case(rng, label) -> Case:
+    vocab, row = int(rng.integers(1, 50)), int(rng.integers(1, 40))
+    ids = rng.integers(0, vocab, int(rng.integers(0, 30))).astype("<i4")
+    table = _i8(rng, (vocab, row))
+    return Case(OP_GATHER, [ids.size, vocab, row], ids.tobytes() + table.tobytes(), K.gather_rows(ids, table),
+                f"{label} gather {ids.size} of {vocab}x{row}")
+
+
+def equal_case(rng, label) -> Case:
+    n, width = int(rng.integers(0, 60)), int(rng.choice([1, 4]))
+    if width == 1:
+        x = rng.integers(-2, 3, n).astype(np.int8)
+    else:
+        x = rng.choice([0, 1, -1, 70000, -(2 ** 31), 2 ** 31 - 1], n).astype("<i4")
+    value = int(x[0]) if n and rng.random() < 0.7 else int(rng.integers(-2, 3))
+    return Case(OP_EQUAL, [n, width, value], x.tobytes(), K.equal_const(x, value), f"{label} equal w{width}")
+
+
 GENERATORS = (lut_case, mul_case, add_bcast_case, matmul_case, softmax_case, layer_norm_case, mean_rows_case,
-              slice_case, concat_case, select_case, transpose_case)
+              slice_case, concat_case, select_case, transpose_case, where_case, gather_case, equal_case)
 
 
 def seq_cases(rng, per_kernel: int = 6) -> list[Case]:
@@ -246,6 +280,11 @@ def test_bad_sequence_calls_are_rejected_before_writing(tool, tmp_path):  # noqa
         "sub flag 2": (Case(OP_ADD_BCAST, [1, 2, 2, 2, 2, 0, 0, 0, 1 << 30, 0, 1 << 30, 0, 1 << 30, 0, 20, -128, 127],
                             bytes(4)), "ECM_E_ARG"),
         "transpose repeated axis": (Case(OP_TRANSPOSE, [2, 2, 2, 0, 0], bytes(4)), "ECM_E_ARG"),
+        "token id past the vocabulary": (Case(OP_GATHER, [3, 4, 2], np.array([1, 4, 0], "<i4").tobytes() + bytes(8)),
+                                         "ECM_E_RANGE"),
+        "negative token id": (Case(OP_GATHER, [1, 4, 2], np.array([-1], "<i4").tobytes() + bytes(8)), "ECM_E_RANGE"),
+        "where without x": (Case(OP_WHERE, [1, 2, 2, 2, WHERE_X, 0, 0], bytes(2)), "ECM_E_ARG"),
+        "equal width 2": (Case(OP_EQUAL, [2, 2, 0], bytes(4)), "ECM_E_ARG"),
     }
     results = run_cases(tool, tmp_path, [c for c, _ in bad.values()])
     for (name, (_, want)), (status, raw) in zip(bad.items(), results):

@@ -11,7 +11,7 @@ import numpy as np
 
 from ...ir import Node, Value
 
-__all__ = ["KernelCall", "CRefUnsupported", "storage_axis", "storage_shape", "ir_strides"]
+__all__ = ["KernelCall", "CRefUnsupported", "storage_axis", "storage_shape", "ir_strides", "is_mask_or_ids"]
 
 
 class CRefUnsupported(ValueError):
@@ -52,8 +52,16 @@ def _fail(node: Node, why: str) -> CRefUnsupported:
     return CRefUnsupported(f"node {node.name} ({node.op}): {why}")
 
 
+def is_mask_or_ids(v: Value) -> bool:
+    """A bool mask (bytes 0 / 1) or integer ids (int32): values that carry no quantization."""
+    return v.quant is None and v.dtype in ("bool", "int32", "int64")
+
+
 def _same_q(node: Node) -> None:
-    if _q(node.inputs[0]) != _q(node.output):
+    x = node.inputs[0]
+    if is_mask_or_ids(x) and x.dtype == "bool" and node.output.dtype == "bool":
+        return                                   # data movement of a mask
+    if _q(x) != _q(node.output):
         raise _fail(node, "must keep its input's quantization (the quantize pass shares it)")
 
 

@@ -29,8 +29,8 @@ import numpy as np
 
 from ...ir import Graph, Node, Value
 from . import kernels as K
-from .calls import CRefUnsupported, KernelCall, _fail, _nchw, _nhwc, _q, _same_q
-from .lower_seq import SEQ_LOWERINGS, _mean_axes, operands
+from .calls import CRefUnsupported, KernelCall, _fail, _nchw, _nhwc, _q, _same_q, is_mask_or_ids
+from .lower_seq import SEQ_LOWERINGS, _mean_axes, concat_inputs, const_value, operands, select_branches
 from .params import conv_multipliers, fc_multipliers, mean_multiplier
 
 __all__ = ["KernelCall", "lower", "execute", "run_int8", "CRefUnsupported", "LOWERINGS", "run_call"]
@@ -154,10 +154,16 @@ def lower(graph: Graph, fuse: bool = True) -> list[KernelCall]:
     """The graph as kernel calls in schedule order; raises `CRefUnsupported` naming the first node
     without a reference kernel. With `fuse`, clamps fold into the producing kernel's ``act``."""
     for v in graph.inputs:
-        if v.dtype != "bool":       # a bool mask travels as bytes 0 / 1
+        if not is_mask_or_ids(v):   # a bool mask travels as bytes 0 / 1, integer ids as int32
             _q(v)
+    outputs = {id(v) for v in graph.outputs}
     calls: list[KernelCall] = []
     for node in graph.nodes:
+        if node.inputs and all(const_value(v) is not None for v in node.inputs if v is not None) \
+                and const_value(node.output) is not None:
+            if id(node.output) in outputs:
+                raise _fail(node, "a graph output computed from constants only")
+            continue                # folded: its consumers read the value (`lower_seq.const_value`)
         fn = LOWERINGS.get(node.op)
         if fn is None:
             raise _fail(node, "no integer reference kernel")
@@ -233,9 +239,13 @@ def run_call(call: KernelCall, env: dict[str, np.ndarray]) -> np.ndarray:
         index[a["axis"]] = slice(a["start"], a["end"], a["step"])
         return np.ascontiguousarray(xs[0][tuple(index)])
     if call.kernel == "concat":
-        return np.concatenate(xs, axis=a["axis"])
+        return np.concatenate(concat_inputs(call, env), axis=a["axis"])
     if call.kernel == "select":
-        return K.select(xs[0], a["if_true"], a["if_false"])
+        return K.select(*select_branches(call, env))
+    if call.kernel == "gather_rows":
+        return K.gather_rows(xs[0], a["table"])
+    if call.kernel == "equal_const":
+        return K.equal_const(xs[0], a["value"])
     return getattr(K, call.kernel)(*xs, **a)
 
 
@@ -247,14 +257,18 @@ def execute(calls: list[KernelCall], env: dict[str, np.ndarray]) -> dict[str, np
 
 
 def run_int8(graph: Graph, *inputs_q: np.ndarray) -> list[np.ndarray]:
-    """Runs a quantized graph (the quantize pass's convention) on int8 inputs in the IR's layout;
-    returns int8 outputs in the IR's layout."""
+    """Runs a quantized graph (the quantize pass's convention) on int8 inputs in the IR's layout
+    (bool masks as bool or 0 / 1, integer ids as integers); returns int8 outputs in the IR's layout."""
     env: dict[str, np.ndarray] = {}
     for v, x in zip(graph.inputs, inputs_q, strict=True):
         x = np.asarray(x)
-        if v.dtype == "bool" and x.dtype == np.bool_:
-            x = x.astype(np.int8)
-        if x.dtype != np.int8 or tuple(x.shape) != tuple(v.shape):
+        if is_mask_or_ids(v) and x.dtype.kind in "biu":
+            if v.dtype != "bool" and x.size and (x.min() < -(2 ** 31) or x.max() >= 2 ** 31):
+                raise ValueError(f"input {v.name!r}: ids beyond int32")
+            x = x.astype(np.int8 if v.dtype == "bool" else np.int32)
+        elif x.dtype != np.int8:
+            raise ValueError(f"input {v.name!r}: expected int8, got {x.dtype}")
+        if tuple(x.shape) != tuple(v.shape):
             raise ValueError(f"input {v.name!r}: expected int8 {list(v.shape)}, got {x.dtype} {list(x.shape)}")
         env[v.name] = _nhwc(x)
     execute(lower(graph), env)

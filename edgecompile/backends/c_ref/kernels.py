@@ -37,7 +37,7 @@ from .fixedpoint import (
 __all__ = ["quantize_multiplier", "multiply_by_quantized_multiplier", "activation_range", "quantize_scalar",
            "conv_output_size", "conv2d", "fully_connected", "add", "max_pool2d", "avg_pool2d", "mean_hw",
            "ADD_LEFT_SHIFT", "lut", "mul", "batch_matmul", "softmax", "layer_norm", "isqrt",
-           "mean_axes", "select", "MAX_ROW"]
+           "mean_axes", "select", "gather_rows", "equal_const", "MAX_ROW"]
 
 #: TFLite's int8 ADD/SUB: inputs are shifted left by 20 bits before their multipliers (add.cc).
 ADD_LEFT_SHIFT = 20
@@ -337,7 +337,25 @@ def mean_axes(x: np.ndarray, axes: Sequence[int], *, input_zp: int, output_zp: i
     return np.clip(multiply_by_quantized_multiplier(acc, multiplier, shift) + output_zp, -128, 127).astype(np.int8)
 
 
-def select(cond: np.ndarray, if_true: int, if_false: int) -> np.ndarray:
-    """``cond ? if_true : if_false`` with two int8 codes (a ``where`` whose branches are constants,
-    quantized at build time); `cond` is a bool mask stored as bytes (nonzero is true)."""
-    return np.where(np.asarray(cond) != 0, np.int8(if_true), np.int8(if_false)).astype(np.int8)
+def select(cond: np.ndarray, if_true, if_false) -> np.ndarray:
+    """``cond ? if_true : if_false`` (a ``where``): `cond` a bool mask stored as bytes (nonzero is
+    true), each branch an int8 code (a constant quantized at build time) or an int8 activation
+    already in the output's quantization; shapes broadcast as numpy's."""
+    t, f = np.asarray(if_true, np.int64), np.asarray(if_false, np.int64)
+    return np.where(np.asarray(cond) != 0, t, f).astype(np.int8)
+
+
+def gather_rows(ids: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Embedding lookup: ``table[ids]`` (table int8 [vocab, d], already in the output's
+    quantization); raises ValueError for an id outside [0, vocab) (the C kernel returns
+    ECM_E_RANGE before writing anything)."""
+    ids = np.asarray(ids, np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
+        raise ValueError(f"gather: ids outside [0, {table.shape[0]})")
+    return table[ids]
+
+
+def equal_const(x: np.ndarray, value: int) -> np.ndarray:
+    """``x == value`` as bytes 0 / 1: a comparison on integer ids or a bool mask (``mask == False``
+    is a logical not)."""
+    return (np.asarray(x, np.int64) == int(value)).astype(np.int8)

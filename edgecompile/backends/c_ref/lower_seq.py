@@ -20,13 +20,48 @@ from .params import (
     mul_multiplier, quantize_const, softmax_table,
 )
 
-__all__ = ["SEQ_LOWERINGS", "operands"]
+__all__ = ["SEQ_LOWERINGS", "operands", "const_value", "concat_inputs", "select_branches"]
 
 
 def _to_storage(c: np.ndarray, rank: int) -> np.ndarray:
     """A constant in IR layout, given `rank` dimensions (leading 1s) and stored like an activation."""
     c = c.reshape((1,) * (rank - c.ndim) + c.shape)
     return _nhwc(c)
+
+
+_FOLDED = ("expand", "reshape", "cast")
+
+
+def const_value(v: Value | None) -> np.ndarray | None:
+    """The value of `v` if it is known at build time: a constant stored unquantized (float, bool,
+    int), or expand / reshape / cast of one (such nodes are folded: they emit no call; the IR
+    layout). None for activations and quantized weights."""
+    if v is None:
+        return None
+    if v.is_const:
+        return None if v.quant is not None else np.asarray(v.data)
+    n = v.producer
+    src = None if n is None or n.op not in _FOLDED else const_value(n.inputs[0])
+    if src is None:
+        return None
+    if n.op == "cast":
+        return src.astype(np.dtype(n.attrs["dtype"]))
+    return np.broadcast_to(src, tuple(v.shape)) if n.op == "expand" else src.reshape(tuple(v.shape))
+
+
+def _code(value: float, out: Value) -> int:
+    """A constant as the fake-quant executor quantizes it into `out` (float32, half to even,
+    clamped: infinities go to the int8 ends)."""
+    if np.isnan(value):
+        raise ValueError("NaN constant")
+    return int(out.quant.quantize(np.array([value], np.float32))[0])
+
+
+def _requant_table(src: Value, dst: Value) -> np.ndarray:
+    """The lookup table moving an int8 activation from `src`'s quantization to `dst`'s, with the
+    executor's arithmetic (dequantize, then quantize: float32, half to even)."""
+    _q(src), _q(dst)
+    return dst.quant.quantize(src.quant.dequantize(np.arange(-128, 128, dtype=np.int8))).astype(np.int8)
 
 
 def _lut(node: Node) -> list[KernelCall]:
@@ -50,16 +85,22 @@ def _binary(node: Node) -> list[KernelCall]:
     for key, v in zip(("a", "b"), node.inputs):
         if v is None:
             raise _fail(node, "missing operand")
-        if v.is_const:
-            if v.quant is not None:
-                raise _fail(node, f"operand {v.name} is a quantized weight, not an activation or float constant")
-            data = np.asarray(v.data, np.float64)
+        data = const_value(v)
+        if data is not None:
+            data = np.asarray(data, np.float64)
             if not np.isfinite(data).all():
                 raise _fail(node, f"constant {v.name} is not finite")
-            s, zp = const_qparams(data)
-            args["const_" + key] = _to_storage(quantize_const(data, s, zp), rank)
-            q.append((s, zp))
+            # a folded value carries the quantization the executor gave it; a plain one gets its own
+            if v.quant is not None:
+                q.append(_q(v))
+                code = v.quant.quantize(data.astype(np.float32))
+            else:
+                q.append(const_qparams(data))
+                code = quantize_const(data, *q[-1])
+            args["const_" + key] = _to_storage(code, rank)
             continue
+        if v.is_const:
+            raise _fail(node, f"operand {v.name} is a quantized weight, not an activation or float constant")
         if (len(v.shape) == 4) != (rank == 4) or len(v.shape) > rank:
             raise _fail(node, f"operand {v.name} {list(v.shape)} does not broadcast in the NHWC storage of "
                               f"{list(out.shape)}")
@@ -175,12 +216,36 @@ def _slice(node: Node) -> list[KernelCall]:
 
 
 def _concat(node: Node) -> list[KernelCall]:
+    """Activations sharing the output's quantization (or bool masks), and constants: quantized
+    here (``consts``: input position -> stored int8 array)."""
     out = node.output
-    for v in node.inputs:
-        if v is None or v.is_const or _q(v) != _q(out):
-            raise _fail(node, "only activations sharing the output's quantization are concatenated")
-    return [KernelCall(node.name, "concat", tuple(v.name for v in node.inputs), out.name,
-                       dict(axis=storage_axis(len(out.shape), node.attrs["axis"])))]
+    rank, mask = len(out.shape), out.dtype == "bool"
+    names, consts = [], {}
+    for i, v in enumerate(node.inputs):
+        data = const_value(v)
+        if data is not None:
+            if mask:
+                code = np.asarray(data, np.int8)
+            else:                  # as the executor quantizes the constant (its own parameters or the output's)
+                if v.quant is not None and _q(v) != _q(out):
+                    raise _fail(node, f"constant {v.name} does not share the output's quantization")
+                code = (v.quant if v.quant is not None else out.quant).quantize(np.asarray(data, np.float32))
+            consts[i] = np.ascontiguousarray(_to_storage(code, rank))
+        elif v is None or v.is_const or (v.dtype != "bool" if mask else _q(v) != _q(out)):
+            raise _fail(node, "only activations sharing the output's quantization, masks and constants are "
+                              "concatenated")
+        else:
+            names.append(v.name)
+    if not names:
+        raise _fail(node, "every input is a constant (fold it first)")
+    return [KernelCall(node.name, "concat", tuple(names), out.name,
+                       dict(axis=storage_axis(rank, node.attrs["axis"]), consts=consts))]
+
+
+def concat_inputs(call: KernelCall, env: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The arrays of a concat call in order: activations from `env`, constants from its args."""
+    names, consts = iter(call.inputs), call.args.get("consts", {})
+    return [consts[i] if i in consts else env[next(names)] for i in range(len(call.inputs) + len(consts))]
 
 
 def _transpose(node: Node) -> list[KernelCall]:
@@ -208,25 +273,77 @@ def _pad(node: Node) -> list[KernelCall]:
 
 
 def _where(node: Node) -> list[KernelCall]:
-    """A mask selecting between two constants (an attention mask built from a bool input): the
-    two values quantized with the output's parameters as the fake-quant executor does (-inf ->
-    -128). Selecting between activations is not supported yet."""
+    """A bool mask selecting between a constant and an activation, or two constants (attention
+    masks): constants become codes of the output's quantization as the fake-quant executor makes
+    them (-inf -> -128); an activation in another quantization is requantized first (a lookup
+    table). ``if_true`` / ``if_false``: a code, or None for the activation (the call's second
+    input). Shapes broadcast (all 4-D, stored NHWC, or none)."""
     cond, *branches = node.inputs
     out = node.output
-    if cond is None or cond.is_const or cond.dtype != "bool" or tuple(cond.shape) != tuple(out.shape):
-        raise _fail(node, "only a bool mask of the output's shape selecting between two constants")
+    rank = len(out.shape)
+    if cond is None or const_value(cond) is not None or cond.dtype != "bool" or (len(cond.shape) == 4) != (rank == 4):
+        raise _fail(node, "the condition must be a bool mask computed at run time, stored like the output")
     s, zp = _q(out)
-    codes = []
+    calls, inputs, codes = [], [cond.name], []
     for v in branches:
-        vals = None if v is None or not v.is_const else np.unique(np.asarray(v.data, np.float64))
-        if vals is None or vals.size != 1:
-            raise _fail(node, "only a bool mask of the output's shape selecting between two constants")
-        codes.append(int(np.clip(np.nan_to_num(np.rint(vals[0] / s), posinf=1e9, neginf=-1e9) + zp, -128, 127)))
-    return [KernelCall(node.name, "select", (cond.name,), out.name, dict(if_true=codes[0], if_false=codes[1]))]
+        data = const_value(v)
+        if data is not None:
+            vals = np.unique(np.asarray(data, np.float64))
+            if vals.size != 1 or np.isnan(vals[0]):
+                raise _fail(node, "a constant branch must hold one (non-NaN) value")
+            codes.append(_code(float(vals[0]), out))
+            continue
+        if v is None or v.is_const or len(inputs) == 2 or (len(v.shape) == 4) != (rank == 4):
+            raise _fail(node, "at most one branch may be an activation, stored like the output")
+        name = v.name
+        if _q(v) != (s, zp):
+            name = out.name + "/requant"
+            calls.append(KernelCall(node.name, "lut", (v.name,), name, dict(table=_requant_table(v, out),
+                                                                              fn="requantize")))
+        inputs.append(name)
+        codes.append(None)
+    return calls + [KernelCall(node.name, "select", tuple(inputs), out.name,
+                               dict(if_true=codes[0], if_false=codes[1]))]
+
+
+def select_branches(call: KernelCall, env: dict[str, np.ndarray]) -> list:
+    """cond, if_true, if_false of a select call (a code or the activation array)."""
+    x = env[call.inputs[1]] if len(call.inputs) > 1 else None
+    return [env[call.inputs[0]], *(x if call.args[k] is None else call.args[k] for k in ("if_true", "if_false"))]
+
+
+def _eq(node: Node) -> list[KernelCall]:
+    """A run-time mask or integer ids compared with a constant scalar: bytes 0 / 1."""
+    a, b = node.inputs
+    if const_value(a) is not None:
+        a, b = b, a
+    value = const_value(b)
+    if value is None or np.size(value) != 1 or const_value(a) is not None or a.quant is not None:
+        raise _fail(node, "only a mask or integer ids compared with one constant")
+    if a.dtype not in ("bool", "int32", "int64") or (a.producer is not None and a.dtype != "bool"):
+        raise _fail(node, "only a bool mask or integer ids of a graph input are compared")
+    return [KernelCall(node.name, "equal_const", (a.name,), node.output.name,
+                       dict(value=int(np.asarray(value).reshape(-1)[0]), width=1 if a.dtype == "bool" else 4))]
+
+
+def _gather(node: Node) -> list[KernelCall]:
+    """An embedding lookup (gather axis 0 of a quantized [vocab, d] table by integer ids of a graph
+    input): the table is requantized to the output's parameters at build time, as the fake-quant
+    executor dequantizes it and quantizes the looked-up rows, so the kernel copies rows."""
+    table, ids = node.inputs
+    out = node.output
+    if (node.attrs.get("axis") != 0 or table is None or not table.is_const or table.data.ndim != 2
+            or ids is None or ids.is_const or ids.producer is not None or ids.dtype not in ("int32", "int64")
+            or len(out.shape) == 4):
+        raise _fail(node, "only an embedding lookup of a constant [vocab, d] table by integer ids of a graph "
+                          "input (output not 4-D)")
+    _q(out)
+    rows = out.quant.quantize(np.asarray(table.real(), np.float32))
+    return [KernelCall(node.name, "gather_rows", (ids.name,), out.name, dict(table=np.ascontiguousarray(rows)))]
 
 
 SEQ_LOWERINGS = {
     "add": _binary, "sub": _binary, "mul": _binary, "matmul": _matmul, "softmax": _softmax,
     "layer_norm": _layer_norm, "slice": _slice, "concat": _concat, "transpose": _transpose, "pad": _pad,
-    "where": _where, **{op: _lut for op in LUT_FUNCTIONS},
+    "where": _where, "eq": _eq, "gather": _gather, **{op: _lut for op in LUT_FUNCTIONS},
 }
