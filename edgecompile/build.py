@@ -246,8 +246,7 @@ def _write_c_bundle(stage: Path, graph: Graph, target: Target, cfg: BuildConfig,
     a few eval samples. The session is the numpy integer reference: the device's arithmetic."""
     from .backends.c_bundle import write_c_model
     from .backends.c_model import CBackendError, emit_c
-    from .backends.c_ref.graph import _nhwc
-    from .backends.c_ref.session import ReferenceSession
+    from .backends.c_ref.session import ReferenceSession, device_bytes
 
     codecs = tuple(c for c in (cfg.codecs or target.codecs) if c in target.codecs and c != "zstd") or ("raw",)
     try:
@@ -264,7 +263,7 @@ def _write_c_bundle(stage: Path, graph: Graph, target: Target, cfg: BuildConfig,
     for xs, _ in _padded_batches(tuple(a[: C_DEMO_BATCHES * batch] for a in evals), batch):
         demo.append(session.quantize_inputs(*xs))
     write_c_model(stage, cm, target.kind, target.name, target.triple, target.cpu,
-                  [[_nhwc(x) for x in sample] for sample in demo])
+                  [[device_bytes(v, x) for v, x in zip(graph.inputs, sample)] for sample in demo])
     io = lambda ds: [{k: d[k] for k in ("name", "shape", "scale", "zero_point", "layout")} for d in ds]  # noqa: E731
     manifest = {"format": "edgecompile-bundle", "version": 1, "backend": "c", "model": "runtime/model/model.c",
                 "weights": "weights.ecw", "inputs": io(cm.inputs), "outputs": io(cm.outputs),

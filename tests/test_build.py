@@ -84,3 +84,17 @@ def test_failed_verification_keeps_only_its_report(tmp_path):
     # a later successful build into the same folder clears the failed report
     build(None, BuildConfig(target="rpi4", out=out, latency_repeats=2))
     assert (out / "manifest.json").is_file() and not failed.exists()
+
+
+@pytest.mark.parametrize("factory", ["lstm_cell_model", pytest.param("tiny_transformer", marks=pytest.mark.slow)])
+def test_mcu_generated_c_on_zoo_models(factory, tmp_path):
+    """Recurrent cells and a transformer (token ids in, GELU, softmax, layer norm) built for a
+    microcontroller: generated C, verified by the integer reference, the host build bit-exact."""
+    from pathlib import Path
+
+    spec = f"{Path(__file__).with_name('models.py')}:{factory}"
+    res = build(spec, BuildConfig(target="nrf52840", out=tmp_path / factory, latency_repeats=1))
+    rep = res.report
+    assert rep["backend"] == "c" and not rep["verdict"]["failures"]
+    assert rep["device"]["host_check"].startswith("bit-exact")
+    assert rep["memory"]["fits_ram"] and rep["memory"]["arena_bytes"] > 0
