@@ -160,6 +160,21 @@ def _repeat_index_named(model_bytes: bytes, tensors: dict[str, np.ndarray], feed
     return None
 
 
+def _missing_weights(model_bytes: bytes, tensors: dict[str, np.ndarray]) -> list[str]:
+    """Names of the model's external initializers that `tensors` lacks (empty without the ``onnx``
+    package, as on a board: then onnxruntime's own message has to do)."""
+    try:
+        import onnx
+    except ImportError:
+        return []
+    m = onnx.ModelProto()
+    try:
+        m.ParseFromString(model_bytes)
+    except Exception:   # a damaged file (protobuf's DecodeError): onnxruntime's message says so
+        return []
+    return [t.name for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL and t.name not in tensors]
+
+
 class BundleSession(BundleSessionBase):
     """A loaded ONNX bundle: an onnxruntime session plus the manifest's input/output description.
 
@@ -239,9 +254,11 @@ def load_bundle(bundle_dir: str | Path, *, threads: int | None = None, node_map=
         sess = create_session(model_bytes, tensors, threads=threads)
     except ORT_ERRORS as e:
         if isinstance(e, _ORT_FILE_ERRORS) or (parse_ort_error(str(e))[0] is None and re.search(
-                r"external data|initializer", str(e), re.IGNORECASE)):   # the file or the weights, not an op
+                r"external data|initializer|location", str(e), re.IGNORECASE)):   # the file or the weights, not an op
+            missing = _missing_weights(model_bytes, tensors)
+            why = f"the container has no {', '.join(missing[:5])}" if missing else one_line(str(e))
             raise BundleError(f"{root}: onnxruntime cannot load the model with the container's weights: "
-                              f"{one_line(str(e))}") from None
+                              f"{why}") from None
         raise runtime_error(e, "load", node_map, model_bytes, tensors, model=manifest["model"]) from None
     log.debug("loaded %s: %d tensors", root, len(tensors))
     return BundleSession(sess, manifest, root, model_bytes=model_bytes, tensors=tensors, node_map=node_map)

@@ -57,9 +57,6 @@ DEFAULT_OPSET = 17
 DEFAULT_ACTIVATIONS = "uint8"   # measured: see the module docstring
 DEFAULT_INT8_OPS = "qdq"
 DEFAULT_DYNAMIC_OPS = "standard"   # measured: see the module docstring
-#: External-data location written for container weights; deliberately not a file, so that
-#: `onnx.load` of a bundle's model fails clearly instead of reading the .ecw bytes as raw data.
-EXTERNAL_LOCATION = "weights.ecw/{name}"
 
 __all__ = ["EmittedModel", "OnnxEmitError", "emit_onnx", "DEFAULT_OPSET"]
 
@@ -76,7 +73,10 @@ class EmittedModel:
         Every weight initializer by name, in the layout the model consumes (linear weights
         transposed to [in, out]): what the `.ecw` container must hold.
     quant : dict[str, QuantInfo | None]
-        Quantization of each tensor in `tensors` (None for float ones).
+        What the container records of each tensor's quantization: set for the weights the loader
+        dequantizes (`dequantize_at_load`); None for float tensors and for integer ones whose
+        scales the model itself holds (DequantizeLinear / QLinearConv inputs), which the
+        container would only repeat (8 bytes a channel).
     ops : list[tuple[str, int]]
         ONNX op types used, each with the opset version of its definition.
     """
@@ -176,7 +176,7 @@ def emit_onnx(graph: Graph, *, embed_weights: bool, activations: str = DEFAULT_A
     model = _assemble(b, graph, outputs, embed_weights)
     if check and embed_weights:
         onnx.checker.check_model(model)
-    quant = {k: _quant_info(q) for k, q in b.weight_quant.items()}
+    quant = {k: _quant_info(q) if k in b.load_dequantized else None for k, q in b.weight_quant.items()}
     # contrib (com.microsoft) ops have no schema in onnx: recorded at their domain version 1
     ops = sorted({(n.op_type, onnx.defs.get_schema(n.op_type, opset, n.domain).since_version
                    if n.domain in ("", "ai.onnx") else 1) for n in model.graph.node})
@@ -198,44 +198,47 @@ def _spans(node_map: list[tuple[int, str, str]]) -> tuple[tuple[int, str, str], 
 
 
 def _minify(model: onnx.ModelProto, keep: set[str]) -> dict[str, str]:
-    """Short names for every tensor but the graph's inputs and outputs, no node names.
+    """Short names for every tensor but the graph's inputs and outputs; no node or graph names.
 
     In a deployable model the names are most of the bytes (measured: 52 KB of 82 KB for a small
     int8 transformer, ~200 B per node); the container and the loader use the short names too.
+    Names are 1, 2, ... characters of ``[0-9a-zA-Z]``, the most referenced tensors first.
     Returns the old -> new map of every renamed initializer and value.
     """
     g = model.graph
-    rename: dict[str, str] = {}
-
-    def short(name: str) -> str:
-        if not name or name in keep:
-            return name
-        if name not in rename:
-            rename[name] = _b36(len(rename))
-        return rename[name]
-
+    uses: dict[str, int] = {}
+    for name in [t.name for t in g.initializer] + [x for n in g.node for x in (*n.input, *n.output)]:
+        if name and name not in keep:
+            uses[name] = uses.get(name, 0) + 1
+    short = _short_names(keep)
+    rename = {name: next(short) for name in sorted(uses, key=lambda k: -uses[k])}   # stable: ties keep order
     for t in g.initializer:
-        t.name = short(t.name)
-        for entry in t.external_data:
-            if entry.key == "location":
-                entry.value = EXTERNAL_LOCATION.format(name=t.name)
+        t.name = rename.get(t.name, t.name)
     for n in g.node:
-        n.name = ""
-        n.input[:] = [short(x) for x in n.input]
-        n.output[:] = [short(x) for x in n.output]
+        n.ClearField("name")
+        n.input[:] = [rename.get(x, x) for x in n.input]
+        n.output[:] = [rename.get(x, x) for x in n.output]
     for vi in list(g.value_info):
-        vi.name = short(vi.name)
+        vi.name = rename.get(vi.name, vi.name)
+    g.ClearField("name")
     return rename
 
 
-def _b36(i: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    out = ""
+_NAME_CHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def _short_names(taken: set[str]):
+    """``0``, ``1``, ..., ``Z``, ``00``, ... (skipping `taken`): the shortest names first."""
+    width = 1
     while True:
-        i, r = divmod(i, 36)
-        out = digits[r] + out
-        if i == 0:
-            return "t" + out
+        for i in range(len(_NAME_CHARS) ** width):
+            name = ""
+            for _ in range(width):
+                i, r = divmod(i, len(_NAME_CHARS))
+                name = _NAME_CHARS[r] + name
+            if name not in taken:
+                yield name
+        width += 1
 
 
 def _outputs(b: OnnxBuilder, graph: Graph) -> list[str]:
@@ -260,10 +263,11 @@ def _assemble(b: OnnxBuilder, graph: Graph, outputs: list[str], embed: bool) -> 
         else:
             t = numpy_helper.from_array(arr, name)
         if not embed:
+            # external, without a location: onnxruntime takes the data from the session options
+            # (the loader), and `onnx.load` refuses the tensor ("Location ... should not be empty")
+            # instead of reading some file as its data; a location would cost ~26 bytes a weight
             t.ClearField("raw_data")
             t.data_location = TensorProto.EXTERNAL
-            entry = t.external_data.add()
-            entry.key, entry.value = "location", EXTERNAL_LOCATION.format(name=name)
         inits.append(t)
     ins = [helper.make_tensor_value_info(v.name, elem_type(v.dtype), list(v.shape)) for v in graph.inputs]
     outs = [helper.make_tensor_value_info(name, elem_type(v.dtype), list(v.shape))
@@ -272,8 +276,7 @@ def _assemble(b: OnnxBuilder, graph: Graph, outputs: list[str], embed: bool) -> 
     opsets = [helper.make_opsetid("", b.opset)]
     if any(n.domain == "com.microsoft" for n in b.nodes):
         opsets.append(helper.make_opsetid("com.microsoft", 1))
-    model = helper.make_model(g, opset_imports=opsets, producer_name="edgecompile",
-                              ir_version=helper.find_min_ir_version_for(opsets[:1]))
+    model = helper.make_model(g, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets[:1]))
     return model
 
 

@@ -64,6 +64,7 @@ class OnnxBuilder:
         self._quant: dict[int, str] = {}                 # id(Value) -> quantized tensor name
         self._qparams: dict[int, tuple[str, str]] = {}   # id(Value) -> (scale, zero point) names
         self._derived: dict[tuple, str] = {}             # cache of derived weight forms
+        self._consts: dict[tuple, str] = {}              # (dtype, shape, bytes) -> small constant
 
     # -- names and nodes ----------------------------------------------------------------------
     def fresh(self, base: str) -> str:
@@ -81,15 +82,20 @@ class OnnxBuilder:
         elif isinstance(outputs, str):
             outputs = [outputs]
         node = helper.make_node(op_type, inputs, outputs, name=self.fresh(f"{base or outputs[0]}/{op_type}"),
-                                domain=domain or None, **attrs)
+                                domain=domain or None, **_without_defaults(op_type, attrs))
         self.nodes.append(node)
         return outputs
 
     def const(self, array: np.ndarray, base: str) -> str:
-        """A small constant embedded in the model (never in the container)."""
-        name = self.fresh(base)
-        self.small.append(numpy_helper.from_array(np.asarray(array), name))
-        return name
+        """A small constant embedded in the model (never in the container); equal constants (same
+        dtype, shape and bytes: a shape, axes, a zero point) are one initializer."""
+        array = np.asarray(array)
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._consts:
+            name = self.fresh(base)
+            self.small.append(numpy_helper.from_array(array, name))
+            self._consts[key] = name
+        return self._consts[key]
 
     def ints(self, values, base: str) -> str:
         return self.const(np.asarray(list(values), np.int64), base)
@@ -121,9 +127,34 @@ class OnnxBuilder:
             zp = q.zero_point.astype(q.dtype)
             zp = zp if q.axis is not None else zp.reshape(())
             attrs = {} if q.axis is None else {"axis": q.axis}
-            # the zero point is kept even when all zero: onnxruntime's QGemm fusion needs it
-            ins = [stored, self.const(scale, f"{base}.scale"), self.const(zp, f"{base}.zero_point")]
+            ins = [stored, self.const(scale, f"{base}.scale")]
+            # an int8 weight's zero point is kept even when all zero: onnxruntime's QGemm fusion
+            # needs it; an int32 bias's (always 0) is left out, fusions do not look at it
+            if q.dtype != "int32" or np.any(zp):
+                ins.append(self.const(zp, f"{base}.zero_point"))
             self._derived[key] = self.add("DequantizeLinear", ins, base=f"{base}.dq", **attrs)[0]
+        return self._derived[key]
+
+    def bias_real(self, bias: Value, x: Value, w: Value) -> str:
+        """The real form of a conv / linear bias. An int32 bias whose scale is exactly the float32
+        product ``s_x * s_w`` (the quantize pass's convention) is dequantized with that product
+        computed in the graph (one Mul of the two scales the model holds anyway) instead of a
+        stored copy of it: 4 bytes a channel. onnxruntime folds the Mul and fuses as before."""
+        q, wq, xq = bias.quant, w.quant, x.quant
+        derived = (bias.is_const and q is not None and bias.data.dtype == np.int32 and q.axis == 0
+                   and not np.any(q.zero_point) and not self.dequantize_at_load and id(bias) not in self._real
+                   and xq is not None and xq.axis is None and xq.dtype == "int8" and _is_float(x)
+                   and w.is_const and wq is not None and wq.axis is not None and wq.scale.size == q.scale.size
+                   and np.array_equal((np.float32(xq.scale[0]) * wq.scale).view(np.uint32), q.scale.view(np.uint32)))
+        if not derived:
+            return self.real(bias)
+        stored = self.weight(bias.name, bias.data, q)
+        key = ("dq", stored)
+        if key not in self._derived:
+            scale = self.add("Mul", [self.act_qparams(x)[0], self.const(wq.scale, f"{w.name}.scale")],
+                             base=f"{bias.name}.scale")[0]
+            self._derived[key] = self.add("DequantizeLinear", [stored, scale], base=f"{bias.name}.dq", axis=0)[0]
+        self._real[id(bias)] = self._derived[key]
         return self._derived[key]
 
     def const_real(self, v: Value) -> str:
@@ -192,6 +223,28 @@ class OnnxBuilder:
         if key not in self._derived:
             self._derived[key] = self.add("Cast", [name], base=f"{v.name}.{dtype}", to=elem_type(dtype))[0]
         return self._derived[key]
+
+
+#: Attributes whose ONNX default is the value we would write: left out (`_without_defaults`).
+_DEFAULTS = {"dilations": 1, "strides": 1, "pads": 0, "group": 1, "count_include_pad": 0}
+_SPATIAL_OPS = ("Conv", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool")
+
+
+def _without_defaults(op_type: str, attrs: dict) -> dict:
+    """`attrs` less those equal to their default (a conv's kernel_shape, inferred from its weight,
+    too): every attribute costs a name and a value in every node of a small model."""
+    if op_type in ("QuantizeLinear", "DequantizeLinear") and attrs.get("axis") == 1:
+        return {k: v for k, v in attrs.items() if k != "axis"}
+    if op_type not in _SPATIAL_OPS:
+        return attrs
+    out = {}
+    for k, v in attrs.items():
+        if k == "kernel_shape" and op_type != "MaxPool" and op_type != "AveragePool":
+            continue
+        if k in _DEFAULTS and all(int(x) == _DEFAULTS[k] for x in (v if isinstance(v, (list, tuple)) else [v])):
+            continue
+        out[k] = v
+    return out
 
 
 def _is_float(v: Value) -> bool:

@@ -154,16 +154,17 @@ def _linear(b, node):
     if bias is None:
         _emit(b, node, "MatMul", [b.real(x), wt])
     elif len(x.shape) == 2:
-        _emit(b, node, "Gemm", [b.real(x), wt, b.real(bias)])
+        _emit(b, node, "Gemm", [b.real(x), wt, b.bias_real(bias, x, w)])
     else:
         mm = b.add("MatMul", [b.real(x), wt], base=node.name)[0]
-        _emit(b, node, "Add", [mm, b.real(bias)])
+        _emit(b, node, "Add", [mm, b.bias_real(bias, x, w)])
 
 
 def _conv(b, node):
     a, w = node.attrs, node.inputs[1]
     nd = len(w.shape) - 2
-    ins = [_x(b, node), b.real(w)] + ([b.real(node.input(2))] if node.input(2) is not None else [])
+    bias = node.input(2)
+    ins = [_x(b, node), b.real(w)] + ([b.bias_real(bias, node.inputs[0], w)] if bias is not None else [])
     _emit(b, node, "Conv", ins, kernel_shape=list(w.shape[2:]), strides=_nd(a["stride"], nd),
           pads=_nd(a["padding"], nd) * 2, dilations=_nd(a["dilation"], nd), group=a["groups"])
 

@@ -20,8 +20,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ai_edge_litert import schema_py_generated as fb
+
 from ..container import QuantInfo
 from ..ir import Graph, Node
+from ..tflite_loader import bias_scale, biases
 from . import tflite_nn as nn
 from . import tflite_ops as ops
 from .tflite_builder import ModelBuilder, tflite_op_table, unpack_model
@@ -55,7 +58,8 @@ class EmittedModel:
 
     model_bytes : the `.tflite` flatbuffer (weight buffers empty unless embedded)
     tensors : weight name -> array in TFLite layout (what goes in `weights.ecw`)
-    quant : weight name -> QuantInfo for the int8 weights and int32 biases (float weights have no entry)
+    quant : what the container records of the weights' quantization: nothing (no entry), since the
+        model holds it in its tensors (a stripped model less what `fill_weights` restores)
     ops : (TFLite builtin op name, version) per operator code, for the report
     """
 
@@ -136,14 +140,41 @@ def emit_tflite(graph: Graph, *, embed_weights: bool = True) -> EmittedModel:
         b.outputs.append(t.index)
     source = _minify(b) if not embed_weights else {name: name for name in b.weights}
     tensors = dict(b.weights)
-    quant = {name: QuantInfo(*q) for name, q in b.weight_quant.items()}   # float weights: no entry
     if not embed_weights:
         b.strip_weights()
+        _slim_quantization(b)
     model_bytes = b.finish()
     table = tflite_op_table(model_bytes)
     log.info("tflite: %d operators (%d int8 layers), %d bytes", len(b.operators), L.int8_ops, len(model_bytes))
     spans = tuple(e for i, e in enumerate(node_map) if i + 1 == len(node_map) or node_map[i + 1][0] > e[0])
-    return EmittedModel(model_bytes, tensors, quant, [(name, ver) for name, ver, _ in table], source, spans)
+    return EmittedModel(model_bytes, tensors, {}, [(name, ver) for name, ver, _ in table], source, spans)
+
+
+def _slim_quantization(b: ModelBuilder) -> None:
+    """Leaves out of a stripped model what `tflite_loader.restore_quantization` puts back: zero
+    points that are all 0, and an int32 bias's quantization when its scale is exactly input scale x
+    filter scale for every operator reading it (the quantize pass's convention)."""
+    model = fb.ModelT()
+    model.operatorCodes = [_opcode(code) for code, _ in sorted(b.opcodes, key=lambda k: b.opcodes[k])]
+    model.subgraphs = [fb.SubGraphT()]
+    model.subgraphs[0].tensors, model.subgraphs[0].operators = b.tensors, b.operators
+    for bias, users in biases(model).items():
+        q = b.tensors[bias].quantization
+        if b.tensors[bias].type != fb.TensorType.INT32 or q is None or any(q.zeroPoint or []):
+            continue
+        have = np.asarray(q.scale, np.float32).view(np.uint32)
+        derived = [bias_scale(b.tensors[x], b.tensors[w]) for x, w in users]
+        if all(d is not None and np.array_equal(d.view(np.uint32), have) for d in derived):
+            b.tensors[bias].quantization = None
+    for t in b.tensors:
+        if t.quantization is not None and t.quantization.zeroPoint is not None and not any(t.quantization.zeroPoint):
+            t.quantization.zeroPoint = None
+
+
+def _opcode(code: int) -> fb.OperatorCodeT:
+    c = fb.OperatorCodeT()
+    c.builtinCode = c.deprecatedBuiltinCode = code
+    return c
 
 
 def _minify(b) -> dict[str, str]:

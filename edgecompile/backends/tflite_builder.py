@@ -79,6 +79,7 @@ class ModelBuilder:
         self.weight_quant: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
         self.stripped = False
         self._names: set[str] = set()
+        self._consts: dict[tuple, TensorRef] = {}      # (dtype, shape, bytes) -> structural constant
 
     def _unique(self, name: str) -> str:
         base, i = name, 1
@@ -121,9 +122,13 @@ class ModelBuilder:
         return TensorRef(len(self.tensors) - 1, tuple(t.shape), dtype, sc, zp)
 
     def const(self, name: str, data: np.ndarray) -> TensorRef:
-        """A small structural constant (shape, axes, permutation): stays in the flatbuffer."""
+        """A small structural constant (shape, axes, permutation): stays in the flatbuffer. Equal
+        constants are one tensor (read-only inputs may be shared by any number of operators)."""
         data = np.asarray(data)
-        return self.tensor(name, data.shape, str(data.dtype), data=data)
+        key = (data.dtype.str, data.shape, data.tobytes())
+        if key not in self._consts:
+            self._consts[key] = self.tensor(name, data.shape, str(data.dtype), data=data)
+        return self._consts[key]
 
     def op(self, op: str, inputs: list[TensorRef | None], outputs: list[TensorRef],
            options=None, int8: bool = False) -> None:
@@ -152,7 +157,7 @@ class ModelBuilder:
     def finish(self) -> bytes:
         model = fb.ModelT()
         model.version = 3
-        model.description = "edgecompile"
+        model.description = None if self.stripped else "edgecompile"
         codes = []
         for (code, version), _ in sorted(self.opcodes.items(), key=lambda kv: kv[1]):
             c = fb.OperatorCodeT()

@@ -15,7 +15,6 @@ import onnxruntime as ort
 import pytest
 
 from edgecompile.backends.onnx import emit_onnx
-from edgecompile.container import QuantInfo
 from edgecompile.ir import Graph, QuantParams, infer_shapes, run_graph, verify
 from edgecompile.loader import create_session
 
@@ -172,12 +171,27 @@ def test_qdq_structure_and_container_tensors():
     assert ops["DequantizeLinear"] == n_act + n_weights
     assert m.tensors["c1.weight"].dtype == np.int8 and m.tensors["c1.bias"].dtype == np.int32
     assert m.tensors["fc.weight"].shape == (8, 5)                # transposed for MatMul: axis 0 -> 1
-    assert isinstance(m.quant["fc.weight"], QuantInfo) and m.quant["fc.weight"].axis == 1
-    np.testing.assert_array_equal(m.quant["c1.bias"].scale, g.consts["c1.bias"].quant.scale)
+    # the scales live in the model (DequantizeLinear inputs): the container would only repeat them
+    assert m.quant == dict.fromkeys(m.tensors)
+    model = onnx.load_from_string(m.model_bytes)
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer if not t.data_location}
+    dq = {n.input[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    np.testing.assert_array_equal(init[dq["fc.weight"].input[1]], g.consts["fc.weight"].quant.scale)
+    assert [a.i for a in dq["fc.weight"].attribute if a.name == "axis"] == []    # axis 1: the default
+    # an int32 bias is dequantized with s_x * s_w, the float32 product the quantize pass used,
+    # computed in the graph from the two scales the model holds anyway (no zero point: it is 0)
+    [mul] = [n for n in model.graph.node if dq["c1.bias"].input[1] in n.output]
+    assert mul.op_type == "Mul" and len(dq["c1.bias"].input) == 2
+    s_x, s_w = (init[i] for i in mul.input)
+    np.testing.assert_array_equal(s_x * s_w, g.consts["c1.bias"].quant.scale)
+    np.testing.assert_array_equal(s_w, g.consts["c1.weight"].quant.scale)
     # uint8 activations: same real values, zero points shifted by 128
     u8 = onnx.load_from_string(emit_onnx(g, embed_weights=True, activations="uint8").model_bytes)
-    zps = [t for t in u8.graph.initializer if t.name.endswith(".zero_point") and t.data_type == onnx.TensorProto.UINT8]
-    assert len(zps) == n_act
+    u8_init = {t.name: onnx.numpy_helper.to_array(t) for t in u8.graph.initializer}
+    qs = [n for n in u8.graph.node if n.op_type == "QuantizeLinear"]
+    assert len(qs) == n_act and all(u8_init[n.input[2]].dtype == np.uint8 for n in qs)
+    act_zps = sorted({int(v.quant.zero_point[0]) + 128 for v in g.values() if v.quant is not None and not v.is_const})
+    assert sorted({int(u8_init[n.input[2]]) for n in qs}) == act_zps
 
 
 def test_integer_ops_structure():

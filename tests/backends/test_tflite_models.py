@@ -8,12 +8,13 @@ import pytest
 
 from edgecompile.backends.memory_plan import plan_tflite
 from edgecompile.backends.tflite import TFLiteUnsupportedError, emit_tflite, op_counts, tflite_op_table
+from edgecompile.backends.tflite_builder import TFL_TYPES, unpack_model
 from edgecompile.container import write_container
 from edgecompile.frontend.torch_export import import_model
 from edgecompile.ir import Graph, infer_shapes, run_graph
 from edgecompile.passes.fold import CleanupPass, FoldBatchNormPass
 from edgecompile.passes.quantize import QuantConfig, QuantizePass
-from edgecompile.tflite_loader import TFLiteBundleError, load_tflite_bundle
+from edgecompile.tflite_loader import TFLiteBundleError, fill_weights, load_tflite_bundle
 from tflite_util import models, run_tflite, step
 
 MODELS = ["cnn", "mobilenet_block", "conv1d_net", "encoder_layer_classifier", "tiny_transformer",
@@ -82,7 +83,7 @@ def test_bundle_round_trip_without_weights_on_disk(tmp_path):
     m = emit_tflite(g, embed_weights=False)
     embedded = emit_tflite(g, embed_weights=True)
     assert len(m.model_bytes) < len(embedded.model_bytes) - sum(a.nbytes for a in m.tensors.values()) + 64
-    assert any(q is not None and q.axis == 0 and q.scale.size > 1 for q in m.quant.values())
+    assert m.quant == {}                    # the model holds the quantization; the container adds none
     with pytest.raises(ValueError, match="not a valid Flatbuffer"):   # stripped (ECST): not runnable alone
         run_tflite(m.model_bytes, *xs)
     (tmp_path / "model.tflite").write_bytes(m.model_bytes)
@@ -113,3 +114,26 @@ def test_unsupported_ops_are_all_named():
     g.nodes[0].op = "not_an_op"
     with pytest.raises(TFLiteUnsupportedError, match=r"max_pool \(not_an_op\); use --backend onnx"):
         emit_tflite(g)
+
+
+def test_stripped_model_leaves_out_only_what_the_loader_restores():
+    """Zero points of 0 and an int32 bias's quantization (input scale x filter scale) are not in a
+    stripped model; after `fill_weights` every tensor's quantization is the embedded model's."""
+    g, xs = _prepare("cnn")
+    QuantizePass(QuantConfig(), [xs])(g)
+    m, embedded = emit_tflite(g, embed_weights=False), emit_tflite(g, embed_weights=True)
+    stripped = unpack_model(m.model_bytes).subgraphs[0].tensors
+    full = unpack_model(embedded.model_bytes).subgraphs[0].tensors
+    filled = unpack_model(fill_weights(m.model_bytes, m.tensors)).subgraphs[0].tensors
+    int32 = [i for i, t in enumerate(full) if t.type == TFL_TYPES["int32"] and t.quantization is not None]
+    assert int32 and all(stripped[i].quantization is None for i in int32)          # biases: derived
+    assert not any(t.quantization is not None and t.quantization.zeroPoint is not None
+                   and not any(t.quantization.zeroPoint) for t in stripped)       # no all-zero zero points
+    for a, b in zip(filled, full):
+        qa, qb = a.quantization, b.quantization
+        assert (qa is None) == (qb is None)
+        if qa is not None:
+            np.testing.assert_array_equal(np.asarray(qa.scale, np.float32), np.asarray(qb.scale, np.float32))
+            np.testing.assert_array_equal(qa.zeroPoint, qb.zeroPoint)
+            assert qa.quantizedDimension == qb.quantizedDimension
+    assert len(m.model_bytes) < len(embedded.model_bytes) - sum(a.nbytes for a in m.tensors.values())
