@@ -7,6 +7,7 @@
 #include <limits.h>
 
 #include "ecm.h"
+#include "ecm_fast.h"
 
 /* Return the status of `expr` if it is not ECM_OK. */
 #define ECM_TRY(expr)                                \
@@ -127,6 +128,9 @@ ecm_status ecm_conv2d(const ecm_conv_params *p, const ecm_quant *q, ecm_dims in_
     int8_t *dst = out;
     if (in == NULL || weights == NULL || out == NULL) return ECM_E_ARG;
     ECM_TRY(ecm_check_conv(p, q, in_dims, w_dims, out_dims));
+#if ECM_FAST /* DSP / NEON paths (ecm_kernels_fast.c); 0: this case runs the loop below */
+    if (ecm_conv2d_fast(p, q, in_dims, in, w_dims, weights, bias, out_dims, out)) return ECM_OK;
+#endif
     opg = out_dims.c / p->groups;
     for (b = 0; b < out_dims.n; b++) {
         const int8_t *img = in + (size_t)b * in_dims.h * in_dims.w * in_dims.c;
@@ -180,6 +184,9 @@ ecm_status ecm_fully_connected(const ecm_fc_params *p, const ecm_quant *q, int32
     ECM_TRY(ecm_check_act(p->act_min, p->act_max));
     if (in_features > ECM_MAX_PATCH) return ECM_E_RANGE;
     ECM_TRY(ecm_check_quant(q, out_features));
+#if ECM_FAST
+    if (ecm_fully_connected_fast(p, q, batches, in_features, out_features, in, weights, bias, out)) return ECM_OK;
+#endif
     for (b = 0; b < batches; b++) {
         const int8_t *x = in + (size_t)b * in_features;
         for (o = 0; o < out_features; o++) {

@@ -104,15 +104,16 @@ def test_streaming_policy(digits_coarse):
 
 
 def test_profile_counts_instructions_per_step(small, tmp_path):
-    """A profiling build under -icount shift=0: SysTick ticks per step, every step > 0, the
-    convolutions the most."""
+    """A profiling build under -icount shift=0: SysTick ticks per step, every step > 0, the first
+    convolution the most but for the residual add (its portable loop, three requantizations an
+    element, costs more than the DSP convolutions)."""
     if not device_available("m4"):
         pytest.skip("scripts/install_toolchains.sh")
     g, xs = small
     cm = emit_c(g)
     run = _check(g, cm, xs[:1], "m4", tmp_path, profile=True)
     assert len(run.steps) == len(cm.layers) and all(t > 0 for t in run.steps)
-    assert int(np.argmax(run.steps)) == 0
+    assert run.steps[0] == max(t for t, layer in zip(run.steps, cm.layers) if layer.kernel != "add")
 
 
 def test_workspace_constant_matches_header():

@@ -629,3 +629,152 @@ def test_kernels_under_address_and_undefined_sanitizers(tmp_path):
     assert_c_matches(tool, tmp_path, _all_kernel_cases(13))
     test_bad_calls_are_rejected_before_writing(tool, tmp_path)
     test_accumulator_extremes_and_saturation(tool, tmp_path)
+
+
+# ------------------------------------------------------------------------------ fast paths
+
+def _tiny(rng, shape, zp: int, patch: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Inputs within 2 of the zero point, weights in [-2, 2] and a multiplier that maps every
+    accumulator to its own output byte: a sum off by one changes the output."""
+    x = np.clip(zp + rng.integers(-2, 3, shape[0]), -128, 127).astype(np.int8)
+    w = rng.integers(-2, 3, shape[1]).astype(np.int8)
+    return x, w, float(2.0 ** -max(0, int(np.ceil(np.log2(4 * patch / 120)))))
+
+
+def _shaped_conv_case(rng, x_shape, w_shape, stride, pad, dil, groups, label, zi=None, per_tensor=None,
+                      real=None, tiny=False) -> Case:
+    """A conv case of exactly these shapes (NHWC input, OHWI weights); the output size follows."""
+    zi = _zp(rng) if zi is None else zi
+    if tiny:
+        x, wt, real = _tiny(rng, (x_shape, w_shape), zi, int(np.prod(w_shape[1:])))
+    else:
+        x, wt = _i8(rng, x_shape), _i8(rng, w_shape)
+    c_out = w_shape[0]
+    bias = rng.integers(-(2 ** 15), 2 ** 15, c_out).astype(np.int32) if rng.random() < 0.8 and not tiny else None
+    per_tensor = rng.random() < 0.3 if per_tensor is None else per_tensor
+    reals = _real_multipliers(rng, 1 if per_tensor else c_out) if real is None else np.full(1 if per_tensor else c_out, real)
+    mult, shift = quantize_multipliers(reals)
+    zo = 0 if tiny else _zp(rng)
+    act = (-128, 127) if tiny else _act(rng, zo)
+    y = K.conv2d(x, wt, bias, input_zp=zi, output_zp=zo, multiplier=mult, shift=shift, stride=stride, padding=pad,
+                 dilation=dil, groups=groups, act=act)
+    i32 = [*x.shape, *wt.shape, *y.shape, *stride, *dil, *pad, groups, zi, zo, *act, mult.size, *mult, *shift,
+           int(bias is not None), *([] if bias is None else bias)]
+    return Case(OP_CONV, i32, x.tobytes() + wt.tobytes(), y, f"{label} x{x.shape} w{wt.shape} g{groups} tiny{tiny}")
+
+
+def _shaped_fc_case(rng, b, n_in, n_out, zi, per_tensor, label, tiny=False) -> Case:
+    if tiny:
+        x, w, real = _tiny(rng, ((b, n_in), (n_out, n_in)), zi, n_in)
+        mult, shift = quantize_multipliers(np.full(1 if per_tensor else n_out, real))
+    else:
+        x, w = _i8(rng, (b, n_in)), _i8(rng, (n_out, n_in))
+        mult, shift = quantize_multipliers(_real_multipliers(rng, 1 if per_tensor else n_out))
+    bias = rng.integers(-(2 ** 20), 2 ** 20, n_out).astype(np.int32) if zi != 127 and not tiny else None
+    zo = 0 if tiny else _zp(rng)
+    act = (-128, 127) if tiny else _act(rng, zo)
+    y = K.fully_connected(x, w, bias, input_zp=zi, output_zp=zo, multiplier=mult, shift=shift, act=act)
+    i32 = [b, n_in, n_out, zi, zo, *act, mult.size, *mult, *shift, int(bias is not None), *([] if bias is None else bias)]
+    return Case(OP_FC, i32, x.tobytes() + w.tobytes(), y, f"{label} {b}x{n_in}->{n_out} zi{zi} tiny{tiny}")
+
+
+def _fast_path_cases(seed: int) -> list[Case]:
+    """Shapes aimed at the fast paths' blocking (ecm_kernels_fast.c): channel counts that are not
+    multiples of the 2 / 4 / 8 / 16 of the blocks and vectors (1, 3, 5, 7, 13, 37, 70), odd pixel
+    counts (a lone pixel at the end; pairs across rows and batches), windows cut by padding (pixels
+    of different windows are never paired), windows wholly in padding, dilated columns (runs of
+    in_c bytes), patches of 9 bytes (3x3x1 rows), input zero points at both extremes (x - zp of
+    +-255), per-tensor and per-channel multipliers, multipliers above 1; depthwise of 1..20
+    channels (blocks of 4 / 8 and the tail), 3x3 / 5x5 / 7x7 / 9x9; fully connected of 1..5
+    batches. Each shape also runs `_tiny`, where a sum off by one shows in the output."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    dense = [  # (x_shape, kernel, stride, pad, dil, c_out)
+        ((1, 5, 7, 1), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 5),
+        ((1, 9, 9, 3), (3, 3), (2, 2), (0, 0, 1, 1), (1, 1), 7),
+        ((2, 3, 5, 13), (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 3),
+        ((1, 7, 3, 37), (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 13),
+        ((1, 4, 5, 70), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 6),
+        ((1, 6, 6, 5), (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 4),
+        ((1, 6, 7, 7), (2, 3), (1, 2), (1, 2, 0, 1), (1, 3), 9),
+        ((1, 2, 2, 4), (3, 3), (1, 1), (4, 4, 4, 4), (1, 1), 3),        # windows wholly in padding
+        ((1, 10, 4, 1), (10, 4), (2, 1), (4, 1, 5, 2), (1, 1), 8),      # DS-CNN's first conv, small
+        ((2, 1, 3, 16), (1, 3), (1, 1), (0, 0, 0, 0), (1, 1), 1),       # the whole patch one run
+        ((1, 5, 5, 8), (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 2),
+    ]
+    for i, (xs, k, s, p, d, co) in enumerate(dense):
+        for zi in (-128, 127, None):
+            cases.append(_shaped_conv_case(rng, xs, (co, *k, xs[3]), s, p, d, 1, f"dense{i}", zi=zi))
+        cases.append(_shaped_conv_case(rng, xs, (co, *k, xs[3]), s, p, d, 1, f"dense{i}", zi=int(rng.choice(ZERO_POINTS)),
+                                       per_tensor=bool(i % 2), tiny=True))
+    for i, (c, k, s, p, d) in enumerate([(1, 3, 1, 1, 1), (3, 3, 2, 1, 1), (4, 3, 1, 1, 1), (5, 3, 1, 2, 2),
+                                         (8, 3, 2, 0, 1), (9, 5, 1, 2, 1), (13, 3, 1, 1, 1), (16, 7, 1, 3, 1),
+                                         (20, 3, 2, 1, 1), (12, 9, 1, 4, 1)]):
+        xs = (int(rng.integers(1, 3)), int(rng.integers(k, k + 5)), int(rng.integers(k, k + 6)), c)
+        for zi in (-128, 127):
+            for tiny in (False, True):
+                cases.append(_shaped_conv_case(rng, xs, (c, k, k, 1), (s, s), (p, p, p, p), (d, d), c, f"dw{i}", zi=zi,
+                                               per_tensor=bool(i % 2), tiny=tiny))
+    for i, (b, n_in, n_out) in enumerate([(1, 1, 1), (1, 3, 5), (1, 16, 4), (1, 37, 7), (2, 9, 2), (3, 64, 3),
+                                          (5, 70, 9), (1, 200, 12), (2, 33, 13)]):
+        for zi in (-128, 127, _zp(rng)):
+            cases.append(_shaped_fc_case(rng, b, n_in, n_out, zi, bool(i % 2), f"fcfast{i}"))
+        cases.append(_shaped_fc_case(rng, b, n_in, n_out, int(rng.choice(ZERO_POINTS)), bool(i % 2), f"fcfast{i}",
+                                     tiny=True))
+    # multipliers above 1 (the saturating left shift), per tensor and per channel
+    cases.append(_shaped_conv_case(rng, (1, 4, 4, 6), (5, 1, 1, 6), (1, 1), (0, 0, 0, 0), (1, 1), 1, "pw x3", real=3.0))
+    cases.append(_shaped_conv_case(rng, (1, 4, 4, 6), (6, 3, 3, 1), (1, 1), (1, 1, 1, 1), (1, 1), 6, "dw x2",
+                                   per_tensor=True, real=2.0))
+    return cases
+
+
+def _conv_extremes() -> list[Case]:
+    """Convolutions whose sums reach -+2^31 (patches of 65529 / 65535 bytes at the int8 extremes):
+    no partial sum of the fast paths' reordered additions overflows."""
+    cases = []
+    for x_shape, w_shape, xv, zp, wv in (((1, 1, 3, 65535), (3, 1, 1, 65535), 127, -128, -128),
+                                         ((1, 3, 3, 7281), (2, 3, 3, 7281), -128, 127, -128)):
+        x, w = np.full(x_shape, xv, np.int8), np.full(w_shape, wv, np.int8)
+        m, s = quantize_multipliers(np.full(w_shape[0], 2.0 ** -24))
+        pad = (1, 1, 1, 1) if w_shape[1] == 3 else (0, 0, 0, 0)
+        y = K.conv2d(x, w, None, input_zp=zp, output_zp=0, multiplier=m, shift=s, stride=(1, 1), padding=pad,
+                     dilation=(1, 1), groups=1, act=(-128, 127))
+        i32 = [*x.shape, *w.shape, *y.shape, 1, 1, 1, 1, *pad, 1, zp, 0, -128, 127, m.size, *m, *s, 0]
+        cases.append(Case(OP_CONV, i32, x.tobytes() + w.tobytes(), y, f"conv extremes {w_shape}"))
+    return cases
+
+
+def _qemu_m(board: str, elf):
+    return lambda src, dst: ["qemu-system-arm", "-M", board, "-nographic", "-semihosting-config",
+                             f"enable=on,target=native,arg=tool,arg={src},arg={dst}", "-kernel", str(elf)]
+
+
+#: fast-path builds: (make target, tools needed, the tool under build/ or a command for it)
+FAST_BUILDS = {
+    "host-dsp-emulated": ("kernels", ("gcc", "make"), lambda b: b / "host" / "ecm_kernel_tool_dsp"),
+    "m4": ("kernels-m4", ("arm-none-eabi-gcc", "qemu-system-arm"),
+           lambda b: _qemu_m("mps2-an386", b / "m4" / "ecm_kernel_tool.elf")),
+    "m7": ("kernels-m7", ("arm-none-eabi-gcc", "qemu-system-arm"),
+           lambda b: _qemu_m("mps2-an500", b / "m7" / "ecm_kernel_tool.elf")),
+    "aarch64-neon": ("kernels-aarch64", ("aarch64-linux-gnu-gcc", "qemu-aarch64"),
+                     lambda b: (lambda s, d: ["qemu-aarch64", "-cpu", "cortex-a72", str(b / "aarch64" / "ecm_kernel_tool"),
+                                              str(s), str(d)])),
+    "aarch64-dotprod": ("kernels-aarch64", ("aarch64-linux-gnu-gcc", "qemu-aarch64"),
+                        lambda b: (lambda s, d: ["qemu-aarch64", "-cpu", "max",
+                                                 str(b / "aarch64" / "ecm_kernel_tool_dotprod"), str(s), str(d)])),
+}
+
+
+@pytest.mark.parametrize("build", list(FAST_BUILDS))
+def test_fast_paths_match_reference(build, tmp_path):
+    """The DSP (Cortex-M4 / M7, and emulated on the host) and NEON (with and without SDOT) paths
+    of conv2d, depthwise and fully connected on the shapes that stress their blocking, the
+    accumulator extremes and every kernel's random cases: bit for bit the reference."""
+    target, tools, tool_of = FAST_BUILDS[build]
+    if not have(*tools):
+        pytest.skip("scripts/install_toolchains.sh")
+    make(target, tmp_path)
+    tool = tool_of(tmp_path)
+    cases = _fast_path_cases(20) + _conv_extremes() + _all_kernel_cases(21)
+    assert_c_matches(tool, tmp_path, cases)
+    test_accumulator_extremes_and_saturation(tool, tmp_path)

@@ -1,0 +1,487 @@
+/* ecm_fast_dsp.h - the loops of ecm_kernels_fast.c for Armv7E-M / Armv8-M with the DSP
+ * extension (Cortex-M4, M7, M33); included by ecm_kernels_fast.c only.
+ *
+ * Four MACs in two instructions: SXTB16 sign-extends bytes 0 and 2 of a word into two halfwords
+ * (with ROR #8: bytes 1 and 3), SXTAB16 also adds two halfwords, SMLAD multiplies two halfword
+ * pairs and adds both products to an int32. A word of inputs x0..x3 and one of weights w0..w3
+ * give (x0 - zp, x2 - zp).(w0, w2) + (x1 - zp, x3 - zp).(w1, w3); SXTAB16 with (-zp, -zp) does
+ * the input offset (x - zp is in [-255, 255]: a halfword).
+ *
+ * Dense convolution (and fully connected): two output pixels' patches, padding as zeros, are
+ * written once as such halfword pairs to a stack buffer (im2col), then every pair of output
+ * channels runs over them: per 4 patch elements 2 LDRD (the pixels), 2 LDR + 4 SXTB16 (the two
+ * channels' weights), 8 SMLAD. A lone pixel (an odd count, fully connected of one batch) runs 4
+ * channels: 1 LDRD + 4 x (LDR + 2 SXTB16 + 2 SMLAD). Patches longer than ECM_FAST_CHUNK are
+ * done in pieces, the sums of ECMF_GROUP channels kept on the stack in between.
+ * Depthwise: 4 channels of a pixel a step, their weights transposed once onto the stack as
+ * halfword pairs (w_c0, w_c2), (w_c1, w_c3) per tap; per tap LDR + 2 SXTAB16, LDRD, 2 SMLABB +
+ * 2 SMLATT. Word loads of activations and weights are unaligned LDRs (allowed for LDR on
+ * Armv7-M, not for LDRD / LDM, which only read the stack buffers). */
+#ifndef ECM_FAST_DSP_H
+#define ECM_FAST_DSP_H
+
+#ifndef ECM_FAST_CHUNK
+#define ECM_FAST_CHUNK 256 /* patch elements of two pixels buffered at a time: 1 KiB of stack */
+#endif
+#define ECMF_GROUP 16      /* channels whose sums wait on the stack between pieces of a long patch;
+                            * at most ECMF_RQ_MAX */
+#define ECMF_DW_MAX_TAPS 25 /* depthwise kernels up to 5x5 (200 bytes of stack); larger: portable */
+
+#if ECM_FAST_CHUNK < 16 || ECM_FAST_CHUNK % 16 != 0
+#error "ECM_FAST_CHUNK must be a multiple of 16"
+#endif
+
+#if defined(__ARM_FEATURE_DSP)
+static inline int32_t ecmf_sxtb16(uint32_t v) { return __sxtb16((int32_t)v); }
+static inline int32_t ecmf_sxtb16_ror8(uint32_t v) {
+    int32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+    return r;
+}
+static inline int32_t ecmf_sxtab16(int32_t a, uint32_t v) { return __sxtab16(a, (int32_t)v); }
+static inline int32_t ecmf_sxtab16_ror8(int32_t a, uint32_t v) {
+    int32_t r;
+    __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(a), "r"(v));
+    return r;
+}
+static inline int32_t ecmf_smlad(int32_t a, int32_t b, int32_t acc) { return __smlad(a, b, acc); }
+static inline int32_t ecmf_smlabb(int32_t a, int32_t b, int32_t acc) { return __smlabb(a, b, acc); }
+static inline int32_t ecmf_smlatt(int32_t a, int32_t b, int32_t acc) { return __smlatt(a, b, acc); }
+
+#else /* ECM_FAST_EMULATE_DSP on a host: the same instructions in C (wrapping like the hardware) */
+
+static inline int32_t ecmf_lo16(int32_t v) { return (int32_t)(int16_t)(uint16_t)((uint32_t)v & 0xFFFFu); }
+static inline int32_t ecmf_hi16(int32_t v) { return (int32_t)(int16_t)(uint16_t)((uint32_t)v >> 16); }
+static inline int32_t ecmf_sxtab16(int32_t a, uint32_t v) {
+    const uint32_t lo = (uint32_t)(ecmf_lo16(a) + (int8_t)(uint8_t)(v & 0xFFu)) & 0xFFFFu;
+    const uint32_t hi = (uint32_t)(ecmf_hi16(a) + (int8_t)(uint8_t)((v >> 16) & 0xFFu)) & 0xFFFFu;
+    return (int32_t)(lo | (hi << 16));
+}
+static inline int32_t ecmf_sxtab16_ror8(int32_t a, uint32_t v) { return ecmf_sxtab16(a, (v >> 8) | (v << 24)); }
+static inline int32_t ecmf_sxtb16(uint32_t v) { return ecmf_sxtab16(0, v); }
+static inline int32_t ecmf_sxtb16_ror8(uint32_t v) { return ecmf_sxtab16_ror8(0, v); }
+static inline int32_t ecmf_smlad(int32_t a, int32_t b, int32_t acc) {
+    return (int32_t)((uint32_t)acc + (uint32_t)(ecmf_lo16(a) * ecmf_lo16(b)) + (uint32_t)(ecmf_hi16(a) * ecmf_hi16(b)));
+}
+static inline int32_t ecmf_smlabb(int32_t a, int32_t b, int32_t acc) {
+    return (int32_t)((uint32_t)acc + (uint32_t)(ecmf_lo16(a) * ecmf_lo16(b)));
+}
+static inline int32_t ecmf_smlatt(int32_t a, int32_t b, int32_t acc) {
+    return (int32_t)((uint32_t)acc + (uint32_t)(ecmf_hi16(a) * ecmf_hi16(b)));
+}
+#endif
+
+/* Four bytes from any address (an unaligned LDR on the M4; memcpy is how C says it). */
+static inline uint32_t ecmf_ld32(const int8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* The first n < 4 bytes at p as the low bytes of a word, the rest 0. */
+static inline uint32_t ecmf_ld_tail(const int8_t *p, int32_t n) {
+    uint32_t v = 0;
+    while (n-- > 0) v = (v << 8) | (uint8_t)p[n];
+    return v;
+}
+
+/* (-zp, -zp) as two halfwords: the SXTAB16 addend that subtracts the input zero point. */
+static inline int32_t ecmf_neg_zp2(int32_t zp) { return (int32_t)(((uint32_t)-zp & 0xFFFFu) * 0x10001u); }
+
+/* ---------------------------------------------------------------- requantization */
+
+/* ecm_dsp_requant's arguments: per channel {mult, e = -shift, h = 2^(e-1), bias}, and the act
+ * range minus the output zero point. Only where every shift <= -1 (ecmf_out.below_half). */
+typedef struct {
+    const int32_t *ch;
+    int32_t lo, hi, zp;
+    int32_t npix, y_step; /* pixels of n channels each (y_pair == 0), the next one's y y_step on */
+} ecmf_rq_args;
+
+#define ECMF_RQ_MAX 16 /* channels of one ecmf_rq_prep */
+
+static void ecmf_rq_prep(const ecmf_out *o, int32_t c0, int32_t n, int32_t *ch, ecmf_rq_args *a) {
+    int32_t j;
+    for (j = 0; j < n; j++, ch += 4) {
+        const int32_t k = (c0 + j) * o->q_step;
+        ch[0] = o->mult[k], ch[1] = -o->shift[k], ch[2] = (int32_t)1 << (ch[1] - 1);
+        ch[3] = o->bias != NULL ? o->bias[c0 + j] : 0;
+    }
+    a->lo = o->lo, a->hi = o->hi, a->zp = o->out_zp, a->npix = 1, a->y_step = 0;
+}
+
+#if defined(__ARM_FEATURE_DSP)
+void ecm_dsp_requant(const int32_t *acc, int8_t *y, ptrdiff_t y_pair, int32_t n, const ecmf_rq_args *a);
+#define ECMF_REQUANT ecm_dsp_requant
+#else
+/* See ecm_dsp_requant in ecm_kernels_dsp.S. */
+static void ecmf_requant_c(const int32_t *acc, int8_t *y, ptrdiff_t y_pair, int32_t n, const ecmf_rq_args *a) {
+    int32_t px, j, p, r;
+    for (px = 0; px < a->npix; px++, y += a->y_step, acc += n) {
+        const int32_t *ch = a->ch;
+        for (j = 0; j < n; j++, ch += 4)
+            for (p = 0; p < (y_pair != 0 ? 2 : 1); p++) {
+                r = ecmf_scale_below_half(ecmf_qadd(acc[y_pair != 0 ? 2 * j + p : j], ch[3]), ch[0], ch[2], ch[1] - 1);
+                y[j + p * y_pair] = (int8_t)((r < a->lo ? a->lo : (r > a->hi ? a->hi : r)) + a->zp);
+            }
+    }
+}
+#define ECMF_REQUANT ecmf_requant_c
+#endif
+
+/* ---------------------------------------------------------------- dense: im2col */
+
+/* Where one pixel's patch comes from: image, first tap's coordinates. */
+typedef struct {
+    const int8_t *img;
+    int32_t ys, xs;
+    int8_t *y;
+} ecmf_src;
+
+static void ecmf_src_at(const ecmf_conv *cv, int32_t pixel, ecmf_src *s) {
+    const int32_t per_image = cv->out.h * cv->out.w, b = pixel / per_image, r = pixel % per_image;
+    s->img = cv->in_data + (size_t)b * cv->in.h * cv->in.w * cv->in.c;
+    s->ys = (r / cv->out.w) * cv->p->stride_h - cv->p->pad_top;
+    s->xs = (r % cv->out.w) * cv->p->stride_w - cv->p->pad_left;
+    s->y = cv->out_data + (size_t)pixel * cv->out.c;
+}
+
+/* Where converted bytes go: groups of 4 as two words (x - zp halfword pairs in SXTB16 order) at
+ * dst[0], dst[1], then dst += step; nb < 4 bytes wait in `word`. */
+typedef struct {
+    int32_t *dst;
+    int32_t step, nzp, nb;
+    uint32_t word;
+} ecmf_sink;
+
+static inline void ecmf_sink_word(ecmf_sink *k, uint32_t v) {
+    k->dst[0] = ecmf_sxtab16(k->nzp, v), k->dst[1] = ecmf_sxtab16_ror8(k->nzp, v);
+    k->dst += k->step;
+}
+
+/* len bytes from src, or len bytes of value zp when src == NULL (padding). */
+static void ecmf_sink_bytes(ecmf_sink *k, const int8_t *src, int32_t len, int32_t zp) {
+    const uint32_t fill = (uint32_t)(uint8_t)zp * 0x01010101u;
+    for (; len >= 4; len -= 4) { /* a word at a time; with nb bytes waiting, shifted in */
+        const uint32_t v = src != NULL ? ecmf_ld32(src) : fill;
+        if (k->nb == 0) {
+            ecmf_sink_word(k, v);
+        } else {
+            ecmf_sink_word(k, k->word | (v << (8 * k->nb)));
+            k->word = v >> (32 - 8 * k->nb);
+        }
+        if (src != NULL) src += 4;
+    }
+    for (; len > 0; len--) {
+        k->word |= (uint32_t)(uint8_t)(src != NULL ? *src++ : (int8_t)zp) << (8 * k->nb);
+        if (++k->nb == 4) ecmf_sink_word(k, k->word), k->word = 0, k->nb = 0;
+    }
+}
+
+/* Patch elements [k0, k0 + n) of pixel s, converted into dst / step (ecmf_sink); padding is 0
+ * (x == zp), and so are the elements past n in the last group. k0 is a multiple of 4. */
+static void ecmf_im2col(const ecmf_conv *cv, const ecmf_src *s, int32_t k0, int32_t n, int32_t *dst, int32_t step) {
+    const ecm_conv_params *p = cv->p;
+    const int32_t c = cv->in.c, kw = cv->w.w, zp = p->input_zp;
+    int32_t tap = k0 / c, ci = k0 % c, k = 0;
+    ecmf_sink sink;
+    sink.dst = dst, sink.step = step, sink.nzp = ecmf_neg_zp2(zp), sink.nb = 0, sink.word = 0;
+    while (k < n) {
+        const int32_t ky = tap / kw, iy = s->ys + ky * p->dilation_h;
+        int32_t kx = tap % kw, ix = s->xs + kx * p->dilation_w, run = c - ci;
+        const int inside = iy >= 0 && iy < cv->in.h && ix >= 0 && ix < cv->in.w;
+        const int8_t *src = inside ? s->img + ((size_t)iy * cv->in.w + (size_t)ix) * c + ci : NULL;
+        if (p->dilation_w == 1) /* the row's next taps, contiguous while on the same side of the edge */
+            for (; kx + 1 < kw && run < n - k; kx++, ix++, tap++, run += c)
+                if ((iy >= 0 && iy < cv->in.h && ix + 1 >= 0 && ix + 1 < cv->in.w) != inside) break;
+        if (run > n - k) run = n - k;
+        ecmf_sink_bytes(&sink, src, run, zp);
+        k += run, ci = 0, tap++;
+    }
+    if (sink.nb > 0) ecmf_sink_bytes(&sink, NULL, 4 - sink.nb, zp); /* the last group's missing bytes */
+}
+
+/* ---- the MAC loops: ecm_kernels_dsp.S on the device, these C twins on a host (and for the odd
+ * channels at the end of a block). x is the im2col buffer; weights are read a word at a time, so
+ * that a channel's last partial group reads the first bytes of the next channel's weights (times
+ * x == 0 past the patch: nothing added); only the last channel's last partial group, where that
+ * would read past the weights, takes ecmf_tail. */
+
+#if defined(__ARM_FEATURE_DSP)
+void ecm_dsp_pairs(const int32_t *x, const int8_t *w, int32_t groups, ptrdiff_t dw, int32_t *acc, int32_t pairs,
+                   ptrdiff_t pair_step);
+void ecm_dsp_quads(const int32_t *x, const int8_t *w, int32_t groups, int32_t patch, int32_t *acc, int32_t quads);
+#define ECMF_PAIRS ecm_dsp_pairs
+#define ECMF_QUADS ecm_dsp_quads
+#else
+/* See ecm_dsp_pairs in ecm_kernels_dsp.S. */
+static void ecmf_pairs_c(const int32_t *x, const int8_t *w, int32_t groups, ptrdiff_t dw, int32_t *acc, int32_t pairs,
+                         ptrdiff_t pair_step) {
+    int32_t g;
+    for (; pairs > 0; pairs--, w += pair_step, acc += 4) {
+        const int32_t *xp = x;
+        const int8_t *wp = w;
+        for (g = groups; g > 0; g--, xp += 4, wp += 4) {
+            uint32_t u = ecmf_ld32(wp);
+            acc[0] = ecmf_smlad(xp[0], ecmf_sxtb16(u), ecmf_smlad(xp[1], ecmf_sxtb16_ror8(u), acc[0]));
+            acc[1] = ecmf_smlad(xp[2], ecmf_sxtb16(u), ecmf_smlad(xp[3], ecmf_sxtb16_ror8(u), acc[1]));
+            u = ecmf_ld32(wp + dw);
+            acc[2] = ecmf_smlad(xp[0], ecmf_sxtb16(u), ecmf_smlad(xp[1], ecmf_sxtb16_ror8(u), acc[2]));
+            acc[3] = ecmf_smlad(xp[2], ecmf_sxtb16(u), ecmf_smlad(xp[3], ecmf_sxtb16_ror8(u), acc[3]));
+        }
+    }
+}
+
+/* See ecm_dsp_quads in ecm_kernels_dsp.S. */
+static void ecmf_quads_c(const int32_t *x, const int8_t *w, int32_t groups, int32_t patch, int32_t *acc, int32_t quads) {
+    int32_t g, j;
+    for (; quads > 0; quads--, w += 4 * (ptrdiff_t)patch, acc += 4)
+        for (j = 0; j < 4; j++) {
+            const int32_t *xp = x;
+            const int8_t *wp = w + j * (ptrdiff_t)patch;
+            for (g = groups; g > 0; g--, xp += 2, wp += 4) {
+                const uint32_t u = ecmf_ld32(wp);
+                acc[j] = ecmf_smlad(xp[0], ecmf_sxtb16(u), ecmf_smlad(xp[1], ecmf_sxtb16_ror8(u), acc[j]));
+            }
+        }
+}
+
+#define ECMF_PAIRS ecmf_pairs_c
+#define ECMF_QUADS ecmf_quads_c
+#endif
+
+/* acc[p] += the sum of the last, partial group (t < 4 elements; its x words at xg, `step` words a
+ * pixel, zero past t) for the channel whose weights of that group start at w, n_px pixels. */
+static void ecmf_tail(const int32_t *xg, int32_t n_px, const int8_t *w, int32_t t, int32_t *acc, int32_t acc_step) {
+    const uint32_t u = ecmf_ld_tail(w, t);
+    int32_t px;
+    for (px = 0; px < n_px; px++, acc += acc_step)
+        *acc = ecmf_smlad(xg[2 * px], ecmf_sxtb16(u), ecmf_smlad(xg[2 * px + 1], ecmf_sxtb16_ror8(u), *acc));
+}
+
+/* Channels [o0, o1) of a pixel pair over patch elements [k0, k0 + n) from xb (4 words a group:
+ * pixel 0's two, pixel 1's two): acc[(o - o0) * 2 + p] += sum (x_p - zp) * w_o. */
+static void ecmf_mac_pairs(const ecmf_conv *cv, const int32_t *xb, int32_t o0, int32_t o1, int32_t k0, int32_t n,
+                           int32_t *acc) {
+    const ptrdiff_t patch = cv->patch;
+    const int32_t full = (n + 3) >> 2, whole = n >> 2, t = n & 3, oc = cv->out.c;
+    const int8_t *w = cv->weights + o0 * patch + k0;
+    int32_t o = o0, pairs = (o1 - o0) >> 1;
+    if (o1 == oc && !((o1 - o0) & 1) && t != 0) pairs--; /* the pair ending the weights: below */
+    if (pairs > 0) ECMF_PAIRS(xb, w, full, patch, acc, pairs, 2 * patch);
+    for (o += 2 * pairs, w += 2 * pairs * patch, acc += 4 * pairs; o < o1; o += 2, w += 2 * patch, acc += 4) {
+        const ptrdiff_t dw = o + 1 < o1 ? patch : 0; /* a lone channel: twice, the copy in acc[2..3] */
+        const int ends = o + (dw != 0) == oc - 1;
+        ECMF_PAIRS(xb, w, ends ? whole : full, dw, acc, 1, 0);
+        if (ends && t != 0) {
+            ecmf_tail(xb + 4 * whole, 2, w + 4 * whole, t, acc, 1);
+            ecmf_tail(xb + 4 * whole, 2, w + dw + 4 * whole, t, acc + 2, 1);
+        }
+    }
+}
+
+/* Channels [o0, o1) of one pixel over patch elements [k0, k0 + n) from xb (2 words a group):
+ * acc[o - o0] += sum (x - zp) * w_o. */
+static void ecmf_mac_singles(const ecmf_conv *cv, const int32_t *xb, int32_t o0, int32_t o1, int32_t k0, int32_t n,
+                             int32_t *acc) {
+    const ptrdiff_t patch = cv->patch;
+    const int32_t full = (n + 3) >> 2, whole = n >> 2, t = n & 3, oc = cv->out.c;
+    const int8_t *w = cv->weights + o0 * patch + k0;
+    int32_t o, g, quads = (o1 - o0) >> 2;
+    if (o1 == oc && !((o1 - o0) & 3) && t != 0) quads--; /* the quad ending the weights: below */
+    if (quads > 0) ECMF_QUADS(xb, w, full, (int32_t)patch, acc, quads);
+    for (o = o0 + 4 * quads, w += 4 * quads * patch, acc += 4 * quads; o < o1; o++, w += patch, acc++) {
+        const int ends = o == oc - 1;
+        const int32_t *xp = xb;
+        const int8_t *wp = w;
+        for (g = ends ? whole : full; g > 0; g--, xp += 2, wp += 4) {
+            const uint32_t u = ecmf_ld32(wp);
+            *acc = ecmf_smlad(xp[0], ecmf_sxtb16(u), ecmf_smlad(xp[1], ecmf_sxtb16_ror8(u), *acc));
+        }
+        if (ends && t != 0) ecmf_tail(xp, 1, wp, t, acc, 1);
+    }
+}
+
+/* Every output of pixels a and b (b == NULL: a alone). */
+static ECMF_NOINLINE void ecmf_dense_pixels(const ecmf_conv *cv, const ecmf_src *a, const ecmf_src *b, int32_t *xb) {
+    const int pair = b != NULL, step = pair ? 4 : 2;
+    const int32_t chunk = pair ? ECM_FAST_CHUNK : 2 * ECM_FAST_CHUNK, oc = cv->out.c, patch = cv->patch;
+    int32_t acc[2 * ECMF_GROUP + 2], o0, o1, k0, n, j;
+    for (o0 = 0; o0 < oc; o0 = o1) {
+        o1 = oc - o0 < ECMF_GROUP ? oc : o0 + ECMF_GROUP;
+        for (j = 0; j < 2 * (o1 - o0) + 2; j++) acc[j] = 0; /* + the junk sums of a pair past o1 */
+        for (k0 = 0; k0 < patch; k0 += chunk) {
+            n = patch - k0 < chunk ? patch - k0 : chunk;
+            if (o0 == 0 || patch > chunk) { /* the buffer already holds it when the patch fits */
+                ecmf_im2col(cv, a, k0, n, xb, step);
+                if (pair) ecmf_im2col(cv, b, k0, n, xb + 2, step);
+            }
+            if (pair)
+                ecmf_mac_pairs(cv, xb, o0, o1, k0, n, acc);
+            else
+                ecmf_mac_singles(cv, xb, o0, o1, k0, n, acc);
+        }
+        /* acc: (channel, pixel) pairs, or one sum a channel */
+        if (cv->o.below_half) {
+            int32_t ch[4 * ECMF_RQ_MAX];
+            ecmf_rq_args ra;
+            ecmf_rq_prep(&cv->o, o0, o1 - o0, ch, &ra);
+            ra.ch = ch;
+            ECMF_REQUANT(acc, a->y + o0, pair ? b->y - a->y : 0, o1 - o0, &ra);
+        } else {
+            ecmf_store(&cv->o, acc, pair ? 2 : 1, o0, o1 - o0, a->y + o0, pair ? b->y + o0 : NULL);
+        }
+    }
+}
+
+static ECMF_NOINLINE int ecmf_dense(const ecmf_conv *cv) {
+    int32_t xb[ECM_FAST_CHUNK]; /* a group of 4 elements: 4 words (2 pixels) or 2 (a lone pixel) */
+    const int32_t pixels = cv->out.n * cv->out.h * cv->out.w;
+    int32_t i;
+    for (i = 0; i + 1 < pixels; i += 2) {
+        ecmf_src a, b;
+        ecmf_src_at(cv, i, &a);
+        ecmf_src_at(cv, i + 1, &b);
+        ecmf_dense_pixels(cv, &a, &b, xb);
+    }
+    if (i < pixels) {
+        ecmf_src a;
+        ecmf_src_at(cv, i, &a);
+        ecmf_dense_pixels(cv, &a, NULL, xb);
+    }
+    return 1;
+}
+
+/* ---------------------------------------------------------------- depthwise */
+
+/* A depthwise window of 4 channels, for npix pixels x_pix bytes apart: rows x cols taps; the
+ * input advances x_col bytes a tap and x_row a row, the packed weights 8 bytes a tap and
+ * w_row_adj more a row. */
+typedef struct {
+    int32_t rows, cols, x_col, x_row, w_row_adj, nzp, npix, x_pix;
+} ecmf_dw_args;
+
+#define ECMF_DW_RUN 16 /* pixels of one ecm_dsp_dw call */
+
+#if defined(__ARM_FEATURE_DSP)
+void ecm_dsp_dw(const int8_t *x, const int32_t *wp, const ecmf_dw_args *a, int32_t *acc);
+#define ECMF_DW ecm_dsp_dw
+#else
+/* See ecm_dsp_dw in ecm_kernels_dsp.S: acc[4p + j] = sum of (x_j - zp) * w_j, channels j < 4. */
+static void ecmf_dw_c(const int8_t *x, const int32_t *wp, const ecmf_dw_args *a, int32_t *acc) {
+    int32_t px, r, c;
+    for (px = 0; px < a->npix; px++, x += a->x_pix, acc += 4) {
+        const int8_t *xr = x;
+        const int32_t *w = wp;
+        int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+        for (r = a->rows; r > 0; r--, xr += a->x_row, w += a->w_row_adj / 4)
+            for (c = 0; c < a->cols; c++, w += 2) {
+                const uint32_t t = ecmf_ld32(xr + c * a->x_col);
+                const int32_t te = ecmf_sxtab16(a->nzp, t), to = ecmf_sxtab16_ror8(a->nzp, t);
+                a0 = ecmf_smlabb(te, w[0], a0), a2 = ecmf_smlatt(te, w[0], a2);
+                a1 = ecmf_smlabb(to, w[1], a1), a3 = ecmf_smlatt(to, w[1], a3);
+            }
+        acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
+    }
+}
+#define ECMF_DW ecmf_dw_c
+#endif
+
+/* One channel block of a depthwise layer: its packed weights and requantization, and the
+ * ecm_dsp_dw arguments that every pixel shares. */
+typedef struct {
+    const ecmf_conv *cv;
+    int32_t c, n;           /* channels c .. c + n - 1 (n == 4, or the last n < 4) */
+    const int32_t *packed;  /* n == 4: 2 words a tap */
+    ecmf_rq_args *ra;       /* cv->o.below_half */
+    ecmf_dw_args a;
+} ecmf_dw_block;
+
+/* Output pixels [ox, ox1) of a row, whose windows have the same columns [kx0, kx1) and rows
+ * [ky0, ky0 + rows) (rows 0: all padding); x: channel c of the first pixel's first tap inside. */
+static ECMF_NOINLINE void ecmf_dw_run(ecmf_dw_block *k, const int8_t *x, int32_t ky0, int32_t rows, int32_t kx0, int32_t kx1,
+                        int32_t ox, int32_t ox1, int8_t *y) {
+    const ecmf_conv *cv = k->cv;
+    const int32_t kw = cv->w.w, oc = cv->out.c, n = k->n, tap0 = ky0 * kw + kx0;
+    int32_t acc[4 * ECMF_DW_RUN], px;
+    k->a.cols = kx1 - kx0, k->a.rows = k->a.cols > 0 ? rows : 0, k->a.w_row_adj = (kw - k->a.cols) * 8;
+    for (; ox < ox1; ox += k->a.npix, x += k->a.npix * k->a.x_pix, y += k->a.npix * oc) {
+        k->a.npix = ox1 - ox < ECMF_DW_RUN ? ox1 - ox : ECMF_DW_RUN;
+        if (n == 4) {
+            ECMF_DW(x, k->packed + 2 * tap0, &k->a, acc);
+        } else {
+            ecmf_patch pt;
+            const int32_t taps = cv->w.h * kw;
+            pt.rows = k->a.rows, pt.cols = k->a.cols, pt.len = 1, pt.x_row = k->a.x_row, pt.x_col = k->a.x_col;
+            pt.w_row = kw, pt.w_col = 1;
+            for (px = 0; px < k->a.npix; px++)
+                ecmf_dw_tail(&pt, x + px * k->a.x_pix, cv->weights + (size_t)k->c * taps + tap0, taps, n,
+                             cv->p->input_zp, acc + 4 * px);
+        }
+        if (cv->o.below_half && n == 4) {
+            k->ra->npix = k->a.npix;
+            ECMF_REQUANT(acc, y, 0, 4, k->ra);
+        } else {
+            for (px = 0; px < k->a.npix; px++) ecmf_store(&cv->o, acc + 4 * px, 1, k->c, n, y + px * oc, NULL);
+        }
+    }
+}
+
+/* The output columns [*lo, *hi) whose windows lie wholly inside the input's width. */
+static void ecmf_dw_interior(const ecmf_conv *cv, int32_t *lo, int32_t *hi) {
+    const ecm_conv_params *p = cv->p;
+    const int32_t span = p->dilation_w * (cv->w.w - 1);
+    int32_t a = (p->pad_left + p->stride_w - 1) / p->stride_w; /* first with xs >= 0 */
+    int32_t b = cv->in.w - 1 - span + p->pad_left;              /* xs + span <= in.w - 1 */
+    b = b < 0 ? 0 : b / p->stride_w + 1;
+    a = a > cv->out.w ? cv->out.w : a;
+    b = b > cv->out.w ? cv->out.w : b;
+    *lo = a, *hi = b < a ? a : b;
+}
+
+static ECMF_NOINLINE int ecmf_depthwise(const ecmf_conv *cv) {
+    const ecm_conv_params *p = cv->p;
+    const int32_t kw = cv->w.w, taps = cv->w.h * kw, ch = cv->in.c, oc = cv->out.c;
+    int32_t packed[2 * ECMF_DW_MAX_TAPS], rq_ch[4 * 4];
+    int32_t b, oy, ox, t, lo, hi, ky0, ky1, kx0, kx1;
+    ecmf_rq_args ra;
+    ecmf_dw_block k;
+    if (taps > ECMF_DW_MAX_TAPS) return 0;
+    ecmf_dw_interior(cv, &lo, &hi);
+    k.cv = cv, k.packed = packed, k.ra = &ra;
+    k.a.x_col = p->dilation_w * ch, k.a.x_row = p->dilation_h * cv->in.w * ch, k.a.x_pix = p->stride_w * ch;
+    k.a.nzp = ecmf_neg_zp2(p->input_zp);
+    ra.y_step = oc;
+    for (k.c = 0; k.c < ch; k.c += 4) {
+        const int8_t *w = cv->weights + (size_t)k.c * taps;
+        k.n = ch - k.c < 4 ? ch - k.c : 4;
+        if (cv->o.below_half) ecmf_rq_prep(&cv->o, k.c, k.n, rq_ch, &ra), ra.ch = rq_ch, ra.y_step = oc;
+        if (k.n == 4)
+            for (t = 0; t < taps; t++) { /* (w_c0, w_c2) and (w_c1, w_c3) of tap t */
+                packed[2 * t] = (int32_t)(((uint32_t)w[t] & 0xFFFFu) | ((uint32_t)w[2 * taps + t] << 16));
+                packed[2 * t + 1] = (int32_t)(((uint32_t)w[taps + t] & 0xFFFFu) | ((uint32_t)w[3 * taps + t] << 16));
+            }
+        for (b = 0; b < cv->out.n; b++)
+            for (oy = 0; oy < cv->out.h; oy++) {
+                const int32_t ys = oy * p->stride_h - p->pad_top;
+                const int8_t *row = cv->in_data + (size_t)b * cv->in.h * cv->in.w * ch + k.c;
+                int8_t *y = cv->out_data + (((size_t)b * cv->out.h + oy) * cv->out.w) * oc + k.c;
+                ecmf_taps(ys, cv->w.h, p->dilation_h, cv->in.h, &ky0, &ky1);
+                if (ky1 > ky0) row += (size_t)(ys + ky0 * p->dilation_h) * cv->in.w * ch;
+                for (ox = 0; ox < cv->out.w; ox = ox < lo || ox >= hi ? ox + 1 : hi) {
+                    const int32_t xs = ox * p->stride_w - p->pad_left;
+                    const int8_t *x = row;
+                    if (ox >= lo && ox < hi) {
+                        kx0 = 0, kx1 = kw;
+                    } else {
+                        ecmf_taps(xs, kw, p->dilation_w, cv->in.w, &kx0, &kx1);
+                    }
+                    if (kx1 > kx0 && ky1 > ky0) x += (ptrdiff_t)(xs + kx0 * p->dilation_w) * ch;
+                    ecmf_dw_run(&k, x, ky0, ky1 - ky0, kx0, kx1, ox, ox >= lo && ox < hi ? hi : ox + 1, y + (size_t)ox * oc);
+                }
+            }
+    }
+    return 1;
+}
+
+#endif /* ECM_FAST_DSP_H */
