@@ -298,7 +298,12 @@ def _c_device_checks(stage: Path, written: dict, target: Target) -> dict:
             info["host_check"] = f"bit-exact with the integer reference on {len(demo)} samples (gcc, host)"
         if target.kind == "mcu":
             info["code_size"] = c_device.code_sizes(rt, target.cpu)
-            emu = c_device.emulate(rt, target.cpu)
+            mem = _c_memory(cm, info, target)
+            # A bundle that cannot be flashed is not worth minutes of emulation: the build stops
+            # on its size (or ships it under --allow-oversize, without instruction counts).
+            emu = c_device.emulate(rt, target.cpu) if mem["fits_flash"] and mem["fits_ram"] else None
+            if emu is None and not (mem["fits_flash"] and mem["fits_ram"]):
+                info["emulated"] = "skipped: the bundle does not fit the board"
             if emu is not None and emu.status == "ECM_OK" and emu.steps:
                 n = max(len(demo), 1)
                 per = [int(round(v / n)) for v in emu.steps]
@@ -314,7 +319,7 @@ def _c_device_checks(stage: Path, written: dict, target: Target) -> dict:
                     "basis": f"emulated instruction count: qemu-system-arm -M {c_device.qemu_machine(target.cpu)} "
                              f"-icount shift=0, SysTick ticks x {c_device.INSTRUCTIONS_PER_TICK}; ms at "
                              f"{target.clock_mhz:g} MHz assumes one instruction per cycle (an estimate)"}
-            elif emu is None:
+            elif emu is None and "emulated" not in info:
                 info["emulated"] = None
     except c_device.DeviceToolError as e:
         raise BuildError(f"the generated C did not build or run: {e}") from None
@@ -618,7 +623,7 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
             device = None
             if backend == "c":
                 device = _c_device_checks(stage, written, target)
-                emu = device.get("emulated") or {}
+                emu = device.get("emulated") if isinstance(device.get("emulated"), dict) else {}
                 latency = {"host_fp32_onnx_ms": None, "host_bundle_ms": None, "speedup": None, "repeats": 0,
                            "emulated_instructions": emu.get("instructions_per_inference"),
                            "target_ms_emulated": emu.get("ms_at_clock")}

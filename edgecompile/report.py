@@ -350,7 +350,7 @@ def _latency_html(report: dict) -> str:
         return (f"Host, measured (median of {lat['repeats']}, 1 thread): fp32 ONNX {lat['host_fp32_onnx_ms']:.3f} ms, "
                 f"bundle {lat['host_bundle_ms']:.3f} ms.")
     emu = (report.get("device") or {}).get("emulated")
-    if emu:
+    if isinstance(emu, dict):
         return html.escape(f"{emu['instructions_per_inference']:,} emulated instructions per inference "
                            f"(≈ {emu['ms_at_clock']:.3f} ms at {emu['clock_mhz']:g} MHz). {emu['basis']}.")
     return "Not measured on the host (generated C; no emulator for this target)."
@@ -370,7 +370,9 @@ def _device_html(report: dict) -> str:
         out += (f"<p>Code size ({e(cs['toolchain'])}, {e(cs['flags'])}), bytes:</p><table><tr><th>part</th><th>.text"
                 f"</th><th>.rodata</th><th>.data</th><th>.bss</th></tr>{rows}</table>")
     emu = dev.get("emulated")
-    if emu:
+    if isinstance(emu, str):
+        out += f"<p>Emulation {e(emu)}.</p>"
+    elif emu:
         rows = "".join(f"<tr><td>{r['step']}</td><td>{e(r['layer'])}</td><td>{e(r['kernel'])}</td>"
                        f"<td>{r['instructions']:,}</td><td>{r['macs']:,}</td><td>{'yes' if r['streamed'] else ''}</td></tr>"
                        for r in emu["per_layer"])
