@@ -13,6 +13,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as fb
 
 from ..ir import Node, Value
+from .tflite_builder import BUILTIN_NAMES
 from .tflite_lower import CL, IR, Lowering, TensorRef, TFLiteUnsupportedError, act_qparams, cl_axis, cl_shape
 
 # Fixed output qparams TFLite's int8 kernels require.
@@ -107,7 +108,41 @@ def scalar(L: Lowering, value: float, name: str) -> TensorRef:
 # -- emitters ---------------------------------------------------------------------------------
 def lower_unary(L: Lowering, node: Node) -> None:
     op, int8_ok = UNARY[node.op]
+    if node.op == "relu" and fuse_relu(L, node):
+        return
     emit_simple(L, node, op, int8_ok=int8_ok)
+
+
+#: Kernels with a fused activation (their options' ``fusedActivationFunction``).
+_FUSES_ACTIVATION = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "SUB", "MUL")
+
+
+def fuse_relu(L: Lowering, node: Node) -> bool:
+    """A relu whose input is the output of a kernel with a fused activation, read by nothing else,
+    becomes that kernel's fused RELU (no operator, no tensor): the same values, since an int8 relu
+    keeps its input's scale and zero point (TFLite clamps the kernel's output at the zero point),
+    and a float one is max(x, 0) either way. False (nothing changed) when that does not hold."""
+    x, y = node.inputs[0], node.output
+    if x.is_const or len(x.uses) != 1 or any(v is x for v in L.g.outputs):
+        return False
+    qx, qy = act_qparams(x), act_qparams(y)
+    if (qx is None) != (qy is None) or (qx is not None and (np.float32(qx[0][0]) != np.float32(qy[0][0])
+                                                             or qx[1] != qy[1])):
+        return False
+    forms = L.forms.get(id(x), {})
+    if len(forms) != 1:                     # one tensor, written by one kernel
+        return False
+    (layout, _), t = next(iter(forms.items()))
+    writers = [o for o in L.b.operators if t.index in list(o.outputs)]
+    codes = {index: code for (code, _), index in L.b.opcodes.items()}
+    if len(writers) != 1 or BUILTIN_NAMES.get(codes[writers[0].opcodeIndex]) not in _FUSES_ACTIVATION:
+        return False
+    opts = writers[0].builtinOptions
+    if opts is None or opts.fusedActivationFunction != fb.ActivationFunctionType.NONE:
+        return False
+    opts.fusedActivationFunction = fb.ActivationFunctionType.RELU
+    L.define(y, t, layout)
+    return True
 
 
 def lower_binary(L: Lowering, node: Node) -> None:
@@ -360,7 +395,7 @@ def lower_expand(L: Lowering, node: Node) -> None:
 
 
 def lower_where(L: Lowering, node: Node) -> None:
-    emit_simple(L, node, "SELECT_V2", fb.SelectV2OptionsT(), int8_ok=False, layout=IR)
+    emit_simple(L, node, "SELECT_V2", fb.SelectV2OptionsT(), int8_ok=False)
 
 
 def lower_cast(L: Lowering, node: Node) -> None:

@@ -137,3 +137,37 @@ def test_stripped_model_leaves_out_only_what_the_loader_restores():
             np.testing.assert_array_equal(qa.zeroPoint, qb.zeroPoint)
             assert qa.quantizedDimension == qb.quantizedDimension
     assert len(m.model_bytes) < len(embedded.model_bytes) - sum(a.nbytes for a in m.tensors.values())
+
+
+def _conv_relu_graph(relu_also_output: bool) -> tuple[Graph, list[np.ndarray]]:
+    rng = np.random.default_rng(0)
+    g = Graph("conv_relu")
+    x = g.add_input("x", (1, 2, 6, 6))
+    w = g.add_const("conv.weight", rng.standard_normal((4, 2, 3, 3)).astype(np.float32))
+    b = g.add_const("conv.bias", rng.standard_normal(4).astype(np.float32))
+    h = g.add_node("conv", [x, w, b], {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1},
+                   name="conv").output
+    r = g.add_node("relu", [h], name="act").output
+    g.outputs = [r, h] if relu_also_output else [r]
+    infer_shapes(g)
+    return g, [rng.standard_normal((1, 2, 6, 6)).astype(np.float32)]
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_relu_after_a_conv_is_its_fused_activation(int8):
+    """No RELU operator nor tensor: the conv's fused activation, same values (an int8 relu keeps its
+    input's scale and zero point); a conv output read by something else keeps its own RELU."""
+    g, xs = _conv_relu_graph(False)
+    if int8:
+        QuantizePass(QuantConfig(), [xs])(g)
+    m = emit_tflite(g, embed_weights=True)
+    assert op_counts(m.model_bytes).get("RELU", 0) == 0
+    model = unpack_model(m.model_bytes)
+    [conv] = [o for o in model.subgraphs[0].operators if o.builtinOptionsType == 1]   # Conv2DOptions
+    assert conv.builtinOptions.fusedActivationFunction == 1                            # RELU
+    out, ref = run_tflite(m.model_bytes, *xs)[0], run_graph(g, *xs)
+    assert out.min() >= 0 and np.abs(out - ref).max() <= (step(g) if int8 else 1e-5)
+    g, xs = _conv_relu_graph(True)
+    if int8:
+        QuantizePass(QuantConfig(), [xs])(g)
+    assert op_counts(emit_tflite(g, embed_weights=True).model_bytes)["RELU"] == 1

@@ -116,10 +116,24 @@ def test_a_kernel_that_refuses_a_type_names_it():
     assert str(e).endswith("; use --backend c") and "\n" not in str(e)
 
 
+def _masked_select() -> tuple[Graph, list[np.ndarray]]:
+    """where(conv(x) > 0, conv(x), y): the mask is made channels-last (from the conv), `y` exists only
+    in NCHW, so the `where` runs in NCHW and the bool mask is transposed."""
+    rng = np.random.default_rng(5)
+    g = Graph("masked_select")
+    x, y = g.add_input("x", (1, 2, 4, 4)), g.add_input("y", (1, 3, 4, 4))
+    h = g.add_node("conv", [x, g.add_const("conv.weight", rng.standard_normal((3, 2, 1, 1)).astype(np.float32))],
+                   {"stride": [1, 1], "padding": [0, 0], "dilation": [1, 1], "groups": 1}, name="conv").output
+    mask = g.add_node("gt", [h, g.add_const("zero", np.zeros((), np.float32))], name="mask").output
+    g.outputs = [g.add_node("where", [mask, h, y], name="where").output]
+    infer_shapes(g)
+    return g, [rng.standard_normal((1, 2, 4, 4)).astype(np.float32), rng.standard_normal((1, 3, 4, 4)).astype(np.float32)]
+
+
 def test_a_kernel_that_refuses_only_when_it_runs_is_found_by_check_ops():
-    """TFLM's TRANSPOSE checks its type in Invoke (a bool mask of the 1-D CNN's `where`): check_ops runs
-    the model once on zeros and calls that unsupported too; `run` reports it as a run failure."""
-    g, xs = _quantized("conv1d_net")
+    """TFLM's TRANSPOSE checks its type in Invoke (a bool mask of a `where`): check_ops runs the model
+    once on zeros and calls that unsupported too; `run` reports it as a run failure."""
+    g, xs = _masked_select()
     m = emit_tflite(g, embed_weights=True)
     with pytest.raises(tflm.TflmUnsupported) as info:
         tflm.check_ops(m.model_bytes, m.node_map)
@@ -201,3 +215,17 @@ def test_arena_figures_of_the_digits_cnn_cover_our_plan(capfd):
     with pytest.raises(RuntimeError):
         runtime.Interpreter.from_bytes(m.model_bytes, arena_size=fig["non_persistent_bytes"])
     assert "missing" in capfd.readouterr().err
+
+
+def test_a_where_over_channels_last_values_stays_channels_last():
+    """The 1-D CNN's `where` (mask, both branches from convs) runs channels-last: no transposes, so no
+    bool TRANSPOSE for TFLM to refuse; TFLM runs the model as LiteRT does."""
+    g, xs = _quantized("conv1d_net")
+    m = emit_tflite(g, embed_weights=True)
+    sg = unpack_model(m.model_bytes).subgraphs[0]
+    names = _operator_names(m.model_bytes)
+    assert not [i for i, name in enumerate(names)
+                if name == "TRANSPOSE" and sg.tensors[sg.operators[i].outputs[0]].type == TFL_TYPES["bool"]]
+    tflm.check_ops(m.model_bytes, m.node_map)
+    got, want = tflm.run(m.model_bytes, xs)[0], run_tflite(m.model_bytes, *xs)[0]
+    assert np.abs(got.astype(np.float64) - want).max() <= step(g) + 1e-6
