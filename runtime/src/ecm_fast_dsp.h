@@ -101,11 +101,12 @@ typedef struct {
 #define ECMF_RQ_MAX 16 /* channels of one ecmf_rq_prep */
 
 static void ecmf_rq_prep(const ecmf_out *o, int32_t c0, int32_t n, int32_t *ch, ecmf_rq_args *a) {
-    int32_t j;
-    for (j = 0; j < n; j++, ch += 4) {
-        const int32_t k = (c0 + j) * o->q_step;
-        ch[0] = o->mult[k], ch[1] = -o->shift[k], ch[2] = (int32_t)1 << (ch[1] - 1);
-        ch[3] = o->bias != NULL ? o->bias[c0 + j] : 0;
+    const int32_t qs = o->q_step, *m = o->mult + c0 * qs, *sh = o->shift + c0 * qs;
+    const int32_t *b = o->bias != NULL ? o->bias + c0 : NULL;
+    const int32_t *end = ch + 4 * n;
+    for (; ch < end; ch += 4, m += qs, sh += qs) {
+        const int32_t e = -*sh;
+        ch[0] = *m, ch[1] = e, ch[2] = (int32_t)1 << (e - 1), ch[3] = b != NULL ? *b++ : 0;
     }
     a->lo = o->lo, a->hi = o->hi, a->zp = o->out_zp, a->npix = 1, a->y_step = 0;
 }
@@ -147,58 +148,91 @@ static void ecmf_src_at(const ecmf_conv *cv, int32_t pixel, ecmf_src *s) {
 }
 
 /* Where converted bytes go: groups of 4 as two words (x - zp halfword pairs in SXTB16 order) at
- * dst[0], dst[1], then dst += step; nb < 4 bytes wait in `word`. */
+ * dst[0], dst[1], then dst += step; nb < 4 bytes wait in `word` (runs that start inside a group:
+ * in_c % 4 != 0). */
 typedef struct {
     int32_t *dst;
-    int32_t step, nzp, nb;
+    int32_t step, nzp, nb, zp;
     uint32_t word;
 } ecmf_sink;
 
-static inline void ecmf_sink_word(ecmf_sink *k, uint32_t v) {
-    k->dst[0] = ecmf_sxtab16(k->nzp, v), k->dst[1] = ecmf_sxtab16_ror8(k->nzp, v);
-    k->dst += k->step;
+/* len bytes from src, or len bytes of value zp (x - zp == 0) when src == NULL (padding). */
+static void ecmf_sink_bytes(ecmf_sink *k, const int8_t *src, int32_t len) {
+    const int32_t step = k->step, nzp = k->nzp;
+    int32_t *d = k->dst, g;
+    if (k->nb == 0 && src == NULL) { /* whole groups of padding */
+        for (g = len >> 2; g > 0; g--, d += step) d[0] = 0, d[1] = 0;
+        len &= 3;
+    } else if (k->nb == 0) { /* whole groups */
+        for (g = len >> 2; g > 0; g--, d += step, src += 4) {
+            const uint32_t v = ecmf_ld32(src);
+            d[0] = ecmf_sxtab16(nzp, v), d[1] = ecmf_sxtab16_ror8(nzp, v);
+        }
+        len &= 3;
+    } else if (src != NULL) { /* words shifted in after the nb bytes waiting */
+        const int32_t sh = 8 * k->nb;
+        for (g = len >> 2; g > 0; g--, d += step, src += 4) {
+            const uint32_t v = ecmf_ld32(src), w = k->word | (v << sh);
+            d[0] = ecmf_sxtab16(nzp, w), d[1] = ecmf_sxtab16_ror8(nzp, w);
+            k->word = v >> (32 - sh);
+        }
+        len &= 3;
+    }
+    for (; len > 0; len--) { /* bytes: the rest, or padding after a partial group */
+        k->word |= (uint32_t)(uint8_t)(src != NULL ? *src++ : (int8_t)k->zp) << (8 * k->nb);
+        if (++k->nb == 4) {
+            d[0] = ecmf_sxtab16(nzp, (uint32_t)k->word), d[1] = ecmf_sxtab16_ror8(nzp, k->word);
+            d += step, k->word = 0, k->nb = 0;
+        }
+    }
+    k->dst = d;
 }
 
-/* len bytes from src, or len bytes of value zp when src == NULL (padding). */
-static void ecmf_sink_bytes(ecmf_sink *k, const int8_t *src, int32_t len, int32_t zp) {
-    const uint32_t fill = (uint32_t)(uint8_t)zp * 0x01010101u;
-    for (; len >= 4; len -= 4) { /* a word at a time; with nb bytes waiting, shifted in */
-        const uint32_t v = src != NULL ? ecmf_ld32(src) : fill;
-        if (k->nb == 0) {
-            ecmf_sink_word(k, v);
-        } else {
-            ecmf_sink_word(k, k->word | (v << (8 * k->nb)));
-            k->word = v >> (32 - 8 * k->nb);
-        }
-        if (src != NULL) src += 4;
-    }
-    for (; len > 0; len--) {
-        k->word |= (uint32_t)(uint8_t)(src != NULL ? *src++ : (int8_t)zp) << (8 * k->nb);
-        if (++k->nb == 4) ecmf_sink_word(k, k->word), k->word = 0, k->nb = 0;
-    }
-}
+static int32_t ecmf_clampi(int32_t v, int32_t lo, int32_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
 /* Patch elements [k0, k0 + n) of pixel s, converted into dst / step (ecmf_sink); padding is 0
- * (x == zp), and so are the elements past n in the last group. k0 is a multiple of 4. */
+ * (x == zp), and so are the elements past n in the last group. k0 is a multiple of 4. With
+ * dilation_w == 1 a kernel row is kw * in_c contiguous bytes: the columns left of the input, those
+ * inside, those right of it. */
 static void ecmf_im2col(const ecmf_conv *cv, const ecmf_src *s, int32_t k0, int32_t n, int32_t *dst, int32_t step) {
     const ecm_conv_params *p = cv->p;
-    const int32_t c = cv->in.c, kw = cv->w.w, zp = p->input_zp;
-    int32_t tap = k0 / c, ci = k0 % c, k = 0;
+    const int32_t c = cv->in.c, kw = cv->w.w;
+    int32_t k = 0;
     ecmf_sink sink;
-    sink.dst = dst, sink.step = step, sink.nzp = ecmf_neg_zp2(zp), sink.nb = 0, sink.word = 0;
-    while (k < n) {
-        const int32_t ky = tap / kw, iy = s->ys + ky * p->dilation_h;
-        int32_t kx = tap % kw, ix = s->xs + kx * p->dilation_w, run = c - ci;
-        const int inside = iy >= 0 && iy < cv->in.h && ix >= 0 && ix < cv->in.w;
-        const int8_t *src = inside ? s->img + ((size_t)iy * cv->in.w + (size_t)ix) * c + ci : NULL;
-        if (p->dilation_w == 1) /* the row's next taps, contiguous while on the same side of the edge */
-            for (; kx + 1 < kw && run < n - k; kx++, ix++, tap++, run += c)
-                if ((iy >= 0 && iy < cv->in.h && ix + 1 >= 0 && ix + 1 < cv->in.w) != inside) break;
-        if (run > n - k) run = n - k;
-        ecmf_sink_bytes(&sink, src, run, zp);
-        k += run, ci = 0, tap++;
+    sink.dst = dst, sink.step = step, sink.nzp = ecmf_neg_zp2(p->input_zp), sink.nb = 0, sink.zp = p->input_zp;
+    sink.word = 0;
+    if (p->dilation_w == 1 && k0 == 0 && n == cv->patch && s->ys >= 0 && s->xs >= 0 &&
+        s->ys + (cv->w.h - 1) * p->dilation_h < cv->in.h && s->xs + kw <= cv->in.w) { /* the whole window inside */
+        const int8_t *src = s->img + ((size_t)s->ys * cv->in.w + (size_t)s->xs) * c;
+        int32_t ky;
+        for (ky = 0; ky < cv->w.h; ky++, src += (ptrdiff_t)p->dilation_h * cv->in.w * c) ecmf_sink_bytes(&sink, src, kw * c);
+    } else if (p->dilation_w == 1) {
+        const int32_t row = kw * c;
+        const int32_t lp = ecmf_clampi(-s->xs, 0, kw) * c, rx = ecmf_clampi(cv->in.w - s->xs, 0, kw) * c;
+        const int32_t rp = rx < lp ? lp : rx; /* the row's bytes [lp, rp) are inside the input */
+        int32_t ky = k0 / row, off = k0 % row;
+        for (; k < n; ky++, off = 0) {
+            const int32_t iy = s->ys + ky * p->dilation_h, end = row - off < n - k ? row : off + n - k;
+            const int32_t a = end < lp ? end : lp, b0 = off > lp ? off : lp, b1 = end < rp ? end : rp;
+            const int32_t c0 = off > rp ? off : rp;
+            if (a > off) ecmf_sink_bytes(&sink, NULL, a - off);
+            if (b1 > b0) /* s->xs * c + b0 >= 0: b0 >= lp */
+                ecmf_sink_bytes(&sink, iy >= 0 && iy < cv->in.h ? s->img + ((ptrdiff_t)iy * cv->in.w + s->xs) * c + b0 : NULL,
+                                b1 - b0);
+            if (end > c0) ecmf_sink_bytes(&sink, NULL, end - c0);
+            k += end - off;
+        }
+    } else { /* dilated columns: a run of in_c bytes a tap */
+        int32_t tap = k0 / c, ci = k0 % c;
+        for (; k < n; tap++, ci = 0) {
+            const int32_t iy = s->ys + (tap / kw) * p->dilation_h, ix = s->xs + (tap % kw) * p->dilation_w;
+            const int32_t run = c - ci < n - k ? c - ci : n - k;
+            const int inside = iy >= 0 && iy < cv->in.h && ix >= 0 && ix < cv->in.w;
+            ecmf_sink_bytes(&sink, inside ? s->img + ((size_t)iy * cv->in.w + (size_t)ix) * c + ci : NULL, run);
+            k += run;
+        }
     }
-    if (sink.nb > 0) ecmf_sink_bytes(&sink, NULL, 4 - sink.nb, zp); /* the last group's missing bytes */
+    if (sink.nb > 0) ecmf_sink_bytes(&sink, NULL, 4 - sink.nb); /* the last group's missing bytes */
 }
 
 /* ---- the MAC loops: ecm_kernels_dsp.S on the device, these C twins on a host (and for the odd
@@ -209,18 +243,20 @@ static void ecmf_im2col(const ecmf_conv *cv, const ecmf_src *s, int32_t k0, int3
 
 #if defined(__ARM_FEATURE_DSP)
 void ecm_dsp_pairs(const int32_t *x, const int8_t *w, int32_t groups, ptrdiff_t dw, int32_t *acc, int32_t pairs,
-                   ptrdiff_t pair_step);
-void ecm_dsp_quads(const int32_t *x, const int8_t *w, int32_t groups, int32_t patch, int32_t *acc, int32_t quads);
+                   ptrdiff_t pair_step, int32_t zero);
+void ecm_dsp_quads(const int32_t *x, const int8_t *w, int32_t groups, int32_t patch, int32_t *acc, int32_t quads,
+                   int32_t zero);
 #define ECMF_PAIRS ecm_dsp_pairs
 #define ECMF_QUADS ecm_dsp_quads
 #else
 /* See ecm_dsp_pairs in ecm_kernels_dsp.S. */
 static void ecmf_pairs_c(const int32_t *x, const int8_t *w, int32_t groups, ptrdiff_t dw, int32_t *acc, int32_t pairs,
-                         ptrdiff_t pair_step) {
+                         ptrdiff_t pair_step, int32_t zero) {
     int32_t g;
     for (; pairs > 0; pairs--, w += pair_step, acc += 4) {
         const int32_t *xp = x;
         const int8_t *wp = w;
+        if (zero) acc[0] = acc[1] = acc[2] = acc[3] = 0;
         for (g = groups; g > 0; g--, xp += 4, wp += 4) {
             uint32_t u = ecmf_ld32(wp);
             acc[0] = ecmf_smlad(xp[0], ecmf_sxtb16(u), ecmf_smlad(xp[1], ecmf_sxtb16_ror8(u), acc[0]));
@@ -233,12 +269,14 @@ static void ecmf_pairs_c(const int32_t *x, const int8_t *w, int32_t groups, ptrd
 }
 
 /* See ecm_dsp_quads in ecm_kernels_dsp.S. */
-static void ecmf_quads_c(const int32_t *x, const int8_t *w, int32_t groups, int32_t patch, int32_t *acc, int32_t quads) {
+static void ecmf_quads_c(const int32_t *x, const int8_t *w, int32_t groups, int32_t patch, int32_t *acc, int32_t quads,
+                         int32_t zero) {
     int32_t g, j;
     for (; quads > 0; quads--, w += 4 * (ptrdiff_t)patch, acc += 4)
         for (j = 0; j < 4; j++) {
             const int32_t *xp = x;
             const int8_t *wp = w + j * (ptrdiff_t)patch;
+            if (zero) acc[j] = 0;
             for (g = groups; g > 0; g--, xp += 2, wp += 4) {
                 const uint32_t u = ecmf_ld32(wp);
                 acc[j] = ecmf_smlad(xp[0], ecmf_sxtb16(u), ecmf_smlad(xp[1], ecmf_sxtb16_ror8(u), acc[j]));
@@ -263,16 +301,17 @@ static void ecmf_tail(const int32_t *xg, int32_t n_px, const int8_t *w, int32_t 
  * pixel 0's two, pixel 1's two): acc[(o - o0) * 2 + p] += sum (x_p - zp) * w_o. */
 static void ecmf_mac_pairs(const ecmf_conv *cv, const int32_t *xb, int32_t o0, int32_t o1, int32_t k0, int32_t n,
                            int32_t *acc) {
+    const int32_t zero = k0 == 0; /* the first piece of the patch sets the sums */
     const ptrdiff_t patch = cv->patch;
     const int32_t full = (n + 3) >> 2, whole = n >> 2, t = n & 3, oc = cv->out.c;
     const int8_t *w = cv->weights + o0 * patch + k0;
     int32_t o = o0, pairs = (o1 - o0) >> 1;
     if (o1 == oc && !((o1 - o0) & 1) && t != 0) pairs--; /* the pair ending the weights: below */
-    if (pairs > 0) ECMF_PAIRS(xb, w, full, patch, acc, pairs, 2 * patch);
+    if (pairs > 0) ECMF_PAIRS(xb, w, full, patch, acc, pairs, 2 * patch, zero);
     for (o += 2 * pairs, w += 2 * pairs * patch, acc += 4 * pairs; o < o1; o += 2, w += 2 * patch, acc += 4) {
         const ptrdiff_t dw = o + 1 < o1 ? patch : 0; /* a lone channel: twice, the copy in acc[2..3] */
         const int ends = o + (dw != 0) == oc - 1;
-        ECMF_PAIRS(xb, w, ends ? whole : full, dw, acc, 1, 0);
+        ECMF_PAIRS(xb, w, ends ? whole : full, dw, acc, 1, 0, zero);
         if (ends && t != 0) {
             ecmf_tail(xb + 4 * whole, 2, w + 4 * whole, t, acc, 1);
             ecmf_tail(xb + 4 * whole, 2, w + dw + 4 * whole, t, acc + 2, 1);
@@ -284,16 +323,18 @@ static void ecmf_mac_pairs(const ecmf_conv *cv, const int32_t *xb, int32_t o0, i
  * acc[o - o0] += sum (x - zp) * w_o. */
 static void ecmf_mac_singles(const ecmf_conv *cv, const int32_t *xb, int32_t o0, int32_t o1, int32_t k0, int32_t n,
                              int32_t *acc) {
+    const int32_t zero = k0 == 0;
     const ptrdiff_t patch = cv->patch;
     const int32_t full = (n + 3) >> 2, whole = n >> 2, t = n & 3, oc = cv->out.c;
     const int8_t *w = cv->weights + o0 * patch + k0;
     int32_t o, g, quads = (o1 - o0) >> 2;
     if (o1 == oc && !((o1 - o0) & 3) && t != 0) quads--; /* the quad ending the weights: below */
-    if (quads > 0) ECMF_QUADS(xb, w, full, (int32_t)patch, acc, quads);
+    if (quads > 0) ECMF_QUADS(xb, w, full, (int32_t)patch, acc, quads, zero);
     for (o = o0 + 4 * quads, w += 4 * quads * patch, acc += 4 * quads; o < o1; o++, w += patch, acc++) {
         const int ends = o == oc - 1;
         const int32_t *xp = xb;
         const int8_t *wp = w;
+        if (zero) *acc = 0;
         for (g = ends ? whole : full; g > 0; g--, xp += 2, wp += 4) {
             const uint32_t u = ecmf_ld32(wp);
             *acc = ecmf_smlad(xp[0], ecmf_sxtb16(u), ecmf_smlad(xp[1], ecmf_sxtb16_ror8(u), *acc));
@@ -302,14 +343,15 @@ static void ecmf_mac_singles(const ecmf_conv *cv, const int32_t *xb, int32_t o0,
     }
 }
 
-/* Every output of pixels a and b (b == NULL: a alone). */
-static ECMF_NOINLINE void ecmf_dense_pixels(const ecmf_conv *cv, const ecmf_src *a, const ecmf_src *b, int32_t *xb) {
+/* Every output of pixels a and b (b == NULL: a alone). ra: the requantization of all channels,
+ * prepared once for the layer (out_c <= ECMF_GROUP), or NULL. */
+static ECMF_NOINLINE void ecmf_dense_pixels(const ecmf_conv *cv, const ecmf_src *a, const ecmf_src *b, int32_t *xb,
+                                            const ecmf_rq_args *ra_all) {
     const int pair = b != NULL, step = pair ? 4 : 2;
     const int32_t chunk = pair ? ECM_FAST_CHUNK : 2 * ECM_FAST_CHUNK, oc = cv->out.c, patch = cv->patch;
-    int32_t acc[2 * ECMF_GROUP + 2], o0, o1, k0, n, j;
+    int32_t acc[2 * ECMF_GROUP + 2], o0, o1, k0, n; /* + the junk sums of a pair past o1 */
     for (o0 = 0; o0 < oc; o0 = o1) {
         o1 = oc - o0 < ECMF_GROUP ? oc : o0 + ECMF_GROUP;
-        for (j = 0; j < 2 * (o1 - o0) + 2; j++) acc[j] = 0; /* + the junk sums of a pair past o1 */
         for (k0 = 0; k0 < patch; k0 += chunk) {
             n = patch - k0 < chunk ? patch - k0 : chunk;
             if (o0 == 0 || patch > chunk) { /* the buffer already holds it when the patch fits */
@@ -322,7 +364,9 @@ static ECMF_NOINLINE void ecmf_dense_pixels(const ecmf_conv *cv, const ecmf_src 
                 ecmf_mac_singles(cv, xb, o0, o1, k0, n, acc);
         }
         /* acc: (channel, pixel) pairs, or one sum a channel */
-        if (cv->o.below_half) {
+        if (ra_all != NULL) {
+            ECMF_REQUANT(acc, a->y, pair ? b->y - a->y : 0, oc, ra_all);
+        } else if (cv->o.below_half) {
             int32_t ch[4 * ECMF_RQ_MAX];
             ecmf_rq_args ra;
             ecmf_rq_prep(&cv->o, o0, o1 - o0, ch, &ra);
@@ -336,18 +380,24 @@ static ECMF_NOINLINE void ecmf_dense_pixels(const ecmf_conv *cv, const ecmf_src 
 
 static ECMF_NOINLINE int ecmf_dense(const ecmf_conv *cv) {
     int32_t xb[ECM_FAST_CHUNK]; /* a group of 4 elements: 4 words (2 pixels) or 2 (a lone pixel) */
+    int32_t ch[4 * ECMF_RQ_MAX];
     const int32_t pixels = cv->out.n * cv->out.h * cv->out.w;
+    ecmf_rq_args ra, *ra_all = NULL;
     int32_t i;
+    if (cv->o.below_half && cv->out.c <= ECMF_GROUP) { /* one group: its requantization once */
+        ecmf_rq_prep(&cv->o, 0, cv->out.c, ch, &ra);
+        ra.ch = ch, ra_all = &ra;
+    }
     for (i = 0; i + 1 < pixels; i += 2) {
         ecmf_src a, b;
         ecmf_src_at(cv, i, &a);
         ecmf_src_at(cv, i + 1, &b);
-        ecmf_dense_pixels(cv, &a, &b, xb);
+        ecmf_dense_pixels(cv, &a, &b, xb, ra_all);
     }
     if (i < pixels) {
         ecmf_src a;
         ecmf_src_at(cv, i, &a);
-        ecmf_dense_pixels(cv, &a, NULL, xb);
+        ecmf_dense_pixels(cv, &a, NULL, xb, ra_all);
     }
     return 1;
 }

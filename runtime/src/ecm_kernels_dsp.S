@@ -15,10 +15,11 @@
     .thumb
 
 /* void ecm_dsp_pairs(const int32_t *x, const int8_t *w, int32_t groups, ptrdiff_t dw,
- *                    int32_t *acc, int32_t pairs, ptrdiff_t pair_step);
+ *                    int32_t *acc, int32_t pairs, ptrdiff_t pair_step, int32_t zero);
  * For each of `pairs` channel pairs (weights w and w + dw, then w += pair_step):
- * acc[0..3] += (ch0 px0, ch0 px1, ch1 px0, ch1 px1) over `groups` groups of 4 elements, x holding
- * 4 words a group (px0 even, px0 odd, px1 even, px1 odd); acc += 4. 17 instructions a group. */
+ * acc[0..3] (= when zero, else +=) (ch0 px0, ch0 px1, ch1 px0, ch1 px1) over `groups` groups of 4
+ * elements, x holding 4 words a group (px0 even, px0 odd, px1 even, px1 odd); acc += 4.
+ * 17 instructions a group. */
     .section .text.ecm_dsp_pairs, "ax", %progbits
     .global ecm_dsp_pairs
     .hidden ecm_dsp_pairs
@@ -29,10 +30,17 @@ ecm_dsp_pairs:
     push    {r4-r11, lr}
     sub     sp, sp, #12             @ [sp] x, [sp, #4] this pair's w, [sp, #8] groups
     str     r0, [sp]
-    str     r2, [sp, #8]            @ stack arguments: acc [sp, #48], pairs [sp, #52], pair_step [sp, #56]
-.Lp_pair:
+    str     r2, [sp, #8]            @ stack arguments: acc [sp, #48], pairs [sp, #52], pair_step [sp, #56],
+.Lp_pair:                           @ zero [sp, #60]
     ldr     r4, [sp, #48]
     ldm     r4, {r5-r8}             @ r5 ch0 px0, r6 ch0 px1, r7 ch1 px0, r8 ch1 px1
+    ldr     r4, [sp, #60]
+    cbz     r4, .Lp_sums
+    movs    r5, #0
+    movs    r6, #0
+    movs    r7, #0
+    movs    r8, #0
+.Lp_sums:
     str     r1, [sp, #4]
     ldr     r0, [sp]
     ldr     r2, [sp, #8]
@@ -71,9 +79,10 @@ ecm_dsp_pairs:
     .size ecm_dsp_pairs, . - ecm_dsp_pairs
 
 /* void ecm_dsp_quads(const int32_t *x, const int8_t *w, int32_t groups, int32_t patch,
- *                    int32_t *acc, int32_t quads);
- * One pixel, 4 channels a step (weights w + j * patch, then w += 4 * patch): acc[0..3] += the 4
- * sums over `groups` groups, x holding 2 words a group (even, odd); acc += 4. 23 a group. */
+ *                    int32_t *acc, int32_t quads, int32_t zero);
+ * One pixel, 4 channels a step (weights w + j * patch, then w += 4 * patch): acc[0..3] (= when
+ * zero, else +=) the 4 sums over `groups` groups, x holding 2 words a group (even, odd); acc += 4.
+ * 23 instructions a group. */
     .section .text.ecm_dsp_quads, "ax", %progbits
     .global ecm_dsp_quads
     .hidden ecm_dsp_quads
@@ -84,10 +93,17 @@ ecm_dsp_quads:
     push    {r4-r11, lr}
     sub     sp, sp, #12             @ [sp] x, [sp, #4] this step's w, [sp, #8] groups
     str     r0, [sp]
-    str     r2, [sp, #8]            @ stack arguments: acc [sp, #48], quads [sp, #52]
+    str     r2, [sp, #8]            @ stack arguments: acc [sp, #48], quads [sp, #52], zero [sp, #56]
 .Lq_step:
     ldr     lr, [sp, #48]
     ldm     lr, {r5-r8}             @ ch0 .. ch3
+    ldr     r4, [sp, #56]
+    cbz     r4, .Lq_sums
+    movs    r5, #0
+    movs    r6, #0
+    movs    r7, #0
+    movs    r8, #0
+.Lq_sums:
     str     r1, [sp, #4]
     add     r4, r1, r3, lsl #1
     add     r4, r4, r3              @ r4: ch3's weights
