@@ -437,46 +437,6 @@ static void ecmf_dw_c(const int8_t *x, const int32_t *wp, const ecmf_dw_args *a,
 #define ECMF_DW ecmf_dw_c
 #endif
 
-/* One channel block of a depthwise layer: its packed weights and requantization, and the
- * ecm_dsp_dw arguments that every pixel shares. */
-typedef struct {
-    const ecmf_conv *cv;
-    int32_t c, n;           /* channels c .. c + n - 1 (n == 4, or the last n < 4) */
-    const int32_t *packed;  /* n == 4: 2 words a tap */
-    ecmf_rq_args *ra;       /* cv->o.below_half */
-    ecmf_dw_args a;
-} ecmf_dw_block;
-
-/* Output pixels [ox, ox1) of a row, whose windows have the same columns [kx0, kx1) and rows
- * [ky0, ky0 + rows) (rows 0: all padding); x: channel c of the first pixel's first tap inside. */
-static ECMF_NOINLINE void ecmf_dw_run(ecmf_dw_block *k, const int8_t *x, int32_t ky0, int32_t rows, int32_t kx0, int32_t kx1,
-                        int32_t ox, int32_t ox1, int8_t *y) {
-    const ecmf_conv *cv = k->cv;
-    const int32_t kw = cv->w.w, oc = cv->out.c, n = k->n, tap0 = ky0 * kw + kx0;
-    int32_t acc[4 * ECMF_DW_RUN], px;
-    k->a.cols = kx1 - kx0, k->a.rows = k->a.cols > 0 ? rows : 0, k->a.w_row_adj = (kw - k->a.cols) * 8;
-    for (; ox < ox1; ox += k->a.npix, x += k->a.npix * k->a.x_pix, y += k->a.npix * oc) {
-        k->a.npix = ox1 - ox < ECMF_DW_RUN ? ox1 - ox : ECMF_DW_RUN;
-        if (n == 4) {
-            ECMF_DW(x, k->packed + 2 * tap0, &k->a, acc);
-        } else {
-            ecmf_patch pt;
-            const int32_t taps = cv->w.h * kw;
-            pt.rows = k->a.rows, pt.cols = k->a.cols, pt.len = 1, pt.x_row = k->a.x_row, pt.x_col = k->a.x_col;
-            pt.w_row = kw, pt.w_col = 1;
-            for (px = 0; px < k->a.npix; px++)
-                ecmf_dw_tail(&pt, x + px * k->a.x_pix, cv->weights + (size_t)k->c * taps + tap0, taps, n,
-                             cv->p->input_zp, acc + 4 * px);
-        }
-        if (cv->o.below_half && n == 4) {
-            k->ra->npix = k->a.npix;
-            ECMF_REQUANT(acc, y, 0, 4, k->ra);
-        } else {
-            for (px = 0; px < k->a.npix; px++) ecmf_store(&cv->o, acc + 4 * px, 1, k->c, n, y + px * oc, NULL);
-        }
-    }
-}
-
 /* The output columns [*lo, *hi) whose windows lie wholly inside the input's width. */
 static void ecmf_dw_interior(const ecmf_conv *cv, int32_t *lo, int32_t *hi) {
     const ecm_conv_params *p = cv->p;
@@ -489,48 +449,91 @@ static void ecmf_dw_interior(const ecmf_conv *cv, int32_t *lo, int32_t *hi) {
     *lo = a, *hi = b < a ? a : b;
 }
 
-static ECMF_NOINLINE int ecmf_depthwise(const ecmf_conv *cv) {
+/* Channels c .. c + 3 of every output pixel: per row, runs of pixels with the same window go to
+ * ecm_dsp_dw (the interior of a row is one run), their sums to ecm_dsp_requant ECMF_DW_RUN
+ * pixels at a time. */
+static ECMF_NOINLINE void ecmf_dw_block4(const ecmf_conv *cv, int32_t c, const int32_t *packed, ecmf_rq_args *ra) {
     const ecm_conv_params *p = cv->p;
-    const int32_t kw = cv->w.w, taps = cv->w.h * kw, ch = cv->in.c, oc = cv->out.c;
-    int32_t packed[2 * ECMF_DW_MAX_TAPS], rq_ch[4 * 4];
-    int32_t b, oy, ox, t, lo, hi, ky0, ky1, kx0, kx1;
-    ecmf_rq_args ra;
-    ecmf_dw_block k;
-    if (taps > ECMF_DW_MAX_TAPS) return 0;
+    const int32_t kw = cv->w.w, ch = cv->in.c, oc = cv->out.c;
+    int32_t acc[4 * ECMF_DW_RUN], b, oy, ox, lo, hi, ky0, ky1, kx0, kx1, np, held;
+    ecmf_dw_args a;
     ecmf_dw_interior(cv, &lo, &hi);
-    k.cv = cv, k.packed = packed, k.ra = &ra;
-    k.a.x_col = p->dilation_w * ch, k.a.x_row = p->dilation_h * cv->in.w * ch, k.a.x_pix = p->stride_w * ch;
-    k.a.nzp = ecmf_neg_zp2(p->input_zp);
-    ra.y_step = oc;
-    for (k.c = 0; k.c < ch; k.c += 4) {
-        const int8_t *w = cv->weights + (size_t)k.c * taps;
-        k.n = ch - k.c < 4 ? ch - k.c : 4;
-        if (cv->o.below_half) ecmf_rq_prep(&cv->o, k.c, k.n, rq_ch, &ra), ra.ch = rq_ch, ra.y_step = oc;
-        if (k.n == 4)
-            for (t = 0; t < taps; t++) { /* (w_c0, w_c2) and (w_c1, w_c3) of tap t */
-                packed[2 * t] = (int32_t)(((uint32_t)w[t] & 0xFFFFu) | ((uint32_t)w[2 * taps + t] << 16));
-                packed[2 * t + 1] = (int32_t)(((uint32_t)w[taps + t] & 0xFFFFu) | ((uint32_t)w[3 * taps + t] << 16));
-            }
-        for (b = 0; b < cv->out.n; b++)
-            for (oy = 0; oy < cv->out.h; oy++) {
-                const int32_t ys = oy * p->stride_h - p->pad_top;
-                const int8_t *row = cv->in_data + (size_t)b * cv->in.h * cv->in.w * ch + k.c;
-                int8_t *y = cv->out_data + (((size_t)b * cv->out.h + oy) * cv->out.w) * oc + k.c;
-                ecmf_taps(ys, cv->w.h, p->dilation_h, cv->in.h, &ky0, &ky1);
-                if (ky1 > ky0) row += (size_t)(ys + ky0 * p->dilation_h) * cv->in.w * ch;
-                for (ox = 0; ox < cv->out.w; ox = ox < lo || ox >= hi ? ox + 1 : hi) {
-                    const int32_t xs = ox * p->stride_w - p->pad_left;
-                    const int8_t *x = row;
-                    if (ox >= lo && ox < hi) {
-                        kx0 = 0, kx1 = kw;
+    a.x_col = p->dilation_w * ch, a.x_row = p->dilation_h * cv->in.w * ch, a.x_pix = p->stride_w * ch;
+    a.nzp = ecmf_neg_zp2(p->input_zp);
+    for (b = 0; b < cv->out.n; b++)
+        for (oy = 0; oy < cv->out.h; oy++) {
+            const int32_t ys = oy * p->stride_h - p->pad_top;
+            const int8_t *row = cv->in_data + (size_t)b * cv->in.h * cv->in.w * ch + c;
+            int8_t *y = cv->out_data + (((size_t)b * cv->out.h + oy) * cv->out.w) * oc + c, *y0 = y;
+            ecmf_taps(ys, cv->w.h, p->dilation_h, cv->in.h, &ky0, &ky1);
+            if (ky1 > ky0) row += (size_t)(ys + ky0 * p->dilation_h) * cv->in.w * ch;
+            for (ox = 0, held = 0; ox < cv->out.w; ox += np, y += np * oc) {
+                const int32_t xs = ox * p->stride_w - p->pad_left;
+                if (ox >= lo && ox < hi) {
+                    kx0 = 0, kx1 = kw, np = hi - ox;
+                } else {
+                    ecmf_taps(xs, kw, p->dilation_w, cv->in.w, &kx0, &kx1);
+                    np = 1;
+                }
+                if (np > ECMF_DW_RUN - held) np = ECMF_DW_RUN - held;
+                a.cols = kx1 - kx0, a.rows = a.cols > 0 ? ky1 - ky0 : 0, a.w_row_adj = (kw - a.cols) * 8, a.npix = np;
+                ECMF_DW(a.rows > 0 ? row + (ptrdiff_t)(xs + kx0 * p->dilation_w) * ch : row, packed + 2 * (ky0 * kw + kx0),
+                        &a, acc + 4 * held);
+                held += np;
+                if (held == ECMF_DW_RUN || ox + np == cv->out.w) { /* the sums held: output bytes */
+                    if (ra != NULL) {
+                        ra->npix = held;
+                        ECMF_REQUANT(acc, y0, 0, 4, ra);
                     } else {
-                        ecmf_taps(xs, kw, p->dilation_w, cv->in.w, &kx0, &kx1);
+                        for (kx0 = 0; kx0 < held; kx0++) ecmf_store(&cv->o, acc + 4 * kx0, 1, c, 4, y0 + kx0 * oc, NULL);
                     }
-                    if (kx1 > kx0 && ky1 > ky0) x += (ptrdiff_t)(xs + kx0 * p->dilation_w) * ch;
-                    ecmf_dw_run(&k, x, ky0, ky1 - ky0, kx0, kx1, ox, ox >= lo && ox < hi ? hi : ox + 1, y + (size_t)ox * oc);
+                    held = 0, y0 = y + np * oc;
                 }
             }
+        }
+}
+
+/* The last n < 4 channels, one pixel at a time. */
+static void ecmf_dw_tail_block(const ecmf_conv *cv, int32_t c, int32_t n) {
+    const ecm_conv_params *p = cv->p;
+    const int32_t kw = cv->w.w, taps = cv->w.h * kw, ch = cv->in.c;
+    int32_t b, oy, ox, ky0, ky1, kx0, kx1, acc[4];
+    ecmf_patch pt;
+    pt.len = 1, pt.x_row = p->dilation_h * cv->in.w * ch, pt.x_col = p->dilation_w * ch, pt.w_row = kw, pt.w_col = 1;
+    for (b = 0; b < cv->out.n; b++)
+        for (oy = 0; oy < cv->out.h; oy++)
+            for (ox = 0; ox < cv->out.w; ox++) {
+                const int32_t ys = oy * p->stride_h - p->pad_top, xs = ox * p->stride_w - p->pad_left;
+                const int8_t *x = cv->in_data + (size_t)b * cv->in.h * cv->in.w * ch + c;
+                ecmf_taps(ys, cv->w.h, p->dilation_h, cv->in.h, &ky0, &ky1);
+                ecmf_taps(xs, kw, p->dilation_w, cv->in.w, &kx0, &kx1);
+                pt.cols = kx1 - kx0, pt.rows = pt.cols > 0 ? ky1 - ky0 : 0;
+                if (pt.rows > 0)
+                    x += ((size_t)(ys + ky0 * p->dilation_h) * cv->in.w + (size_t)(xs + kx0 * p->dilation_w)) * ch;
+                ecmf_dw_tail(&pt, x, cv->weights + (size_t)c * taps + ky0 * kw + kx0, taps, n, p->input_zp, acc);
+                ecmf_store(&cv->o, acc, 1, c, n,
+                           cv->out_data + (((size_t)b * cv->out.h + oy) * cv->out.w + ox) * cv->out.c + c, NULL);
+            }
+}
+
+static ECMF_NOINLINE int ecmf_depthwise(const ecmf_conv *cv) {
+    const int32_t taps = cv->w.h * cv->w.w, ch = cv->in.c;
+    int32_t packed[2 * ECMF_DW_MAX_TAPS], rq_ch[4 * 4], c, t;
+    ecmf_rq_args ra;
+    if (taps > ECMF_DW_MAX_TAPS) return 0;
+    for (c = 0; c + 4 <= ch; c += 4) {
+        const int8_t *w = cv->weights + (size_t)c * taps;
+        for (t = 0; t < taps; t++) { /* (w_c0, w_c2) and (w_c1, w_c3) of tap t */
+            packed[2 * t] = (int32_t)(((uint32_t)w[t] & 0xFFFFu) | ((uint32_t)w[2 * taps + t] << 16));
+            packed[2 * t + 1] = (int32_t)(((uint32_t)w[taps + t] & 0xFFFFu) | ((uint32_t)w[3 * taps + t] << 16));
+        }
+        if (cv->o.below_half) {
+            ecmf_rq_prep(&cv->o, c, 4, rq_ch, &ra);
+            ra.ch = rq_ch, ra.y_step = cv->out.c;
+        }
+        ecmf_dw_block4(cv, c, packed, cv->o.below_half ? &ra : NULL);
     }
+    if (c < ch) ecmf_dw_tail_block(cv, c, ch - c);
     return 1;
 }
 
