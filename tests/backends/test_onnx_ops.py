@@ -290,3 +290,30 @@ def test_minified_model_has_short_names_and_maps_back():
         np.testing.assert_array_equal(small.tensors[short], full.tensors[name])
     np.testing.assert_allclose(_run(small.model_bytes, small.tensors, g, arrays)[0], run_graph(g, *arrays),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_deployable_model_spends_no_bytes_on_names_defaults_or_repeats():
+    """Minified: no node, graph or producer names; default attributes left out (a stride-1 conv's
+    strides, dilations, group, kernel_shape); equal small constants written once; external weights
+    without a location. The model still runs as the IR does."""
+    def body(g, v):
+        w = g.add_const("conv.weight", _f(4, 3, 3, 3))
+        h = g.add_node("conv", [v[0], w, g.add_const("conv.bias", _f(4))],
+                       {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1}).output
+        a = g.add_node("reshape", [h], {"shape": [1, 4 * 36]}).output
+        b = g.add_node("reshape", [g.add_node("relu", [h]).output], {"shape": [1, 4 * 36]}).output
+        return [g.add_node("add", [a, b]).output]
+    g, arrays = _case({"x": _f(1, 3, 6, 6)}, body)()
+    em = emit_onnx(g, embed_weights=False, minify=True)
+    m = onnx.load_from_string(em.model_bytes)
+    assert not m.producer_name and not m.graph.name and not any(n.name for n in m.graph.node)
+    [conv] = [n for n in m.graph.node if n.op_type == "Conv"]
+    assert [a.name for a in conv.attribute] == ["pads"]
+    shapes = [t for t in m.graph.initializer if t.data_type == onnx.TensorProto.INT64]
+    assert len(shapes) == 1 and all(n.input[1] == shapes[0].name for n in m.graph.node if n.op_type == "Reshape")
+    external = [t for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert {t.name for t in external} == set(em.tensors) and not any(t.external_data for t in external)
+    io = {v.name for v in [*m.graph.input, *m.graph.output]}
+    assert max(len(x) for n in m.graph.node for x in [*n.input, *n.output] if x not in io) == 1
+    np.testing.assert_allclose(_run(em.model_bytes, em.tensors, g, arrays)[0], run_graph(g, *arrays),
+                               rtol=1e-5, atol=1e-5)
