@@ -96,6 +96,7 @@ typedef struct {
     const int32_t *ch;
     int32_t lo, hi, zp;
     int32_t npix, y_step; /* pixels of n channels each (y_pair == 0), the next one's y y_step on */
+    int32_t full;         /* the act range is [-128, 127] */
 } ecmf_rq_args;
 
 #define ECMF_RQ_MAX 16 /* channels of one ecmf_rq_prep */
@@ -109,6 +110,7 @@ static void ecmf_rq_prep(const ecmf_out *o, int32_t c0, int32_t n, int32_t *ch, 
         ch[0] = *m, ch[1] = e, ch[2] = (int32_t)1 << (e - 1), ch[3] = b != NULL ? *b++ : 0;
     }
     a->lo = o->lo, a->hi = o->hi, a->zp = o->out_zp, a->npix = 1, a->y_step = 0;
+    a->full = o->lo + o->out_zp == -128 && o->hi + o->out_zp == 127;
 }
 
 #if defined(__ARM_FEATURE_DSP)

@@ -257,14 +257,15 @@ ecm_dsp_dw:
     .size ecm_dsp_dw, . - ecm_dsp_dw
 
 /* void ecm_dsp_requant(const int32_t *acc, int8_t *y, ptrdiff_t y_pair, int32_t n, const ecmf_rq_args *a);
- * a: {ch, lo, hi, zp, npix, y_step} with ch n x {mult, e, h, bias}: e = -shift >= 1, h = 2^(e-1)
+ * a: {ch, lo, hi, zp, npix, y_step, full} with ch n x {mult, e, h, bias}: e = -shift >= 1, h = 2^(e-1)
  * (ecm_fast_dsp.h). y_pair == 0: y[j] = the output byte of sum acc[j], then for each further pixel
  * (npix in all) y += y_step and acc += n; else (npix 1) y[j] of acc[2j] and y[y_pair + j] of
  * acc[2j+1].
  * ecm_requantize with shift <= -1 (see ecmf_scale_below_half): r = floor((x m + 2^30) / 2^31) is
  * SMMLAR(2x, m) when 2x fits int32, and SMMLAR's accumulator adds h + s (s = -1 for x < 0), so the
  * rounding shift is one ASR by e; when 2x overflows (|x| >= 2^30), the 64-bit form with SMLAL.
- * 13 instructions an output, 4 a channel (+ 3 for the second pixel). */
+ * 13 instructions an output (8 when the act range is all of int8), 4 a channel (+ 3 for the
+ * second pixel). */
     .section .text.ecm_dsp_requant, "ax", %progbits
     .global ecm_dsp_requant
     .hidden ecm_dsp_requant
@@ -272,8 +273,10 @@ ecm_dsp_dw:
     .thumb_func
     .align 2
 
-/* one output: x in r12 -> clamp -> byte; r8 mult, r9 e, r10 h, r11 bias, r5 lo, r6 hi, r7 zp */
-.macro ECM_RQ_OUT tag
+/* one output: x in r12 -> clamp -> byte; r8 mult, r9 e, r10 h, r11 bias, r5 lo, r6 hi, r7 zp.
+ * full: the act range is all of int8, so the clamp is SSAT after the zero point is added (|r| <
+ * 2^30: r + zp does not wrap). */
+.macro ECM_RQ_OUT tag, full
     qadd    r12, r12, r11           @ x = acc + bias, saturating
     add     lr, r10, r12, asr #31   @ h + s
     adds    r12, r12, r12           @ 2x
@@ -281,6 +284,10 @@ ecm_dsp_dw:
     smmlar  r12, r12, r8, lr        @ r + h + s
     asr     r12, r12, r9
 .Lrq_clamp\tag:
+.if \full
+    add     r12, r12, r7
+    ssat    r12, #8, r12
+.else
     cmp     r12, r5
     it      lt
     movlt   r12, r5
@@ -288,6 +295,7 @@ ecm_dsp_dw:
     it      gt
     movgt   r12, r6
     add     r12, r12, r7
+.endif
 .endm
 
 /* |x| >= 2^30: P = x m + 2^30 + (h + s) 2^31 in 64 bits, the result its high word >> (e - 1). */
@@ -305,6 +313,39 @@ ecm_dsp_dw:
     b       .Lrq_clamp\tag
 .endm
 
+/* the pixel and channel loops, for one kind of clamp */
+.macro ECM_RQ_LOOP full
+.Lrq_pixel\full:
+    ldr     r4, [sp, #48]
+    ldr     r4, [r4]                @ ch
+.Lrq_channel\full:
+    ldm     r4!, {r8-r11}           @ mult, e, h, bias
+    cbz     r2, .Lrq_one\full
+    ldr     r12, [r0, #4]           @ the second pixel
+    ECM_RQ_OUT b\full, \full
+    strb    r12, [r1, r2]
+    ldr     r12, [r0], #8
+    b       .Lrq_first\full
+.Lrq_one\full:
+    ldr     r12, [r0], #4
+.Lrq_first\full:
+    ECM_RQ_OUT a\full, \full
+    strb    r12, [r1], #1
+    subs    r3, r3, #1
+    bne     .Lrq_channel\full
+    ldr     r3, [sp, #4]
+    subs    r3, r3, #1
+    beq     .Lrq_done
+    str     r3, [sp, #4]
+    ldr     r3, [sp, #48]
+    ldr     r3, [r3, #20]           @ y_step
+    ldr     r1, [sp, #8]
+    add     r1, r1, r3
+    str     r1, [sp, #8]
+    ldr     r3, [sp]
+    b       .Lrq_pixel\full
+.endm
+
 ecm_dsp_requant:
     push    {r4-r11, lr}
     sub     sp, sp, #12             @ [sp] n, [sp, #4] pixels left, [sp, #8] y of this pixel
@@ -318,40 +359,18 @@ ecm_dsp_requant:
     ldr     r7, [r4, #12]           @ zp
     cmp     r3, #0
     beq     .Lrq_done
-.Lrq_pixel:
-    ldr     r4, [sp, #48]
-    ldr     r4, [r4]                @ ch
-.Lrq_channel:
-    ldm     r4!, {r8-r11}           @ mult, e, h, bias
-    cbz     r2, .Lrq_one
-    ldr     r12, [r0, #4]           @ the second pixel
-    ECM_RQ_OUT b
-    strb    r12, [r1, r2]
-    ldr     r12, [r0], #8
-    b       .Lrq_first
-.Lrq_one:
-    ldr     r12, [r0], #4
-.Lrq_first:
-    ECM_RQ_OUT a
-    strb    r12, [r1], #1
-    subs    r3, r3, #1
-    bne     .Lrq_channel
-    ldr     r3, [sp, #4]
-    subs    r3, r3, #1
-    beq     .Lrq_done
-    str     r3, [sp, #4]
-    ldr     r3, [sp, #48]
-    ldr     r3, [r3, #20]           @ y_step
-    ldr     r1, [sp, #8]
-    add     r1, r1, r3
-    str     r1, [sp, #8]
-    ldr     r3, [sp]
-    b       .Lrq_pixel
+    ldr     r4, [r4, #24]           @ full
+    cmp     r4, #0
+    bne     .Lrq_pixel1
+    ECM_RQ_LOOP 0
+    ECM_RQ_LOOP 1
 .Lrq_done:
     add     sp, sp, #12
     pop     {r4-r11, pc}
-    ECM_RQ_BIG a
-    ECM_RQ_BIG b
+    ECM_RQ_BIG a0
+    ECM_RQ_BIG b0
+    ECM_RQ_BIG a1
+    ECM_RQ_BIG b1
     .size ecm_dsp_requant, . - ecm_dsp_requant
 
 #endif

@@ -730,16 +730,18 @@ def _fast_path_cases(seed: int) -> list[Case]:
 
 def _conv_extremes() -> list[Case]:
     """Convolutions whose sums reach -+2^31 (patches of 65529 / 65535 bytes at the int8 extremes):
-    no partial sum of the fast paths' reordered additions overflows."""
+    no partial sum of the fast paths' reordered additions overflows; the requantization of sums
+    beyond 2^30 (its 64-bit branch), with and without an act range narrower than int8."""
     cases = []
-    for x_shape, w_shape, xv, zp, wv in (((1, 1, 3, 65535), (3, 1, 1, 65535), 127, -128, -128),
-                                         ((1, 3, 3, 7281), (2, 3, 3, 7281), -128, 127, -128)):
+    for x_shape, w_shape, xv, zp, wv, act in (((1, 1, 3, 65535), (3, 1, 1, 65535), 127, -128, -128, (-128, 127)),
+                                              ((1, 3, 3, 7281), (2, 3, 3, 7281), -128, 127, -128, (-128, 127)),
+                                              ((1, 1, 2, 65535), (4, 1, 1, 65535), -128, 127, 127, (-100, 90))):
         x, w = np.full(x_shape, xv, np.int8), np.full(w_shape, wv, np.int8)
         m, s = quantize_multipliers(np.full(w_shape[0], 2.0 ** -24))
         pad = (1, 1, 1, 1) if w_shape[1] == 3 else (0, 0, 0, 0)
         y = K.conv2d(x, w, None, input_zp=zp, output_zp=0, multiplier=m, shift=s, stride=(1, 1), padding=pad,
-                     dilation=(1, 1), groups=1, act=(-128, 127))
-        i32 = [*x.shape, *w.shape, *y.shape, 1, 1, 1, 1, *pad, 1, zp, 0, -128, 127, m.size, *m, *s, 0]
+                     dilation=(1, 1), groups=1, act=act)
+        i32 = [*x.shape, *w.shape, *y.shape, 1, 1, 1, 1, *pad, 1, zp, 0, *act, m.size, *m, *s, 0]
         cases.append(Case(OP_CONV, i32, x.tobytes() + w.tobytes(), y, f"conv extremes {w_shape}"))
     return cases
 
