@@ -211,7 +211,7 @@ def _write_bundle(stage: Path, graph: Graph, target: Target, backend: str, cfg: 
                 "target": target.name, "edgecompile_version": __version__}
     if getattr(emitted, "dequantize_at_load", ()):
         manifest["dequantize_at_load"] = list(emitted.dequantize_at_load)
-    (stage / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    (stage / "manifest.json").write_text(json.dumps(manifest, separators=(",", ":")))  # compact: bytes count
     _copy_loader(stage)
     from .backends.c_bundle import write_c_bundle
     write_c_bundle(stage, stage / "weights.ecw", target.kind, target.name, target.triple, target.cpu)
@@ -269,7 +269,7 @@ def _write_c_bundle(stage: Path, graph: Graph, target: Target, cfg: BuildConfig,
                 "weights": "weights.ecw", "inputs": io(cm.inputs), "outputs": io(cm.outputs),
                 "arena_bytes": cm.arena_bytes, "build": "runtime/build.sh", "target": target.name,
                 "edgecompile_version": __version__}
-    (stage / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    (stage / "manifest.json").write_text(json.dumps(manifest, separators=(",", ":")))  # compact: bytes count
     return {"emitted": _CEmitted(cm, graph), "records": cm.records, "model_file": "runtime/model/model.c", "cmodel": cm,
             "session": session, "demo": demo}
 
