@@ -209,7 +209,7 @@ def program(layers: list[Layer]) -> str:
 
 
 def kernel_sources() -> list[Path]:
-    return sorted((RUNTIME / "src").glob("ecm_kernels*.[cS]"))
+    return sorted((RUNTIME / "src").glob("ecm_kernels*.c"))
 
 
 def build(work: Path, layers: list[Layer], defines: list[str], name: str) -> Path:

@@ -168,13 +168,13 @@ def write_c_bundle(out_dir: Path, container_path: Path, target_kind: str, target
 MODEL_RUNTIME_FILES = ("FORMAT.md", "include/ecw.h", "include/ecm.h", "src/ecw_internal.h", "src/ecw_container.c",
                        "src/ecw_rans.c", "src/ecw_crc32.c", "src/ecw_crc32_table.h", "src/ecm_kernels.c",
                        "src/ecm_fast.h", "src/ecm_fast_dsp.h", "src/ecm_fast_neon.h", "src/ecm_kernels_fast.c",
-                       "src/ecm_kernels_dsp.S")
+                       "src/ecm_kernels_dsp.c")
 
 
 def _model_script(kind: str, cpu: str, triple: str) -> str:
     """build.sh of a generated model: the program ``build/model.elf`` (microcontroller, QEMU mps2
     startup and linker script) or ``build/model`` (Linux), from model/*.c and the runtime."""
-    sources = ("src/ecm_kernels.c src/ecm_kernels_fast.c src/ecm_kernels_dsp.S src/ecw_container.c src/ecw_rans.c "
+    sources = ("src/ecm_kernels.c src/ecm_kernels_fast.c src/ecm_kernels_dsp.c src/ecw_container.c src/ecw_rans.c "
                "src/ecw_crc32.c model/model.c model/model_weights.c")
     if kind == "mcu":
         if cpu not in _MCU_FLOAT:

@@ -1,5 +1,5 @@
 /* ecm_fast.h - the hook from the portable kernels (ecm_kernels.c) into the fast paths
- * (ecm_kernels_fast.c, with ecm_kernels_dsp.S on Cortex-M); shared between the runtime's
+ * (ecm_kernels_fast.c, with ecm_kernels_dsp.c on Cortex-M); shared between the runtime's
  * translation units, not part of the API. A build compiles all three source files; on targets
  * without fast paths the other two are empty.
  *

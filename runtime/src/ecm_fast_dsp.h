@@ -31,6 +31,13 @@
 #error "ECM_FAST_CHUNK must be a multiple of 16"
 #endif
 
+/* The loops of ecm_kernels_dsp.c (Thumb-2 assembly); elsewhere their C twins below. */
+#if defined(__ARM_FEATURE_DSP) && defined(__thumb2__)
+#define ECMF_DSP_ASM 1
+#else
+#define ECMF_DSP_ASM 0
+#endif
+
 #if defined(__ARM_FEATURE_DSP)
 static inline int32_t ecmf_sxtb16(uint32_t v) { return __sxtb16((int32_t)v); }
 static inline int32_t ecmf_sxtb16_ror8(uint32_t v) {
@@ -113,11 +120,11 @@ static void ecmf_rq_prep(const ecmf_out *o, int32_t c0, int32_t n, int32_t *ch, 
     a->full = o->lo + o->out_zp == -128 && o->hi + o->out_zp == 127;
 }
 
-#if defined(__ARM_FEATURE_DSP)
+#if ECMF_DSP_ASM
 void ecm_dsp_requant(const int32_t *acc, int8_t *y, ptrdiff_t y_pair, int32_t n, const ecmf_rq_args *a);
 #define ECMF_REQUANT ecm_dsp_requant
 #else
-/* See ecm_dsp_requant in ecm_kernels_dsp.S. */
+/* See ecm_dsp_requant in ecm_kernels_dsp.c. */
 static void ecmf_requant_c(const int32_t *acc, int8_t *y, ptrdiff_t y_pair, int32_t n, const ecmf_rq_args *a) {
     int32_t px, j, p, r;
     for (px = 0; px < a->npix; px++, y += a->y_step, acc += n) {
@@ -237,13 +244,13 @@ static void ecmf_im2col(const ecmf_conv *cv, const ecmf_src *s, int32_t k0, int3
     if (sink.nb > 0) ecmf_sink_bytes(&sink, NULL, 4 - sink.nb); /* the last group's missing bytes */
 }
 
-/* ---- the MAC loops: ecm_kernels_dsp.S on the device, these C twins on a host (and for the odd
+/* ---- the MAC loops: ecm_kernels_dsp.c on the device, these C twins on a host (and for the odd
  * channels at the end of a block). x is the im2col buffer; weights are read a word at a time, so
  * that a channel's last partial group reads the first bytes of the next channel's weights (times
  * x == 0 past the patch: nothing added); only the last channel's last partial group, where that
  * would read past the weights, takes ecmf_tail. */
 
-#if defined(__ARM_FEATURE_DSP)
+#if ECMF_DSP_ASM
 void ecm_dsp_pairs(const int32_t *x, const int8_t *w, int32_t groups, ptrdiff_t dw, int32_t *acc, int32_t pairs,
                    ptrdiff_t pair_step, int32_t zero);
 void ecm_dsp_quads(const int32_t *x, const int8_t *w, int32_t groups, int32_t patch, int32_t *acc, int32_t quads,
@@ -251,7 +258,7 @@ void ecm_dsp_quads(const int32_t *x, const int8_t *w, int32_t groups, int32_t pa
 #define ECMF_PAIRS ecm_dsp_pairs
 #define ECMF_QUADS ecm_dsp_quads
 #else
-/* See ecm_dsp_pairs in ecm_kernels_dsp.S. */
+/* See ecm_dsp_pairs in ecm_kernels_dsp.c. */
 static void ecmf_pairs_c(const int32_t *x, const int8_t *w, int32_t groups, ptrdiff_t dw, int32_t *acc, int32_t pairs,
                          ptrdiff_t pair_step, int32_t zero) {
     int32_t g;
@@ -270,7 +277,7 @@ static void ecmf_pairs_c(const int32_t *x, const int8_t *w, int32_t groups, ptrd
     }
 }
 
-/* See ecm_dsp_quads in ecm_kernels_dsp.S. */
+/* See ecm_dsp_quads in ecm_kernels_dsp.c. */
 static void ecmf_quads_c(const int32_t *x, const int8_t *w, int32_t groups, int32_t patch, int32_t *acc, int32_t quads,
                          int32_t zero) {
     int32_t g, j;
@@ -415,11 +422,11 @@ typedef struct {
 
 #define ECMF_DW_RUN 16 /* pixels of one ecm_dsp_dw call */
 
-#if defined(__ARM_FEATURE_DSP)
+#if ECMF_DSP_ASM
 void ecm_dsp_dw(const int8_t *x, const int32_t *wp, const ecmf_dw_args *a, int32_t *acc);
 #define ECMF_DW ecm_dsp_dw
 #else
-/* See ecm_dsp_dw in ecm_kernels_dsp.S: acc[4p + j] = sum of (x_j - zp) * w_j, channels j < 4. */
+/* See ecm_dsp_dw in ecm_kernels_dsp.c: acc[4p + j] = sum of (x_j - zp) * w_j, channels j < 4. */
 static void ecmf_dw_c(const int8_t *x, const int32_t *wp, const ecmf_dw_args *a, int32_t *acc) {
     int32_t px, r, c;
     for (px = 0; px < a->npix; px++, x += a->x_pix, acc += 4) {
