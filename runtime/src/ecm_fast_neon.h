@@ -93,6 +93,32 @@ static inline void ecmf_block(const ecmf_patch *pt, int n_px, const int8_t *x0, 
     }
 }
 
+/* y[j] = the output byte of sum acc[j] for channels c + j, j < n: four at a time in vectors,
+ * exactly as ecm_requantize: VQSHL the saturating left shift, VQRDMULH the doubling high multiply
+ * (it saturates only for INT32_MIN^2; multipliers are >= 0), then the rounding right shift as
+ * gemmlowp does it: x - 1 for x < 0 (saturating) and VRSHL, which rounds half up, together round
+ * half away from zero. The zero point is added saturating, so that the clamp sees the true sign. */
+static void ecmf_store_n(const ecmf_out *o, const int32_t *acc, int32_t c, int32_t n, int8_t *y) {
+    if (n == 4) {
+        const int32x4_t m = o->q_step ? vld1q_s32(o->mult + c) : vdupq_n_s32(o->mult[0]);
+        const int32x4_t sh = o->q_step ? vld1q_s32(o->shift + c) : vdupq_n_s32(o->shift[0]);
+        const int32x4_t right = vminq_s32(sh, vdupq_n_s32(0));
+        int32x4_t x = vld1q_s32(acc);
+        int8x8_t b8;
+        uint32_t bytes;
+        if (o->bias != NULL) x = vqaddq_s32(x, vld1q_s32(o->bias + c));
+        x = vqrdmulhq_s32(vqshlq_s32(x, vmaxq_s32(sh, vdupq_n_s32(0))), m);
+        x = vrshlq_s32(vqaddq_s32(x, vshrq_n_s32(vandq_s32(x, right), 31)), right);
+        x = vqaddq_s32(x, vdupq_n_s32(o->out_zp));
+        x = vminq_s32(vmaxq_s32(x, vdupq_n_s32(o->lo + o->out_zp)), vdupq_n_s32(o->hi + o->out_zp));
+        b8 = vmovn_s16(vcombine_s16(vmovn_s32(x), vmovn_s32(x)));
+        bytes = vget_lane_u32(vreinterpret_u32_s8(b8), 0);
+        memcpy(y, &bytes, 4);
+        return;
+    }
+    ecmf_store(o, acc, 1, c, n, y, NULL);
+}
+
 /* One output pixel: its window's taps [ky0, ky1) x [kx0, kx1), where its input starts (channel
  * c0 of the first tap inside) and where its output goes. */
 typedef struct {
@@ -144,8 +170,8 @@ static void ecmf_dense_pixels(const ecmf_conv *cv, const ecmf_pixel *a, const ec
         int32_t acc[8];
         for (j = 0; j < 4; j++) w[j] = cv->weights + (size_t)(o + (j < n ? j : n - 1)) * cv->patch + w_off;
         ecmf_block(&pt, b != NULL ? 2 : 1, a->x, b != NULL ? b->x : a->x, w, zp, acc);
-        ecmf_store(&cv->o, acc, 1, o, n, a->y + o, NULL);
-        if (b != NULL) ecmf_store(&cv->o, acc + 4, 1, o, n, b->y + o, NULL);
+        ecmf_store_n(&cv->o, acc, o, n, a->y + o);
+        if (b != NULL) ecmf_store_n(&cv->o, acc + 4, o, n, b->y + o);
     }
 }
 
@@ -213,7 +239,8 @@ static int ecmf_depthwise(const ecmf_conv *cv) {
                         ecmf_dw_block(&pt, px.x, packed + 8 * tap0, zp, acc);
                     else
                         ecmf_dw_tail(&pt, px.x, w + tap0, taps, n, zp, acc);
-                    ecmf_store(&cv->o, acc, 1, c, n, px.y + c, NULL);
+                    ecmf_store_n(&cv->o, acc, c, n < 4 ? n : 4, px.y + c);
+                    if (n > 4) ecmf_store_n(&cv->o, acc + 4, c + 4, n - 4, px.y + c + 4);
                 }
     }
     return 1;
