@@ -780,3 +780,24 @@ def test_fast_paths_match_reference(build, tmp_path):
     cases = _fast_path_cases(20) + _conv_extremes() + _all_kernel_cases(21)
     assert_c_matches(tool, tmp_path, cases)
     test_accumulator_extremes_and_saturation(tool, tmp_path)
+    if build == "m4":  # the fast paths' code at -Os (measured 4012 + 1008 bytes with gcc 12)
+        size = subprocess.run(["arm-none-eabi-size", *(str(tmp_path / "m4obj" / f"{n}.o") for n in
+                                                        ("ecm_kernels_fast", "ecm_kernels_dsp"))],
+                              capture_output=True, text=True, check=True).stdout.splitlines()
+        assert sum(int(line.split()[0]) for line in size[1:]) < 6 * 1024, size
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not have("gcc"), reason="gcc")
+def test_fast_paths_under_address_and_undefined_sanitizers(tmp_path):
+    """The DSP fast paths' C (the instructions emulated, -DECM_FAST_EMULATE_DSP: the drivers, the
+    im2col buffer, the block bookkeeping) built with ASan + UBSan: no out-of-bounds access (the
+    word loads past a channel's last weights stay inside the array), no signed overflow."""
+    tool = tmp_path / "ecm_kernel_tool_dsp_san"
+    subprocess.run(["gcc", "-std=c99", "-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                    "-DECM_FAST_EMULATE_DSP", f"-I{RUNTIME / 'include'}",
+                    *(str(RUNTIME / "src" / f) for f in ("ecm_kernels.c", "ecm_kernels_fast.c", "ecm_kernels_dsp.c")),
+                    str(RUNTIME / "tests" / "ecm_kernel_tool.c"), "-o", str(tool)], check=True, capture_output=True)
+    assert_c_matches(tool, tmp_path, _fast_path_cases(22) + _conv_extremes() + _all_kernel_cases(23))
+    test_accumulator_extremes_and_saturation(tool, tmp_path)
+    test_bad_calls_are_rejected_before_writing(tool, tmp_path)
