@@ -164,7 +164,20 @@ def _smallest_arena(model_bytes: bytes, recorded: int) -> int:
     model with many small activations (a CNN whose relus are fused into its convs: 384 bytes more
     than recorded)."""
     def loads(n: int) -> bool:
-        return _captured(functools.partial(runtime.Interpreter.from_bytes, model_bytes, arena_size=n))[1] is None
+        # Each probe in a forked child: TFLite Micro's Python interpreter can crash the process
+        # (SIGSEGV) on an arena a few bytes too small (measured on the MLPerf FC autoencoder); a
+        # crashed probe counts as "does not load".
+        if not hasattr(os, "fork"):
+            return _captured(functools.partial(runtime.Interpreter.from_bytes, model_bytes, arena_size=n))[1] is None
+        pid = os.fork()
+        if pid == 0:                                   # child: load, report by exit status, never return
+            try:
+                ok = _captured(functools.partial(runtime.Interpreter.from_bytes, model_bytes, arena_size=n))[1] is None
+            except BaseException:
+                ok = False
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     lo = -(-recorded // 16) * 16
     if loads(lo):
         return lo
