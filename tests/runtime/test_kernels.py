@@ -158,7 +158,8 @@ def fc_case(rng, label) -> Case:
 
 
 def add_case(rng, label) -> Case:
-    n = int(rng.integers(1, 400))
+    # half the cases long enough for ecm_add's tabulated path (ECM_ADD_TABLE_MIN = 512)
+    n = int(rng.integers(1, 400)) if rng.random() < 0.5 else int(rng.integers(512, 2000))
     a, b = _i8(rng, n), _i8(rng, n)
     sa, sb = np.exp2(rng.uniform(-8, 0, 2))
     so = max(sa, sb) * np.exp2(rng.uniform(-1.5, 2))
@@ -396,7 +397,8 @@ def small_cnn():
 
 def test_reference_matches_litert_reference_kernels_op_by_op(small_cnn):
     """Each op of the reference, fed LiteRT's own input tensors, against LiteRT's reference kernels
-    (BUILTIN_REF) on 40 inputs: conv, depthwise (dilated), pointwise, relu, relu6, add, max / avg
+    (BUILTIN_REF) on 40 inputs: conv, depthwise (dilated), pointwise, relu and relu6 (fused into their
+    producers, as the TFLite emitter fuses them), add, max / avg
     pool, flatten and mean bit-exact. FULLY_CONNECTED differs by 1 LSB on the few accumulators
     within 2**-9 of a rounding tie: LiteRT 2.3 rounds per-channel FC once (TFLite's reference
     kernels round twice, as we do); single rounding reproduces LiteRT's FC exactly."""
@@ -414,7 +416,9 @@ def test_reference_matches_litert_reference_kernels_op_by_op(small_cnn):
     xq, xf = _exact_float_inputs(g, np.random.default_rng(1), 40)
     differ, total = {}, {}
     fc = next(n for n in g.nodes if n.op == "linear")
-    calls, node_of = lower(g, fuse=False), {n.output.name: n for n in g.nodes}
+    # fused calls, as the TFLite emitter fuses a relu into its producer (one LiteRT tensor for both)
+    calls, node_of = lower(g), {n.output.name: n for n in g.nodes}
+    by_name = {n.name: n for n in g.nodes}
     for k in range(len(xq)):
         it.set_tensor(it.get_input_details()[0]["index"], xf[k])
         it.invoke()
@@ -422,9 +426,11 @@ def test_reference_matches_litert_reference_kernels_op_by_op(small_cnn):
         for call in calls:
             env[call.output] = want = run_call(call, env)
             n = node_of.get(call.output)
-            if n is None:
+            if n is None or call.kernel == "flatten":   # a flatten folded into the FC: NHWC order, no LiteRT twin
                 continue
-            idx = names.get(n.output.name + "_nhwc", names.get(n.output.name))
+            producer = by_name.get(call.node, n)
+            idx = next((names[c] for v in (n, producer) for c in (v.output.name + "_nhwc", v.output.name) if c in names),
+                       None)
             assert idx is not None, f"no LiteRT tensor for {n.output.name}"
             got = it.get_tensor(idx).reshape(want.shape)
             assert got.dtype == np.int8, n.name
@@ -433,16 +439,17 @@ def test_reference_matches_litert_reference_kernels_op_by_op(small_cnn):
             differ[n.name] = differ.get(n.name, 0) + int((d > 0).sum())
             total[n.name] = total.get(n.name, 0) + d.size
             if n is fc:   # LiteRT's FC == single rounding, exactly
-                x, w, b = env[n.inputs[0].name], n.input(1), n.input(2)
+                # the call's own operands: its input in NHWC flatten order, its weights permuted to match
+                x, w, b = env[call.inputs[0]], n.input(1), n.input(2)
                 zi = int(n.inputs[0].quant.zero_point[0])
                 m, s = fc_multipliers(n.inputs[0].quant.scale[0], w.quant.scale, n.output.quant.scale[0])
-                acc = (x.astype(np.int64) - zi) @ w.data.astype(np.int64).T + b.data
+                acc = (x.astype(np.int64) - zi) @ call.args["w"].astype(np.int64).T + b.data
                 single = multiply_by_quantized_multiplier_single(acc, m, s) + int(n.output.quant.zero_point[0])
                 assert np.array_equal(np.clip(single, -128, 127), got)
             env[n.output.name] = got     # the next op starts from LiteRT's tensor
     exact = {k: v for k, v in differ.items() if k != fc.name}
     assert sum(exact.values()) == 0, exact
-    assert sum(total.values()) > 100_000
+    assert sum(total.values()) > 80_000    # 8 fused kernel outputs x 40 inputs
     assert differ[fc.name] <= 0.01 * total[fc.name]
 
 
