@@ -189,6 +189,20 @@ def _storage(graph: Graph, steps: list[_Step]) -> tuple[dict[str, str], list[_St
                 parent[b] = a
             continue
         out.append(s)
+    # In place: ecm_add may write over one of its inputs, so an add whose input dies there takes
+    # that input's buffer (a residual block then holds two maps, not three).
+    last_read: dict[str, int] = {}
+    for i, s in enumerate(out):
+        for x in s.inputs:
+            last_read[find(x)] = i
+    for i, s in enumerate(out):
+        if s.kernel != "add" or len(s.inputs) != 2 or pin_of(find(s.output)) is not None:
+            continue
+        for x in s.inputs:
+            g = find(x)
+            if pin_of(g) is None and last_read.get(g) == i and g != find(s.output):
+                parent[find(s.output)] = g
+                break
     names = {v.name for v in graph.inputs} | {x for s in steps for x in (*s.inputs, s.output)}
     return {name: pin_of(find(name)) or "a:" + find(name) for name in names}, out
 
