@@ -16,7 +16,7 @@ import numpy as np
 __all__ = ["emit_step", "STEP_KERNELS"]
 
 STEP_KERNELS = ("add", "mul", "lut", "batch_matmul", "softmax", "layer_norm", "mean_axes", "slice", "concat",
-                "select", "gather_rows", "equal_const")
+                "select", "gather_rows", "equal_const", "take")
 
 
 def _array(ctype: str, name: str, values) -> str:
@@ -125,6 +125,9 @@ def emit_step(kernel: str, a: dict, x: list[str], y: str, ish: list, osh, L: str
     if kernel == "slice":
         n = len(range(a["start"], a["end"], a["step"]))
         return [f"TRY(ecm_slice({_rows(ish[0], a['axis'])}, {a['start']}, {a['step']}, {n}, {x[0]}, {y}));"]
+    if kernel == "take":
+        consts.append(_array("int32_t", f"{L}_idx", a["indices"]))
+        return [f"TRY(ecm_take({_rows(ish[0], a['axis'])}, {L}_idx, {len(a['indices'])}, {x[0]}, {y}));"]
     if kernel == "concat":
         ax, consts_in = a["axis"], a.get("consts", {})
         outer, total = int(np.prod(osh[:ax])), int(np.prod(osh[ax:]))

@@ -240,6 +240,10 @@ ecm_status ecm_mean_rows(const ecm_mean_params *p, ecm_rows r, const int8_t *in,
  * in = [r.outer, r.len, r.inner]; start + (out_len - 1) * step < r.len. */
 ecm_status ecm_slice(ecm_rows r, int32_t start, int32_t step, int32_t out_len, const int8_t *in, int8_t *out);
 
+/* out[o, k, :] = in[o, idx[k], :] for k < n_idx: a gather of the middle axis of in = [r.outer,
+ * r.len, r.inner] by constant indices (a reversed or reflected window); every idx[k] < r.len. */
+ecm_status ecm_take(ecm_rows r, const int32_t *idx, int32_t n_idx, const int8_t *in, int8_t *out);
+
 /* One input of a concatenation: in is [outer, part], written to columns [offset, offset + part)
  * of out = [outer, total]. */
 ecm_status ecm_concat_part(int32_t outer, int32_t part, int32_t total, int32_t offset, const int8_t *in, int8_t *out);

@@ -736,6 +736,21 @@ ecm_status ecm_slice(ecm_rows r, int32_t start, int32_t step, int32_t out_len, c
     return ECM_OK;
 }
 
+ecm_status ecm_take(ecm_rows r, const int32_t *idx, int32_t n_idx, const int8_t *in, int8_t *out) {
+    int32_t o, k, c;
+    if (in == NULL || out == NULL || idx == NULL || n_idx < 1) return ECM_E_ARG;
+    ECM_TRY(ecm_check_rows(r));
+    for (k = 0; k < n_idx; k++)
+        if (idx[k] < 0 || idx[k] >= r.len) return ECM_E_SHAPE;
+    for (o = 0; o < r.outer; o++)
+        for (k = 0; k < n_idx; k++) {
+            const int8_t *src = in + ((size_t)o * r.len + (size_t)idx[k]) * r.inner;
+            int8_t *dst = out + ((size_t)o * n_idx + k) * r.inner;
+            for (c = 0; c < r.inner; c++) dst[c] = src[c];
+        }
+    return ECM_OK;
+}
+
 ecm_status ecm_concat_part(int32_t outer, int32_t part, int32_t total, int32_t offset, const int8_t *in, int8_t *out) {
     int32_t o, c;
     if (in == NULL || out == NULL || outer < 1 || part < 1 || offset < 0) return ECM_E_ARG;

@@ -128,10 +128,70 @@ def test_token_ids_outside_the_vocabulary_are_a_status(tmp_path):
 
 
 def test_op_without_kernel_is_named():
-    """conv1d_net's 1-D convolution has no C kernel: emit_c names the node and the way out."""
+    """conv1d_net's comparison (x > 0, for its hand-written PReLU) has no C kernel: emit_c names the
+    node and the way out (its 1-D convolutions do run)."""
     g, _, _ = _quantized("conv1d_net")
-    with pytest.raises(CBackendError, match=r"conv1 \(conv\).*--backend tflite"):
+    with pytest.raises(CBackendError, match=r"gt \(gt\).*--backend tflite"):
         emit_c(g)
+
+
+class _Wave(__import__("torch").nn.Module):
+    """silero-vad's front-end ops in small: a reversed context window gathered by constant indices,
+    1-D convolutions (strided; dilated and grouped), a magnitude sqrt(y^2 + c), a relu."""
+
+    def __init__(self):
+        import torch
+        from torch import nn
+
+        super().__init__()
+        self.register_buffer("idx", torch.arange(30, 22, -1))
+        self.c1 = nn.Conv1d(1, 6, 5, stride=2, padding=2)
+        self.c2 = nn.Conv1d(6, 8, 3, padding=2, dilation=2, groups=2)
+        self.fc = nn.Linear(8 * 20, 4)
+
+    def forward(self, x):
+        import torch
+
+        ctx = torch.index_select(x, 1, self.idx)
+        y = self.c1(torch.cat([x, ctx], 1).reshape(1, 1, 40))
+        y = torch.relu(self.c2(torch.sqrt(y * y + 0.1)))
+        return self.fc(y.flatten(1))
+
+
+@pytest.mark.parametrize("device", ["host", "m4"])
+def test_conv1d_gather_and_sqrt_bit_exact(device, tmp_path):
+    """1-D convolutions run as the 2-D kernel on H = 1 between transposes, an activation gathered by
+    constant indices is ecm_take, sqrt a lookup table: the integer reference within 2 steps of the
+    executor's fake-quant, the generated C byte for byte the reference."""
+    import torch
+
+    from edgecompile.frontend.torch_export import import_model
+    from edgecompile.ir import TorchExecutor
+    from edgecompile.passes.fold import CleanupPass
+    from edgecompile.passes.quantize import QuantConfig, QuantizePass
+
+    if not device_available(device):
+        pytest.skip("scripts/install_toolchains.sh")
+    torch.manual_seed(0)
+    g = import_model(_Wave().eval(), (torch.randn(1, 32),))
+    CleanupPass()(g)
+    assert {"gather", "conv", "sqrt"} <= {n.op for n in g.nodes}
+    rng = np.random.default_rng(0)
+    QuantizePass(QuantConfig(), [(rng.standard_normal((1, 32)).astype(np.float32),) for _ in range(16)])(g)
+    xs = [rng.standard_normal((1, 32)).astype(np.float32) for _ in range(4)]
+    codes = [g.inputs[0].quant.quantize(x) for x in xs]
+    ex = TorchExecutor(g, fake_quant=True).eval()
+    oq = g.outputs[0].quant
+    for x, c in zip(xs, codes):
+        fake = ex(torch.from_numpy(x))[0].detach().numpy()
+        got = oq.dequantize(run_int8(g, c)[0])
+        assert np.abs(got - fake).max() <= 2.01 * oq.scale[0]
+    cm = emit_c(g)
+    assert {"take", "conv2d", "transpose", "lut"} <= {layer.kernel for layer in cm.layers}
+    run = build_and_run(cm, [[_c_input(g.inputs[0], c)] for c in codes], device, tmp_path)
+    assert run.status == "ECM_OK"
+    for k, c in enumerate(codes):
+        assert np.array_equal(_nhwc(run_int8(g, c)[0]).reshape(-1), run.outputs[(k, 0)])
 
 
 def test_where_requantizes_its_activation_branch(tmp_path):

@@ -602,14 +602,14 @@ def _all_kernel_cases(seed: int) -> list[Case]:
 def test_kernels_on_cortex_m4_under_qemu(tmp_path):
     """The kernels cross-compiled for Cortex-M4F (-Os) and run under qemu-system-arm -M mps2-an386
     on every kernel's cases: bit for bit the reference. The kernels' own .text stays small
-    (measured 8507 bytes with arm-none-eabi-gcc 13, -Os, hard float ABI, 3974 of them the
-    sequence / attention kernels; a model links only the kernels it calls: -ffunction-sections,
-    --gc-sections)."""
+    (measured 9255 bytes with arm-none-eabi-gcc 12, -Os, hard float ABI: ~4 KB of them the
+    sequence / attention kernels, ~0.5 KB ecm_add's tabulated path and ecm_take; a model links
+    only the kernels it calls: -ffunction-sections, --gc-sections)."""
     make("kernels-m4", tmp_path)
     size = subprocess.run(["arm-none-eabi-size", str(tmp_path / "m4obj" / "ecm_kernels.o")], capture_output=True,
                           text=True, check=True).stdout.splitlines()
     text, data, bss = (int(v) for v in size[1].split()[:3])
-    assert text < 9 * 1024 and data == 0 and bss == 0, size
+    assert text < 10 * 1024 and data == 0 and bss == 0, size
     elf = tmp_path / "m4" / "ecm_kernel_tool.elf"
     qemu = lambda src, dst: ["qemu-system-arm", "-M", "mps2-an386", "-nographic", "-semihosting-config",  # noqa: E731
                              f"enable=on,target=native,arg=tool,arg={src},arg={dst}", "-kernel", str(elf)]

@@ -31,7 +31,7 @@ from ...ir import Graph, Node, Value
 from . import kernels as K
 from .calls import CRefUnsupported, KernelCall, _fail, _nchw, _nhwc, _q, _same_q, is_mask_or_ids
 from .lower_seq import SEQ_LOWERINGS, _mean_axes, concat_inputs, const_value, operands, select_branches
-from .params import conv_multipliers, fc_multipliers, mean_multiplier
+from .params import conv_multipliers, fc_multipliers, lut_table, mean_multiplier
 
 __all__ = ["KernelCall", "lower", "execute", "run_int8", "CRefUnsupported", "LOWERINGS", "run_call"]
 
@@ -54,10 +54,34 @@ def _bias(b: Value | None, s_in: float, s_w) -> np.ndarray | None:
     return np.clip(q, K.INT32_MIN, K.INT32_MAX).astype(np.int32)
 
 
+def _conv1d(node: Node) -> list[KernelCall]:
+    """A 1-D convolution as the 2-D kernel on H = 1: [N, C, L] (stored as the IR) transposed to
+    [N, 1, L, C] (NHWC), the conv, and back to [N, O, L']."""
+    x, w, b = (node.input(i) for i in range(3))
+    _weights(node, w)
+    (s_in, zp_in), (s_out, zp_out) = _q(x), _q(node.output)
+    mult, shift = conv_multipliers(s_in, np.broadcast_to(w.quant.scale, (w.shape[0],)), s_out)
+    a = node.attrs
+    n, c, length = (int(e) for e in x.shape)
+    o, out_len = int(node.output.shape[1]), int(node.output.shape[2])
+    pad, stride, dil = (int(np.ravel(a[k])[0]) for k in ("padding", "stride", "dilation"))
+    nlc, nlo = node.output.name + "/nlc", node.output.name + "/nlo"
+    return [
+        KernelCall(node.name, "transpose", (x.name,), nlc, dict(shape=(n, c, 1, length), perm=(0, 2, 3, 1))),
+        KernelCall(node.name, "conv2d", (nlc,), nlo, dict(
+            w=w.data.transpose(0, 2, 1)[:, None].copy(), bias=_bias(b, s_in, w.quant.scale), input_zp=zp_in,
+            output_zp=zp_out, multiplier=mult, shift=shift, stride=(1, stride), padding=(0, pad, 0, pad),
+            dilation=(1, dil), groups=int(a["groups"]), act=(-128, 127))),
+        KernelCall(node.name, "transpose", (nlo,), node.output.name,
+                   dict(shape=(n, 1, out_len, o), perm=(0, 3, 1, 2), out_shape=(n, o, out_len)))]
+
+
 def _conv(node: Node) -> list[KernelCall]:
     x, w, b = (node.input(i) for i in range(3))
+    if len(w.shape) == 3 and len(x.shape) == 3:
+        return _conv1d(node)
     if len(w.shape) != 4:
-        raise _fail(node, "only 2-D convolution")
+        raise _fail(node, "only 1-D and 2-D convolution")
     _weights(node, w)
     (s_in, zp_in), (s_out, zp_out) = _q(x), _q(node.output)
     mult, shift = conv_multipliers(s_in, np.broadcast_to(w.quant.scale, (w.shape[0],)), s_out)
@@ -81,6 +105,14 @@ def _linear(node: Node) -> list[KernelCall]:
 
 
 def _clamp(node: Node) -> list[KernelCall]:
+    x = node.inputs[0]
+    if not is_mask_or_ids(x) and _q(x) != _q(node.output):
+        # requantizing too (a relu whose output has its own range): one lookup table
+        lo = 0.0 if node.op == "relu" else node.attrs.get("min")
+        hi = None if node.op == "relu" else node.attrs.get("max")
+        fn = lambda v: np.clip(v, -np.inf if lo is None else lo, np.inf if hi is None else hi)  # noqa: E731
+        table = lut_table(fn, *_q(x), *_q(node.output))
+        return [KernelCall(node.name, "lut", (x.name,), node.output.name, dict(table=table, fn=node.op))]
     _same_q(node)
     s, zp = _q(node.inputs[0])
     if node.op == "relu":
@@ -233,7 +265,10 @@ def run_call(call: KernelCall, env: dict[str, np.ndarray]) -> np.ndarray:
     if call.kernel == "lut":
         return K.lut(xs[0], a["table"])
     if call.kernel == "transpose":
-        return np.ascontiguousarray(xs[0].transpose(a["perm"]))
+        y = np.ascontiguousarray(xs[0].reshape(a["shape"]).transpose(a["perm"]))
+        return y.reshape(a["out_shape"]) if "out_shape" in a else y
+    if call.kernel == "take":
+        return np.ascontiguousarray(np.take(xs[0], a["indices"], axis=a["axis"]))
     if call.kernel == "slice":
         index = [slice(None)] * xs[0].ndim
         index[a["axis"]] = slice(a["start"], a["end"], a["step"])

@@ -332,6 +332,12 @@ def _gather(node: Node) -> list[KernelCall]:
     executor dequantizes it and quantizes the looked-up rows, so the kernel copies rows."""
     table, ids = node.inputs
     out = node.output
+    if table is not None and not table.is_const and ids is not None and ids.is_const and np.ndim(ids.data) == 1:
+        # an activation gathered by constant indices (silero-vad's reflected context window): a copy
+        _same_q(node)
+        idx = np.asarray(ids.data, np.int64) % table.shape[int(node.attrs.get("axis", 0))]
+        return [KernelCall(node.name, "take", (table.name,), out.name, dict(
+            axis=storage_axis(len(table.shape), int(node.attrs.get("axis", 0))), indices=idx.astype(np.int32)))]
     if (node.attrs.get("axis") != 0 or table is None or not table.is_const or table.data.ndim != 2
             or ids is None or ids.is_const or ids.producer is not None or ids.dtype not in ("int32", "int64")
             or len(out.shape) == 4):

@@ -113,6 +113,7 @@ LUT_FUNCTIONS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
     "exp": lambda x, _: np.exp(x),
     "neg": lambda x, _: -x,
     "abs": lambda x, _: np.abs(x),
+    "sqrt": lambda x, _: np.sqrt(np.maximum(x, 0.0)),   # a negative code (rounding below 0) is 0
 }
 
 
