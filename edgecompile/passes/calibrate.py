@@ -5,7 +5,8 @@ quantization) on each input tuple and returns, for every float activation (graph
 outputs), the range to quantize: the observed min/max ("minmax"), a two-sided percentile of the
 observed values ("percentile"), or the clipping range minimizing the int8 round-trip mean
 squared error over the observed values ("mse"). Non-finite values (masked attention scores set to
--inf) are left out of the statistics; quantization clamps them to the range's ends.
+-inf) are left out of the statistics; quantization clamps them to the range's ends. A tensor
+that held -inf (an additive mask) keeps its range at least `MASK_DEPTH` below its maximum.
 
 `activation_qparams(lo, hi)` turns a range into per-tensor asymmetric int8 parameters whose range
 always contains 0 (so that zero padding and ReLU zeros are exact).
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 SAMPLES_PER_VALUE = 1 << 16     # values kept per activation for percentile / MSE (a uniform subsample)
 MSE_SAMPLES = 1 << 14           # values the MSE range search evaluates (64 candidates each)
 QMIN, QMAX = -128, 127
+MASK_DEPTH = 32.0               # how far below its maximum a tensor that held -inf keeps the mask
 
 
 class CalibrationError(ValueError):
@@ -44,8 +46,10 @@ class ValueStats:
     hi: float = -np.inf
     samples: list | None = None
     seen: int = 0
+    neg_inf: bool = False       # -inf seen (an additive attention mask)
 
     def update(self, x: np.ndarray, rng: np.random.Generator, keep_samples: bool) -> None:
+        self.neg_inf = self.neg_inf or bool(np.isneginf(x).any())
         x = x[np.isfinite(x)].ravel()
         if x.size == 0:
             return
@@ -184,7 +188,13 @@ def collect_ranges(graph: Graph, batches: Sequence[Sequence[np.ndarray]], method
         if s.seen == 0:
             raise CalibrationError(f"activation {name!r} had no finite value on the calibration inputs")
         how = overrides.get(name, method)
-        if how == "minmax":
+        if s.neg_inf:
+            # -inf is a mask (where(mask, -inf, 0), scores + mask): its code must stay MASK_DEPTH
+            # below the largest value, or int8 clamps it into the live range and the mask vanishes
+            # (a mask tensor of {0, -inf} would get the range [0, 0]: -inf -> 0). Softmax then
+            # weighs a masked position by exp(-MASK_DEPTH) ~ 1e-14.
+            ranges[name] = (min(s.lo, s.hi - MASK_DEPTH), s.hi)
+        elif how == "minmax":
             ranges[name] = (s.lo, s.hi)
         elif how == "percentile":
             x = s.sample(rng)

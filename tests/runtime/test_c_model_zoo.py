@@ -31,8 +31,11 @@ ZOO_OPS = {
 #: output steps between the integer reference and fake-quant: the tiny transformer's CLS row is
 #: nearly constant (0.02-scale parameters on a 0.024 step), so its layer norm turns a 1-step
 #: rounding difference of the row into ~30 steps; the executor's own fake-quant is 29.5 steps
-#: from float there (measured), ours 23.
-FAKE_QUANT_STEPS = {"tiny_transformer": 10}
+#: from float there (measured), ours 23. Since the attention mask keeps its -inf codes 32 below the
+#: scores (calibrate.MASK_DEPTH: before, the mask had no effect in int8) the scores' step is
+#: coarser and the two roundings part by up to 14 steps; the integer reference's distance to float
+#: went from 22 to 19 steps.
+FAKE_QUANT_STEPS = {"tiny_transformer": 16}
 
 
 def _quantized(name: str):
