@@ -502,6 +502,109 @@ static ECMF_NOINLINE void ecmf_dw_block4(const ecmf_conv *cv, int32_t c, const i
         }
 }
 
+/* ---- 3x3 depthwise, dilation 1, stride_w 1 or 2: pixel pairs over zero-bordered rows.
+ * Per 4-channel group the input rows a window needs are converted once into a ring of 3 row
+ * buffers: a column is 2 words, (x0 - zp, x2 - zp) and (x1 - zp, x3 - zp), and columns outside the
+ * input (padding) are 0, so that every window is whole and the inner loop has no edges. Two output
+ * pixels run at once: with stride 1 they share two of their four input columns a row, so a row
+ * of a pair is 4 (stride 2: 5) LDRD of inputs, 3 (6) LDRD of weights and 24 SMLAxy. */
+#define ECMF_DW3_COLS 56 /* columns of a row buffer (3 x 56 x 8 bytes of stack); wider: ecmf_dw_block4 */
+
+typedef struct {
+    const int32_t *row[3]; /* column 0 of each kernel row's buffer */
+    const int32_t *w;      /* 18 words: taps row-major, (w0, w2), (w1, w3) each */
+    const int32_t *rq;     /* 4 channels x {mult, e, h + zp 2^e, 2 bias} (ecmf_dw3_rq) */
+    int8_t *y;             /* pixel 0's 4 output bytes; pixel i's at y + i y_step */
+    int32_t y_step, npix;  /* npix >= 1 */
+} ecmf_dw3_args;
+
+/* The requantization constants of the pair path for channels c .. c + 3, or 0 where its short
+ * form would not be ecm_requantize's value: it needs every shift in [-22, -1] (then h + zp 2^e
+ * and SMMLAR's result fit int32), |bias| < 2^30 - 9 * 255 * 128 (then 2 (sum + bias) fits int32
+ * and no saturating add is needed) and the act range all of int8 (the clamp is SSAT). */
+static int ecmf_dw3_rq(const ecmf_out *o, int32_t c, int32_t *rq) {
+    int32_t j;
+    if (o->lo + o->out_zp != -128 || o->hi + o->out_zp != 127) return 0;
+    for (j = 0; j < 4; j++, rq += 4) {
+        const int32_t m = o->mult[(c + j) * o->q_step], e = -o->shift[(c + j) * o->q_step];
+        const int32_t bias = o->bias != NULL ? o->bias[c + j] : 0;
+        if (e < 1 || e > 22 || bias >= (1 << 30) - 9 * 255 * 128 || bias <= -(1 << 30) + 9 * 255 * 128) return 0;
+        rq[0] = m, rq[1] = e, rq[2] = (int32_t)(((int64_t)1 << (e - 1)) + (int64_t)o->out_zp * ((int64_t)1 << e));
+        rq[3] = 2 * bias;
+    }
+    return 1;
+}
+
+#if ECMF_DSP_ASM
+void ecm_dsp_dw3(const ecmf_dw3_args *a, int32_t stride2);
+#define ECMF_DW3 ecm_dsp_dw3
+#else
+/* See ecm_dsp_dw3 in ecm_kernels_dsp.c: SMMLAR(2x, m, h + zp 2^e + s) >> e, saturated to int8. */
+static void ecmf_dw3_c(const ecmf_dw3_args *a, int32_t stride2) {
+    const int32_t s = stride2 ? 2 : 1;
+    int32_t i, j, k, t;
+    for (i = 0; i < a->npix; i++)
+        for (j = 0; j < 4; j++) {
+            const int32_t *rq = a->rq + 4 * j;
+            int32_t acc = 0, x2, r;
+            for (k = 0; k < 3; k++)
+                for (t = 0; t < 3; t++) {
+                    const int32_t *x = a->row[k] + 2 * (i * s + t) + (j & 1), *w = a->w + 2 * (3 * k + t) + (j & 1);
+                    acc = j < 2 ? ecmf_smlabb(*x, *w, acc) : ecmf_smlatt(*x, *w, acc);
+                }
+            x2 = rq[3] + 2 * acc;
+            r = (int32_t)(((int64_t)(rq[2] + (x2 >> 31)) * 4294967296LL + (int64_t)x2 * rq[0] + 0x80000000LL) >> 32) >> rq[1];
+            a->y[(ptrdiff_t)i * a->y_step + j] = (int8_t)(r < -128 ? -128 : (r > 127 ? 127 : r));
+        }
+}
+#define ECMF_DW3 ecmf_dw3_c
+#endif
+
+/* Buffer columns of the pair path: pairs of a row times the stride, and the last window. */
+static int32_t ecmf_dw3_cols(const ecmf_conv *cv) {
+    return (2 * ((cv->out.w + 1) >> 1) - 1) * cv->p->stride_w + 3;
+}
+
+/* Row iy of image b, channels c .. c + 3, as `cols` buffer columns from input column -pad_left. */
+static void ecmf_dw3_fill(const ecmf_conv *cv, int32_t b, int32_t iy, int32_t c, int32_t cols, int32_t *d) {
+    const int32_t ch = cv->in.c, nzp = ecmf_neg_zp2(cv->p->input_zp), pl = cv->p->pad_left;
+    int32_t j = 0, end = 0;
+    if (iy >= 0 && iy < cv->in.h) {
+        const int8_t *x = cv->in_data + (((size_t)b * cv->in.h + iy) * cv->in.w) * ch + c;
+        end = pl + cv->in.w < cols ? pl + cv->in.w : cols;
+        for (; j < pl && j < cols; j++) d[2 * j] = d[2 * j + 1] = 0;
+        for (x += (ptrdiff_t)(j - pl) * ch; j < end; j++, x += ch) {
+            const uint32_t v = ecmf_ld32(x);
+            d[2 * j] = ecmf_sxtab16(nzp, v), d[2 * j + 1] = ecmf_sxtab16_ror8(nzp, v);
+        }
+    }
+    for (; j < cols; j++) d[2 * j] = d[2 * j + 1] = 0;
+}
+
+/* Channels c .. c + 3 of every output pixel through ECMF_DW3, whole rows at a time; buf: 3 x
+ * ECMF_DW3_COLS columns, rq: ecmf_dw3_rq's. */
+static ECMF_NOINLINE void ecmf_dw3_block4(const ecmf_conv *cv, int32_t c, const int32_t *packed, const int32_t *rq,
+                                          int32_t *buf) {
+    const ecm_conv_params *p = cv->p;
+    const int32_t cols = ecmf_dw3_cols(cv), oc = cv->out.c, ow = cv->out.w;
+    int32_t held[3], b, oy, k;
+    ecmf_dw3_args a;
+    a.w = packed, a.rq = rq, a.y_step = oc, a.npix = ow;
+    for (b = 0; b < cv->out.n; b++) {
+        held[0] = held[1] = held[2] = INT32_MIN; /* the input row in each ring slot */
+        for (oy = 0; oy < cv->out.h; oy++) {
+            for (k = 0; k < 3; k++) {
+                const int32_t iy = oy * p->stride_h - p->pad_top + k, slot = (int32_t)((uint32_t)(iy + 3) % 3u);
+                int32_t *d = buf + 2 * ECMF_DW3_COLS * slot;
+                if (held[slot] != iy) ecmf_dw3_fill(cv, b, iy, c, cols, d), held[slot] = iy;
+                a.row[k] = d;
+            }
+            a.y = cv->out_data + (((size_t)b * cv->out.h + oy) * ow) * oc + c;
+            ECMF_DW3(&a, p->stride_w == 2);
+        }
+    }
+}
+
 /* The last n < 4 channels, one pixel at a time. */
 static void ecmf_dw_tail_block(const ecmf_conv *cv, int32_t c, int32_t n) {
     const ecm_conv_params *p = cv->p;
@@ -526,8 +629,11 @@ static void ecmf_dw_tail_block(const ecmf_conv *cv, int32_t c, int32_t n) {
 }
 
 static ECMF_NOINLINE int ecmf_depthwise(const ecmf_conv *cv) {
+    const ecm_conv_params *p = cv->p;
     const int32_t taps = cv->w.h * cv->w.w, ch = cv->in.c;
-    int32_t packed[2 * ECMF_DW_MAX_TAPS], rq_ch[4 * 4], c, t;
+    const int pairs = cv->w.h == 3 && cv->w.w == 3 && p->dilation_h == 1 && p->dilation_w == 1 &&
+                      (p->stride_w == 1 || p->stride_w == 2) && ch >= 4 && ecmf_dw3_cols(cv) <= ECMF_DW3_COLS;
+    int32_t packed[2 * ECMF_DW_MAX_TAPS], rq_ch[4 * 4], rq_dw3[4 * 4], buf[3 * 2 * ECMF_DW3_COLS], c, t;
     ecmf_rq_args ra;
     if (taps > ECMF_DW_MAX_TAPS) return 0;
     for (c = 0; c + 4 <= ch; c += 4) {
@@ -540,7 +646,10 @@ static ECMF_NOINLINE int ecmf_depthwise(const ecmf_conv *cv) {
             ecmf_rq_prep(&cv->o, c, 4, rq_ch, &ra);
             ra.ch = rq_ch, ra.y_step = cv->out.c;
         }
-        ecmf_dw_block4(cv, c, packed, cv->o.below_half ? &ra : NULL);
+        if (pairs && cv->o.below_half && ecmf_dw3_rq(&cv->o, c, rq_dw3))
+            ecmf_dw3_block4(cv, c, packed, rq_dw3, buf);
+        else
+            ecmf_dw_block4(cv, c, packed, cv->o.below_half ? &ra : NULL);
     }
     if (c < ch) ecmf_dw_tail_block(cv, c, ch - c);
     return 1;

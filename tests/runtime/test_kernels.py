@@ -787,11 +787,13 @@ def test_fast_paths_match_reference(build, tmp_path):
     cases = _fast_path_cases(20) + _conv_extremes() + _all_kernel_cases(21)
     assert_c_matches(tool, tmp_path, cases)
     test_accumulator_extremes_and_saturation(tool, tmp_path)
-    if build == "m4":  # the fast paths' code at -Os (measured 4012 + 1008 bytes with gcc 12)
+    # the fast paths' code at -Os (measured 4714 + 2444 bytes with gcc 12): the cap was 6 KiB until the
+    # 3x3 depthwise pair kernel (ecm_dsp_dw3, stride 1 and 2 unrolled, ~1.4 KiB) halved depthwise's cost
+    if build == "m4":
         size = subprocess.run(["arm-none-eabi-size", *(str(tmp_path / "m4obj" / f"{n}.o") for n in
                                                         ("ecm_kernels_fast", "ecm_kernels_dsp"))],
                               capture_output=True, text=True, check=True).stdout.splitlines()
-        assert sum(int(line.split()[0]) for line in size[1:]) < 6 * 1024, size
+        assert sum(int(line.split()[0]) for line in size[1:]) < 7.5 * 1024, size
 
 
 @pytest.mark.slow
