@@ -728,6 +728,10 @@ def _fast_path_cases(seed: int) -> list[Case]:
             cases.append(_shaped_fc_case(rng, b, n_in, n_out, zi, bool(i % 2), f"fcfast{i}"))
         cases.append(_shaped_fc_case(rng, b, n_in, n_out, int(rng.choice(ZERO_POINTS)), bool(i % 2), f"fcfast{i}",
                                      tiny=True))
+    # 3x3 depthwise pair path: rows of several pairs, odd widths, stride 2, a tail of channels
+    for s in (1, 2):
+        cases.append(_shaped_conv_case(rng, (1, 5, 37, 10), (10, 3, 3, 1), (s, s), (1, 1, 1, 1), (1, 1), 10,
+                                       f"dw3 wide /{s}", zi=-128))
     # multipliers above 1 (the saturating left shift), per tensor and per channel
     cases.append(_shaped_conv_case(rng, (1, 4, 4, 6), (5, 1, 1, 6), (1, 1), (0, 0, 0, 0), (1, 1), 1, "pw x3", real=3.0))
     cases.append(_shaped_conv_case(rng, (1, 4, 4, 6), (6, 3, 3, 1), (1, 1), (1, 1, 1, 1), (1, 1), 6, "dw x2",
