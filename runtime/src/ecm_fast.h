@@ -10,7 +10,8 @@
  *   -DECM_FAST_EMULATE_DSP  host builds only: the DSP path with its instructions emulated in C,
  *                           so that its loops run under the host's sanitizers
  * Stack: the DSP dense path buffers two pixels' patches (ECM_FAST_CHUNK, default 256 elements:
- * 1 KiB) plus ~0.5 KiB of sums and requantization constants; depthwise ~0.5 KiB.
+ * 1 KiB) plus ~0.5 KiB of sums and requantization constants; depthwise ~0.5 KiB, plus
+ * 1,344 bytes of zero-bordered row buffers on the 3x3 path (ECMF_DW3_COLS columns).
  * Every fast path gives the portable kernel's bytes exactly: the same int32 sums (only the order
  * of the additions differs, and no partial sum can overflow: |sum| <= ECM_MAX_PATCH * 255 * 128),
  * the same saturating bias add and the same requantization. */
