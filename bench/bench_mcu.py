@@ -265,8 +265,8 @@ def main() -> None:
         print(f"{'streamed' if r['mode'] == 'all' else 'raw int8':10} {r['flash']:>9,} {r['weights']:>9,} {r['ram']:>8,} "
               f"{r['arena']:>8,} {r['slot']:>8,} {r['instr']:>12,} {r['accuracy']:>8.2%}")
     a, b = st
-    print(f"flash raw / streamed: {b['flash'] / a['flash']:.2f}x; RAM streamed - raw arena = {a['ram'] - b['ram']:,} B "
-          f"(largest streamed layer's weights {a['slot']:,} B + the decoder's table)")
+    print(f"flash raw / streamed: {b['flash'] / a['flash']:.2f}x; RAM streamed {a['ram']:,} B <= raw arena + the largest "
+          f"streamed layer's weights = {b['arena'] + a['slot']:,} B: {a['ram'] <= b['arena'] + a['slot']}")
 
 
 if __name__ == "__main__":
