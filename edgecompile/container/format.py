@@ -97,8 +97,14 @@ DTYPES: dict[int, np.dtype] = {
     7: np.dtype("<f2"),
     8: np.dtype("<f4"),
     9: np.dtype("<i8"),
+    10: np.dtype("bool"),
 }
 DTYPE_CODES: dict[str, int] = {dt.name: code for code, dt in DTYPES.items()}
+
+
+def storage_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype a tensor's bytes are coded as: bool as uint8 (one byte, 0 or 1), others as is."""
+    return np.dtype("uint8") if np.dtype(dtype) == np.bool_ else np.dtype(dtype)
 
 CODECS: dict[int, str] = {0: "raw", 1: "zstd", 2: "rans", 3: "lut"}
 CODEC_CODES: dict[str, int] = {name: code for code, name in CODECS.items()}

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import codecs
 from . import format as fmt
-from .errors import (BadMagic, ChecksumMismatch, ContainerError, CorruptHeader, Truncated, UnknownCodec,
+from .errors import (BadMagic, ChecksumMismatch, ContainerError, CorruptHeader, CorruptStream, Truncated, UnknownCodec,
                      UnsupportedVersion)
 from .records import QuantInfo, TensorRecord
 
@@ -69,7 +69,7 @@ class ContainerReader:
     def _decode(self, records: list[TensorRecord]) -> list[np.ndarray]:
         staged = []
         for r in records:
-            dtype = np.dtype(r.dtype).newbyteorder("<")
+            dtype = fmt.storage_dtype(np.dtype(r.dtype).newbyteorder("<"))
             payload = self._data[r.offset : r.offset + r.encoded_size]
             staged.append(codecs.prepare(r.codec, payload, dtype, r.decoded_size // dtype.itemsize))
         pend = [s for s in staged if isinstance(s, codecs.Pending)]
@@ -82,6 +82,8 @@ class ContainerReader:
             crc = zlib.crc32(raw)
             if crc != r.crc32:
                 raise ChecksumMismatch(f"tensor {r.name!r}: CRC-32 {crc:#010x} of the decoded bytes, table says {r.crc32:#010x}")
+            if r.dtype == "bool" and raw.size and int(raw.max()) > 1:
+                raise CorruptStream(f"tensor {r.name!r}: bool tensor holds byte {int(raw.max())}; only 0 and 1 are valid")
             out.append(raw.view(fmt.DTYPES[fmt.DTYPE_CODES[r.dtype]]).reshape(r.shape).copy())
         return out
 

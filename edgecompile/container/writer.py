@@ -52,7 +52,7 @@ def encode_container(
     Parameters
     ----------
     tensors : Mapping[str, np.ndarray]
-        Name -> array (int8, uint8, int16, uint16, int32, uint32, float16, float32, int64), in
+        Name -> array (int8, uint8, int16, uint16, int32, uint32, float16, float32, int64, bool), in
         file order.
     quant : Mapping[str, QuantInfo], optional
         Dequantization parameters to record for some tensors.
@@ -92,7 +92,7 @@ def encode_container(
     cands = {}
     for name, arr in arrays.items():
         want = (codec_for[name],) if name in codec_for else allowed
-        cands[name] = codecs_mod.candidates(arr, want, zstd_level)
+        cands[name] = codecs_mod.candidates(arr.view(fmt.storage_dtype(arr.dtype)), want, zstd_level)
         if name in codec_for and codec_for[name] not in cands[name]:
             raise ContainerError(f"tensor {name!r}: codec {codec_for[name]!r} does not apply (lut needs <= 64 distinct values)")
         if not cands[name]:

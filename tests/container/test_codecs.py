@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -11,9 +13,10 @@ from hypothesis.extra import numpy as hnp
 
 from edgecompile.container import (ContainerError, CorruptStream, QuantInfo, UnknownCodec, encode_container, kmeans_cluster,
                                    read_container, write_container)
+from edgecompile.container import format as fmt
 from edgecompile.container import rans
 
-DTYPES = ["int8", "uint8", "int16", "uint16", "int32", "uint32", "float16", "float32", "int64"]
+DTYPES = ["int8", "uint8", "int16", "uint16", "int32", "uint32", "float16", "float32", "int64", "bool"]
 
 
 def _roundtrip(arrays: dict, codec: str | None) -> None:
@@ -31,6 +34,28 @@ def _roundtrip(arrays: dict, codec: str | None) -> None:
        codec=st.sampled_from(["raw", "zstd", "rans", None]))
 def test_roundtrip_any_array(arr, codec):
     _roundtrip({"t": arr}, codec)
+
+
+@pytest.mark.parametrize("codec", ["raw", "zstd", "rans", "lut"])
+def test_bool_masks_round_trip_with_every_codec(codec):
+    """A causal mask (bool) is stored as one byte an element and comes back as bool."""
+    mask = np.tril(np.ones((1, 1, 33, 33), bool))
+    _roundtrip({"mask": mask, "one": np.ones((1, 1, 1, 1), bool)}, codec)
+
+
+def test_bool_tensor_holding_another_byte_is_corrupt():
+    """A bool entry whose decoded bytes are not all 0 or 1 is rejected, not read as bool."""
+    data, _ = encode_container({"m": np.array([0, 1, 2], np.uint8)}, codec_for={"m": "raw"})
+    buf = bytearray(data)
+    entry = fmt.HEADER.size
+    dtype_at = entry + struct.calcsize("<QQQIIH")
+    assert buf[dtype_at] == fmt.DTYPE_CODES["uint8"]
+    buf[dtype_at] = fmt.DTYPE_CODES["bool"]
+    meta_size = int.from_bytes(buf[12:16], "little")
+    body = bytes(buf[fmt.HEADER.size : fmt.HEADER.size + fmt.ENTRY.size + meta_size])
+    buf[28:32] = zlib.crc32(body, zlib.crc32(bytes(buf[:28]))).to_bytes(4, "little")
+    with pytest.raises(CorruptStream, match="bool tensor holds byte 2"):
+        read_container(bytes(buf)).read("m")
 
 
 @settings(max_examples=60, deadline=None)

@@ -62,8 +62,9 @@ def test_code_tables_match_the_document():
 def test_c_runtime_uses_the_same_constants():
     src = (ROOT / "runtime" / "src" / "ecw_container.c").read_text()
     assert f"#define HEADER_SIZE {fmt.HEADER.size}u" in src and f"#define ENTRY_SIZE {fmt.ENTRY.size}u" in src
-    sizes = re.search(r"size\[10\] = \{([^}]*)\}", src).group(1)
-    assert [int(v) for v in sizes.split(",")] == [0] + [fmt.DTYPES[c].itemsize for c in range(1, 10)]
+    n, sizes = re.search(r"size\[(\d+)\] = \{([^}]*)\}", src).groups()
+    assert int(n) == max(fmt.DTYPES) + 1 and f"dtype < {n}u" in src
+    assert [int(v) for v in sizes.split(",")] == [0] + [fmt.DTYPES[c].itemsize for c in range(1, int(n))]
     # entry field offsets used by ecw_tensor_at: "e + <offset>" for each u8/u16/u32/u64 read
     offsets = {name: off for name, off in zip((n for n, _ in fmt.ENTRY_FIELDS), np.cumsum(
         [0] + [struct.calcsize("<" + c) for _, c in fmt.ENTRY_FIELDS]))}
