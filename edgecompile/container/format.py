@@ -98,6 +98,7 @@ DTYPES: dict[int, np.dtype] = {
     8: np.dtype("<f4"),
     9: np.dtype("<i8"),
     10: np.dtype("bool"),
+    11: np.dtype("<f8"),
 }
 DTYPE_CODES: dict[str, int] = {dt.name: code for code, dt in DTYPES.items()}
 

@@ -52,7 +52,8 @@ def encode_container(
     Parameters
     ----------
     tensors : Mapping[str, np.ndarray]
-        Name -> array (int8, uint8, int16, uint16, int32, uint32, float16, float32, int64, bool), in
+        Name -> array (int8, uint8, int16, uint16, int32, uint32, float16, float32, int64, bool,
+        float64), in
         file order.
     quant : Mapping[str, QuantInfo], optional
         Dequantization parameters to record for some tensors.

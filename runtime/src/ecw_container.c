@@ -12,9 +12,10 @@
 #define ENTRY_SIZE 80u
 
 unsigned ecw_dtype_size(uint8_t dtype) {
-    /* codes 1..10: int8 uint8 int16 uint16 int32 uint32 float16 float32 int64 bool (one byte, 0 or 1) */
-    static const uint8_t size[11] = {0, 1, 1, 2, 2, 4, 4, 2, 4, 8, 1};
-    return dtype < 11u ? size[dtype] : 0u;
+    /* codes 1..11: int8 uint8 int16 uint16 int32 uint32 float16 float32 int64 bool (one byte, 0 or 1)
+     * float64 */
+    static const uint8_t size[12] = {0, 1, 1, 2, 2, 4, 4, 2, 4, 8, 1, 8};
+    return dtype < 12u ? size[dtype] : 0u;
 }
 
 const char *ecw_status_name(ecw_status s) {

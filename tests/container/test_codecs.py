@@ -16,7 +16,7 @@ from edgecompile.container import (ContainerError, CorruptStream, QuantInfo, Unk
 from edgecompile.container import format as fmt
 from edgecompile.container import rans
 
-DTYPES = ["int8", "uint8", "int16", "uint16", "int32", "uint32", "float16", "float32", "int64", "bool"]
+DTYPES = ["int8", "uint8", "int16", "uint16", "int32", "uint32", "float16", "float32", "int64", "bool", "float64"]
 
 
 def _roundtrip(arrays: dict, codec: str | None) -> None:
