@@ -27,7 +27,7 @@ from ..ir import Graph, Node
 from ..tflite_loader import bias_scale, biases
 from . import tflite_nn as nn
 from . import tflite_ops as ops
-from .tflite_builder import ModelBuilder, tflite_op_table, unpack_model
+from .tflite_builder import TFL_TYPES, ModelBuilder, tflite_op_table, unpack_model
 from .tflite_lower import IR, Lowering, TFLiteUnsupportedError, act_qparams
 
 
@@ -74,10 +74,17 @@ class EmittedModel:
 
 
 def _precheck(graph: Graph) -> None:
+    """Every node TFLite cannot express, in one error: ops without a lowering and values of a dtype
+    TFLite has no tensor type for (float64), each with the user's source line when known."""
     problems = []
     for node in graph.nodes:
+        where = f" at {node.meta['source']}" if node.meta.get("source") else ""
         if node.op not in _EMITTERS:
-            problems.append(f"{node.name} ({node.op})")
+            problems.append(f"{node.name} ({node.op}){where}")
+            continue
+        bad = sorted({v.dtype for v in (*node.inputs, *node.outputs) if v is not None and v.dtype not in TFL_TYPES})
+        if bad:
+            problems.append(f"{node.name} ({node.op} on {'/'.join(bad)}){where}")
     for v in graph.inputs:
         if v.shape is None:
             problems.append(f"input {v.name} (dynamic shape)")
