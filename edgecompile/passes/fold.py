@@ -6,14 +6,15 @@
 1e-5 relative). A batch_norm whose input is not a conv/linear with constant weights used only
 there is left alone; the backends lower it as a per-channel multiply-add.
 
-`CleanupPass`: removes identity reshapes/transposes/casts/slices and dead nodes and constants.
+`CleanupPass`: removes identity reshapes/transposes/casts/slices, ``where`` on a constant all-true
+(or all-false) condition, and dead nodes and constants.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Graph, Node
+from ..ir import Graph, Node, Value
 from .base import Pass, PassResult
 
 
@@ -84,17 +85,18 @@ _IDENTITY = {
 
 
 class CleanupPass(Pass):
-    """Removes identity reshapes/transposes/casts/slices, then dead nodes and constants."""
+    """Removes identity reshapes/transposes/casts/slices and selects on a constant condition, then
+    dead nodes and constants."""
 
     name = "cleanup"
 
     def call(self, graph: Graph) -> PassResult:
         removed = 0
         for node in list(graph.nodes):
-            check = _IDENTITY.get(node.op)
-            if check is None or not check(node):
+            passes_through = _IDENTITY.get(node.op)
+            src = passes_through(node) if passes_through is not None else None
+            if src is None or src.shape != node.output.shape or src.dtype != node.output.dtype:
                 continue
-            src = node.input(0)
             if any(o is node.output for o in graph.outputs) and (src in graph.inputs or src.is_const):
                 continue  # keep a graph output distinct from an input/constant
             graph.replace_all_uses(node.output, src)
@@ -102,3 +104,26 @@ class CleanupPass(Pass):
             removed += 1
         removed += graph.remove_unused()
         return PassResult(graph, removed > 0, [{"kind": "cleanup", "removed": removed}] if removed else [])
+
+
+def _selected(node: Node) -> Value | None:
+    """The operand a ``where(cond, x, y)`` always selects when `cond` is a constant of one value
+    (a Hugging Face attention mask without padding is an all-true [1, 1, 1, 1] bool)."""
+    cond = node.input(0)
+    if not cond.is_const or cond.data.size == 0:
+        return None
+    if np.all(cond.data):
+        return node.input(1)
+    return node.input(2) if not np.any(cond.data) else None
+
+
+#: op -> the input a node of it passes through unchanged (None: not an identity); the pass also
+#: checks that input has the output's shape and dtype
+_IDENTITY = {
+    "reshape": lambda n: n.input(0),
+    "expand": lambda n: n.input(0),
+    "transpose": lambda n: n.input(0) if list(n.attrs["perm"]) == sorted(n.attrs["perm"]) else None,
+    "cast": lambda n: n.input(0),
+    "slice": lambda n: n.input(0) if n.attrs["step"] == 1 else None,
+    "where": _selected,
+}

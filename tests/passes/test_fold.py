@@ -89,3 +89,33 @@ def test_cleanup_removes_identity_ops():
     verify(g)
     assert g.op_counts() == {"relu": 1}
     assert not CleanupPass()(g).modified
+
+
+def _masked_softmax(mask: np.ndarray) -> Graph:
+    g = Graph("mask")
+    x = g.add_input("x", (2, 2, 4, 4))
+    m = g.add_const("mask", mask)
+    fill = g.add_const("fill", np.array(-np.inf, np.float32))
+    w = g.add_node("where", [m, x, fill], name="where").output
+    g.outputs = [g.add_node("softmax", [w], {"axis": 3}, name="softmax").output]
+    infer_shapes(g)
+    return g
+
+
+def test_cleanup_drops_where_on_an_all_true_mask():
+    """A Hugging Face mask without padding (all-true bool [1, 1, 1, 1]) selects x everywhere:
+    the where and its bool constant go, the output is the same."""
+    g = _masked_softmax(np.ones((1, 1, 1, 1), bool))
+    x = np.random.default_rng(0).standard_normal((2, 2, 4, 4)).astype(np.float32)
+    before = run_graph(g, x)
+    assert CleanupPass()(g).modified
+    verify(g)
+    assert g.op_counts() == {"softmax": 1} and "mask" not in g.consts
+    np.testing.assert_array_equal(run_graph(g, x), before)
+
+
+def test_cleanup_keeps_where_on_a_causal_mask():
+    """Negative case: a mask of both values (causal) selects per element; nothing changes."""
+    g = _masked_softmax(np.tril(np.ones((1, 1, 4, 4), bool)))
+    assert not CleanupPass()(g).modified
+    assert g.op_counts() == {"where": 1, "softmax": 1}
