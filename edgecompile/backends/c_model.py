@@ -52,9 +52,10 @@ STREAM_MIN_SAVING = 0.125
 ECW_WORKSPACE_BYTES = 772
 ECW_FAST_WORKSPACE_BYTES = 772 + 4 * 4100
 #: "auto" streams a tensor only when its layer does at least this many MACs per weight byte:
-#: decoding costs ~50-110 emulated instructions a byte on Cortex-M4 (measured on the digits CNN's
-#: lut tensors, fast and reference decoder), so below this the decode would outweigh the layer.
-STREAM_MIN_REUSE = 64
+#: decoding costs ~50-200 emulated instructions a byte on Cortex-M4 (measured on the digits CNN's
+#: lut tensors, fast and reference decoder) while the DSP kernels take ~1.5 a MAC, so below this
+#: the decode would cost more than ~15 % of the layer.
+STREAM_MIN_REUSE = 1024
 _WEIGHTED = ("conv2d", "fully_connected")
 
 
@@ -219,6 +220,23 @@ def _weight_tensors(steps: list[_Step]) -> tuple[dict[str, np.ndarray], dict[int
     return tensors, names
 
 
+def _lut_form(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """A fully connected layer's weights as shared levels read in place (`ecm_fully_connected_lut`):
+    (packed level indices, the levels, bits per index), when the layer has at most 16 distinct int8
+    values (pruned + clustered) and that form saves at least `STREAM_MIN_SAVING` of its bytes."""
+    levels = np.unique(w)
+    if levels.size > 16:
+        return None
+    bits = 1 if levels.size <= 2 else 2 if levels.size <= 4 else 4
+    per = 8 // bits
+    idx = np.searchsorted(levels, w.reshape(-1)).astype(np.uint8)
+    idx = np.concatenate([idx, np.zeros(-idx.size % per, np.uint8)]).reshape(-1, per)
+    packed = np.bitwise_or.reduce(idx << (np.arange(per, dtype=np.uint8) * bits), axis=1).astype(np.uint8)
+    if packed.size + levels.size > (1 - STREAM_MIN_SAVING) * w.size:
+        return None
+    return packed, levels.astype(np.int8), bits
+
+
 def _macs(s: _Step, shapes) -> int:
     w = s.args.get("w")
     if s.kernel == "conv2d":
@@ -301,8 +319,21 @@ def emit_c(graph: Graph, *, codecs: tuple[str, ...] = ("raw", "rans", "lut"), pr
         raise CBackendError(f"stream {stream!r}: use auto, all or none")
     allowed = tuple(dict.fromkeys(tuple(c for c in codecs if c in ("raw", "rans", "lut")) + ("raw",)))
     tensors, names = _weight_tensors(steps)
+    luts: dict[int, tuple[int, int]] = {}       # step -> (bits, levels): read in place, never streamed
+    if stream == "auto":
+        # A pruned + clustered fully connected layer (1 MAC per weight at batch 1, where decoding
+        # would cost ~50-100x the layer) keeps its levels packed in flash and is computed from them.
+        for i, name in names.items():
+            form = _lut_form(tensors[name]) if steps[i].kernel == "fully_connected" else None
+            if form is not None:
+                tensors[name], tensors[name + "/levels"], bits = form
+                luts[i] = (bits, form[1].size)
     _, best = encode_container(tensors, codecs=allowed)
-    streamed = _choose_streamed(best, names, steps, shapes, stream, flash_budget)
+    in_place = {names[i] for i in luts} | {names[i] + "/levels" for i in luts}
+    fixed = sum(r.decoded_size for r in best if r.name in in_place)     # the in-place levels' flash
+    streamed = _choose_streamed([r for r in best if r.name not in in_place], {i: n for i, n in names.items()
+                                                                              if i not in luts},
+                                steps, shapes, stream, None if flash_budget is None else flash_budget - fixed)
     while True:
         data, records = encode_container(tensors, codecs=allowed, codec_for={n: "raw" for n in tensors if n not in streamed})
         by_name = {r.name: r for r in records}
@@ -321,10 +352,12 @@ def emit_c(graph: Graph, *, codecs: tuple[str, ...] = ("raw", "rans", "lut"), pr
             if got[0].arena_bytes <= plan.arena_bytes:
                 workspace, (plan, scratch, buffers) = trial, got
     layers = [CLayer(i, s.node, s.kernel, shapes[s.output], 0 if i not in wrec else wrec[i].decoded_size,
-                     0 if i not in wrec else wrec[i].encoded_size, "" if i not in wrec else wrec[i].codec,
+                     0 if i not in wrec else wrec[i].encoded_size,
+                     f"levels in place ({luts[i][0]}-bit)" if i in luts else "" if i not in wrec else wrec[i].codec,
                      i in wrec and wrec[i].codec != "raw", _macs(s, shapes)) for i, s in enumerate(steps)]
     gen = _Writer(prefix, graph, steps, where, shapes, plan.offsets, wrec, records, ins, outs, plan.arena_bytes, scratch,
                   workspace)
+    gen.luts = {i: (bits, levels, by_name[names[i] + "/levels"].offset) for i, (bits, levels) in luts.items()}
     files = {f"{prefix}.h": gen.header(), f"{prefix}.c": gen.source()}
     live = [sum(b.size for b in buffers if b.first <= i <= b.last) for i in range(len(steps))]
     peak = int(np.argmax(live)) if live else 0
@@ -396,6 +429,7 @@ class _Writer:
     def __init__(self, prefix, graph, steps, where, shapes, offsets, wrec, records, ins, outs, arena, scratch,
                  workspace):
         self.records, self.workspace = records, workspace
+        self.luts: dict[int, tuple[int, int, int]] = {}   # step -> (bits, levels, offset of the levels)
         self.p, self.P = prefix, prefix.upper()
         self.graph, self.steps, self.where, self.shapes = graph, steps, where, shapes
         self.offsets, self.wrec, self.ins, self.outs = offsets, wrec, ins, outs
@@ -516,6 +550,11 @@ class _Writer:
             lo, hi = a["act"]
             consts.append(f"static const ecm_fc_params {L}_p = {{{a['input_zp']}, {a['output_zp']}, {lo}, {hi}}};\n")
             batches = int(np.prod(ish[0])) // int(w.shape[1])
+            if i in self.luts:
+                bits, levels, book = self.luts[i]
+                return [f"TRY(ecm_fully_connected_lut(&{L}_p, &{L}_q, {batches}, {w.shape[1]}, {n}, {x[0]}, "
+                        f"{self.p}_weights + {self.wrec[i].offset}, {bits}, (const int8_t *)({self.p}_weights + {book}), "
+                        f"{levels}, {bias}, {y}));"]
             return pre + [f"TRY(ecm_fully_connected(&{L}_p, &{L}_q, {batches}, {w.shape[1]}, {n}, {x[0]}, {wp}, "
                           f"{bias}, {y}));"]
         from .c_steps import emit_step   # sequence / attention / MobileNet-style kernels

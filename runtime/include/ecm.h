@@ -115,6 +115,14 @@ ecm_status ecm_fully_connected(const ecm_fc_params *p, const ecm_quant *q, int32
                                int32_t out_features, const int8_t *in, const int8_t *weights,
                                const int32_t *bias, int8_t *out);
 
+/* Fully connected with shared weight levels read in place (pruned and clustered layers): weight
+ * w[o, i] = book[level(o * in_features + i)], levels packed `bits` (1, 2 or 4) to a byte, element j
+ * in bits [j * bits, (j + 1) * bits) from the least significant bit; every level < levels <= 2^bits.
+ * The same bytes out as ecm_fully_connected on the unpacked weights (the same int32 sums). */
+ecm_status ecm_fully_connected_lut(const ecm_fc_params *p, const ecm_quant *q, int32_t batches, int32_t in_features,
+                                   int32_t out_features, const int8_t *in, const uint8_t *packed, int32_t bits,
+                                   const int8_t *book, int32_t levels, const int32_t *bias, int8_t *out);
+
 /* Elementwise a + b of `count` int8 values with two-input requantization (TFLite's ADD). */
 ecm_status ecm_add(const ecm_add_params *p, size_t count, const int8_t *a, const int8_t *b, int8_t *out);
 

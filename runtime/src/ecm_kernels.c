@@ -205,6 +205,57 @@ ecm_status ecm_fully_connected(const ecm_fc_params *p, const ecm_quant *q, int32
     return ECM_OK;
 }
 
+ecm_status ecm_fully_connected_lut(const ecm_fc_params *p, const ecm_quant *q, int32_t batches, int32_t in_features,
+                                   int32_t out_features, const int8_t *in, const uint8_t *packed, int32_t bits,
+                                   const int8_t *book, int32_t levels, const int32_t *bias, int8_t *out) {
+    const ecm_dims din = {batches, 1, 1, in_features}, dout = {batches, 1, 1, out_features};
+    const ecm_dims dw = {out_features, 1, 1, in_features};
+    const uint32_t mask = ((uint32_t)1 << bits) - 1u;
+    int32_t b, o, i, v;
+    if (p == NULL || in == NULL || packed == NULL || book == NULL || out == NULL) return ECM_E_ARG;
+    if ((bits != 1 && bits != 2 && bits != 4) || levels < 1 || levels > (1 << bits)) return ECM_E_ARG;
+    ECM_TRY(ecm_check_dims(din));
+    ECM_TRY(ecm_check_dims(dout));
+    ECM_TRY(ecm_check_dims(dw));
+    if (!ecm_is_int8(p->input_zp) || !ecm_is_int8(p->output_zp)) return ECM_E_ARG;
+    ECM_TRY(ecm_check_act(p->act_min, p->act_max));
+    if (in_features > ECM_MAX_PATCH) return ECM_E_RANGE;
+    ECM_TRY(ecm_check_quant(q, out_features));
+    for (b = 0; b < batches; b++) {
+        const int8_t *x = in + (size_t)b * in_features;
+        for (o = 0; o < out_features; o++) {
+            /* Sum the inputs by level, then weigh the (at most 16) sums by the levels: one add a
+             * weight instead of a multiply, the same int32 total (|each partial| < 2^31 as the
+             * plain sum's). A level past `levels` (corrupt flash) reads as 0 and is never used. */
+            int32_t bins[16] = {0};
+            int32_t acc = 0;
+            int64_t sum;
+            size_t j = (size_t)o * in_features;
+            if (bits == 4 && (in_features & 1) == 0) { /* rows start on a byte: two levels a byte */
+                const uint8_t *pw = packed + j / 2;
+                const int32_t zp = p->input_zp;
+                for (i = 0; i < in_features; i += 2, pw++) {
+                    bins[*pw & 15u] += (int32_t)x[i] - zp;
+                    bins[*pw >> 4] += (int32_t)x[i + 1] - zp;
+                }
+            } else {
+                for (i = 0; i < in_features; i++, j++)
+                    bins[(packed[j * bits >> 3] >> ((j * bits) & 7u)) & mask] += (int32_t)x[i] - p->input_zp;
+            }
+            for (v = 0; v < levels; v++) acc += bins[v] * book[v];
+            sum = (int64_t)acc + (bias != NULL ? bias[o] : 0);
+            sum = sum > INT32_MAX ? INT32_MAX : (sum < INT32_MIN ? INT32_MIN : sum);
+            {
+                const int32_t qi = q->count == 1 ? 0 : o;
+                out[(size_t)b * out_features + o] = ecm_clamp(
+                    (int64_t)ecm_requantize((int32_t)sum, q->multiplier[qi], q->shift[qi]) + p->output_zp, p->act_min,
+                    p->act_max);
+            }
+        }
+    }
+    return ECM_OK;
+}
+
 /* ---------------------------------------------------------------- add */
 
 /* ecm_add tabulates its inputs' terms from this many elements on (measured on Cortex-M4: ResNet-8's
