@@ -203,3 +203,34 @@ def test_bad_arena_and_corrupt_weights_are_statuses(digits_coarse, tmp_path):
     out = subprocess.run([str(rt / "build" / "model")], capture_output=True, text=True).stdout.splitlines()
     assert out[0] == "misaligned ECM_E_ARG"
     assert out[-1] == "done ECM_E_WEIGHTS"
+
+
+@pytest.mark.parametrize("levels", [2, 3, 11])
+def test_fully_connected_from_packed_levels(levels, tmp_path):
+    """Linear layers of 2, 3 and 11 shared levels (1-, 2- and 4-bit indices), odd and even input
+    widths (rows that start mid-byte take the general loop): computed from the levels in place,
+    byte for byte the reference."""
+    import torch
+    from torch import nn
+
+    from edgecompile.frontend.torch_export import import_model
+    from edgecompile.passes.fold import CleanupPass
+    from edgecompile.passes.quantize import QuantConfig, QuantizePass
+
+    if not device_available("host"):
+        pytest.skip("gcc")
+    torch.manual_seed(levels)
+    net = nn.Sequential(nn.Linear(37, 64), nn.ReLU(), nn.Linear(64, 9)).eval()
+    g = import_model(net, (torch.randn(1, 37),))
+    CleanupPass()(g)
+    rng = np.random.default_rng(levels)
+    QuantizePass(QuantConfig(), [(rng.standard_normal((1, 37)).astype(np.float32),) for _ in range(8)])(g)
+    for n in g.nodes:
+        if n.op == "linear":
+            w = n.input(1)
+            book = np.linspace(-127, 127, levels).round().astype(np.int8)
+            w.data = book[rng.integers(0, levels, w.data.shape)]
+    cm = emit_c(g)
+    assert [layer.codec.split(" (")[0] for layer in cm.layers if layer.weight_bytes] == ["levels in place"] * 2
+    xs = [[rng.integers(-128, 128, (1, 37)).astype(np.int8)] for _ in range(3)]
+    _check(g, cm, xs, "host", tmp_path)
