@@ -50,6 +50,11 @@ def _input_errors() -> tuple[type[BaseException], ...]:
         errors.append(TflmUnsupported)
     except ImportError:
         pass
+    try:
+        from .backends.onnx import OnnxEmitError
+        errors.append(OnnxEmitError)
+    except ImportError:
+        pass
     return tuple(errors)
 
 
