@@ -375,7 +375,11 @@ def _tflm_checks(written: dict) -> tuple[_TflmSession, dict]:
     """``--backend tflite`` for a microcontroller: every op checked against TFLite Micro's kernels
     (a one-line error naming the op and layer when TFLM lacks it), the session that verifies on TFLM,
     and TFLM's measured arena."""
-    from .backends import tflm
+    try:
+        from .backends import tflm
+    except ImportError:
+        raise BuildError("--backend tflite for a microcontroller is checked with TFLite Micro, which is not installed: "
+                         "pip install tflite-micro==0.dev20261023182759 (the dev extra), or use --backend c") from None
     from .tflite_loader import fill_weights
 
     em = written["emitted"]
