@@ -54,6 +54,10 @@ def from_stream(sym: np.ndarray, itemsize: int, shuffle: bool) -> np.ndarray:
 
 
 PER_CHANNEL_MIN_SYMBOLS = 1024
+#: At most this many per-channel tables are priced (an fp32 embedding of 32k rows would otherwise
+#: price 128k byte-plane tables: the T5 encoder's fp32 container took 1,017 s, issue 13); past it
+#: the class maps (<= 16 tables) already capture how rows differ.
+PER_CHANNEL_MAX_TABLES = 4096
 #: Per-channel tables must beat the best shared-table plan by this fraction: the decoder sets up a
 #: table (2^M slots) per channel and steps out of its SIMD loop at every channel boundary.
 PER_CHANNEL_MIN_GAIN = 0.01
@@ -81,7 +85,7 @@ def _rans_plan(sym: np.ndarray, shuffle: bool, itemsize: int, channels: int) -> 
                 best = alt
     # A table costs tens of bytes: per-channel tables only pay off with enough symbols per channel
     # (and pricing 30k tables of an embedding would cost seconds for nothing).
-    if channels > 1 and sym.size >= PER_CHANNEL_MIN_SYMBOLS * channels:
+    if 1 < channels <= PER_CHANNEL_MAX_TABLES // base and sym.size >= PER_CHANNEL_MIN_SYMBOLS * channels:
         alt = rans.plan(sym, base * channels, shuffle=shuffle, itemsize=itemsize)
         if alt[1] < (1 - PER_CHANNEL_MIN_GAIN) * best[1]:
             best = alt
