@@ -223,7 +223,7 @@ def write_c_model(out_dir: Path, cm, target_kind: str, target_name: str, triple:
     ``model/{model.c, model.h, model_weights.c, model_weights.h, main.c}``, the kernels and the
     decoder, and ``build.sh`` for the target. `samples` (int8 inputs in storage layout) go into
     ``main.c``, the program that runs them and prints the outputs."""
-    from .c_model import demo_main
+    from .c_writer import demo_main
 
     if target_kind not in ("linux", "mcu"):
         raise BundleError(f"target {target_name!r}: unknown kind {target_kind!r}; expected 'linux' or 'mcu'")

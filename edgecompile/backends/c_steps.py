@@ -4,7 +4,7 @@
 (``ecm_add_bcast``, ``ecm_mul``, ``ecm_lut``, ``ecm_batch_matmul``, ``ecm_softmax``,
 ``ecm_layer_norm``, ``ecm_mean_rows``, ``ecm_slice``, ``ecm_concat_part``, ``ecm_select``,
 ``ecm_where``, ``ecm_gather_rows``, ``ecm_equal_const``) from a
-step of `c_model` (`c_ref.graph` kernel call, storage shapes); `c_model._Writer.step` calls it
+step of `c_model` (`c_ref.graph` kernel call, storage shapes); `c_writer.Writer.step` calls it
 first. Constants (lookup tables, quantized constant operands, layer-norm gamma / beta, parameter
 structs) go to `consts` as ``static const`` definitions named after the step (``L<i>_...``): flash.
 """
