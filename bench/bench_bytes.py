@@ -47,7 +47,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_pretrained import ort_quantized, zstd19  # noqa: E402
+from bench.bench_pretrained import ort_quantized, text_table, zstd19  # noqa: E402
 from edgecompile.modelspec import LoadedModel  # noqa: E402
 
 MODELS = ("digits", "mnist1d", "mtcnn-onet")
@@ -294,14 +294,7 @@ def render(head: str, rows: list[Row]) -> str:
             f"{r.manifest:,}" if built else "-", f"{r.total:,}", f"{r.zstd:,}" if r.zstd else "-",
             f"{r.model / r.payload:.1%}" if built else "-",
             r.ratio or "-"])
-    widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(cols)]
-    lines = [head, "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cols, widths))),
-             "  ".join("-" * w for w in widths)]
-    for r, t in zip(rows, table):
-        lines.append("  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(t, widths))))
-        if r.note:
-            lines.append(f"    {r.note}")
-    return "\n".join(lines)
+    return text_table(head, cols, table, [r.note for r in rows], numbers_right=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -340,13 +340,24 @@ def render(key: str, rows: list[Row], info: dict) -> str:
     table = [[r.name, f"{r.nbytes:,}" if r.nbytes else "-", f"{r.zbytes:,}" if r.zbytes else "-",
               r.fidelity or "-", r.gate or "-", f"{r.ms:.2f}" if r.ms else "-",
               f"{r.build_s:.1f}" if r.build_s is not None else "-"] for r in rows]
+    return text_table(head, cols, table, [r.note for r in rows])
+
+
+def text_table(head: str, cols: list[str], table: list[list[str]], notes: list[str], numbers_right: bool = False) -> str:
+    """A plain-text table under `head`: a column per `cols`, a row per `table` entry, each row's
+    note (if any) indented below it; with `numbers_right`, every column after the first is
+    right-aligned."""
     widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(cols)]
-    lines = [head, "  ".join(c.ljust(w) for c, w in zip(cols, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    for r, t in zip(rows, table):
-        lines.append("  ".join(v.ljust(w) for v, w in zip(t, widths)).rstrip())
-        if r.note:
-            lines.append(f"    {r.note}")
+
+    def line(cells) -> str:
+        return "  ".join(v.rjust(w) if numbers_right and i else v.ljust(w)
+                         for i, (v, w) in enumerate(zip(cells, widths))).rstrip()
+
+    lines = [head, line(cols), "  ".join("-" * w for w in widths)]
+    for t, note in zip(table, notes):
+        lines.append(line(t))
+        if note:
+            lines.append(f"    {note}")
     return "\n".join(lines)
 
 

@@ -82,6 +82,7 @@ def c_device_checks(stage: Path, written: dict, target: Target) -> dict:
     integer reference on the demo samples (else a BuildError: our bug); for a microcontroller, code
     sizes from the cross toolchain and per-layer emulated instruction counts under QEMU."""
     from .backends import c_device
+    from .backends.c_ref.graph import _nhwc
 
     cm, session, demo = written["cmodel"], written["session"], written["demo"]
     rt = stage / "runtime"
@@ -93,40 +94,45 @@ def c_device_checks(stage: Path, written: dict, target: Target) -> dict:
         else:
             for s, sample in enumerate(demo):
                 for k, ref in enumerate(session.run_int8(*sample)):
-                    from .backends.c_ref.graph import _nhwc
                     got = host.outputs.get((s, k))
                     if host.status != "ECM_OK" or got is None or not np.array_equal(got, _nhwc(ref).reshape(-1)):
                         raise BuildError(f"the generated C differs from the integer reference (sample {s}, output {k}, "
                                          f"status {host.status}): an edgecompile bug; try --backend tflite and report it")
             info["host_check"] = f"bit-exact with the integer reference on {len(demo)} samples (gcc, host)"
-        if target.kind == "mcu":
-            info["code_size"] = c_device.code_sizes(rt, target.cpu)
-            mem = c_memory(cm, info, target)
-            # A bundle that cannot be flashed is not worth minutes of emulation: the build stops
-            # on its size (or ships it under --allow-oversize, without instruction counts).
-            emu = c_device.emulate(rt, target.cpu) if mem["fits_flash"] and mem["fits_ram"] else None
-            if emu is None and not (mem["fits_flash"] and mem["fits_ram"]):
-                info["emulated"] = "skipped: the bundle does not fit the board"
-            if emu is not None and emu.status == "ECM_OK" and emu.steps:
-                n = max(len(demo), 1)
-                per = [int(round(v / n)) for v in emu.steps]
-                total = sum(per)
-                info["emulated"] = {
-                    "instructions_per_inference": total,
-                    "ms_at_clock": total / (target.clock_mhz * 1e3),
-                    "clock_mhz": target.clock_mhz,
-                    "machine": c_device.qemu_machine(target.cpu),
-                    "per_layer": [{"step": layer.index, "layer": layer.node, "kernel": layer.kernel,
-                                   "instructions": per[layer.index], "macs": layer.macs,
-                                   "streamed": layer.streamed} for layer in cm.layers],
-                    "basis": f"emulated instruction count: qemu-system-arm -M {c_device.qemu_machine(target.cpu)} "
-                             f"-icount shift=0, SysTick ticks x {c_device.INSTRUCTIONS_PER_TICK}; ms at "
-                             f"{target.clock_mhz:g} MHz assumes one instruction per cycle (an estimate)"}
-            elif emu is None and "emulated" not in info:
-                info["emulated"] = None
+        if target.kind != "mcu":
+            return info
+        info["code_size"] = c_device.code_sizes(rt, target.cpu)
+        mem = c_memory(cm, info, target)
+        if not (mem["fits_flash"] and mem["fits_ram"]):
+            # not worth minutes of emulation: the build stops on its size (or ships it under
+            # --allow-oversize, without instruction counts)
+            info["emulated"] = "skipped: the bundle does not fit the board"
+            return info
+        emu = c_device.emulate(rt, target.cpu)
     except c_device.DeviceToolError as e:
         raise BuildError(f"the generated C did not build or run: {e}") from None
+    if emu is None:
+        info["emulated"] = None
+    elif emu.status == "ECM_OK" and emu.steps:
+        info["emulated"] = _emulated(emu.steps, len(demo), cm, target)
     return info
+
+
+def _emulated(steps: list[int], samples: int, cm, target: Target) -> dict:
+    """Per-inference emulated instruction counts (summed over the demo samples by the program)."""
+    from .backends import c_device
+
+    per = [int(round(v / max(samples, 1))) for v in steps]
+    total = sum(per)
+    machine = c_device.qemu_machine(target.cpu)
+    return {"instructions_per_inference": total, "ms_at_clock": total / (target.clock_mhz * 1e3),
+            "clock_mhz": target.clock_mhz, "machine": machine,
+            "per_layer": [{"step": layer.index, "layer": layer.node, "kernel": layer.kernel,
+                           "instructions": per[layer.index], "macs": layer.macs, "streamed": layer.streamed}
+                          for layer in cm.layers],
+            "basis": f"emulated instruction count: qemu-system-arm -M {machine} -icount shift=0, SysTick ticks x "
+                     f"{c_device.INSTRUCTIONS_PER_TICK}; ms at {target.clock_mhz:g} MHz assumes one instruction per "
+                     "cycle (an estimate)"}
 
 
 def c_memory(cm, device: dict, target: Target) -> dict:

@@ -24,6 +24,16 @@ _MCU_FLOAT = {
 }
 
 
+MCU_CPUS = frozenset(_MCU_FLOAT)
+
+
+def mcu_flags(cpu: str) -> str:
+    """``-mcpu=<cpu> -mthumb`` and the float ABI of a Cortex-M: what every microcontroller build uses."""
+    if cpu not in _MCU_FLOAT:
+        raise BundleError(f"unknown MCU cpu {cpu!r}; known: {sorted(_MCU_FLOAT)}")
+    return f"-mcpu={cpu} -mthumb {_MCU_FLOAT[cpu]}"
+
+
 class BundleError(RuntimeError):
     """The C bundle cannot be written (runtime sources missing, unknown target kind or CPU)."""
 
@@ -71,11 +81,17 @@ def container_to_c(container: bytes, out_dir: Path, symbol: str = "ecw_weights")
     return c, h
 
 
-def _linux_script(triple: str, cpu: str) -> str:
+def _linux_toolchain(triple: str, cpu: str) -> tuple[str, str, str, str]:
+    """(cc, ar, arch, " -mcpu=..." or "") of a Linux target: the cross tools unless it is this machine."""
     cross = triple and not triple.startswith(("x86_64", "host"))
     arch = (triple or "x86_64").split("-")[0]
     mcpu = f" -mcpu={cpu}" if cpu and arch in ("aarch64", "arm") else ""
     cc, ar = (f"{triple}-gcc", f"{triple}-ar") if cross else ("gcc", "ar")
+    return cc, ar, arch, mcpu
+
+
+def _linux_script(triple: str, cpu: str) -> str:
+    cc, ar, arch, mcpu = _linux_toolchain(triple, cpu)
     return f"""#!/bin/sh
 # Build the .ecw decoder for {triple or 'this machine'}: libecw.a and the ecw_tool test driver.
 # zstd tensors need libzstd (Debian: libzstd-dev); set ZSTD=0 to build without it (zstd tensors
@@ -99,9 +115,7 @@ echo "built build/libecw.a and build/ecw_tool (run: build/ecw_tool ../weights.ec
 
 
 def _mcu_script(cpu: str) -> str:
-    if cpu not in _MCU_FLOAT:
-        raise BundleError(f"unknown MCU cpu {cpu!r}; known: {sorted(_MCU_FLOAT)}")
-    flags = f"-mcpu={cpu} -mthumb {_MCU_FLOAT[cpu]}"
+    flags = mcu_flags(cpu)
     return f"""#!/bin/sh
 # Build the demo for {cpu}: decodes every tensor of the embedded container and prints its CRC.
 # mcu/ holds a startup file and linker script for QEMU mps2-an386 (4 MiB flash at 0x0, 4 MiB RAM
@@ -177,8 +191,7 @@ def _model_script(kind: str, cpu: str, triple: str) -> str:
     sources = ("src/ecm_kernels.c src/ecm_kernels_fast.c src/ecm_kernels_dsp.c src/ecw_container.c src/ecw_rans.c "
                "src/ecw_crc32.c model/model.c model/model_weights.c")
     if kind == "mcu":
-        if cpu not in _MCU_FLOAT:
-            raise BundleError(f"unknown MCU cpu {cpu!r}; known: {sorted(_MCU_FLOAT)}")
+        flags = mcu_flags(cpu)
         return f"""#!/bin/sh
 # Build the model for {cpu}. build/model.elf runs the embedded samples (model/main.c) and prints
 # the outputs; model/model.{{c,h}} + include/ + src/ are what your firmware compiles (call
@@ -190,17 +203,14 @@ set -eu
 cd "$(dirname "$0")"
 CC="${{CC:-arm-none-eabi-gcc}}"
 OPT="${{OPT:--Os}}"
-FLAGS="-std=c99 $OPT -mcpu={cpu} -mthumb {_MCU_FLOAT[cpu]} -ffunction-sections -fdata-sections -Iinclude -Imodel"
+FLAGS="-std=c99 $OPT {flags} -ffunction-sections -fdata-sections -Iinclude -Imodel"
 if [ "${{PROFILE:-0}}" = 1 ]; then FLAGS="$FLAGS -DECM_PROFILE"; fi
 mkdir -p build
 $CC $FLAGS {sources} model/main.c mcu/startup.c \\
   -T mcu/mps2_an386.ld --specs=nano.specs --specs=rdimon.specs -lrdimon -Wl,--gc-sections -o build/model.elf
 ${{SIZE:-arm-none-eabi-size}} build/model.elf
 """
-    cross = triple and not triple.startswith(("x86_64", "host"))
-    arch = (triple or "x86_64").split("-")[0]
-    mcpu = f" -mcpu={cpu}" if cpu and arch in ("aarch64", "arm") else ""
-    cc = f"{triple}-gcc" if cross else "gcc"
+    cc, _, arch, mcpu = _linux_toolchain(triple, cpu)
     return f"""#!/bin/sh
 # Build the model for {triple or 'this machine'}: build/model runs the embedded samples
 # (model/main.c) and prints the outputs. A cross build runs under user-mode QEMU when static:

@@ -27,17 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ProgramRun", "host_run", "code_sizes", "emulate", "INSTRUCTIONS_PER_TICK", "qemu_machine",
+from .c_bundle import MCU_CPUS, mcu_flags
+
+__all__ = ["ProgramRun", "parse_output", "host_run", "code_sizes", "emulate", "INSTRUCTIONS_PER_TICK", "qemu_machine",
            "DeviceToolError"]
 
 INSTRUCTIONS_PER_TICK = 40
-_MCU_FLAGS = {
-    "cortex-m4": ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"],
-    "cortex-m7": ["-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-sp-d16"],
-    "cortex-m33": ["-mcpu=cortex-m33", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-sp-d16"],
-    "cortex-m0plus": ["-mcpu=cortex-m0plus", "-mthumb", "-mfloat-abi=soft"],
-    "cortex-m3": ["-mcpu=cortex-m3", "-mthumb", "-mfloat-abi=soft"],
-}
 #: Cortex-M cores QEMU emulates on an mps2 board with our startup file and linker script. QEMU has
 #: no Cortex-M0+ board with that memory map; ARMv6-M code is a subset of ARMv7-M, so an M0+ build
 #: runs unchanged on the Cortex-M3 board (mps2-an385) and counts the M0+ program's instructions.
@@ -56,7 +51,8 @@ class ProgramRun:
     steps: list[int] = field(default_factory=list)  # profile ticks per step, summed over samples
 
 
-def _parse(stdout: str) -> ProgramRun:
+def parse_output(stdout: str) -> ProgramRun:
+    """What the generated demo program (`c_writer.demo_main`) printed."""
     run = ProgramRun({}, "no output")
     for line in stdout.splitlines():
         parts = line.split()
@@ -93,12 +89,12 @@ def host_run(rt: Path, timeout: float = 120) -> ProgramRun | None:
         exe = str(Path(tmp) / "model")
         _sh(["gcc", "-std=c99", "-O2", f"-I{rt / 'include'}", f"-I{rt / 'model'}", "-DECW_CRC_TABLE256",
              *_sources(rt), "-o", exe], timeout, "gcc (host build of the generated C)")
-        return _parse(_sh([exe], timeout, "the host build of the generated C"))
+        return parse_output(_sh([exe], timeout, "the host build of the generated C"))
 
 
 def _mcu_build(rt: Path, cpu: str, out: Path, profile: bool, opt: str, timeout: float) -> tuple[Path, list[Path]]:
     """Objects and the linked demo ELF for a Cortex-M `cpu`; (elf, objects)."""
-    flags = ["-std=c99", opt, *_MCU_FLAGS[cpu], "-ffunction-sections", "-fdata-sections",
+    flags = ["-std=c99", opt, *mcu_flags(cpu).split(), "-ffunction-sections", "-fdata-sections",
              f"-I{rt / 'include'}", f"-I{rt / 'model'}"] + (["-DECM_PROFILE"] if profile else [])
     objs = []
     for src in _sources(rt) + [str(rt / "mcu" / "startup.c")]:
@@ -129,7 +125,7 @@ def code_sizes(rt: Path, cpu: str, opt: str = "-Os", timeout: float = 300) -> di
     ``{"weights": {...}, "model": {...}, "runtime": {...}, "demo": {...}}``, each with ``text``
     (code), ``rodata`` (constants), ``data``, ``bss`` bytes; plus ``toolchain`` and ``flags``.
     None when arm-none-eabi-gcc is not installed or `cpu` is not a Cortex-M we build for."""
-    if cpu not in _MCU_FLAGS or not shutil.which("arm-none-eabi-gcc"):
+    if cpu not in MCU_CPUS or not shutil.which("arm-none-eabi-gcc"):
         return None
     with tempfile.TemporaryDirectory() as tmp:
         elf, objs = _mcu_build(rt, cpu, Path(tmp), False, opt, timeout)
@@ -150,7 +146,7 @@ def code_sizes(rt: Path, cpu: str, opt: str = "-Os", timeout: float = 300) -> di
                 part, c = owner.get(name, ("demo", col[kind.upper()]))
                 sizes[part][c] += size
         sizes["toolchain"] = "arm-none-eabi-gcc " + _sh(["arm-none-eabi-gcc", "-dumpversion"], 30, "gcc").strip()
-        sizes["flags"] = f"{opt} {' '.join(_MCU_FLAGS[cpu])}"
+        sizes["flags"] = f"{opt} {mcu_flags(cpu)}"
         return sizes
 
 
@@ -167,7 +163,7 @@ def emulate(rt: Path, cpu: str, opt: str = "-Os", timeout: float = 600) -> Progr
         return None
     with tempfile.TemporaryDirectory() as tmp:
         elf, _ = _mcu_build(rt, cpu, Path(tmp), True, opt, timeout)
-        run = _parse(_sh(["qemu-system-arm", "-M", machine, "-icount", "shift=0", "-nographic", "-semihosting",
+        run = parse_output(_sh(["qemu-system-arm", "-M", machine, "-icount", "shift=0", "-nographic", "-semihosting",
                           "-kernel", str(elf)], timeout, f"qemu-system-arm -M {machine}"))
     run.steps = [t * INSTRUCTIONS_PER_TICK for t in run.steps]
     return run

@@ -13,22 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .c_writer import c_array
+
 __all__ = ["emit_step", "STEP_KERNELS"]
 
 STEP_KERNELS = ("add", "mul", "lut", "batch_matmul", "softmax", "layer_norm", "mean_axes", "slice", "concat",
                 "select", "gather_rows", "equal_const", "take")
-
-
-def _array(ctype: str, name: str, values) -> str:
-    vals = [str(int(v)) for v in np.asarray(values).reshape(-1)]
-    lines, line = [], "   "
-    for v in vals:
-        if len(line) + len(v) + 2 > 100:
-            lines.append(line)
-            line = "   "
-        line += " " + v + ","
-    lines.append(line)
-    return f"static const {ctype} {name}[{max(len(vals), 1)}] = {{\n" + "\n".join(lines) + "\n};\n"
 
 
 def _braces(values) -> str:
@@ -60,7 +50,7 @@ def _binary(kernel: str, a: dict, x: list[str], y: str, ish: list, osh, L: str, 
     ops = []
     for key in ("const_a", "const_b"):
         if key in a:
-            consts.append(_array("int8_t", f"{L}_{key[-1]}", a[key]))
+            consts.append(c_array("int8_t", f"{L}_{key[-1]}", a[key]))
             ops.append((f"{L}_{key[-1]}", tuple(a[key].shape)))
         else:
             ops.append(next(names))
@@ -87,7 +77,7 @@ def emit_step(kernel: str, a: dict, x: list[str], y: str, ish: list, osh, L: str
     if kernel in ("add", "mul"):
         return _binary(kernel, a, x, y, ish, osh, L, consts)
     if kernel == "lut":
-        consts.append(f"/* {a.get('fn', 'lookup')} */\n" + _array("int8_t", f"{L}_table", a["table"]))
+        consts.append(f"/* {a.get('fn', 'lookup')} */\n" + c_array("int8_t", f"{L}_table", a["table"]))
         return [f"TRY(ecm_lut({count}u, {x[0]}, {L}_table, {y}));"]
     if kernel == "select":
         t, f = ("ECM_WHERE_X" if a[k] is None else a[k] for k in ("if_true", "if_false"))
@@ -97,7 +87,7 @@ def emit_step(kernel: str, a: dict, x: list[str], y: str, ish: list, osh, L: str
         return [f"TRY(ecm_where(&{L}_s, {x[0]}, {x[1] if len(x) > 1 else 'NULL'}, {t}, {f}, {y}));"]
     if kernel == "gather_rows":
         vocab, row = a["table"].shape
-        consts.append(_array("int8_t", f"{L}_table", a["table"]))
+        consts.append(c_array("int8_t", f"{L}_table", a["table"]))
         return [f"TRY(ecm_gather_rows({int(np.prod(ish[0]))}u, {x[0]}, {vocab}, {row}, {L}_table, {y}));"]
     if kernel == "equal_const":
         return [f"TRY(ecm_equal_const({count}u, {x[0]}, {a['width']}, {a['value']}, {y}));"]
@@ -110,10 +100,10 @@ def emit_step(kernel: str, a: dict, x: list[str], y: str, ish: list, osh, L: str
                       f"{int(np.prod(ish[0]))}, {int(np.prod(ish[1]))}, {count}}};\n")
         return [f"TRY(ecm_batch_matmul(&{L}_p, &{L}_d, {x[0]}, {x[1]}, {y}));"]
     if kernel == "softmax":
-        consts.append(_array("uint16_t", f"{L}_table", a["table"]))
+        consts.append(c_array("uint16_t", f"{L}_table", a["table"]))
         return [f"TRY(ecm_softmax({_rows(ish[0], a['axis'])}, {L}_table, {x[0]}, {y}));"]
     if kernel == "layer_norm":
-        consts.append(_array("int32_t", f"{L}_gamma", a["gamma"]) + _array("int64_t", f"{L}_beta", a["beta"]))
+        consts.append(c_array("int32_t", f"{L}_gamma", a["gamma"]) + c_array("int64_t", f"{L}_beta", a["beta"]))
         consts.append(f"static const ecm_layer_norm_params {L}_p = {{{a['input_zp']}, {a['output_zp']}, "
                       f"INT64_C({a['eps']}), {a['var_shift']}, {a['shift']}}};\n")
         return [f"TRY(ecm_layer_norm(&{L}_p, {_rows(ish[0], a['axis'])}, {L}_gamma, {L}_beta, {x[0]}, {y}));"]
@@ -126,7 +116,7 @@ def emit_step(kernel: str, a: dict, x: list[str], y: str, ish: list, osh, L: str
         n = len(range(a["start"], a["end"], a["step"]))
         return [f"TRY(ecm_slice({_rows(ish[0], a['axis'])}, {a['start']}, {a['step']}, {n}, {x[0]}, {y}));"]
     if kernel == "take":
-        consts.append(_array("int32_t", f"{L}_idx", a["indices"]))
+        consts.append(c_array("int32_t", f"{L}_idx", a["indices"]))
         return [f"TRY(ecm_take({_rows(ish[0], a['axis'])}, {L}_idx, {len(a['indices'])}, {x[0]}, {y}));"]
     if kernel == "concat":
         ax, consts_in = a["axis"], a.get("consts", {})
@@ -134,7 +124,7 @@ def emit_step(kernel: str, a: dict, x: list[str], y: str, ish: list, osh, L: str
         parts, acts = [], iter(zip(x, ish))
         for k in range(len(x) + len(consts_in)):
             if k in consts_in:
-                consts.append(_array("int8_t", f"{L}_c{k}", consts_in[k]))
+                consts.append(c_array("int8_t", f"{L}_c{k}", consts_in[k]))
                 parts.append((f"{L}_c{k}", consts_in[k].shape))
             else:
                 parts.append(next(acts))

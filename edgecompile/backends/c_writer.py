@@ -14,7 +14,7 @@ import numpy as np
 if TYPE_CHECKING:
     from .c_model import _Step
 
-__all__ = ["Writer", "demo_main", "CBackendError", "WEIGHTED"]
+__all__ = ["Writer", "demo_main", "c_array", "CBackendError", "WEIGHTED"]
 
 #: Kernels whose weights live in the container (the rest carry only small constants).
 WEIGHTED = ("conv2d", "fully_connected")
@@ -25,7 +25,8 @@ class CBackendError(ValueError):
     kernels do not take."""
 
 # -- C text --------------------------------------------------------------------------------------
-def _array(ctype: str, name: str, values: np.ndarray) -> str:
+def c_array(ctype: str, name: str, values) -> str:
+    """``static const <ctype> <name>[n] = {...};`` of integer `values`, lines under 100 characters."""
     vals = [str(int(v)) for v in np.asarray(values).reshape(-1)]
     lines, line = [], "   "
     for v in vals:
@@ -154,10 +155,10 @@ class Writer:
         if s.kernel in WEIGHTED:
             w = a["w"]
             n = w.shape[0]
-            consts.append(_array("int32_t", f"{L}_mult", a["multiplier"]) + _array("int32_t", f"{L}_shift", a["shift"]))
+            consts.append(c_array("int32_t", f"{L}_mult", a["multiplier"]) + c_array("int32_t", f"{L}_shift", a["shift"]))
             bias = "NULL"
             if a["bias"] is not None:
-                consts.append(_array("int32_t", f"{L}_bias", a["bias"]))
+                consts.append(c_array("int32_t", f"{L}_bias", a["bias"]))
                 bias = f"{L}_bias"
             nq = np.asarray(a["multiplier"]).size
             consts.append(f"static const ecm_quant {L}_q = {{{L}_mult, {L}_shift, {nq}}};\n")
@@ -211,7 +212,7 @@ class Writer:
             return [f"TRY(ecm_pad(&{L}_p, {_dims(ish[0])}, {x[0]}, {y}));"]
         if s.kernel == "transpose":
             shape, perm = a["shape"], a["perm"]
-            consts.append(_array("int32_t", f"{L}_shape", np.array(shape)) + _array("int32_t", f"{L}_perm", np.array(perm)))
+            consts.append(c_array("int32_t", f"{L}_shape", np.array(shape)) + c_array("int32_t", f"{L}_perm", np.array(perm)))
             return [f"TRY(ecm_transpose({len(shape)}, {L}_shape, {L}_perm, {x[0]}, {y}));"]
         if s.kernel == "copy":
             return [f"memcpy({y}, {x[0]}, {count}u);"]
@@ -256,7 +257,7 @@ def demo_main(cm, samples: list[list[np.ndarray]]) -> str:
     lines.append("#ifdef ECM_PROFILE" + _SYSTICK + "#endif")
     for k, d in enumerate(cm.inputs):
         data = np.stack([np.asarray(smp[k], np.int8).reshape(-1) for smp in samples]) if n else np.zeros((0, d["size"]))
-        lines.append(_array("int8_t", f"sample_in{k}", data))
+        lines.append(c_array("int8_t", f"sample_in{k}", data))
     for k in range(len(cm.outputs)):
         lines.append(f"static int8_t out{k}[{P}_OUTPUT{k}_SIZE];")
     lines += [f"static uint32_t arena[({P}_ARENA_SIZE + 3u) / 4u + 1u];", "",

@@ -170,20 +170,35 @@ ecm_status ecm_conv2d(const ecm_conv_params *p, const ecm_quant *q, ecm_dims in_
 
 /* ---------------------------------------------------------------- fully connected */
 
-ecm_status ecm_fully_connected(const ecm_fc_params *p, const ecm_quant *q, int32_t batches, int32_t in_features,
-                               int32_t out_features, const int8_t *in, const int8_t *weights,
-                               const int32_t *bias, int8_t *out) {
+/* The checks both fully connected kernels make (pointers checked by each). */
+static ecm_status ecm_check_fc(const ecm_fc_params *p, const ecm_quant *q, int32_t batches, int32_t in_features,
+                               int32_t out_features) {
     const ecm_dims din = {batches, 1, 1, in_features}, dout = {batches, 1, 1, out_features};
     const ecm_dims dw = {out_features, 1, 1, in_features};
-    int32_t b, o, i;
-    if (p == NULL || in == NULL || weights == NULL || out == NULL) return ECM_E_ARG;
     ECM_TRY(ecm_check_dims(din));
     ECM_TRY(ecm_check_dims(dout));
     ECM_TRY(ecm_check_dims(dw));
     if (!ecm_is_int8(p->input_zp) || !ecm_is_int8(p->output_zp)) return ECM_E_ARG;
     ECM_TRY(ecm_check_act(p->act_min, p->act_max));
     if (in_features > ECM_MAX_PATCH) return ECM_E_RANGE;
-    ECM_TRY(ecm_check_quant(q, out_features));
+    return ecm_check_quant(q, out_features);
+}
+
+/* Output byte of channel o from its sum: + bias (saturated to int32), requantized, clamped. */
+static int8_t ecm_fc_out(const ecm_fc_params *p, const ecm_quant *q, const int32_t *bias, int32_t o, int32_t acc) {
+    const int32_t qi = q->count == 1 ? 0 : o;
+    int64_t sum = (int64_t)acc + (bias != NULL ? bias[o] : 0);
+    sum = sum > INT32_MAX ? INT32_MAX : (sum < INT32_MIN ? INT32_MIN : sum);
+    return ecm_clamp((int64_t)ecm_requantize((int32_t)sum, q->multiplier[qi], q->shift[qi]) + p->output_zp, p->act_min,
+                     p->act_max);
+}
+
+ecm_status ecm_fully_connected(const ecm_fc_params *p, const ecm_quant *q, int32_t batches, int32_t in_features,
+                               int32_t out_features, const int8_t *in, const int8_t *weights,
+                               const int32_t *bias, int8_t *out) {
+    int32_t b, o, i;
+    if (p == NULL || in == NULL || weights == NULL || out == NULL) return ECM_E_ARG;
+    ECM_TRY(ecm_check_fc(p, q, batches, in_features, out_features));
 #if ECM_FAST
     if (ecm_fully_connected_fast(p, q, batches, in_features, out_features, in, weights, bias, out)) return ECM_OK;
 #endif
@@ -191,15 +206,9 @@ ecm_status ecm_fully_connected(const ecm_fc_params *p, const ecm_quant *q, int32
         const int8_t *x = in + (size_t)b * in_features;
         for (o = 0; o < out_features; o++) {
             const int8_t *w = weights + (size_t)o * in_features;
-            const int32_t qi = q->count == 1 ? 0 : o;
             int32_t acc = 0; /* |acc| < ECM_MAX_PATCH * 255 * 128 < 2^31 */
-            int64_t sum;
             for (i = 0; i < in_features; i++) acc += ((int32_t)x[i] - p->input_zp) * w[i];
-            sum = (int64_t)acc + (bias != NULL ? bias[o] : 0);
-            sum = sum > INT32_MAX ? INT32_MAX : (sum < INT32_MIN ? INT32_MIN : sum);
-            out[(size_t)b * out_features + o] =
-                ecm_clamp((int64_t)ecm_requantize((int32_t)sum, q->multiplier[qi], q->shift[qi]) + p->output_zp, p->act_min,
-                          p->act_max);
+            out[(size_t)b * out_features + o] = ecm_fc_out(p, q, bias, o, acc);
         }
     }
     return ECM_OK;
@@ -208,19 +217,11 @@ ecm_status ecm_fully_connected(const ecm_fc_params *p, const ecm_quant *q, int32
 ecm_status ecm_fully_connected_lut(const ecm_fc_params *p, const ecm_quant *q, int32_t batches, int32_t in_features,
                                    int32_t out_features, const int8_t *in, const uint8_t *packed, int32_t bits,
                                    const int8_t *book, int32_t levels, const int32_t *bias, int8_t *out) {
-    const ecm_dims din = {batches, 1, 1, in_features}, dout = {batches, 1, 1, out_features};
-    const ecm_dims dw = {out_features, 1, 1, in_features};
     const uint32_t mask = ((uint32_t)1 << bits) - 1u;
     int32_t b, o, i, v;
     if (p == NULL || in == NULL || packed == NULL || book == NULL || out == NULL) return ECM_E_ARG;
     if ((bits != 1 && bits != 2 && bits != 4) || levels < 1 || levels > (1 << bits)) return ECM_E_ARG;
-    ECM_TRY(ecm_check_dims(din));
-    ECM_TRY(ecm_check_dims(dout));
-    ECM_TRY(ecm_check_dims(dw));
-    if (!ecm_is_int8(p->input_zp) || !ecm_is_int8(p->output_zp)) return ECM_E_ARG;
-    ECM_TRY(ecm_check_act(p->act_min, p->act_max));
-    if (in_features > ECM_MAX_PATCH) return ECM_E_RANGE;
-    ECM_TRY(ecm_check_quant(q, out_features));
+    ECM_TRY(ecm_check_fc(p, q, batches, in_features, out_features));
     for (b = 0; b < batches; b++) {
         const int8_t *x = in + (size_t)b * in_features;
         for (o = 0; o < out_features; o++) {
@@ -229,7 +230,6 @@ ecm_status ecm_fully_connected_lut(const ecm_fc_params *p, const ecm_quant *q, i
              * plain sum's). A level past `levels` (corrupt flash) reads as 0 and is never used. */
             int32_t bins[16] = {0};
             int32_t acc = 0;
-            int64_t sum;
             size_t j = (size_t)o * in_features;
             if (bits == 4 && (in_features & 1) == 0) { /* rows start on a byte: two levels a byte */
                 const uint8_t *pw = packed + j / 2;
@@ -243,14 +243,7 @@ ecm_status ecm_fully_connected_lut(const ecm_fc_params *p, const ecm_quant *q, i
                     bins[(packed[j * bits >> 3] >> ((j * bits) & 7u)) & mask] += (int32_t)x[i] - p->input_zp;
             }
             for (v = 0; v < levels; v++) acc += bins[v] * book[v];
-            sum = (int64_t)acc + (bias != NULL ? bias[o] : 0);
-            sum = sum > INT32_MAX ? INT32_MAX : (sum < INT32_MIN ? INT32_MIN : sum);
-            {
-                const int32_t qi = q->count == 1 ? 0 : o;
-                out[(size_t)b * out_features + o] = ecm_clamp(
-                    (int64_t)ecm_requantize((int32_t)sum, q->multiplier[qi], q->shift[qi]) + p->output_zp, p->act_min,
-                    p->act_max);
-            }
+            out[(size_t)b * out_features + o] = ecm_fc_out(p, q, bias, o, acc);
         }
     }
     return ECM_OK;

@@ -11,6 +11,7 @@ import numpy as np
 
 from ecw_harness import have
 from edgecompile.backends.c_bundle import write_c_model
+from edgecompile.backends.c_device import parse_output
 
 #: device -> (target kind, triple, cpu, tools it needs, command running the program)
 DEVICES = {
@@ -58,13 +59,25 @@ def build_and_run(cm, samples, device: str, work: Path, profile: bool = False, o
     if profile and argv[0] == "qemu-system-arm":
         argv[1:1] = ["-icount", "shift=0"]
     p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    outputs, steps, status = {}, [], "?"
-    for line in p.stdout.splitlines():
-        parts = line.split()
-        if parts[:1] == ["y"]:
-            outputs[(int(parts[1]), int(parts[2]))] = np.frombuffer(bytes.fromhex(parts[3]), np.int8)
-        elif parts[:1] == ["step"]:
-            steps.append(int(parts[2]))
-        elif parts[:1] == ["done"]:
-            status = parts[1]
-    return Run(outputs, status, steps, b.stdout)
+    got = parse_output(p.stdout)
+    return Run(got.outputs, got.status, got.steps, b.stdout)
+
+
+def digits_graph(n_calib: int):
+    """(graph, data) of the embedded digits CNN imported, folded and quantized on every second of
+    its first `n_calib` calibration images."""
+    import torch
+
+    from edgecompile.data.digits import model
+    from edgecompile.frontend.torch_export import import_model
+    from edgecompile.passes.fold import CleanupPass, FoldBatchNormPass
+    from edgecompile.passes.quantize import QuantConfig, QuantizePass
+
+    torch.set_num_threads(1)
+    net, example, data = model()
+    g = import_model(net, example)
+    FoldBatchNormPass()(g)
+    CleanupPass()(g)
+    calib = data["calib"][0]
+    QuantizePass(QuantConfig(), [(calib[i: i + 1],) for i in range(0, n_calib, 2)])(g)
+    return g, data

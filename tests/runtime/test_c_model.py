@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cmodel_harness import build_and_run, device_available
+from cmodel_harness import build_and_run, device_available, digits_graph
 from edgecompile.backends.c_model import ECW_FAST_WORKSPACE_BYTES, ECW_WORKSPACE_BYTES, CBackendError, emit_c
 from edgecompile.backends.c_ref.graph import _nhwc, run_int8
 from test_kernels import _small_cnn_graph
@@ -34,20 +34,7 @@ def small():
 @pytest.fixture(scope="module")
 def digits_coarse():
     """The digits CNN with its int8 weights rounded to 8 levels: every tensor is streamed (lut)."""
-    import torch
-
-    from edgecompile.data.digits import model
-    from edgecompile.frontend.torch_export import import_model
-    from edgecompile.passes.fold import CleanupPass, FoldBatchNormPass
-    from edgecompile.passes.quantize import QuantConfig, QuantizePass
-
-    torch.set_num_threads(1)
-    net, example, data = model()
-    g = import_model(net, example)
-    FoldBatchNormPass()(g)
-    CleanupPass()(g)
-    calib = data["calib"][0]
-    QuantizePass(QuantConfig(), [(calib[i: i + 1],) for i in range(0, 64, 2)])(g)
+    g, data = digits_graph(64)
     for n in g.nodes:
         if n.op in ("conv", "linear"):
             w = n.input(1)

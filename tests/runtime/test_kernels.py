@@ -485,20 +485,9 @@ def test_reference_end_to_end_vs_litert(small_cnn):
 def digits():
     """The embedded digits CNN (import, fold, quantize on 64 calibration images) and 64 held-out
     images with their int8 codes."""
-    import torch
+    from cmodel_harness import digits_graph
 
-    from edgecompile.data.digits import model
-    from edgecompile.frontend.torch_export import import_model
-    from edgecompile.passes.fold import CleanupPass, FoldBatchNormPass
-    from edgecompile.passes.quantize import QuantConfig, QuantizePass
-
-    torch.set_num_threads(1)
-    net, example, data = model()
-    g = import_model(net, example)
-    FoldBatchNormPass()(g)
-    CleanupPass()(g)
-    calib = data["calib"][0]
-    QuantizePass(QuantConfig(), [(calib[i: i + 1],) for i in range(0, 128, 2)])(g)
+    g, data = digits_graph(128)
     x = data["eval"][0][:64]
     return g, x, g.inputs[0].quant.quantize(x)
 
