@@ -2,8 +2,13 @@
 
 The suite runs with 2 xdist workers on 2 cores; more threads only contend (measured: a small MLP
 trains in 21.5 s with 2 threads against 0.7 s with 1 on the loaded machine).
+The torchvision shim runs before any test imports transformers, timm or torchvision
+(bench/zoo/torchvision_shim.py says why).
 """
 
 import torch
 
+from bench.zoo import torchvision_shim
+
 torch.set_num_threads(1)
+torchvision_shim.install()
