@@ -202,6 +202,11 @@ class _Importer:
             return
         inputs = [self.env[n] for n in node.all_input_nodes]
         if any(v is _FAILED for v in inputs):
+            # Downstream of a failure nothing converts, but an op the table lacks is still named,
+            # so one error lists every op the model needs (a U-Net's upsample behind its failed
+            # transposed conv).
+            if target not in ATEN_TO_IR and target not in IDENTITY_OPS:
+                self._fail(node)
             self.env[node] = _FAILED
             return
         if target in IDENTITY_OPS:

@@ -54,6 +54,23 @@ def test_all_unsupported_ops_are_reported_at_once():
     assert str(e.value).startswith("unsupported operators ")
 
 
+class ChainedUnsupported(nn.Module):
+    def forward(self, x):
+        y = torch.cumsum(x, dim=1)
+        z = torch.fft.rfft(y).real      # behind the failed cumsum: named all the same
+        return torch.relu(z)            # converts; not named
+
+
+def test_unsupported_ops_behind_a_failed_op_are_reported_too():
+    with pytest.raises(UnsupportedOpError) as e:
+        import_model(ChainedUnsupported(), (torch.randn(2, 8),))
+    assert e.value.ops[0] == "aten.cumsum.default"
+    assert any("fft" in op for op in e.value.ops)
+    assert not any("relu" in op for op in e.value.ops)
+    line = _line_of(ChainedUnsupported.forward, "rfft")
+    assert f"test_frontend_errors.py:{line}" in str(e.value)
+
+
 def test_unsupported_arguments_of_a_known_op_are_explained():
     model = nn.Sequential(nn.ConvTranspose2d(2, 2, 3))
     with pytest.raises(UnsupportedOpError, match=r"aten.convolution.default \(transposed convolution\)"):
