@@ -66,6 +66,8 @@ def bench_spectra() -> None:
 
 
 def bench_pass_on_bert() -> None:
+    from zoo import torchvision_shim
+    torchvision_shim.install()   # before transformers, which imports torchvision
     from transformers import BertConfig, BertModel
 
     from edgecompile.frontend import import_model

@@ -19,7 +19,8 @@ Per model, rows:
   edgecompile rpi4       `edgecompile.build.build(..., BuildConfig(target="rpi4"))`, the default
                          build (allow_degraded so a failing gate still yields a bundle to measure)
   edgecompile ... weights  the same with quant="int8:weights_only", optimize="none": int8 storage only
-  litert-torch int8      not measured (needs its own venv: it pins another torch)
+  litert-torch ...       litert-torch 0.10.0 fp32, PT2E dynamic and static per-channel int8, run by LiteRT
+                         (bench/pretrained_peers.py in .venv-peers: ``bash scripts/setup_peers.sh``)
 
 Columns: bytes of the model file(s); bytes after ``zstd -19``; fidelity on the evaluation set by
 output kind (per-sample cosine for embeddings and states, top-1 agreement for logits, decision
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -279,6 +281,40 @@ def edgecompile_row(key, label, extra: dict, loaded, ref, ref_stream, kinds, exa
                f"gate {'pass' if verdict.get('passed') else 'FAIL'}", latency_ms(session, example, repeats), secs, note)
 
 
+PEER_PY = ROOT / ".venv-peers" / "bin" / "python"
+
+
+def litert_rows(key: str, quick: int, ref, kinds, workdir: Path) -> list[Row]:
+    """litert-torch fp32, dynamic and static int8 (bench/pretrained_peers.py in .venv-peers, run
+    by LiteRT there on the same evaluation data), judged here like every other row."""
+    import subprocess
+
+    from bench.pretrained_peers import VARIANTS
+
+    labels = [f"litert-torch {v}" for v in VARIANTS]
+    if not PEER_PY.exists():
+        return [Row(labels[0], note=f"not measured: {PEER_PY} is missing (bash scripts/setup_peers.sh)")]
+    out = workdir / "litert"
+    cmd = [str(PEER_PY), str(ROOT / "bench" / "pretrained_peers.py"), key, str(out)] + (["--quick", str(quick)] if quick else [])
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    rows = []
+    for variant, label in zip(VARIANTS, labels):
+        stem = out / f"{key}-{variant.replace(' ', '-')}"
+        if not Path(f"{stem}.npz").exists():
+            err = Path(f"{stem}.err")
+            why = err.read_text() if err.exists() else f"exit {p.returncode}: {(p.stderr.strip().splitlines() or [''])[-1][:120]}"
+            rows.append(Row(label, note=f"failed: {why[:160]}"))
+            continue
+        z = np.load(f"{stem}.npz")
+        got = [z[f"out{k}"] for k in range(len(ref))]
+        n = len(got[0])
+        fid, ok = judge([r[:n] for r in ref], got, kinds)
+        raw = Path(f"{stem}.tflite").read_bytes()
+        rows.append(Row(label, len(raw), zstd19(raw), fid, "pass" if ok else "FAIL", float(z["ms"]), float(z["build_s"]),
+                        "latency measured in the peers' process"))
+    return rows
+
+
 def bench_model(key: str, quick: bool, repeats: int, workdir: Path) -> tuple[list[Row], dict]:
     from edgecompile.build import fp32_onnx
     from edgecompile.frontend import import_model
@@ -327,7 +363,7 @@ def bench_model(key: str, quick: bool, repeats: int, workdir: Path) -> tuple[lis
 
     for label, extra in EDGECOMPILE_BUILDS:
         rows.append(edgecompile_row(key, label, extra, loaded, ref, ref_stream, kinds, example, repeats, workdir))
-    rows.append(Row("litert-torch int8", note="not measured (needs its own venv: it pins another torch)"))
+    rows += litert_rows(key, QUICK[key] if quick else 0, ref, kinds, workdir)
     for r in rows:
         r.ms = None if r.ms is None else r.ms / base_ms  # ratio to fp32 onnxruntime
     return rows, info

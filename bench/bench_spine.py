@@ -106,6 +106,8 @@ def bench_classifier(kind: str, out_root: Path) -> dict:
 
 
 def bert_factory(hidden=384, layers=6, heads=6, inter=1536, vocab=30522, seq=128):
+    from zoo import torchvision_shim
+    torchvision_shim.install()   # before transformers, which imports torchvision
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)

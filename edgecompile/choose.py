@@ -77,6 +77,15 @@ def _search_samples(calib: Samples, graph: Graph, specs) -> Samples:
     return tuple(a[-k:] for a in calib)
 
 
+def _gram_samples(calib: Samples, search: Samples, cap: int = 128) -> Samples:
+    """Calibration samples for the layer input statistics of error-compensated rounding: those not
+    in the search set (so the search measures rounding on data it was not fitted to), at most
+    `cap`; the search samples themselves when the calibration set has no others."""
+    n, k = len(calib[0]), len(search[0])
+    rest = tuple(a[:n - k][-cap:] for a in calib)
+    return rest if n > k else search
+
+
 def _weights_only(float_graph: Graph, cfg: BuildConfig, calib: Samples, batch: int, real_data: bool):
     """A copy of the float graph with int8 weights and float activations: the least lossy int8."""
     g = float_graph.copy()
@@ -178,7 +187,8 @@ def candidates(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, calib: Sampl
         # measure), at least 20 s: the search stays within a few plain builds' time.
         opt = replace(opt, max_seconds=min(opt.max_seconds, max(20.0, 3.0 * (elapsed + time.perf_counter() - t0))))
         res = optimize_weights(graph, samples, ref, gate, opt,
-                               progress=lambda f: progress("search per-layer compression", 0.65 + 0.1 * f))
+                               progress=lambda f: progress("search per-layer compression", 0.65 + 0.1 * f),
+                               gram_samples=_gram_samples(calib, samples))
         plans = res.pop("plans")
         info.update(res)
         for i, plan in enumerate(plans):

