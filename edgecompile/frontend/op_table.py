@@ -13,7 +13,10 @@ The decomposition table (`decomposition_table`) keeps a few composite ops whole 
 - `matmul`: decomposes to expand + view + bmm + view;
 - `scaled_dot_product_attention`: decomposes to a math form plus a NaN guard for fully masked rows
   (`eq(-inf)`, `logical_not`, `any`, `where`) that has no place in an edge graph;
-- `silu`, `hardswish`, `hardsigmoid`: IR ops of their own (int8 kernels exist for them).
+- `silu`, `hardswish`, `hardsigmoid`: IR ops of their own (int8 kernels exist for them);
+- `upsample_nearest1d`, `upsample_linear1d`: decompose to arange / index arithmetic (gathers, clamps,
+  lerps), where the `resize` IR op maps 1:1 to ONNX Resize and TFLite's RESIZE_* kernels (the 2-D
+  forms are core ATen and stay whole anyway).
 
 The decomposed forms are converted too (`addmm`/`mm` with a transposed weight become `linear`),
 so programs decomposed elsewhere import the same way.
@@ -77,6 +80,14 @@ ATEN_TO_IR = {
     aten.fill.Scalar: ew.fill,
     # layers
     aten.convolution.default: nn.convolution,
+    aten.upsample_nearest2d.default: nn.upsample(2, "nearest", "default"),
+    aten.upsample_nearest2d.vec: nn.upsample(2, "nearest", "vec"),
+    aten.upsample_bilinear2d.default: nn.upsample(2, "linear", "default"),
+    aten.upsample_bilinear2d.vec: nn.upsample(2, "linear", "vec"),
+    aten.upsample_nearest1d.default: nn.upsample(1, "nearest", "default"),
+    aten.upsample_nearest1d.vec: nn.upsample(1, "nearest", "vec"),
+    aten.upsample_linear1d.default: nn.upsample(1, "linear", "default"),
+    aten.upsample_linear1d.vec: nn.upsample(1, "linear", "vec"),
     aten._native_batch_norm_legit_no_training.default: nn.batch_norm_no_training,
     aten.native_layer_norm.default: nn.native_layer_norm,
     aten.max_pool2d_with_indices.default: nn.max_pool(2),
@@ -140,6 +151,8 @@ GETITEM = operator.getitem
 KEEP_UNDECOMPOSED = (
     aten.linear.default, aten.matmul.default, aten.scaled_dot_product_attention.default,
     aten.silu.default, aten.hardswish.default, aten.hardsigmoid.default,
+    aten.upsample_nearest1d.default, aten.upsample_nearest1d.vec,
+    aten.upsample_linear1d.default, aten.upsample_linear1d.vec,
 )
 
 
