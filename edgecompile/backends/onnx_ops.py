@@ -181,12 +181,14 @@ def _conv_transpose(b, node):
 
 
 def _resize(b, node):
-    """Resize with torch's coordinate mapping: nearest = asymmetric + floor; linear = half_pixel, or
-    align_corners; torch's scale factors (when they set the mapping) as the scales input, else the
+    """Resize with torch's coordinate mapping: nearest = asymmetric + floor; nearest_exact = half_pixel +
+    round_prefer_ceil; linear = half_pixel, or align_corners; torch's scale factors (when they set the mapping) as the scales input, else the
     output size."""
     a, x, n = node.attrs, node.inputs[0], node.name
     if a["mode"] == "nearest":
         mode = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
+    elif a["mode"] == "nearest_exact":    # floor((x + 0.5) / s - 0.5 + 0.5)
+        mode = {"mode": "nearest", "coordinate_transformation_mode": "half_pixel", "nearest_mode": "round_prefer_ceil"}
     else:
         mode = {"mode": "linear",
                 "coordinate_transformation_mode": "align_corners" if a["align_corners"] else "half_pixel"}

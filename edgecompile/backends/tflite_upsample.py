@@ -1,7 +1,8 @@
 """TFLite emitters for the IR's upsampling ops: `resize` and `conv_transpose` (channels-last).
 
-- resize -> RESIZE_NEAREST_NEIGHBOR (no corner alignment, no half-pixel centres: source index
-  floor(dst * in / out), torch's "nearest") or RESIZE_BILINEAR (half-pixel centres, or
+- resize -> RESIZE_NEAREST_NEIGHBOR (no corner alignment; no half-pixel centres: source index
+  floor(dst * in / out), torch's "nearest"; half-pixel centres: floor((dst + 0.5) * in / out),
+  torch's "nearest-exact") or RESIZE_BILINEAR (half-pixel centres, or
   align_corners). TFLite maps coordinates by the sizes only, so a node whose scale factors say
   otherwise (torch's non-recomputed fractional `scale_factor`) is refused. A 1-D resize runs as
   2-D with H = 1. int8: both kernels keep the input's qparams (a QUANTIZE follows if the IR's
@@ -33,9 +34,9 @@ def lower_resize(L: Lowering, node: Node) -> None:
             f"node {node.name} (resize): scale factors {list(a['scales'])} that map coordinates other than "
             f"output/input size (TFLite's RESIZE kernels take sizes only)")
     size = [1, int(a["size"][0])] if rank == 3 else [int(s) for s in a["size"]]
-    if a["mode"] == "nearest":
+    if a["mode"] in ("nearest", "nearest_exact"):
         op, opts = "RESIZE_NEAREST_NEIGHBOR", fb.ResizeNearestNeighborOptionsT()
-        opts.alignCorners, opts.halfPixelCenters = False, False
+        opts.alignCorners, opts.halfPixelCenters = False, a["mode"] == "nearest_exact"
     else:
         op, opts = "RESIZE_BILINEAR", fb.ResizeBilinearOptionsT()
         opts.alignCorners = bool(a["align_corners"])

@@ -52,7 +52,8 @@ def _resize_scales(cx: ConvertContext, x, scales):
 
 
 def upsample(nd, mode, overload):
-    """aten.upsample_{nearest,linear,bilinear}{1,2}d.{default,vec} -> resize (output size from the export)."""
+    """aten.upsample_{nearest,linear,bilinear}{1,2}d / _upsample_nearest_exact{1,2}d (.default, .vec) -> resize
+    (the output size from the export)."""
     def convert(cx: ConvertContext, x, output_size, *args):
         align = bool(args[0]) if mode == "linear" else False
         rest = args[1:] if mode == "linear" else args

@@ -71,8 +71,9 @@ for _schema in [
        "1-D or 2-D transposed convolution (torch's conv_transpose), NC(H)W; weight [in, out/groups, *kernel]; "
        "output (in-1)*stride - 2*padding + dilation*(k-1) + output_padding + 1 per axis"),
     _s("resize", ["x"], ["mode", "size", "scales", "align_corners"],
-       "1-D or 2-D upsampling of NC(H)W to spatial `size`: mode 'nearest' (source floor(dst * scale)) or "
-       "'linear' (bilinear in 2-D; half-pixel centres, or corner-aligned with align_corners); scales (one "
+       "1-D or 2-D upsampling of NC(H)W to spatial `size`: mode 'nearest' (source floor(dst * scale)), "
+       "'nearest_exact' (floor((dst + 0.5) * scale)) or 'linear' (bilinear in 2-D; half-pixel centres, or "
+       "corner-aligned with align_corners); scales (one "
        "per spatial axis, or None) are torch's scale_factors, which set the coordinate mapping when given"),
     _s("batch_norm", ["x", "mean", "var", "weight?", "bias?"], ["eps"],
        "inference batch norm over axis 1"),

@@ -61,6 +61,9 @@ def _resize(x, attrs):
     if attrs["mode"] == "nearest":
         fn = up.upsample_nearest1d.default if nd == 1 else up.upsample_nearest2d.default
         return fn(x, size, *scales)
+    if attrs["mode"] == "nearest_exact":
+        fn = up._upsample_nearest_exact1d.default if nd == 1 else up._upsample_nearest_exact2d.default
+        return fn(x, size, *scales)
     fn = up.upsample_linear1d.default if nd == 1 else up.upsample_bilinear2d.default
     return fn(x, size, bool(attrs["align_corners"]), *scales)
 
