@@ -99,4 +99,4 @@ for _schema in [
 
 # Ops whose weight input (index 1, or 0 for gather) is a compressible parameter; the report,
 # the passes and fine-tuning treat these as "layers".
-WEIGHT_OPS = {"linear": 1, "conv": 1, "gather": 0, "matmul": 1}
+WEIGHT_OPS = {"linear": 1, "conv": 1, "gather": 0, "matmul": 1, "conv_transpose": 1}
