@@ -1,7 +1,7 @@
 """Static figures of an IR graph: MACs per node, layer grouping, activation bytes.
 
-A "layer" is a node with a constant weight (linear, conv, embedding gather, matmul by a
-constant). Passes that rewrite a layer into several nodes tag them with ``meta["layer"]`` (the
+A "layer" is a node with a constant weight (linear, conv, conv_transpose, embedding gather,
+matmul by a constant). Passes that rewrite a layer into several nodes tag them with ``meta["layer"]`` (the
 original node's name), so before/after figures line up by that name.
 """
 
@@ -22,7 +22,7 @@ def _prod(xs) -> int:
 
 def weight_input(node: Node):
     """The constant weight of a layer node, or None if the node is not a layer."""
-    if node.op in ("linear", "conv", "matmul"):
+    if node.op in ("linear", "conv", "matmul", "conv_transpose"):
         w = node.input(1)
     elif node.op == "gather" and node.attrs.get("axis") == 0:
         w = node.input(0)
@@ -39,6 +39,9 @@ def node_macs(node: Node) -> int:
     if node.op == "conv":
         w = node.input(1).shape
         return _prod(out) * _prod(w[1:])
+    if node.op == "conv_transpose":     # every input element meets out/groups x kernel weights
+        w = node.input(1).shape
+        return _prod(node.input(0).shape) * _prod(w[1:])
     if node.op == "matmul":
         a = node.input(0).shape
         return _prod(out) * (a[-1] if a else 1)
@@ -104,7 +107,7 @@ def node_arith(node: Node) -> str | None:
 
     The quantize pass records it in ``node.meta["arith"]``; an unquantized graph runs fp32.
     """
-    if node_macs(node) == 0 and node.op not in ("linear", "conv", "matmul"):
+    if node_macs(node) == 0 and node.op not in ("linear", "conv", "matmul", "conv_transpose"):
         return None
     return node.meta.get("arith", "fp32")
 

@@ -371,9 +371,11 @@ def apply_plan(graph: Graph, plan: dict) -> None:
         old = w.quant.scale.astype(np.float32)
         new = np.full_like(old, float(scale.max()))
         w.quant = QuantParams(new, np.zeros(new.size, np.int32), w.quant.axis, w.quant.dtype)
-        b = n.input(2) if n.op in ("linear", "conv") else None
+        b = n.input(2) if n.op in ("linear", "conv", "conv_transpose") else None
         x = n.inputs[0]
         if b is not None and b.quant is not None and b.data.dtype == np.int32 and x is not None and x.quant is not None:
             s_in = np.float32(x.quant.scale[0])
+            reps = b.data.size // new.size      # a grouped conv_transpose: one weight scale per group member
+            old, new = np.tile(old, reps), np.tile(new, reps)
             b.data = np.clip(np.rint(b.data.astype(np.float64) * (old / new)), -2**31 + 1, 2**31 - 1).astype(np.int32)
             b.quant = QuantParams((s_in * new).astype(np.float32), np.zeros(new.size, np.int32), b.quant.axis, "int32")

@@ -279,6 +279,74 @@ def lstm_model(batch: int = 2, steps: int = 5):
 
 
 # name -> builder, for parametrized tests in other packages
+class TinyUNet(nn.Module):
+    """A two-level U-Net: conv-BN-ReLU encoders, max-pool down, skip concatenations, a 1x1 head.
+
+    ``up="transposed"`` upsamples with `nn.ConvTranspose2d` (3x3 stride 2 with output_padding, then
+    4x4 stride 2 padding 1 followed by batch norm); ``up="bilinear"`` with `nn.Upsample` (bilinear,
+    corner-aligned then half-pixel) and a 1x1 conv to halve the channels.
+    """
+
+    def __init__(self, up: str = "transposed", classes: int = 2):
+        super().__init__()
+
+        def block(i, o):
+            return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU())
+
+        self.enc1, self.enc2, self.mid = block(3, 8), block(8, 16), block(16, 16)
+        self.pool = nn.MaxPool2d(2)
+        if up == "transposed":
+            self.up2 = nn.ConvTranspose2d(16, 16, 3, stride=2, padding=1, output_padding=1)
+            self.up1 = nn.Sequential(nn.ConvTranspose2d(16, 8, 4, stride=2, padding=1), nn.BatchNorm2d(8))
+        else:
+            self.up2 = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
+            self.up1 = nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear"), nn.Conv2d(16, 8, 1))
+        self.dec2, self.dec1 = block(32, 16), block(16, 8)
+        self.head = nn.Conv2d(8, classes, 1)
+
+    def forward(self, x):
+        e1 = self.enc1(x)
+        e2 = self.enc2(self.pool(e1))
+        m = self.mid(self.pool(e2))
+        d2 = self.dec2(torch.cat([self.up2(m), e2], 1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e1], 1))
+        return self.head(d1)
+
+
+def _unet(up: str, batch: int):
+    torch.manual_seed(0)
+    model = _randomize_bn(TinyUNet(up), 1)
+    return model, (torch.randn(batch, 3, 16, 16, generator=torch.Generator().manual_seed(2)),)
+
+
+def _with_data(model_inputs):
+    """A factory result for `edgecompile.build` with 64 calibration and 64 held-back inputs."""
+    g = torch.Generator().manual_seed(3)
+    data = {"calib": (torch.randn(64, 3, 16, 16, generator=g).numpy(),),
+            "eval": (torch.randn(64, 3, 16, 16, generator=g).numpy(),)}
+    return (*model_inputs, data)
+
+
+def unet_transposed(batch: int = 1):
+    """`TinyUNet` with transposed-convolution upsampling on [batch, 3, 16, 16]."""
+    return _unet("transposed", batch)
+
+
+def unet_bilinear(batch: int = 1):
+    """`TinyUNet` with bilinear `nn.Upsample` on [batch, 3, 16, 16]."""
+    return _unet("bilinear", batch)
+
+
+def unet_transposed_data():
+    """`unet_transposed` with calibration / evaluation data (a build factory)."""
+    return _with_data(unet_transposed())
+
+
+def unet_bilinear_data():
+    """`unet_bilinear` with calibration / evaluation data (a build factory)."""
+    return _with_data(unet_bilinear())
+
+
 ZOO = {
     "mlp": mlp,
     "cnn": cnn,
@@ -290,4 +358,6 @@ ZOO = {
     "lstm_cell_model": lstm_cell_model,
     "gru_cell_model": gru_cell_model,
     "lstm_model": lstm_model,
+    "unet_transposed": unet_transposed,
+    "unet_bilinear": unet_bilinear,
 }

@@ -226,8 +226,8 @@ class OnnxBuilder:
 
 
 #: Attributes whose ONNX default is the value we would write: left out (`_without_defaults`).
-_DEFAULTS = {"dilations": 1, "strides": 1, "pads": 0, "group": 1, "count_include_pad": 0}
-_SPATIAL_OPS = ("Conv", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool")
+_DEFAULTS = {"dilations": 1, "strides": 1, "pads": 0, "group": 1, "count_include_pad": 0, "output_padding": 0}
+_SPATIAL_OPS = ("Conv", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "ConvTranspose")
 
 
 def _without_defaults(op_type: str, attrs: dict) -> dict:

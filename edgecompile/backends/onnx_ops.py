@@ -169,6 +169,37 @@ def _conv(b, node):
           pads=_nd(a["padding"], nd) * 2, dilations=_nd(a["dilation"], nd), group=a["groups"])
 
 
+def _conv_transpose(b, node):
+    """ConvTranspose: the same weight layout ([in, out/groups, *k]) and attributes as torch."""
+    a, w = node.attrs, node.inputs[1]
+    nd = len(w.shape) - 2
+    bias = node.input(2)
+    ins = [_x(b, node), b.real(w)] + ([b.bias_real(bias, node.inputs[0], w)] if bias is not None else [])
+    _emit(b, node, "ConvTranspose", ins, kernel_shape=list(w.shape[2:]), strides=_nd(a["stride"], nd),
+          pads=_nd(a["padding"], nd) * 2, output_padding=_nd(a["output_padding"], nd),
+          dilations=_nd(a["dilation"], nd), group=a["groups"])
+
+
+def _resize(b, node):
+    """Resize with torch's coordinate mapping: nearest = asymmetric + floor; nearest_exact = half_pixel +
+    round_prefer_ceil; linear = half_pixel, or align_corners; torch's scale factors (when they set the mapping) as the scales input, else the
+    output size."""
+    a, x, n = node.attrs, node.inputs[0], node.name
+    if a["mode"] == "nearest":
+        mode = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
+    elif a["mode"] == "nearest_exact":    # floor((x + 0.5) / s - 0.5 + 0.5)
+        mode = {"mode": "nearest", "coordinate_transformation_mode": "half_pixel", "nearest_mode": "round_prefer_ceil"}
+    else:
+        mode = {"mode": "linear",
+                "coordinate_transformation_mode": "align_corners" if a["align_corners"] else "half_pixel"}
+    if a["scales"] is not None:
+        scales = b.const(np.array([1.0, 1.0] + [float(s) for s in a["scales"]], np.float32), f"{n}.scales")
+        ins = [_x(b, node), "", scales]
+    else:
+        ins = [_x(b, node), "", "", b.ints(list(x.shape[:2]) + [int(s) for s in a["size"]], f"{n}.sizes")]
+    _emit(b, node, "Resize", ins, **mode)
+
+
 def _nd(v, nd: int) -> list[int]:
     return [int(x) for x in v] if isinstance(v, (list, tuple)) else [int(v)] * nd
 
@@ -292,7 +323,7 @@ LOWERINGS = {
     "log_softmax": lambda b, n: _emit(b, n, "LogSoftmax", [_x(b, n)], axis=int(n.attrs["axis"])),
     "linear": _linear,
     "matmul": lambda b, n: _emit(b, n, "MatMul", [_x(b, n, 0), _x(b, n, 1)]),
-    "conv": _conv, "batch_norm": _batch_norm, "layer_norm": _layer_norm,
+    "conv": _conv, "conv_transpose": _conv_transpose, "resize": _resize, "batch_norm": _batch_norm, "layer_norm": _layer_norm,
     "max_pool": _max_pool, "avg_pool": _avg_pool,
     "mean": _reduce("ReduceMean", 18), "sum": _reduce("ReduceSum", 13), "reduce_max": _reduce("ReduceMax", 18),
     "reshape": _reshape,

@@ -27,6 +27,7 @@ from ..ir import Graph, Node
 from ..tflite_loader import bias_scale, biases
 from . import tflite_nn as nn
 from . import tflite_ops as ops
+from . import tflite_upsample as up
 from .tflite_builder import TFL_TYPES, ModelBuilder, tflite_op_table, unpack_model
 from .tflite_lower import IR, Lowering, TFLiteUnsupportedError, act_qparams
 
@@ -48,6 +49,7 @@ _EMITTERS = {
     "linear": nn.lower_linear, "matmul": nn.lower_matmul, "conv": nn.lower_conv,
     "max_pool": nn.lower_pool, "avg_pool": nn.lower_pool, "batch_norm": nn.lower_batch_norm,
     "layer_norm": nn.lower_layer_norm, "gather": nn.lower_gather,
+    "resize": up.lower_resize, "conv_transpose": up.lower_conv_transpose,
 }
 SUPPORTED_OPS = frozenset(_EMITTERS)
 

@@ -40,6 +40,7 @@ _VERSIONS = {
     "HARD_SWISH": (1, 1), "LOG_SOFTMAX": (1, 2), "BATCH_MATMUL": (1, 2), "GELU": (1, 2),
     "EMBEDDING_LOOKUP": (1, 3), "EXP": (1, 2), "RSQRT": (1, 2), "ABS": (1, 2), "NEG": (1, 2),
     "BROADCAST_TO": (2, 2), "SELECT_V2": (1, 2), "EQUAL": (1, 2), "LESS": (1, 2), "GREATER": (1, 2),
+    "RESIZE_BILINEAR": (3, 3), "RESIZE_NEAREST_NEIGHBOR": (1, 2), "TRANSPOSE_CONV": (3, 3),
 }
 
 

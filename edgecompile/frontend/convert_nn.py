@@ -23,14 +23,49 @@ def _pair(v, n):
 
 def convolution(cx: ConvertContext, x, w, b, stride, padding, dilation, transposed, output_padding, groups):
     nd = len(cx.shape(w)) - 2
-    if transposed:
-        raise Unsupported("transposed convolution")
+    kind = "transposed convolution" if transposed else "convolution"
     if nd not in (1, 2):
-        raise Unsupported(f"{nd}-D convolution")
+        raise Unsupported(f"{nd}-D {kind}")
     if len(cx.shape(x)) != nd + 2:
-        raise Unsupported("unbatched convolution input")
+        raise Unsupported(f"unbatched {kind} input")
+    if transposed:
+        return cx.emit("conv_transpose", [x, w, b], stride=_pair(stride, nd), padding=_pair(padding, nd),
+                       output_padding=_pair(output_padding, nd), dilation=_pair(dilation, nd), groups=int(groups))
     return cx.emit("conv", [x, w, b], stride=_pair(stride, nd), padding=_pair(padding, nd),
                    dilation=_pair(dilation, nd), groups=int(groups))
+
+
+def _resize_scales(cx: ConvertContext, x, scales):
+    """torch's scale factors when they change the coordinate mapping, else None.
+
+    torch maps output to input coordinates by 1 / scale when a scale factor is given, else by
+    in / out; where the two are the same float32 number the scales say nothing more (and backends
+    that only take an output size, like TFLite's, can express the op).
+    """
+    if scales is None or all(s is None for s in scales):
+        return None
+    ins, outs = cx.shape(x)[2:], cx.out_shape[2:]
+    if any(s is None for s in scales):
+        raise Unsupported("upsampling with a scale factor for some spatial axes only")
+    same = all(np.float32(1.0 / float(s)) == np.float32(i) / np.float32(o) for s, i, o in zip(scales, ins, outs))
+    return None if same else [float(s) for s in scales]
+
+
+def upsample(nd, mode, overload):
+    """aten.upsample_{nearest,linear,bilinear}{1,2}d / _upsample_nearest_exact{1,2}d (.default, .vec) -> resize
+    (the output size from the export)."""
+    def convert(cx: ConvertContext, x, output_size, *args):
+        align = bool(args[0]) if mode == "linear" else False
+        rest = args[1:] if mode == "linear" else args
+        if overload == "vec":
+            scales = rest[0] if rest else None
+        else:
+            scales = list(rest) + [None] * (nd - len(rest))
+        if len(cx.shape(x)) != nd + 2:
+            raise Unsupported(f"unbatched {nd}-D upsampling input")
+        scales = None if align else _resize_scales(cx, x, scales)
+        return cx.emit("resize", [x], mode=mode, size=list(cx.out_shape[2:]), scales=scales, align_corners=align)
+    return convert
 
 
 def batch_norm_no_training(cx: ConvertContext, x, w, b, mean, var, momentum, eps):

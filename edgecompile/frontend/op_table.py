@@ -13,7 +13,12 @@ The decomposition table (`decomposition_table`) keeps a few composite ops whole 
 - `matmul`: decomposes to expand + view + bmm + view;
 - `scaled_dot_product_attention`: decomposes to a math form plus a NaN guard for fully masked rows
   (`eq(-inf)`, `logical_not`, `any`, `where`) that has no place in an edge graph;
-- `silu`, `hardswish`, `hardsigmoid`: IR ops of their own (int8 kernels exist for them).
+- `silu`, `hardswish`, `hardsigmoid`: IR ops of their own (int8 kernels exist for them);
+- `upsample_nearest1d`, `upsample_linear1d`, `_upsample_nearest_exact{1,2}d`: decompose to arange /
+  index arithmetic (gathers, clamps, lerps), where the `resize` IR op maps 1:1 to ONNX Resize and
+  TFLite's RESIZE_* kernels (`upsample_nearest2d` / `upsample_bilinear2d.vec` are core ATen);
+- bicubic, trilinear, 3-D nearest and antialiased upsampling: no IR op, and their decompositions
+  fail later on an index op that says nothing of the cause; kept whole, the error names them.
 
 The decomposed forms are converted too (`addmm`/`mm` with a transposed weight become `linear`),
 so programs decomposed elsewhere import the same way.
@@ -77,6 +82,18 @@ ATEN_TO_IR = {
     aten.fill.Scalar: ew.fill,
     # layers
     aten.convolution.default: nn.convolution,
+    aten.upsample_nearest2d.default: nn.upsample(2, "nearest", "default"),
+    aten.upsample_nearest2d.vec: nn.upsample(2, "nearest", "vec"),
+    aten.upsample_bilinear2d.default: nn.upsample(2, "linear", "default"),
+    aten.upsample_bilinear2d.vec: nn.upsample(2, "linear", "vec"),
+    aten.upsample_nearest1d.default: nn.upsample(1, "nearest", "default"),
+    aten.upsample_nearest1d.vec: nn.upsample(1, "nearest", "vec"),
+    aten.upsample_linear1d.default: nn.upsample(1, "linear", "default"),
+    aten.upsample_linear1d.vec: nn.upsample(1, "linear", "vec"),
+    aten._upsample_nearest_exact2d.default: nn.upsample(2, "nearest_exact", "default"),
+    aten._upsample_nearest_exact2d.vec: nn.upsample(2, "nearest_exact", "vec"),
+    aten._upsample_nearest_exact1d.default: nn.upsample(1, "nearest_exact", "default"),
+    aten._upsample_nearest_exact1d.vec: nn.upsample(1, "nearest_exact", "vec"),
     aten._native_batch_norm_legit_no_training.default: nn.batch_norm_no_training,
     aten.native_layer_norm.default: nn.native_layer_norm,
     aten.max_pool2d_with_indices.default: nn.max_pool(2),
@@ -140,6 +157,13 @@ GETITEM = operator.getitem
 KEEP_UNDECOMPOSED = (
     aten.linear.default, aten.matmul.default, aten.scaled_dot_product_attention.default,
     aten.silu.default, aten.hardswish.default, aten.hardsigmoid.default,
+    aten.upsample_nearest1d.default, aten.upsample_nearest1d.vec,
+    aten.upsample_linear1d.default, aten.upsample_linear1d.vec,
+    aten._upsample_nearest_exact1d.default, aten._upsample_nearest_exact1d.vec,
+    aten._upsample_nearest_exact2d.default, aten._upsample_nearest_exact2d.vec,
+    aten.upsample_bicubic2d.vec, aten.upsample_trilinear3d.vec, aten.upsample_nearest3d.vec,
+    aten.upsample_nearest3d.default, aten._upsample_nearest_exact3d.vec, aten._upsample_nearest_exact3d.default,
+    aten._upsample_bilinear2d_aa.vec, aten._upsample_bicubic2d_aa.vec,
 )
 
 

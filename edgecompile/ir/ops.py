@@ -67,6 +67,14 @@ for _schema in [
     _s("matmul", ["a", "b"], [], "batched matrix product with broadcasting (torch.matmul)"),
     _s("conv", ["x", "weight", "bias?"], ["stride", "padding", "dilation", "groups"],
        "1-D or 2-D convolution, NC(H)W; weight [out, in/groups, *kernel]; padding symmetric per axis"),
+    _s("conv_transpose", ["x", "weight", "bias?"], ["stride", "padding", "output_padding", "dilation", "groups"],
+       "1-D or 2-D transposed convolution (torch's conv_transpose), NC(H)W; weight [in, out/groups, *kernel]; "
+       "output (in-1)*stride - 2*padding + dilation*(k-1) + output_padding + 1 per axis"),
+    _s("resize", ["x"], ["mode", "size", "scales", "align_corners"],
+       "1-D or 2-D upsampling of NC(H)W to spatial `size`: mode 'nearest' (source floor(dst * scale)), "
+       "'nearest_exact' (floor((dst + 0.5) * scale)) or 'linear' (bilinear in 2-D; half-pixel centres, or "
+       "corner-aligned with align_corners); scales (one "
+       "per spatial axis, or None) are torch's scale_factors, which set the coordinate mapping when given"),
     _s("batch_norm", ["x", "mean", "var", "weight?", "bias?"], ["eps"],
        "inference batch norm over axis 1"),
     _s("layer_norm", ["x", "weight?", "bias?"], ["normalized_ndim", "eps"],
@@ -91,4 +99,4 @@ for _schema in [
 
 # Ops whose weight input (index 1, or 0 for gather) is a compressible parameter; the report,
 # the passes and fine-tuning treat these as "layers".
-WEIGHT_OPS = {"linear": 1, "conv": 1, "gather": 0, "matmul": 1}
+WEIGHT_OPS = {"linear": 1, "conv": 1, "gather": 0, "matmul": 1, "conv_transpose": 1}

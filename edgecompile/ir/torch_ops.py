@@ -47,6 +47,27 @@ def _conv(x, w, b, attrs):
     return fn(x, w, b, attrs["stride"], attrs["padding"], attrs["dilation"], attrs["groups"])
 
 
+def _conv_transpose(x, w, b, attrs):
+    fn = F.conv_transpose1d if w.dim() == 3 else F.conv_transpose2d
+    return fn(x, w, b, attrs["stride"], attrs["padding"], attrs["output_padding"], attrs["groups"],
+              attrs["dilation"])
+
+
+def _resize(x, attrs):
+    """torch's upsample kernels with the node's output size and (optional) scale factors."""
+    size, nd = [int(s) for s in attrs["size"]], x.dim() - 2
+    scales = list(attrs["scales"]) if attrs["scales"] is not None else [None] * nd
+    up = torch.ops.aten
+    if attrs["mode"] == "nearest":
+        fn = up.upsample_nearest1d.default if nd == 1 else up.upsample_nearest2d.default
+        return fn(x, size, *scales)
+    if attrs["mode"] == "nearest_exact":
+        fn = up._upsample_nearest_exact1d.default if nd == 1 else up._upsample_nearest_exact2d.default
+        return fn(x, size, *scales)
+    fn = up.upsample_linear1d.default if nd == 1 else up.upsample_bilinear2d.default
+    return fn(x, size, bool(attrs["align_corners"]), *scales)
+
+
 def _pad(x, attrs):
     pads, n = attrs["pads"], x.dim()
     # ONNX order [b0..bn-1, e0..en-1] -> torch order (last axis first: (b_last, e_last, ...))
@@ -115,6 +136,8 @@ OP_IMPLS = {
     "linear": lambda a, _: F.linear(a[0], a[1], a[2] if len(a) > 2 else None),
     "matmul": lambda a, _: torch.matmul(a[0], a[1]),
     "conv": lambda a, at: _conv(a[0], a[1], a[2] if len(a) > 2 else None, at),
+    "conv_transpose": lambda a, at: _conv_transpose(a[0], a[1], a[2] if len(a) > 2 else None, at),
+    "resize": lambda a, at: _resize(a[0], at),
     "batch_norm": lambda a, at: _batch_norm(*(list(a) + [None] * (5 - len(a))), at),
     "layer_norm": lambda a, at: _layer_norm(*(list(a) + [None] * (3 - len(a))), at),
     "max_pool": lambda a, at: _max_pool(a[0], at),

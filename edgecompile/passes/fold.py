@@ -2,7 +2,8 @@
 
 `FoldBatchNormPass`: ``conv(x, W, b) -> batch_norm`` becomes ``conv(x, W', b')`` with
 ``W' = W * γ/σ`` (per output channel) and ``b' = (b - μ) γ/σ + β``, σ = sqrt(var + eps); the same for
-``linear -> batch_norm`` (BatchNorm1d on features). Exact up to float rounding (the tests hold it to
+``linear -> batch_norm`` (BatchNorm1d on features) and ``conv_transpose -> batch_norm`` (whose
+weight [in, out/groups, *k] holds output channel g * out/groups + j at [g-th block of in, j]). Exact up to float rounding (the tests hold it to
 1e-5 relative). A batch_norm whose input is not a conv/linear with constant weights used only
 there is left alone; the backends lower it as a per-channel multiply-add.
 
@@ -22,8 +23,8 @@ def _foldable(graph: Graph, bn: Node) -> tuple[Node, str] | tuple[None, str]:
     """The conv/linear a batch_norm can fold into, or None and why not."""
     x = bn.input(0)
     prod = x.producer
-    if prod is None or prod.op not in ("conv", "linear"):
-        return None, "input is not produced by conv or linear"
+    if prod is None or prod.op not in ("conv", "linear", "conv_transpose"):
+        return None, "input is not produced by conv, conv_transpose or linear"
     if len(x.uses) != 1 or any(o is x for o in graph.outputs):
         return None, f"output of {prod.name} has other uses"
     if prod.op == "linear" and (x.shape is None or len(x.shape) != 2):
@@ -38,8 +39,17 @@ def _foldable(graph: Graph, bn: Node) -> tuple[Node, str] | tuple[None, str]:
     return prod, ""
 
 
+def _scale_out_channels(layer: Node, w: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """`w` with every output channel c multiplied by k[c] (axis 0; for conv_transpose axis 1, per group)."""
+    if layer.op != "conv_transpose":
+        return w * k.reshape((-1,) + (1,) * (w.ndim - 1))
+    g = layer.attrs["groups"]
+    blocks = w.reshape((g, w.shape[0] // g) + w.shape[1:])
+    return (blocks * k.reshape((g, 1, -1) + (1,) * (w.ndim - 2))).reshape(w.shape)
+
+
 class FoldBatchNormPass(Pass):
-    """conv/linear -> batch_norm  =>  conv/linear with rescaled weight and bias."""
+    """conv/linear/conv_transpose -> batch_norm  =>  the same layer with rescaled weight and bias."""
 
     name = "fold_batch_norm"
 
@@ -56,7 +66,7 @@ class FoldBatchNormPass(Pass):
             beta = np.zeros(c) if beta is None else beta
             k = gamma / np.sqrt(var + bn.attrs["eps"])
             w_v, b_v = layer.input(1), layer.input(2)
-            w = w_v.data.astype(np.float64) * k.reshape((-1,) + (1,) * (w_v.data.ndim - 1))
+            w = _scale_out_channels(layer, w_v.data.astype(np.float64), k)
             b0 = np.zeros(c) if b_v is None else b_v.data.astype(np.float64)
             b = (b0 - mean) * k + beta
             new_w = graph.add_const(w_v.name, w.astype(np.float32))

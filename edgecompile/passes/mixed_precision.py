@@ -34,7 +34,7 @@ import torch
 from ..ir import Graph, QuantParams, Value
 from ..ir.torch_ops import TORCH_DTYPES, dynamic_fake_quant, fake_quant, run_op, to_torch
 from .calibrate import activation_qparams, collect_ranges
-from .quantize import MAC_OPS, SHARED_QPARAMS, QuantConfig, QuantizePass
+from .quantize import DYNAMIC_OPS, MAC_OPS, SHARED_QPARAMS, QuantConfig, QuantizePass
 
 __all__ = ["select_float_nodes", "mean_cosine", "quant_units"]
 
@@ -132,7 +132,7 @@ class _Runner:
             elif self.dynamic and node.op in MAC_OPS and args and id(node.input(1)) in self.float_consts \
                     and not node.input(0).is_const:
                 x = node.input(0)
-                if id(node.output) in off or x.quant is None or id(x) in off:
+                if (id(node.output) in off or x.quant is None or id(x) in off) and node.op in DYNAMIC_OPS:
                     args[0] = dynamic_fake_quant(args[0])
             elif id(node.output) in off:
                 args = [self.float_consts.get(id(v), a) if v is not None else a for v, a in zip(node.inputs, args)]

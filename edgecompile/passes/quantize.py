@@ -3,16 +3,18 @@
 ``float graph -> graph whose layer weights are int8 constants and whose activations carry
 QuantParams`` (the convention in `ir/graph.py`; the executor fake-quantizes, backends emit int8).
 
-- Weights of linear, conv, const matmul (b[K, N]) and embedding tables: symmetric per output
-  channel, ``scale = max|w| / 127``, values in [-127, 127]; axis 0, or the last axis for a matmul
-  b. Every element dequantizes within scale / 2 of the float weight.
-- Biases of linear/conv whose input is quantized: int32 with ``scale = s_in * s_w`` per channel
-  (exactly that float32 product); a weight scale is raised where the bias would not fit int32.
+- Weights of linear, conv, conv_transpose, const matmul (b[K, N]) and embedding tables: symmetric
+  per output channel, ``scale = max|w| / 127``, values in [-127, 127]; axis 0, axis 1 for a
+  conv_transpose ([in, out/groups, *k]: with groups > 1 a scale serves channel j of every group),
+  or the last axis for a matmul b. Every element dequantizes within scale / 2 of the float weight.
+- Biases of linear/conv/conv_transpose whose input is quantized: int32 with ``scale = s_in * s_w``
+  per output channel (exactly that float32 product); a weight scale is raised where the bias would
+  not fit int32.
 - Activations (float graph inputs and node outputs; integer ones such as token ids stay as they
   are): per-tensor asymmetric int8 from calibration ranges that always contain 0, plus TFLite's
   rules so that every backend agrees: fixed outputs for softmax (1/256, -128), sigmoid (1/256,
   -128), tanh (1/128, 0) and log_softmax (16/256, 127); reshape, transpose, max_pool, avg_pool,
-  slice, pad, expand, gather (not an embedding) and concat outputs share their inputs' parameters
+  resize, slice, pad, expand, gather (not an embedding) and concat outputs share their inputs' parameters
   (one range over the group); a layer or sum whose only use is a relu / clip takes the clamp's
   output parameters (the backends fuse the clamp into the kernel). A range feeding only softmax
   is clipped to 32 below its maximum (exp(-32) is nothing next to the output step 1/256), so that
@@ -25,7 +27,8 @@ QuantParams`` (the convention in `ir/graph.py`; the executor fake-quantizes, bac
   activations; each linear / conv / matmul-by-constant quantizes its input at run time (asymmetric
   uint8 over the whole tensor as onnxruntime's DynamicQuantizeLinear does, or per row as TFLite's
   hybrid kernels do: ``QuantConfig.dynamic_per``) and multiplies in integers.
-- Every MAC node (linear, conv, matmul) gets ``node.meta["arith"]``: "int8" (integer kernel with
+- conv_transpose never runs dynamic-range (no backend has such a kernel): weights-only there.
+- Every MAC node (linear, conv, conv_transpose, matmul) gets ``node.meta["arith"]``: "int8" (integer kernel with
   calibrated int8 activations), "int8-dynamic" or "fp32" (weights-only, kept float, or a matmul
   of float activations), so latency estimates count the arithmetic that really runs
   (`analysis.macs_by_arith`).
@@ -44,7 +47,7 @@ from .base import Pass, PassError, PassResult
 from .calibrate import CalibrationError, activation_qparams, channel_means, collect_ranges
 
 __all__ = ["QuantConfig", "QuantSpecError", "parse_quant_spec", "quantize_weight", "quantize_bias",
-           "QuantizePass", "FIXED_QPARAMS", "SHARED_QPARAMS", "DEFAULT_CALIBRATION", "MAC_OPS", "bias_shift"]
+           "QuantizePass", "FIXED_QPARAMS", "SHARED_QPARAMS", "DEFAULT_CALIBRATION", "MAC_OPS", "DYNAMIC_OPS", "bias_shift"]
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +60,11 @@ log = logging.getLogger(__name__)
 DEFAULT_CALIBRATION = "minmax"
 FIXED_QPARAMS = {"softmax": (1 / 256, -128), "sigmoid": (1 / 256, -128), "tanh": (1 / 128, 0),
                  "log_softmax": (16 / 256, 127)}
-SHARED_QPARAMS = {"reshape", "transpose", "max_pool", "avg_pool", "slice", "pad", "expand", "concat", "gather"}
+SHARED_QPARAMS = {"reshape", "transpose", "max_pool", "avg_pool", "slice", "pad", "expand", "concat", "gather",
+                  "resize"}
 SOFTMAX_SPAN = 32.0
-MAC_OPS = ("linear", "conv", "matmul")
+MAC_OPS = ("linear", "conv", "matmul", "conv_transpose")
+DYNAMIC_OPS = ("linear", "conv", "matmul")    # MAC ops with dynamic-range kernels in the backends
 SENTINEL_RANGE = 1e6    # no real activation reaches this; mask fills (-1e9, finfo.min) do
 INT32_MAX = 2 ** 31 - 1
 
@@ -212,7 +217,7 @@ def _float_const(v: Value | None) -> bool:
 
 def _weight_use(node: Node) -> tuple[int, int] | None:
     """(input index, channel axis) of `node`'s layer weight, if it is a float constant."""
-    if node.op in ("linear", "conv", "matmul"):
+    if node.op in MAC_OPS:
         i = 1
     elif node.op == "gather" and node.attrs.get("axis") == 0:
         i = 0
@@ -221,7 +226,7 @@ def _weight_use(node: Node) -> tuple[int, int] | None:
     w = node.input(i)
     if not _float_const(w) or w.data.ndim < 2 or (node.op == "gather" and w.data.ndim != 2):
         return None
-    return i, (w.data.ndim - 1 if node.op == "matmul" else 0)
+    return i, (w.data.ndim - 1 if node.op == "matmul" else 1 if node.op == "conv_transpose" else 0)
 
 
 def _is_embedding(node: Node) -> bool:
@@ -348,12 +353,13 @@ def _mark_arith(graph: Graph, activations: str, fallback: str = "fp32") -> dict[
             continue
         x, w = node.input(0), node.input(1)
         int8_w = w is not None and w.is_const and w.quant is not None and w.data.dtype == np.int8
-        if activations == "dynamic" and int8_w and not (x is not None and x.is_const):
+        dyn = node.op in DYNAMIC_OPS
+        if activations == "dynamic" and dyn and int8_w and not (x is not None and x.is_const):
             arith = "int8-dynamic"
         elif activations == "all" and x is not None and x.quant is not None and node.output.quant is not None \
                 and (int8_w or (w is not None and not w.is_const and w.quant is not None)):
             arith = "int8"
-        elif activations == "all" and fallback == "dynamic" and int8_w and x is not None and not x.is_const:
+        elif activations == "all" and fallback == "dynamic" and dyn and int8_w and x is not None and not x.is_const:
             arith = "int8-dynamic"
         else:
             arith = "fp32"
@@ -466,7 +472,9 @@ class QuantizePass(Pass):
     def _quantize_layer(graph: Graph, node: Node, i: int, axis: int, single: bool,
                         mean_x: np.ndarray | None = None) -> dict:
         w = node.inputs[i]
-        b = node.input(2) if node.op in ("linear", "conv") else None
+        b = node.input(2) if node.op in ("linear", "conv", "conv_transpose") else None
+        # conv_transpose with groups > 1: weight channel j (axis 1) serves output j of every group
+        reps = node.attrs["groups"] if node.op == "conv_transpose" else 1
         x = node.inputs[0]
         s_in = x.quant if x is not None and x.quant is not None and not x.quant.per_channel else None
         quant_bias = single and s_in is not None and _float_const(b) and len(b.uses) == 1
@@ -474,6 +482,7 @@ class QuantizePass(Pass):
         min_scale = None
         if quant_bias:      # keep |b / (s_in * s_w)| within int32
             min_scale = np.abs(b.data).astype(np.float64) / (float(s_in.scale[0]) * INT32_MAX) * 1.0001
+            min_scale = min_scale.reshape(reps, -1).max(0)
         q, qp = quantize_weight(w.data, axis, min_scale)
         shift = None
         if mean_x is not None and single and _float_const(b) and len(b.uses) == 1:
@@ -485,7 +494,7 @@ class QuantizePass(Pass):
                "scale_median": float(np.median(qp.scale)), "bias_bits": None,
                "bias_shift_max": None if shift is None else float(np.abs(shift).max())}
         if quant_bias:
-            bq, bqp = quantize_bias(b.data, float(s_in.scale[0]), qp.scale)
+            bq, bqp = quantize_bias(b.data, float(s_in.scale[0]), np.tile(qp.scale, reps))
             b.data, b.quant, b.dtype = bq, bqp, "float32"
             rec["bias_bits"] = 32
         rec["bytes_before"] = before

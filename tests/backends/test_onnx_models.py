@@ -49,7 +49,8 @@ def test_float_model_matches_executor_and_torch(name):
         np.testing.assert_allclose(g_, r_.numpy(), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["cnn", "mobilenet_block", "conv1d_net", "lstm_cell_model", "tiny_transformer"])
+@pytest.mark.parametrize("name", ["cnn", "mobilenet_block", "conv1d_net", "lstm_cell_model", "tiny_transformer",
+                                  "unet_transposed", "unet_bilinear"])
 def test_quantized_model_matches_fake_quant(name):
     _, graph, arrays = _import(name)
     rng = np.random.default_rng(1)

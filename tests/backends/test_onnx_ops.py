@@ -66,6 +66,23 @@ def _conv(x_shape, w_shape, bias=True, **attrs):
     return _case({"x": _f(*x_shape)}, body)
 
 
+def _conv_transpose(x_shape, w_shape, bias=True, **attrs):
+    a = {"stride": 1, "padding": 0, "output_padding": 0, "dilation": 1, "groups": 1} | attrs
+    nd = len(w_shape) - 2
+    a = {k: ([v] * nd if k != "groups" else v) for k, v in a.items()}
+
+    def body(g, v):
+        w = g.add_const("up.weight", _f(*w_shape))
+        b = g.add_const("up.bias", _f(w_shape[1] * a["groups"])) if bias else None
+        return [g.add_node("conv_transpose", [v[0], w, b], a).output]
+    return _case({"x": _f(*x_shape)}, body)
+
+
+def _resize(x_shape, mode, size, scales=None, align_corners=False):
+    attrs = {"mode": mode, "size": list(size), "scales": scales, "align_corners": align_corners}
+    return _case({"x": _f(*x_shape)}, lambda g, v: [g.add_node("resize", [v[0]], attrs).output])
+
+
 def _batch_norm(affine):
     def body(g, v):
         ins = [v[0], g.add_const("mean", _f(4)), g.add_const("var", _f(4, positive=True))]
@@ -149,6 +166,15 @@ CASES = {
     "conv_dilated_nobias": (_conv((1, 3, 9, 9), (4, 3, 3, 3), False, padding=2, dilation=2), {"Conv": 1}),
     "conv_depthwise": (_conv((1, 4, 8, 8), (4, 1, 3, 3), padding=1, groups=4), {"Conv": 1}),
     "conv1d": (_conv((2, 3, 16), (5, 3, 4), stride=2, padding=1), {"Conv": 1}),
+    "conv_transpose": (_conv_transpose((1, 4, 5, 5), (4, 3, 3, 3), stride=2, padding=1, output_padding=1,
+                                       groups=2), {"ConvTranspose": 1}),
+    "conv_transpose_1d_dilated": (_conv_transpose((2, 3, 6), (3, 4, 3), False, stride=3, dilation=2),
+                                  {"ConvTranspose": 1}),
+    "resize_nearest": (_resize((1, 2, 4, 5), "nearest", (8, 10)), {"Resize": 1}),
+    "resize_nearest_exact_1d": (_resize((2, 3, 5), "nearest_exact", (8,)), {"Resize": 1}),
+    "resize_bilinear": (_resize((1, 2, 4, 5), "linear", (7, 9)), {"Resize": 1}),
+    "resize_bilinear_corners": (_resize((1, 2, 4, 5), "linear", (7, 9), align_corners=True), {"Resize": 1}),
+    "resize_bilinear_scales": (_resize((1, 2, 5, 6), "linear", (8, 10), scales=[1.7, 1.7]), {"Resize": 1}),
     "batch_norm": (_batch_norm(True), {"BatchNormalization": 1}),
     "batch_norm_plain": (_batch_norm(False), {"BatchNormalization": 1}),
     "layer_norm": (_layer_norm(1, True), {"LayerNormalization": 1}),

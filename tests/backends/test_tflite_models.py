@@ -18,7 +18,7 @@ from edgecompile.tflite_loader import TFLiteBundleError, fill_weights, load_tfli
 from tflite_util import models, run_tflite, step
 
 MODELS = ["cnn", "mobilenet_block", "conv1d_net", "encoder_layer_classifier", "tiny_transformer",
-          "lstm_cell_model", "gru_cell_model"]
+          "lstm_cell_model", "gru_cell_model", "unet_transposed", "unet_bilinear"]
 
 
 def _prepare(name):

@@ -72,9 +72,9 @@ def test_unsupported_ops_behind_a_failed_op_are_reported_too():
 
 
 def test_unsupported_arguments_of_a_known_op_are_explained():
-    model = nn.Sequential(nn.ConvTranspose2d(2, 2, 3))
-    with pytest.raises(UnsupportedOpError, match=r"aten.convolution.default \(transposed convolution\)"):
-        import_model(model, (torch.randn(1, 2, 5, 5),))
+    model = nn.Sequential(nn.ConvTranspose3d(2, 2, 3))
+    with pytest.raises(UnsupportedOpError, match=r"aten.convolution.default \(3-D transposed convolution\)"):
+        import_model(model, (torch.randn(1, 2, 5, 5, 5),))
 
 
 def test_constant_only_use_of_an_unsupported_op_is_folded():

@@ -10,7 +10,7 @@ from edgecompile.frontend import import_model
 from tests.models import ZOO
 
 GOLDEN = Path(__file__).parent / "golden"
-CASES = {"cnn": {}, "lstm_cell_model": {"steps": 2, "batch": 1}}
+CASES = {"cnn": {}, "lstm_cell_model": {"steps": 2, "batch": 1}, "unet_transposed": {}, "unet_bilinear": {}}
 
 
 def dump(name: str) -> str:
