@@ -162,9 +162,11 @@ def main() -> None:
         ours = _sub([sys.executable, __file__, "--one", name] + (["--no-int8"] if args.no_int8 else []), args.timeout)
         theirs = _sub([str(PEER_PY), str(ROOT / "bench" / "zoo_peers.py"), name], args.timeout) if peers else {}
         results.append({"ours": ours, "peers": theirs})
-        print(f"[{i}/{len(names)}] {name}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
         if "onnx" not in ours:          # the whole process failed
             ours = {"onnx": ours, "tflite": ours, "int8": ours}
+        print(f"[{i}/{len(names)}] {name}: {time.perf_counter() - t:.0f} s; onnx {_cos_cell(ours['onnx'])}, "
+              f"tflite {_cos_cell(ours['tflite'])}" + "".join(f", {p} {_cos_cell(theirs.get(p))}" for p in PEERS if peers),
+              file=sys.stderr, flush=True)
         rows.append([name, ARCHS[name].family, f"{ours.get('params', 0) / 1e6:.2f}",
                      _cos_cell(ours["onnx"]), _cos_cell(ours["tflite"]), _int8_cell(ours.get("int8")),
                      f"{ours['onnx'].get('seconds', '-')}/{ours.get('int8', {}).get('seconds', '-')}",

@@ -113,11 +113,23 @@ class Rounder:
     """GPTQ rounding of one layer's int8 rows onto level sets, its Gram factored once."""
 
     def __init__(self, h: np.ndarray):
+        self.h = torch.from_numpy(np.asarray(h, dtype=np.float64))
         self.order, self.u = _inverse_factor(h)
 
-    def round(self, rows: np.ndarray, levels: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    def loss(self, rows: np.ndarray, got: np.ndarray) -> float:
+        """The layer's summed squared output error on the calibration inputs, in int8 units:
+        ``sum_r (w_r - q_r)^T H (w_r - q_r)``."""
+        d = torch.from_numpy(rows.astype(np.float64) - got.astype(np.float64))
+        return float(((d @ self.h) * d).sum())
+
+    def round(self, rows: np.ndarray, levels: np.ndarray, mask: np.ndarray | None = None,
+              sparsity: float = 0.0) -> np.ndarray:
         """rows [out, in] int8; levels: the allowed int8 values (sorted; 0 always allowed); mask
-        [out, in] bool, True = forced to zero. Returns int8 rows on the levels."""
+        [out, in] bool, True = forced to zero. Returns int8 rows on the levels.
+
+        With `sparsity` (and no mask) the mask is chosen as SparseGPT does: at the start of each
+        block of columns, the `sparsity` share of each row's weights with the smallest
+        ``w^2 / [H^-1]_jj`` (the output error their removal costs, weights already compensated)."""
         order, u = self.order, self.u
         # columns as contiguous rows: wt[j] is input column j of every output row
         wt = torch.from_numpy(rows.astype(np.float64)).T[order].contiguous()
@@ -125,9 +137,17 @@ class Rounder:
         lv = torch.from_numpy(np.union1d(levels, [0]).astype(np.float64))
         out = torch.zeros_like(wt)
         n = wt.shape[0]
+        if keep is None and sparsity > 0:
+            keep = torch.ones_like(wt, dtype=torch.bool)
         for i1 in range(0, n, BLOCK):
             i2 = min(i1 + BLOCK, n)
             w1, u1 = wt[i1:i2].clone(), u[i1:i2, i1:i2]
+            if mask is None and sparsity > 0:
+                cost = w1 ** 2 / torch.diagonal(u1)[:, None] ** 2
+                k = int(round(sparsity * (i2 - i1)))
+                if k:
+                    cut = torch.kthvalue(cost, k, dim=0, keepdim=True).values
+                    keep[i1:i2] = cost > cut
             err = torch.zeros_like(w1)
             for i in range(i2 - i1):
                 col = w1[i]
