@@ -4,7 +4,8 @@ Before, a 20-step LSTM's TFLite bundle held its recurrent matrix and int32 biase
 step (3.6x the fp32 parameters for a 0.17M-parameter LSTM; the generated C 3.8x). Now the bundle's
 weights are one int8 copy: the build's gate passes in the real runtime (TFLite Micro for
 ``--backend tflite`` on a microcontroller; the integer reference and the host-compiled C for
-``--backend c``), and the container holds less than the fp32 parameters' bytes.
+``--backend c``), the container holds less than the fp32 parameters' bytes, and the report's
+per-layer rows count each weight once.
 """
 
 from __future__ import annotations
@@ -54,3 +55,9 @@ def test_recurrent_build_stores_each_weight_once(kind, backend, tmp_path):
     assert rep["memory"]["fits_flash"] and rep["memory"]["fits_ram"]
     if backend == "c":
         assert rep["device"]["host_check"].startswith("bit-exact")
+    # the report counts each weight once: the later steps' rows name the row that holds it
+    rows = rep["layers"]
+    assert sum(r["params_after"] for r in rows) <= rep["totals"]["params_after"]
+    assert sum(r["bytes_after"] for r in rows) <= rep["totals"]["container_bytes"]
+    assert sum("shared_with" in r for r in rows) >= STEPS - 2
+    assert all(r["bits"] == 8 and r["sparsity"] is not None for r in rows)
