@@ -23,17 +23,29 @@ def _layer_rows(original, graph, container_records, source_names=None) -> list[d
     enc = {source_names.get(r.name, r.name): r for r in container_records}
     before = layer_figures(original)
     after = layer_figures(graph)
+    # A weight read by several layers (an unrolled LSTM's steps) counts once, in the first layer
+    # reading it; the others say whose it is.
+    owner_before: dict[str, str] = {}
+    owner_after: dict[str, str] = {}
     rows = []
     for name, b in before.items():
         a = after.get(name)
-        row = {"layer": name, "op": b.op, "weight_shape": list(b.weight_shape), "params_before": b.params,
-               "params_after": a.params if a else 0, "macs_before": b.macs, "macs_after": a.macs if a else 0,
-               "bytes_before": 4 * b.params, "bytes_after": 0, "method": "", "rank": None,
+        shared = {owner_before[c] for c in b.consts if c in owner_before}
+        params_b = b.params - sum(original.consts[c].data.size for c in b.consts if c in owner_before)
+        owner_before.update({c: name for c in b.consts if c not in owner_before})
+        own = [] if a is None else [c for c in a.consts if c not in owner_after]
+        row = {"layer": name, "op": b.op, "weight_shape": list(b.weight_shape), "params_before": params_b,
+               "params_after": 0 if a is None else a.params - sum(graph.consts[c].data.size for c in a.consts
+                                                                  if c in owner_after),
+               "macs_before": b.macs, "macs_after": a.macs if a else 0,
+               "bytes_before": 4 * params_b, "bytes_after": 0, "method": "", "rank": None,
                "sparsity": None, "bits": 32, "codec": ""}
         if a is not None:
-            row["bytes_after"] = int(sum(enc[c].encoded_size for c in a.consts if c in enc))
-            codecs = sorted({enc[c].codec for c in a.consts if c in enc})
-            row["codec"] = "+".join(codecs)
+            shared |= {owner_after[c] for c in a.consts if c in owner_after}
+            owner_after.update({c: name for c in own})
+            row["bytes_after"] = int(sum(enc[c].encoded_size for c in own if c in enc))
+            codecs = sorted({enc[c].codec for c in own if c in enc})
+            row["codec"] = "+".join(codecs + [f"shared with {o}" for o in sorted(shared)])
             row["method"] = a.meta.get("method", "")
             row["rank"] = a.meta.get("rank")
             ws = [graph.consts[c] for c in a.consts if c in graph.consts]
@@ -45,6 +57,8 @@ def _layer_rows(original, graph, container_records, source_names=None) -> list[d
                 row["bits"] = 8 if all(v.quant is not None for v in weights) else 32
             if "pruned_channels" in a.meta:
                 row["pruned_channels"] = a.meta["pruned_channels"]
+        if shared:
+            row["shared_with"] = sorted(shared)
         rows.append(row)
     return rows
 

@@ -28,6 +28,7 @@ compile this C for the host, Cortex-M (QEMU) and aarch64 (QEMU) and compare ever
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -204,14 +205,20 @@ def _storage(graph: Graph, steps: list[_Step]) -> tuple[dict[str, str], list[_St
 
 
 def _weight_tensors(steps: list[_Step]) -> tuple[dict[str, np.ndarray], dict[int, str]]:
-    """Every weighted step's weights in kernel layout, named ``<index>:<layer>``; step -> name."""
+    """Every weighted step's weights in kernel layout, named ``<index>:<layer>``; step -> name.
+    Steps with equal weights (an unrolled LSTM's recurrent matrix, once per time step) share one
+    tensor, stored once."""
     tensors: dict[str, np.ndarray] = {}
     names: dict[int, str] = {}
+    seen: dict[tuple, str] = {}
     for i, s in enumerate(steps):
         if s.kernel in WEIGHTED:
-            name = f"{len(tensors)}:{s.node}".encode()[: ecw_format.MAX_NAME_LEN].decode("utf-8", "ignore")
-            tensors[name] = np.ascontiguousarray(s.args["w"], np.int8)
-            names[i] = name
+            w = np.ascontiguousarray(s.args["w"], np.int8)
+            key = (w.shape, hashlib.blake2b(w.data, digest_size=20).digest())
+            if key not in seen:
+                seen[key] = f"{len(tensors)}:{s.node}".encode()[: ecw_format.MAX_NAME_LEN].decode("utf-8", "ignore")
+                tensors[seen[key]] = w
+            names[i] = seen[key]
     return tensors, names
 
 
@@ -318,11 +325,17 @@ def emit_c(graph: Graph, *, codecs: tuple[str, ...] = ("raw", "rans", "lut"), pr
     if stream == "auto":
         # A pruned + clustered fully connected layer (1 MAC per weight at batch 1, where decoding
         # would cost ~50-100x the layer) keeps its levels packed in flash and is computed from them.
+        # Once per tensor (steps may share one), and only if every step reading it is fully connected.
+        fc_only = {name: True for name in tensors}
         for i, name in names.items():
-            form = _lut_form(tensors[name]) if steps[i].kernel == "fully_connected" else None
+            fc_only[name] &= steps[i].kernel == "fully_connected"
+        forms = {name: _lut_form(tensors[name]) for name, ok in fc_only.items() if ok}
+        for name, form in forms.items():
             if form is not None:
-                tensors[name], tensors[name + "/levels"], bits = form
-                luts[i] = (bits, form[1].size)
+                tensors[name], tensors[name + "/levels"], _ = form
+        for i, name in names.items():
+            if forms.get(name) is not None:
+                luts[i] = (forms[name][2], forms[name][1].size)
     _, best = encode_container(tensors, codecs=allowed)
     in_place = {names[i] for i in luts} | {names[i] + "/levels" for i in luts}
     fixed = sum(r.decoded_size for r in best if r.name in in_place)     # the in-place levels' flash

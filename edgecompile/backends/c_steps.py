@@ -6,14 +6,15 @@
 ``ecm_where``, ``ecm_gather_rows``, ``ecm_equal_const``) from a
 step of `c_model` (`c_ref.graph` kernel call, storage shapes); `c_writer.Writer.step` calls it
 first. Constants (lookup tables, quantized constant operands, layer-norm gamma / beta, parameter
-structs) go to `consts` as ``static const`` definitions named after the step (``L<i>_...``): flash.
+structs) go to `consts` as ``static const`` definitions named after the step (``L<i>_...``): flash;
+arrays through `Consts.array`, which writes equal arrays once.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .c_writer import c_array
+from .c_writer import Consts
 
 __all__ = ["emit_step", "STEP_KERNELS"]
 
@@ -44,14 +45,13 @@ def _bcast(L: str, osh, sa, sb) -> str:
     return f"static const ecm_bcast {L}_s = {{{nd}, {pad(osh)}, {pad(full(sa))}, {pad(full(sb))}}};\n"
 
 
-def _binary(kernel: str, a: dict, x: list[str], y: str, ish: list, osh, L: str, consts: list[str]) -> list[str] | None:
+def _binary(kernel: str, a: dict, x: list[str], y: str, ish: list, osh, L: str, consts: Consts) -> list[str] | None:
     """add / sub / mul; None for the plain add of two activations of one shape (ecm_add, c_model)."""
     names = iter(zip(x, ish))
     ops = []
     for key in ("const_a", "const_b"):
         if key in a:
-            consts.append(c_array("int8_t", f"{L}_{key[-1]}", a[key]))
-            ops.append((f"{L}_{key[-1]}", tuple(a[key].shape)))
+            ops.append((consts.array("int8_t", f"{L}_{key[-1]}", a[key]), tuple(a[key].shape)))
         else:
             ops.append(next(names))
     (pa, sa), (pb, sb) = ops
@@ -69,7 +69,7 @@ def _binary(kernel: str, a: dict, x: list[str], y: str, ish: list, osh, L: str, 
     return [f"TRY(ecm_add_bcast(&{L}_p, {int(bool(a.get('subtract')))}, &{L}_s, {pa}, {pb}, {y}));"]
 
 
-def emit_step(kernel: str, a: dict, x: list[str], y: str, ish: list, osh, L: str, consts: list[str]
+def emit_step(kernel: str, a: dict, x: list[str], y: str, ish: list, osh, L: str, consts: Consts
               ) -> list[str] | None:
     """The C lines of one step, or None when `kernel` is not one of `STEP_KERNELS` (or is a plain
     add). `x` / `y`: the C expressions of the inputs / output, `ish` / `osh` their storage shapes."""
@@ -77,8 +77,8 @@ def emit_step(kernel: str, a: dict, x: list[str], y: str, ish: list, osh, L: str
     if kernel in ("add", "mul"):
         return _binary(kernel, a, x, y, ish, osh, L, consts)
     if kernel == "lut":
-        consts.append(f"/* {a.get('fn', 'lookup')} */\n" + c_array("int8_t", f"{L}_table", a["table"]))
-        return [f"TRY(ecm_lut({count}u, {x[0]}, {L}_table, {y}));"]
+        table = consts.array("int8_t", f"{L}_table", a["table"], comment=a.get("fn", "lookup"))
+        return [f"TRY(ecm_lut({count}u, {x[0]}, {table}, {y}));"]
     if kernel == "select":
         t, f = ("ECM_WHERE_X" if a[k] is None else a[k] for k in ("if_true", "if_false"))
         if len(x) == 1 and tuple(ish[0]) == tuple(osh):
@@ -87,8 +87,8 @@ def emit_step(kernel: str, a: dict, x: list[str], y: str, ish: list, osh, L: str
         return [f"TRY(ecm_where(&{L}_s, {x[0]}, {x[1] if len(x) > 1 else 'NULL'}, {t}, {f}, {y}));"]
     if kernel == "gather_rows":
         vocab, row = a["table"].shape
-        consts.append(c_array("int8_t", f"{L}_table", a["table"]))
-        return [f"TRY(ecm_gather_rows({int(np.prod(ish[0]))}u, {x[0]}, {vocab}, {row}, {L}_table, {y}));"]
+        table = consts.array("int8_t", f"{L}_table", a["table"])
+        return [f"TRY(ecm_gather_rows({int(np.prod(ish[0]))}u, {x[0]}, {vocab}, {row}, {table}, {y}));"]
     if kernel == "equal_const":
         return [f"TRY(ecm_equal_const({count}u, {x[0]}, {a['width']}, {a['value']}, {y}));"]
     if kernel == "batch_matmul":
@@ -100,13 +100,13 @@ def emit_step(kernel: str, a: dict, x: list[str], y: str, ish: list, osh, L: str
                       f"{int(np.prod(ish[0]))}, {int(np.prod(ish[1]))}, {count}}};\n")
         return [f"TRY(ecm_batch_matmul(&{L}_p, &{L}_d, {x[0]}, {x[1]}, {y}));"]
     if kernel == "softmax":
-        consts.append(c_array("uint16_t", f"{L}_table", a["table"]))
-        return [f"TRY(ecm_softmax({_rows(ish[0], a['axis'])}, {L}_table, {x[0]}, {y}));"]
+        table = consts.array("uint16_t", f"{L}_table", a["table"])
+        return [f"TRY(ecm_softmax({_rows(ish[0], a['axis'])}, {table}, {x[0]}, {y}));"]
     if kernel == "layer_norm":
-        consts.append(c_array("int32_t", f"{L}_gamma", a["gamma"]) + c_array("int64_t", f"{L}_beta", a["beta"]))
+        gamma, beta = consts.array("int32_t", f"{L}_gamma", a["gamma"]), consts.array("int64_t", f"{L}_beta", a["beta"])
         consts.append(f"static const ecm_layer_norm_params {L}_p = {{{a['input_zp']}, {a['output_zp']}, "
                       f"INT64_C({a['eps']}), {a['var_shift']}, {a['shift']}}};\n")
-        return [f"TRY(ecm_layer_norm(&{L}_p, {_rows(ish[0], a['axis'])}, {L}_gamma, {L}_beta, {x[0]}, {y}));"]
+        return [f"TRY(ecm_layer_norm(&{L}_p, {_rows(ish[0], a['axis'])}, {gamma}, {beta}, {x[0]}, {y}));"]
     if kernel == "mean_axes":
         axes = sorted(a["axes"])
         consts.append(f"static const ecm_mean_params {L}_p = {{{a['input_zp']}, {a['output_zp']}, "
@@ -116,16 +116,15 @@ def emit_step(kernel: str, a: dict, x: list[str], y: str, ish: list, osh, L: str
         n = len(range(a["start"], a["end"], a["step"]))
         return [f"TRY(ecm_slice({_rows(ish[0], a['axis'])}, {a['start']}, {a['step']}, {n}, {x[0]}, {y}));"]
     if kernel == "take":
-        consts.append(c_array("int32_t", f"{L}_idx", a["indices"]))
-        return [f"TRY(ecm_take({_rows(ish[0], a['axis'])}, {L}_idx, {len(a['indices'])}, {x[0]}, {y}));"]
+        idx = consts.array("int32_t", f"{L}_idx", a["indices"])
+        return [f"TRY(ecm_take({_rows(ish[0], a['axis'])}, {idx}, {len(a['indices'])}, {x[0]}, {y}));"]
     if kernel == "concat":
         ax, consts_in = a["axis"], a.get("consts", {})
         outer, total = int(np.prod(osh[:ax])), int(np.prod(osh[ax:]))
         parts, acts = [], iter(zip(x, ish))
         for k in range(len(x) + len(consts_in)):
             if k in consts_in:
-                consts.append(c_array("int8_t", f"{L}_c{k}", consts_in[k]))
-                parts.append((f"{L}_c{k}", consts_in[k].shape))
+                parts.append((consts.array("int8_t", f"{L}_c{k}", consts_in[k]), consts_in[k].shape))
             else:
                 parts.append(next(acts))
         lines, offset = [], 0

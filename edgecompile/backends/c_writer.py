@@ -14,7 +14,7 @@ import numpy as np
 if TYPE_CHECKING:
     from .c_model import _Step
 
-__all__ = ["Writer", "demo_main", "c_array", "CBackendError", "WEIGHTED"]
+__all__ = ["Writer", "Consts", "demo_main", "c_array", "CBackendError", "WEIGHTED"]
 
 #: Kernels whose weights live in the container (the rest carry only small constants).
 WEIGHTED = ("conv2d", "fully_connected")
@@ -36,6 +36,25 @@ def c_array(ctype: str, name: str, values) -> str:
         line += " " + v + ","
     lines.append(line)
     return f"static const {ctype} {name}[{max(len(vals), 1)}] = {{\n" + "\n".join(lines) + "\n};\n"
+
+
+class Consts(list):
+    """The ``static const`` definitions of ``model.c`` (flash), in order; `array` writes an array
+    equal to an earlier one (same C type and values) once and returns the earlier name, so the
+    steps of an unrolled LSTM share their biases, multipliers and lookup tables."""
+
+    def __init__(self):
+        super().__init__()
+        self._arrays: dict[tuple, str] = {}
+
+    def array(self, ctype: str, name: str, values, comment: str = "") -> str:
+        """The name of a ``static const <ctype>`` array holding `values` (flattened)."""
+        a = np.asarray(values).reshape(-1)
+        key = (ctype, a.size, a.astype(np.int64).tobytes())
+        if key not in self._arrays:
+            self.append((f"/* {comment} */\n" if comment else "") + c_array(ctype, name, a))
+            self._arrays[key] = name
+        return self._arrays[key]
 
 
 def _dims(shape) -> str:
@@ -111,7 +130,7 @@ class Writer:
                 "#define A(off) (base + (off))",
                 "#define TRY(expr) do { ecm_status s_ = (expr); if (s_ != ECM_OK) return s_; } while (0)",
                 "#define TRYW(expr) do { if ((expr) != ECW_OK) return ECM_E_WEIGHTS; } while (0)", ""]
-        consts: list[str] = []
+        consts = Consts()
         body: list[str] = []
         streamed = any(r.codec != "raw" for r in self.wrec.values())
         for i, s in enumerate(self.steps):
@@ -145,7 +164,7 @@ class Writer:
                  f"TRYW(ecw_decode(&wc, &wt, A({slot}), {r.decoded_size}u, A({ws}), {self.workspace[i]}u));"],
                 f"(const int8_t *)A({slot})")
 
-    def step(self, i: int, s: _Step, consts: list[str]) -> list[str]:
+    def step(self, i: int, s: _Step, consts: Consts) -> list[str]:
         a, L = s.args, f"L{i}"
         x = [self.ptr(n, True) for n in s.inputs]
         y = self.ptr(s.output, False)
@@ -155,13 +174,11 @@ class Writer:
         if s.kernel in WEIGHTED:
             w = a["w"]
             n = w.shape[0]
-            consts.append(c_array("int32_t", f"{L}_mult", a["multiplier"]) + c_array("int32_t", f"{L}_shift", a["shift"]))
-            bias = "NULL"
-            if a["bias"] is not None:
-                consts.append(c_array("int32_t", f"{L}_bias", a["bias"]))
-                bias = f"{L}_bias"
+            mult = consts.array("int32_t", f"{L}_mult", a["multiplier"])
+            shift = consts.array("int32_t", f"{L}_shift", a["shift"])
+            bias = "NULL" if a["bias"] is None else consts.array("int32_t", f"{L}_bias", a["bias"])
             nq = np.asarray(a["multiplier"]).size
-            consts.append(f"static const ecm_quant {L}_q = {{{L}_mult, {L}_shift, {nq}}};\n")
+            consts.append(f"static const ecm_quant {L}_q = {{{mult}, {shift}, {nq}}};\n")
             pre, wp = self.weights(i, s)
             if s.kernel == "conv2d":
                 sh, sw = a["stride"]
@@ -212,8 +229,8 @@ class Writer:
             return [f"TRY(ecm_pad(&{L}_p, {_dims(ish[0])}, {x[0]}, {y}));"]
         if s.kernel == "transpose":
             shape, perm = a["shape"], a["perm"]
-            consts.append(c_array("int32_t", f"{L}_shape", np.array(shape)) + c_array("int32_t", f"{L}_perm", np.array(perm)))
-            return [f"TRY(ecm_transpose({len(shape)}, {L}_shape, {L}_perm, {x[0]}, {y}));"]
+            shape_c, perm_c = consts.array("int32_t", f"{L}_shape", shape), consts.array("int32_t", f"{L}_perm", perm)
+            return [f"TRY(ecm_transpose({len(shape)}, {shape_c}, {perm_c}, {x[0]}, {y}));"]
         if s.kernel == "copy":
             return [f"memcpy({y}, {x[0]}, {count}u);"]
         raise CBackendError(f"layer {s.node}: kernel {s.kernel!r} has no C emitter (try --backend tflite)")

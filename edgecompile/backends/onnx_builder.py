@@ -7,13 +7,16 @@ DequantizeLinear that restores the real form on first use); an integer lowering 
 calls `define_quantized` and the DequantizeLinear appears only if a float consumer asks for it.
 The real form of a node output is named like the IR value, so the ONNX graph reads like the IR dump.
 
-Weights (IR constants) become initializers keyed by the constant's name; they are collected in
-`weights` (what the `.ecw` container holds) and only serialized into the model when embedding.
+Weights (IR constants) become initializers keyed by the constant's name (equal constants: one
+initializer); they are collected in `weights` (what the `.ecw` container holds) and only serialized
+into the model when embedding.
 Small tensors the backend itself invents (Q/DQ scales, shapes, axes, clip bounds) always live in
 the model.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 from onnx import NodeProto, TensorProto, helper, numpy_helper
@@ -65,6 +68,8 @@ class OnnxBuilder:
         self._qparams: dict[int, tuple[str, str]] = {}   # id(Value) -> (scale, zero point) names
         self._derived: dict[tuple, str] = {}             # cache of derived weight forms
         self._consts: dict[tuple, str] = {}              # (dtype, shape, bytes) -> small constant
+        self._stored: dict[tuple, str] = {}              # (dtype, shape, quant, digest) -> weight name
+        self._equal: dict[str, str] = {}                 # name -> the equal weight stored instead
 
     # -- names and nodes ----------------------------------------------------------------------
     def fresh(self, base: str) -> str:
@@ -105,12 +110,21 @@ class OnnxBuilder:
 
     # -- weights ------------------------------------------------------------------------------
     def weight(self, name: str, array: np.ndarray, quant: QuantParams | None = None) -> str:
-        """Registers an IR constant (or a re-laid-out form of one) as a container initializer."""
-        if name not in self.weights:
+        """Registers an IR constant (or a re-laid-out form of one) as a container initializer.
+        Returns its initializer name: that of an earlier equal one (dtype, shape, quantization and
+        bytes) if there is one, so equal weights are stored once."""
+        if name not in self.weights and name not in self._equal:
+            array = np.ascontiguousarray(array)
+            q = None if quant is None else (quant.scale.tobytes(), quant.zero_point.tobytes(), quant.axis, quant.dtype)
+            key = (array.dtype.str, array.shape, q, hashlib.blake2b(array.data, digest_size=20).digest())
+            if key in self._stored:
+                self._equal[name] = self._stored[key]
+                return self._equal[name]
+            self._stored[key] = name
             self._names.add(name)
-            self.weights[name] = np.ascontiguousarray(array)
+            self.weights[name] = array
             self.weight_quant[name] = quant
-        return name
+        return self._equal.get(name, name)
 
     def dequantized_weight(self, stored: str, q: QuantParams, base: str) -> str:
         """DequantizeLinear of a stored integer weight; per channel along `q.axis`.

@@ -14,6 +14,7 @@ its base version and the int8 kernel at the version that introduced int8 (per-ch
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,6 +82,7 @@ class ModelBuilder:
         self.stripped = False
         self._names: set[str] = set()
         self._consts: dict[tuple, TensorRef] = {}      # (dtype, shape, bytes) -> structural constant
+        self._data: dict[tuple, TensorRef] = {}        # (dtype, shape, quantization, digest) -> constant
 
     def _unique(self, name: str) -> str:
         base, i = name, 1
@@ -92,7 +94,17 @@ class ModelBuilder:
 
     def tensor(self, name: str, shape, dtype: str, scale=None, zero_point=None, axis: int = 0,
                data: np.ndarray | None = None, weight: bool = False) -> TensorRef:
-        """Adds a tensor; with `data` it is a constant (a `weight` goes to the container too)."""
+        """Adds a tensor; with `data` it is a constant (a `weight` goes to the container too). A
+        constant equal to an earlier one (same dtype, shape, quantization, bytes, weight or not)
+        is returned as that tensor: it is stored once, whoever reads it."""
+        key = None
+        if data is not None:
+            data = np.asarray(data, dtype=dtype, order="C")   # keeps 0-d scalars 0-d
+            q = None if scale is None else (np.reshape(scale, -1).astype(np.float32).tobytes(),
+                                            np.reshape(zero_point, -1).astype(np.int64).tobytes(), int(axis))
+            key = (dtype, data.shape, q, weight, hashlib.blake2b(data.data, digest_size=20).digest())
+            if key in self._data:
+                return self._data[key]
         t = fb.TensorT()
         t.name = self._unique(name)
         t.shape = [int(d) for d in shape]
@@ -105,7 +117,6 @@ class ModelBuilder:
             t.quantization = q
         t.buffer = 0
         if data is not None:
-            data = np.array(data, dtype=dtype, order="C")   # keeps 0-d scalars 0-d
             assert tuple(data.shape) == tuple(t.shape), (t.name, data.shape, t.shape)
             buf = AlignedBufferT()
             buf.data = data
@@ -120,7 +131,10 @@ class ModelBuilder:
         self.tensors.append(t)
         sc = None if scale is None else tuple(float(s) for s in np.reshape(scale, -1))
         zp = None if scale is None else tuple(int(z) for z in np.reshape(zero_point, -1))
-        return TensorRef(len(self.tensors) - 1, tuple(t.shape), dtype, sc, zp)
+        ref = TensorRef(len(self.tensors) - 1, tuple(t.shape), dtype, sc, zp)
+        if key is not None:
+            self._data[key] = ref
+        return ref
 
     def const(self, name: str, data: np.ndarray) -> TensorRef:
         """A small structural constant (shape, axes, permutation): stays in the flatbuffer. Equal

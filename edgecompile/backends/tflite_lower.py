@@ -79,6 +79,7 @@ class Lowering:
         self.g = graph
         self.b = builder
         self.forms: dict[int, dict[tuple[str, bool], TensorRef]] = {}
+        self._dequantized: dict[int, TensorRef] = {}     # constant tensor index -> its DEQUANTIZE
         self.int8_ops = 0
 
     # -- tensors ---------------------------------------------------------------------------
@@ -171,6 +172,14 @@ class Lowering:
         out = self.temp(name, src.shape)
         self.b.op("DEQUANTIZE", [src], [out], int8=True)
         return out
+
+    def dequantized_const(self, src: TensorRef, name: str) -> TensorRef:
+        """The float form of an int8 constant, one DEQUANTIZE however many operators read it
+        (LiteRT keeps a constant's DEQUANTIZE output for the interpreter's life: one float copy
+        per reader would be one per time step of an unrolled LSTM)."""
+        if src.index not in self._dequantized:
+            self._dequantized[src.index] = self.dequantize(src, name)
+        return self._dequantized[src.index]
 
     # -- constants ---------------------------------------------------------------------------
     def const_float(self, v: Value, layout: str = IR, shape_to: tuple[int, ...] | None = None) -> TensorRef:

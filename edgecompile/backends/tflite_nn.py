@@ -31,7 +31,7 @@ def _weight(L: Lowering, v: Value, layout_fn, axis_after: int, int8: bool, name:
         q = v.quant
         t = L.b.tensor(name, data.shape, "int8", q.scale, q.zero_point, axis_after if q.per_channel else 0,
                        data=data, weight=True)
-        return t if int8 else L.dequantize(t, name + "_f")
+        return t if int8 else L.dequantized_const(t, name + "_f")
     data = np.ascontiguousarray(layout_fn(np.asarray(v.real(), np.float32)))
     return L.b.tensor(name, data.shape, "float32", data=data, weight=True)
 

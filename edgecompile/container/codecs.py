@@ -85,7 +85,9 @@ def _rans_plan(sym: np.ndarray, shuffle: bool, itemsize: int, channels: int) -> 
                 best = alt
     # A table costs tens of bytes: per-channel tables only pay off with enough symbols per channel
     # (and pricing 30k tables of an embedding would cost seconds for nothing).
-    if 1 < channels <= PER_CHANNEL_MAX_TABLES // base and sym.size >= PER_CHANNEL_MIN_SYMBOLS * channels:
+    # Priced only when their size floor could win (pricing 4096 tables at every M costs seconds).
+    if (1 < channels <= PER_CHANNEL_MAX_TABLES // base and sym.size >= PER_CHANNEL_MIN_SYMBOLS * channels
+            and rans.size_floor(sym, base * channels) < (1 - PER_CHANNEL_MIN_GAIN) * best[1]):
         alt = rans.plan(sym, base * channels, shuffle=shuffle, itemsize=itemsize)
         if alt[1] < (1 - PER_CHANNEL_MIN_GAIN) * best[1]:
             best = alt
@@ -122,10 +124,12 @@ def _unpack(buf: np.ndarray, n: int, nbits: int) -> np.ndarray:
     return ((word >> (pos & 7).astype(np.uint16)) & ((1 << nbits) - 1)).astype(np.uint8)
 
 
-def candidates(arr: np.ndarray, allowed: tuple[str, ...], zstd_level: int = ZSTD_LEVEL) -> dict[str, bytes | Pending]:
-    """Payload (or pending rANS work) of every allowed codec that applies to ``arr``."""
-    raw = arr.tobytes()
-    out: dict[str, bytes | Pending] = {}
+def candidates(arr: np.ndarray, allowed: tuple[str, ...], zstd_level: int = ZSTD_LEVEL
+               ) -> dict[str, bytes | memoryview | Pending]:
+    """Payload (or pending rANS work) of every allowed codec that applies to ``arr``; the raw
+    payload is a view of ``arr``'s bytes (no copy)."""
+    raw = memoryview(np.ascontiguousarray(arr)).cast("B")
+    out: dict[str, bytes | memoryview | Pending] = {}
     if "raw" in allowed:
         out["raw"] = raw
     if arr.size == 0:
@@ -156,6 +160,14 @@ def candidates(arr: np.ndarray, allowed: tuple[str, ...], zstd_level: int = ZSTD
 
             out["lut"] = Pending((plan,), finish)
     return out
+
+
+def rans_bound(pending: Pending) -> int:
+    """Bytes a finished "rans" candidate cannot exceed: the planner's estimate (exact up to the
+    lanes' final states, FORMAT.md) plus 4 bytes a lane."""
+    plan = pending.parts[0]
+    lanes = -(-plan.symbols.size // plan.block) * plan.lanes
+    return plan.est_size + 4 * lanes + 64
 
 
 def finish(pendings: list[Pending]) -> list[bytes]:

@@ -42,7 +42,9 @@ def normalize_freqs(counts: np.ndarray, scale_bits: int) -> np.ndarray:
     deficit = target - freqs.sum(axis=1)
     # Positive deficit: one extra unit for the `deficit` symbols with the largest remainders.
     remainder = np.where(present, exact - np.floor(exact), -1.0)
-    rank = np.argsort(np.argsort(-remainder, axis=1, kind="stable"), axis=1, kind="stable")
+    order = np.argsort(-remainder, axis=1, kind="stable")
+    rank = np.empty_like(order)                      # the inverse permutation: one sort, not two
+    np.put_along_axis(rank, order, np.broadcast_to(np.arange(order.shape[1]), order.shape), axis=1)
     freqs += (rank < np.maximum(deficit, 0)[:, None]) & present
     deficit = target - freqs.sum(axis=1)
     rows = np.arange(len(freqs))
@@ -87,16 +89,27 @@ def _window_values(freqs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def _bit_length(v: np.ndarray) -> np.ndarray:
-    return np.floor(np.log2(np.maximum(v, 1))).astype(np.int64) + 1
+    """Bits of each integer ``v >= 1`` (1 for ``v < 1``), exact below 2^53 (frexp's exponent)."""
+    return np.frexp(np.maximum(v, 1).astype(np.float64))[1].astype(np.int64)
+
+
+#: `_best_k` prices this many tables at a time (8 orders x 256 symbols each): bounded temporaries
+#: for the 4096 per-channel tables of a large tensor.
+BEST_K_CHUNK = 256
 
 
 def _best_k(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Exp-Golomb order minimizing each table's bits, and those bits; ``z < 0`` marks padding."""
     ks = np.arange(MAX_EG_K + 1)
-    nb = _bit_length(z[:, None, :] + (1 << ks)[None, :, None])
-    bits = np.where(z[:, None, :] >= 0, 2 * nb - ks[None, :, None] - 1, 0).sum(axis=2)
-    k = np.argmin(bits, axis=1)
-    return k, bits[np.arange(len(z)), k]
+    k = np.empty(len(z), np.int64)
+    best = np.empty(len(z), np.int64)
+    for a in range(0, len(z), BEST_K_CHUNK):
+        zc = z[a:a + BEST_K_CHUNK]
+        nb = _bit_length(zc[:, None, :] + (1 << ks)[None, :, None])
+        bits = np.where(zc[:, None, :] >= 0, 2 * nb - ks[None, :, None] - 1, 0).sum(axis=2)
+        k[a:a + BEST_K_CHUNK] = np.argmin(bits, axis=1)
+        best[a:a + BEST_K_CHUNK] = bits[np.arange(len(zc)), k[a:a + BEST_K_CHUNK]]
+    return k, best
 
 
 def table_bytes(freqs: np.ndarray) -> np.ndarray:

@@ -89,7 +89,9 @@ def encode_container(
         if layouts.get(name, "row_major") not in fmt.LAYOUT_CODES:
             raise ContainerError(f"tensor {name!r}: unknown layout {layouts[name]!r}; known: {sorted(fmt.LAYOUT_CODES)}")
 
-    # Candidates per tensor; rANS work of all tensors is coded in one batch.
+    # Candidates per tensor; rANS work of all tensors is coded in one batch. A finished candidate
+    # larger than the rANS one can be is dropped at once (a large fp32 tensor's zstd payload is
+    # 30 MB held for nothing).
     cands = {}
     for name, arr in arrays.items():
         want = (codec_for[name],) if name in codec_for else allowed
@@ -98,6 +100,9 @@ def encode_container(
             raise ContainerError(f"tensor {name!r}: codec {codec_for[name]!r} does not apply (lut needs <= 64 distinct values)")
         if not cands[name]:
             raise ContainerError(f"tensor {name!r}: none of the codecs {allowed} applies; allow 'raw'")
+        if isinstance(cands[name].get("rans"), codecs_mod.Pending):
+            bound = codecs_mod.rans_bound(cands[name]["rans"])
+            cands[name] = {c: p for c, p in cands[name].items() if isinstance(p, codecs_mod.Pending) or len(p) <= bound}
     pending = [(n, c, p) for n, cs in cands.items() for c, p in cs.items() if isinstance(p, codecs_mod.Pending)]
     for (name, codec, _), payload in zip(pending, codecs_mod.finish([p for _, _, p in pending])):
         cands[name][codec] = payload
@@ -125,7 +130,7 @@ def _layout(arrays, quant, layouts, chosen) -> tuple[bytes, list[TensorRecord]]:
         arr, (codec, payload) = arrays[name], chosen[name]
         q = quant.get(name)
         kind = fmt.QUANT_NONE if q is None else (fmt.QUANT_PER_TENSOR if q.axis is None else fmt.QUANT_PER_CHANNEL)
-        crc = zlib.crc32(arr.tobytes())
+        crc = zlib.crc32(memoryview(arr).cast("B"))
         dims = list(arr.shape) + [0] * (fmt.MAX_NDIM - arr.ndim)
         entries.append(fmt.ENTRY.pack(
             offset, len(payload), arr.nbytes, crc, name_at[name], len(name.encode("utf-8")),
@@ -140,15 +145,15 @@ def _layout(arrays, quant, layouts, chosen) -> tuple[bytes, list[TensorRecord]]:
         log.debug("%s: %s %s -> %s, %d bytes", name, arr.dtype, arr.shape, codec, len(payload))
         offset = fmt.align_up(offset + len(payload))
     file_size = max(offset if not payloads else payloads[-1][0] + len(payloads[-1][1]), table_end)
-    out = bytearray(file_size)
     head = fmt.HEADER.pack(fmt.MAGIC, fmt.VERSION, fmt.ENTRY.size, len(names), len(meta), file_size, 0, 0)
     body = b"".join(entries) + bytes(meta)
     crc = zlib.crc32(body, zlib.crc32(head[:28]))
-    out[: fmt.HEADER.size] = head[:28] + crc.to_bytes(4, "little")
-    out[fmt.HEADER.size : table_end] = body
-    for off, payload in payloads:
-        out[off : off + len(payload)] = payload
-    return bytes(out), records
+    parts, at = [head[:28], crc.to_bytes(4, "little"), body], table_end
+    for off, payload in payloads:       # one join: the file is built once, not copied again
+        parts += [bytes(off - at), payload]
+        at = off + len(payload)
+    parts.append(bytes(file_size - at))
+    return b"".join(parts), records
 
 
 def write_container(

@@ -66,6 +66,10 @@ SOFTMAX_SPAN = 32.0
 MAC_OPS = ("linear", "conv", "matmul", "conv_transpose")
 DYNAMIC_OPS = ("linear", "conv", "matmul")    # MAC ops with dynamic-range kernels in the backends
 SENTINEL_RANGE = 1e6    # no real activation reaches this; mask fills (-1e9, finfo.min) do
+# Layers of one shared weight (an unrolled LSTM's steps) share quantization where their ranges'
+# spans are within this factor: each keeps at least 7 of its 8 bits, and the steps' int32 biases
+# and multipliers are stored once per group instead of once per step (`_tie_shared_layers`).
+TIE_SPAN = 2.0
 INT32_MAX = 2 ** 31 - 1
 
 
@@ -276,6 +280,7 @@ def _assign_activations(graph: Graph, ranges: dict[str, tuple[float, float]], sk
         for s in srcs:
             if s is not None and id(s) in quantizable:
                 groups.union(id(node.output), id(s), allow_fixed=node.op != "concat")
+    _tie_shared_layers(graph, quantizable, groups, skip, ranges)
     narrowed = _fuse_clamps(graph, quantizable, groups)
     kept_float = 0
     members: dict[int, list[Value]] = {}
@@ -304,6 +309,36 @@ def _assign_activations(graph: Graph, ranges: dict[str, tuple[float, float]], sk
         for v in vs:
             v.quant = qp
     return len(vals) - kept_float
+
+
+def _tie_shared_layers(graph: Graph, quantizable: dict[int, Value], groups: _Groups, skip: set[str],
+                       ranges: dict[str, tuple[float, float]]) -> None:
+    """Layers reading one shared weight share their input and their output quantization, among
+    those whose ranges are within `TIE_SPAN` of each other.
+
+    An unrolled LSTM / GRU reads its recurrent weights once per time step; with each step's own
+    activation ranges, every step needed its own int32 bias (scale s_in * s_w) and requantization
+    multipliers (s_in * s_w / s_out), which the backends stored per step (a 20-step LSTM's C model:
+    ~4 KB of them a step). With equal ranges those are equal and stored once. Ranges further apart
+    than `TIE_SPAN` stay apart (a merged range would cost the narrower more than a bit).
+    """
+    def span(v: Value) -> float:
+        lo, hi = ranges[v.name]
+        return max(hi, 0.0) - min(lo, 0.0)
+
+    for w in graph.consts.values():
+        layers = [n for n, i in w.uses if n.name not in skip and not _is_embedding(n)
+                  and (_weight_use(n) or (None,))[0] == i]
+        if len(layers) < 2:
+            continue
+        for pick in (lambda n: n.inputs[0], lambda n: n.output):
+            vs = [v for v in map(pick, layers) if v is not None and id(v) in quantizable and v.name in ranges]
+            lead = None
+            for v in sorted(vs, key=span, reverse=True):
+                if lead is None or span(v) * TIE_SPAN < span(lead):
+                    lead = v
+                else:
+                    groups.union(id(lead), id(v))
 
 
 def _fuse_clamps(graph: Graph, quantizable: dict[int, Value], groups: _Groups) -> set[int]:
