@@ -100,6 +100,36 @@ def _gelu(b, node):
     _emit(b, node, "Mul", [hx, b.add("Add", [t, one], base=n)[0]])
 
 
+def _log1p_of(b, x: str, dt: str, n: str) -> str:
+    """log(1 + x) accurate for tiny x (ONNX has no Log1p): with u = 1 + x rounded,
+    log1p(x) = log(u) * x / (u - 1), and x itself where u == 1 (Goldberg 1991, thm. 4)."""
+    one = b.scalar(1.0, dt, f"{n}.one")
+    u = b.add("Add", [x, one], base=n)[0]
+    d = b.add("Sub", [u, one], base=n)[0]
+    r = b.add("Div", [b.add("Mul", [b.add("Log", [u], base=n)[0], x], base=n)[0], d], base=n)[0]
+    exact = b.add("Equal", [d, b.scalar(0.0, dt, f"{n}.zero")], base=n)[0]
+    return exact, r
+
+
+def _log1p(b, node):
+    x = _x(b, node)
+    exact, r = _log1p_of(b, x, node.output.dtype, node.name)
+    _emit(b, node, "Where", [exact, x, r])
+
+
+def _softplus(b, node):
+    """Softplus(beta x) / beta, and x where beta x > threshold (onnxruntime's Softplus is stable
+    for large |x|: x + log1p(exp(-x)) above 0)."""
+    x, dt, n = _x(b, node), node.output.dtype, node.name
+    beta, threshold = float(node.attrs["beta"]), float(node.attrs["threshold"])
+    z = x if beta == 1.0 else b.add("Mul", [x, b.scalar(beta, dt, f"{n}.beta")], base=n)[0]
+    y = b.add("Softplus", [z], base=n)[0]
+    if beta != 1.0:
+        y = b.add("Div", [y, b.scalar(beta, dt, f"{n}.beta")], base=n)[0]
+    linear = b.add("Greater", [z, b.scalar(threshold, dt, f"{n}.threshold")], base=n)[0]
+    _emit(b, node, "Where", [linear, x, y])
+
+
 def _clip(b, node):
     dt, n = node.inputs[0].dtype, node.name
     lo, hi = node.attrs["min"], node.attrs["max"]
@@ -221,6 +251,30 @@ def _layer_norm(b, node):
     _emit(b, node, "LayerNormalization", ins, axis=-k, epsilon=float(node.attrs["eps"]))
 
 
+def _group_norm(b, node):
+    """GroupNormalization (opset 21, per-channel scale and bias); before 21 (opset 18's version
+    takes per-group scale and bias, and is gone from 21 on), InstanceNormalization over the
+    [N, G, -1] view with unit scale, then the per-channel affine."""
+    x, w, bias = (list(node.inputs) + [None] * 3)[:3]
+    g, eps, n, dt = int(node.attrs["num_groups"]), float(node.attrs["eps"]), node.name, x.dtype
+    c = x.shape[1]
+    if b.opset >= 21:
+        scale = b.real(w) if w is not None else b.const(np.ones(c, dt), f"{n}.scale")
+        shift = b.real(bias) if bias is not None else b.const(np.zeros(c, dt), f"{n}.bias")
+        _emit(b, node, "GroupNormalization", [b.real(x), scale, shift], epsilon=eps, num_groups=g)
+        return
+    grouped = b.add("Reshape", [b.real(x), b.ints([x.shape[0], g, -1], f"{n}.groups")], base=n)[0]
+    normed = b.add("InstanceNormalization", [grouped, b.const(np.ones(g, dt), f"{n}.ones"),
+                                             b.const(np.zeros(g, dt), f"{n}.zeros")], base=n, epsilon=eps)[0]
+    last = ("Reshape", [normed, b.ints(list(x.shape), f"{n}.shape")])
+    per_channel = b.ints([c] + [1] * (len(x.shape) - 2), f"{n}.channel_shape")
+    for op_type, v in (("Mul", w), ("Add", bias)):
+        if v is not None:
+            y = b.add(last[0], last[1], base=n)[0]
+            last = (op_type, [y, b.add("Reshape", [b.real(v), per_channel], base=n)[0]])
+    _emit(b, node, *last)
+
+
 def _pool_geometry(node: Node) -> tuple[list[int], list[int], list[int], list[int], list[int]]:
     x, a = node.inputs[0], node.attrs
     nd = len(x.shape) - 2
@@ -319,6 +373,7 @@ LOWERINGS = {
     **{op: _arith(t) for op, t in _ARITH.items()},
     **{op: _compare(t) for op, t in _COMPARE.items()},
     "silu": _silu, "hardsigmoid": _hardsigmoid, "rsqrt": _rsqrt, "gelu": _gelu, "clip": _clip,
+    "log1p": _log1p, "softplus": _softplus, "group_norm": _group_norm,
     "softmax": lambda b, n: _emit(b, n, "Softmax", [_x(b, n)], axis=int(n.attrs["axis"])),
     "log_softmax": lambda b, n: _emit(b, n, "LogSoftmax", [_x(b, n)], axis=int(n.attrs["axis"])),
     "linear": _linear,

@@ -73,12 +73,15 @@ class ConvertContext:
     """Builds the IR graph for an importer; one instance per import.
 
     Attributes set by the importer for each FX node: `out` (the node's example value, a fake
-    tensor or tuple of them), `meta` (IR node meta: module path, source location, aten op).
+    tensor or tuple of them), `arg_vals` (the example values of its positional arguments that are
+    FX nodes, None for the others: their strides, for `as_strided`), `meta` (IR node meta: module
+    path, source location, aten op).
     """
 
     def __init__(self, graph: Graph):
         self.graph = graph
         self.out = None
+        self.arg_vals: tuple = ()
         self.meta: dict = {}
         self.name_hint = "op"
         self._materialized: dict[int, Value] = {}

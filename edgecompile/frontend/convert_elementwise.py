@@ -13,7 +13,7 @@ import torch
 from .context import Const, ConvertContext, Operand, Unsupported
 
 UNARY = ["relu", "sigmoid", "tanh", "silu", "hardswish", "hardsigmoid", "exp", "log", "sqrt", "rsqrt",
-         "neg", "abs", "erf"]
+         "neg", "abs", "erf", "log1p"]
 
 
 def unary(op: str):
@@ -58,6 +58,11 @@ def reciprocal(cx: ConvertContext, x):
 
 def gelu(cx: ConvertContext, x, approximate="none"):
     return cx.emit("gelu", [x], approximate=approximate)
+
+
+def softplus(cx: ConvertContext, x, beta=1.0, threshold=20.0):
+    """softplus (kept whole by the decomposition table, see `op_table`) -> IR softplus."""
+    return cx.emit("softplus", [x], beta=float(beta), threshold=float(threshold))
 
 
 def clip(cx: ConvertContext, x, lo=None, hi=None):

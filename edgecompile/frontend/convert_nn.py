@@ -78,6 +78,19 @@ def native_layer_norm(cx: ConvertContext, x, normalized_shape, w, b, eps):
     return y, None, None
 
 
+def native_group_norm(cx: ConvertContext, x, w, b, n, c, hxw, group, eps):
+    """native_group_norm -> (group_norm, -, -).
+
+    One IR op rather than its decomposition (reshape, two means, sub, mul, rsqrt, reshape, affine):
+    an int8 deployment then rounds only the normalized output, as for layer_norm (each step of the
+    decomposition would otherwise be an int8 tensor: the variance and its rsqrt lose most of their
+    resolution at 8 bits), and the backends pick their own exact lowering (ONNX InstanceNormalization
+    on [N, G, -1] or GroupNormalization-21, TFLite a float MEAN / RSQRT chain).
+    """
+    y = cx.emit("group_norm", [x, w, b], num_groups=int(group), eps=float(eps))
+    return y, None, None
+
+
 def _batched(cx: ConvertContext, x, nd):
     """Pooling on an unbatched input: add the batch axis (removed again by the caller)."""
     shape = cx.shape(x)

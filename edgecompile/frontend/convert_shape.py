@@ -165,3 +165,48 @@ def index(cx: ConvertContext, x, indices):
 def embedding(cx: ConvertContext, weight, indices, *_, **__):
     """embedding(table, ids) -> gather(table, ids, axis 0); the table keeps its state_dict name."""
     return cx.emit("gather", [weight, cx.value(indices)], axis=0)
+
+
+def _memory_order(shape, stride) -> list[int] | None:
+    """The axes of size > 1 from outermost to innermost in memory, when `shape` / `stride` lay the
+    elements out densely with no gaps or overlaps (a permutation of a contiguous layout); else None."""
+    dims = sorted((d for d in range(len(shape)) if shape[d] > 1), key=lambda d: -stride[d])
+    expected = 1
+    for d in reversed(dims):
+        if stride[d] != expected:
+            return None
+        expected *= shape[d]
+    return dims
+
+
+def _squeezed_transpose(cx: ConvertContext, x, logical: list[int], memory: list[int]):
+    """`x` (its size-1 axes dropped, its other axes in `logical` order) permuted to `memory` order."""
+    return cx.transpose(x, [logical.index(d) for d in memory])
+
+
+def as_strided(cx: ConvertContext, x, size, stride, storage_offset=None):
+    """as_strided that reads its input's elements again in another dense layout -> reshape / transpose.
+
+    Decompositions emit it to give a result the strides of its input (adaptive average pooling of a
+    channels-last tensor: a mean, then as_strided to the same shape with permuted strides). The IR
+    has no strides: every value is its elements in row-major order. So the input is read in its
+    memory order (the example value's strides), and the result's memory order is read back into
+    row-major order; both must be dense (no gap, no overlap) and start at the same offset. Any
+    other as_strided (overlapping windows, gaps) is `Unsupported`.
+    """
+    src = cx.arg_vals[0]
+    size, stride = [int(s) for s in size], [int(s) for s in stride]
+    offset = src.storage_offset() if storage_offset is None else int(storage_offset)
+    in_shape, in_stride = [int(s) for s in src.shape], [int(s) for s in src.stride()]
+    in_order, out_order = _memory_order(in_shape, in_stride), _memory_order(size, stride)
+    if (in_order is None or out_order is None or offset != src.storage_offset()
+            or int(np.prod(size)) != int(np.prod(in_shape))):
+        raise Unsupported(f"as_strided of a {in_shape} tensor with strides {in_stride} to size {size}, "
+                          f"stride {stride}, offset {offset} (only dense re-layouts of the input convert)")
+    in_dims = [d for d in range(len(in_shape)) if in_shape[d] > 1]
+    flat = cx.reshape(x, [in_shape[d] for d in in_dims])
+    flat = _squeezed_transpose(cx, flat, in_dims, in_order)
+    out_dims = [d for d in range(len(size)) if size[d] > 1]
+    y = cx.reshape(flat, [size[d] for d in out_order])
+    y = _squeezed_transpose(cx, y, out_order, out_dims)
+    return cx.reshape(y, size)

@@ -19,9 +19,10 @@ class UnsupportedNode:
     op: str                      # 'aten.cumsum.default'
     frame: Frame | None          # the user's source line, when the stack trace has one
     reason: str = ""             # set when the op is known but these arguments are not
+    module: str = ""             # 'avgpool (AdaptiveAvgPool2d)': the innermost module it ran in
 
     def describe(self) -> str:
-        what = self.op + (f" ({self.reason})" if self.reason else "")
+        what = self.op + (f" ({self.reason})" if self.reason else "") + (f" in {self.module}" if self.module else "")
         if self.frame is None:
             return what
         return f"{what} at {self.frame.location} (in {self.frame.func}: `{self.frame.code}`)"

@@ -19,6 +19,10 @@ The decomposition table (`decomposition_table`) keeps a few composite ops whole 
   TFLite's RESIZE_* kernels (`upsample_nearest2d` / `upsample_bilinear2d.vec` are core ATen);
 - bicubic, trilinear, 3-D nearest and antialiased upsampling: no IR op, and their decompositions
   fail later on an index op that says nothing of the cause; kept whole, the error names them.
+- `softplus` (and so `mish`, which decomposes to ``x * tanh(softplus(x))``): its decomposition,
+  ``where(beta x > threshold, x, log1p(exp(beta x)) / beta)``, puts `exp` of the input in an int8
+  tensor, whose range (e^max) leaves no resolution for the small values that matter; whole, it is
+  one op computed in float between int8 values.
 
 The decomposed forms are converted too (`addmm`/`mm` with a transposed weight become `linear`),
 so programs decomposed elsewhere import the same way.
@@ -46,6 +50,7 @@ ATEN_TO_IR = {
     aten.clamp.Tensor: ew.clip,
     aten.clamp_min.default: lambda cx, x, lo: ew.clip(cx, x, lo, None),
     aten.clamp_max.default: lambda cx, x, hi: ew.clip(cx, x, None, hi),
+    aten.softplus.default: ew.softplus,
     aten.leaky_relu.default: ew.leaky_relu,
     aten.reciprocal.default: ew.reciprocal,
     aten._softmax.default: nn.softmax("softmax"),
@@ -96,6 +101,7 @@ ATEN_TO_IR = {
     aten._upsample_nearest_exact1d.vec: nn.upsample(1, "nearest_exact", "vec"),
     aten._native_batch_norm_legit_no_training.default: nn.batch_norm_no_training,
     aten.native_layer_norm.default: nn.native_layer_norm,
+    aten.native_group_norm.default: nn.native_group_norm,
     aten.max_pool2d_with_indices.default: nn.max_pool(2),
     aten.max_pool2d.default: nn.max_pool(2),
     aten.max_pool1d.default: nn.max_pool(1),
@@ -126,6 +132,7 @@ ATEN_TO_IR = {
     aten.transpose.int: sh.transpose,
     aten.t.default: sh.t,
     aten.expand.default: sh.expand,
+    aten.as_strided.default: sh.as_strided,
     aten.slice.Tensor: sh.slice_,
     aten.select.int: sh.select,
     aten.split_with_sizes.default: sh.split_with_sizes,
@@ -156,7 +163,7 @@ GETITEM = operator.getitem
 # Composite ops kept whole through `run_decompositions` (reasons in the module docstring).
 KEEP_UNDECOMPOSED = (
     aten.linear.default, aten.matmul.default, aten.scaled_dot_product_attention.default,
-    aten.silu.default, aten.hardswish.default, aten.hardsigmoid.default,
+    aten.silu.default, aten.hardswish.default, aten.hardsigmoid.default, aten.softplus.default,
     aten.upsample_nearest1d.default, aten.upsample_nearest1d.vec,
     aten.upsample_linear1d.default, aten.upsample_linear1d.vec,
     aten._upsample_nearest_exact1d.default, aten._upsample_nearest_exact1d.vec,

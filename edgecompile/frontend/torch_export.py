@@ -51,6 +51,7 @@ aten = torch.ops.aten
 
 _FAILED = object()   # stands for the output of an unsupported node (its users are skipped)
 _TRANSPOSES = {aten.permute.default, aten.t.default, aten.transpose.int}
+_COPIES = {aten.clone.default, aten.contiguous.default}
 
 
 @contextlib.contextmanager
@@ -210,7 +211,14 @@ class _Importer:
             self.env[node] = _FAILED
             return
         if target in IDENTITY_OPS:
-            self.env[node] = self.env[node.args[0]]
+            src = self.env[node.args[0]]
+            if target in _COPIES and isinstance(src, Const) and not src.tensor.is_contiguous():
+                # a folded permute is a strided tensor; clone / contiguous lay it out again as torch
+                # does, since a later `view` of it is valid only for that layout (Swin's relative
+                # position bias: view(N, N, -1).permute(2, 0, 1).contiguous(), then a view)
+                self._enter(node)
+                src = self._fold(node)
+            self.env[node] = src
             return
         self._enter(node)
         if _is_random(target) and target not in ATEN_TO_IR:
@@ -238,6 +246,7 @@ class _Importer:
         frame = user_frame(node.meta.get("stack_trace"))
         self.cx.name_hint = path or node.name
         self.cx.out = node.meta.get("val")
+        self.cx.arg_vals = tuple(a.meta.get("val") if isinstance(a, torch.fx.Node) else None for a in node.args)
         meta = {"module": path, "aten": op_name(node.target)}
         if frame is not None:
             meta["source"] = frame.location
@@ -246,7 +255,11 @@ class _Importer:
     def _fold(self, node: torch.fx.Node):
         """Evaluates an all-constant node with torch; the result stays a `Const`."""
         args, kwargs = map_arg((node.args, node.kwargs), lambda n: self.env[n].tensor)
-        result = node.target(*args, **kwargs)
+        try:
+            result = node.target(*args, **kwargs)
+        except Exception as e:     # torch's own check on constants (a view of a strided tensor...)
+            self._fail(node, f"constant folding failed: {str(e).strip().splitlines()[0]}")
+            return _FAILED
         path = self.cx.meta["module"]
         name = f"{path}.{node.name}" if path else node.name
         if isinstance(result, torch.Tensor):
@@ -273,8 +286,10 @@ class _Importer:
 
     def _fail(self, node: torch.fx.Node, reason: str = "") -> None:
         self.env[node] = _FAILED
+        path, typ = module_of(node)
+        module = f"{path} ({typ.rsplit('.', 1)[-1]})" if path else ""
         self.problems.append(UnsupportedNode(op_name(node.target), user_frame(node.meta.get("stack_trace")),
-                                             reason))
+                                             reason, module))
 
 
 def _is_2d_transpose(node: torch.fx.Node) -> bool:

@@ -45,6 +45,7 @@ _UNARY = {
     "neg": "-x",
     "abs": "|x|",
     "erf": "erf(x)",
+    "log1p": "log(1 + x), accurate for tiny x",
 }
 _BINARY = {
     "add": "a + b", "sub": "a - b", "mul": "a * b", "div": "a / b", "pow": "a ** b",
@@ -60,6 +61,8 @@ for _n, _d in _BINARY.items():
 
 for _schema in [
     _s("gelu", ["x"], ["approximate"], "GELU; approximate is 'none' (erf) or 'tanh'"),
+    _s("softplus", ["x"], ["beta", "threshold"],
+       "log(1 + exp(beta x)) / beta, or x where beta x > threshold (torch.nn.functional.softplus)"),
     _s("clip", ["x"], ["min", "max"], "clamp(x, min, max); relu6 is clip(0, 6); None = unbounded"),
     _s("softmax", ["x"], ["axis"], "softmax along axis"),
     _s("log_softmax", ["x"], ["axis"], "log-softmax along axis"),
@@ -79,6 +82,9 @@ for _schema in [
        "inference batch norm over axis 1"),
     _s("layer_norm", ["x", "weight?", "bias?"], ["normalized_ndim", "eps"],
        "layer norm over the last normalized_ndim axes"),
+    _s("group_norm", ["x", "weight?", "bias?"], ["num_groups", "eps"],
+       "group norm: axis 1 split into num_groups groups, each normalized over its channels and all "
+       "later axes; then per-channel weight [C] and bias [C]"),
     _s("max_pool", ["x"], ["kernel", "stride", "padding", "dilation", "ceil_mode"], "max pooling, 1-D or 2-D"),
     _s("avg_pool", ["x"], ["kernel", "stride", "padding", "ceil_mode", "count_include_pad"],
        "average pooling, 1-D or 2-D"),

@@ -82,6 +82,10 @@ def _layer_norm(x, w, b, attrs):
     return F.layer_norm(x, shape, w, b, attrs["eps"])
 
 
+def _group_norm(x, w, b, attrs):
+    return F.group_norm(x, attrs["num_groups"], w, b, attrs["eps"])
+
+
 def _batch_norm(x, mean, var, w, b, attrs):
     return F.batch_norm(x, mean, var, w, b, False, 0.0, attrs["eps"])
 
@@ -119,6 +123,8 @@ OP_IMPLS = {
     "neg": lambda a, _: torch.neg(a[0]),
     "abs": lambda a, _: torch.abs(a[0]),
     "erf": lambda a, _: torch.erf(a[0]),
+    "log1p": lambda a, _: torch.log1p(a[0]),
+    "softplus": lambda a, at: F.softplus(a[0], at["beta"], at["threshold"]),
     "add": lambda a, _: a[0] + a[1],
     "sub": lambda a, _: a[0] - a[1],
     "mul": lambda a, _: a[0] * a[1],
@@ -140,6 +146,7 @@ OP_IMPLS = {
     "resize": lambda a, at: _resize(a[0], at),
     "batch_norm": lambda a, at: _batch_norm(*(list(a) + [None] * (5 - len(a))), at),
     "layer_norm": lambda a, at: _layer_norm(*(list(a) + [None] * (3 - len(a))), at),
+    "group_norm": lambda a, at: _group_norm(*(list(a) + [None] * (3 - len(a))), at),
     "max_pool": lambda a, at: _max_pool(a[0], at),
     "avg_pool": lambda a, at: _avg_pool(a[0], at),
     "mean": lambda a, at: torch.mean(a[0], _axes(at), keepdim=at["keepdims"]),
