@@ -40,7 +40,8 @@ _EMITTERS = {
     **{op: ops.lower_unary for op in ops.UNARY},
     **{op: ops.lower_binary for op in ops.BINARY},
     "gelu": ops.lower_gelu, "clip": ops.lower_clip, "silu": ops.lower_silu,
-    "hardsigmoid": ops.lower_hardsigmoid, "erf": ops.lower_erf,
+    "hardsigmoid": ops.lower_hardsigmoid, "erf": ops.lower_erf, "log1p": ops.lower_log1p,
+    "softplus": ops.lower_softplus,
     "softmax": ops.lower_softmax, "log_softmax": lambda L, n: ops.lower_softmax(L, n, log=True),
     **{op: ops.lower_reduce for op in ops.REDUCE},
     "reshape": ops.lower_reshape, "transpose": ops.lower_transpose, "slice": ops.lower_slice,
@@ -48,7 +49,7 @@ _EMITTERS = {
     "where": ops.lower_where, "cast": ops.lower_cast,
     "linear": nn.lower_linear, "matmul": nn.lower_matmul, "conv": nn.lower_conv,
     "max_pool": nn.lower_pool, "avg_pool": nn.lower_pool, "batch_norm": nn.lower_batch_norm,
-    "layer_norm": nn.lower_layer_norm, "gather": nn.lower_gather,
+    "layer_norm": nn.lower_layer_norm, "group_norm": nn.lower_group_norm, "gather": nn.lower_gather,
     "resize": up.lower_resize, "conv_transpose": up.lower_conv_transpose,
 }
 SUPPORTED_OPS = frozenset(_EMITTERS)

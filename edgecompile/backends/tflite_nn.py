@@ -365,6 +365,47 @@ def lower_layer_norm(L: Lowering, node: Node) -> None:
     float_chain(L, node, IR, build)
 
 
+def lower_group_norm(L: Lowering, node: Node) -> None:
+    """group_norm -> RESHAPE to groups, MEAN, SUB, MUL, MEAN, ADD eps, RSQRT, MUL, RESHAPE back
+    (, MUL weight, ADD bias), in float (TFLite has no group norm kernel). On the channels-last form
+    when the input has one: [N, S, G, C/G] reduced over axes 1 and 3, no transpose; else on
+    [N, G, C/G * S] reduced over axis 2 (S: the spatial size)."""
+    x, w, b = node.input(0), node.input(1), node.input(2)
+    shape, g, n = tuple(x.shape), int(node.attrs["num_groups"]), node.name
+    c, spatial = shape[1], int(np.prod(shape[2:], dtype=np.int64))
+    if L.prefers_cl(x):
+        layout, grouped, axes, full, param_shape = CL, (shape[0], spatial, g, c // g), [1, 3], cl_shape(shape), (c,)
+    else:
+        layout, grouped, axes, full = IR, (shape[0], g, c // g * spatial), [2], shape
+        param_shape = (c,) + (1,) * (len(shape) - 2)
+    ax = L.b.const(n + "/axes", np.array(axes, np.int32))
+
+    def mean(t, name):
+        out = L.temp(name, tuple(1 if i in axes else d for i, d in enumerate(t.shape)))
+        opts = fb.ReducerOptionsT()
+        opts.keepDims = True
+        L.b.op("MEAN", [t, ax], [out], opts)
+        return out
+
+    def param(v, name):
+        data = v.real().astype(np.float32).reshape(param_shape)
+        return L.b.tensor(n + name, param_shape, "float32", data=data, weight=True)
+
+    def build(t):
+        t = L.reshape(t, grouped, n + "/groups")
+        d = binary_f(L, "SUB", t, mean(t, n + "/mu"), n + "/d")
+        var = mean(binary_f(L, "MUL", d, d, n + "/d2"), n + "/var")
+        inv = unary_f(L, "RSQRT", binary_f(L, "ADD", var, scalar(L, node.attrs["eps"], n + "/eps"),
+                                           n + "/var_eps"), n + "/inv")
+        y = L.reshape(binary_f(L, "MUL", d, inv, n + "/norm"), full, n + "/ungroup")
+        if w is not None:
+            y = binary_f(L, "MUL", y, param(w, "/scale"), n + "/scaled")
+        if b is not None:
+            y = binary_f(L, "ADD", y, param(b, "/shift"), n + "/shifted")
+        return y
+    float_chain(L, node, layout, build)
+
+
 # -- embedding ------------------------------------------------------------------------------------
 def lower_gather(L: Lowering, node: Node) -> None:
     data, idx = node.inputs

@@ -216,6 +216,59 @@ def lower_erf(L: Lowering, node: Node) -> None:
     float_chain(L, node, layout, build)
 
 
+def select_f(L: Lowering, cond: TensorRef, a: TensorRef, b: TensorRef, name: str) -> TensorRef:
+    out = L.temp(name, np.broadcast_shapes(cond.shape, a.shape, b.shape))
+    L.b.op("SELECT_V2", [cond, a, b], [out], fb.SelectV2OptionsT())
+    return out
+
+
+def compare_f(L: Lowering, op: str, a: TensorRef, b: TensorRef, name: str) -> TensorRef:
+    out = L.temp(name, np.broadcast_shapes(a.shape, b.shape), "bool")
+    L.b.op(op, [a, b], [out])
+    return out
+
+
+#: Below this |x|, log1p is its Taylor series to x^6 (relative error under |x|^6 / 7 = 1.5e-7).
+LOG1P_SERIES_BELOW = 0.1
+
+
+def log1p_f(L: Lowering, x: TensorRef, n: str) -> TensorRef:
+    """log(1 + x) accurate for tiny x (TFLite has no LOG1P): the Taylor series
+    x (1 - x (1/2 - x (1/3 - ...))) where |x| < 0.1, LOG(1 + x) elsewhere. (LiteRT's default
+    XNNPACK LOG is off by ~1e-7 near 1, which is 1e-3 of log1p(1e-4): Kahan's log(u) x / (u - 1)
+    does not help there.)"""
+    poly = scalar(L, -1 / 6, n + "/c6")
+    for k in (5, 4, 3, 2):
+        poly = binary_f(L, "ADD", binary_f(L, "MUL", poly, x, f"{n}/h{k}"),
+                        scalar(L, (-1) ** (k + 1) / k, f"{n}/c{k}"), f"{n}/s{k}")
+    poly = binary_f(L, "ADD", binary_f(L, "MUL", poly, x, n + "/h1"), scalar(L, 1.0, n + "/c1"), n + "/s1")
+    series = binary_f(L, "MUL", poly, x, n + "/series")
+    direct = unary_f(L, "LOG", binary_f(L, "ADD", x, scalar(L, 1.0, n + "/one"), n + "/u"), n + "/log_u")
+    small = compare_f(L, "LESS", unary_f(L, "ABS", x, n + "/abs_x"), scalar(L, LOG1P_SERIES_BELOW, n + "/cut"),
+                      n + "/small")
+    return select_f(L, small, series, direct, n + "/log1p")
+
+
+def lower_log1p(L: Lowering, node: Node) -> None:
+    float_chain(L, node, pick_layout(L, node, [node.inputs[0]]), lambda x: log1p_f(L, x, node.name))
+
+
+def lower_softplus(L: Lowering, node: Node) -> None:
+    """softplus(x) = max(z, 0) + log1p(exp(-|z|)) over beta, z = beta x (no overflow for large |z|),
+    and x where z > threshold, as torch."""
+    beta, threshold, n = float(node.attrs["beta"]), float(node.attrs["threshold"]), node.name
+
+    def build(x):
+        z = x if beta == 1.0 else binary_f(L, "MUL", x, scalar(L, beta, n + "/beta"), n + "/z")
+        tail = unary_f(L, "EXP", unary_f(L, "NEG", unary_f(L, "ABS", z, n + "/abs"), n + "/neg"), n + "/exp")
+        y = binary_f(L, "ADD", unary_f(L, "RELU", z, n + "/relu"), log1p_f(L, tail, n), n + "/sum")
+        if beta != 1.0:
+            y = binary_f(L, "DIV", y, scalar(L, beta, n + "/beta_"), n + "/y")
+        linear = compare_f(L, "GREATER", z, scalar(L, threshold, n + "/threshold"), n + "/linear")
+        return select_f(L, linear, x, y, n + "/softplus")
+    float_chain(L, node, pick_layout(L, node, [node.inputs[0]]), build)
+
+
 def lower_softmax(L: Lowering, node: Node, log: bool = False) -> None:
     x = node.inputs[0]
     rank = len(x.shape)
