@@ -278,6 +278,33 @@ def lstm_model(batch: int = 2, steps: int = 5):
     return LSTMModel().eval(), (torch.randn(batch, steps, 8),)
 
 
+class GroupNormNet(nn.Module):
+    """U-Net / ConvNeXt-style pieces: GroupNorm + Mish, softplus with beta and threshold, log1p, a
+    parameter-free GroupNorm (instance norm), a channels-last LayerNorm (permute, layer_norm,
+    permute) feeding adaptive average pooling (whose decomposition ends in `as_strided`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.gn1 = nn.GroupNorm(2, 8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.gn2 = nn.GroupNorm(8, 8, affine=False)
+        self.ln = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        h = F.mish(self.gn1(self.conv1(x)))
+        h = self.gn2(self.conv2(h)) + F.softplus(h, beta=2.0, threshold=3.0) + torch.log1p(h.abs())
+        h = self.ln(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.head(F.adaptive_avg_pool2d(h, 1).flatten(1))
+
+
+def group_norm_net(batch: int = 2):
+    """`GroupNormNet` on [batch, 3, 12, 12]."""
+    torch.manual_seed(0)
+    return GroupNormNet().eval(), (torch.randn(batch, 3, 12, 12),)
+
+
 # name -> builder, for parametrized tests in other packages
 class TinyUNet(nn.Module):
     """A two-level U-Net: conv-BN-ReLU encoders, max-pool down, skip concatenations, a 1x1 head.
@@ -360,4 +387,5 @@ ZOO = {
     "lstm_model": lstm_model,
     "unet_transposed": unet_transposed,
     "unet_bilinear": unet_bilinear,
+    "group_norm_net": group_norm_net,
 }

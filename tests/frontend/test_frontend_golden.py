@@ -10,7 +10,8 @@ from edgecompile.frontend import import_model
 from tests.models import ZOO
 
 GOLDEN = Path(__file__).parent / "golden"
-CASES = {"cnn": {}, "lstm_cell_model": {"steps": 2, "batch": 1}, "unet_transposed": {}, "unet_bilinear": {}}
+CASES = {"cnn": {}, "lstm_cell_model": {"steps": 2, "batch": 1}, "unet_transposed": {}, "unet_bilinear": {},
+         "group_norm_net": {}}
 
 
 def dump(name: str) -> str:
