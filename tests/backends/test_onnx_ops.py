@@ -100,6 +100,20 @@ def _layer_norm(k, affine):
     return _case({"x": _f(2, 3, 8)}, body)
 
 
+def _group_norm(x_shape, groups, affine=True):
+    def body(g, v):
+        c = x_shape[1]
+        ins = [v[0]] + ([g.add_const("w", _f(c)), g.add_const("b", _f(c))] if affine else [])
+        return [g.add_node("group_norm", ins, {"num_groups": groups, "eps": 1e-5}).output]
+    return _case({"x": _f(*x_shape) * 3 + 1}, body)
+
+
+def _tiny_and_large(op, attrs):
+    """Values where log1p / softplus lose accuracy when written naively: tiny, huge, near thresholds."""
+    x = np.array([[1e-12, -3e-9, 1e-5, 0.5, 4.0, -0.9], [-90.0, -20.0, 0.74, 0.76, 19.0, 95.0]], np.float32)
+    return _case({"x": x}, lambda g, v: [g.add_node(op, v, attrs).output])
+
+
 def _pool(op, x_shape, **attrs):
     return _case({"x": _f(*x_shape)}, lambda g, v: [g.add_node(op, v, attrs).output])
 
@@ -179,6 +193,16 @@ CASES = {
     "batch_norm_plain": (_batch_norm(False), {"BatchNormalization": 1}),
     "layer_norm": (_layer_norm(1, True), {"LayerNormalization": 1}),
     "layer_norm_2d_plain": (_layer_norm(2, False), {"LayerNormalization": 1}),
+    "group_norm": (_group_norm((2, 6, 4, 5), 3), {"Reshape": 4, "InstanceNormalization": 1, "Mul": 1, "Add": 1}),
+    "group_norm_1d_per_channel": (_group_norm((2, 6, 7), 6), {"Reshape": 4, "InstanceNormalization": 1, "Mul": 1,
+                                                              "Add": 1}),
+    "group_norm_plain": (_group_norm((3, 4), 2, affine=False), {"Reshape": 2, "InstanceNormalization": 1}),
+    "log1p": (_tiny_and_large("log1p", {}), {"Add": 1, "Sub": 1, "Log": 1, "Mul": 1, "Div": 1, "Equal": 1,
+                                            "Where": 1}),
+    "softplus": (_tiny_and_large("softplus", {"beta": 1.0, "threshold": 20.0}), {"Softplus": 1, "Greater": 1,
+                                                                                "Where": 1}),
+    "softplus_beta": (_tiny_and_large("softplus", {"beta": 2.0, "threshold": 1.5}),
+                      {"Mul": 1, "Softplus": 1, "Div": 1, "Greater": 1, "Where": 1}),
     "max_pool": (_pool("max_pool", (1, 2, 9, 9), dilation=[1, 1], ceil_mode=False, **POOL2), {"MaxPool": 1}),
     "max_pool_ceil": (_pool("max_pool", (1, 2, 8, 8), kernel=[3, 3], stride=[2, 2], padding=[0, 0],
                             dilation=[1, 1], ceil_mode=True), {"MaxPool": 1}),
@@ -249,6 +273,22 @@ def test_opset_20_uses_gelu_op_and_18_reduce_axes_inputs():
     m = emit_onnx(g, embed_weights=True, opset=18)
     assert m.ops == [("ReduceMax", 18)]
     np.testing.assert_allclose(_run(m.model_bytes, {}, g, arrays)[0], run_graph(g, *arrays), rtol=1e-5)
+
+
+def test_opset_21_uses_group_normalization():
+    for case in ("group_norm", "group_norm_plain"):
+        g, arrays = CASES[case][0]()
+        m = emit_onnx(g, embed_weights=True, opset=21)
+        assert m.ops == [("GroupNormalization", 21)]
+        np.testing.assert_allclose(_run(m.model_bytes, {}, g, arrays)[0], run_graph(g, *arrays), rtol=1e-5, atol=1e-5)
+
+
+def test_group_norm_parameters_go_to_the_container():
+    g, arrays = CASES["group_norm"][0]()
+    m = emit_onnx(g, embed_weights=False)
+    assert set(m.tensors) == {"w", "b"}
+    np.testing.assert_allclose(_run(m.model_bytes, m.tensors, g, arrays)[0], run_graph(g, *arrays),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_external_weights_are_not_in_the_model_and_are_returned():

@@ -33,6 +33,19 @@ def single(op, shapes, attrs=None, consts=()):
     return g
 
 
+def conv_then(op, x_shape, attrs, consts):
+    """A 1x1 conv, then `op`: the op's input has a channels-last form (TFLite's conv layout)."""
+    g = Graph(op)
+    c, nd = x_shape[1], len(x_shape) - 2
+    h = g.add_node("conv", [g.add_input("x0", x_shape), g.add_const("w", f32(c, c, *[1] * nd)), None],
+                   conv_attrs(nd=nd)).output
+    cs = [None if v is None else g.add_const(f"c{i}", v) for i, v in enumerate(consts)]
+    g.outputs = [g.add_node(op, [h] + cs, attrs).output]
+    infer_shapes(g)
+    verify(g)
+    return g
+
+
 def embedding():
     g = Graph("embedding")
     ids = g.add_input("ids", (2, 5), "int64")
@@ -109,6 +122,15 @@ CASES = {
     "expand": (single("expand", [(2, 1, 4)], {"shape": [2, 3, 4]}), "BROADCAST_TO"),
     "layer_norm": (single("layer_norm", [(2, 5, 8)], {"normalized_ndim": 1, "eps": 1e-5}, [f32(8), f32(8)]),
                    "RSQRT"),
+    "group_norm": (single("group_norm", [(2, 6, 4, 5)], {"num_groups": 3, "eps": 1e-5}, [f32(6), f32(6)]), "MEAN"),
+    "group_norm_cl": (conv_then("group_norm", (1, 6, 5, 5), {"num_groups": 2, "eps": 1e-5}, [f32(6), f32(6)]),
+                      "MEAN"),
+    "group_norm_1d_cl": (conv_then("group_norm", (2, 6, 9), {"num_groups": 6, "eps": 1e-5}, [f32(6), None]),
+                         "MEAN"),
+    "group_norm_2d_plain": (single("group_norm", [(3, 6)], {"num_groups": 2, "eps": 1e-5}), "RSQRT"),
+    "log1p": (single("log1p", [(3, 8)]), "LOG"),
+    "softplus": (single("softplus", [(3, 8)], {"beta": 1.0, "threshold": 20.0}), "EXP"),
+    "softplus_beta": (single("softplus", [(3, 8)], {"beta": 2.0, "threshold": 1.5}), "SELECT_V2"),
     "batch_norm": (single("batch_norm", [(2, 4, 5, 5)], {"eps": 1e-5},
                           [f32(4), np.abs(f32(4)) + 0.5, f32(4), f32(4)]), "MUL"),
     "rsqrt": (single("rsqrt", [(2, 8)]), "RSQRT"),
@@ -124,6 +146,10 @@ def inputs_for(name, g):
             out.append(rng.integers(0, 11, v.shape).astype(np.int64))
         else:
             x = rng.standard_normal(v.shape).astype(np.float32)
+            if name == "log1p":         # tiny, moderate and near -1 values
+                x = np.where(np.abs(x) < 1, x * 1e-3, np.tanh(x))
+            if name.startswith("softplus"):  # both sides of the threshold, large magnitudes
+                x = x * 12
             out.append(np.abs(x) + 0.1 if name == "rsqrt" else x)
     return out
 

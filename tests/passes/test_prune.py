@@ -306,7 +306,7 @@ def test_golden_dump_after_channel_prune():
 # ------------------------------------------------------------- imported models (frontend)
 
 @pytest.mark.parametrize("name", [
-    "cnn", "mobilenet_block",
+    "cnn", "mobilenet_block", "group_norm_net",
     *[pytest.param(n, marks=pytest.mark.slow) for n in ("mlp", "conv1d_net", "bert_encoder",
                                                          "tiny_transformer", "lstm_cell_model")],
 ])

@@ -398,7 +398,7 @@ def test_golden_dump():
 
 
 @pytest.mark.parametrize("name", [
-    "cnn", "tiny_transformer",
+    "cnn", "tiny_transformer", "group_norm_net",
     *[pytest.param(n, marks=pytest.mark.slow) for n in ("mlp", "mobilenet_block", "conv1d_net",
                                                          "bert_encoder", "lstm_cell_model", "gru_cell_model")],
     pytest.param("encoder_layer_classifier", marks=pytest.mark.slow),
