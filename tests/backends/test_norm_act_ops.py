@@ -18,7 +18,7 @@ from edgecompile.ir import Graph, infer_shapes, run_graph
 from edgecompile.loader import create_session
 from edgecompile.passes.quantize import QuantConfig, QuantizePass
 from tests.models import group_norm_net
-from tflite_util import run_tflite, step
+from tflite_util import quantize_for_test, run_tflite, step
 
 TINY = np.array([1e-12, -3e-9, 1e-5, -1e-4, 1e-3, 0.05, -0.05, 0.09, 0.11, 0.5, 4.0, -0.9], np.float32)
 TAILS = np.array([-95.0, -40.0, -17.0, -1e-6, 0.0, 1e-6, 0.74, 0.76, 19.0, 21.0, 40.0, 95.0], np.float32)
@@ -95,9 +95,12 @@ def test_int8_group_norm_net_matches_fake_quant_and_float(runtime):
     assert _cosine(got, run_graph(float_g, x)) > 0.99
 
 
-def test_c_backend_refuses_the_new_ops_in_one_line():
-    _, q, _ = _int8_net()
+@pytest.mark.parametrize("op,attrs", [("group_norm", {"num_groups": 2, "eps": 1e-5}), ("log1p", {}),
+                                      ("softplus", {"beta": 1.0, "threshold": 20.0})])
+def test_c_backend_refuses_the_new_ops_in_one_line(op, attrs):
+    x = np.abs(np.random.default_rng(0).standard_normal((2, 4, 3, 3)).astype(np.float32))
+    q = quantize_for_test(_graph(op, x, attrs), x)
     with pytest.raises(CBackendError) as e:
         emit_c(q)
     msg = str(e.value)
-    assert "\n" not in msg and "group_norm" in msg and "--backend" in msg
+    assert "\n" not in msg and f"({op})" in msg and "--backend" in msg
