@@ -21,6 +21,9 @@ CONVERTS = {
     "whisper-tiny-encoder", "lstm", "gru", "multihead-attention", "transformer-encoder-layer",
     "mobilenet-v2", "mobilenet-v3-small", "resnet18", "shufflenet-v2", "squeezenet", "mnasnet",
     "ds-cnn-kws",
+    # group_norm, softplus / log1p, dense as_strided (branch ops-norm, 2026-12-05)
+    "wav2vec2", "mish-block", "softplus-block", "groupnorm-block", "convnext-atto", "mobilevit-xxs",
+    "efficientvit-b0", "fastvit-t8", "repvit-m0.9",
 }
 # Large or slow ones are covered by the bench only: each costs a minute or more here.
 BENCH_ONLY = {"swin-t", "convnext-tiny", "resnet50", "levit-128s", "efficientformerv2-s0", "densenet121"}
