@@ -12,6 +12,8 @@ import torch
 
 from .context import Const, ConvertContext, Operand, Unsupported
 
+# log1p is an IR op, not log(1 + x): in float32, 1 + x drops every digit of x below 6e-8 (softplus
+# of -20 would be 0, not 2e-9); ONNX and TFLite have no log1p, so each backend spells it accurately.
 UNARY = ["relu", "sigmoid", "tanh", "silu", "hardswish", "hardsigmoid", "exp", "log", "sqrt", "rsqrt",
          "neg", "abs", "erf", "log1p"]
 
