@@ -252,17 +252,16 @@ def _layer_norm(b, node):
 
 
 def _group_norm(b, node):
-    """GroupNormalization (opset 21, per-channel scale and bias); before 21 (opset 18's version
-    takes per-group scale and bias, and is gone from 21 on), InstanceNormalization over the
-    [N, G, -1] view with unit scale, then the per-channel affine."""
+    """InstanceNormalization over the [N, G, -1] view with unit scale, then the per-channel affine.
+
+    Not GroupNormalization, at any opset: opset 18's takes per-group scale and bias (gone from 21
+    on), and onnxruntime 1.32's GroupNormalization-21 computes the variance in one pass, E[x^2] -
+    E[x]^2, which cancels: 0.015 off for groups of mean 10 and std 0.05, where this form is within
+    3e-5 of torch (float64 reference).
+    """
     x, w, bias = (list(node.inputs) + [None] * 3)[:3]
     g, eps, n, dt = int(node.attrs["num_groups"]), float(node.attrs["eps"]), node.name, x.dtype
     c = x.shape[1]
-    if b.opset >= 21:
-        scale = b.real(w) if w is not None else b.const(np.ones(c, dt), f"{n}.scale")
-        shift = b.real(bias) if bias is not None else b.const(np.zeros(c, dt), f"{n}.bias")
-        _emit(b, node, "GroupNormalization", [b.real(x), scale, shift], epsilon=eps, num_groups=g)
-        return
     grouped = b.add("Reshape", [b.real(x), b.ints([x.shape[0], g, -1], f"{n}.groups")], base=n)[0]
     normed = b.add("InstanceNormalization", [grouped, b.const(np.ones(g, dt), f"{n}.ones"),
                                              b.const(np.zeros(g, dt), f"{n}.zeros")], base=n, epsilon=eps)[0]

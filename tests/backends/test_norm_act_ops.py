@@ -59,6 +59,15 @@ def test_softplus_tails_and_threshold(runtime, beta, threshold):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=np.finfo(np.float32).tiny)
 
 
+def test_tflite_group_norm_stays_exact_when_the_mean_dwarfs_the_spread():
+    """Two-pass variance: groups of mean 10 and std 0.05 keep float32 accuracy."""
+    x = (np.random.default_rng(0).standard_normal((2, 8, 6, 6)) * 0.05 + 10).astype(np.float32)
+    g = _graph("group_norm", x, {"num_groups": 4, "eps": 1e-5})
+    got = run_tflite(emit_tflite(g, embed_weights=True).model_bytes, x)[0]
+    want = torch.nn.functional.group_norm(torch.from_numpy(x).double(), 4, eps=1e-5).numpy()
+    assert np.abs(got - want).max() < 1e-4
+
+
 @functools.cache
 def _int8_net():
     model, (x,) = group_norm_net(batch=2)
