@@ -171,17 +171,22 @@ def parse_quant_spec(spec: str) -> QuantConfig:
 
 # ------------------------------------------------------------------------------- numerics
 
-def quantize_weight(w: np.ndarray, axis: int, min_scale: np.ndarray | None = None
-                    ) -> tuple[np.ndarray, QuantParams]:
+def quantize_weight(w: np.ndarray, axis: int, min_scale: np.ndarray | None = None,
+                    zero_scale: float | None = None) -> tuple[np.ndarray, QuantParams]:
     """Symmetric per-channel int8: ``scale_c = max|w_c| / 127``, ``q = round(w / scale)`` in [-127, 127].
 
-    An all-zero channel gets scale 1 (its values are 0 whatever the scale). `min_scale` raises
-    scales channel by channel (used to keep an int32 bias in range).
+    An all-zero channel's values are 0 whatever its scale; it gets `zero_scale` (the layer's
+    ``s_out / s_in``: a requantization multiplier of 1), else the median scale of the other
+    channels, else 1. A scale far from that makes the multiplier ``s_in * s_w / s_out`` one
+    XNNPACK refuses ("failed to create XNNPACK runtime", met on timm's RepViT and MobileViT, whose
+    zero-initialized last norms fold into all-zero convolutions).
+    `min_scale` raises scales channel by channel (used to keep an int32 bias in range).
     """
     axis = axis % w.ndim
     other = tuple(d for d in range(w.ndim) if d != axis)
     amax = np.abs(w).max(axis=other).astype(np.float32) if other else np.abs(w).astype(np.float32)
-    scale = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+    fill = np.float32(zero_scale if zero_scale else np.median(amax[amax > 0]) / 127 if np.any(amax > 0) else 1)
+    scale = np.where(amax > 0, amax / np.float32(127), fill).astype(np.float32)
     if min_scale is not None:
         scale = np.maximum(scale, min_scale.astype(np.float32))
     qp = QuantParams(scale, np.zeros(scale.size, np.int32), axis, "int8")
@@ -518,7 +523,10 @@ class QuantizePass(Pass):
         if quant_bias:      # keep |b / (s_in * s_w)| within int32
             min_scale = np.abs(b.data).astype(np.float64) / (float(s_in.scale[0]) * INT32_MAX) * 1.0001
             min_scale = min_scale.reshape(reps, -1).max(0)
-        q, qp = quantize_weight(w.data, axis, min_scale)
+        s_out = node.output.quant
+        zero_scale = (float(s_out.scale[0]) / float(s_in.scale[0])
+                      if s_in is not None and s_out is not None and not s_out.per_channel else None)
+        q, qp = quantize_weight(w.data, axis, min_scale, zero_scale)
         shift = None
         if mean_x is not None and single and _float_const(b) and len(b.uses) == 1:
             shift = bias_shift(qp.dequantize(q) - w.data, mean_x, node.attrs.get("groups", 1))

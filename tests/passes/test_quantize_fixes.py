@@ -174,3 +174,18 @@ def test_bias_correction_needs_calibration_and_skips_layers_without_bias():
     nob.remove_unused()
     res = QuantizePass(QuantConfig(activations="weights_only", bias_correction=True), calib)(nob)
     assert res.records[0]["bias_shift_max"] is None
+
+
+def test_all_zero_weight_channels_get_a_scale_that_keeps_requantization_sane():
+    from edgecompile.passes.quantize import quantize_weight
+
+    w = np.zeros((3, 4), np.float32)
+    w[0] = [1.0, -0.5, 0.25, 0.0]
+    w[2] = [0.1, 0.2, -0.3, 0.0]
+    q, qp = quantize_weight(w, 0)
+    assert np.all(q[1] == 0)
+    assert qp.scale[1] == np.float32(np.median([1.0, 0.3]) / 127)     # the others' median
+    _, qp = quantize_weight(w, 0, zero_scale=0.25)                     # s_out / s_in: multiplier 1
+    assert qp.scale[1] == np.float32(0.25) and qp.scale[0] == np.float32(1 / 127)
+    _, qp = quantize_weight(np.zeros((2, 3), np.float32), 0)
+    assert np.all(qp.scale == 1)
