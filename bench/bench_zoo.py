@@ -145,6 +145,7 @@ def main() -> None:
     ap.add_argument("--no-int8", action="store_true")
     ap.add_argument("--timeout", type=int, default=1200, help="seconds per architecture and side")
     ap.add_argument("--json", type=Path, help="also write every figure here")
+    ap.add_argument("--peers-from", type=Path, help="reuse the peers' figures of an earlier --json (same pins)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -153,14 +154,18 @@ def main() -> None:
 
     from bench.zoo.archs import ARCHS
     names = args.archs.split(",") if args.archs else list(ARCHS)
-    peers = not args.no_peers and PEER_PY.exists()
+    earlier = {}
+    if args.peers_from:
+        earlier = {r["peers"].get("name"): r["peers"] for r in json.loads(args.peers_from.read_text())}
+    peers = not args.no_peers and (PEER_PY.exists() or bool(earlier))
     if not args.no_peers and not peers:
         print(f"peers not measured: {PEER_PY} is missing (bash scripts/setup_peers.sh)")
     rows, results = [], []
     for i, name in enumerate(names, 1):
         t = time.perf_counter()
         ours = _sub([sys.executable, __file__, "--one", name] + (["--no-int8"] if args.no_int8 else []), args.timeout)
-        theirs = _sub([str(PEER_PY), str(ROOT / "bench" / "zoo_peers.py"), name], args.timeout) if peers else {}
+        theirs = earlier.get(name) or (_sub([str(PEER_PY), str(ROOT / "bench" / "zoo_peers.py"), name], args.timeout)
+                                       if peers else {})
         results.append({"ours": ours, "peers": theirs})
         if "onnx" not in ours:          # the whole process failed
             ours = {"onnx": ours, "tflite": ours, "int8": ours}
