@@ -363,6 +363,10 @@ def _expand(b, node):
     _emit(b, node, "Expand", [_x(b, node), b.ints(node.output.shape, f"{node.name}.shape")])
 
 
+def _cumsum(b, node):
+    _emit(b, node, "CumSum", [_x(b, node), b.scalar(int(node.attrs["axis"]), "int64", f"{node.name}.axis")])
+
+
 def _cast(b, node):
     _emit(b, node, "Cast", [_x(b, node)], to=elem_type(node.attrs["dtype"]))
 
@@ -383,5 +387,5 @@ LOWERINGS = {
     "reshape": _reshape,
     "transpose": lambda b, n: _emit(b, n, "Transpose", [_x(b, n)], perm=[int(p) for p in n.attrs["perm"]]),
     "slice": _slice, "concat": _concat, "pad": _pad, "gather": _gather, "expand": _expand,
-    "where": _where, "cast": _cast,
+    "where": _where, "cast": _cast, "cumsum": _cumsum,
 }

@@ -46,7 +46,7 @@ _EMITTERS = {
     **{op: ops.lower_reduce for op in ops.REDUCE},
     "reshape": ops.lower_reshape, "transpose": ops.lower_transpose, "slice": ops.lower_slice,
     "concat": ops.lower_concat, "pad": ops.lower_pad, "expand": ops.lower_expand,
-    "where": ops.lower_where, "cast": ops.lower_cast,
+    "where": ops.lower_where, "cast": ops.lower_cast, "cumsum": ops.lower_cumsum,
     "linear": nn.lower_linear, "matmul": nn.lower_matmul, "conv": nn.lower_conv,
     "max_pool": nn.lower_pool, "avg_pool": nn.lower_pool, "batch_norm": nn.lower_batch_norm,
     "layer_norm": nn.lower_layer_norm, "group_norm": nn.lower_group_norm, "gather": nn.lower_gather,

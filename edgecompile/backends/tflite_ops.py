@@ -451,6 +451,12 @@ def lower_where(L: Lowering, node: Node) -> None:
     emit_simple(L, node, "SELECT_V2", fb.SelectV2OptionsT(), int8_ok=False)
 
 
+def lower_cumsum(L: Lowering, node: Node) -> None:
+    """CUMSUM in IR layout, never int8 (a running sum outgrows any fixed int8 range)."""
+    emit_simple(L, node, "CUMSUM", fb.CumsumOptionsT(), int8_ok=False, layout=IR,
+                extra=[L.b.const(node.name + "/axis", np.array(int(node.attrs["axis"]), np.int32))])
+
+
 def lower_cast(L: Lowering, node: Node) -> None:
     x = node.inputs[0]
     src = L.const_float(x) if x.is_const else L.get(x, IR, float_view=True)

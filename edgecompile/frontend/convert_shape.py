@@ -8,8 +8,9 @@ plus a reshape; `split`/`chunk`/`unbind` return a tuple of slices (picked by `ge
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from .context import Const, ConvertContext, Unsupported
+from .context import Const, ConvertContext, Unsupported, dtype_name
 
 
 def view(cx: ConvertContext, x, *_, **__):
@@ -128,6 +129,23 @@ def constant_pad_nd(cx: ConvertContext, x, pad, value=0.0):
     if not any(begins + ends):
         return cx.value(x)
     return cx.emit("pad", [x], pads=begins + ends, value=float(value))
+
+
+def cumsum(cx: ConvertContext, x, dim, dtype=None):
+    """torch.cumsum: the input cast to the result's dtype (torch sums integers in int64), then a
+    running sum in that dtype (what ONNX CumSum and TFLite CUMSUM compute)."""
+    out = dtype_name(cx.out.dtype)
+    return cx.emit("cumsum", [cx.value(x, out)], axis=dim % max(len(cx.shape(x)), 1))
+
+
+def gather_elements(cx: ConvertContext, x, dim, index, sparse_grad=False):
+    """torch.gather. Only from a constant whose values are all equal (then the result is that
+    value, whatever the index: RoBERTa's all-zero token-type buffer gathered by position)."""
+    if isinstance(x, Const):
+        flat = x.tensor.reshape(-1)
+        if flat.numel() and bool((flat == flat[0]).all()):
+            return Const(torch.full(cx.shape(index), flat[0].item(), dtype=x.tensor.dtype), f"{cx.name_hint}.gather")
+    raise Unsupported("torch.gather of a run-time tensor (element-wise gather has no IR op yet)")
 
 
 def index_select(cx: ConvertContext, x, dim, index):

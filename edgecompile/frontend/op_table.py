@@ -144,6 +144,8 @@ ATEN_TO_IR = {
     aten.constant_pad_nd.default: sh.constant_pad_nd,
     aten.index.Tensor: sh.index,
     aten.index_select.default: sh.index_select,
+    aten.cumsum.default: sh.cumsum,
+    aten.gather.default: sh.gather_elements,
 }
 
 IDENTITY_OPS = {

@@ -100,6 +100,7 @@ for _schema in [
     _s("expand", ["x"], ["shape"], "broadcast to a static shape"),
     _s("where", ["cond", "a", "b"], [], "cond ? a : b with broadcasting"),
     _s("cast", ["x"], ["dtype"], "convert element type"),
+    _s("cumsum", ["x"], ["axis"], "running sum along axis, in x's dtype (torch.cumsum after a cast)"),
 ]:
     OPS[_schema.name] = _schema
 

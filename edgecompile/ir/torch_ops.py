@@ -124,6 +124,7 @@ OP_IMPLS = {
     "abs": lambda a, _: torch.abs(a[0]),
     "erf": lambda a, _: torch.erf(a[0]),
     "log1p": lambda a, _: torch.log1p(a[0]),
+    "cumsum": lambda a, at: torch.cumsum(a[0], at["axis"], dtype=a[0].dtype),
     "softplus": lambda a, at: F.softplus(a[0], at["beta"], at["threshold"]),
     "add": lambda a, _: a[0] + a[1],
     "sub": lambda a, _: a[0] - a[1],

@@ -234,6 +234,9 @@ CASES = {
     "expand": (_unary("expand", {"shape": [4, 3, 5]}, shape=(1, 3, 1)), {"Expand": 1}),
     "where": (_where(), {"Greater": 1, "Where": 1}),
     "cast": (_cast_roundtrip(), {"Cast": 2}),
+    "cumsum": (_unary("cumsum", {"axis": 2}), {"CumSum": 1}),
+    "cumsum_int64": (_case({"x": np.arange(-6, 6, dtype=np.int64).reshape(3, 4)},
+                           lambda g, v: [g.add_node("cumsum", [v[0]], {"axis": 1}).output]), {"CumSum": 1}),
 }
 
 

@@ -129,6 +129,7 @@ CASES = {
                          "MEAN"),
     "group_norm_2d_plain": (single("group_norm", [(3, 6)], {"num_groups": 2, "eps": 1e-5}), "RSQRT"),
     "log1p": (single("log1p", [(3, 8)]), "LOG"),
+    "cumsum": (single("cumsum", [(2, 3, 8)], {"axis": 1}), "CUMSUM"),
     "softplus": (single("softplus", [(3, 8)], {"beta": 1.0, "threshold": 20.0}), "EXP"),
     "softplus_beta": (single("softplus", [(3, 8)], {"beta": 2.0, "threshold": 1.5}), "SELECT_V2"),
     "batch_norm": (single("batch_norm", [(2, 4, 5, 5)], {"eps": 1e-5},
