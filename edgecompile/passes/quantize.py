@@ -42,6 +42,7 @@ import numpy as np
 from ..ir import Graph, Node, QuantParams, Value
 from .base import Pass, PassError, PassResult
 from .calibrate import CalibrationError, activation_qparams, channel_means, collect_ranges
+from ..errors import InputError
 
 __all__ = ["QuantConfig", "QuantSpecError", "parse_quant_spec", "quantize_weight", "quantize_bias",
            "QuantizePass", "FIXED_QPARAMS", "SHARED_QPARAMS", "DEFAULT_CALIBRATION", "MAC_OPS", "bias_shift"]
@@ -64,7 +65,7 @@ SENTINEL_RANGE = 1e6    # no real activation reaches this; mask fills (-1e9, fin
 INT32_MAX = 2 ** 31 - 1
 
 
-class QuantSpecError(ValueError):
+class QuantSpecError(InputError, ValueError):
     """A `--quant` spec or quantization config that cannot be understood."""
 
 
