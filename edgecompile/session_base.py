@@ -153,7 +153,7 @@ def read_manifest(bundle_dir: str | Path) -> dict:
     except OSError as e:
         raise BundleError(f"{path}: cannot read the manifest ({e.strerror or e})") from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise BundleError(f"{path}: not valid UTF-8 JSON ({one_line(e, 120)})") from None
+        raise BundleError(f"{path}: not valid JSON ({one_line(e, 120)})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{path}: not an edgecompile bundle manifest (format must be {FORMAT!r})")
     version = manifest.get("version")

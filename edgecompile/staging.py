@@ -212,7 +212,12 @@ def replace(stage: Path, out: Path) -> None:
             if old.exists():
                 shutil.rmtree(old)
             out.rename(old)
-        stage.rename(out)
+        try:
+            stage.rename(out)
+        except BaseException:
+            if old is not None and not out.exists():
+                old.rename(out)            # the old bundle goes back: `out` is never left missing
+            raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
