@@ -603,7 +603,8 @@ def _data(loaded: LoadedModel, cfg: BuildConfig, graph: Graph) -> tuple[Samples,
         calib = tuple(a[:cut] for a in samples)
         evals = tuple(a[cut:] for a in samples) if n > 1 else calib
         lab = labels[cut:] if labels is not None and n > 1 else None
-        note = f"held-back 20% of {cfg.calib}"
+        note = (f"held-back 20% of {cfg.calib}" if n > 1 else
+                f"the one sample of {cfg.calib}, also used for calibration (not held back: give more samples)")
     elif "calib" in loaded.data:
         calib = as_samples(graph, loaded.data["calib"], "the factory's data['calib']")
         evals = as_samples(graph, loaded.data.get("eval", calib), "the factory's data['eval']")

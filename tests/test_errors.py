@@ -2,7 +2,6 @@
 through the CLI: the exit code, one ``error:`` line, no traceback, ``--out`` untouched."""
 
 import importlib
-import inspect
 import pkgutil
 from pathlib import Path
 
