@@ -13,6 +13,7 @@ the build and its verification succeeded, so a failed build leaves nothing half-
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -239,6 +240,7 @@ def _write_bundle(stage: Path, graph: Graph, target: Target, backend: str, cfg: 
     records = write_container(stage / "weights.ecw", emitted.tensors, quant, codecs=codecs)
     io = lambda vs: [{"name": v.name, "shape": list(v.shape), "dtype": v.dtype} for v in vs]  # noqa: E731
     manifest = {"format": "edgecompile-bundle", "version": 1, "backend": backend, "model": model_name,
+                "model_sha256": hashlib.sha256(emitted.model_bytes).hexdigest(),
                 "weights": "weights.ecw", "inputs": io(graph.inputs), "outputs": io(graph.outputs),
                 "target": target.name, "edgecompile_version": __version__}
     if getattr(emitted, "dequantize_at_load", ()):

@@ -4,7 +4,9 @@ The manifest goes through the loaders' one reader (`session_base.read_manifest`:
 field types), the backend must be one we ship, every tensor of the container is decoded and its
 CRC-32 checked, and the model file is loaded by its own runtime (onnxruntime or LiteRT) with the
 container's weights, so a truncated model, weights the model does not use or a model needing
-weights the container lacks are all reported. Every problem is a `BundleError` (exit 4).
+weights the container lacks are all reported; a changed model file fails the manifest's
+``model_sha256`` (a C bundle's ``model.c`` too, having no runtime here). Every problem is a
+`BundleError` (exit 4).
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .session_base import BundleError, read_manifest
+from .session_base import BundleError, read_manifest, read_model_file
 
 __all__ = ["BundleError", "inspect_bundle"]
 
-BACKENDS = ("onnx", "tflite")
+BACKENDS = ("onnx", "tflite", "c")
 
 
 def inspect_bundle(bundle: Path) -> dict:
@@ -49,7 +51,10 @@ def inspect_bundle(bundle: Path) -> dict:
         reader.verify()
     except ContainerError as e:
         raise BundleError(f"{weights}: {e}") from e
-    _load_model(bundle)
+    if manifest["backend"] == "c":
+        read_model_file(bundle, manifest)    # C sources: no runtime here; the checksum must match
+    else:
+        _load_model(bundle)
     report = None
     if (bundle / "report.json").is_file():
         try:

@@ -7,6 +7,7 @@ in bundles beside the loaders (no torch, no runtime of the other backend)."""
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import re
 import statistics
@@ -166,6 +167,9 @@ def read_manifest(bundle_dir: str | Path) -> dict:
             raise BundleError(f"{path}: manifest field {key!r} is missing or not a string")
         if key != "backend" and (Path(value).is_absolute() or ".." in Path(value).parts or "\0" in value):
             raise BundleError(f"{path}: manifest field {key!r} must name a file inside the bundle, not {value!r}")
+    sha = manifest.get("model_sha256")
+    if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+        raise BundleError(f"{path}: manifest field 'model_sha256' is not a sha256 hex digest")
     deq = manifest.get("dequantize_at_load", [])
     if not isinstance(deq, list) or not all(isinstance(n, str) for n in deq):
         raise BundleError(f"{path}: manifest field 'dequantize_at_load' must be a list of tensor names")
@@ -192,6 +196,7 @@ def read_bundle_files(root: Path, manifest: dict) -> tuple[bytes, dict[str, np.n
     for p in (model_path, weights_path):
         if not p.is_file():
             raise BundleError(f"{p}: missing from the bundle")
+    model_bytes = read_model_file(root, manifest)
     try:
         reader = read_container(weights_path)
         tensors = reader.read_all()
@@ -203,7 +208,22 @@ def read_bundle_files(root: Path, manifest: dict) -> tuple[bytes, dict[str, np.n
             raise BundleError(f"{root / MANIFEST}: {name!r} is listed in dequantize_at_load but the container "
                               "has no such quantized tensor")
         tensors[name] = dequantize(tensors[name], q)
-    return model_path.read_bytes(), tensors
+    return model_bytes, tensors
+
+
+def read_model_file(root: Path, manifest: dict) -> bytes:
+    """The model file's bytes, checked against the manifest's ``model_sha256`` when it has one
+    (bundles since 0.1: a model file has no checksum of its own, so a changed byte would load)."""
+    path = root / manifest["model"]
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise BundleError(f"{path}: cannot read the model file ({e.strerror or e})") from None
+    sha = manifest.get("model_sha256")
+    if sha is not None and hashlib.sha256(data).hexdigest() != sha:
+        raise BundleError(f"{path}: the model file changed since the build ({len(data)} bytes, sha256 differs "
+                          "from the manifest's); copy the bundle again or rebuild it")
+    return data
 
 
 @dataclass(frozen=True)
