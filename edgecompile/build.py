@@ -388,7 +388,10 @@ def validate(cfg: BuildConfig, target: Target) -> None:
         if not lo <= value <= hi:
             raise BuildError(f"{flag} {value:g} is outside [{lo:g}, {hi:g}]")
     if cfg.task:
-        parse_output_specs(cfg.task, len([t for t in cfg.task.split(",") if t.strip()]))
+        try:
+            parse_output_specs(cfg.task, len([t for t in cfg.task.split(",") if t.strip()]))
+        except FidelitySpecError as e:
+            raise BuildError(f"--task: {e}") from None
     if cfg.calib is not None:
         check_npz(Path(cfg.calib), "--calib")
     if cfg.finetune not in (None, "calib"):
