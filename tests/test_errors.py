@@ -265,3 +265,23 @@ def test_does_not_fit(models, tmp_path):
     lines = _error_lines(err)
     assert len(lines) == 1 and "does not fit" in lines[0], err
     assert not out.exists() and (tmp_path / "out.failed" / "report.json").is_file()
+
+
+def test_full_disk_is_one_line_and_leaves_nothing(models, tmp_path, monkeypatch):
+    """The disk filling up while the bundle is written (simulated at the writer): exit 3, one line,
+    the staging folder removed, --out untouched."""
+    import errno
+
+    import edgecompile.build as build_module
+
+    def full(stage, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(stage / "weights.ecw"))
+
+    monkeypatch.setattr(build_module, "_write_bundle", full)
+    out = tmp_path / "out"
+    code, err, _ = _cli(["build", f"{models / 'm.py'}:good", "--calib", str(models / "calib.npz"), "--quant", "none",
+                         "--optimize", "none"], out)
+    assert code == 3, err
+    lines = _error_lines(err)
+    assert len(lines) == 1 and "cannot write the bundle: No space left on device" in lines[0]
+    assert list(tmp_path.iterdir()) == []
