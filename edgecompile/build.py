@@ -350,11 +350,15 @@ def build(model_spec: str | LoadedModel | None, cfg: BuildConfig, progress: Prog
     try:
         # numpy's BLAS on one thread: its spin-waiting threads fight torch's OpenMP pool on small
         # machines (measured on 2 cores: 37 eigh of 384x384 took 49 s instead of ~1 s).
-        with staging.interrupts(), threadpool_limits(limits=1, user_api="blas"):
-            return _build(model_spec, cfg, progress)
-    except KeyboardInterrupt as e:       # SIGINT / SIGTERM (staging.StopSignal): the stage is gone by now
-        raise Interrupted(getattr(e, "signum", signal.SIGINT),
-                          f"the build stopped and removed its staging folder; {cfg.out} is as it was") from None
+        with staging.interrupts() as stop, threadpool_limits(limits=1, user_api="blas"):
+            try:
+                return _build(model_spec, cfg, progress)
+            except BaseException as e:   # the stage is gone by now (_build_model removes it)
+                if isinstance(e, KeyboardInterrupt) or stop.signum is not None:   # SIGINT / SIGTERM
+                    signum = stop.signum or getattr(e, "signum", signal.SIGINT)
+                    raise Interrupted(signum, getattr(e, "finished", "") or "the build stopped and removed its "
+                                      f"staging folder; {cfg.out} is as it was") from None
+                raise
     finally:
         torch.set_num_threads(threads)
 
@@ -411,6 +415,7 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
 
     def stage_done(name: str, frac: float, t0: float) -> float:
         timings[name] = round(time.perf_counter() - t0, 3)
+        staging.check_stop()            # a signal whose exception a library swallowed stops here
         progress(name, frac)
         return time.perf_counter()
 

@@ -13,7 +13,7 @@ The build calls, in order:
 * `replace(stage, out)`: the finished bundle's modes set from the umask (0644 files, 0755 folders,
   like any build output; ``tempfile`` makes 0700/0600), then `out` -> ``.<name>.old-<pid>``, stage ->
   `out`, the old one removed. The new bundle is complete on disk before the old one moves, `out` is
-  missing only between two renames, and signals wait until both renames are done.
+  missing only between two renames, and signals wait until both renames (and the removal) are done.
 * `interrupts()`: SIGINT and SIGTERM raise `StopSignal` (a `KeyboardInterrupt`, so no ``except
   Exception`` swallows it) at the next Python instruction, outside `critical()` sections; the build
   turns it into `errors.Interrupted` (exit 130 / 143) after removing its staging folder.
@@ -51,9 +51,10 @@ class OutputError(InputError):
 class StopSignal(KeyboardInterrupt):
     """SIGINT or SIGTERM arrived; `signum` says which (a KeyboardInterrupt: ``except Exception`` lets it by)."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, finished: str = ""):
         super().__init__(signum)
         self.signum = signum
+        self.finished = finished          # what was completed before it could stop (a `critical()` section)
 
 
 def check_out(out: Path) -> None:
@@ -205,7 +206,7 @@ def set_modes(root: Path) -> None:
 def replace(stage: Path, out: Path) -> None:
     """Moves the finished bundle `stage` to `out` (see the module docstring); signals wait until done."""
     set_modes(stage)
-    with critical():
+    with critical(f"the new bundle was already in {out}"):
         old = None
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -218,8 +219,8 @@ def replace(stage: Path, out: Path) -> None:
             if old is not None and not out.exists():
                 old.rename(out)            # the old bundle goes back: `out` is never left missing
             raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 # -- signals ----------------------------------------------------------------------------------------
@@ -227,9 +228,20 @@ def replace(stage: Path, out: Path) -> None:
 _state = threading.local()
 
 
+class _Stop:
+    """What `interrupts()` yields: `signum` of the first SIGINT/SIGTERM received inside, else None
+    (set even when the `StopSignal` raised for it was swallowed by code that catches everything)."""
+
+    signum: int | None = None
+
+
+_current: _Stop | None = None
+
+
 @contextlib.contextmanager
-def critical() -> Iterator[None]:
-    """Signals that arrive inside wait until it ends (then raise `StopSignal` as usual)."""
+def critical(finished: str = "") -> Iterator[None]:
+    """Signals that arrive inside wait until it ends (then raise `StopSignal` as usual, saying
+    `finished`: what was done before it could stop)."""
     depth = getattr(_state, "depth", 0)
     _state.depth = depth + 1
     try:
@@ -239,25 +251,39 @@ def critical() -> Iterator[None]:
         pending = getattr(_state, "pending", None)
         if depth == 0 and pending is not None:
             _state.pending = None
-            raise StopSignal(pending)
+            raise StopSignal(pending, finished)
 
 
 def _handler(signum, _frame) -> None:
+    if _current is not None and _current.signum is None:
+        _current.signum = signum
     if getattr(_state, "depth", 0):
         _state.pending = signum
         return
     raise StopSignal(signum)
 
 
+def check_stop() -> None:
+    """Raises `StopSignal` if a signal arrived inside `interrupts()` (a stage boundary calls it, so a
+    signal whose exception some library swallowed still stops the build)."""
+    if _current is not None and _current.signum is not None:
+        raise StopSignal(_current.signum)
+
+
 @contextlib.contextmanager
-def interrupts() -> Iterator[None]:
+def interrupts() -> Iterator[_Stop]:
     """SIGINT and SIGTERM raise `StopSignal` while inside (main thread only; elsewhere a no-op)."""
+    global _current
+    stop = _Stop()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield stop
         return
+    outer = _current
     previous = {s: signal.signal(s, _handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    _current = stop
     try:
-        yield
+        yield stop
     finally:
+        _current = outer
         for s, h in previous.items():
             signal.signal(s, h)

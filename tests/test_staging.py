@@ -213,3 +213,39 @@ def test_sigint_during_verification_stops_cleanly(tmp_path):
     assert "interrupted by SIGINT" in r.stderr and "Traceback" not in r.stderr
     assert _tag(out) == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "m.py", "verifying"]
+
+
+def test_signal_during_the_swap_waits_and_says_the_bundle_is_in(tmp_path):
+    out = _bundle(tmp_path / "b", "old")
+    stage = staging.make_stage(out)
+    (stage / "manifest.json").write_text(json.dumps({"tag": "new"}))
+    real = Path.rename
+
+    def rename(self, target):             # SIGTERM arrives between the two renames
+        r = real(self, target)
+        if self == out:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return r
+
+    with staging.interrupts() as stop:
+        Path.rename = rename
+        try:
+            with pytest.raises(staging.StopSignal) as e:
+                staging.replace(stage, out)
+        finally:
+            Path.rename = real
+    assert stop.signum == signal.SIGTERM and e.value.finished == f"the new bundle was already in {out}"
+    assert _tag(out) == "new" and [p.name for p in tmp_path.iterdir()] == ["b"]
+
+
+def test_a_swallowed_signal_still_stops_at_the_next_stage(tmp_path):
+    with staging.interrupts() as stop:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+        except KeyboardInterrupt:
+            pass                              # a library that catches everything
+        with pytest.raises(staging.StopSignal):
+            staging.check_stop()
+    assert stop.signum == signal.SIGINT
+    staging.check_stop()                      # outside: nothing pending
