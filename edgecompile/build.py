@@ -143,6 +143,15 @@ def _check_finite(graph: Graph) -> None:
                          "weights) before compiling")
 
 
+def _check_half(graph: Graph, cfg: BuildConfig) -> None:
+    """int8 quantization starts from float32: a float16/bfloat16 model is named with what to do."""
+    half = sorted({str(np.asarray(c.data).dtype) for c in graph.consts.values()} & {"float16", "bfloat16"}
+                  | {v.dtype for v in graph.inputs} & {"float16", "bfloat16"})
+    if half and cfg.quant.startswith("int8"):
+        raise BuildError(f"the model computes in {half[0]}; int8 quantization starts from float32: return "
+                         "model.float() and float32 example inputs from the factory, or pass --quant none")
+
+
 def _compress(graph: Graph, cfg: BuildConfig, bytes_per_param: float) -> list[dict]:
     """Fold, clean up, factorize, prune: the target-independent compression passes, in order."""
     from .passes.fold import CleanupPass, FoldBatchNormPass
@@ -469,6 +478,7 @@ def _build_model(model_spec, cfg: BuildConfig, target: Target, progress: Progres
     graph = _import(loaded)
     verify(graph)
     _check_finite(graph)
+    _check_half(graph, cfg)
     original = graph.copy()
     if total_macs(graph) < 50_000_000:
         # Small graphs run faster on one thread: OpenMP spin-waits cost more than they save, and far

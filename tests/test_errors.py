@@ -132,6 +132,9 @@ def broken_metric():
     torch.manual_seed(0)
     return M().eval(), (torch.randn(1, 8),), {"metric": lambda ref, got: 1 / 0}
 
+def half():
+    return M().eval().half(), (torch.randn(1, 8).half(),)
+
 def big():
     torch.manual_seed(0)
     return M(300_000).eval(), (torch.randn(1, 300_000),)
@@ -219,6 +222,7 @@ MODEL_FAILURES = [
     ("wrong dtype", "wrong_dtype", [], 3, "fails on its example inputs ((1, 8) int64)"),
     ("inf weights", "inf_weights", [], 3, "hold inf or NaN"),
     ("torch.export", "data_dependent", [], 3, "torch.export failed for Branchy"),
+    ("float16 and int8", "half", ["--quant", "int8"], 3, "computes in float16; int8 quantization starts from float32"),
     ("verification", "good", ["--calib", "{d}/calib.npz", "--quant", "int8", "--optimize", "none",
                               "--prune", "magnitude:0.9", "--min-cosine", "0.9999", "--task", "embedding"], 1,
      "verification failed"),
