@@ -32,7 +32,7 @@ from .analysis import total_macs
 from .errors import EXIT_DOES_NOT_FIT, EXIT_VERIFICATION, DoesNotFitError, InputError, Interrupted, VerificationError
 from .data_io import Samples, as_samples, load_samples, synthesize_samples
 from .ir import Graph, verify
-from .modelspec import LoadedModel, batch_first, load_model
+from .modelspec import LoadedModel, ModelSpecError, batch_first, load_model
 from .targets import Target, load_target
 from .choose import candidates, resolve_quant
 from .fidelity import (
@@ -115,11 +115,13 @@ def _import(loaded: LoadedModel) -> Graph:
     return import_model(loaded.module, loaded.example_inputs, name=loaded.name)
 
 
-def _check_example_inputs(loaded: LoadedModel) -> None:
-    """Runs the model once on its example inputs: a wrong shape or dtype is named here, in one line,
-    not deep inside torch.export or the reference run."""
-    from .modelspec import ModelSpecError
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
+
+def _check_example_inputs(loaded: LoadedModel) -> None:
+    """After a failed import: runs the model once on its example inputs, so that a wrong shape or
+    dtype is named as such (one line), not as whatever torch.export made of it."""
     if loaded.module is None:
         return
     try:
@@ -128,9 +130,8 @@ def _check_example_inputs(loaded: LoadedModel) -> None:
     except Exception as e:   # whatever forward() raises on these inputs
         given = ", ".join(f"{tuple(x.shape)} {str(x.dtype).replace('torch.', '')}" if isinstance(x, torch.Tensor)
                           else type(x).__name__ for x in loaded.example_inputs)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelSpecError(f"{loaded.name} fails on its example inputs ({given}): {first}; give example "
-                             "inputs of the shapes and dtypes its forward() expects") from None
+        raise ModelSpecError(f"{loaded.name} fails on its example inputs ({given}): {_first_line(e)}; give "
+                             "example inputs of the shapes and dtypes its forward() expects") from None
 
 
 def _check_finite(graph: Graph) -> None:
@@ -471,11 +472,14 @@ def _build_model(model_spec, cfg: BuildConfig, target: Target, progress: Progres
     t = time.perf_counter()
     loaded = model_spec if isinstance(model_spec, LoadedModel) else load_model(model_spec)
     loaded = batch_first(loaded)
-    _check_example_inputs(loaded)
     torch.manual_seed(cfg.seed)
     t = stage_done("load model", 0.05, t)
 
-    graph = _import(loaded)
+    try:
+        graph = _import(loaded)
+    except Exception:
+        _check_example_inputs(loaded)   # wrong shapes or dtypes: named as such, not as an export failure
+        raise
     verify(graph)
     _check_finite(graph)
     _check_half(graph, cfg)
@@ -509,7 +513,12 @@ def _build_model(model_spec, cfg: BuildConfig, target: Target, progress: Progres
     from . import build_device as bd      # the device half (generated C, TFLite Micro); imports this module
     from .loader import load_bundle
 
-    ref = reference_outputs(loaded, evals, batch)   # once: every candidate is judged against it
+    try:
+        ref = reference_outputs(loaded, evals, batch)   # once: every candidate is judged against it
+    except Exception as e:   # the model's own forward() on the data: the user's to fix, in one line
+        given = ", ".join(f"{a.dtype}{list(a.shape[1:])}" for a in evals)
+        raise ModelSpecError(f"{loaded.name} fails on its {data_note} ({given} per sample): {_first_line(e)}; "
+                             "give example inputs of the shapes and dtypes its forward() expects") from None
     attempts: list[dict] = []
     for label, cand, records, search in candidates(graph, loaded, cfg, calib, batch, specs, data_note, labels,
                                                    target.kind == "mcu", progress, time.perf_counter() - t_start):
