@@ -58,10 +58,10 @@ def _fail(msg: str, code: int, as_json: bool) -> None:
 
 def _handle(exc: BaseException, debug: bool, as_json: bool) -> None:
     """Ends the process for an exception out of a command: one line and the kind's exit code."""
-    if isinstance(exc, KeyboardInterrupt):
-        exc = Interrupted(signal.SIGINT)
     if debug:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    if isinstance(exc, KeyboardInterrupt):
+        exc = Interrupted(getattr(exc, "signum", signal.SIGINT))
     if isinstance(exc, EdgecompileError) and exc.exit_code != EXIT_INTERNAL:
         _fail(exc.line, int(exc.exit_code), as_json)
     log_path = _write_log(exc)
