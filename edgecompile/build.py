@@ -134,10 +134,13 @@ def _check_example_inputs(loaded: LoadedModel) -> None:
                              "example inputs of the shapes and dtypes its forward() expects") from None
 
 
-def _check_finite(graph: Graph) -> None:
-    """Weights holding inf or NaN make every output comparison meaningless: name them and stop."""
-    bad = [name for name, c in graph.consts.items()
-           if np.issubdtype(np.asarray(c.data).dtype, np.floating) and not np.isfinite(c.data).all()]
+def _check_finite(loaded: LoadedModel) -> None:
+    """Parameters holding inf or NaN make every output comparison meaningless: name them and stop.
+    (Constants may be infinite on purpose, e.g. a -inf attention mask: only parameters are checked.)"""
+    if loaded.module is None:
+        return
+    bad = [name for name, p in loaded.module.named_parameters()
+           if p.is_floating_point() and not bool(torch.isfinite(p.detach()).all())]
     if bad:
         raise BuildError(f"weights {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} hold inf or NaN "
                          f"({len(bad)} tensors); fix the checkpoint (e.g. reload it, or torch.nan_to_num the "
@@ -472,6 +475,7 @@ def _build_model(model_spec, cfg: BuildConfig, target: Target, progress: Progres
     t = time.perf_counter()
     loaded = model_spec if isinstance(model_spec, LoadedModel) else load_model(model_spec)
     loaded = batch_first(loaded)
+    _check_finite(loaded)
     torch.manual_seed(cfg.seed)
     t = stage_done("load model", 0.05, t)
 
@@ -481,7 +485,6 @@ def _build_model(model_spec, cfg: BuildConfig, target: Target, progress: Progres
         _check_example_inputs(loaded)   # wrong shapes or dtypes: named as such, not as an export failure
         raise
     verify(graph)
-    _check_finite(graph)
     _check_half(graph, cfg)
     original = graph.copy()
     if total_macs(graph) < 50_000_000:
