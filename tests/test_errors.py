@@ -289,3 +289,19 @@ def test_full_disk_is_one_line_and_leaves_nothing(models, tmp_path, monkeypatch)
     lines = _error_lines(err)
     assert len(lines) == 1 and "cannot write the bundle: No space left on device" in lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_one_calibration_sample_is_not_called_held_back(models):
+    from edgecompile.build import BuildConfig, _data
+    from edgecompile.ir import Graph, infer_shapes
+    from edgecompile.modelspec import LoadedModel
+
+    g = Graph("g")
+    x = g.add_input("x", (1, 8))
+    g.outputs = [g.add_node("relu", [x], name="act").output]
+    infer_shapes(g)
+    loaded = LoadedModel("g", None, (), {})
+    _, evals, _, note = _data(loaded, BuildConfig(calib=models / "one.npz"), g)
+    assert len(evals[0]) == 1 and "held-back" not in note and "also used for calibration" in note
+    _, evals, _, note = _data(loaded, BuildConfig(calib=models / "calib.npz"), g)
+    assert len(evals[0]) == 8 and note.startswith("held-back 20%")
