@@ -36,10 +36,10 @@ import numpy as np
 import torch
 
 from .analysis import weight_input
+from .errors import InputError
 from .fidelity import OutputSpec, Thresholds, compare
 from .ir import Graph, TorchExecutor
 from .passes.cluster import cluster_int8
-from .errors import InputError
 
 log = logging.getLogger(__name__)
 
