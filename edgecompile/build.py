@@ -12,11 +12,13 @@ the build and its verification succeeded, so a failed build leaves nothing half-
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
 import os
 import shutil
-import tempfile
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -25,11 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, staging
 from .analysis import total_macs
+from .errors import EXIT_DOES_NOT_FIT, EXIT_VERIFICATION, DoesNotFitError, InputError, Interrupted, VerificationError
 from .data_io import Samples, as_samples, load_samples, synthesize_samples
 from .ir import Graph, verify
-from .modelspec import LoadedModel, batch_first, load_model
+from .modelspec import LoadedModel, ModelSpecError, batch_first, load_model
 from .targets import Target, load_target
 from .choose import candidates, resolve_quant
 from .fidelity import (
@@ -42,23 +45,21 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]
 
 
-class BuildError(RuntimeError):
+class BuildError(InputError, RuntimeError):
     """The build cannot produce a bundle; the message is one line saying why and what to do.
     `exit_code` is the CLI's exit status for it (3: bad input)."""
 
-    exit_code = 3
 
-
-class VerificationFailed(BuildError):
+class VerificationFailed(BuildError, VerificationError):
     """The bundle is below the fidelity gate (exit 1); its report is kept in ``<out>.failed/``."""
 
-    exit_code = 1
+    exit_code = EXIT_VERIFICATION
 
 
-class DoesNotFit(BuildError):
+class DoesNotFit(BuildError, DoesNotFitError):
     """The bundle does not fit the target's flash or RAM (exit 5); the report is in ``<out>.failed/``."""
 
-    exit_code = 5
+    exit_code = EXIT_DOES_NOT_FIT
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,47 @@ def _import(loaded: LoadedModel) -> Graph:
     return import_model(loaded.module, loaded.example_inputs, name=loaded.name)
 
 
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _check_example_inputs(loaded: LoadedModel) -> None:
+    """After a failed import: runs the model once on its example inputs, so that a wrong shape or
+    dtype is named as such (one line), not as whatever torch.export made of it."""
+    if loaded.module is None:
+        return
+    try:
+        with torch.no_grad():
+            loaded.module(*loaded.example_inputs)
+    except Exception as e:   # whatever forward() raises on these inputs
+        given = ", ".join(f"{tuple(x.shape)} {str(x.dtype).replace('torch.', '')}" if isinstance(x, torch.Tensor)
+                          else type(x).__name__ for x in loaded.example_inputs)
+        raise ModelSpecError(f"{loaded.name} fails on its example inputs ({given}): {_first_line(e)}; give "
+                             "example inputs of the shapes and dtypes its forward() expects") from None
+
+
+def _check_finite(loaded: LoadedModel) -> None:
+    """Parameters holding inf or NaN make every output comparison meaningless: name them and stop.
+    (Constants may be infinite on purpose, e.g. a -inf attention mask: only parameters are checked.)"""
+    if loaded.module is None:
+        return
+    bad = [name for name, p in loaded.module.named_parameters()
+           if p.is_floating_point() and not bool(torch.isfinite(p.detach()).all())]
+    if bad:
+        raise BuildError(f"weights {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} hold inf or NaN "
+                         f"({len(bad)} tensors); fix the checkpoint (e.g. reload it, or torch.nan_to_num the "
+                         "weights) before compiling")
+
+
+def _check_half(graph: Graph, cfg: BuildConfig) -> None:
+    """int8 quantization starts from float32: a float16/bfloat16 model is named with what to do."""
+    half = sorted({str(np.asarray(c.data).dtype) for c in graph.consts.values()} & {"float16", "bfloat16"}
+                  | {v.dtype for v in graph.inputs} & {"float16", "bfloat16"})
+    if half and cfg.quant.startswith("int8"):
+        raise BuildError(f"the model computes in {half[0]}; int8 quantization starts from float32: return "
+                         "model.float() and float32 example inputs from the factory, or pass --quant none")
+
+
 def _compress(graph: Graph, cfg: BuildConfig, bytes_per_param: float) -> list[dict]:
     """Fold, clean up, factorize, prune: the target-independent compression passes, in order."""
     from .passes.fold import CleanupPass, FoldBatchNormPass
@@ -141,7 +183,7 @@ def _finetune(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, data: Samples
     held at zero, int8 weights fake-quantized with a straight-through gradient when quantizing)
     against labels, or by distillation from the original model, then writes the weights back."""
     from .finetune.data import FinetuneData
-    from .finetune.recover import RecoverConfig, recover
+    from .finetune.recover import NonFiniteLossError, RecoverConfig, recover
     from .ir import TorchExecutor
     from .ir.rebatch import RebatchError, rebatch
 
@@ -170,8 +212,12 @@ def _finetune(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, data: Samples
                        checkpoint_dir=str(ckpt),
                        twa_warmup_epochs=max(1, cfg.epochs // 2) if cfg.optimizer == "twa" else 1)
     t0 = time.perf_counter()
-    result = recover(student, ft, rc, teacher=loaded.module, masks=masks,
-                     progress=(lambda *a, **k: None), output_kinds=loaded.data.get("outputs"))
+    try:
+        result = recover(student, ft, rc, teacher=loaded.module, masks=masks,
+                         progress=(lambda *a, **k: None), output_kinds=loaded.data.get("outputs"))
+    except NonFiniteLossError as e:
+        raise BuildError(f"fine-tuning diverged ({e}); try --optimizer adamw, fewer --epochs, or check the "
+                         "data and weights for inf/NaN") from None
     student.write_back()
     for name, v in train_graph.consts.items():
         if name in graph.consts:
@@ -207,6 +253,7 @@ def _write_bundle(stage: Path, graph: Graph, target: Target, backend: str, cfg: 
     records = write_container(stage / "weights.ecw", emitted.tensors, quant, codecs=codecs)
     io = lambda vs: [{"name": v.name, "shape": list(v.shape), "dtype": v.dtype} for v in vs]  # noqa: E731
     manifest = {"format": "edgecompile-bundle", "version": 1, "backend": backend, "model": model_name,
+                "model_sha256": hashlib.sha256(emitted.model_bytes).hexdigest(),
                 "weights": "weights.ecw", "inputs": io(graph.inputs), "outputs": io(graph.outputs),
                 "target": target.name, "edgecompile_version": __version__}
     if getattr(emitted, "dequantize_at_load", ()):
@@ -226,7 +273,7 @@ def _copy_loader(stage: Path) -> None:
     (dst / "__init__.py").write_text(f'__version__ = "{__version__}"\n')
     for f in (pkg / "container").glob("*.py"):
         shutil.copy2(f, dst / "container" / f.name)
-    for name in ("loader.py", "tflite_loader.py", "session_base.py"):
+    for name in ("errors.py", "loader.py", "tflite_loader.py", "session_base.py"):
         if (pkg / name).exists():
             shutil.copy2(pkg / name, dst / name)
 
@@ -316,21 +363,72 @@ def build(model_spec: str | LoadedModel | None, cfg: BuildConfig, progress: Prog
     try:
         # numpy's BLAS on one thread: its spin-waiting threads fight torch's OpenMP pool on small
         # machines (measured on 2 cores: 37 eigh of 384x384 took 49 s instead of ~1 s).
-        with threadpool_limits(limits=1, user_api="blas"):
-            return _build(model_spec, cfg, progress)
+        with staging.interrupts() as stop, threadpool_limits(limits=1, user_api="blas"):
+            try:
+                return _build(model_spec, cfg, progress)
+            except BaseException as e:   # the stage is gone by now (_build_model removes it)
+                if isinstance(e, KeyboardInterrupt) or stop.signum is not None:   # SIGINT / SIGTERM
+                    signum = stop.signum or getattr(e, "signum", signal.SIGINT)
+                    raise Interrupted(signum, getattr(e, "finished", "") or "the build stopped and removed its "
+                                      f"staging folder; {cfg.out} is as it was") from None
+                raise
     finally:
         torch.set_num_threads(threads)
 
 
-def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResult:
-    from .report import make_report, write_report
+def validate(cfg: BuildConfig, target: Target) -> None:
+    """Checks every option of `cfg` before any model is loaded (a spec, a file, a threshold, a
+    combination); raises the option's own error, one line naming it and what to do."""
+    from .data_io import check_npz
+    from .finetune.recover import RecoverConfig
+    from .passes.lowrank.rank import parse_rank_spec
+    from .passes.prune import parse_prune_spec
+    from .passes.quantize import parse_quant_spec
 
+    if cfg.rank != "none":
+        parse_rank_spec(cfg.rank)
+    if cfg.budget_bytes is not None and cfg.budget_bytes <= 0:
+        raise BuildError(f"--budget-bytes {cfg.budget_bytes}: give a positive number of bytes")
+    parse_prune_spec(cfg.prune)
+    parse_quant_spec(cfg.quant)
+    if cfg.codecs:
+        from .container.format import CODECS
+        unknown = [c for c in cfg.codecs if c not in CODECS.values()]
+        if unknown:
+            raise BuildError(f"--codec {', '.join(unknown)}: unknown codec; use {', '.join(CODECS.values())}")
+    th = cfg.thresholds
+    for flag, value, lo in (("--min-agreement", th.min_top1_agreement, 0.0),
+                            ("--min-agreement", th.min_decision_agreement, 0.0),
+                            ("--min-cosine", th.min_cosine, -1.0), ("--min-correlation", th.min_correlation, -1.0),
+                            ("--max-accuracy-drop", th.max_accuracy_drop * 100, 0.0)):
+        hi = 100.0 if flag == "--max-accuracy-drop" else 1.0
+        if not lo <= value <= hi:
+            raise BuildError(f"{flag} {value:g} is outside [{lo:g}, {hi:g}]")
+    if cfg.task:
+        try:
+            parse_output_specs(cfg.task, len([t for t in cfg.task.split(",") if t.strip()]))
+        except FidelitySpecError as e:
+            raise BuildError(f"--task: {e}") from None
+    if cfg.calib is not None:
+        check_npz(Path(cfg.calib), "--calib")
+    if cfg.finetune not in (None, "calib"):
+        check_npz(Path(cfg.finetune), "--finetune")
+    if cfg.epochs < 1:
+        raise BuildError(f"--epochs {cfg.epochs}: give at least 1 epoch")
+    if cfg.optimizer == "twa" and cfg.epochs < 2:
+        raise BuildError(f"--optimizer twa needs --epochs 2 or more (a normal phase, then subspace training); "
+                         f"got {cfg.epochs}")
+    RecoverConfig(optimizer=cfg.optimizer, epochs=cfg.epochs, twa_warmup_epochs=max(1, cfg.epochs // 2))
+
+
+def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResult:
     progress = progress or (lambda stage, frac: None)
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
 
     def stage_done(name: str, frac: float, t0: float) -> float:
         timings[name] = round(time.perf_counter() - t0, 3)
+        staging.check_stop()            # a signal whose exception a library swallowed stops here
         progress(name, frac)
         return time.perf_counter()
 
@@ -346,20 +444,48 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
             raise BuildError(f"--backend c runs full int8; --quant {cfg.quant} needs --backend onnx or tflite")
         cfg = replace(cfg, quant_auto=False)
     cfg = replace(cfg, backend=backend)
+    validate(cfg, target)
     out = Path(cfg.out)
-    if out.exists() and any(out.iterdir()) and not (out / "manifest.json").exists():
-        raise BuildError(f"{out} exists and is not an edgecompile bundle; choose another --out")
     rank, _ = _launch()
     if rank != 0 and not cfg.finetune:
         return BuildResult(out, {}, None, degraded=False, written=False)  # nothing to share out
+    if rank != 0:
+        return _build_model(model_spec, cfg, target, progress, timings, stage_done, t_start)
+    staging.check_out(out)
+    with staging.OutLock(out):
+        staging.remove_stale(out)
+        try:
+            return _build_model(model_spec, cfg, target, progress, timings, stage_done, t_start)
+        except OSError as e:
+            ours = e.filename is not None and Path(os.path.abspath(e.filename)).is_relative_to(out.parent.absolute())
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) or (ours and e.errno in (errno.EACCES, errno.EPERM)):
+                raise staging.OutputError(f"cannot write the bundle: {e.strerror} ({e.filename or out.parent}); "
+                                          "free space or choose another --out") from None
+            raise
+
+
+def _build_model(model_spec, cfg: BuildConfig, target: Target, progress: Progress, timings: dict,
+                 stage_done, t_start: float) -> BuildResult:
+    """`_build` from loading the model on: import, compress, fine-tune, the candidates' bundles."""
+    from .report import make_report, write_report
+
+    out = Path(cfg.out)
+    backend = cfg.backend
+    rank, _ = _launch()
     t = time.perf_counter()
     loaded = model_spec if isinstance(model_spec, LoadedModel) else load_model(model_spec)
     loaded = batch_first(loaded)
+    _check_finite(loaded)
     torch.manual_seed(cfg.seed)
     t = stage_done("load model", 0.05, t)
 
-    graph = _import(loaded)
+    try:
+        graph = _import(loaded)
+    except Exception:
+        _check_example_inputs(loaded)   # wrong shapes or dtypes: named as such, not as an export failure
+        raise
     verify(graph)
+    _check_half(graph, cfg)
     original = graph.copy()
     if total_macs(graph) < 50_000_000:
         # Small graphs run faster on one thread: OpenMP spin-waits cost more than they save, and far
@@ -389,15 +515,18 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
 
     from . import build_device as bd      # the device half (generated C, TFLite Micro); imports this module
     from .loader import load_bundle
-    from .session_base import BackendRuntimeError
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    ref = reference_outputs(loaded, evals, batch)   # once: every candidate is judged against it
+    try:
+        ref = reference_outputs(loaded, evals, batch)   # once: every candidate is judged against it
+    except Exception as e:   # the model's own forward() on the data: the user's to fix, in one line
+        given = ", ".join(f"{a.dtype}{list(a.shape[1:])}" for a in evals)
+        raise ModelSpecError(f"{loaded.name} fails on its {data_note} ({given} per sample): {_first_line(e)}; "
+                             "give example inputs of the shapes and dtypes its forward() expects") from None
     attempts: list[dict] = []
     for label, cand, records, search in candidates(graph, loaded, cfg, calib, batch, specs, data_note, labels,
                                                    target.kind == "mcu", progress, time.perf_counter() - t_start):
         t = stage_done(f"quantize + search ({label})", 0.6, t)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        stage = staging.make_stage(out)
         try:
             if backend == "c":
                 written = bd.write_c_bundle(stage, cand, target, cfg, evals)
@@ -408,18 +537,16 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
             else:
                 written = _write_bundle(stage, cand, target, backend, cfg)
                 t = stage_done(f"emit {backend} + container", 0.7, t)
-                try:
-                    session = load_bundle(stage, threads=1, node_map=written["emitted"].node_map)
-                    if backend == "tflite" and target.kind == "mcu":
-                        # the board runs TFLite Micro: its kernels decide what runs and what it computes
-                        host_session = session
-                        session, tflm_arena = bd.tflm_checks(written)
-                    fidelity = verify_bundle(session, loaded, cand, evals, ref, labels, specs, cfg, note=data_note)
-                    if backend == "tflite" and target.kind == "mcu":
-                        session = host_session          # host latency below: LiteRT, labelled so
-                except BackendRuntimeError as e:
-                    # an emitted model the runtime rejects is our bug: one line naming op and layer
-                    raise BuildError(str(e)) from None
+                # an emitted model the runtime rejects is our bug: BackendRuntimeError (an internal
+                # error, exit 70) names the op and the layer
+                session = load_bundle(stage, threads=1, node_map=written["emitted"].node_map)
+                if backend == "tflite" and target.kind == "mcu":
+                    # the board runs TFLite Micro: its kernels decide what runs and what it computes
+                    host_session = session
+                    session, tflm_arena = bd.tflm_checks(written)
+                fidelity = verify_bundle(session, loaded, cand, evals, ref, labels, specs, cfg, note=data_note)
+                if backend == "tflite" and target.kind == "mcu":
+                    session = host_session          # host latency below: LiteRT, labelled so
                 verifier = ("onnxruntime" if backend == "onnx" else
                             "TFLite Micro (reference kernels)" if target.kind == "mcu" else "LiteRT")
                 t = stage_done(f"verify in {verifier}", 0.85, t)
@@ -471,7 +598,8 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
             if oversize and not cfg.allow_oversize:
                 raise DoesNotFit("; ".join(oversize) + " (try --cluster-bits 4, --prune magnitude:global:0.5, a "
                                  f"larger board, or --allow-oversize; report in {_failed_dir(out)}/report.html)")
-            _replace(stage, out)
+            staging.replace(stage, out)
+            shutil.rmtree(_failed_dir(out), ignore_errors=True)
             break
         except BaseException as e:
             if isinstance(e, (VerificationFailed, DoesNotFit)):
@@ -497,19 +625,6 @@ def _keep_failed(stage: Path, out: Path) -> None:
             shutil.copy2(stage / name, failed / name)
 
 
-def _replace(stage: Path, out: Path) -> None:
-    """Moves the finished bundle into place: the old bundle is renamed aside first and removed
-    only after the new one is in, so an interruption never loses both."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old.{os.getpid()}")
-        out.rename(old)
-    stage.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(_failed_dir(out), ignore_errors=True)
-
-
 def _data(loaded: LoadedModel, cfg: BuildConfig, graph: Graph) -> tuple[Samples, Samples, np.ndarray | None, str]:
     """Calibration and held-back evaluation samples: --calib file, the factory's data, or synthetic.
     The user's eval set is used whole unless `max_eval_samples` caps it (the note says so)."""
@@ -520,7 +635,8 @@ def _data(loaded: LoadedModel, cfg: BuildConfig, graph: Graph) -> tuple[Samples,
         calib = tuple(a[:cut] for a in samples)
         evals = tuple(a[cut:] for a in samples) if n > 1 else calib
         lab = labels[cut:] if labels is not None and n > 1 else None
-        note = f"held-back 20% of {cfg.calib}"
+        note = (f"held-back 20% of {cfg.calib}" if n > 1 else
+                f"the one sample of {cfg.calib}, also used for calibration (not held back: give more samples)")
     elif "calib" in loaded.data:
         calib = as_samples(graph, loaded.data["calib"], "the factory's data['calib']")
         evals = as_samples(graph, loaded.data.get("eval", calib), "the factory's data['eval']")

@@ -5,6 +5,7 @@ Micro's op check, its arena and its kernels as the verifier). `build.build` call
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -69,6 +70,7 @@ def write_c_bundle(stage: Path, graph: Graph, target: Target, cfg: BuildConfig, 
                   [[device_bytes(v, x) for v, x in zip(graph.inputs, sample)] for sample in demo])
     io = lambda ds: [{k: d[k] for k in ("name", "shape", "scale", "zero_point", "layout")} for d in ds]  # noqa: E731
     manifest = {"format": "edgecompile-bundle", "version": 1, "backend": "c", "model": "runtime/model/model.c",
+                "model_sha256": hashlib.sha256((stage / "runtime/model/model.c").read_bytes()).hexdigest(),
                 "weights": "weights.ecw", "inputs": io(cm.inputs), "outputs": io(cm.outputs),
                 "arena_bytes": cm.arena_bytes, "build": "runtime/build.sh", "target": target.name,
                 "edgecompile_version": __version__}

@@ -1,47 +1,81 @@
-"""`inspect_bundle`: reads a bundle's manifest and report and checks its container's integrity."""
+"""`inspect_bundle`: checks a bundle the way a board would load it and reads its report.
+
+The manifest goes through the loaders' one reader (`session_base.read_manifest`: format, version,
+field types), the backend must be one we ship, every tensor of the container is decoded and its
+CRC-32 checked, and the model file is loaded by its own runtime (onnxruntime or LiteRT) with the
+container's weights, so a truncated model, weights the model does not use or a model needing
+weights the container lacks are all reported; a changed model file fails the manifest's
+``model_sha256`` (a C bundle's ``model.c`` too, having no runtime here). Every problem is a
+`BundleError` (exit 4).
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from .session_base import BundleError, read_manifest, read_model_file
 
-class BundleError(ValueError):
-    """The folder is not a readable bundle (`corrupt` when its files are damaged)."""
+__all__ = ["BundleError", "inspect_bundle"]
 
-    def __init__(self, msg: str, corrupt: bool = False):
-        super().__init__(msg)
-        self.corrupt = corrupt
+BACKENDS = ("onnx", "tflite", "c")
 
 
 def inspect_bundle(bundle: Path) -> dict:
-    """Returns {manifest, report, tensors, container_bytes}; raises `BundleError` on any damage."""
+    """Returns {manifest, report, tensors, container_bytes}; raises `BundleError` on any damage.
+
+    Raises
+    ------
+    BundleError
+        Not a bundle folder, a bad manifest (JSON, format, version, fields), an unknown backend, a
+        damaged container (the `ContainerError` is re-raised as a `BundleError` naming the file), a
+        model file its runtime cannot load with the container's weights, or a bad report.json.
+    """
     from .container import ContainerError, read_container
 
     bundle = Path(bundle)
-    man_path = bundle / "manifest.json"
-    if not man_path.is_file():
-        raise BundleError(f"{bundle} is not an edgecompile bundle (no manifest.json)")
-    try:
-        manifest = json.loads(man_path.read_text())
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{man_path} is not valid JSON: {e}", corrupt=True) from e
-    if manifest.get("format") != "edgecompile-bundle":
-        raise BundleError(f"{man_path} is not an edgecompile bundle manifest", corrupt=True)
+    if not bundle.is_dir():
+        what = "a file" if bundle.exists() else "missing"
+        raise BundleError(f"{bundle} is {what}, not a bundle folder; pass the folder `edgecompile build` wrote")
+    manifest = read_manifest(bundle)
+    if manifest["backend"] not in BACKENDS:
+        raise BundleError(f"{bundle / 'manifest.json'}: unknown backend {manifest['backend']!r}; "
+                          f"expected one of {', '.join(BACKENDS)}")
     for key in ("model", "weights"):
-        if not (bundle / manifest.get(key, "")).is_file():
-            raise BundleError(f"{bundle}: the {key} file {manifest.get(key)!r} is missing", corrupt=True)
+        path = bundle / manifest[key]
+        if bundle.resolve() not in path.resolve().parents or not path.is_file():
+            raise BundleError(f"{bundle}: the {key} file {manifest[key]!r} is missing")
     weights = bundle / manifest["weights"]
     try:
         reader = read_container(weights.read_bytes())
         reader.verify()
     except ContainerError as e:
-        raise BundleError(f"{weights}: {e}", corrupt=True) from e
+        raise BundleError(f"{weights}: {e}") from e
+    if manifest["backend"] == "c":
+        read_model_file(bundle, manifest)    # C sources: no runtime here; the checksum must match
+    else:
+        _load_model(bundle)
     report = None
     if (bundle / "report.json").is_file():
         try:
-            report = json.loads((bundle / "report.json").read_text())
-        except json.JSONDecodeError as e:
-            raise BundleError(f"{bundle / 'report.json'} is not valid JSON: {e}", corrupt=True) from e
+            report = json.loads((bundle / "report.json").read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise BundleError(f"{bundle / 'report.json'} is not valid JSON: {e}") from None
+        if not isinstance(report, dict):
+            raise BundleError(f"{bundle / 'report.json'} is not a JSON object; rebuild the bundle")
     return {"manifest": manifest, "report": report, "tensors": len(reader.names),
             "container_bytes": weights.stat().st_size}
+
+
+def _load_model(bundle: Path) -> None:
+    """Loads the model file with its runtime and the container's weights, as a board would."""
+    from .container import ContainerError
+    from .loader import load_bundle
+    from .session_base import BackendRuntimeError
+
+    try:
+        load_bundle(bundle, threads=1)
+    except ContainerError as e:
+        raise BundleError(str(e)) from None
+    except BackendRuntimeError as e:   # the runtime refuses an operator: a damaged or tampered model
+        raise BundleError(f"{bundle}: {e.line}") from None

@@ -1,69 +1,51 @@
 """`edgecompile` command line: parses, calls one library function, renders. Nothing else.
 
-Exit codes: 0 success; 1 the bundle failed verification (below the fidelity thresholds); 2 usage
-error (click); 3 bad input (unknown target, model spec, data, unsupported op, impossible budget);
-4 corrupt or truncated bundle/container; 5 the bundle does not fit the target's flash or RAM.
+Errors: every domain error derives from `errors.EdgecompileError` and carries its exit code; the
+CLI maps that root alone to one ``error: <line>`` and the code (the table is in `errors` and the
+README). Anything else is an internal error: one line ``internal error, please report: ...; log:
+<file>`` with the traceback in the log file, exit 70. ``--debug`` shows tracebacks instead.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
+import tempfile
+import time
+import traceback
 from pathlib import Path
 
 import click
 
-EXIT_VERIFY, EXIT_INPUT, EXIT_CORRUPT = 1, 3, 4
+from .errors import EXIT_INTERNAL, EdgecompileError, Interrupted, one_line
 
 
-def _input_errors() -> tuple[type[BaseException], ...]:
-    """Domain errors that mean "your input is wrong": one line, exit code 3."""
-    from .data_io import DataError
-    from .ir import VerifyError
-    from .modelspec import ModelSpecError
-    from .passes.base import PassError
-    from .targets import TargetError
+def _log_dir() -> Path:
+    """Where internal-error tracebacks go: $XDG_CACHE_HOME/edgecompile, else the temp folder."""
+    cache = os.environ.get("XDG_CACHE_HOME") or (Path.home() / ".cache" if Path.home().is_dir() else None)
+    for base in ([Path(cache) / "edgecompile"] if cache else []) + [Path(tempfile.gettempdir()) / "edgecompile"]:
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            if os.access(base, os.W_OK):
+                return base
+        except OSError:
+            continue
+    return Path(tempfile.gettempdir())
 
-    errors: list[type[BaseException]] = [DataError, ModelSpecError, PassError, TargetError, VerifyError]
+
+def _write_log(exc: BaseException) -> Path | None:
+    """Writes the traceback of `exc` (and the command line) to a new log file; its path, or None."""
     try:
-        from .frontend import UnsupportedOpError
-        errors.append(UnsupportedOpError)
-    except ImportError:
-        pass
-    try:
-        from .passes.lowrank.rank import BudgetError, RankSpecError
-        errors += [BudgetError, RankSpecError]
-    except ImportError:
-        pass
-    from .passes.prune import PruneSpecError
-    from .passes.quantize import QuantSpecError
-    from .passes.lowrank.factorize import LowRankConfigError
-    errors += [PruneSpecError, QuantSpecError, LowRankConfigError]
-    try:
-        from .backends.tflite import TFLiteUnsupportedError
-        errors.append(TFLiteUnsupportedError)
-    except ImportError:
-        pass
-    try:
-        from .backends.tflm import TflmUnsupported
-        errors.append(TflmUnsupported)
-    except ImportError:
-        pass
-    try:
-        from .backends.onnx import OnnxEmitError
-        errors.append(OnnxEmitError)
-    except ImportError:
-        pass
-    return tuple(errors)
-
-
-def _console():
-    """A console wide enough for the per-layer table when output is piped (rich assumes 80)."""
-    from rich.console import Console
-
-    c = Console()
-    return c if c.is_terminal else Console(width=160)
+        fd, name = tempfile.mkstemp(prefix=time.strftime("crash-%Y%m%d-%H%M%S-"), suffix=".log", dir=_log_dir())
+        with os.fdopen(fd, "w") as f:
+            f.write("edgecompile " + " ".join(sys.argv[1:]) + "\n\n")
+            f.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        return Path(name)
+    except OSError:
+        return None
 
 
 def _fail(msg: str, code: int, as_json: bool) -> None:
@@ -74,10 +56,50 @@ def _fail(msg: str, code: int, as_json: bool) -> None:
     sys.exit(code)
 
 
-@click.group()
+def _handle(exc: BaseException, debug: bool, as_json: bool) -> None:
+    """Ends the process for an exception out of a command: one line and the kind's exit code."""
+    if debug:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    if isinstance(exc, KeyboardInterrupt):
+        exc = Interrupted(getattr(exc, "signum", signal.SIGINT))
+    if isinstance(exc, EdgecompileError) and exc.exit_code != EXIT_INTERNAL:
+        _fail(exc.line, int(exc.exit_code), as_json)
+    log_path = _write_log(exc)
+    what = exc.line if isinstance(exc, EdgecompileError) else f"{type(exc).__name__}: {one_line(exc) or '(no message)'}"
+    where = f"; log: {log_path}" if log_path else ""
+    _fail(f"internal error, please report: {what}{where}", EXIT_INTERNAL, as_json)
+
+
+class _Group(click.Group):
+    """The command group: every exception out of a command ends as one line and its exit code."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["edgecompile.argv"] = list(args)     # for --json when a subcommand fails
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context):
+        argv = ctx.meta.get("edgecompile.argv", [])
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+            raise
+        except BaseException as e:   # KeyboardInterrupt included: exit 130, not click's "Aborted!" 1
+            _handle(e, bool(ctx.params.get("debug")), "--json" in argv)
+
+
+def _console():
+    """A console wide enough for the per-layer table when output is piped (rich assumes 80)."""
+    from rich.console import Console
+
+    c = Console()
+    return c if c.is_terminal else Console(width=160)
+
+
+@click.group(cls=_Group)
 @click.version_option(package_name="edgecompile")
 @click.option("-v", "--verbose", is_flag=True, help="Log what each stage does.")
-def main(verbose: bool) -> None:
+@click.option("--debug", is_flag=True, help="Show the Python traceback of any error (internal or not).")
+def main(verbose: bool, debug: bool) -> None:
     """edgecompile: compile a PyTorch model into a small, verified bundle for an edge board."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -136,7 +158,10 @@ def build(model, target, out, backend, stream_weights, calib, rank, prune, quant
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .build import BuildConfig, BuildError, build as run_build
+    from .build import BuildConfig, build as run_build
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        # torch.export logs its failures itself (tens of lines); ours is one line (--verbose shows them)
+        logging.getLogger("torch").setLevel(logging.CRITICAL)
     from .report import render_terminal
     from .fidelity import Thresholds
 
@@ -151,26 +176,14 @@ def build(model, target, out, backend, stream_weights, calib, rank, prune, quant
                       task=task, optimize=optimize, max_eval_samples=max_eval, allow_oversize=allow_oversize,
                       allow_degraded=allow_degraded, stream_weights=stream_weights)
     console = Console(stderr=True)
-    errors = _input_errors()
-    try:
-        from .container import ContainerError
-    except ImportError:
-        ContainerError = ()  # noqa: N806
-    try:
-        if as_json or not console.is_terminal:  # no bar in logs and pipes: it would leave stray lines
-            result = run_build(model, cfg)
-        else:
-            with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console,
-                          transient=True) as bar:
-                task = bar.add_task("building", total=1.0)
-                result = run_build(model, cfg, lambda stage, frac: bar.update(task, completed=frac,
-                                                                             description=stage))
-    except BuildError as e:
-        _fail(str(e), e.exit_code, as_json)
-    except ContainerError as e:
-        _fail(str(e), EXIT_CORRUPT, as_json)
-    except errors as e:
-        _fail(str(e), EXIT_INPUT, as_json)
+    if as_json or not console.is_terminal:  # no bar in logs and pipes: it would leave stray lines
+        result = run_build(model, cfg)
+    else:
+        with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console,
+                      transient=True) as bar:
+            task = bar.add_task("building", total=1.0)
+            result = run_build(model, cfg, lambda stage, frac: bar.update(task, completed=frac,
+                                                                         description=stage))
     if not result.written:
         return  # a torchrun rank other than 0: rank 0 prints the report
     if as_json:
@@ -203,23 +216,22 @@ def targets(as_json):
 
 
 @main.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("bundle", type=click.Path(exists=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True)
 def inspect(bundle, as_json):
-    """Print the report of an existing BUNDLE and check its integrity (every tensor's CRC)."""
-    from .bundle_inspect import BundleError, inspect_bundle
+    """Print the report of an existing BUNDLE and check it: manifest, every tensor's CRC, and the model
+    file loaded by its runtime with the container's weights."""
+    from .bundle_inspect import inspect_bundle
     from .report import render_terminal
 
-    try:
-        info = inspect_bundle(bundle)
-    except BundleError as e:
-        _fail(str(e), EXIT_CORRUPT if e.corrupt else EXIT_INPUT, as_json)
+    info = inspect_bundle(bundle)
     if as_json:
         click.echo(json.dumps({"ok": True, **info}, default=str))
         return
     if info["report"] is not None:
         render_terminal(info["report"], _console())
-    click.echo(f"integrity: {info['tensors']} tensors, {info['container_bytes']:,} bytes, all CRC-32 checks passed")
+    click.echo(f"integrity: {info['tensors']} tensors, {info['container_bytes']:,} bytes, all CRC-32 checks passed; "
+               f"{info['manifest']['model']} loads in its runtime")
 
 
 if __name__ == "__main__":

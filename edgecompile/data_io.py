@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from .ir import Graph
+from .errors import InputError
 
 Samples = tuple[np.ndarray, ...]
 
 
-class DataError(ValueError):
+class DataError(InputError, ValueError):
     """Sample data that does not fit the model (names the input, expected and actual shapes)."""
 
 
@@ -40,6 +41,22 @@ def _coerce(graph: Graph, arrays: list[np.ndarray], source: str) -> Samples:
     if len(n) != 1 or 0 in n:
         raise DataError(f"{source}: inputs have different or zero sample counts {sorted(n)}")
     return tuple(out)
+
+
+def check_npz(path: Path, what: str) -> None:
+    """Raises `DataError` unless `path` is a readable .npz holding at least one input array (checked
+    before the model is loaded; the arrays are matched to the model's inputs by `load_samples`)."""
+    if not path.is_file():
+        raise DataError(f"{what} {path}: no such file; give an .npz of model inputs")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = [k for k in z.files if k not in ("labels", "y")]
+    except Exception as e:   # zipfile, numpy and OS errors: the file is not an .npz archive
+        raise DataError(f"{what} {path} is not a readable .npz file ({type(e).__name__}: {e}); save it with "
+                        "numpy.savez") from None
+    if not keys:
+        raise DataError(f"{what} {path} holds no input arrays (only labels, or nothing); save the inputs "
+                        "with numpy.savez")
 
 
 def load_samples(path: Path, graph: Graph) -> tuple[Samples, np.ndarray | None]:

@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from .errors import InputError
 
 KINDS = ("auto", "logits", "embedding", "probability", "regression", "detection", "state")
 _ALIASES = {"classify": "logits", "classifier": "logits", "class": "logits", "embed": "embedding",
@@ -52,7 +53,7 @@ DECIDED_MARGIN = 0.5
 MIN_DECIDED = 0.25     # gate on the decided samples when at least this share of the set is decided
 
 
-class FidelitySpecError(ValueError):
+class FidelitySpecError(InputError, ValueError):
     """Output kinds or a metric that do not fit the model (one line: what and how to fix it)."""
 
 

@@ -24,6 +24,8 @@ index (needs the ``onnx`` package; without it the error names the op only).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import re
 from pathlib import Path
@@ -73,7 +75,8 @@ def create_session(model_bytes: bytes, tensors: dict[str, np.ndarray], *, thread
     values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
     if values:
         so.add_external_initializers(list(tensors), values)
-    sess = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+    with contextlib.redirect_stdout(io.StringIO()):   # its "EP Error" banner when a model fails to load
+        sess = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
     sess._edgecompile_buffers = (arrays, values)   # onnxruntime does not own these buffers
     return sess
 
@@ -172,7 +175,9 @@ def _missing_weights(model_bytes: bytes, tensors: dict[str, np.ndarray]) -> list
         m.ParseFromString(model_bytes)
     except Exception:   # a damaged file (protobuf's DecodeError): onnxruntime's message says so
         return []
-    return [t.name for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL and t.name not in tensors]
+    names = (t.name if isinstance(t.name, str) else bytes(t.name).decode("utf-8", "replace")
+             for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL)
+    return [n for n in names if n not in tensors]
 
 
 class BundleSession(BundleSessionBase):
@@ -252,6 +257,9 @@ def load_bundle(bundle_dir: str | Path, *, threads: int | None = None, node_map=
     node_map = NodeMap.of(node_map)
     try:
         sess = create_session(model_bytes, tensors, threads=threads)
+    except UnicodeDecodeError as e:   # onnxruntime decodes the model's strings (names, metadata) itself
+        raise BundleError(f"{root / manifest['model']}: not a readable ONNX model (a string in it is not "
+                          f"UTF-8: {one_line(e, 120)})") from None
     except ORT_ERRORS as e:
         if isinstance(e, _ORT_FILE_ERRORS) or (parse_ort_error(str(e))[0] is None and re.search(
                 r"external data|initializer|location", str(e), re.IGNORECASE)):   # the file or the weights, not an op

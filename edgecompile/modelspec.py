@@ -32,11 +32,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from .errors import InputError
 
 DEFAULT_MODEL = "edgecompile.data.digits:model"
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(InputError, ValueError):
     """The model spec cannot be resolved or the factory broke its contract."""
 
 

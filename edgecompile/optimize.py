@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from .analysis import weight_input
+from .errors import InputError
 from .fidelity import OutputSpec, Thresholds, compare
 from .ir import Graph, TorchExecutor
 from .passes.cluster import cluster_int8
@@ -50,7 +51,7 @@ LADDER = ((0.0, 5), (0.0, 4), (0.0, 3), (0.5, 3), (0.0, 2), (0.75, 2))
 BALANCED = ((0.0, 6), (0.0, 5), (0.0, 4), (0.5, 4))
 
 
-class OptimizeError(ValueError):
+class OptimizeError(InputError, ValueError):
     """An --optimize goal that cannot be understood."""
 
 

@@ -7,6 +7,7 @@ in bundles beside the loaders (no torch, no runtime of the other backend)."""
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import re
 import statistics
@@ -19,16 +20,24 @@ import numpy as np
 
 try:
     from edgecompile.container import ContainerError, read_container
+    from edgecompile.errors import CorruptError, InternalError
 except ImportError:  # copied into a bundle next to a copy of the container package
     from container import ContainerError, read_container  # type: ignore[no-redef]
+    from container.errors import CorruptError  # type: ignore[no-redef]
+
+    class InternalError(Exception):  # type: ignore[no-redef]
+        """Stand-in for `edgecompile.errors.InternalError` where the package is absent."""
+
+        exit_code = 70
 
 MANIFEST = "manifest.json"
 FORMAT = "edgecompile-bundle"
 SUPPORTED_VERSIONS = (1,)
 
 
-class BundleError(ValueError):
-    """A bundle folder that cannot be loaded: missing files, a bad manifest, weights not fitting."""
+class BundleError(CorruptError, ValueError):
+    """A bundle folder that cannot be loaded: not a folder, missing files, a bad manifest, a damaged
+    model file, weights not fitting (exit 4 from the CLI)."""
 
 
 class NodeMap:
@@ -71,8 +80,9 @@ RUNTIME_HINTS = {
 }
 
 
-class BackendRuntimeError(RuntimeError):
-    """The runtime (onnxruntime or LiteRT) refused the emitted model or failed while running it.
+class BackendRuntimeError(InternalError, RuntimeError):
+    """The runtime (onnxruntime or LiteRT) refused the emitted model or failed while running it: an
+    edgecompile bug (exit 70 from the CLI).
 
     One line: the runtime, what it was doing, the runtime's op type and operator, *our* layer (the
     IR node the operator was emitted for, from the `NodeMap`), the runtime's reason, what to do.
@@ -121,29 +131,48 @@ class BackendRuntimeError(RuntimeError):
         return f"{self.runtime} {verb}{model} at {where}: {self.detail}; {self.hint}"
 
 
-def one_line(text: str, limit: int = 240) -> str:
+def one_line(text: object, limit: int = 240) -> str:
     """`text` with whitespace runs collapsed, cut to `limit` characters."""
     text = re.sub(r"\s+", " ", str(text)).strip()
     return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
 def read_manifest(bundle_dir: str | Path) -> dict:
-    """Reads and checks ``manifest.json``; raises `BundleError` naming the problem."""
-    path = Path(bundle_dir) / MANIFEST
+    """Reads and checks ``manifest.json``; raises `BundleError` naming the problem.
+
+    Checked: the folder is a folder, the file is UTF-8 JSON holding an object, its format and
+    version, ``backend``/``model``/``weights`` are strings (the files relative names inside the
+    bundle), ``dequantize_at_load`` (optional) is a list of strings."""
+    root = Path(bundle_dir)
+    path = root / MANIFEST
+    if root.exists() and not root.is_dir():
+        raise BundleError(f"{root} is a file, not a bundle folder; pass the folder `edgecompile build` wrote")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise BundleError(f"{path}: no manifest; is {bundle_dir} an edgecompile bundle?") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise BundleError(f"{path}: cannot read the manifest ({e.strerror or e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise BundleError(f"{path}: not valid JSON ({one_line(e, 120)})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{path}: not an edgecompile bundle manifest (format must be {FORMAT!r})")
-    if manifest.get("version") not in SUPPORTED_VERSIONS:
-        raise BundleError(f"{path}: bundle version {manifest.get('version')!r} is not supported "
+    version = manifest.get("version")
+    if type(version) is not int or version not in SUPPORTED_VERSIONS:
+        raise BundleError(f"{path}: bundle version {one_line(repr(version), 40)} is not supported "
                           f"(this loader reads {SUPPORTED_VERSIONS}); upgrade edgecompile")
     for key in ("backend", "model", "weights"):
-        if not isinstance(manifest.get(key), str):
+        value = manifest.get(key)
+        if not isinstance(value, str) or not value:
             raise BundleError(f"{path}: manifest field {key!r} is missing or not a string")
+        if key != "backend" and (Path(value).is_absolute() or ".." in Path(value).parts or "\0" in value):
+            raise BundleError(f"{path}: manifest field {key!r} must name a file inside the bundle, not {value!r}")
+    sha = manifest.get("model_sha256")
+    if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+        raise BundleError(f"{path}: manifest field 'model_sha256' is not a sha256 hex digest")
+    deq = manifest.get("dequantize_at_load", [])
+    if not isinstance(deq, list) or not all(isinstance(n, str) for n in deq):
+        raise BundleError(f"{path}: manifest field 'dequantize_at_load' must be a list of tensor names")
     return manifest
 
 
@@ -167,6 +196,7 @@ def read_bundle_files(root: Path, manifest: dict) -> tuple[bytes, dict[str, np.n
     for p in (model_path, weights_path):
         if not p.is_file():
             raise BundleError(f"{p}: missing from the bundle")
+    model_bytes = read_model_file(root, manifest)
     try:
         reader = read_container(weights_path)
         tensors = reader.read_all()
@@ -178,7 +208,22 @@ def read_bundle_files(root: Path, manifest: dict) -> tuple[bytes, dict[str, np.n
             raise BundleError(f"{root / MANIFEST}: {name!r} is listed in dequantize_at_load but the container "
                               "has no such quantized tensor")
         tensors[name] = dequantize(tensors[name], q)
-    return model_path.read_bytes(), tensors
+    return model_bytes, tensors
+
+
+def read_model_file(root: Path, manifest: dict) -> bytes:
+    """The model file's bytes, checked against the manifest's ``model_sha256`` when it has one
+    (bundles since 0.1: a model file has no checksum of its own, so a changed byte would load)."""
+    path = root / manifest["model"]
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise BundleError(f"{path}: cannot read the model file ({e.strerror or e})") from None
+    sha = manifest.get("model_sha256")
+    if sha is not None and hashlib.sha256(data).hexdigest() != sha:
+        raise BundleError(f"{path}: the model file changed since the build ({len(data)} bytes, sha256 differs "
+                          "from the manifest's); copy the bundle again or rebuild it")
+    return data
 
 
 @dataclass(frozen=True)

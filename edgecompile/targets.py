@@ -12,13 +12,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .resources import project_dir
+from .errors import InputError
 
 TARGETS_DIR = project_dir("targets", "rpi4.toml")
 KINDS = ("linux", "mcu")
 BACKENDS = ("onnx", "tflite", "c")
 
 
-class TargetError(ValueError):
+class TargetError(InputError, ValueError):
     """Unknown target or an invalid target file."""
 
 
@@ -100,10 +101,16 @@ def target_names(directory: Path = TARGETS_DIR) -> list[str]:
 
 
 def load_target(name: str, directory: Path = TARGETS_DIR) -> Target:
-    """Loads `targets/<name>.toml`; an unknown name is an error listing the known ones."""
-    path = directory / f"{name}.toml"
-    if not path.is_file():
-        raise TargetError(f"unknown target {name!r}; known targets: {', '.join(target_names(directory))}")
+    """Loads `targets/<name>.toml`, or a board file given as a path ending in ``.toml``; anything
+    else is an error listing the known names (a name is never read as a path)."""
+    known = target_names(directory)
+    if name in known:
+        path = directory / f"{name}.toml"
+    elif str(name).endswith(".toml") and Path(name).is_file():
+        path = Path(name)
+    else:
+        raise TargetError(f"unknown target {name!r}; known targets: {', '.join(known)} "
+                          "(or a path to a board's .toml file)")
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:

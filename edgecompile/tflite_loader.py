@@ -259,6 +259,20 @@ def fill_weights(model_bytes: bytes, tensors: dict[str, np.ndarray]) -> bytes:
             raise ValueError("no subgraph")
     except Exception as e:  # flatbuffers raises struct.error, IndexError, ... on damaged bytes
         raise TFLiteBundleError(f"not a readable .tflite model ({type(e).__name__}: {one_line(str(e), 120)})") from None
+    try:
+        _fill(model, tensors)
+        return pack_model(model)
+    except TFLiteBundleError:
+        raise
+    except (IndexError, TypeError, ValueError, AttributeError, KeyError) as e:
+        # a damaged model whose flatbuffer still parses: out-of-range buffer or tensor indices,
+        # missing vectors (None), shapes that do not fit
+        raise TFLiteBundleError(f"not a readable .tflite model ({type(e).__name__}: "
+                                f"{one_line(str(e), 120)})") from None
+
+
+def _fill(model: fb.ModelT, tensors: dict[str, np.ndarray]) -> None:
+    """`fill_weights` on the unpacked model (raises what a malformed one makes it raise)."""
     sg = model.subgraphs[0]
     seen = set()
     for t in sg.tensors:
@@ -269,7 +283,7 @@ def fill_weights(model_bytes: bytes, tensors: dict[str, np.ndarray]) -> bytes:
         if tuple(a.shape) != tuple(int(d) for d in t.shape):
             raise TFLiteBundleError(f"weight {name!r}: container shape {list(a.shape)} != model shape "
                                     f"{[int(d) for d in t.shape]}")
-        if t.buffer <= 0:
+        if not 0 < t.buffer < len(model.buffers or []):
             raise TFLiteBundleError(f"weight {name!r}: the model has no buffer for it")
         model.buffers[t.buffer].data = a.view(np.uint8).reshape(-1)
         seen.add(name)
@@ -282,7 +296,6 @@ def fill_weights(model_bytes: bytes, tensors: dict[str, np.ndarray]) -> bytes:
     if empty:
         raise TFLiteBundleError(f"constant tensors {empty[:5]} have no data in the model nor in the container "
                                 f"({len(empty)} in all)")
-    return pack_model(model)
 
 
 _NODE = re.compile(r"Node number (?P<index>\d+) \((?P<op>[^)]*)\) failed to (?:prepare|invoke)")

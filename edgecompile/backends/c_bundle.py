@@ -6,6 +6,7 @@ import logging
 import shlex
 import shutil
 from pathlib import Path
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def mcu_flags(cpu: str) -> str:
     return f"-mcpu={cpu} -mthumb {_MCU_FLOAT[cpu]}"
 
 
-class BundleError(RuntimeError):
+class BundleError(InputError, RuntimeError):
     """The C bundle cannot be written (runtime sources missing, unknown target kind or CPU)."""
 
 

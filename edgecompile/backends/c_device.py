@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .c_bundle import MCU_CPUS, mcu_flags
+from ..errors import InternalError
 
 __all__ = ["ProgramRun", "parse_output", "host_run", "code_sizes", "emulate", "INSTRUCTIONS_PER_TICK", "qemu_machine",
            "DeviceToolError"]
@@ -40,7 +41,7 @@ _QEMU_MACHINES = {"cortex-m4": "mps2-an386", "cortex-m7": "mps2-an500", "cortex-
                   "cortex-m0plus": "mps2-an385"}
 
 
-class DeviceToolError(RuntimeError):
+class DeviceToolError(InternalError, RuntimeError):
     """A compile or run of the generated program failed (the message has the tool's last lines)."""
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+from ..errors import InputError
 
 if TYPE_CHECKING:
     from .c_model import _Step
@@ -20,7 +21,7 @@ __all__ = ["Writer", "Consts", "demo_main", "c_array", "CBackendError", "WEIGHTE
 WEIGHTED = ("conv2d", "fully_connected")
 
 
-class CBackendError(ValueError):
+class CBackendError(InputError, ValueError):
     """The graph cannot become C: an op without a kernel (named with its layer), or a shape the
     kernels do not take."""
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from ..errors import InternalError
 
 ALIGNMENT = 16
 # Rough code size of the TFLite Micro interpreter core and of one builtin kernel on Cortex-M
@@ -26,7 +27,7 @@ TFLM_CORE_BYTES = 24 * 1024
 TFLM_KERNEL_BYTES = 3 * 1024
 
 
-class PlanError(ValueError):
+class PlanError(InternalError, ValueError):
     """A memory plan is invalid (overlapping live buffers, a missing offset, a bad lifetime)."""
 
 

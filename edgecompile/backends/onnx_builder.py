@@ -22,9 +22,10 @@ import numpy as np
 from onnx import NodeProto, TensorProto, helper, numpy_helper
 
 from ..ir.graph import Graph, QuantParams, Value
+from ..errors import InputError
 
 
-class OnnxEmitError(ValueError):
+class OnnxEmitError(InputError, ValueError):
     """The graph cannot be written as ONNX (names the node, the op and the reason)."""
 
 

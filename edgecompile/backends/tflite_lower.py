@@ -18,11 +18,12 @@ from ai_edge_litert import schema_py_generated as fb
 
 from ..ir import Graph, Node, Value
 from .tflite_builder import ModelBuilder, TensorRef
+from ..errors import InputError
 
 IR, CL = "ir", "cl"
 
 
-class TFLiteUnsupportedError(ValueError):
+class TFLiteUnsupportedError(InputError, ValueError):
     """The graph holds ops (or op settings) that TFLite cannot express."""
 
 

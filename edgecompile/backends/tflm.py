@@ -36,6 +36,7 @@ from tflite_micro import runtime
 from ..session_base import NodeMap
 from ..tflite_loader import STRIPPED_IDENTIFIER, empty_constants, is_stripped_marker
 from .tflite_builder import BUILTIN_NAMES, unpack_model
+from ..errors import InputError, InternalError
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ _FIGURE = re.compile(r"Arena allocation (?P<part>total|head|tail) (?P<bytes>\d+)
 _KIND = re.compile(r"'(?P<kind>[^']+)' used (?P<bytes>\d+) bytes")
 
 
-class TflmUnsupported(ValueError):
+class TflmUnsupported(InputError, ValueError):
     """TFLite Micro cannot load, prepare or run an operator of the model (one line, naming the op,
     the first operator that uses it with its output tensor, and suggesting ``--backend c``).
 
@@ -67,7 +68,7 @@ class TflmUnsupported(ValueError):
         super().__init__(f"TFLite Micro cannot run {op}{where}: {reason.rstrip(' .')}; use --backend c")
 
 
-class TflmError(RuntimeError):
+class TflmError(InternalError, RuntimeError):
     """TFLite Micro failed for another reason (an operator failing to invoke, an arena over 1 GiB)."""
 
 

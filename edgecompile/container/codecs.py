@@ -201,6 +201,11 @@ def prepare(codec: str, payload: memoryview, dtype: np.dtype, count: int) -> np.
     if codec == "zstd":
         zstd = _zstd()
         try:
+            # the frame header's content size decides what `decompress` allocates: check it first
+            # (one changed header byte can claim exabytes: MemoryError instead of an error)
+            declared = zstd.get_frame_parameters(bytes(payload[:18])).content_size
+            if declared not in (size, zstd.CONTENTSIZE_UNKNOWN):
+                raise CorruptStream(f"zstd frame declares {declared} bytes, the entry {size}")
             data = zstd.ZstdDecompressor().decompress(bytes(payload), max_output_size=size)
         except zstd.ZstdError as exc:
             raise CorruptStream(f"zstd payload does not decode: {exc}") from exc

@@ -1,9 +1,17 @@
 """Exceptions raised by the ``.ecw`` readers and writers; one class per kind of bad input."""
 from __future__ import annotations
 
+try:
+    from ..errors import CorruptError
+except ImportError:  # the container copied alone, as a top-level package (a bundle's python/ folder)
+    class CorruptError(Exception):  # type: ignore[no-redef]
+        """Stand-in for `edgecompile.errors.CorruptError` where the package is absent."""
 
-class ContainerError(ValueError):
-    """Base class: the container or a request about it is invalid."""
+        exit_code = 4
+
+
+class ContainerError(CorruptError, ValueError):
+    """Base class: the container or a request about it is invalid (exit 4 from the CLI)."""
 
 
 class BadMagic(ContainerError):

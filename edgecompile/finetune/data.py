@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ..errors import InputError
 
 
-class FinetuneDataError(ValueError):
+class FinetuneDataError(InputError, ValueError):
     """The fine-tuning data cannot be used (empty, mismatched, unreadable)."""
 
 

@@ -26,12 +26,17 @@ from .objective import Objective, choose_objective, probe, resolve_kinds
 from .outputs import (TEACHER_CACHE_BYTES, TeacherOutputs, batch_first, find_batch_axes,
                       flatten_outputs)
 from .twa import TWA
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(InputError, FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+class RecoverConfigError(InputError, ValueError):
+    """A `RecoverConfig` field is out of range (epochs, batch size, schedule, TWA phases)."""
 
 
 #: Learning-rate schedules over the whole run (every optimizer, every parameter group):
@@ -89,14 +94,14 @@ class RecoverConfig:
     def __post_init__(self):
         optimizers.check_name(self.optimizer)
         if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1 (got {self.epochs}, "
-                             f"{self.batch_size})")
+            raise RecoverConfigError(f"epochs and batch_size must be >= 1 (got {self.epochs}, "
+                                     f"{self.batch_size})")
         if self.lr_schedule not in SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {', '.join(SCHEDULES)} "
-                             f"(got {self.lr_schedule!r})")
+            raise RecoverConfigError(f"lr_schedule must be one of {', '.join(SCHEDULES)} "
+                                     f"(got {self.lr_schedule!r})")
         if self.optimizer == "twa" and not 0 < self.twa_warmup_epochs < self.epochs:
-            raise ValueError(f"twa needs 0 < twa_warmup_epochs ({self.twa_warmup_epochs}) < "
-                             f"epochs ({self.epochs}): a normal phase, then subspace training")
+            raise RecoverConfigError(f"twa needs 0 < twa_warmup_epochs ({self.twa_warmup_epochs}) < "
+                                     f"epochs ({self.epochs}): a normal phase, then subspace training")
 
 
 @dataclass(frozen=True)

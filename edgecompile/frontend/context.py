@@ -17,9 +17,10 @@ import torch
 
 from ..ir import Graph, Value
 from ..ir.torch_ops import NUMPY_DTYPES, TORCH_DTYPES, run_op
+from ..errors import InternalError
 
 
-class Unsupported(Exception):
+class Unsupported(InternalError):
     """Raised by a converter for an argument combination it cannot express (e.g. transposed conv)."""
 
 

@@ -6,9 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .source import Frame
+from ..errors import InputError
 
 
-class FrontendError(ValueError):
+class FrontendError(InputError, ValueError):
     """The model cannot be imported (export failed, a non-tensor input, an internal mismatch)."""
 
 

@@ -29,7 +29,9 @@ the module it ran in ("features.0"), or "module.op" when the module produced sev
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -89,12 +91,16 @@ def import_model(model: torch.nn.Module, example_inputs: tuple, name: str | None
                                 "(bake other arguments into the model)")
     model.eval()
     t0 = time.perf_counter()
+    printed = io.StringIO()   # torch.export prints a failed trace's partial graph to stderr itself
     try:
-        with torch.no_grad(), _quiet_torch():
+        with torch.no_grad(), _quiet_torch(), contextlib.redirect_stderr(printed):
             ep = torch.export.export(model, example_inputs, strict=False)
     except Exception as e:  # torch.export raises many types; the CLI needs one line
+        log.info("torch.export printed:\n%s", printed.getvalue())
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FrontendError(f"torch.export failed for {type(model).__name__}: {first}") from e
+        raise FrontendError(f"torch.export failed for {type(model).__name__}: {first}; make the model export "
+                            "(no Python branch on tensor values: torch.cond) or pass a .pt2 you exported") from e
+    sys.stderr.write(printed.getvalue())
     log.info("torch.export took %.2fs", time.perf_counter() - t0)
     return import_exported_program(ep, name or type(model).__name__)
 

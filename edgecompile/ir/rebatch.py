@@ -14,9 +14,10 @@ import numpy as np
 from .graph import Graph
 from .shapes import infer_shapes
 from .verify import verify
+from ..errors import InputError
 
 
-class RebatchError(ValueError):
+class RebatchError(InputError, ValueError):
     """The graph does not keep its batch on axis 0 consistently; use the original batch size."""
 
 

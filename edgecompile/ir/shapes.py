@@ -6,9 +6,10 @@ import torch
 
 from .graph import Graph
 from .torch_ops import NUMPY_DTYPES, TORCH_DTYPES, run_op
+from ..errors import InternalError
 
 
-class ShapeError(ValueError):
+class ShapeError(InternalError, ValueError):
     """An op cannot run on the shapes it is given (names the node and the cause)."""
 
 

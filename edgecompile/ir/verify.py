@@ -5,9 +5,10 @@ from __future__ import annotations
 from .graph import Graph
 from .ops import OPS
 from .shapes import infer_shapes
+from ..errors import InternalError
 
 
-class VerifyError(ValueError):
+class VerifyError(InternalError, ValueError):
     """The graph breaks an IR invariant; the message lists every problem found."""
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..ir import Graph, verify
+from ..errors import InputError
 
 
-class PassError(ValueError):
+class PassError(InputError, ValueError):
     """A pass cannot run on this graph; the message names the node, the op and what to do."""
 
 

@@ -23,6 +23,7 @@ import torch
 
 from ..ir import Graph, QuantParams
 from ..ir.torch_ops import TORCH_DTYPES, run_op, to_torch
+from ..errors import InputError
 
 __all__ = ["CalibrationError", "ValueStats", "collect_ranges", "activation_qparams", "mse_range", "channel_means"]
 
@@ -34,7 +35,7 @@ QMIN, QMAX = -128, 127
 MASK_DEPTH = 32.0               # how far below its maximum a tensor that held -inf keeps the mask
 
 
-class CalibrationError(ValueError):
+class CalibrationError(InputError, ValueError):
     """Calibration inputs that do not fit the graph, or an activation never observed finite."""
 
 

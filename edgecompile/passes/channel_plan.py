@@ -23,6 +23,7 @@ import torch
 from ..ir import Graph, Node, Value
 from ..ir.ops import OPS
 from ..ir.torch_ops import run_op
+from ..errors import InternalError
 
 __all__ = ["ChannelStep", "trace_channels", "apply_channel_removal"]
 
@@ -52,7 +53,7 @@ class ChannelStep:
     out_block: int
 
 
-class _Blocked(Exception):
+class _Blocked(InternalError):
     """Internal: the channel path reaches something that cannot be resized."""
 
 

@@ -25,6 +25,7 @@ from ..analysis import weight_input
 from ..ir import Graph, Node, Value, infer_shapes
 from .base import Pass, PassResult
 from .channel_plan import ChannelStep, apply_channel_removal, trace_channels
+from ..errors import InputError
 
 __all__ = [
     "PruneConfig", "PruneSpecError", "PruneResult", "parse_prune_spec", "make_prune_pass",
@@ -40,7 +41,7 @@ _SCOPES = ("layer", "global")
 MAX_TENSOR_SPARSITY = 0.98
 
 
-class PruneSpecError(ValueError):
+class PruneSpecError(InputError, ValueError):
     """A `--prune` spec or prune config that cannot be understood."""
 
 

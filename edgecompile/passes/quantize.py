@@ -45,6 +45,7 @@ import numpy as np
 from ..ir import Graph, Node, QuantParams, Value
 from .base import Pass, PassError, PassResult
 from .calibrate import CalibrationError, activation_qparams, channel_means, collect_ranges
+from ..errors import InputError
 
 __all__ = ["QuantConfig", "QuantSpecError", "parse_quant_spec", "quantize_weight", "quantize_bias",
            "QuantizePass", "FIXED_QPARAMS", "SHARED_QPARAMS", "DEFAULT_CALIBRATION", "MAC_OPS", "DYNAMIC_OPS", "bias_shift"]
@@ -73,7 +74,7 @@ TIE_SPAN = 2.0
 INT32_MAX = 2 ** 31 - 1
 
 
-class QuantSpecError(ValueError):
+class QuantSpecError(InputError, ValueError):
     """A `--quant` spec or quantization config that cannot be understood."""
 
 

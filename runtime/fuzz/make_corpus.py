@@ -39,6 +39,11 @@ seeds = {
 forced_lanes = {"rans_w8": 8, "rans_w64": 64}
 for name, w in forced_lanes.items():
     seeds[name] = ({"w": rng.integers(0, 5, 40 * w + 3).astype(np.uint8)}, "rans")
+# Tensors over 64 KiB (the harness used to skip them): 64 lanes chosen by the encoder itself, a zstd
+# frame of 1 MiB and a lut of 128 KiB, each a few KiB on disk (skewed or repetitive values).
+seeds["rans_large"] = ({"w": (rng.random(300_000) < 0.01).astype(np.uint8)}, "rans")
+seeds["zstd_large"] = ({"w": np.repeat(np.arange(16, dtype=np.int8), 1 << 16)}, "zstd")
+seeds["lut_large"] = ({"w": np.repeat(kmeans_cluster(rng.normal(0, 0.1, 256).astype(np.float32), 2), 128)}, "lut")
 for name, (tensors, codec) in seeds.items():
     data, _ = encode_container(tensors, codec_for={k: codec for k in tensors})
     if name in forced_lanes:

@@ -10,11 +10,12 @@ from typing import Any
 import numpy as np
 
 from ...ir import Node, Value
+from ...errors import InputError
 
 __all__ = ["KernelCall", "CRefUnsupported", "storage_axis", "storage_shape", "ir_strides", "is_mask_or_ids"]
 
 
-class CRefUnsupported(ValueError):
+class CRefUnsupported(InputError, ValueError):
     """A node the integer reference has no kernel for (yet), named with its op and the reason."""
 
 

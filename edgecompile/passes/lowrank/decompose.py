@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
+from ...errors import InputError
 
 __all__ = [
     "NotEligibleError", "Tucker2Factors", "svd_factors", "tucker2", "tucker2_params",
@@ -30,7 +31,7 @@ __all__ = [
 BondRankFn = Callable[[np.ndarray, int], int]
 
 
-class NotEligibleError(ValueError):
+class NotEligibleError(InputError, ValueError):
     """The weight cannot be decomposed this way (e.g. a grouped convolution for Tucker-2)."""
 
 

@@ -32,13 +32,14 @@ from . import rewrite
 from .decompose import factor_modes, svd_factors, tt_decompose, tt_params, tt_reconstruct, tucker2
 from .rank import (LayerSpectrum, RankSpec, budget_ranks, max_useful_rank, mode_spectra, parse_rank_spec,
                    singular_values)
+from ...errors import InputError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["LowRankConfig", "LowRankPass", "LowRankConfigError"]
 
 
-class LowRankConfigError(ValueError):
+class LowRankConfigError(InputError, ValueError):
     """A low-rank configuration value that cannot work."""
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .decompose import gram_eigh, tucker2_params
+from ...errors import InputError
 
 __all__ = [
     "RankSpecError", "BudgetError", "RankSpec", "LayerSpectrum", "singular_values",
@@ -29,11 +30,11 @@ __all__ = [
 Rank = int | tuple[int, int]
 
 
-class RankSpecError(ValueError):
+class RankSpecError(InputError, ValueError):
     """A rank spec string or rank value that cannot be understood."""
 
 
-class BudgetError(ValueError):
+class BudgetError(InputError, ValueError):
     """The byte budget is below the smallest size the factorization can reach."""
 
 
