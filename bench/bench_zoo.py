@@ -17,7 +17,7 @@ process's):
   conv s / int8 s   build seconds, peak MB of the process
   peers         the peers' conversion cosine (bench/zoo_peers.py in .venv-peers), or their error
 An error cell is `E3 <first words>` for a one-line error with its exit code, `TB <type>` for an
-uncaught exception (a traceback for a user). The summary counts conversions at cosine >= 0.9999
+internal error (a bug of ours: exit 70, "please report"). The summary counts conversions at cosine >= 0.9999
 and prints the stage times of the largest model.
 """
 from __future__ import annotations
@@ -45,21 +45,14 @@ PEER_PY = ROOT / ".venv-peers" / "bin" / "python"
 # -- one architecture, in its own process ---------------------------------------------------------
 
 def _error_cell(e: BaseException) -> dict:
-    """{'exit': code or None, 'error': first line}: what `edgecompile build` would print."""
-    from edgecompile.build import BuildError
-    from edgecompile.cli import EXIT_CORRUPT, EXIT_INPUT, _input_errors
-    from edgecompile.container import ContainerError
+    """{'exit': code or None, 'error': first line}: what `edgecompile build` would print (None: an
+    error the CLI reports as internal, i.e. a bug of ours)."""
+    from edgecompile.errors import EdgecompileError, InternalError
 
     line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    if isinstance(e, BuildError):
-        code = e.exit_code
-    elif isinstance(e, ContainerError):
-        code = EXIT_CORRUPT
-    elif isinstance(e, _input_errors()):
-        code = EXIT_INPUT
-    else:
+    if not isinstance(e, EdgecompileError) or isinstance(e, InternalError):
         return {"exit": None, "error": f"{type(e).__name__}: {line}"[:300]}
-    return {"exit": code, "error": line[:300]}
+    return {"exit": e.exit_code, "error": line[:300]}
 
 
 def _build(arch, out: Path, **kw) -> dict:
@@ -199,7 +192,7 @@ def _summary(results: list[dict], peers: bool) -> None:
                   if isinstance(o.get(k), dict) and "error" in o[k] and o[k].get("exit") is None]
     exit4 = [(o.get("name", "?"), k) for o in ours for k in ("onnx", "tflite", "int8")
              if isinstance(o.get(k), dict) and o[k].get("exit") == 4]
-    print(f"uncaught errors (tracebacks): {len(tracebacks)} {tracebacks}; exit 4 (corrupt-bundle code): {exit4}")
+    print(f"internal errors: {len(tracebacks)} {tracebacks}; exit 4 (corrupt-bundle code): {exit4}")
     int8 = [o["int8"] for o in ours if isinstance(o.get("int8"), dict) and "passed" in o["int8"]]
     print(f"int8 default builds passing the gate: {sum(r['passed'] for r in int8)} of {len(int8)} built")
     big = max((o for o in ours if isinstance(o.get("onnx"), dict) and "params" in o["onnx"]),
