@@ -75,12 +75,12 @@ def test_unsupported_op_names_op_and_line(tmp_path):
     src.write_text("import torch\n"
                    "class M(torch.nn.Module):\n"
                    "    def forward(self, x):\n"
-                   "        return torch.cumsum(x, 1)\n"
+                   "        return torch.cumprod(x, 1)\n"
                    "def model():\n"
                    "    return M(), (torch.randn(1, 4),)\n")
     r = run_cli("build", f"{src}:model", "--out", str(tmp_path / "o"))
     assert r.returncode == 3
-    assert "cumsum" in r.stderr and "m.py:4" in r.stderr
+    assert "cumprod" in r.stderr and "m.py:4" in r.stderr
 
 
 def test_targets_lists_all():

@@ -11,19 +11,19 @@ from torch import nn
 from edgecompile.frontend import FrontendError, UnsupportedOpError, import_model, load_pt2, supported_ops
 
 
-class CumsumModel(nn.Module):
+class CumprodModel(nn.Module):
     def __init__(self):
         super().__init__()
         self.fc = nn.Linear(8, 8)
 
     def forward(self, x):
-        y = self.fc(x).cumsum(1)
+        y = self.fc(x).cumprod(1)
         return y
 
 
 class TwoUnsupported(nn.Module):
     def forward(self, x):
-        a = torch.cumsum(x, dim=1)
+        a = torch.cumprod(x, dim=1)
         b = torch.fft.rfft(x).real
         return a.sum() + b.sum()
 
@@ -35,36 +35,36 @@ def _line_of(fn, text: str) -> int:
 
 def test_unsupported_op_names_op_source_line_and_supported_list():
     with pytest.raises(UnsupportedOpError) as e:
-        import_model(CumsumModel(), (torch.randn(2, 8),))
+        import_model(CumprodModel(), (torch.randn(2, 8),))
     msg = str(e.value)
     assert "\n" not in msg
-    line = _line_of(CumsumModel.forward, ".cumsum(1)")
-    assert f"aten.cumsum.default at tests/frontend/test_frontend_errors.py:{line}" in msg
-    assert "`y = self.fc(x).cumsum(1)`" in msg
+    line = _line_of(CumprodModel.forward, ".cumprod(1)")
+    assert f"aten.cumprod.default at tests/frontend/test_frontend_errors.py:{line}" in msg
+    assert "`y = self.fc(x).cumprod(1)`" in msg
     assert "supported: " in msg and "aten.convolution" in msg and "aten.addmm" in msg
-    assert e.value.ops == ("aten.cumsum.default",)
+    assert e.value.ops == ("aten.cumprod.default",)
     assert isinstance(e.value, ValueError)
 
 
 def test_all_unsupported_ops_are_reported_at_once():
     with pytest.raises(UnsupportedOpError) as e:
         import_model(TwoUnsupported(), (torch.randn(2, 8),))
-    assert e.value.ops[0] == "aten.cumsum.default"
+    assert e.value.ops[0] == "aten.cumprod.default"
     assert any("fft" in op for op in e.value.ops)
     assert str(e.value).startswith("unsupported operators ")
 
 
 class ChainedUnsupported(nn.Module):
     def forward(self, x):
-        y = torch.cumsum(x, dim=1)
-        z = torch.fft.rfft(y).real      # behind the failed cumsum: named all the same
+        y = torch.cumprod(x, dim=1)
+        z = torch.fft.rfft(y).real      # behind the failed cumprod: named all the same
         return torch.relu(z)            # converts; not named
 
 
 def test_unsupported_ops_behind_a_failed_op_are_reported_too():
     with pytest.raises(UnsupportedOpError) as e:
         import_model(ChainedUnsupported(), (torch.randn(2, 8),))
-    assert e.value.ops[0] == "aten.cumsum.default"
+    assert e.value.ops[0] == "aten.cumprod.default"
     assert any("fft" in op for op in e.value.ops)
     assert not any("relu" in op for op in e.value.ops)
     line = _line_of(ChainedUnsupported.forward, "rfft")
@@ -124,4 +124,4 @@ def test_export_failure_is_wrapped():
 
 def test_supported_ops_listing():
     ops = supported_ops()
-    assert ops == sorted(ops) and "aten.linear" in ops and "aten.cumsum" not in ops
+    assert ops == sorted(ops) and "aten.linear" in ops and "aten.cumprod" not in ops

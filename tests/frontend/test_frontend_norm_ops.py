@@ -109,10 +109,10 @@ def test_overlapping_as_strided_is_a_one_line_error_naming_the_line():
 def test_unsupported_op_names_its_module():
     class Inner(nn.Module):
         def forward(self, x):
-            return torch.cumsum(x, 1)
+            return torch.cumprod(x, 1)
 
     model = nn.Sequential(nn.Linear(4, 4), Inner())
-    with pytest.raises(UnsupportedOpError, match=r"aten.cumsum.default in 1 \(Inner\) at "):
+    with pytest.raises(UnsupportedOpError, match=r"aten.cumprod.default in 1 \(Inner\) at "):
         import_model(model, (torch.randn(2, 4),))
 
 
