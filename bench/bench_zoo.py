@@ -75,7 +75,7 @@ def _build(arch, out: Path, **kw) -> dict:
             "quant": r.report.get("chosen", {}).get("quant") if isinstance(r.report.get("chosen"), dict) else None}
 
 
-def run_one(name: str, int8: bool) -> dict:
+def run_one(name: str, int8: bool, conv: bool = True) -> dict:
     import torch
 
     from bench.zoo.archs import ARCHS
@@ -85,8 +85,9 @@ def run_one(name: str, int8: bool) -> dict:
     res = {"name": name, "family": arch.family, "note": arch.note,
            "params": sum(p.numel() for p in arch.module().parameters())}
     with tempfile.TemporaryDirectory() as d:
-        res["onnx"] = _build(arch, Path(d) / "onnx", backend="onnx", quant="none", optimize="none")
-        res["tflite"] = _build(arch, Path(d) / "tflite", backend="tflite", quant="none", optimize="none")
+        if conv:
+            res["onnx"] = _build(arch, Path(d) / "onnx", backend="onnx", quant="none", optimize="none")
+            res["tflite"] = _build(arch, Path(d) / "tflite", backend="tflite", quant="none", optimize="none")
         if int8:
             res["int8"] = _build(arch, Path(d) / "int8")
     res["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -136,13 +137,14 @@ def main() -> None:
     ap.add_argument("--archs", help="comma-separated names (default: all; `python -m bench.zoo.archs` lists them)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--no-int8", action="store_true")
+    ap.add_argument("--int8-only", action="store_true", help="only the int8 builds (no conversion, no peers)")
     ap.add_argument("--timeout", type=int, default=1200, help="seconds per architecture and side")
     ap.add_argument("--json", type=Path, help="also write every figure here")
     ap.add_argument("--peers-from", type=Path, help="reuse the peers' figures of an earlier --json (same pins)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, not args.no_int8), default=float))
+        print(json.dumps(run_one(args.one, not args.no_int8, not args.int8_only), default=float))
         return
 
     from bench.zoo.archs import ARCHS
@@ -150,18 +152,21 @@ def main() -> None:
     earlier = {}
     if args.peers_from:
         earlier = {r["peers"].get("name"): r["peers"] for r in json.loads(args.peers_from.read_text())}
-    peers = not args.no_peers and (PEER_PY.exists() or bool(earlier))
+    peers = not args.no_peers and not args.int8_only and (PEER_PY.exists() or bool(earlier))
     if not args.no_peers and not peers:
         print(f"peers not measured: {PEER_PY} is missing (bash scripts/setup_peers.sh)")
     rows, results = [], []
     for i, name in enumerate(names, 1):
         t = time.perf_counter()
-        ours = _sub([sys.executable, __file__, "--one", name] + (["--no-int8"] if args.no_int8 else []), args.timeout)
+        flags = (["--no-int8"] if args.no_int8 else []) + (["--int8-only"] if args.int8_only else [])
+        ours = _sub([sys.executable, __file__, "--one", name] + flags, args.timeout)
         theirs = earlier.get(name) or (_sub([str(PEER_PY), str(ROOT / "bench" / "zoo_peers.py"), name], args.timeout)
                                        if peers else {})
         results.append({"ours": ours, "peers": theirs})
-        if "onnx" not in ours:          # the whole process failed
+        if "name" not in ours:          # the whole process failed
             ours = {"onnx": ours, "tflite": ours, "int8": ours}
+        ours.setdefault("onnx", {})
+        ours.setdefault("tflite", {})
         print(f"[{i}/{len(names)}] {name}: {time.perf_counter() - t:.0f} s; onnx {_cos_cell(ours['onnx'])}, "
               f"tflite {_cos_cell(ours['tflite'])}" + "".join(f", {p} {_cos_cell(theirs.get(p))}" for p in PEERS if peers),
               file=sys.stderr, flush=True)
