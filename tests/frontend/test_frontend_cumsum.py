@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -52,3 +54,22 @@ class GatherRuntime(nn.Module):
 def test_gather_of_a_runtime_tensor_is_named():
     with pytest.raises(UnsupportedOpError, match=r"aten.gather.default \(torch.gather of a run-time tensor"):
         import_model(GatherRuntime(), (torch.randn(2, 5), torch.zeros(2, 3, dtype=torch.long)))
+
+
+GOLDEN = Path(__file__).parent / "golden" / "position_ids.txt"
+
+
+def _dump() -> str:
+    torch.manual_seed(0)
+    ids = torch.tensor([[5, 7, 1, 9, 1, 3]])
+    return import_model(PositionIds().eval(), (ids, torch.randn(1, 3, 6))).dump()
+
+
+def test_golden_dump():
+    assert _dump() == GOLDEN.read_text(), \
+        "IR dump of PositionIds changed; if intended, run python -m tests.frontend.test_frontend_cumsum"
+
+
+if __name__ == "__main__":
+    GOLDEN.write_text(_dump())
+    print(f"wrote {GOLDEN}")
