@@ -104,8 +104,25 @@ def test_int8_group_norm_net_matches_fake_quant_and_float(runtime):
     assert _cosine(got, run_graph(float_g, x)) > 0.99
 
 
-@pytest.mark.parametrize("op,attrs", [("group_norm", {"num_groups": 2, "eps": 1e-5}), ("log1p", {}),
-                                      ("softplus", {"beta": 1.0, "threshold": 20.0})])
+@pytest.mark.parametrize("op,attrs", [("log1p", {}), ("softplus", {"beta": 1.0, "threshold": 20.0}),
+                                      ("softplus", {"beta": 2.0, "threshold": 1.5})])
+def test_c_backend_runs_log1p_and_softplus_as_lookup_tables(op, attrs):
+    """int8 in, int8 out: one 256-entry table, within one step of the fake-quantized executor
+    (tests/runtime/test_c_model.py runs such a table in the compiled C bit for bit)."""
+    from edgecompile.backends.c_ref.graph import run_int8
+
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((2, 4, 3, 3)) * 2).astype(np.float32)
+    if op == "log1p":
+        x = np.abs(x) - 0.5
+    q = quantize_for_test(_graph(op, x, attrs), x)
+    cm = emit_c(q)
+    assert [c.kernel for c in cm.calls] == ["lut"] and "ecm_lut" in cm.files["model.c"]
+    got = q.outputs[0].quant.dequantize(run_int8(q, q.inputs[0].quant.quantize(x))[0])
+    assert np.abs(got - run_graph(q, x)).max() <= step(q) + 1e-6
+
+
+@pytest.mark.parametrize("op,attrs", [("group_norm", {"num_groups": 2, "eps": 1e-5})])
 def test_c_backend_refuses_the_new_ops_in_one_line(op, attrs):
     x = np.abs(np.random.default_rng(0).standard_normal((2, 4, 3, 3)).astype(np.float32))
     q = quantize_for_test(_graph(op, x, attrs), x)

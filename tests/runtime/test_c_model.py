@@ -221,3 +221,33 @@ def test_fully_connected_from_packed_levels(levels, tmp_path):
     assert [layer.codec.split(" (")[0] for layer in cm.layers if layer.weight_bytes] == ["levels in place"] * 2
     xs = [[rng.integers(-128, 128, (1, 37)).astype(np.int8)] for _ in range(3)]
     _check(g, cm, xs, "host", tmp_path)
+
+
+def test_mish_and_log1p_run_as_lookup_tables_bit_exact(tmp_path):
+    """softplus (Mish's inner function, beta 2) and log1p as 256-entry tables in the compiled C,
+    bit for bit the numpy reference, between two convolutions."""
+    import torch
+    from torch import nn
+
+    from edgecompile.frontend.torch_export import import_model
+    from edgecompile.passes.quantize import QuantConfig, QuantizePass
+
+    class Acts(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 4, 1)
+
+        def forward(self, x):
+            y = self.c1(x)
+            y = y * torch.tanh(nn.functional.softplus(y, beta=2.0))
+            return self.c2(torch.log1p(y.abs()))
+
+    torch.manual_seed(0)
+    g = import_model(Acts().eval(), (torch.randn(1, 3, 8, 8),))
+    rng = np.random.default_rng(0)
+    QuantizePass(QuantConfig(), [(rng.standard_normal((1, 3, 8, 8)).astype(np.float32),) for _ in range(8)])(g)
+    assert {"softplus", "log1p"} <= {n.op for n in g.nodes}
+    cm = emit_c(g)
+    assert sum(c.kernel == "lut" for c in cm.calls) >= 3           # softplus, tanh, log1p
+    xs = [[rng.integers(-128, 128, g.inputs[0].shape).astype(np.int8)] for _ in range(3)]
+    _check(g, cm, xs, "host", tmp_path)

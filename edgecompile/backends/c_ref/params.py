@@ -103,6 +103,11 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 #: Unary IR ops as float64 functions of ``(x, attrs)``: each runs as a 256-entry table in int8.
+def _softplus(x: np.ndarray, beta: float, threshold: float) -> np.ndarray:
+    """torch's softplus: log(1 + exp(beta x)) / beta, and x itself where beta x > threshold."""
+    return np.where(beta * x > threshold, x, np.logaddexp(0.0, beta * x) / beta)
+
+
 LUT_FUNCTIONS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
     "sigmoid": lambda x, _: _sigmoid(x),
     "tanh": lambda x, _: np.tanh(x),
@@ -114,6 +119,9 @@ LUT_FUNCTIONS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
     "neg": lambda x, _: -x,
     "abs": lambda x, _: np.abs(x),
     "sqrt": lambda x, _: np.sqrt(np.maximum(x, 0.0)),   # a negative code (rounding below 0) is 0
+    # codes at or below -1 (rounding past log1p's domain) take the output range's floor
+    "log1p": lambda x, _: np.log1p(np.maximum(x, -1.0 + 1e-7)),
+    "softplus": lambda x, a: _softplus(x, a.get("beta", 1.0), a.get("threshold", 20.0)),
 }
 
 
