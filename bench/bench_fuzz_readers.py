@@ -146,7 +146,8 @@ def _contents(reader) -> dict:
     return got
 
 
-def _tiny_graph():
+def tiny_graph():
+    """conv + relu + flatten + linear on [1, 3, 8, 8]: the seed bundles (also tests/test_readers_total.py)."""
     from edgecompile.ir import Graph, infer_shapes
 
     rng = np.random.default_rng(0)
@@ -169,7 +170,7 @@ def write_seed_bundle(out: Path, backend: str) -> None:
     from edgecompile.targets import load_target
 
     out.mkdir(parents=True)
-    _write_bundle(out, _tiny_graph(), load_target("rpi4"), backend, BuildConfig())
+    _write_bundle(out, tiny_graph(), load_target("rpi4"), backend, BuildConfig())
     shutil.rmtree(out / "python")
     shutil.rmtree(out / "runtime", ignore_errors=True)
 

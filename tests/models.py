@@ -374,6 +374,21 @@ def unet_bilinear_data():
     return _with_data(unet_bilinear())
 
 
+
+class RecurrentHead(nn.Module):
+    """nn.LSTM or nn.GRU (batch first) and a linear head on the last hidden state (not in `ZOO`:
+    the recurrent-weight tests size it themselves)."""
+
+    def __init__(self, kind: str, features: int, hidden: int):
+        super().__init__()
+        self.rnn = (nn.LSTM if kind == "lstm" else nn.GRU)(features, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 4)
+
+    def forward(self, x):
+        _, h = self.rnn(x)
+        return self.head((h[0] if isinstance(h, tuple) else h)[-1])
+
+
 ZOO = {
     "mlp": mlp,
     "cnn": cnn,

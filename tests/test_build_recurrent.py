@@ -13,28 +13,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from edgecompile.build import BuildConfig, build
 from edgecompile.modelspec import LoadedModel
+from tests.models import RecurrentHead
 
 STEPS, FEATURES, HIDDEN = 12, 16, 48
 
 
-class _Recurrent(nn.Module):
-    def __init__(self, kind: str):
-        super().__init__()
-        self.rnn = (nn.LSTM if kind == "lstm" else nn.GRU)(FEATURES, HIDDEN, batch_first=True)
-        self.head = nn.Linear(HIDDEN, 4)
-
-    def forward(self, x):
-        _, h = self.rnn(x)
-        return self.head((h[0] if isinstance(h, tuple) else h)[-1])
-
-
 def _loaded(kind: str) -> LoadedModel:
     torch.manual_seed(0)
-    model = _Recurrent(kind).eval()
+    model = RecurrentHead(kind, FEATURES, HIDDEN).eval()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((96, STEPS, FEATURES)).astype(np.float32)
     return LoadedModel(kind, model, (torch.from_numpy(x[:1]),),

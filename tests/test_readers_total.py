@@ -11,6 +11,7 @@ import pytest
 import zstandard
 from click.testing import CliRunner
 
+from bench.bench_fuzz_readers import tiny_graph
 from edgecompile.build import BuildConfig, _write_bundle
 from edgecompile.bundle_inspect import inspect_bundle
 from edgecompile.cli import main
@@ -22,28 +23,12 @@ from edgecompile.session_base import BundleError
 from edgecompile.targets import load_target
 
 
-def _graph() -> Graph:
-    rng = np.random.default_rng(0)
-    g = Graph("tiny")
-    x = g.add_input("x", (1, 3, 8, 8))
-    w = g.add_const("conv.weight", rng.standard_normal((4, 3, 3, 3)).astype(np.float32))
-    b = g.add_const("conv.bias", rng.standard_normal(4).astype(np.float32))
-    h = g.add_node("conv", [x, w, b], {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1},
-                   name="conv").output
-    h = g.add_node("relu", [h], name="act").output
-    h = g.add_node("reshape", [h], {"shape": [1, 256]}, name="flat").output
-    fw = g.add_const("fc.weight", rng.standard_normal((5, 256)).astype(np.float32))
-    g.outputs = [g.add_node("linear", [h, fw], name="fc").output]
-    infer_shapes(g)
-    return g
-
-
 @pytest.fixture(scope="module", params=["onnx", "tflite"])
 def bundle(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param) / "b"
     out.mkdir()
     cfg = BuildConfig(codecs=("zstd",))
-    _write_bundle(out, _graph(), load_target("rpi4"), request.param, cfg)
+    _write_bundle(out, tiny_graph(), load_target("rpi4"), request.param, cfg)
     load_bundle(out, threads=1)            # the undamaged bundle loads
     inspect_bundle(out)
     return out

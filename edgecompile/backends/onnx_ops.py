@@ -190,24 +190,19 @@ def _linear(b, node):
         _emit(b, node, "Add", [mm, b.bias_real(bias, x, w)])
 
 
-def _conv(b, node):
+def _conv(b, node, op: str = "Conv", **extra):
     a, w = node.attrs, node.inputs[1]
     nd = len(w.shape) - 2
     bias = node.input(2)
     ins = [_x(b, node), b.real(w)] + ([b.bias_real(bias, node.inputs[0], w)] if bias is not None else [])
-    _emit(b, node, "Conv", ins, kernel_shape=list(w.shape[2:]), strides=_nd(a["stride"], nd),
-          pads=_nd(a["padding"], nd) * 2, dilations=_nd(a["dilation"], nd), group=a["groups"])
+    _emit(b, node, op, ins, kernel_shape=list(w.shape[2:]), strides=_nd(a["stride"], nd),
+          pads=_nd(a["padding"], nd) * 2, dilations=_nd(a["dilation"], nd), group=a["groups"], **extra)
 
 
 def _conv_transpose(b, node):
     """ConvTranspose: the same weight layout ([in, out/groups, *k]) and attributes as torch."""
-    a, w = node.attrs, node.inputs[1]
-    nd = len(w.shape) - 2
-    bias = node.input(2)
-    ins = [_x(b, node), b.real(w)] + ([b.bias_real(bias, node.inputs[0], w)] if bias is not None else [])
-    _emit(b, node, "ConvTranspose", ins, kernel_shape=list(w.shape[2:]), strides=_nd(a["stride"], nd),
-          pads=_nd(a["padding"], nd) * 2, output_padding=_nd(a["output_padding"], nd),
-          dilations=_nd(a["dilation"], nd), group=a["groups"])
+    nd = len(node.inputs[1].shape) - 2
+    _conv(b, node, "ConvTranspose", output_padding=_nd(node.attrs["output_padding"], nd))
 
 
 def _resize(b, node):

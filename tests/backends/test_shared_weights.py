@@ -15,7 +15,6 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from torch import nn
 
 from edgecompile.backends.c_model import emit_c
 from edgecompile.backends.onnx import emit_onnx
@@ -23,28 +22,16 @@ from edgecompile.backends.tflite import emit_tflite
 from edgecompile.backends.tflite_builder import ModelBuilder
 from edgecompile.frontend.torch_export import import_model
 from edgecompile.passes.quantize import QuantizePass, parse_quant_spec
+from tests.models import RecurrentHead
 from tflite_util import run_tflite
 
 FEATURES, HIDDEN = 8, 16
 QUANTS = ("none", "int8", "int8:weights_only")
 
 
-class Recurrent(nn.Module):
-    """nn.LSTM or nn.GRU (batch first) and a linear head on the last hidden state."""
-
-    def __init__(self, kind: str):
-        super().__init__()
-        self.rnn = (nn.LSTM if kind == "lstm" else nn.GRU)(FEATURES, HIDDEN, batch_first=True)
-        self.head = nn.Linear(HIDDEN, 4)
-
-    def forward(self, x):
-        _, h = self.rnn(x)
-        return self.head((h[0] if isinstance(h, tuple) else h)[-1])
-
-
 def recurrent(kind: str, steps: int):
     torch.manual_seed(0)
-    return Recurrent(kind).eval(), (torch.randn(1, steps, FEATURES),)
+    return RecurrentHead(kind, FEATURES, HIDDEN).eval(), (torch.randn(1, steps, FEATURES),)
 
 
 @pytest.fixture(scope="module")
