@@ -7,16 +7,18 @@ The search works on the quantized graph, whose int8 weights the container then c
 `min_params` values) it walks a ladder of settings (sparsity, bits), from mild to aggressive, and
 measures each setting *alone* with the IR executor on a search set held out from the calibration
 data: the gate's own checks (`fidelity.compare`, output kinds included) against the float model,
-with thresholds tightened by `margin`. A setting's cost is how much it lowers that score; its
-gain the estimated bytes it saves (order-0 entropy of the int8 values, which is what the rANS
-coder reaches). Then one tolerance is searched by bisection: every layer takes its smallest
-setting whose solo cost is within the tolerance, and the largest tolerance whose *joint* result
-still passes the tightened gate wins. The real-runtime gate checks the result afterwards.
+with thresholds tightened by `margin`. A setting's cost is how much it lowers that score (measured
+while the time budget lasts, else predicted from the layer's output error: `_solo`); its gain the
+estimated bytes it saves (order-0 entropy of the int8 values, which is what the rANS coder
+reaches). Then a Lagrange multiplier is searched by bisection: every layer takes the setting
+minimizing ``bytes + multiplier * cost``, and the smallest multiplier whose *joint* result still
+passes the tightened gate wins. The real-runtime gate checks the result afterwards.
 
-Cost: at most (layers × ladder steps) forward passes of the search set (capped by `max_evals`;
-only the largest layers holding `coverage` of the bytes are searched) plus ~10 joint ones; a solo
-walk stops at the first setting that fails the gate alone (it could never be chosen). Low rank is not in the ladder: measured on pretrained
-weights, effective ranks are ~0.7 of full rank, so factorizing adds bytes (DESIGN.md).
+Cost: at most (layers × ladder steps) forward passes of the search set (capped by `max_evals` and
+`max_seconds`; only the largest layers holding `coverage` of the bytes are searched) plus ~10
+joint ones; a solo walk stops at the first setting that fails the gate alone (it could never be
+chosen). Low rank is not in the ladder: measured on pretrained weights, effective ranks are ~0.7
+of full rank, so factorizing adds bytes (DESIGN.md).
 
 With ``size``, each layer whose channel scales differ is also tried on one grid for the whole
 tensor (`per_tensor_grid`): fewer levels in small channels, fewer coded bits.
@@ -31,6 +33,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -127,6 +130,17 @@ def per_tensor_grid(q: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.nd
     return q2, np.full_like(scale, big)
 
 
+class _Option(NamedTuple):
+    """One setting of one layer: its solo cost (measured, or predicted from its output error)."""
+    cost: float                   # how much the setting alone lowers the gate score
+    bytes: float                  # estimated coded bytes
+    setting: tuple                # (sparsity, bits) or (0.0, 8, "tensor")
+    q: np.ndarray
+    scale: np.ndarray | None      # a new (per-tensor grid) scale, or None
+    error: float                  # the layer's relative output error (`_Layer.error`)
+    measured: bool
+
+
 @dataclass
 class _Layer:
     node: str
@@ -134,9 +148,42 @@ class _Layer:
     q: np.ndarray                 # the int8 values before the search
     scale: np.ndarray             # broadcastable per-channel scale
     bytes0: float
-    options: list                 # (cost, bytes, setting, q', scale' or None) measured alone
+    options: list                 # `_Option`s
     op: str = "linear"
     rounder: Rounder | None = None  # error-compensated rounding from the layer's input statistics
+    gram: np.ndarray | None = None  # input Gram H [in, in], an embedding's row counts [rows], or None
+
+    def error(self, q: np.ndarray, scale: np.ndarray | None = None) -> float:
+        """The layer's output error with int8 values `q` (and `scale`) relative to its output, on
+        the calibration inputs: ``||X (W - W')^T||^2 / ||X W^T||^2`` with ``H = X^T X`` (an
+        embedding's H is the diagonal of its row counts; without statistics, H = I)."""
+        h = self.gram
+        rows = slice(None)
+        if h is not None and h.ndim == 1:         # only the rows the data reads count
+            rows = np.flatnonzero(h)
+            h = h[rows]
+        w = as_rows(self.op, self.q * self.scale)[rows].astype(np.float64)
+        d = w - as_rows(self.op, q * (self.scale if scale is None else scale))[rows]
+        if h is None:
+            num, den = (d * d).sum(), (w * w).sum()
+        elif h.ndim == 1:
+            num, den = h @ (d * d).sum(1), h @ (w * w).sum(1)
+        else:
+            ht = torch.from_numpy(h)
+            dt, wt = torch.from_numpy(d), torch.from_numpy(w)
+            num, den = float(((dt @ ht) * dt).sum()), float(((wt @ ht) * wt).sum())
+        return float(num / den) if den > 0 else 0.0
+
+    def settings(self, ladder, goal: str) -> list[tuple]:
+        """(setting, q, scale) to try, mildest first: a per-tensor grid (``size``, channel scales
+        that differ), then the ladder."""
+        out = []
+        if goal == "size" and self.scale.size > 1 and self.scale.max() > 1.5 * self.scale.min():
+            q, sc = per_tensor_grid(self.q, self.scale)      # one grid for the tensor: off the ladder
+            out.append(((0.0, 8, "tensor"), q, sc))
+        for sparsity, bits in ladder:
+            out.append(((sparsity, bits), apply_setting(self.q, sparsity, bits, self.rounder, self.op), None))
+        return out
 
 
 class GateScore:
@@ -263,88 +310,157 @@ def optimize_weights(graph: Graph, samples: Sequence[np.ndarray], ref: list[np.n
     layers = kept
     if gram_samples is not None and len(gram_samples[0]):
         nodes = {lay.node: graph.node(lay.node) for lay in layers}
-        grams = layer_grams(graph, gram_samples, [n for n, node in nodes.items() if gram_shape_ok(node)])
+        grams = layer_grams(graph, gram_samples, list(nodes))
         for lay in layers:
-            if lay.node in grams:
-                lay.rounder = Rounder(grams[lay.node])
-    for i, layer in enumerate(layers):
-        if scorer.evals >= config.max_evals or time.perf_counter() - t0 > config.max_seconds:
-            break                         # out of budget: the smaller layers keep int8
-        if config.goal == "size" and layer.scale.size > 1 and layer.scale.max() > 1.5 * layer.scale.min():
-            q, sc = per_tensor_grid(layer.q, layer.scale)      # one grid for the tensor: off the ladder
-            scorer.set_weight(layer, q, sc)
-            s = scorer()
-            layer.options.append((base - s, entropy_bytes(q), (0.0, 8, "tensor"), q, sc))
-        for sparsity, bits in ladder:
-            q = apply_setting(layer.q, sparsity, bits, layer.rounder, layer.op)
-            scorer.set_weight(layer, q)
-            s = scorer()
-            layer.options.append((base - s, entropy_bytes(q), (sparsity, bits), q, None))
-            if s < 0:          # fails the gate alone: it can never be chosen, and harsher steps cost more
-                break
-        scorer.set_weight(layer, layer.q)
-        if progress:
-            progress(0.8 * (i + 1) / len(layers))
+            lay.gram = grams.get(lay.node)
+            if lay.gram is not None and gram_shape_ok(nodes[lay.node]):
+                lay.rounder = Rounder(lay.gram)
+    _solo(layers, scorer, base, config, t0, progress)
 
-    def choose(tol: float) -> list[tuple]:
+    def choose(lam: float) -> list[_Option | None]:
+        """Each layer's setting minimizing bytes + lam * solo cost (None: keep int8)."""
         picks = []
         for layer in layers:
-            ok = [o for o in layer.options if o[0] <= tol and o[1] < layer.bytes0]
-            picks.append(min(ok, key=lambda o: o[1]) if ok else None)
+            best, val = None, layer.bytes0
+            for o in layer.options:
+                v = o.bytes + lam * max(o.cost, 0.0)
+                if o.cost <= base and o.bytes < layer.bytes0 and v < val:
+                    best, val = o, v
+            picks.append(best)
         return picks
 
     def joint(picks) -> float:
         for layer, p in zip(layers, picks):
-            scorer.set_weight(layer, layer.q if p is None else p[3], None if p is None else p[4])
+            scorer.set_weight(layer, layer.q if p is None else p.q, None if p is None else p.scale)
         return scorer()
 
-    tols = sorted({o[0] for layer in layers for o in layer.options if o[0] <= base})
-    passing: dict[int, float] = {}        # tolerance index -> joint score, for those that pass
-    lo, hi = 0, len(tols) - 1
-    while lo <= hi:                       # largest tolerance whose joint result passes
+    # The costs add up when layers change together, so bytes are spent where they buy the most: a
+    # Lagrangian allocation (equal slope), not one cost cap for every layer (measured on MiniLM at
+    # cosine 0.99: one cap kept the 11.7M-entry embedding at 4.8 bits a weight because its cost
+    # was above what the small layers could afford; 12.99 MB estimated under the cap).
+    # The multipliers where some layer's choice changes, ascending (most compression first); at
+    # the top end every layer keeps int8, which is the base and passes.
+    lams = sorted(_breakpoints(layers, base)) + [np.inf]
+    passing: dict[int, float] = {len(lams) - 1: base}
+    lo, hi = 0, len(lams) - 2
+    while lo <= hi:                       # the smallest multiplier whose joint result passes
         mid = (lo + hi) // 2
-        s = joint(choose(tols[mid]))
+        s = joint(choose(lams[mid]))
         if s >= 0:
-            passing[mid], lo = s, mid + 1
+            passing[mid], hi = s, mid - 1
         else:
-            hi = mid - 1
+            lo = mid + 1
         if progress:
             progress(0.8 + 0.2 * min(1.0, scorer.evals / (scorer.evals + hi - lo + 2)))
-    # Up to three plans, most compressed first: the best tolerance, then ones a half and a quarter
-    # of the way down (the build falls back to them if the real runtime's gate disagrees).
+    # Up to three plans, most compressed first: the best multiplier, then ones a half and three
+    # quarters of the way to keeping int8 (the build falls back to them if the real runtime's
+    # gate disagrees).
     plans = []
-    if passing:
-        top = max(passing)
-        for k in dict.fromkeys((top, top // 2, top // 4)):
-            picks = choose(tols[k])
-            plans.append(_plan(layers, picks, tols[k], passing.get(k)))
-    elif tols:
-        # Small solo costs can still add up past the gate. Then take the layers in order of bytes
-        # saved per unit of solo cost at the median tolerance, and bisect on how many of them.
-        tol = tols[len(tols) // 2]
-        picks = choose(tol)
-        order = sorted((i for i, p in enumerate(picks) if p is not None),
-                       key=lambda i: -(layers[i].bytes0 - picks[i][1]) / max(picks[i][0], 1e-3))
-        lo, hi, best = 1, len(order), None
-        while lo <= hi:
-            mid = (lo + hi) // 2
-            keep = set(order[:mid])
-            sub = [p if i in keep else None for i, p in enumerate(picks)]
-            s = joint(sub)
-            if s >= 0:
-                best, lo = (sub, s, mid), mid + 1
-            else:
-                hi = mid - 1
-        if best is not None:
-            plans.append(_plan(layers, best[0], tol, best[1]))
+    top, end = min(passing), len(lams) - 1
+    for k in dict.fromkeys((top, top + (end - top) // 2, top + 3 * (end - top) // 4)):
+        picks = choose(lams[k])
+        if any(p is not None for p in picks):
+            plans.append(_plan(layers, picks, lams[k], passing.get(k)))
     joint([None] * len(layers))
     return {"goal": config.goal, "plans": plans, "base_score": round(base, 4), "evaluations": scorer.evals,
             "seconds": round(time.perf_counter() - t0, 2), "margin": config.margin,
             "search_samples": int(len(samples[0])), "layers_searched": len(layers),
-            "layers_measured": sum(1 for lay in layers if lay.options)}
+            "layers_measured": sum(1 for lay in layers if any(o.measured for o in lay.options)),
+            "costs_measured": sum(o.measured for lay in layers for o in lay.options),
+            "costs_predicted": sum(not o.measured for lay in layers for o in lay.options)}
 
 
-def _plan(layers: list[_Layer], picks: list, tol: float, score: float | None) -> dict:
+def _breakpoints(layers: list[_Layer], base: float) -> set[float]:
+    """The multipliers (bytes per unit of gate score) at which a layer's Lagrangian choice between
+    two of its settings (or int8) changes."""
+    out = set()
+    for layer in layers:
+        pts = [(0.0, layer.bytes0)] + [(max(o.cost, 0.0), o.bytes) for o in layer.options
+                                        if o.cost <= base and o.bytes < layer.bytes0]
+        for c1, b1 in pts:
+            for c2, b2 in pts:
+                if c2 > c1 and b2 < b1:
+                    out.add((b1 - b2) / (c2 - c1))
+    return out
+
+
+def _solo(layers: list[_Layer], scorer: _Scorer, base: float, config: OptimizeConfig, t0: float,
+          progress: Callable[[float], None] | None) -> None:
+    """Fills each layer's `options`: its settings, their estimated bytes and solo costs.
+
+    A solo cost is measured (the search set through the executor with that one layer changed)
+    while the budget lasts: first one probe per layer, largest layers first, at the middle of the
+    ladder; then the rest of each layer's ladder, mildest first, until a setting fails the gate
+    alone (harsher ones would too). A cost not measured is predicted as the layer's sensitivity
+    times the setting's relative output error (`_Layer.error`: cheap, from the layer's input
+    Gram): for small changes the gate's score drops in proportion to the output error a layer
+    makes. The sensitivity is fitted to the layer's own measurements; a layer never measured takes
+    the largest of the others'. On a small model every cost is measured; on MiniLM (22M weights,
+    ~4 s a measurement on 2 cores) only the probes fit the budget, where measuring the whole ladder
+    of every layer would take ~15 minutes. A layer whose settings could not even be made within
+    the budget keeps int8."""
+    ladder = config.ladder
+    probe = ladder[(len(ladder) - 1) // 2]
+    cands: list[list[tuple]] = []                 # per layer: (setting, q, scale, error)
+    for lay in layers:
+        if cands and time.perf_counter() - t0 > config.max_seconds:
+            break
+        cands.append([(st, q, sc, lay.error(q, sc)) for st, q, sc in lay.settings(ladder, config.goal)])
+        if progress:
+            progress(0.3 * len(cands) / len(layers))
+    measured: list[dict[int, float]] = [{} for _ in cands]
+
+    def left() -> bool:
+        return scorer.evals < config.max_evals and time.perf_counter() - t0 <= config.max_seconds
+
+    def measure(i: int, j: int) -> float:
+        _, q, sc, _ = cands[i][j]
+        scorer.set_weight(layers[i], q, sc)
+        measured[i][j] = cost = base - scorer()
+        scorer.set_weight(layers[i], layers[i].q)
+        if progress:
+            progress(0.3 + 0.5 * min(1.0, (time.perf_counter() - t0) / config.max_seconds))
+        return cost
+
+    for i, cs in enumerate(cands):                # one probe per layer
+        if not left():
+            break
+        measure(i, next(j for j, c in enumerate(cs) if c[0] == probe))
+    for i, cs in enumerate(cands):                # then each ladder, mildest first
+        for j, (st, *_) in enumerate(cs):
+            if j not in measured[i]:
+                if not left():
+                    break
+                measure(i, j)
+            if len(st) == 2 and measured[i][j] > base:
+                break                             # fails alone: harsher settings cannot be chosen
+
+    def sensitivity(i: int) -> float | None:
+        pts = [(max(c, 0.0), cands[i][j][3]) for j, c in measured[i].items()]
+        err = sum(e for _, e in pts)
+        return sum(c for c, _ in pts) / err if err > 0 else None
+
+    fitted = [sensitivity(i) for i in range(len(cands))]
+    known = [s for s in fitted if s is not None]
+    if not known:
+        return                                    # nothing measured: every layer keeps int8
+    # No change is free: a cost measured as zero (a discrete check such as top-1 agreement did
+    # not move on the search set) or a probe that happened to cost nothing still counts a tenth
+    # of the typical sensitivity times its output error, so that harsher settings cost more and
+    # the allocation can back off them when their joint effect shows.
+    positive = [s for s in known if s > 0]
+    floor = max(0.1 * float(np.median(positive)) if positive else 0.0, 1e-6)
+    for i, cs in enumerate(cands):
+        sens = max(fitted[i] if fitted[i] is not None else max(known), floor)
+        worst = -np.inf                           # a ladder step costs at least what a milder one measured
+        for j, (st, q, sc, err) in enumerate(cs):
+            cost = max(measured[i][j], floor * err) if j in measured[i] else max(sens * err, worst)
+            if len(st) == 2 and j in measured[i]:
+                worst = max(worst, cost)
+            layers[i].options.append(_Option(cost, entropy_bytes(q), st, q, sc, err, j in measured[i]))
+
+
+def _plan(layers: list[_Layer], picks: list, lam: float, score: float | None) -> dict:
     """One searched configuration: new int8 values per constant and the report rows saying why."""
     rows, weights, before, after = [], {}, 0.0, 0.0
     for layer, p in zip(layers, picks):
@@ -358,9 +474,11 @@ def _plan(layers: list[_Layer], picks: list, tol: float, score: float | None) ->
                      "est_bytes_before": round(layer.bytes0),
                      "est_bytes_after": round(layer.bytes0 if p is None else p[1]),
                      "solo_cost": None if p is None else round(p[0], 4),
-                     "why": "kept int8: every setting tried alone cost more than the tolerance" if p is None
-                     else f"smallest setting whose solo score drop {p[0]:.3f} is within the tolerance {tol:.3f}"})
-    return {"tolerance": round(tol, 4), "score": None if score is None else round(score, 4), "weights": weights,
+                     "why": "kept int8: no setting saves enough bytes for what it costs the gate" if p is None
+                     else f"fewest bytes + {lam:.3g} x solo score drop ({p.cost:.3f}, "
+                          f"{'measured' if p.measured else 'predicted from its output error'})",
+                     "output_error": None if p is None else round(p.error, 6)})
+    return {"bytes_per_score": round(lam, 1), "score": None if score is None else round(score, 4), "weights": weights,
             "layers": rows, "est_bytes_before": round(before), "est_bytes_after": round(after)}
 
 

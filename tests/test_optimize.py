@@ -100,3 +100,40 @@ def test_per_tensor_grid_keeps_values_and_moves_the_int32_bias(digits):
     assert b.data.dtype == np.int32 and np.array_equal(b.quant.scale, np.float32(x.quant.scale[0]) * w.quant.scale)
     got = executor_outputs(TorchExecutor(cand, fake_quant=True).eval(), [torch.as_tensor(samples[0])])
     assert (got[0].argmax(1) == ref[0].argmax(1)).mean() > 0.95
+
+
+def test_layer_output_error_is_the_executors(digits):
+    """`_Layer.error` from the Gram equals the relative output error of that layer alone, measured
+    with its real inputs."""
+    from edgecompile.optimize import _layers
+    from edgecompile.passes.gptq import layer_grams
+
+    g, samples, _ = digits
+    lay = next(lay for lay in _layers(g, 1024) if g.node(lay.node).op == "linear")
+    lay.gram = layer_grams(g, samples, [lay.node])[lay.node]
+    q2 = apply_setting(lay.q, 0.5, 3)
+    seen = []
+    ex = TorchExecutor(g, fake_quant=True).eval()
+    ex.observers = {lay.node: seen.append}
+    ex(torch.as_tensor(samples[0]))
+    x = torch.cat(seen).double().numpy()
+    w, w2 = lay.q * lay.scale, q2 * lay.scale
+    want = np.sum((x @ (w - w2).T) ** 2) / np.sum((x @ w.T) ** 2)
+    assert lay.error(q2) == pytest.approx(want, rel=1e-6)
+    assert lay.error(lay.q) == 0.0
+
+
+def test_search_predicts_costs_when_the_budget_is_short(digits):
+    """With time for only a few measurements, the unmeasured costs are predicted from each
+    layer's output error and the plan still passes the gate it was chosen by."""
+    g, samples, ref = digits
+    gate = GateScore([OutputSpec("logits")], Thresholds())
+    res = optimize_weights(g, samples, ref, gate, OptimizeConfig("size", max_evals=4),
+                           gram_samples=(samples[0][:64],))
+    assert res["costs_measured"] <= 4 < res["costs_predicted"] and res["plans"]
+    best = res["plans"][0]
+    assert any("predicted" in r["why"] for r in best["layers"])
+    cand = g.copy()
+    apply_plan(cand, best)
+    got = executor_outputs(TorchExecutor(cand, fake_quant=True).eval(), [torch.as_tensor(samples[0])])
+    assert gate(ref, got) >= 0 and best["est_bytes_after"] < 0.8 * best["est_bytes_before"]

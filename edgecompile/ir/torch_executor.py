@@ -101,8 +101,8 @@ class TorchExecutor(nn.Module):
         self.params = nn.ParameterDict()
         self._layer_of: dict[str, str] = {}        # node name -> layer key
         self._const_src: dict[str, tuple[str, str]] = {}  # const name -> (kind, key[.attr])
-        # node name -> callback given the node's (first) input as the node sees it; statistics
-        # passes (passes/gptq.py) read layer inputs this way
+        # node name -> callback given the node's (first) input as the node sees it (a gather's
+        # indices); statistics passes (passes/gptq.py) read layer inputs this way
         self.observers: dict[str, object] = {}
         owner = self._layer_owners(graph)
         for node in graph.nodes:
@@ -234,8 +234,8 @@ class TorchExecutor(nn.Module):
                         for v in node.inputs]
                 if args:
                     args[0] = self._dynamic(node, args[0])
-                    if observe is not None:
-                        observe(args[0])
+                    if observe is not None:     # a gather's statistics are its indices
+                        observe(args[1] if node.op == "gather" else args[0])
                 out = run_op(node.op, args, node.attrs)
             env[id(node.output)] = self._quantize_act(node.output, out)
         outs = tuple(env[id(v)] if id(v) in env else self.const_tensor(v.name) for v in g.outputs)

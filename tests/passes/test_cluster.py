@@ -29,6 +29,24 @@ def test_cluster_keeps_zeros_and_bounds_levels():
     assert np.abs(c.astype(int) - q).max() <= 255 // 8  # within half a (roughly uniform) cluster width
 
 
+@pytest.mark.parametrize("bits", [1, 2, 3, 5])
+def test_cluster_on_the_histogram_is_lloyd_on_every_weight(bits):
+    """cluster_int8 runs k-means on the histogram of the int8 values: the same levels as
+    `kmeans_cluster` run on every non-zero weight, whatever the distribution and sparsity."""
+    from edgecompile.container import kmeans_cluster
+
+    rng = np.random.default_rng(bits)
+    for t in range(40):
+        w = [rng.normal, rng.laplace, lambda a, b, n: rng.uniform(-b, b, n)][t % 3](0, 1, int(rng.integers(2, 3000)))
+        q = np.clip(np.rint(w / np.abs(w).max() * 127 * rng.uniform(0.05, 1)), -127, 127).astype(np.int8)
+        q[rng.random(q.size) < (0.5 if t % 4 == 0 else 0)] = 0
+        want = q.copy()
+        nz = q != 0
+        if nz.sum() > 1 << bits:
+            want[nz] = np.clip(np.rint(kmeans_cluster(q[nz].astype(np.float32), bits)), -127, 127)
+        assert np.array_equal(cluster_int8(q, bits), want)
+
+
 def test_pass_structure_numerics_and_lut_codec():
     g = quantized_linear()
     x = np.random.default_rng(2).standard_normal((4, 128)).astype(np.float32)

@@ -110,3 +110,19 @@ def test_layer_grams_are_the_gram_of_each_layers_inputs():
     assert np.allclose(grams[names["conv14"]], (u2.T @ u2).numpy())
     assert np.allclose(grams[names["linear"]], (f.T @ f).numpy(), rtol=1e-5)
     assert len(grams) == 3                               # the depthwise conv has none
+
+
+def test_layer_grams_count_the_rows_an_embedding_reads():
+    class Emb(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.e = torch.nn.Embedding(50, 8)
+
+        def forward(self, ids):
+            return self.e(ids).sum(1)
+
+    ids = torch.tensor([[1, 2, 2, 7], [7, 7, 0, 49]])
+    g = import_model(Emb().eval(), (ids,))
+    node = next(n for n in g.nodes if n.op == "gather")
+    got = layer_grams(g, [ids.numpy()], [node.name])[node.name]
+    assert got.shape == (50,) and np.array_equal(got, np.bincount(ids.ravel().numpy(), minlength=50))
