@@ -344,6 +344,8 @@ def optimize_weights(graph: Graph, samples: Sequence[np.ndarray], ref: list[np.n
     passing: dict[int, float] = {len(lams) - 1: base}
     lo, hi = 0, len(lams) - 2
     while lo <= hi:                       # the smallest multiplier whose joint result passes
+        if time.perf_counter() - t0 > 1.5 * config.max_seconds and len(passing) > 1:
+            break                         # out of time: the best plan that passed so far
         mid = (lo + hi) // 2
         s = joint(choose(lams[mid]))
         if s >= 0:
