@@ -255,7 +255,7 @@ def edgecompile_row(key, label, extra: dict, loaded, ref, ref_stream, kinds, exa
     """One edgecompile build for rpi4 (allow_degraded: a failed gate still leaves a bundle to
     measure), re-measured here on the same eval data as the peers."""
     from edgecompile.build import BuildConfig, build
-    from edgecompile.loader import load_bundle
+    from edgecompile.bundle import load_bundle
 
     evals, batch = loaded.data["eval"], int(loaded.example_inputs[0].shape[0])
     out = workdir / f"{key}-rpi4-{len(list(workdir.iterdir()))}"

@@ -29,6 +29,7 @@ import torch
 
 from . import __version__, staging
 from .analysis import total_macs
+from .bundle.ship import ship
 from .errors import EXIT_DOES_NOT_FIT, EXIT_VERIFICATION, DoesNotFitError, InputError, Interrupted, VerificationError
 from .data_io import Samples, as_samples, load_samples, synthesize_samples
 from .ir import Graph, verify
@@ -259,23 +260,10 @@ def _write_bundle(stage: Path, graph: Graph, target: Target, backend: str, cfg: 
     if getattr(emitted, "dequantize_at_load", ()):
         manifest["dequantize_at_load"] = list(emitted.dequantize_at_load)
     (stage / "manifest.json").write_text(json.dumps(manifest, separators=(",", ":")))  # compact: bytes count
-    _copy_loader(stage)
+    ship(stage / "python")
     from .backends.c_bundle import write_c_bundle
     write_c_bundle(stage, stage / "weights.ecw", target.kind, target.name, target.triple, target.cpu)
     return {"emitted": emitted, "records": records, "model_file": model_name}
-
-
-def _copy_loader(stage: Path) -> None:
-    """Ships the torch-free loader and container reader so the bundle runs on a board without edgecompile."""
-    pkg = Path(__file__).resolve().parent
-    dst = stage / "python" / "edgecompile"
-    (dst / "container").mkdir(parents=True)
-    (dst / "__init__.py").write_text(f'__version__ = "{__version__}"\n')
-    for f in (pkg / "container").glob("*.py"):
-        shutil.copy2(f, dst / "container" / f.name)
-    for name in ("errors.py", "loader.py", "tflite_loader.py", "session_base.py"):
-        if (pkg / name).exists():
-            shutil.copy2(pkg / name, dst / name)
 
 
 def fp32_onnx(graph: Graph) -> bytes:
@@ -326,7 +314,7 @@ def _latency(stage: Path, baseline_bytes: bytes, session, example: list[np.ndarr
     percent of a small model)."""
     import onnxruntime as ort
 
-    from .loader import BundleSession
+    from .bundle.onnx_session import BundleSession
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
@@ -514,7 +502,7 @@ def _build_model(model_spec, cfg: BuildConfig, target: Target, progress: Progres
         return BuildResult(out, {}, None, degraded=False, written=False)
 
     from . import build_device as bd      # the device half (generated C, TFLite Micro); imports this module
-    from .loader import load_bundle
+    from .bundle import load_bundle
 
     try:
         ref = reference_outputs(loaded, evals, batch)   # once: every candidate is judged against it

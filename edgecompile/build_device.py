@@ -191,7 +191,7 @@ def tflm_checks(written: dict) -> tuple[TflmSession, dict]:
     except ImportError:
         raise BuildError("--backend tflite for a microcontroller is checked with TFLite Micro, which is not installed: "
                          "pip install tflite-micro==0.dev20261023182759 (the dev extra), or use --backend c") from None
-    from .tflite_loader import fill_weights
+    from .bundle.tflite_model import fill_weights
 
     em = written["emitted"]
     full = fill_weights(em.model_bytes, em.tensors)

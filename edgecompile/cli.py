@@ -221,7 +221,7 @@ def targets(as_json):
 def inspect(bundle, as_json):
     """Print the report of an existing BUNDLE and check it: manifest, every tensor's CRC, and the model
     file loaded by its runtime with the container's weights."""
-    from .bundle_inspect import inspect_bundle
+    from .bundle.check import inspect_bundle
     from .report import render_terminal
 
     info = inspect_bundle(bundle)

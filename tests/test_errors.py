@@ -43,7 +43,7 @@ def test_every_error_class_has_a_kind_and_a_documented_code():
     names = {f"{c.__module__}.{c.__qualname__}" for c in classes}
     # the ones issue 15 names, so that the walk is known to reach them
     for expected in ("edgecompile.frontend.errors.FrontendError", "edgecompile.backends.onnx_builder.OnnxEmitError",
-                     "edgecompile.session_base.BundleError", "edgecompile.finetune.data.FinetuneDataError",
+                     "edgecompile.bundle.manifest.BundleError", "edgecompile.finetune.data.FinetuneDataError",
                      "edgecompile.finetune.recover.RecoverConfigError", "edgecompile.ir.verify.VerifyError",
                      "edgecompile.container.errors.ContainerError", "edgecompile.build.DoesNotFit"):
         assert expected in names
@@ -64,7 +64,7 @@ def test_kinds_keep_their_builtin_bases_and_codes():
     from edgecompile.container import ChecksumMismatch
     from edgecompile.frontend import UnsupportedOpError
     from edgecompile.ir import VerifyError
-    from edgecompile.session_base import BackendRuntimeError, BundleError
+    from edgecompile.bundle import BackendRuntimeError, BundleError
 
     assert issubclass(UnsupportedOpError, ValueError) and UnsupportedOpError.exit_code == 3
     assert issubclass(BuildError, RuntimeError) and BuildError.exit_code == 3

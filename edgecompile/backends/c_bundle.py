@@ -31,21 +31,21 @@ MCU_CPUS = frozenset(_MCU_FLOAT)
 def mcu_flags(cpu: str) -> str:
     """``-mcpu=<cpu> -mthumb`` and the float ABI of a Cortex-M: what every microcontroller build uses."""
     if cpu not in _MCU_FLOAT:
-        raise BundleError(f"unknown MCU cpu {cpu!r}; known: {sorted(_MCU_FLOAT)}")
+        raise CBundleError(f"unknown MCU cpu {cpu!r}; known: {sorted(_MCU_FLOAT)}")
     return f"-mcpu={cpu} -mthumb {_MCU_FLOAT[cpu]}"
 
 
-class BundleError(InputError, RuntimeError):
+class CBundleError(InputError, RuntimeError):
     """The C bundle cannot be written (runtime sources missing, unknown target kind or CPU)."""
 
 
 def runtime_dir() -> Path:
-    """The C runtime's sources (checkout or installed copy); raises ``BundleError`` when missing."""
+    """The C runtime's sources (checkout or installed copy); raises ``CBundleError`` when missing."""
     from ..resources import project_dir
 
     root = project_dir("runtime", "include/ecw.h")
     if not (root / "include" / "ecw.h").is_file():
-        raise BundleError(f"C runtime sources not found at {root}; reinstall edgecompile or run from a checkout")
+        raise CBundleError(f"C runtime sources not found at {root}; reinstall edgecompile or run from a checkout")
     return root
 
 
@@ -155,7 +155,7 @@ def write_c_bundle(out_dir: Path, container_path: Path, target_kind: str, target
         Every file written.
     """
     if target_kind not in ("linux", "mcu"):
-        raise BundleError(f"target {target_name!r}: unknown kind {target_kind!r}; expected 'linux' or 'mcu'")
+        raise CBundleError(f"target {target_name!r}: unknown kind {target_kind!r}; expected 'linux' or 'mcu'")
     src = runtime_dir()
     dest = Path(out_dir) / "runtime"
     written: list[Path] = []
@@ -237,7 +237,7 @@ def write_c_model(out_dir: Path, cm, target_kind: str, target_name: str, triple:
     from .c_writer import demo_main
 
     if target_kind not in ("linux", "mcu"):
-        raise BundleError(f"target {target_name!r}: unknown kind {target_kind!r}; expected 'linux' or 'mcu'")
+        raise CBundleError(f"target {target_name!r}: unknown kind {target_kind!r}; expected 'linux' or 'mcu'")
     src = runtime_dir()
     dest = Path(out_dir) / "runtime"
     written: list[Path] = []

@@ -24,7 +24,7 @@ from ai_edge_litert import schema_py_generated as fb
 
 from ..container import QuantInfo
 from ..ir import Graph, Node
-from ..tflite_loader import bias_scale, biases
+from ..bundle.tflite_model import bias_scale, biases
 from . import tflite_nn as nn
 from . import tflite_ops as ops
 from . import tflite_upsample as up

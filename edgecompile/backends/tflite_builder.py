@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from ai_edge_litert import schema_py_generated as fb
 
-from ..tflite_loader import STRIPPED_IDENTIFIER, AlignedBufferT, is_stripped_marker, mark_stripped, pack_model
+from ..bundle.tflite_model import STRIPPED_IDENTIFIER, AlignedBufferT, is_stripped_marker, mark_stripped, pack_model
 
 TFL_TYPES = {
     "float32": fb.TensorType.FLOAT32, "int32": fb.TensorType.INT32, "int8": fb.TensorType.INT8,

@@ -33,8 +33,8 @@ import threading
 import numpy as np
 from tflite_micro import runtime
 
-from ..session_base import NodeMap
-from ..tflite_loader import STRIPPED_IDENTIFIER, empty_constants, is_stripped_marker
+from ..bundle.session import NodeMap
+from ..bundle.tflite_model import STRIPPED_IDENTIFIER, empty_constants, is_stripped_marker
 from .tflite_builder import BUILTIN_NAMES, unpack_model
 from ..errors import InputError, InternalError
 

@@ -15,7 +15,7 @@ from edgecompile.backends.onnx import emit_onnx
 from edgecompile.backends.tflite import emit_tflite, op_counts, tensor_types
 from edgecompile.frontend import import_model
 from edgecompile.ir import Graph, infer_shapes, run_graph
-from edgecompile.loader import create_session
+from edgecompile.bundle.onnx_session import create_session
 from edgecompile.passes.quantize import QuantConfig, QuantizePass
 from tests.models import group_norm_net
 from tflite_util import quantize_for_test, run_tflite, step

@@ -22,7 +22,7 @@ import torch
 from bench.zoo import wheels
 from edgecompile.build import BuildConfig, VerificationFailed, build
 from edgecompile.fidelity import DECIDED_MARGIN
-from edgecompile.loader import load_bundle
+from edgecompile.bundle import load_bundle
 from edgecompile.modelspec import load_model
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,6 +1,6 @@
 """`inspect_bundle`: checks a bundle the way a board would load it and reads its report.
 
-The manifest goes through the loaders' one reader (`session_base.read_manifest`: format, version,
+The manifest goes through the loaders' one reader (`manifest.read_manifest`: format, version,
 field types), the backend must be one we ship, every tensor of the container is decoded and its
 CRC-32 checked, and the model file is loaded by its own runtime (onnxruntime or LiteRT) with the
 container's weights, so a truncated model, weights the model does not use or a model needing
@@ -14,7 +14,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .session_base import BundleError, read_manifest, read_model_file
+from ..container import ContainerError, read_container
+from . import load_bundle
+from .manifest import MANIFEST, BundleError, read_manifest, read_model_file
+from .session import BackendRuntimeError
 
 __all__ = ["BundleError", "inspect_bundle"]
 
@@ -31,15 +34,13 @@ def inspect_bundle(bundle: Path) -> dict:
         damaged container (the `ContainerError` is re-raised as a `BundleError` naming the file), a
         model file its runtime cannot load with the container's weights, or a bad report.json.
     """
-    from .container import ContainerError, read_container
-
     bundle = Path(bundle)
     if not bundle.is_dir():
         what = "a file" if bundle.exists() else "missing"
         raise BundleError(f"{bundle} is {what}, not a bundle folder; pass the folder `edgecompile build` wrote")
     manifest = read_manifest(bundle)
     if manifest["backend"] not in BACKENDS:
-        raise BundleError(f"{bundle / 'manifest.json'}: unknown backend {manifest['backend']!r}; "
+        raise BundleError(f"{bundle / MANIFEST}: unknown backend {manifest['backend']!r}; "
                           f"expected one of {', '.join(BACKENDS)}")
     for key in ("model", "weights"):
         path = bundle / manifest[key]
@@ -54,7 +55,7 @@ def inspect_bundle(bundle: Path) -> dict:
     if manifest["backend"] == "c":
         read_model_file(bundle, manifest)    # C sources: no runtime here; the checksum must match
     else:
-        _load_model(bundle)
+        _load_model(bundle, manifest)
     report = None
     if (bundle / "report.json").is_file():
         try:
@@ -67,14 +68,10 @@ def inspect_bundle(bundle: Path) -> dict:
             "container_bytes": weights.stat().st_size}
 
 
-def _load_model(bundle: Path) -> None:
+def _load_model(bundle: Path, manifest: dict) -> None:
     """Loads the model file with its runtime and the container's weights, as a board would."""
-    from .container import ContainerError
-    from .loader import load_bundle
-    from .session_base import BackendRuntimeError
-
     try:
-        load_bundle(bundle, threads=1)
+        load_bundle(bundle, threads=1, manifest=manifest)
     except ContainerError as e:
         raise BundleError(str(e)) from None
     except BackendRuntimeError as e:   # the runtime refuses an operator: a damaged or tampered model

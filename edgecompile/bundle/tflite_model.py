@@ -1,11 +1,8 @@
-"""Run an edgecompile TFLite bundle with LiteRT: no torch, no decoded weights on disk.
+"""The TFLite model file of a bundle: weights stripped out, filled back in memory.
 
-Needs numpy, flatbuffers, ai-edge-litert and the `.ecw` container package. Like `loader.py` it
-also works when copied into a bundle beside a copy of ``container`` (hence the guarded import).
-
-`load_tflite_bundle(dir)` reads ``manifest.json``, decodes ``weights.ecw`` in memory, puts each
-weight into the flatbuffer buffer of the tensor with the same name (unpack the model with the
-object API, fill `BufferT.data`, repack), and creates ``Interpreter(model_content=...)``.
+Flatbuffer object API only (``ai_edge_litert.schema_py_generated``, no interpreter): the
+backend writes models with `pack_model` and `mark_stripped`, the session fills them with
+`fill_weights`.
 
 A bundle's ``model.tflite`` is a weights-stripped model that no interpreter may run on its own (an
 interpreter given empty weight buffers would run them as zeros, silently): it differs from a
@@ -18,37 +15,16 @@ which any constant operator input is still empty.
   no outputs, whose operator code is the last one (TFLite Micro ignores the identifier but has no
   kernel for it: "Failed to get registration from op code CUSTOM"). Operator indices of the real
   operators are those of the full model.
-
-When LiteRT refuses the model or fails running it, the error is a one-line `BackendRuntimeError`
-naming the TFLite op, its operator index ("Node number N" in LiteRT's message) and, with a node map
-(the manifest's ``node_map`` or the `node_map` argument), our layer. A failure inside the XNNPACK
-delegate names only the delegate, so the failed step is repeated once without default delegates
-to find the operator.
 """
 
 from __future__ import annotations
 
-import logging
-import re
-from pathlib import Path
-
 import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as fb
-from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-try:
-    from edgecompile.session_base import (BackendRuntimeError, BundleError, BundleSessionBase, NodeMap, TensorSpec,
-                                          one_line, read_bundle_files, read_manifest)
-except ImportError:  # copied into a bundle next to session_base.py and a copy of the container package
-    from session_base import (BackendRuntimeError, BundleError, BundleSessionBase,  # type: ignore[no-redef]
-                              NodeMap, TensorSpec, one_line, read_bundle_files, read_manifest)
-
-log = logging.getLogger(__name__)
-
-
-class TFLiteBundleError(BundleError):
-    """The bundle is missing a file, its manifest is invalid, or weights do not fit the model."""
+from ..errors import one_line
+from .manifest import BundleError
 
 
 class AlignedBufferT(fb.BufferT):
@@ -246,28 +222,28 @@ def fill_weights(model_bytes: bytes, tensors: dict[str, np.ndarray]) -> bytes:
     """The runnable TFLite model: each named tensor's (empty) buffer filled from `tensors`, in memory.
 
     Takes a stripped model (``ECST``, with the marker operator) or a plain ``TFL3`` one and returns
-    a ``TFL3`` model without the marker, its quantization spelled out (`restore_quantization`). Raises `TFLiteBundleError` when the bytes are no such
+    a ``TFL3`` model without the marker, its quantization spelled out (`restore_quantization`). Raises `BundleError` when the bytes are no such
     model, a weight does not fit its tensor, or a constant input is still empty afterwards.
     """
     ident = bytes(model_bytes[4:8])
     if ident not in (TFLITE_IDENTIFIER, STRIPPED_IDENTIFIER):
-        raise TFLiteBundleError(f"not a readable .tflite model (file identifier {ident!r}, expected "
+        raise BundleError(f"not a readable .tflite model (file identifier {ident!r}, expected "
                                 f"{TFLITE_IDENTIFIER!r} or {STRIPPED_IDENTIFIER!r})")
     try:
         model = fb.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
         if not model.subgraphs:
             raise ValueError("no subgraph")
     except Exception as e:  # flatbuffers raises struct.error, IndexError, ... on damaged bytes
-        raise TFLiteBundleError(f"not a readable .tflite model ({type(e).__name__}: {one_line(str(e), 120)})") from None
+        raise BundleError(f"not a readable .tflite model ({type(e).__name__}: {one_line(str(e), 120)})") from None
     try:
         _fill(model, tensors)
         return pack_model(model)
-    except TFLiteBundleError:
+    except BundleError:
         raise
     except (IndexError, TypeError, ValueError, AttributeError, KeyError) as e:
         # a damaged model whose flatbuffer still parses: out-of-range buffer or tensor indices,
         # missing vectors (None), shapes that do not fit
-        raise TFLiteBundleError(f"not a readable .tflite model ({type(e).__name__}: "
+        raise BundleError(f"not a readable .tflite model ({type(e).__name__}: "
                                 f"{one_line(str(e), 120)})") from None
 
 
@@ -281,185 +257,18 @@ def _fill(model: fb.ModelT, tensors: dict[str, np.ndarray]) -> None:
             continue
         a = np.ascontiguousarray(tensors[name])
         if tuple(a.shape) != tuple(int(d) for d in t.shape):
-            raise TFLiteBundleError(f"weight {name!r}: container shape {list(a.shape)} != model shape "
+            raise BundleError(f"weight {name!r}: container shape {list(a.shape)} != model shape "
                                     f"{[int(d) for d in t.shape]}")
         if not 0 < t.buffer < len(model.buffers or []):
-            raise TFLiteBundleError(f"weight {name!r}: the model has no buffer for it")
+            raise BundleError(f"weight {name!r}: the model has no buffer for it")
         model.buffers[t.buffer].data = a.view(np.uint8).reshape(-1)
         seen.add(name)
     missing = sorted(set(tensors) - seen)
     if missing:
-        raise TFLiteBundleError(f"weights {missing[:5]} are not tensors of the model")
+        raise BundleError(f"weights {missing[:5]} are not tensors of the model")
     unmark_stripped(model)
     restore_quantization(model)
     empty = empty_constants(model)
     if empty:
-        raise TFLiteBundleError(f"constant tensors {empty[:5]} have no data in the model nor in the container "
+        raise BundleError(f"constant tensors {empty[:5]} have no data in the model nor in the container "
                                 f"({len(empty)} in all)")
-
-
-_NODE = re.compile(r"Node number (?P<index>\d+) \((?P<op>[^)]*)\) failed to (?:prepare|invoke)")
-_OPCODE = re.compile(r"Didn't find op for builtin opcode '(?P<op>\w+)' version '(?P<version>\d+)'")
-_CUSTOM = re.compile(r"unresolved custom op: (?P<op>[\w.-]+)")
-_BUILTIN_NAMES = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
-
-
-def parse_litert_error(message: str) -> tuple[str | None, int | None, str]:
-    """(op, operator index, reason) from a LiteRT error message; None where it names none.
-
-    LiteRT appends "Node number N (OP) failed to prepare." to the kernel's own message (with no
-    space between them), and names a missing kernel as "Didn't find op for builtin opcode 'OP'".
-    """
-    text = str(message)
-    m = _NODE.search(text)
-    if m:
-        reason = text[: m.start()] + text[m.end():]
-        op, index = m.group("op"), int(m.group("index"))
-    else:
-        m = _OPCODE.search(text) or _CUSTOM.search(text)
-        op, index = (m.group("op"), None) if m else (None, None)
-        reason = (f"no {op} kernel of version {m.group('version')} in this LiteRT"
-                  if m and "version" in m.groupdict() else text)
-    reason = re.sub(r"\S+\.(?:cc|h)(?::\d+)? ", "", reason)          # the kernel's source file
-    reason = re.sub(r"Node number \d+ \([^)]*\) failed to \w+\.?", "", reason)
-    return op, index, one_line(reason.strip(" .") or text)
-
-
-def _operator_ops(model_bytes: bytes) -> list[tuple[str, int]]:
-    """(builtin op name, version) of each operator of subgraph 0, in execution order."""
-    model = fb.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
-    codes = []
-    for c in model.operatorCodes or []:
-        code = max(c.builtinCode, c.deprecatedBuiltinCode)
-        codes.append((_BUILTIN_NAMES.get(code, f"OP_{code}"), int(c.version)))
-    return [codes[o.opcodeIndex] for o in model.subgraphs[0].operators or []]
-
-
-def runtime_error(e: Exception, stage: str, model_bytes: bytes, node_map: NodeMap | None,
-                  retry=None, model: str | None = None) -> BackendRuntimeError:
-    """The `BackendRuntimeError` for LiteRT's exception `e` raised while `stage` ("load", "prepare",
-    "run"). `retry()` repeats the failed step without default delegates and returns the exception it
-    raises (or None); it is used when the message names the XNNPACK delegate instead of an operator."""
-    op, index, reason = parse_litert_error(str(e))
-    if index is not None and op is not None and "Delegate" in op and retry is not None:
-        again = retry()
-        if again is not None:
-            op2, index2, reason2 = parse_litert_error(str(again))
-            if index2 is not None:
-                op, index, reason = op2, index2, reason2
-    try:
-        ops = _operator_ops(model_bytes) if model_bytes else []
-    except Exception:  # an unreadable model (flatbuffers raises many types): keep what the message says
-        ops = []
-    if index is None and op is not None:       # a missing kernel: its first operator
-        index = next((i for i, (name, _) in enumerate(ops) if name == op), None)
-    if op is not None and "Delegate" in op:    # a delegate's node number is no operator of the model
-        index = None
-    if index is not None and ops and index >= len(ops):
-        index = None
-    layer = node_map.lookup(index) if node_map is not None and index is not None else None
-    return BackendRuntimeError("LiteRT", stage, reason, op=op, operator=index,
-                               layer=layer[0] if layer else None, ir_op=layer[1] if layer else None, model=model)
-
-
-class TFLiteBundleSession(BundleSessionBase):
-    """A loaded TFLite bundle: `run(*arrays) -> list`, `inputs`, `outputs`, `latency(...)`.
-
-    With `model_bytes` (the model the interpreter runs) and `node_map`, a failure to prepare or run
-    names the operator and the layer; LiteRT failures raise `BackendRuntimeError`.
-    """
-
-    def __init__(self, interpreter: Interpreter, manifest: dict, path: Path, *,
-                 model_bytes: bytes | None = None, node_map=None, threads: int | None = None):
-        self.interpreter = interpreter
-        self.manifest = manifest
-        self.path = path
-        self.node_map = NodeMap.of(node_map)
-        self._model_bytes, self._threads = model_bytes, threads
-        try:
-            interpreter.allocate_tensors()
-        except (RuntimeError, ValueError) as e:
-            raise self._error(e, "prepare", None) from None
-        self._in = interpreter.get_input_details()
-        self._out = interpreter.get_output_details()
-        self.inputs = [TensorSpec(d["name"], tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"]).name)
-                       for d in self._in]
-        self.outputs = [TensorSpec(d["name"], tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"]).name)
-                        for d in self._out]
-
-    def _invoke(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        for d, a in zip(self._in, arrays):
-            self.interpreter.set_tensor(d["index"], a)
-        try:
-            self.interpreter.invoke()
-        except (RuntimeError, ValueError) as e:
-            raise self._error(e, "run", arrays) from None
-        return [self.interpreter.get_tensor(d["index"]).copy() for d in self._out]
-
-    def _error(self, e: Exception, stage: str, arrays: list[np.ndarray] | None) -> BackendRuntimeError:
-        where = self.manifest.get("model") if self.manifest else None
-        if self._model_bytes is None:
-            return runtime_error(e, stage, b"", self.node_map, model=where)
-
-        def retry():  # the same step with LiteRT's own kernels only (no XNNPACK)
-            try:
-                it = create_interpreter(self._model_bytes, self._threads, delegates=False)
-                it.allocate_tensors()
-                if arrays is not None:
-                    for d, a in zip(it.get_input_details(), arrays):
-                        it.set_tensor(d["index"], a)
-                    it.invoke()
-            except (RuntimeError, ValueError) as again:
-                return again
-            return None
-        return runtime_error(e, stage, self._model_bytes, self.node_map, retry, model=where)
-
-
-def create_interpreter(model_bytes: bytes, threads: int | None = None, delegates: bool = True) -> Interpreter:
-    """A LiteRT interpreter over `model_bytes` (kept alive by it); `delegates=False`: no XNNPACK."""
-    if delegates:
-        return Interpreter(model_content=model_bytes, num_threads=threads)
-    return Interpreter(model_content=model_bytes, num_threads=threads,
-                       experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-
-
-def load_tflite_bundle(bundle_dir: str | Path, *, threads: int | None = None,
-                       node_map=None) -> TFLiteBundleSession:
-    """Loads a ``backend: tflite`` bundle written by `edgecompile build`.
-
-    `node_map` (``EmittedModel.node_map``; None: the manifest's ``node_map`` if any) lets a LiteRT
-    failure name the layer it comes from.
-
-    Raises
-    ------
-    TFLiteBundleError
-        Missing files, a bad manifest, or weights that do not fit the model.
-    ContainerError
-        The weight container is truncated or corrupt (the message starts with its path).
-    BackendRuntimeError
-        LiteRT has no kernel for an operator or an operator fails to prepare (`run` raises it too
-        when an operator fails to invoke).
-    """
-    root = Path(bundle_dir)
-    try:
-        manifest = read_manifest(root)
-        if manifest["backend"] != "tflite":
-            raise TFLiteBundleError(f"{root / 'manifest.json'}: backend is {manifest['backend']!r}, not 'tflite'")
-        model_bytes, tensors = read_bundle_files(root, manifest)
-    except TFLiteBundleError:
-        raise
-    except BundleError as e:  # the shared readers' error, as this loader's own type
-        raise TFLiteBundleError(str(e)) from None
-    try:
-        model = fill_weights(model_bytes, tensors)
-    except TFLiteBundleError as e:
-        raise TFLiteBundleError(f"{root / manifest['model']}: {e}") from None
-    node_map = NodeMap.of(manifest.get("node_map") if node_map is None else node_map)
-    try:
-        interp = create_interpreter(model, threads)
-    except (RuntimeError, ValueError) as e:
-        if parse_litert_error(str(e))[0] is None:     # not an operator: the file itself
-            raise TFLiteBundleError(f"{root / manifest['model']}: LiteRT cannot load the model "
-                                    f"({one_line(str(e))})") from None
-        raise runtime_error(e, "load", model, node_map, model=manifest["model"]) from None
-    return TFLiteBundleSession(interp, manifest, root, model_bytes=model, node_map=node_map, threads=threads)

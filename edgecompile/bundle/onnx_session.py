@@ -1,19 +1,17 @@
-"""Run an edgecompile bundle with onnxruntime: no torch, no decoded weights on disk.
+"""Run an ONNX bundle with onnxruntime: no torch, no decoded weights on disk.
 
-Needs only numpy, onnxruntime and the `.ecw` container package (itself numpy + zstandard). The
-file also works when copied into a bundle beside a copy of the ``container`` package
-(``python -c "import loader; loader.load_bundle('.')"``), hence the guarded imports.
+Needs only numpy, onnxruntime and the `.ecw` container package (itself numpy + zstandard).
 
-Usage::
+Usage (``edgecompile.bundle.load_bundle`` picks this module for ``backend: onnx``)::
 
-    from edgecompile.loader import load_bundle
+    from edgecompile.bundle import load_bundle
     b = load_bundle("out/")
     (logits,) = b.run(x)
     print(b.inputs, b.outputs, b.latency([x], repeats=50))
 
-`load_bundle` reads ``manifest.json``, decodes ``weights.ecw`` in memory and creates the
-session with the decoded tensors as *external initializers*: the model marks each weight as
-external data and `SessionOptions.add_external_initializers` supplies it from a numpy buffer.
+`load_onnx_bundle` decodes ``weights.ecw`` in memory and creates the session with the decoded
+tensors as *external initializers*: the model marks each weight as external data and
+`SessionOptions.add_external_initializers` supplies it from a numpy buffer.
 
 When onnxruntime refuses the model or fails running it, the error is a one-line
 `BackendRuntimeError` naming the ONNX op, the node and, with a node map (the manifest's
@@ -33,12 +31,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-try:
-    from edgecompile.session_base import (MANIFEST, BackendRuntimeError, BundleError, BundleSessionBase, NodeMap,
-                                          TensorSpec, one_line, read_bundle_files, read_manifest)
-except ImportError:  # copied into a bundle next to session_base.py and a copy of the container package
-    from session_base import (MANIFEST, BackendRuntimeError, BundleError,  # type: ignore[no-redef]
-                              BundleSessionBase, NodeMap, TensorSpec, one_line, read_bundle_files, read_manifest)
+from ..errors import one_line
+from .manifest import BundleError, read_bundle_files, read_manifest
+from .session import BackendRuntimeError, BundleSessionBase, NodeMap, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +106,7 @@ def parse_ort_error(message: str) -> tuple[str | None, str | None, str]:
     reason = re.sub(r"This is an invalid model\. In Node, \(.*?\) , Error ", "", reason)
     reason = re.sub(r"\S+\.(?:h|cc|cpp):\d+ ", "", reason)                     # source location
     reason = re.sub(r"(?:\w+::)+~?\w+\([^()]*(?:\([^()]*\)[^()]*)*\)(?: const)? ", "", reason)   # C++ function
-    return op, name, one_line(reason)
+    return op, name, one_line(reason, 240)
 
 
 def runtime_error(e: Exception, stage: str, node_map: NodeMap | None, model_bytes: bytes | None = None,
@@ -212,8 +207,9 @@ def _spec(arg) -> TensorSpec:
     return TensorSpec(arg.name, shape, _ORT_TYPES.get(arg.type, "float32"))
 
 
-def load_bundle(bundle_dir: str | Path, *, threads: int | None = None, node_map=None):
-    """Loads a bundle directory written by `edgecompile build`.
+def load_onnx_bundle(bundle_dir: str | Path, *, threads: int | None = None, node_map=None,
+                     manifest: dict | None = None) -> BundleSession:
+    """Loads a ``backend: onnx`` bundle written by `edgecompile build`.
 
     Parameters
     ----------
@@ -224,11 +220,8 @@ def load_bundle(bundle_dir: str | Path, *, threads: int | None = None, node_map=
     node_map : NodeMap, list or None
         The emitter's map from operators to IR layers (``EmittedModel.node_map``); None: the
         manifest's ``node_map`` when it has one.
-
-    Returns
-    -------
-    BundleSession
-        For ``backend: onnx``; a TFLite bundle returns `tflite_loader.load_tflite_bundle`'s result.
+    manifest : dict or None
+        The manifest as `read_manifest` returned it (None: read it here).
 
     Raises
     ------
@@ -241,18 +234,11 @@ def load_bundle(bundle_dir: str | Path, *, threads: int | None = None, node_map=
         when a kernel fails.
     """
     root = Path(bundle_dir)
-    manifest = read_manifest(root)
-    backend = manifest["backend"]
+    manifest = read_manifest(root) if manifest is None else manifest
+    if manifest["backend"] != "onnx":
+        raise BundleError(f"{root / 'manifest.json'}: backend is {manifest['backend']!r}, not 'onnx'")
     if node_map is None:
         node_map = manifest.get("node_map")
-    if backend == "tflite":
-        try:
-            from edgecompile.tflite_loader import load_tflite_bundle
-        except ImportError:  # copied into a bundle
-            from tflite_loader import load_tflite_bundle  # type: ignore[no-redef]
-        return load_tflite_bundle(root, threads=threads, node_map=node_map)
-    if backend != "onnx":
-        raise BundleError(f"{root / MANIFEST}: unknown backend {backend!r}; expected 'onnx' or 'tflite'")
     model_bytes, tensors = read_bundle_files(root, manifest)
     node_map = NodeMap.of(node_map)
     try:
@@ -264,7 +250,7 @@ def load_bundle(bundle_dir: str | Path, *, threads: int | None = None, node_map=
         if isinstance(e, _ORT_FILE_ERRORS) or (parse_ort_error(str(e))[0] is None and re.search(
                 r"external data|initializer|location", str(e), re.IGNORECASE)):   # the file or the weights, not an op
             missing = _missing_weights(model_bytes, tensors)
-            why = f"the container has no {', '.join(missing[:5])}" if missing else one_line(str(e))
+            why = f"the container has no {', '.join(missing[:5])}" if missing else one_line(str(e), 240)
             raise BundleError(f"{root}: onnxruntime cannot load the model with the container's weights: "
                               f"{why}") from None
         raise runtime_error(e, "load", node_map, model_bytes, tensors, model=manifest["model"]) from None
