@@ -87,7 +87,7 @@ class BuildConfig:
     allow_degraded: bool = False
     allow_oversize: bool = False            # keep a bundle that does not fit the target's flash / RAM
     max_eval_samples: int | None = None     # None: verify on the whole held-back set
-    stream_weights: str = "auto"            # --backend c: auto | all | none (backends.c_model.emit_c)
+    stream_weights: str = "auto"            # --backend c: auto | all | none (backends.c.model.emit_c)
     latency_repeats: int = 100
     seed: int = 0
 
@@ -232,19 +232,14 @@ def _finetune(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, data: Samples
                         for e in result.epochs]}
 
 
-def _emit(graph: Graph, backend: str, embed: bool):
-    if backend == "onnx":
-        from .backends.onnx import emit_onnx
-        return emit_onnx(graph, embed_weights=embed, minify=not embed)
-    from .backends.tflite import emit_tflite
-    return emit_tflite(graph, embed_weights=embed)
-
-
 def _write_bundle(stage: Path, graph: Graph, target: Target, backend: str, cfg: BuildConfig) -> dict:
     from .container import write_container
 
-    emitted = _emit(graph, backend, embed=False)
-    model_name = "model.onnx" if backend == "onnx" else "model.tflite"
+    from .backends.base import backend_for
+
+    emitter = backend_for(backend)
+    emitted = emitter.emit(graph, embed_weights=False)
+    model_name = emitter.model_file
     (stage / model_name).write_bytes(emitted.model_bytes)
     codecs = tuple(c for c in (cfg.codecs or target.codecs) if c in target.codecs)
     if not codecs:
@@ -257,11 +252,11 @@ def _write_bundle(stage: Path, graph: Graph, target: Target, backend: str, cfg: 
                 "model_sha256": hashlib.sha256(emitted.model_bytes).hexdigest(),
                 "weights": "weights.ecw", "inputs": io(graph.inputs), "outputs": io(graph.outputs),
                 "target": target.name, "edgecompile_version": __version__}
-    if getattr(emitted, "dequantize_at_load", ()):
+    if emitted.dequantize_at_load:
         manifest["dequantize_at_load"] = list(emitted.dequantize_at_load)
     (stage / "manifest.json").write_text(json.dumps(manifest, separators=(",", ":")))  # compact: bytes count
     ship(stage / "python")
-    from .backends.c_bundle import write_c_bundle
+    from .backends.c.bundle import write_c_bundle
     write_c_bundle(stage, stage / "weights.ecw", target.kind, target.name, target.triple, target.cpu)
     return {"emitted": emitted, "records": records, "model_file": model_name}
 

@@ -118,7 +118,7 @@ def make_report(*, model, target, backend, config, original, graph, container_re
     model_file = emitted.model_bytes   # exactly what was written to the bundle
     model_bytes = len(model_file)
     container_bytes = (stage / "weights.ecw").stat().st_size
-    rows = _layer_rows(original, graph, container_records, getattr(emitted, "source_names", None))
+    rows = _layer_rows(original, graph, container_records, emitted.source_names)
     totals = {
         "params_before": original.param_count(), "params_after": graph.param_count(),
         "macs_before": total_macs(original), "macs_after": total_macs(graph),
@@ -137,7 +137,7 @@ def make_report(*, model, target, backend, config, original, graph, container_re
         "latency": {**latency, **_target_estimate(graph, target)},
         "memory": _memory(graph, target, backend, model_file, container_bytes),
         "backend_ops": _backend_ops(backend, model_file, emitted),
-        "container": [{"name": r.name, "source": (getattr(emitted, "source_names", None) or {}).get(r.name, r.name),
+        "container": [{"name": r.name, "source": (emitted.source_names or {}).get(r.name, r.name),
                        "codec": r.codec, "decoded_bytes": r.decoded_size,
                        "encoded_bytes": r.encoded_size} for r in container_records],
         "passes": clean, "finetune": finetune, "timings_s": timings,

@@ -42,7 +42,7 @@ def test_every_error_class_has_a_kind_and_a_documented_code():
     classes = _all_exception_classes()
     names = {f"{c.__module__}.{c.__qualname__}" for c in classes}
     # the ones issue 15 names, so that the walk is known to reach them
-    for expected in ("edgecompile.frontend.errors.FrontendError", "edgecompile.backends.onnx_builder.OnnxEmitError",
+    for expected in ("edgecompile.frontend.errors.FrontendError", "edgecompile.backends.onnx.builder.OnnxEmitError",
                      "edgecompile.bundle.manifest.BundleError", "edgecompile.finetune.data.FinetuneDataError",
                      "edgecompile.finetune.recover.RecoverConfigError", "edgecompile.ir.verify.VerifyError",
                      "edgecompile.container.errors.ContainerError", "edgecompile.build.DoesNotFit"):

@@ -17,7 +17,7 @@ from ai_edge_litert import schema_py_generated as fb
 
 from edgecompile.backends.onnx import emit_onnx
 from edgecompile.backends.tflite import emit_tflite
-from edgecompile.backends.tflite_builder import BUILTIN_NAMES
+from edgecompile.backends.tflite.builder import BUILTIN_NAMES
 from edgecompile.container import write_container
 from edgecompile.ir import Graph, infer_shapes
 from edgecompile.bundle.onnx_session import parse_ort_error

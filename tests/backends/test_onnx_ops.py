@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from edgecompile.backends.onnx import OnnxEmitError, emit_onnx
-from edgecompile.backends.onnx_ops import LOWERINGS
+from edgecompile.backends.onnx.ops import LOWERINGS
 from edgecompile.ir import OPS, Graph, infer_shapes, run_graph
 from edgecompile.bundle.onnx_session import create_session
 

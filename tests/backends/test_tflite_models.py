@@ -8,7 +8,7 @@ import pytest
 
 from edgecompile.backends.memory_plan import plan_tflite
 from edgecompile.backends.tflite import TFLiteUnsupportedError, emit_tflite, op_counts, tflite_op_table
-from edgecompile.backends.tflite_builder import TFL_TYPES, unpack_model
+from edgecompile.backends.tflite.builder import TFL_TYPES, unpack_model
 from edgecompile.container import write_container
 from edgecompile.frontend.torch_export import import_model
 from edgecompile.ir import Graph, infer_shapes, run_graph

@@ -13,10 +13,10 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 from tflite_micro import runtime
 
-from edgecompile.backends import tflm
+from edgecompile.backends.tflite import tflm
 from edgecompile.backends.memory_plan import plan_tflite
 from edgecompile.backends.tflite import emit_tflite, op_counts
-from edgecompile.backends.tflite_builder import BUILTIN_NAMES, TFL_TYPES, unpack_model
+from edgecompile.backends.tflite.builder import BUILTIN_NAMES, TFL_TYPES, unpack_model
 from edgecompile.container import write_container
 from edgecompile.frontend.torch_export import import_model
 from edgecompile.ir import Graph, infer_shapes

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgecompile.backends.c_model import CBackendError, emit_c
+from edgecompile.backends.c.model import CBackendError, emit_c
 from edgecompile.backends.onnx import emit_onnx
 from edgecompile.backends.tflite import TFLiteUnsupportedError, emit_tflite, op_counts, tensor_types
 from edgecompile.ir import Graph, infer_shapes, run_graph, verify

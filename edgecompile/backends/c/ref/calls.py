@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from ...ir import Node, Value
-from ...errors import InputError
+from ....ir import Node, Value
+from ....errors import InputError
 
 __all__ = ["KernelCall", "CRefUnsupported", "storage_axis", "storage_shape", "ir_strides", "is_mask_or_ids"]
 

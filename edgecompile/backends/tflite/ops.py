@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 from ai_edge_litert import schema_py_generated as fb
 
-from ..ir import Node, Value
-from .tflite_builder import BUILTIN_NAMES
-from .tflite_lower import CL, IR, Lowering, TensorRef, TFLiteUnsupportedError, act_qparams, cl_axis, cl_shape
+from ...ir import Node, Value
+from .builder import BUILTIN_NAMES
+from .lower import CL, IR, Lowering, TensorRef, TFLiteUnsupportedError, act_qparams, cl_axis, cl_shape
 
 # Fixed output qparams TFLite's int8 kernels require.
 FIXED_QPARAMS = {

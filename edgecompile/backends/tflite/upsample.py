@@ -21,9 +21,9 @@ from __future__ import annotations
 import numpy as np
 from ai_edge_litert import schema_py_generated as fb
 
-from ..ir import Node
-from .tflite_lower import CL, Lowering, TensorRef, TFLiteUnsupportedError, act_qparams, cl_shape
-from .tflite_nn import _bias, _check_spatial_input, _is_int8_weight, _weight, _zero_bias
+from ...ir import Node
+from .lower import CL, Lowering, TensorRef, TFLiteUnsupportedError, act_qparams, cl_shape
+from .nn import _bias, _check_spatial_input, _is_int8_weight, _weight, _zero_bias
 
 
 def lower_resize(L: Lowering, node: Node) -> None:

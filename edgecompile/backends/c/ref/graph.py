@@ -27,7 +27,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ...ir import Graph, Node, Value
+from ....ir import Graph, Node, Value
 from . import kernels as K
 from .calls import CRefUnsupported, KernelCall, _fail, _nchw, _nhwc, _q, _same_q, is_mask_or_ids
 from .lower_seq import SEQ_LOWERINGS, _mean_axes, concat_inputs, const_value, operands, select_branches

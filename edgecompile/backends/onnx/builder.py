@@ -21,8 +21,8 @@ import hashlib
 import numpy as np
 from onnx import NodeProto, TensorProto, helper, numpy_helper
 
-from ..ir.graph import Graph, QuantParams, Value
-from ..errors import InputError
+from ...ir.graph import Graph, QuantParams, Value
+from ...errors import InputError
 
 
 class OnnxEmitError(InputError, ValueError):

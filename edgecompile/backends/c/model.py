@@ -1,6 +1,6 @@
 """Generated C inference: a quantized IR graph as ``model.c`` / ``model.h`` for the ``ecm_`` kernels.
 
-``emit_c(graph)`` lowers the graph with the integer reference (`c_ref.graph.lower`: the schedule of
+``emit_c(graph)`` lowers the graph with the integer reference (`ref.graph.lower`: the schedule of
 kernel calls and their integer parameters), then writes it as one straight-line C function:
 
 - **No interpreter.** ``model_run(in0, ..., out0, ..., arena)`` calls one ``ecm_`` kernel per
@@ -22,7 +22,7 @@ kernel calls and their integer parameters), then writes it as one straight-line 
 Inputs and outputs are int8 in the kernels' layout (NHWC for 4-D tensors: an image as rows of
 pixels of channels), quantized with the scale and zero point that ``model.h`` defines.
 
-The numpy reference of the same calls (`c_ref.graph.execute`) is the specification: the tests
+The numpy reference of the same calls (`ref.graph.execute`) is the specification: the tests
 compile this C for the host, Cortex-M (QEMU) and aarch64 (QEMU) and compare every output byte.
 """
 
@@ -35,12 +35,13 @@ from typing import Any
 
 import numpy as np
 
-from ..container import format as ecw_format
-from ..container.writer import encode_container
-from ..ir import Graph
-from .c_ref.graph import CRefUnsupported, KernelCall, _nchw, _nhwc, execute, lower
-from .c_writer import WEIGHTED, CBackendError, Writer
-from .memory_plan import ALIGNMENT, Buffer, plan_memory, verify_plan
+from ...container import format as ecw_format
+from ...container.writer import encode_container
+from ...ir import Graph
+from ..base import EmittedModel
+from ..memory_plan import ALIGNMENT, Buffer, plan_memory, verify_plan
+from .ref.graph import CRefUnsupported, KernelCall, _nchw, _nhwc, execute, lower
+from .writer import WEIGHTED, CBackendError, Writer
 
 __all__ = ["CModel", "CLayer", "emit_c", "CBackendError", "STREAM_MIN_SAVING", "STREAM_MIN_REUSE",
            "ECW_WORKSPACE_BYTES", "ECW_FAST_WORKSPACE_BYTES"]
@@ -80,12 +81,12 @@ class CModel:
     """What `emit_c` writes: sources, the container, and the static memory figures.
 
     files : file name -> text (``model.h``, ``model.c``) or bytes (``weights.ecw``); the container
-        C array (``model_weights.c``) is written by `c_bundle.container_to_c` from ``container``.
+        C array (``model_weights.c``) is written by `bundle.container_to_c` from ``container``.
     arena_bytes : the one buffer ``model_run`` needs (activations + streaming slots + decoder state)
     scratch_bytes : the largest streamed tensor (one slot of the arena, not extra)
     io_bytes : inputs + outputs (the caller's buffers)
     container : the ``.ecw`` bytes (weights in kernel layout)
-    calls : the numpy reference's kernel calls (`c_ref.graph.execute` runs them)
+    calls : the numpy reference's kernel calls (`ref.graph.execute` runs them)
     """
 
     prefix: str
@@ -109,6 +110,18 @@ class CModel:
     @property
     def streamed_bytes(self) -> int:
         return sum(layer.weight_bytes for layer in self.layers if layer.streamed)
+
+    def emitted(self, graph: Graph) -> EmittedModel:
+        """The backend contract's record of this model: the model file is ``model.c``, the "ops"
+        the ``ecm_`` kernels it calls (with their call counts), container names mapped to layers."""
+        kernels: dict[str, int] = {}
+        for layer in self.layers:
+            kernels[layer.kernel] = kernels.get(layer.kernel, 0) + 1
+        # container names are "<index>:<layer>"; the report's rows match a layer's weight value
+        weight_of = {n.name: n.inputs[1].name for n in graph.nodes if len(n.inputs) > 1 and n.inputs[1] is not None}
+        return EmittedModel(self.files[f"{self.prefix}.c"].encode(), {}, {},
+                            [(f"ecm_{k}", n) for k, n in kernels.items()],
+                            source_names={r.name: weight_of.get(r.name.split(":", 1)[-1], r.name) for r in self.records})
 
 
 # -- schedule ------------------------------------------------------------------------------------

@@ -18,9 +18,9 @@ import math
 import numpy as np
 from ai_edge_litert import schema_py_generated as fb
 
-from ..ir import Node, QuantParams, Value
-from .tflite_lower import CL, IR, Lowering, TensorRef, TFLiteUnsupportedError, act_qparams, cl_shape
-from .tflite_ops import binary_f, float_chain, scalar, unary_f
+from ...ir import Node, QuantParams, Value
+from .lower import CL, IR, Lowering, TensorRef, TFLiteUnsupportedError, act_qparams, cl_shape
+from .ops import binary_f, float_chain, scalar, unary_f
 
 
 # -- weights ------------------------------------------------------------------------------------

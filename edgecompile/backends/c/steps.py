@@ -4,7 +4,7 @@
 (``ecm_add_bcast``, ``ecm_mul``, ``ecm_lut``, ``ecm_batch_matmul``, ``ecm_softmax``,
 ``ecm_layer_norm``, ``ecm_mean_rows``, ``ecm_slice``, ``ecm_concat_part``, ``ecm_select``,
 ``ecm_where``, ``ecm_gather_rows``, ``ecm_equal_const``) from a
-step of `c_model` (`c_ref.graph` kernel call, storage shapes); `c_writer.Writer.step` calls it
+step of `model` (`ref.graph` kernel call, storage shapes); `writer.Writer.step` calls it
 first. Constants (lookup tables, quantized constant operands, layer-norm gamma / beta, parameter
 structs) go to `consts` as ``static const`` definitions named after the step (``L<i>_...``): flash;
 arrays through `Consts.array`, which writes equal arrays once.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .c_writer import Consts
+from .writer import Consts
 
 __all__ = ["emit_step", "STEP_KERNELS"]
 
@@ -46,7 +46,7 @@ def _bcast(L: str, osh, sa, sb) -> str:
 
 
 def _binary(kernel: str, a: dict, x: list[str], y: str, ish: list, osh, L: str, consts: Consts) -> list[str] | None:
-    """add / sub / mul; None for the plain add of two activations of one shape (ecm_add, c_model)."""
+    """add / sub / mul; None for the plain add of two activations of one shape (ecm_add, model)."""
     names = iter(zip(x, ish))
     ops = []
     for key in ("const_a", "const_b"):

@@ -1,35 +1,34 @@
 """TFLite backend: our IR -> a `.tflite` flatbuffer, written with LiteRT's object API (no TensorFlow).
 
-`emit_tflite(graph, embed_weights=...)` lowers every node with the emitters in `tflite_ops.py` and
-`tflite_nn.py` (layouts and int8 rules are described there and in `tflite_lower.py`) and packs the
-model with `tflite_builder.ModelBuilder`. The model's inputs and outputs keep the IR's layout and
+`emit_tflite(graph, embed_weights=...)` lowers every node with the emitters in `ops.py` and
+`nn.py` (layouts and int8 rules are described there and in `lower.py`) and packs the
+model with `builder.ModelBuilder`. The model's inputs and outputs keep the IR's layout and
 dtype (NCHW float32 for an image model), so a session runs it exactly like the ONNX model: int8
 graphs QUANTIZE their inputs and DEQUANTIZE their outputs inside the model.
 
 With ``embed_weights=False`` the weight buffers are left empty and `EmittedModel.tensors` holds
-them (in TFLite layout, keyed by tensor name) for the `.ecw` container; `edgecompile.tflite_loader`
+them (in TFLite layout, keyed by tensor name) for the `.ecw` container; `edgecompile.bundle.tflite_model`
 puts them back in memory before creating the interpreter. Such a model is marked (file identifier
-``ECST`` and a marker operator, see `tflite_loader`) so that neither LiteRT nor TFLite Micro loads
+``ECST`` and a marker operator, see `bundle.tflite_model`) so that neither LiteRT nor TFLite Micro loads
 it on its own: both would otherwise run empty weights as zeros without a word.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from ai_edge_litert import schema_py_generated as fb
 
-from ..container import QuantInfo
-from ..ir import Graph, Node
-from ..bundle.tflite_model import bias_scale, biases
-from . import tflite_nn as nn
-from . import tflite_ops as ops
-from . import tflite_upsample as up
-from .tflite_builder import TFL_TYPES, ModelBuilder, tflite_op_table, unpack_model
-from .tflite_lower import IR, Lowering, TFLiteUnsupportedError, act_qparams
+from ...ir import Graph, Node
+from ...bundle.tflite_model import bias_scale, biases
+from ..base import EmittedModel
+from . import nn
+from . import ops
+from . import upsample as up
+from .builder import TFL_TYPES, ModelBuilder, tflite_op_table, unpack_model
+from .lower import IR, Lowering, TFLiteUnsupportedError, act_qparams
 
 
 log = logging.getLogger(__name__)
@@ -53,27 +52,6 @@ _EMITTERS = {
     "resize": up.lower_resize, "conv_transpose": up.lower_conv_transpose,
 }
 SUPPORTED_OPS = frozenset(_EMITTERS)
-
-
-@dataclass(frozen=True)
-class EmittedModel:
-    """What a backend hands to the bundle writer.
-
-    model_bytes : the `.tflite` flatbuffer (weight buffers empty unless embedded)
-    tensors : weight name -> array in TFLite layout (what goes in `weights.ecw`)
-    quant : what the container records of the weights' quantization: nothing (no entry), since the
-        model holds it in its tensors (a stripped model less what `fill_weights` restores)
-    ops : (TFLite builtin op name, version) per operator code, for the report
-    """
-
-    model_bytes: bytes
-    tensors: dict[str, np.ndarray]
-    quant: dict[str, QuantInfo | None]
-    ops: list[tuple[str, int]] = field(default_factory=list)
-    source_names: dict[str, str] | None = None   # container tensor name -> original tensor name
-    # [first operator index, IR node name, IR op] per IR node (inputs: op "input", output copies:
-    # "output"): maps LiteRT's "Node number N" back to the layer (session_base.NodeMap)
-    node_map: tuple[tuple[int, str, str], ...] = ()
 
 
 def _precheck(graph: Graph) -> None:
@@ -157,11 +135,12 @@ def emit_tflite(graph: Graph, *, embed_weights: bool = True) -> EmittedModel:
     table = tflite_op_table(model_bytes)
     log.info("tflite: %d operators (%d int8 layers), %d bytes", len(b.operators), L.int8_ops, len(model_bytes))
     spans = tuple(e for i, e in enumerate(node_map) if i + 1 == len(node_map) or node_map[i + 1][0] > e[0])
-    return EmittedModel(model_bytes, tensors, {}, [(name, ver) for name, ver, _ in table], source, spans)
+    return EmittedModel(model_bytes, tensors, {}, [(name, ver) for name, ver, _ in table], source_names=source,
+                        node_map=spans)
 
 
 def _slim_quantization(b: ModelBuilder) -> None:
-    """Leaves out of a stripped model what `tflite_loader.restore_quantization` puts back: zero
+    """Leaves out of a stripped model what `bundle.tflite_model.restore_quantization` puts back: zero
     points that are all 0, and an int32 bias's quantization when its scale is exactly input scale x
     filter scale for every operator reading it (the quantize pass's convention)."""
     model = fb.ModelT()
@@ -214,7 +193,7 @@ def op_counts(model_bytes: bytes) -> dict[str, int]:
 
 def tensor_types(model_bytes: bytes) -> dict[str, str]:
     """Tensor name -> TFLite element type name."""
-    from .tflite_builder import TFL_TYPE_NAMES
+    from .builder import TFL_TYPE_NAMES
     sg = unpack_model(model_bytes).subgraphs[0]
     return {t.name.decode() if isinstance(t.name, bytes) else t.name: TFL_TYPE_NAMES.get(t.type, str(t.type))
             for t in sg.tensors}

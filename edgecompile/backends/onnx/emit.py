@@ -1,9 +1,9 @@
 """ONNX backend: writes an IR graph as a standard-op ONNX model (no torch.onnx round trip).
 
-`emit_onnx(graph, embed_weights=...)` lowers each IR op through `onnx_ops.LOWERINGS` (factorized
+`emit_onnx(graph, embed_weights=...)` lowers each IR op through `ops.LOWERINGS` (factorized
 layers are just chains of MatMul/Conv). Weights are initializers named like the IR constants;
 with ``embed_weights=False`` they are marked as external data and returned in
-`EmittedModel.tensors` for the `.ecw` container, and `edgecompile.loader` hands them to
+`EmittedModel.tensors` for the `.ecw` container, and `edgecompile.bundle` hands them to
 onnxruntime in memory when it creates the session.
 
 Quantized graphs (see `ir/graph.py` for the convention): int8 weights feed DequantizeLinear (per
@@ -24,7 +24,7 @@ skips pairs whose DequantizeLinear feeds two nodes (a residual branch), leaving 
 float; its s8s8 integer kernels (QLinearConv, MatMulInteger) take a slow path on x86. Tiny models
 are dominated by per-op overhead (the extra Q/DQ nodes), where int8 loses to fp32 whatever the form.
 ``activations="uint8"`` shifts activation zero points by 128 (same real values) and
-``int8_ops="integer"`` writes QLinearConv / MatMulInteger explicitly (`onnx_qops`).
+``int8_ops="integer"`` writes QLinearConv / MatMulInteger explicitly (`qops`).
 
 Dynamic-range int8 layers (``node.meta["arith"] == "int8-dynamic"``) are written as onnxruntime's
 ``quantize_dynamic`` writes them (``dynamic_ops="standard"``: DynamicQuantizeLinear ->
@@ -38,18 +38,18 @@ Standard is the default (plain ONNX, any runtime).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..container import QuantInfo
-from ..ir.graph import Graph, QuantParams
-from ..ir.verify import verify
-from .onnx_builder import OnnxBuilder, OnnxEmitError, elem_type
-from .onnx_ops import LOWERINGS
-from .onnx_qops import DYNAMIC_FORMS, INTEGER_LOWERINGS, dynamic_layer
+from ...container import QuantInfo
+from ...ir.graph import Graph, QuantParams
+from ...ir.verify import verify
+from ..base import EmittedModel
+from .builder import OnnxBuilder, OnnxEmitError, elem_type
+from .ops import LOWERINGS
+from .qops import DYNAMIC_FORMS, INTEGER_LOWERINGS, dynamic_layer
 
 log = logging.getLogger(__name__)
 
@@ -59,37 +59,6 @@ DEFAULT_INT8_OPS = "qdq"
 DEFAULT_DYNAMIC_OPS = "standard"   # measured: see the module docstring
 
 __all__ = ["EmittedModel", "OnnxEmitError", "emit_onnx", "DEFAULT_OPSET"]
-
-
-@dataclass(frozen=True)
-class EmittedModel:
-    """An emitted ONNX model.
-
-    Attributes
-    ----------
-    model_bytes : bytes
-        The serialized ModelProto (weights embedded or marked external).
-    tensors : dict[str, np.ndarray]
-        Every weight initializer by name, in the layout the model consumes (linear weights
-        transposed to [in, out]): what the `.ecw` container must hold.
-    quant : dict[str, QuantInfo | None]
-        What the container records of each tensor's quantization: set for the weights the loader
-        dequantizes (`dequantize_at_load`); None for float tensors and for integer ones whose
-        scales the model itself holds (DequantizeLinear / QLinearConv inputs), which the
-        container would only repeat (8 bytes a channel).
-    ops : list[tuple[str, int]]
-        ONNX op types used, each with the opset version of its definition.
-    """
-
-    model_bytes: bytes
-    tensors: dict[str, np.ndarray]
-    quant: dict[str, QuantInfo | None]
-    ops: list[tuple[str, int]]
-    dequantize_at_load: tuple[str, ...] = ()
-    source_names: dict[str, str] | None = None   # container tensor name -> IR constant name
-    # [first index in graph.node, IR node name, IR op] per IR node (inputs: op "input", output
-    # copies: "output"): maps a runtime failure back to the layer (session_base.NodeMap)
-    node_map: tuple[tuple[int, str, str], ...] = ()
 
 
 def _weights_only(graph: Graph) -> bool:
@@ -129,7 +98,7 @@ def emit_onnx(graph: Graph, *, embed_weights: bool, activations: str = DEFAULT_A
         most of a small model's bytes). `EmittedModel.source_names` maps container names back.
     dynamic_ops : {"standard", "contrib"}
         How dynamic-range int8 layers (``meta["arith"] == "int8-dynamic"``) are written (see
-        `onnx_qops.DYNAMIC_FORMS`).
+        `qops.DYNAMIC_FORMS`).
     check : bool
         Run `onnx.checker.check_model` on the result (embedded weights only: the checker
         wants external data to exist as files).
@@ -189,7 +158,8 @@ def emit_onnx(graph: Graph, *, embed_weights: bool, activations: str = DEFAULT_A
         quant = {rename[k]: q for k, q in quant.items()}
         deq = tuple(rename[k] for k in deq)
         source = {rename[k]: k for k in source}
-    return EmittedModel(model.SerializeToString(), tensors, quant, ops, deq, source, _spans(node_map))
+    return EmittedModel(model.SerializeToString(), tensors, quant, ops, dequantize_at_load=deq, source_names=source,
+                        node_map=_spans(node_map))
 
 
 def _spans(node_map: list[tuple[int, str, str]]) -> tuple[tuple[int, str, str], ...]:

@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 from ai_edge_litert import schema_py_generated as fb
 
-from ..ir import Graph, Node, Value
-from .tflite_builder import ModelBuilder, TensorRef
-from ..errors import InputError
+from ...ir import Graph, Node, Value
+from .builder import ModelBuilder, TensorRef
+from ...errors import InputError
 
 IR, CL = "ir", "cl"
 

@@ -1,4 +1,4 @@
-"""The C text of a generated model (`c_model.emit_c`): ``model.h``, ``model.c`` and a demo ``main.c``.
+"""The C text of a generated model (`model.emit_c`): ``model.h``, ``model.c`` and a demo ``main.c``.
 
 `Writer` turns the planned schedule (steps, storage, arena offsets, weight records) into one
 straight-line C function; `demo_main` writes the program that runs it on embedded samples (the
@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from ..errors import InputError
+from ...errors import InputError
 
 if TYPE_CHECKING:
-    from .c_model import _Step
+    from .model import _Step
 
 __all__ = ["Writer", "Consts", "demo_main", "c_array", "CBackendError", "WEIGHTED"]
 
@@ -200,7 +200,7 @@ class Writer:
                         f"{levels}, {bias}, {y}));"]
             return pre + [f"TRY(ecm_fully_connected(&{L}_p, &{L}_q, {batches}, {w.shape[1]}, {n}, {x[0]}, {wp}, "
                           f"{bias}, {y}));"]
-        from .c_steps import emit_step   # sequence / attention / MobileNet-style kernels
+        from .steps import emit_step   # sequence / attention / MobileNet-style kernels
         lines = emit_step(s.kernel, a, x, y, ish, osh, L, consts)
         if lines is not None:
             return lines

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir.graph import Node, QuantParams, Value
-from .onnx_builder import OnnxBuilder, elem_type
-from .onnx_ops import stored_linear_weight_t
+from ...ir.graph import Node, QuantParams, Value
+from .builder import OnnxBuilder, elem_type
+from .ops import stored_linear_weight_t
 
 
 def _int8_weight(w: Value | None) -> bool:

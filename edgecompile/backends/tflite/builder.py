@@ -1,12 +1,12 @@
 """A thin layer over the TFLite flatbuffer object API (`ai_edge_litert.schema_py_generated`).
 
 `ModelBuilder` collects tensors, constant buffers and operators of one subgraph and packs them
-into `.tflite` bytes. It knows nothing about our IR: the lowering in `tflite_lower.py` drives it.
+into `.tflite` bytes. It knows nothing about our IR: the lowering in `lower.py` drives it.
 
 Buffers are written 16-byte aligned (as the TFLite converter does) so that kernels may read int32
 biases and float weights in place. Buffer 0 is the empty sentinel the format reserves. A model whose
 weights were stripped is marked so that no interpreter runs it (identifier ``ECST`` and a trailing
-marker operator, defined and undone in `edgecompile.tflite_loader`); `tflite_op_table` skips the
+marker operator, defined and undone in `edgecompile.bundle.tflite_model`); `tflite_op_table` skips the
 marker.
 Operator versions follow TFLite's `op_version.cc` for the features we emit: a float kernel at
 its base version and the int8 kernel at the version that introduced int8 (per-channel) support.
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from ai_edge_litert import schema_py_generated as fb
 
-from ..bundle.tflite_model import STRIPPED_IDENTIFIER, AlignedBufferT, is_stripped_marker, mark_stripped, pack_model
+from ...bundle.tflite_model import STRIPPED_IDENTIFIER, AlignedBufferT, is_stripped_marker, mark_stripped, pack_model
 
 TFL_TYPES = {
     "float32": fb.TensorType.FLOAT32, "int32": fb.TensorType.INT32, "int8": fb.TensorType.INT8,

@@ -6,7 +6,7 @@ import logging
 import shlex
 import shutil
 from pathlib import Path
-from ..errors import InputError
+from ...errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class CBundleError(InputError, RuntimeError):
 
 def runtime_dir() -> Path:
     """The C runtime's sources (checkout or installed copy); raises ``CBundleError`` when missing."""
-    from ..resources import project_dir
+    from ...resources import project_dir
 
     root = project_dir("runtime", "include/ecw.h")
     if not (root / "include" / "ecw.h").is_file():
@@ -55,7 +55,7 @@ def container_to_c(container: bytes, out_dir: Path, symbol: str = "ecw_weights")
     The header also defines ``ECW_WEIGHTS_MAX_TENSOR_BYTES``, the largest decoded tensor, so a
     demo can size one static output buffer.
     """
-    from edgecompile.container import read_container  # torch-free; validates what we embed
+    from ...container import read_container  # torch-free; validates what we embed
 
     records = read_container(container).records
     biggest = max((r.decoded_size for r in records), default=0)
@@ -230,11 +230,11 @@ echo "built build/model"
 
 def write_c_model(out_dir: Path, cm, target_kind: str, target_name: str, triple: str, cpu: str,
                   samples: list[list] | None = None) -> list[Path]:
-    """Write a generated model (`c_model.CModel`) with its runtime into ``out_dir/runtime``:
+    """Write a generated model (`model.CModel`) with its runtime into ``out_dir/runtime``:
     ``model/{model.c, model.h, model_weights.c, model_weights.h, main.c}``, the kernels and the
     decoder, and ``build.sh`` for the target. `samples` (int8 inputs in storage layout) go into
     ``main.c``, the program that runs them and prints the outputs."""
-    from .c_writer import demo_main
+    from .writer import demo_main
 
     if target_kind not in ("linux", "mcu"):
         raise CBundleError(f"target {target_name!r}: unknown kind {target_kind!r}; expected 'linux' or 'mcu'")

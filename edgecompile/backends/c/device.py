@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .c_bundle import MCU_CPUS, mcu_flags
-from ..errors import InternalError
+from .bundle import MCU_CPUS, mcu_flags
+from ...errors import InternalError
 
 __all__ = ["ProgramRun", "parse_output", "host_run", "code_sizes", "emulate", "INSTRUCTIONS_PER_TICK", "qemu_machine",
            "DeviceToolError"]
@@ -53,7 +53,7 @@ class ProgramRun:
 
 
 def parse_output(stdout: str) -> ProgramRun:
-    """What the generated demo program (`c_writer.demo_main`) printed."""
+    """What the generated demo program (`writer.demo_main`) printed."""
     run = ProgramRun({}, "no output")
     for line in stdout.splitlines():
         parts = line.split()

@@ -10,7 +10,7 @@ own reference kernels, and its own arena. This module asks the real TFLM interpr
 
 Every function takes a complete `.tflite`, weights inside (`emit_tflite(graph, embed_weights=True)`);
 a bundle's stripped ``model.tflite`` is refused with a `ValueError` (TFLM itself would run its empty
-weights as zeros; see `edgecompile.tflite_loader` for how such a file is marked).
+weights as zeros; see `edgecompile.bundle.tflite_model` for how such a file is marked).
 
 TFLM reports its errors through ``MicroPrintf`` on the process's standard error and raises only
 "TFLM failed to allocate tensors", so each call into it redirects file descriptor 2 to a temporary
@@ -33,10 +33,10 @@ import threading
 import numpy as np
 from tflite_micro import runtime
 
-from ..bundle.session import NodeMap
-from ..bundle.tflite_model import STRIPPED_IDENTIFIER, empty_constants, is_stripped_marker
-from .tflite_builder import BUILTIN_NAMES, unpack_model
-from ..errors import InputError, InternalError
+from ...bundle.session import NodeMap
+from ...bundle.tflite_model import STRIPPED_IDENTIFIER, empty_constants, is_stripped_marker
+from .builder import BUILTIN_NAMES, unpack_model
+from ...errors import InputError, InternalError
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ def _require_weights(model_bytes: bytes) -> None:
     else:
         return
     raise ValueError(f"the model's weights were stripped: {why}; TFLite Micro would run them as zeros. Pass "
-                     "emit_tflite(graph, embed_weights=True).model_bytes or tflite_loader.fill_weights(...)")
+                     "emit_tflite(graph, embed_weights=True).model_bytes or bundle.tflite_model.fill_weights(...)")
 
 
 def _error(text: str, model_bytes: bytes, node_map, invoke_unsupported: bool = False

@@ -13,8 +13,8 @@ import math
 
 import numpy as np
 
-from ..ir.graph import Node, QuantParams, Value
-from .onnx_builder import OnnxBuilder, elem_type
+from ...ir.graph import Node, QuantParams, Value
+from .builder import OnnxBuilder, elem_type
 
 INT64_MAX = np.iinfo(np.int64).max
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...ir import Graph
+from ....ir import Graph
 from .calls import is_mask_or_ids
 from .graph import _nchw, _nhwc, execute, lower
 

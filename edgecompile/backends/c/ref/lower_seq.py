@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...ir import Node, Value
+from ....ir import Node, Value
 from . import kernels as K
 from .calls import KernelCall, _fail, _nhwc, _q, _same_q, ir_strides, storage_axis, storage_shape
 from .params import (
