@@ -318,7 +318,7 @@ def litert_rows(key: str, quick: int, ref, kinds, workdir: Path) -> list[Row]:
 def bench_model(key: str, quick: bool, repeats: int, workdir: Path) -> tuple[list[Row], dict]:
     from edgecompile.build import fp32_onnx
     from edgecompile.frontend import import_model
-    from edgecompile.modelspec import load_model
+    from edgecompile.inputs.model import load_model
 
     loaded = load_model(MODELS[key])
     if quick:  # a smaller slice of the same data

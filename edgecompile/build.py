@@ -28,18 +28,18 @@ import numpy as np
 import torch
 
 from . import __version__, staging
-from .analysis import total_macs
+from .ir.analysis import total_macs
 from .bundle.ship import ship
 from .errors import EXIT_DOES_NOT_FIT, EXIT_VERIFICATION, DoesNotFitError, InputError, Interrupted, VerificationError
-from .data_io import Samples, as_samples, load_samples, synthesize_samples
+from .inputs.samples import Samples, as_samples, load_samples, synthesize_samples
 from .ir import Graph, verify
-from .modelspec import LoadedModel, ModelSpecError, batch_first, load_model
+from .inputs.model import LoadedModel, ModelSpecError, batch_first, load_model
 from .targets import Target, load_target
 from .choose import candidates, resolve_quant
 from .fidelity import (
     Fidelity, FidelitySpecError, OutputSpec, Thresholds, checks_from, compare, parse_output_specs,
 )
-from .reference import bundle_outputs, reference_outputs
+from .inputs.reference import bundle_outputs, reference_outputs
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +362,7 @@ def build(model_spec: str | LoadedModel | None, cfg: BuildConfig, progress: Prog
 def validate(cfg: BuildConfig, target: Target) -> None:
     """Checks every option of `cfg` before any model is loaded (a spec, a file, a threshold, a
     combination); raises the option's own error, one line naming it and what to do."""
-    from .data_io import check_npz
+    from .inputs.samples import check_npz
     from .finetune.recover import RecoverConfig
     from .passes.lowrank.rank import parse_rank_spec
     from .passes.prune import parse_prune_spec

@@ -13,9 +13,9 @@ import numpy as np
 
 from . import __version__
 from .build import BuildConfig, BuildError
-from .data_io import Samples
+from .inputs.samples import Samples
 from .ir import Graph
-from .reference import _padded_batches
+from .inputs.reference import _padded_batches
 from .targets import Target
 
 __all__ = ["write_c_bundle", "c_device_checks", "c_memory", "tflm_checks", "tflm_memory", "TflmSession",

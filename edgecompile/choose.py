@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .analysis import total_macs
-from .data_io import Samples, batches
+from .ir.analysis import total_macs
+from .inputs.samples import Samples, batches
 from .ir import Graph, verify
-from .modelspec import LoadedModel
-from .reference import reference_outputs
+from .inputs.model import LoadedModel
+from .inputs.reference import reference_outputs
 from .targets import Target
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ def _fallback_int8(float_graph: Graph, cfg: BuildConfig, calib: Samples, batch: 
     measurement; it holds transformers as onnxruntime's quantize_dynamic does). Never for
     conv-heavy models (onnxruntime's ConvInteger runs ~11x slower than fp32, measured on
     EfficientNet-Lite0) nor on microcontrollers (TFLite Micro has no hybrid kernels)."""
-    from .analysis import node_macs
+    from .ir.analysis import node_macs
     from .passes.mixed_precision import select_float_nodes
 
     def dynamic():

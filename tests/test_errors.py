@@ -294,7 +294,7 @@ def test_full_disk_is_one_line_and_leaves_nothing(models, tmp_path, monkeypatch)
 def test_one_calibration_sample_is_not_called_held_back(models):
     from edgecompile.build import BuildConfig, _data
     from edgecompile.ir import Graph, infer_shapes
-    from edgecompile.modelspec import LoadedModel
+    from edgecompile.inputs.model import LoadedModel
 
     g = Graph("g")
     x = g.add_input("x", (1, 8))

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from edgecompile.reference import reference_outputs
+from edgecompile.inputs.reference import reference_outputs
 from edgecompile.data.digits import model as digits_model
 from edgecompile.fidelity import OutputSpec, Thresholds
 from edgecompile.frontend import import_model
 from edgecompile.ir import TorchExecutor, verify
-from edgecompile.modelspec import LoadedModel
+from edgecompile.inputs.model import LoadedModel
 from edgecompile.optimize import (
     GateScore, OptimizeConfig, OptimizeError, apply_plan, apply_setting, entropy_bytes, executor_outputs,
     optimize_weights,

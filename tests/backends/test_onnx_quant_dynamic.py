@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
-from edgecompile.analysis import macs_by_arith
+from edgecompile.ir.analysis import macs_by_arith
 from edgecompile.backends.onnx import emit_onnx
 from edgecompile.ir import Graph, infer_shapes, run_graph, verify
 from edgecompile.bundle.onnx_session import create_session

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgecompile.analysis import layer_figures, node_macs
+from edgecompile.ir.analysis import layer_figures, node_macs
 from edgecompile.backends.onnx import emit_onnx
 from edgecompile.ir import Graph, infer_shapes, run_graph, verify
 from edgecompile.bundle.onnx_session import create_session

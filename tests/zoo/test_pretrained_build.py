@@ -23,7 +23,7 @@ from bench.zoo import wheels
 from edgecompile.build import BuildConfig, VerificationFailed, build
 from edgecompile.fidelity import DECIDED_MARGIN
 from edgecompile.bundle import load_bundle
-from edgecompile.modelspec import load_model
+from edgecompile.inputs.model import load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 

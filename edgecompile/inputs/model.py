@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from .errors import InputError
+from ..errors import InputError
 
 DEFAULT_MODEL = "edgecompile.data.digits:model"
 
@@ -181,7 +181,7 @@ def load_model(spec: str | None) -> LoadedModel:
     """Resolves a model spec (None = the embedded digits CNN) into a `LoadedModel`."""
     spec = spec or DEFAULT_MODEL
     if spec.endswith(".pt2"):
-        from .frontend import FrontendError, load_exported_program
+        from ..frontend import FrontendError, load_exported_program
 
         path = Path(spec)
         if not path.is_file():

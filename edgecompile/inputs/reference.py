@@ -11,8 +11,8 @@ import logging
 import numpy as np
 import torch
 
-from .data_io import Samples
-from .modelspec import LoadedModel, tensor_leaves
+from .samples import Samples
+from .model import LoadedModel, tensor_leaves
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .ir import Graph
-from .errors import InputError
+from ..ir import Graph
+from ..errors import InputError
 
 Samples = tuple[np.ndarray, ...]
 
