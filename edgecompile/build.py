@@ -33,6 +33,8 @@ from .bundle.ship import ship
 from .errors import EXIT_DOES_NOT_FIT, EXIT_VERIFICATION, DoesNotFitError, InputError, Interrupted, VerificationError
 from .inputs.samples import Samples, as_samples, load_samples, synthesize_samples
 from .ir import Graph, verify
+from .passes.base import LayerRecord
+from .passes.pipeline import PipelineResult, baseline_passes, compress_passes, dump_graph, run_pipeline
 from .inputs.model import LoadedModel, ModelSpecError, batch_first, load_model
 from .targets import Target, load_target
 from .choose import candidates, resolve_quant
@@ -65,6 +67,14 @@ class DoesNotFit(BuildError, DoesNotFitError):
 
 @dataclass(frozen=True)
 class BuildConfig:
+    """Everything one build is asked to do: what the CLI's options say, as one frozen value.
+
+    The defaults never run a lossy step that the fidelity gate does not measure: low rank and
+    pruning are opt-in, ``quant="auto"`` chooses int8 by measurement and may fall back. The comment
+    beside each field names the option's grammar (the parser that reads it). `build` resolves
+    ``backend`` (the target's default) and ``quant`` (``auto``) before the model is loaded.
+    """
+
     target: str = "rpi4"
     out: Path = Path("out")
     backend: str | None = None              # None: the target's default
@@ -90,10 +100,15 @@ class BuildConfig:
     stream_weights: str = "auto"            # --backend c: auto | all | none (backends.c.model.emit_c)
     latency_repeats: int = 100
     seed: int = 0
+    dump_ir: Path | None = None             # --dump-ir DIR: the graph's text dump after import and every pass
 
 
 @dataclass
 class BuildResult:
+    """What `build` returns: where the bundle is, its report (the dict of ``report.json``), the
+    fidelity verdict, whether the bundle ships below the thresholds (``--allow-degraded``) and
+    whether this process wrote it (False on torchrun ranks other than 0, which only train)."""
+
     out_dir: Path
     report: dict
     fidelity: Fidelity | None
@@ -157,26 +172,11 @@ def _check_half(graph: Graph, cfg: BuildConfig) -> None:
                          "model.float() and float32 example inputs from the factory, or pass --quant none")
 
 
-def _compress(graph: Graph, cfg: BuildConfig, bytes_per_param: float) -> list[dict]:
-    """Fold, clean up, factorize, prune: the target-independent compression passes, in order."""
-    from .passes.fold import CleanupPass, FoldBatchNormPass
-    from .passes.lowrank.factorize import LowRankConfig, LowRankPass
-    from .passes.lowrank.rank import parse_rank_spec
-    from .passes.prune import make_prune_pass, parse_prune_spec
-
-    passes = [FoldBatchNormPass(), CleanupPass()]
-    if cfg.budget_bytes is not None or cfg.rank != "none":
-        passes.append(LowRankPass(LowRankConfig(
-            rank=parse_rank_spec(cfg.rank if cfg.rank != "none" else "erank"),
-            budget_bytes=cfg.budget_bytes, bytes_per_param=bytes_per_param)))
-    prune = make_prune_pass(parse_prune_spec(cfg.prune))
-    if prune is not None:
-        passes.append(prune)
-    records = []
-    for p in passes:
-        res = p(graph)
-        records += [dict(r, **{"pass": p.name}) for r in res.records]
-    return records
+def _compress(graph: Graph, cfg: BuildConfig, bytes_per_param: float, dump_dir: Path | None) -> PipelineResult:
+    """Fold, clean up, factorize, prune: the target-independent passes (`passes.pipeline`)."""
+    passes = compress_passes(rank=cfg.rank, budget_bytes=cfg.budget_bytes, bytes_per_param=bytes_per_param,
+                             prune=cfg.prune)
+    return run_pipeline(graph, passes, dump_dir=dump_dir, first_index=1)
 
 
 def _finetune(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, data: Samples, labels, progress) -> dict:
@@ -265,11 +265,9 @@ def fp32_onnx(graph: Graph) -> bytes:
     """The baseline: the uncompressed model as a self-contained fp32 ONNX file, batch norms folded
     (what onnxruntime does itself at load, and what its quantization tools expect)."""
     from .backends.onnx import emit_onnx
-    from .passes.fold import CleanupPass, FoldBatchNormPass
 
     g = graph.copy()
-    FoldBatchNormPass()(g)
-    CleanupPass()(g)
+    run_pipeline(g, baseline_passes())
     return emit_onnx(g, embed_weights=True).model_bytes
 
 
@@ -468,6 +466,8 @@ def _build_model(model_spec, cfg: BuildConfig, target: Target, progress: Progres
         _check_example_inputs(loaded)   # wrong shapes or dtypes: named as such, not as an export failure
         raise
     verify(graph)
+    dump_dir = cfg.dump_ir if rank == 0 else None
+    dump_graph(graph, dump_dir, 0, "import")
     _check_half(graph, cfg)
     original = graph.copy()
     if total_macs(graph) < 50_000_000:
@@ -480,7 +480,8 @@ def _build_model(model_spec, cfg: BuildConfig, target: Target, progress: Progres
     specs = output_specs(loaded, cfg, graph)
     calib, evals, labels, data_note = _data(loaded, cfg, graph)
     quantized = cfg.quant.startswith("int8")
-    pass_records = _compress(graph, cfg, bytes_per_param=1.0 if quantized else 4.0)
+    compressed = _compress(graph, cfg, 1.0 if quantized else 4.0, dump_dir)
+    n_dumped = 1 + len(compressed.timings)
     t = stage_done("compress (fold, factorize, prune)", 0.35, t)
 
     finetune_info = None
@@ -490,6 +491,8 @@ def _build_model(model_spec, cfg: BuildConfig, target: Target, progress: Progres
         else:
             ft_data, ft_labels = load_samples(Path(cfg.finetune), graph)
         finetune_info = _finetune(graph, loaded, cfg, ft_data, ft_labels, progress)
+        dump_graph(graph, dump_dir, n_dumped, "finetune")
+        n_dumped += 1
         t = stage_done("fine-tune", 0.5, t)
     if rank != 0:
         # Under torchrun every rank trains its slice of each global batch (DDP keeps the weights
@@ -509,6 +512,8 @@ def _build_model(model_spec, cfg: BuildConfig, target: Target, progress: Progres
     for label, cand, records, search in candidates(graph, loaded, cfg, calib, batch, specs, data_note, labels,
                                                    target.kind == "mcu", progress, time.perf_counter() - t_start):
         t = stage_done(f"quantize + search ({label})", 0.6, t)
+        dump_graph(cand, dump_dir, n_dumped, f"candidate {label}")   # after quantize, cluster, the search
+        n_dumped += 1
         stage = staging.make_stage(out)
         try:
             if backend == "c":
@@ -557,10 +562,11 @@ def _build_model(model_spec, cfg: BuildConfig, target: Target, progress: Progres
 
             timings["total"] = round(time.perf_counter() - t_start, 3)
             report = make_report(
-                model=loaded.name, target=target, backend=backend, config=cfg, original=original, graph=cand,
+                model=loaded.name, target=target, backend=backend, config=config_dict(cfg), original=original, graph=cand,
                 container_records=written["records"], emitted=written["emitted"], stage=stage,
                 baseline_onnx_bytes=len(baseline), fidelity=fidelity, latency=latency,
-                pass_records=pass_records + records, finetune=finetune_info, timings=timings, data_note=data_note)
+                pass_records=compressed.records + [LayerRecord.of(r) for r in records],
+                pass_timings=compressed.timings, finetune=finetune_info, timings=timings, data_note=data_note)
             if device is not None:
                 report["device"] = device
                 report["memory"] = bd.c_memory(written["cmodel"], device, target)

@@ -151,9 +151,11 @@ def main(verbose: bool, debug: bool) -> None:
               help="Allowed accuracy drop in points, for classifiers with labelled eval data.")
 @click.option("--allow-degraded", is_flag=True, help="Keep a bundle that fails the fidelity thresholds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no progress bar).")
+@click.option("--dump-ir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Write the IR's text dump after import and after every pass into this folder (NN-<pass>.txt).")
 def build(model, target, out, backend, stream_weights, calib, rank, prune, quant, cluster_bits, budget_bytes, codecs, finetune,
           optimizer, epochs, optimize, task, min_agreement, min_cosine, min_correlation, max_eval, allow_oversize,
-          max_accuracy_drop, allow_degraded, as_json):
+          max_accuracy_drop, allow_degraded, as_json, dump_ir):
     """Compile MODEL (file.py:factory, package.module:factory or a .pt2; default: the embedded digits CNN)."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -174,7 +176,7 @@ def build(model, target, out, backend, stream_weights, calib, rank, prune, quant
                                             max_accuracy_drop=max_accuracy_drop / 100,
                                             min_decision_agreement=min_agreement, min_correlation=min_correlation),
                       task=task, optimize=optimize, max_eval_samples=max_eval, allow_oversize=allow_oversize,
-                      allow_degraded=allow_degraded, stream_weights=stream_weights)
+                      allow_degraded=allow_degraded, stream_weights=stream_weights, dump_ir=dump_ir)
     console = Console(stderr=True)
     if as_json or not console.is_terminal:  # no bar in logs and pipes: it would leave stray lines
         result = run_build(model, cfg)

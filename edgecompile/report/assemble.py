@@ -110,9 +110,14 @@ def _memory(graph, target, backend: str, model_bytes: bytes, container_bytes: in
 
 
 def make_report(*, model, target, backend, config, original, graph, container_records, emitted, stage,
-                baseline_onnx_bytes, fidelity, latency, pass_records, finetune, timings, data_note) -> dict:
-    from ..build import config_dict
+                baseline_onnx_bytes, fidelity, latency, pass_records, finetune, timings, data_note,
+                pass_timings=()) -> dict:
+    """The report of one candidate bundle written in `stage` (the dict of ``report.json``).
 
+    `config` is the build's configuration as a JSON-able dict, `pass_records` the passes'
+    `LayerRecord`s, `pass_timings` the pipeline's `PassTiming`s, `timings` the build stages'
+    seconds; the rest are the graphs before and after, what the backend emitted and the
+    container held, and what was measured (fidelity, latency)."""
     stage = Path(stage)
     model_file = emitted.model_bytes   # exactly what was written to the bundle
     model_bytes = len(model_file)
@@ -125,12 +130,13 @@ def make_report(*, model, target, backend, config, original, graph, container_re
         "container_bytes": container_bytes, "bundle_bytes": model_bytes + container_bytes,
     }
     totals["compression_ratio"] = baseline_onnx_bytes / max(totals["bundle_bytes"], 1)
-    clean = [{k: v for k, v in r.items() if k != "mask" and not isinstance(v, np.ndarray)} for r in pass_records]
+    # the rows of report.json; an array figure (none today) would bloat it, so none is kept
+    clean = [{k: v for k, v in r.to_dict().items() if not isinstance(v, np.ndarray)} for r in pass_records]
     return {
         "edgecompile_version": __version__, "model": model, "backend": backend,
         "target": {k: getattr(target, k) for k in ("name", "description", "kind", "cpu", "cores", "clock_mhz",
                                                      "ram_kib", "flash_kib")},
-        "config": config_dict(config), "data": data_note,
+        "config": dict(config), "data": data_note,
         "layers": rows, "totals": totals,
         "fidelity": fidelity.to_dict(),
         "latency": {**latency, **_target_estimate(graph, target)},
@@ -140,6 +146,7 @@ def make_report(*, model, target, backend, config, original, graph, container_re
                        "codec": r.codec, "decoded_bytes": r.decoded_size,
                        "encoded_bytes": r.encoded_size} for r in container_records],
         "passes": clean, "finetune": finetune, "timings_s": timings,
+        "pass_timings_s": [{"pass": p.name, "modified": p.modified, "seconds": p.seconds} for p in pass_timings],
     }
 
 
