@@ -402,17 +402,24 @@ def validate(cfg: BuildConfig, target: Target) -> None:
     RecoverConfig(optimizer=cfg.optimizer, epochs=cfg.epochs, twa_warmup_epochs=max(1, cfg.epochs // 2))
 
 
-def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResult:
-    progress = progress or (lambda stage, frac: None)
-    timings: dict[str, float] = {}
-    t_start = time.perf_counter()
+class _StageClock:
+    """Times the build's stages for the report (``timings_s``), reports progress, and is where a
+    signal whose exception a library swallowed stops the build."""
 
-    def stage_done(name: str, frac: float, t0: float) -> float:
-        timings[name] = round(time.perf_counter() - t0, 3)
-        staging.check_stop()            # a signal whose exception a library swallowed stops here
-        progress(name, frac)
+    def __init__(self, progress: Progress):
+        self.progress, self.timings = progress, {}
+        self.start = time.perf_counter()
+
+    def __call__(self, name: str, frac: float, t0: float) -> float:
+        """Records stage `name` as begun at `t0`; returns the time the next stage begins."""
+        self.timings[name] = round(time.perf_counter() - t0, 3)
+        staging.check_stop()
+        self.progress(name, frac)
         return time.perf_counter()
 
+
+def _resolve(cfg: BuildConfig) -> tuple[BuildConfig, Target]:
+    """The configuration with the target's defaults filled in (quant ``auto``, the backend), checked."""
     target = load_target(cfg.target)
     cfg = replace(cfg, quant=resolve_quant(cfg.quant, target), quant_auto=cfg.quant == "auto")
     backend = cfg.backend or target.default_backend
@@ -426,17 +433,24 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
         cfg = replace(cfg, quant_auto=False)
     cfg = replace(cfg, backend=backend)
     validate(cfg, target)
+    return cfg, target
+
+
+def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResult:
+    """`build` for one process: resolve the configuration, take the ``--out`` lock, build."""
+    cfg, target = _resolve(cfg)
+    clock = _StageClock(progress or (lambda stage, frac: None))
     out = Path(cfg.out)
     rank, _ = _launch()
     if rank != 0 and not cfg.finetune:
         return BuildResult(out, {}, None, degraded=False, written=False)  # nothing to share out
     if rank != 0:
-        return _build_model(model_spec, cfg, target, progress, timings, stage_done, t_start)
+        return _build_model(model_spec, cfg, target, clock)
     staging.check_out(out)
     with staging.OutLock(out):
         staging.remove_stale(out)
         try:
-            return _build_model(model_spec, cfg, target, progress, timings, stage_done, t_start)
+            return _build_model(model_spec, cfg, target, clock)
         except OSError as e:
             ours = e.filename is not None and Path(os.path.abspath(e.filename)).is_relative_to(out.parent.absolute())
             if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) or (ours and e.errno in (errno.EACCES, errno.EPERM)):
@@ -445,9 +459,9 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
             raise
 
 
-def _build_model(model_spec, cfg: BuildConfig, target: Target, progress: Progress, timings: dict,
-                 stage_done, t_start: float) -> BuildResult:
+def _build_model(model_spec, cfg: BuildConfig, target: Target, clock: _StageClock) -> BuildResult:
     """`_build` from loading the model on: import, compress, fine-tune, the candidates' bundles."""
+    progress, timings, stage_done, t_start = clock.progress, clock.timings, clock, clock.start
     from .report import make_report, write_report
 
     out = Path(cfg.out)
@@ -514,8 +528,8 @@ def _build_model(model_spec, cfg: BuildConfig, target: Target, progress: Progres
         t = stage_done(f"quantize + search ({label})", 0.6, t)
         dump_graph(cand, dump_dir, n_dumped, f"candidate {label}")   # after quantize, cluster, the search
         n_dumped += 1
-        stage = staging.make_stage(out)
-        try:
+        # the gate's refusals keep their reports in <out>.failed/; any exception removes the stage
+        with staging.candidate_stage(out, keep_reports_on=(VerificationFailed, DoesNotFit)) as stage:
             if backend == "c":
                 written = bd.write_c_bundle(stage, cand, target, cfg, evals)
                 session = written["session"]
@@ -583,35 +597,15 @@ def _build_model(model_spec, cfg: BuildConfig, target: Target, progress: Progres
             if failures and not cfg.allow_degraded:
                 raise VerificationFailed(
                     "verification failed: " + "; ".join(failures) + " (relax compression, add --finetune, or "
-                    f"pass --allow-degraded; report in {_failed_dir(out)}/report.html)")
+                    f"pass --allow-degraded; report in {staging.failed_dir(out)}/report.html)")
             if oversize and not cfg.allow_oversize:
                 raise DoesNotFit("; ".join(oversize) + " (try --cluster-bits 4, --prune magnitude:global:0.5, a "
-                                 f"larger board, or --allow-oversize; report in {_failed_dir(out)}/report.html)")
+                                 f"larger board, or --allow-oversize; report in {staging.failed_dir(out)}/report.html)")
             staging.replace(stage, out)
-            shutil.rmtree(_failed_dir(out), ignore_errors=True)
+            shutil.rmtree(staging.failed_dir(out), ignore_errors=True)
             break
-        except BaseException as e:
-            if isinstance(e, (VerificationFailed, DoesNotFit)):
-                _keep_failed(stage, out)
-            shutil.rmtree(stage, ignore_errors=True)
-            raise
     progress("done", 1.0)
     return BuildResult(out, report, fidelity, degraded=bool(failures))
-
-
-def _failed_dir(out: Path) -> Path:
-    return out.with_name(out.name + ".failed")
-
-
-def _keep_failed(stage: Path, out: Path) -> None:
-    """A failed build's reports go to ``<out>.failed/`` (replacing an older one), so the user
-    can see why; the bundle files are not kept, so nothing there can be mistaken for a bundle."""
-    failed = _failed_dir(out)
-    shutil.rmtree(failed, ignore_errors=True)
-    failed.mkdir(parents=True, exist_ok=True)
-    for name in ("report.json", "report.html"):
-        if (stage / name).exists():
-            shutil.copy2(stage / name, failed / name)
 
 
 def _data(loaded: LoadedModel, cfg: BuildConfig, graph: Graph) -> tuple[Samples, Samples, np.ndarray | None, str]:

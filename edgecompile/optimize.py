@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .ir.analysis import weight_input
+from .ir.ops import weight_input
 from .errors import InputError
 from .fidelity import OutputSpec, Thresholds, compare
 from .ir import Graph, TorchExecutor

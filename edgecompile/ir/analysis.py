@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from .graph import Graph, Node
+from .ops import weight_input
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "float64": 8, "int64": 8, "int32": 4, "int16": 2, "int8": 1,
                "uint8": 1, "bool": 1}
@@ -18,17 +19,6 @@ DTYPE_BYTES = {"float32": 4, "float16": 2, "float64": 8, "int64": 8, "int32": 4,
 
 def _prod(xs) -> int:
     return int(math.prod(xs)) if xs else 1
-
-
-def weight_input(node: Node):
-    """The constant weight of a layer node, or None if the node is not a layer."""
-    if node.op in ("linear", "conv", "matmul", "conv_transpose"):
-        w = node.input(1)
-    elif node.op == "gather" and node.attrs.get("axis") == 0:
-        w = node.input(0)
-    else:
-        return None
-    return w if w is not None and w.is_const else None
 
 
 def node_macs(node: Node) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ir.analysis import weight_input
+from ..ir.ops import weight_input
 from ..container.cluster import kmeans_cluster
 from ..ir import Graph
 from .base import Pass, PassError, PassResult

@@ -30,10 +30,6 @@ def _x(b: OnnxBuilder, node: Node, i: int = 0) -> str:
     return b.real(node.inputs[i])
 
 
-def _optional(b: OnnxBuilder, v: Value | None) -> str:
-    return "" if v is None else b.real(v)
-
-
 # -- elementwise --------------------------------------------------------------------------------
 _UNARY = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "exp": "Exp", "log": "Log",
           "sqrt": "Sqrt", "neg": "Neg", "abs": "Abs", "erf": "Erf", "hardswish": "HardSwish"}
