@@ -31,11 +31,12 @@ from . import __version__, staging
 from .ir.analysis import total_macs
 from .bundle.ship import ship
 from .errors import EXIT_DOES_NOT_FIT, EXIT_VERIFICATION, DoesNotFitError, InputError, Interrupted, VerificationError
-from .inputs.samples import Samples, as_samples, load_samples, synthesize_samples
+from .inputs.samples import Samples, load_samples, split_data
 from .ir import Graph, verify
 from .passes.base import LayerRecord
 from .passes.pipeline import PipelineResult, baseline_passes, compress_passes, dump_graph, run_pipeline
-from .inputs.model import LoadedModel, ModelSpecError, batch_first, load_model
+from .inputs.model import (LoadedModel, ModelSpecError, batch_first, check_example_inputs, first_line,
+                           import_graph, load_model)
 from .targets import Target, load_target
 from .choose import candidates, resolve_quant
 from .fidelity import (
@@ -122,33 +123,6 @@ def _launch() -> tuple[int, int]:
 
 
 # -- stages ------------------------------------------------------------------------------------
-
-def _import(loaded: LoadedModel) -> Graph:
-    from .frontend import import_exported_program, import_model
-
-    if loaded.exported is not None:
-        return import_exported_program(loaded.exported)
-    return import_model(loaded.module, loaded.example_inputs, name=loaded.name)
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-
-def _check_example_inputs(loaded: LoadedModel) -> None:
-    """After a failed import: runs the model once on its example inputs, so that a wrong shape or
-    dtype is named as such (one line), not as whatever torch.export made of it."""
-    if loaded.module is None:
-        return
-    try:
-        with torch.no_grad():
-            loaded.module(*loaded.example_inputs)
-    except Exception as e:   # whatever forward() raises on these inputs
-        given = ", ".join(f"{tuple(x.shape)} {str(x.dtype).replace('torch.', '')}" if isinstance(x, torch.Tensor)
-                          else type(x).__name__ for x in loaded.example_inputs)
-        raise ModelSpecError(f"{loaded.name} fails on its example inputs ({given}): {_first_line(e)}; give "
-                             "example inputs of the shapes and dtypes its forward() expects") from None
-
 
 def _check_finite(loaded: LoadedModel) -> None:
     """Parameters holding inf or NaN make every output comparison meaningless: name them and stop.
@@ -475,9 +449,9 @@ def _build_model(model_spec, cfg: BuildConfig, target: Target, clock: _StageCloc
     t = stage_done("load model", 0.05, t)
 
     try:
-        graph = _import(loaded)
+        graph = import_graph(loaded)
     except Exception:
-        _check_example_inputs(loaded)   # wrong shapes or dtypes: named as such, not as an export failure
+        check_example_inputs(loaded)   # wrong shapes or dtypes: named as such, not as an export failure
         raise
     verify(graph)
     dump_dir = cfg.dump_ir if rank == 0 else None
@@ -492,7 +466,8 @@ def _build_model(model_spec, cfg: BuildConfig, target: Target, clock: _StageCloc
 
     batch = int(graph.inputs[0].shape[0]) if graph.inputs and graph.inputs[0].shape else 1
     specs = output_specs(loaded, cfg, graph)
-    calib, evals, labels, data_note = _data(loaded, cfg, graph)
+    calib, evals, labels, data_note = split_data(loaded, graph, calib_path=cfg.calib,
+                                                  max_eval=cfg.max_eval_samples, seed=cfg.seed)
     quantized = cfg.quant.startswith("int8")
     compressed = _compress(graph, cfg, 1.0 if quantized else 4.0, dump_dir)
     n_dumped = 1 + len(compressed.timings)
@@ -520,7 +495,7 @@ def _build_model(model_spec, cfg: BuildConfig, target: Target, clock: _StageCloc
         ref = reference_outputs(loaded, evals, batch)   # once: every candidate is judged against it
     except Exception as e:   # the model's own forward() on the data: the user's to fix, in one line
         given = ", ".join(f"{a.dtype}{list(a.shape[1:])}" for a in evals)
-        raise ModelSpecError(f"{loaded.name} fails on its {data_note} ({given} per sample): {_first_line(e)}; "
+        raise ModelSpecError(f"{loaded.name} fails on its {data_note} ({given} per sample): {first_line(e)}; "
                              "give example inputs of the shapes and dtypes its forward() expects") from None
     attempts: list[dict] = []
     for label, cand, records, search in candidates(graph, loaded, cfg, calib, batch, specs, data_note, labels,
@@ -606,46 +581,6 @@ def _build_model(model_spec, cfg: BuildConfig, target: Target, clock: _StageCloc
             break
     progress("done", 1.0)
     return BuildResult(out, report, fidelity, degraded=bool(failures))
-
-
-def _data(loaded: LoadedModel, cfg: BuildConfig, graph: Graph) -> tuple[Samples, Samples, np.ndarray | None, str]:
-    """Calibration and held-back evaluation samples: --calib file, the factory's data, or synthetic.
-    The user's eval set is used whole unless `max_eval_samples` caps it (the note says so)."""
-    if cfg.calib is not None:
-        samples, labels = load_samples(Path(cfg.calib), graph)
-        n = len(samples[0])
-        cut = max(1, int(0.8 * n)) if n > 1 else 1
-        calib = tuple(a[:cut] for a in samples)
-        evals = tuple(a[cut:] for a in samples) if n > 1 else calib
-        lab = labels[cut:] if labels is not None and n > 1 else None
-        note = (f"held-back 20% of {cfg.calib}" if n > 1 else
-                f"the one sample of {cfg.calib}, also used for calibration (not held back: give more samples)")
-    elif "calib" in loaded.data:
-        calib = as_samples(graph, loaded.data["calib"], "the factory's data['calib']")
-        evals = as_samples(graph, loaded.data.get("eval", calib), "the factory's data['eval']")
-        lab, note = loaded.data.get("labels"), "the factory's held-back evaluation data"
-    else:
-        calib = synthesize_samples(graph, 128, seed=cfg.seed)
-        log.warning("no calibration data given (--calib); using random inputs, fidelity figures are weak")
-        # Our own random inputs: ~4e10 MACs of verification (at least 32 samples) is plenty.
-        macs = total_macs(graph) // max(graph.inputs[0].shape[0], 1) if graph.inputs else 0
-        cap = int(min(128, max(32, 4e10 // max(macs, 1))))
-        return calib, _limit(calib, cap), None, f"{cap} random inputs (no --calib given)"
-    n_eval = len(evals[0])
-    if cfg.max_eval_samples is not None and n_eval > cfg.max_eval_samples:
-        note += f" (capped by --max-eval at {cfg.max_eval_samples} of {n_eval} samples)"
-        evals, lab = _limit(evals, cfg.max_eval_samples), _limit_labels(lab, cfg.max_eval_samples)
-    if lab is not None and len(lab) < len(evals[0]):
-        raise BuildError(f"{len(lab)} labels for {len(evals[0])} evaluation samples; give one label per sample")
-    return calib, evals, None if lab is None else np.asarray(lab), note
-
-
-def _limit(s: Samples, cap: int) -> Samples:
-    return tuple(a[:cap] for a in s)
-
-
-def _limit_labels(labels, cap: int):
-    return None if labels is None else np.asarray(labels)[:cap]
 
 
 def config_dict(cfg: BuildConfig) -> dict:

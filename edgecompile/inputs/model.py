@@ -219,3 +219,32 @@ def load_model(spec: str | None) -> LoadedModel:
         raise ModelSpecError(f"factory {spec} returned {type(model).__name__}, not a torch.nn.Module")
     data = _check_data(result[2] if len(result) == 3 else None, len(inputs), spec)
     return LoadedModel(name, model.eval(), inputs, data)
+
+
+def import_graph(loaded: LoadedModel):
+    """The loaded model as an IR graph (`frontend`: torch.export, or the `.pt2` program given)."""
+    from ..frontend import import_exported_program, import_model
+
+    if loaded.exported is not None:
+        return import_exported_program(loaded.exported)
+    return import_model(loaded.module, loaded.example_inputs, name=loaded.name)
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def check_example_inputs(loaded: LoadedModel) -> None:
+    """After a failed import: runs the model once on its example inputs, so that a wrong shape or
+    dtype is named as such (one line), not as whatever torch.export made of it."""
+    if loaded.module is None:
+        return
+    try:
+        with torch.no_grad():
+            loaded.module(*loaded.example_inputs)
+    except Exception as e:   # whatever forward() raises on these inputs
+        given = ", ".join(f"{tuple(x.shape)} {str(x.dtype).replace('torch.', '')}" if isinstance(x, torch.Tensor)
+                          else type(x).__name__ for x in loaded.example_inputs)
+        raise ModelSpecError(f"{loaded.name} fails on its example inputs ({given}): {first_line(e)}; give "
+                             "example inputs of the shapes and dtypes its forward() expects") from None

@@ -7,13 +7,17 @@ batch size.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from ..ir import Graph
+from ..ir.analysis import total_macs
 from ..errors import InputError
+
+log = logging.getLogger(__name__)
 
 Samples = tuple[np.ndarray, ...]
 
@@ -109,3 +113,45 @@ def batches(samples: Samples, batch: int, limit: int | None = None) -> Iterator[
 
 def as_samples(graph: Graph, arrays, source: str = "data") -> Samples:
     return _coerce(graph, list(arrays), source)
+
+
+def split_data(loaded, graph: Graph, *, calib_path: Path | None, max_eval: int | None,
+               seed: int = 0) -> tuple[Samples, Samples, np.ndarray | None, str]:
+    """Calibration and held-back evaluation samples, their labels and a note on where they come from:
+    the ``--calib`` file (its last 20 % held back), the factory's data (`loaded.data`), or synthetic.
+    The user's eval set is used whole unless `max_eval` (``--max-eval``) caps it (the note says so)."""
+    if calib_path is not None:
+        samples, labels = load_samples(Path(calib_path), graph)
+        n = len(samples[0])
+        cut = max(1, int(0.8 * n)) if n > 1 else 1
+        calib = tuple(a[:cut] for a in samples)
+        evals = tuple(a[cut:] for a in samples) if n > 1 else calib
+        lab = labels[cut:] if labels is not None and n > 1 else None
+        note = (f"held-back 20% of {calib_path}" if n > 1 else
+                f"the one sample of {calib_path}, also used for calibration (not held back: give more samples)")
+    elif "calib" in loaded.data:
+        calib = as_samples(graph, loaded.data["calib"], "the factory's data['calib']")
+        evals = as_samples(graph, loaded.data.get("eval", calib), "the factory's data['eval']")
+        lab, note = loaded.data.get("labels"), "the factory's held-back evaluation data"
+    else:
+        calib = synthesize_samples(graph, 128, seed=seed)
+        log.warning("no calibration data given (--calib); using random inputs, fidelity figures are weak")
+        # Our own random inputs: ~4e10 MACs of verification (at least 32 samples) is plenty.
+        macs = total_macs(graph) // max(graph.inputs[0].shape[0], 1) if graph.inputs else 0
+        cap = int(min(128, max(32, 4e10 // max(macs, 1))))
+        return calib, _limit(calib, cap), None, f"{cap} random inputs (no --calib given)"
+    n_eval = len(evals[0])
+    if max_eval is not None and n_eval > max_eval:
+        note += f" (capped by --max-eval at {max_eval} of {n_eval} samples)"
+        evals, lab = _limit(evals, max_eval), _limit_labels(lab, max_eval)
+    if lab is not None and len(lab) < len(evals[0]):
+        raise DataError(f"{len(lab)} labels for {len(evals[0])} evaluation samples; give one label per sample")
+    return calib, evals, None if lab is None else np.asarray(lab), note
+
+
+def _limit(s: Samples, cap: int) -> Samples:
+    return tuple(a[:cap] for a in s)
+
+
+def _limit_labels(labels, cap: int):
+    return None if labels is None else np.asarray(labels)[:cap]
