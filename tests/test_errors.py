@@ -292,16 +292,16 @@ def test_full_disk_is_one_line_and_leaves_nothing(models, tmp_path, monkeypatch)
 
 
 def test_one_calibration_sample_is_not_called_held_back(models):
-    from edgecompile.build import BuildConfig, _data
-    from edgecompile.ir import Graph, infer_shapes
     from edgecompile.inputs.model import LoadedModel
+    from edgecompile.inputs.samples import split_data
+    from edgecompile.ir import Graph, infer_shapes
 
     g = Graph("g")
     x = g.add_input("x", (1, 8))
     g.outputs = [g.add_node("relu", [x], name="act").output]
     infer_shapes(g)
     loaded = LoadedModel("g", None, (), {})
-    _, evals, _, note = _data(loaded, BuildConfig(calib=models / "one.npz"), g)
+    _, evals, _, note = split_data(loaded, g, calib_path=models / "one.npz", max_eval=None)
     assert len(evals[0]) == 1 and "held-back" not in note and "also used for calibration" in note
-    _, evals, _, note = _data(loaded, BuildConfig(calib=models / "calib.npz"), g)
+    _, evals, _, note = split_data(loaded, g, calib_path=models / "calib.npz", max_eval=None)
     assert len(evals[0]) == 8 and note.startswith("held-back 20%")

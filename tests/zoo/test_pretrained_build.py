@@ -7,7 +7,7 @@ streamed on the bundle's own state), and the default builds of silero, the 22.7M
 and EfficientNet-Lite0, each of which must either be refused by its gate or really be faithful.
 
 Each passing build is also re-checked here, outside the gate: the written bundle is loaded with
-`edgecompile.loader.load_bundle` and its outputs compared with the torch module's, so a gate that
+`edgecompile.bundle.load_bundle` and its outputs compared with the torch module's, so a gate that
 passes a broken bundle fails these tests.
 """
 from __future__ import annotations
