@@ -87,10 +87,10 @@ class Row:
 # -- fidelity --------------------------------------------------------------------------------------
 
 def judge(ref: list[np.ndarray], got: list[np.ndarray], kinds: list[str]) -> tuple[str, bool]:
-    """(one figure per output, whether every gate check passes), with edgecompile.fidelity when it is
+    """(one figure per output, whether every gate check passes), with edgecompile.report.fidelity when it is
     there, else the same metrics computed here."""
     try:
-        from edgecompile.fidelity import compare, parse_output_specs
+        from edgecompile.report.fidelity import compare, parse_output_specs
     except ImportError:
         return _judge_local(ref, got, kinds)
     fid = compare(ref, got, parse_output_specs(kinds, len(ref)), names=[f"{i}:{k}" for i, k in enumerate(kinds)])
@@ -261,7 +261,7 @@ def edgecompile_row(key, label, extra: dict, loaded, ref, ref_stream, kinds, exa
     out = workdir / f"{key}-rpi4-{len(list(workdir.iterdir()))}"
     t0 = time.perf_counter()
     try:
-        from edgecompile.fidelity import Thresholds
+        from edgecompile.report.fidelity import Thresholds
         kw = dict(extra, thresholds=Thresholds(**extra["thresholds"])) if "thresholds" in extra else extra
         res = build(loaded, BuildConfig(target="rpi4", out=out, allow_degraded=True, latency_repeats=10, **kw))
     except Exception as e:

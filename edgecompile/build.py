@@ -38,8 +38,8 @@ from .passes.pipeline import PipelineResult, baseline_passes, compress_passes, d
 from .inputs.model import (LoadedModel, ModelSpecError, batch_first, check_example_inputs, first_line,
                            import_graph, load_model)
 from .targets import Target, load_target
-from .choose import candidates, resolve_quant
-from .fidelity import (
+from .search.choose import candidates, resolve_quant
+from .report.fidelity import (
     Fidelity, FidelitySpecError, OutputSpec, Thresholds, checks_from, compare, parse_output_specs,
 )
 from .inputs.reference import bundle_outputs, reference_outputs

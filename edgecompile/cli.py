@@ -165,7 +165,7 @@ def build(model, target, out, backend, stream_weights, calib, rank, prune, quant
         # torch.export logs its failures itself (tens of lines); ours is one line (--verbose shows them)
         logging.getLogger("torch").setLevel(logging.CRITICAL)
     from .report import render_terminal
-    from .fidelity import Thresholds
+    from .report.fidelity import Thresholds
 
     name = "digits" if model is None else Path(model.split(":")[0]).stem.split(".")[-1]
     cfg = BuildConfig(target=target, out=out or Path("out") / f"{name}-{target}", backend=backend, rank=rank,

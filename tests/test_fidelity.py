@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from edgecompile.build import BuildConfig, DoesNotFit, VerificationFailed, build
-from edgecompile.fidelity import (
+from edgecompile.report.fidelity import (
     FidelitySpecError, OutputSpec, Thresholds, compare, parse_output_specs, per_sample_cosine, set_correlation,
 )
 from edgecompile.inputs.model import LoadedModel

@@ -21,7 +21,7 @@ import torch
 
 from bench.zoo import wheels
 from edgecompile.build import BuildConfig, VerificationFailed, build
-from edgecompile.fidelity import DECIDED_MARGIN
+from edgecompile.report.fidelity import DECIDED_MARGIN
 from edgecompile.bundle import load_bundle
 from edgecompile.inputs.model import load_model
 

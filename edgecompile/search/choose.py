@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .ir.analysis import total_macs
-from .inputs.samples import Samples, batches
-from .ir import Graph, verify
-from .inputs.model import LoadedModel
-from .inputs.reference import reference_outputs
-from .targets import Target
+from ..ir.analysis import total_macs
+from ..inputs.samples import Samples, batches
+from ..ir import Graph, verify
+from ..inputs.model import LoadedModel
+from ..inputs.reference import reference_outputs
+from ..targets import Target
 
 if TYPE_CHECKING:
-    from .build import BuildConfig
+    from ..build import BuildConfig
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def quantize(graph: Graph, cfg: BuildConfig, calib: Samples, batch: int, skip: t
     range methods chosen by mixed precision). With real calibration data, biases are corrected for
     the mean output error of their quantized weights (measured on pretrained models: EfficientNet-
     Lite0 full int8 logit cosine 0.981 -> 0.995, weights-only 0.989 -> 0.998; MiniLM unchanged)."""
-    from .passes.quantize import QuantizePass, parse_quant_spec
+    from ..passes.quantize import QuantizePass, parse_quant_spec
 
     qcfg = parse_quant_spec(cfg.quant)
     if real_data and qcfg.mode == "int8":
@@ -61,7 +61,7 @@ def quantize(graph: Graph, cfg: BuildConfig, calib: Samples, batch: int, skip: t
     res = QuantizePass(qcfg, inputs)(graph)
     records = [dict(r, **{"pass": "quantize"}) for r in res.records]
     if cfg.cluster_bits:
-        from .passes.cluster import ClusterConfig, WeightClusterPass
+        from ..passes.cluster import ClusterConfig, WeightClusterPass
         records += [dict(r, **{"pass": "cluster"})
                     for r in WeightClusterPass(ClusterConfig(cfg.cluster_bits))(graph).records]
     return records
@@ -115,8 +115,8 @@ def _fallback_int8(float_graph: Graph, cfg: BuildConfig, calib: Samples, batch: 
     measurement; it holds transformers as onnxruntime's quantize_dynamic does). Never for
     conv-heavy models (onnxruntime's ConvInteger runs ~11x slower than fp32, measured on
     EfficientNet-Lite0) nor on microcontrollers (TFLite Micro has no hybrid kernels)."""
-    from .ir.analysis import node_macs
-    from .passes.mixed_precision import select_float_nodes
+    from ..ir.analysis import node_macs
+    from ..passes.mixed_precision import select_float_nodes
 
     def dynamic():
         g = float_graph.copy()
@@ -158,7 +158,7 @@ def candidates(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, calib: Sampl
     in the real runtime; each later one is less lossy (milder search plans, no search, int8
     weights only), so a model that int8 weights can hold always gets a bundle. `search["more"]`
     says whether another candidate follows."""
-    from .ir import TorchExecutor
+    from ..ir import TorchExecutor
     from .optimize import GateScore, OptimizeConfig, executor_outputs, optimize_weights
 
     t0 = time.perf_counter()

@@ -35,12 +35,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .ir.ops import weight_input
-from .errors import InputError
-from .fidelity import OutputSpec, Thresholds, compare
-from .ir import Graph, TorchExecutor
-from .passes.cluster import cluster_int8
-from .passes.gptq import Rounder, as_rows, from_rows, gram_shape_ok, layer_grams
+from ..ir.ops import weight_input
+from ..errors import InputError
+from ..report.fidelity import OutputSpec, Thresholds, compare
+from ..ir import Graph, TorchExecutor
+from ..passes.cluster import cluster_int8
+from ..passes.gptq import Rounder, as_rows, from_rows, gram_shape_ok, layer_grams
 
 log = logging.getLogger(__name__)
 
@@ -367,7 +367,7 @@ def _plan(layers: list[_Layer], picks: list, tol: float, score: float | None) ->
 def apply_plan(graph: Graph, plan: dict) -> None:
     """Writes a plan's int8 values (and, for a per-tensor grid, its scales; an int32 bias follows
     its new scale ``s_in * s_w``) into `graph` (a copy of the graph the search ran on)."""
-    from .ir import QuantParams
+    from ..ir import QuantParams
 
     for const, (node, setting, q, scale) in plan["weights"].items():
         w = graph.consts[const]

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from .errors import InputError
+from ..errors import InputError
 
 KINDS = ("auto", "logits", "embedding", "probability", "regression", "detection", "state")
 _ALIASES = {"classify": "logits", "classifier": "logits", "class": "logits", "embed": "embedding",
