@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_pretrained import ort_quantized, text_table, zstd19  # noqa: E402
-from edgecompile.modelspec import LoadedModel  # noqa: E402
+from edgecompile.inputs.model import LoadedModel  # noqa: E402
 
 MODELS = ("digits", "mnist1d", "mtcnn-onet")
 BUILDS = [(t, b) for t in ("rpi4", "host") for b in ("onnx", "tflite")]
@@ -184,7 +184,7 @@ def mnist1d_model(seed: int = 0, epochs: int = 15) -> LoadedModel:
 
 
 def load(key: str) -> LoadedModel:
-    from edgecompile.modelspec import load_model
+    from edgecompile.inputs.model import load_model
 
     if key == "digits":
         return load_model("edgecompile.data.digits:model")

@@ -239,7 +239,7 @@ def fuzz_container_jobs(n: int, jobs: int, seed: int, slow_ms: float, counts: Co
 
 
 def fuzz_manifest(n: int, seed: int, slow_ms: float, counts: Counter, examples: list, base: dict) -> None:
-    from edgecompile.session_base import BundleError, read_manifest
+    from edgecompile.bundle import BundleError, read_manifest
 
     raw = json.dumps(base).encode()
     values = [None, True, 0, -1, 99, 1.5, "", "x", "../x", "/etc/passwd", [], {}, ["a"], {"a": 1}, "a" * 1000]
@@ -277,10 +277,10 @@ def fuzz_manifest(n: int, seed: int, slow_ms: float, counts: Counter, examples: 
 
 def _model_worker(backend: str, start: int, n: int, seed: int, slow_ms: float, conn) -> None:
     """Runs in a child process (native crashes stay there); sends back (counts, examples)."""
-    from edgecompile.bundle_inspect import inspect_bundle
+    from edgecompile.bundle.check import inspect_bundle
     from edgecompile.errors import CorruptError
-    from edgecompile.loader import load_bundle
-    from edgecompile.session_base import BackendRuntimeError, BundleError
+    from edgecompile.bundle import load_bundle
+    from edgecompile.bundle import BackendRuntimeError, BundleError
 
     counts, examples = Counter(), []
     with tempfile.TemporaryDirectory() as d:

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from edgecompile.backends.onnx import emit_onnx  # noqa: E402
 from edgecompile.frontend import import_model  # noqa: E402
 from edgecompile.ir import Graph  # noqa: E402
-from edgecompile.loader import create_session  # noqa: E402
+from edgecompile.bundle.onnx_session import create_session  # noqa: E402
 from edgecompile.passes.fold import CleanupPass, FoldBatchNormPass  # noqa: E402
 from edgecompile.passes.mixed_precision import mean_cosine, select_float_nodes  # noqa: E402
 from edgecompile.passes.quantize import QuantConfig, QuantizePass  # noqa: E402

@@ -4,7 +4,7 @@ Run: ``.venv/bin/python bench/bench_kernels_m4.py`` (needs arm-none-eabi-gcc, qe
 
 Each layer runs once in a bare-metal program under ``qemu-system-arm -M mps2-an386 -icount
 shift=0``, where one SysTick tick is 40 emulated instructions (the calibration of
-``edgecompile/backends/c_model.py``). The program is built twice from the same runtime sources,
+``edgecompile/backends/c/model.py``). The program is built twice from the same runtime sources,
 ``-DECM_PORTABLE`` (the reference loops: "before") and as shipped (the DSP paths: "after"), both at
 the bundles' flags (``-Os -mcpu=cortex-m4 ... -DECW_NO_FAST``); the two builds' outputs must agree
 byte for byte (a checksum per layer). MACs count every tap of a window, padding included (the usual

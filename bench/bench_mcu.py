@@ -9,10 +9,10 @@ published; the weights do not change the instruction count of int8 kernels, only
 decoding, which is off here: raw weights): DS-CNN keyword spotting on 49x10 MFCCs, MobileNetV1
 0.25 visual wake words at 96x96, ResNet-8 CIFAR-10 at 32x32, the FC autoencoder on 640 inputs.
 Each is quantized to full int8 on seeded Gaussian calibration inputs and compiled to C
-(`backends.c_model.emit_c`), then:
+(`backends.c.model.emit_c`), then:
 
 - *instructions*: emulated instruction count per inference under ``qemu-system-arm -M mps2-an386
-  -icount shift=0`` (SysTick ticks x 40, `backends.c_device`), and the estimated ms at 120 MHz
+  -icount shift=0`` (SysTick ticks x 40, `backends.c.device`), and the estimated ms at 120 MHz
   (one instruction per cycle: an estimate, not a measurement; real cycles differ by wait states,
   multi-cycle loads and multiplies), next to the published MLPerf Tiny v1.1 latencies on a
   Cortex-M4 at 120 MHz (NUCLEO-L4R5ZI): TFLM reference kernels and the fastest, Plumerai;
@@ -42,11 +42,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgecompile.backends import c_device  # noqa: E402
-from edgecompile.backends.c_bundle import write_c_model  # noqa: E402
-from edgecompile.backends.c_model import emit_c  # noqa: E402
-from edgecompile.backends.c_ref.graph import _nhwc  # noqa: E402
-from edgecompile.backends.c_ref.session import ReferenceSession  # noqa: E402
+from edgecompile.backends.c import device as c_device  # noqa: E402
+from edgecompile.backends.c.bundle import write_c_model  # noqa: E402
+from edgecompile.backends.c.model import emit_c  # noqa: E402
+from edgecompile.backends.c.ref.graph import _nhwc  # noqa: E402
+from edgecompile.backends.c.ref.session import ReferenceSession  # noqa: E402
 from edgecompile.frontend.torch_export import import_model  # noqa: E402
 from edgecompile.passes.fold import CleanupPass, FoldBatchNormPass  # noqa: E402
 from edgecompile.passes.quantize import QuantConfig, QuantizePass  # noqa: E402
@@ -164,7 +164,7 @@ def quantized_graph(name: str):
 
 def tflm_arena(g) -> int | None:
     try:
-        from edgecompile.backends import tflm
+        from edgecompile.backends.tflite import tflm
         from edgecompile.backends.tflite import emit_tflite
     except ImportError:
         return None

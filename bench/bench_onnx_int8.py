@@ -31,7 +31,7 @@ from torch import nn
 from edgecompile.backends.onnx import emit_onnx
 from edgecompile.frontend import import_model
 from edgecompile.ir import run_graph
-from edgecompile.loader import create_session
+from edgecompile.bundle.onnx_session import create_session
 from edgecompile.passes.fold import CleanupPass, FoldBatchNormPass
 from edgecompile.passes.quantize import QuantConfig, QuantizePass
 

@@ -87,10 +87,10 @@ class Row:
 # -- fidelity --------------------------------------------------------------------------------------
 
 def judge(ref: list[np.ndarray], got: list[np.ndarray], kinds: list[str]) -> tuple[str, bool]:
-    """(one figure per output, whether every gate check passes), with edgecompile.fidelity when it is
+    """(one figure per output, whether every gate check passes), with edgecompile.report.fidelity when it is
     there, else the same metrics computed here."""
     try:
-        from edgecompile.fidelity import compare, parse_output_specs
+        from edgecompile.report.fidelity import compare, parse_output_specs
     except ImportError:
         return _judge_local(ref, got, kinds)
     fid = compare(ref, got, parse_output_specs(kinds, len(ref)), names=[f"{i}:{k}" for i, k in enumerate(kinds)])
@@ -255,13 +255,13 @@ def edgecompile_row(key, label, extra: dict, loaded, ref, ref_stream, kinds, exa
     """One edgecompile build for rpi4 (allow_degraded: a failed gate still leaves a bundle to
     measure), re-measured here on the same eval data as the peers."""
     from edgecompile.build import BuildConfig, build
-    from edgecompile.loader import load_bundle
+    from edgecompile.bundle import load_bundle
 
     evals, batch = loaded.data["eval"], int(loaded.example_inputs[0].shape[0])
     out = workdir / f"{key}-rpi4-{len(list(workdir.iterdir()))}"
     t0 = time.perf_counter()
     try:
-        from edgecompile.fidelity import Thresholds
+        from edgecompile.report.fidelity import Thresholds
         kw = dict(extra, thresholds=Thresholds(**extra["thresholds"])) if "thresholds" in extra else extra
         res = build(loaded, BuildConfig(target="rpi4", out=out, allow_degraded=True, latency_repeats=10, **kw))
     except Exception as e:
@@ -318,7 +318,7 @@ def litert_rows(key: str, quick: int, ref, kinds, workdir: Path) -> list[Row]:
 def bench_model(key: str, quick: bool, repeats: int, workdir: Path) -> tuple[list[Row], dict]:
     from edgecompile.build import fp32_onnx
     from edgecompile.frontend import import_model
-    from edgecompile.modelspec import load_model
+    from edgecompile.inputs.model import load_model
 
     loaded = load_model(MODELS[key])
     if quick:  # a smaller slice of the same data

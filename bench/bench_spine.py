@@ -27,7 +27,7 @@ from common import loaded, trained  # noqa: E402
 
 from edgecompile.build import BuildConfig, build, fp32_onnx  # noqa: E402
 from edgecompile.frontend import import_model  # noqa: E402
-from edgecompile.modelspec import LoadedModel  # noqa: E402
+from edgecompile.inputs.model import LoadedModel  # noqa: E402
 
 CONFIGS = {
     "cnn": dict(prune="magnitude:global:0.7", rank="erank", quant="int8", cluster_bits=4),

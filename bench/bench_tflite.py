@@ -26,10 +26,11 @@ from edgecompile.backends.onnx import emit_onnx  # noqa: E402
 from edgecompile.backends.tflite import emit_tflite  # noqa: E402
 from edgecompile.container import encode_container  # noqa: E402
 from edgecompile.frontend.torch_export import import_model  # noqa: E402
-from edgecompile.loader import create_session  # noqa: E402
+from edgecompile.bundle.onnx_session import create_session  # noqa: E402
 from edgecompile.passes.fold import CleanupPass, FoldBatchNormPass  # noqa: E402
 from edgecompile.passes.quantize import QuantConfig, QuantizePass  # noqa: E402
-from edgecompile.tflite_loader import create_interpreter, fill_weights  # noqa: E402
+from edgecompile.bundle.tflite_model import fill_weights
+from edgecompile.bundle.tflite_session import create_interpreter  # noqa: E402
 
 
 class LiteRT:

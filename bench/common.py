@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from edgecompile.data.digits import DigitsCNN, accuracy, load_split, train
-from edgecompile.modelspec import LoadedModel
+from edgecompile.inputs.model import LoadedModel
 
 
 class DigitsTransformer(nn.Module):

@@ -28,17 +28,21 @@ import numpy as np
 import torch
 
 from . import __version__, staging
-from .analysis import total_macs
+from .ir.analysis import total_macs
+from .bundle.ship import ship
 from .errors import EXIT_DOES_NOT_FIT, EXIT_VERIFICATION, DoesNotFitError, InputError, Interrupted, VerificationError
-from .data_io import Samples, as_samples, load_samples, synthesize_samples
+from .inputs.samples import Samples, load_samples, split_data
 from .ir import Graph, verify
-from .modelspec import LoadedModel, ModelSpecError, batch_first, load_model
+from .passes.base import LayerRecord
+from .passes.pipeline import PipelineResult, baseline_passes, compress_passes, dump_graph, run_pipeline
+from .inputs.model import (LoadedModel, ModelSpecError, batch_first, check_example_inputs, first_line,
+                           import_graph, load_model)
 from .targets import Target, load_target
-from .choose import candidates, resolve_quant
-from .fidelity import (
+from .search.choose import candidates, resolve_quant
+from .report.fidelity import (
     Fidelity, FidelitySpecError, OutputSpec, Thresholds, checks_from, compare, parse_output_specs,
 )
-from .reference import bundle_outputs, reference_outputs
+from .inputs.reference import bundle_outputs, reference_outputs
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,14 @@ class DoesNotFit(BuildError, DoesNotFitError):
 
 @dataclass(frozen=True)
 class BuildConfig:
+    """Everything one build is asked to do: what the CLI's options say, as one frozen value.
+
+    The defaults never run a lossy step that the fidelity gate does not measure: low rank and
+    pruning are opt-in, ``quant="auto"`` chooses int8 by measurement and may fall back. The comment
+    beside each field names the option's grammar (the parser that reads it). `build` resolves
+    ``backend`` (the target's default) and ``quant`` (``auto``) before the model is loaded.
+    """
+
     target: str = "rpi4"
     out: Path = Path("out")
     backend: str | None = None              # None: the target's default
@@ -86,13 +98,18 @@ class BuildConfig:
     allow_degraded: bool = False
     allow_oversize: bool = False            # keep a bundle that does not fit the target's flash / RAM
     max_eval_samples: int | None = None     # None: verify on the whole held-back set
-    stream_weights: str = "auto"            # --backend c: auto | all | none (backends.c_model.emit_c)
+    stream_weights: str = "auto"            # --backend c: auto | all | none (backends.c.model.emit_c)
     latency_repeats: int = 100
     seed: int = 0
+    dump_ir: Path | None = None             # --dump-ir DIR: the graph's text dump after import and every pass
 
 
 @dataclass
 class BuildResult:
+    """What `build` returns: where the bundle is, its report (the dict of ``report.json``), the
+    fidelity verdict, whether the bundle ships below the thresholds (``--allow-degraded``) and
+    whether this process wrote it (False on torchrun ranks other than 0, which only train)."""
+
     out_dir: Path
     report: dict
     fidelity: Fidelity | None
@@ -106,33 +123,6 @@ def _launch() -> tuple[int, int]:
 
 
 # -- stages ------------------------------------------------------------------------------------
-
-def _import(loaded: LoadedModel) -> Graph:
-    from .frontend import import_exported_program, import_model
-
-    if loaded.exported is not None:
-        return import_exported_program(loaded.exported)
-    return import_model(loaded.module, loaded.example_inputs, name=loaded.name)
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-
-def _check_example_inputs(loaded: LoadedModel) -> None:
-    """After a failed import: runs the model once on its example inputs, so that a wrong shape or
-    dtype is named as such (one line), not as whatever torch.export made of it."""
-    if loaded.module is None:
-        return
-    try:
-        with torch.no_grad():
-            loaded.module(*loaded.example_inputs)
-    except Exception as e:   # whatever forward() raises on these inputs
-        given = ", ".join(f"{tuple(x.shape)} {str(x.dtype).replace('torch.', '')}" if isinstance(x, torch.Tensor)
-                          else type(x).__name__ for x in loaded.example_inputs)
-        raise ModelSpecError(f"{loaded.name} fails on its example inputs ({given}): {_first_line(e)}; give "
-                             "example inputs of the shapes and dtypes its forward() expects") from None
-
 
 def _check_finite(loaded: LoadedModel) -> None:
     """Parameters holding inf or NaN make every output comparison meaningless: name them and stop.
@@ -156,26 +146,11 @@ def _check_half(graph: Graph, cfg: BuildConfig) -> None:
                          "model.float() and float32 example inputs from the factory, or pass --quant none")
 
 
-def _compress(graph: Graph, cfg: BuildConfig, bytes_per_param: float) -> list[dict]:
-    """Fold, clean up, factorize, prune: the target-independent compression passes, in order."""
-    from .passes.fold import CleanupPass, FoldBatchNormPass
-    from .passes.lowrank.factorize import LowRankConfig, LowRankPass
-    from .passes.lowrank.rank import parse_rank_spec
-    from .passes.prune import make_prune_pass, parse_prune_spec
-
-    passes = [FoldBatchNormPass(), CleanupPass()]
-    if cfg.budget_bytes is not None or cfg.rank != "none":
-        passes.append(LowRankPass(LowRankConfig(
-            rank=parse_rank_spec(cfg.rank if cfg.rank != "none" else "erank"),
-            budget_bytes=cfg.budget_bytes, bytes_per_param=bytes_per_param)))
-    prune = make_prune_pass(parse_prune_spec(cfg.prune))
-    if prune is not None:
-        passes.append(prune)
-    records = []
-    for p in passes:
-        res = p(graph)
-        records += [dict(r, **{"pass": p.name}) for r in res.records]
-    return records
+def _compress(graph: Graph, cfg: BuildConfig, bytes_per_param: float, dump_dir: Path | None) -> PipelineResult:
+    """Fold, clean up, factorize, prune: the target-independent passes (`passes.pipeline`)."""
+    passes = compress_passes(rank=cfg.rank, budget_bytes=cfg.budget_bytes, bytes_per_param=bytes_per_param,
+                             prune=cfg.prune)
+    return run_pipeline(graph, passes, dump_dir=dump_dir, first_index=1)
 
 
 def _finetune(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, data: Samples, labels, progress) -> dict:
@@ -231,19 +206,14 @@ def _finetune(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, data: Samples
                         for e in result.epochs]}
 
 
-def _emit(graph: Graph, backend: str, embed: bool):
-    if backend == "onnx":
-        from .backends.onnx import emit_onnx
-        return emit_onnx(graph, embed_weights=embed, minify=not embed)
-    from .backends.tflite import emit_tflite
-    return emit_tflite(graph, embed_weights=embed)
-
-
 def _write_bundle(stage: Path, graph: Graph, target: Target, backend: str, cfg: BuildConfig) -> dict:
     from .container import write_container
 
-    emitted = _emit(graph, backend, embed=False)
-    model_name = "model.onnx" if backend == "onnx" else "model.tflite"
+    from .backends.base import backend_for
+
+    emitter = backend_for(backend)
+    emitted = emitter.emit(graph, embed_weights=False)
+    model_name = emitter.model_file
     (stage / model_name).write_bytes(emitted.model_bytes)
     codecs = tuple(c for c in (cfg.codecs or target.codecs) if c in target.codecs)
     if not codecs:
@@ -256,37 +226,22 @@ def _write_bundle(stage: Path, graph: Graph, target: Target, backend: str, cfg: 
                 "model_sha256": hashlib.sha256(emitted.model_bytes).hexdigest(),
                 "weights": "weights.ecw", "inputs": io(graph.inputs), "outputs": io(graph.outputs),
                 "target": target.name, "edgecompile_version": __version__}
-    if getattr(emitted, "dequantize_at_load", ()):
+    if emitted.dequantize_at_load:
         manifest["dequantize_at_load"] = list(emitted.dequantize_at_load)
     (stage / "manifest.json").write_text(json.dumps(manifest, separators=(",", ":")))  # compact: bytes count
-    _copy_loader(stage)
-    from .backends.c_bundle import write_c_bundle
+    ship(stage / "python")
+    from .backends.c.bundle import write_c_bundle
     write_c_bundle(stage, stage / "weights.ecw", target.kind, target.name, target.triple, target.cpu)
     return {"emitted": emitted, "records": records, "model_file": model_name}
-
-
-def _copy_loader(stage: Path) -> None:
-    """Ships the torch-free loader and container reader so the bundle runs on a board without edgecompile."""
-    pkg = Path(__file__).resolve().parent
-    dst = stage / "python" / "edgecompile"
-    (dst / "container").mkdir(parents=True)
-    (dst / "__init__.py").write_text(f'__version__ = "{__version__}"\n')
-    for f in (pkg / "container").glob("*.py"):
-        shutil.copy2(f, dst / "container" / f.name)
-    for name in ("errors.py", "loader.py", "tflite_loader.py", "session_base.py"):
-        if (pkg / name).exists():
-            shutil.copy2(pkg / name, dst / name)
 
 
 def fp32_onnx(graph: Graph) -> bytes:
     """The baseline: the uncompressed model as a self-contained fp32 ONNX file, batch norms folded
     (what onnxruntime does itself at load, and what its quantization tools expect)."""
     from .backends.onnx import emit_onnx
-    from .passes.fold import CleanupPass, FoldBatchNormPass
 
     g = graph.copy()
-    FoldBatchNormPass()(g)
-    CleanupPass()(g)
+    run_pipeline(g, baseline_passes())
     return emit_onnx(g, embed_weights=True).model_bytes
 
 
@@ -326,7 +281,7 @@ def _latency(stage: Path, baseline_bytes: bytes, session, example: list[np.ndarr
     percent of a small model)."""
     import onnxruntime as ort
 
-    from .loader import BundleSession
+    from .bundle.onnx_session import BundleSession
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
@@ -379,7 +334,7 @@ def build(model_spec: str | LoadedModel | None, cfg: BuildConfig, progress: Prog
 def validate(cfg: BuildConfig, target: Target) -> None:
     """Checks every option of `cfg` before any model is loaded (a spec, a file, a threshold, a
     combination); raises the option's own error, one line naming it and what to do."""
-    from .data_io import check_npz
+    from .inputs.samples import check_npz
     from .finetune.recover import RecoverConfig
     from .passes.lowrank.rank import parse_rank_spec
     from .passes.prune import parse_prune_spec
@@ -421,17 +376,24 @@ def validate(cfg: BuildConfig, target: Target) -> None:
     RecoverConfig(optimizer=cfg.optimizer, epochs=cfg.epochs, twa_warmup_epochs=max(1, cfg.epochs // 2))
 
 
-def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResult:
-    progress = progress or (lambda stage, frac: None)
-    timings: dict[str, float] = {}
-    t_start = time.perf_counter()
+class _StageClock:
+    """Times the build's stages for the report (``timings_s``), reports progress, and is where a
+    signal whose exception a library swallowed stops the build."""
 
-    def stage_done(name: str, frac: float, t0: float) -> float:
-        timings[name] = round(time.perf_counter() - t0, 3)
-        staging.check_stop()            # a signal whose exception a library swallowed stops here
-        progress(name, frac)
+    def __init__(self, progress: Progress):
+        self.progress, self.timings = progress, {}
+        self.start = time.perf_counter()
+
+    def __call__(self, name: str, frac: float, t0: float) -> float:
+        """Records stage `name` as begun at `t0`; returns the time the next stage begins."""
+        self.timings[name] = round(time.perf_counter() - t0, 3)
+        staging.check_stop()
+        self.progress(name, frac)
         return time.perf_counter()
 
+
+def _resolve(cfg: BuildConfig) -> tuple[BuildConfig, Target]:
+    """The configuration with the target's defaults filled in (quant ``auto``, the backend), checked."""
     target = load_target(cfg.target)
     cfg = replace(cfg, quant=resolve_quant(cfg.quant, target), quant_auto=cfg.quant == "auto")
     backend = cfg.backend or target.default_backend
@@ -445,17 +407,24 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
         cfg = replace(cfg, quant_auto=False)
     cfg = replace(cfg, backend=backend)
     validate(cfg, target)
+    return cfg, target
+
+
+def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResult:
+    """`build` for one process: resolve the configuration, take the ``--out`` lock, build."""
+    cfg, target = _resolve(cfg)
+    clock = _StageClock(progress or (lambda stage, frac: None))
     out = Path(cfg.out)
     rank, _ = _launch()
     if rank != 0 and not cfg.finetune:
         return BuildResult(out, {}, None, degraded=False, written=False)  # nothing to share out
     if rank != 0:
-        return _build_model(model_spec, cfg, target, progress, timings, stage_done, t_start)
+        return _build_model(model_spec, cfg, target, clock)
     staging.check_out(out)
     with staging.OutLock(out):
         staging.remove_stale(out)
         try:
-            return _build_model(model_spec, cfg, target, progress, timings, stage_done, t_start)
+            return _build_model(model_spec, cfg, target, clock)
         except OSError as e:
             ours = e.filename is not None and Path(os.path.abspath(e.filename)).is_relative_to(out.parent.absolute())
             if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) or (ours and e.errno in (errno.EACCES, errno.EPERM)):
@@ -464,9 +433,9 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
             raise
 
 
-def _build_model(model_spec, cfg: BuildConfig, target: Target, progress: Progress, timings: dict,
-                 stage_done, t_start: float) -> BuildResult:
+def _build_model(model_spec, cfg: BuildConfig, target: Target, clock: _StageClock) -> BuildResult:
     """`_build` from loading the model on: import, compress, fine-tune, the candidates' bundles."""
+    progress, timings, stage_done, t_start = clock.progress, clock.timings, clock, clock.start
     from .report import make_report, write_report
 
     out = Path(cfg.out)
@@ -480,11 +449,13 @@ def _build_model(model_spec, cfg: BuildConfig, target: Target, progress: Progres
     t = stage_done("load model", 0.05, t)
 
     try:
-        graph = _import(loaded)
+        graph = import_graph(loaded)
     except Exception:
-        _check_example_inputs(loaded)   # wrong shapes or dtypes: named as such, not as an export failure
+        check_example_inputs(loaded)   # wrong shapes or dtypes: named as such, not as an export failure
         raise
     verify(graph)
+    dump_dir = cfg.dump_ir if rank == 0 else None
+    dump_graph(graph, dump_dir, 0, "import")
     _check_half(graph, cfg)
     original = graph.copy()
     if total_macs(graph) < 50_000_000:
@@ -495,9 +466,11 @@ def _build_model(model_spec, cfg: BuildConfig, target: Target, progress: Progres
 
     batch = int(graph.inputs[0].shape[0]) if graph.inputs and graph.inputs[0].shape else 1
     specs = output_specs(loaded, cfg, graph)
-    calib, evals, labels, data_note = _data(loaded, cfg, graph)
+    calib, evals, labels, data_note = split_data(loaded, graph, calib_path=cfg.calib,
+                                                  max_eval=cfg.max_eval_samples, seed=cfg.seed)
     quantized = cfg.quant.startswith("int8")
-    pass_records = _compress(graph, cfg, bytes_per_param=1.0 if quantized else 4.0)
+    compressed = _compress(graph, cfg, 1.0 if quantized else 4.0, dump_dir)
+    n_dumped = 1 + len(compressed.timings)
     t = stage_done("compress (fold, factorize, prune)", 0.35, t)
 
     finetune_info = None
@@ -507,6 +480,8 @@ def _build_model(model_spec, cfg: BuildConfig, target: Target, progress: Progres
         else:
             ft_data, ft_labels = load_samples(Path(cfg.finetune), graph)
         finetune_info = _finetune(graph, loaded, cfg, ft_data, ft_labels, progress)
+        dump_graph(graph, dump_dir, n_dumped, "finetune")
+        n_dumped += 1
         t = stage_done("fine-tune", 0.5, t)
     if rank != 0:
         # Under torchrun every rank trains its slice of each global batch (DDP keeps the weights
@@ -514,20 +489,22 @@ def _build_model(model_spec, cfg: BuildConfig, target: Target, progress: Progres
         return BuildResult(out, {}, None, degraded=False, written=False)
 
     from . import build_device as bd      # the device half (generated C, TFLite Micro); imports this module
-    from .loader import load_bundle
+    from .bundle import load_bundle
 
     try:
         ref = reference_outputs(loaded, evals, batch)   # once: every candidate is judged against it
     except Exception as e:   # the model's own forward() on the data: the user's to fix, in one line
         given = ", ".join(f"{a.dtype}{list(a.shape[1:])}" for a in evals)
-        raise ModelSpecError(f"{loaded.name} fails on its {data_note} ({given} per sample): {_first_line(e)}; "
+        raise ModelSpecError(f"{loaded.name} fails on its {data_note} ({given} per sample): {first_line(e)}; "
                              "give example inputs of the shapes and dtypes its forward() expects") from None
     attempts: list[dict] = []
     for label, cand, records, search in candidates(graph, loaded, cfg, calib, batch, specs, data_note, labels,
                                                    target.kind == "mcu", progress, time.perf_counter() - t_start):
         t = stage_done(f"quantize + search ({label})", 0.6, t)
-        stage = staging.make_stage(out)
-        try:
+        dump_graph(cand, dump_dir, n_dumped, f"candidate {label}")   # after quantize, cluster, the search
+        n_dumped += 1
+        # the gate's refusals keep their reports in <out>.failed/; any exception removes the stage
+        with staging.candidate_stage(out, keep_reports_on=(VerificationFailed, DoesNotFit)) as stage:
             if backend == "c":
                 written = bd.write_c_bundle(stage, cand, target, cfg, evals)
                 session = written["session"]
@@ -574,10 +551,11 @@ def _build_model(model_spec, cfg: BuildConfig, target: Target, progress: Progres
 
             timings["total"] = round(time.perf_counter() - t_start, 3)
             report = make_report(
-                model=loaded.name, target=target, backend=backend, config=cfg, original=original, graph=cand,
+                model=loaded.name, target=target, backend=backend, config=config_dict(cfg), original=original, graph=cand,
                 container_records=written["records"], emitted=written["emitted"], stage=stage,
                 baseline_onnx_bytes=len(baseline), fidelity=fidelity, latency=latency,
-                pass_records=pass_records + records, finetune=finetune_info, timings=timings, data_note=data_note)
+                pass_records=compressed.records + [LayerRecord.of(r) for r in records],
+                pass_timings=compressed.timings, finetune=finetune_info, timings=timings, data_note=data_note)
             if device is not None:
                 report["device"] = device
                 report["memory"] = bd.c_memory(written["cmodel"], device, target)
@@ -594,75 +572,15 @@ def _build_model(model_spec, cfg: BuildConfig, target: Target, progress: Progres
             if failures and not cfg.allow_degraded:
                 raise VerificationFailed(
                     "verification failed: " + "; ".join(failures) + " (relax compression, add --finetune, or "
-                    f"pass --allow-degraded; report in {_failed_dir(out)}/report.html)")
+                    f"pass --allow-degraded; report in {staging.failed_dir(out)}/report.html)")
             if oversize and not cfg.allow_oversize:
                 raise DoesNotFit("; ".join(oversize) + " (try --cluster-bits 4, --prune magnitude:global:0.5, a "
-                                 f"larger board, or --allow-oversize; report in {_failed_dir(out)}/report.html)")
+                                 f"larger board, or --allow-oversize; report in {staging.failed_dir(out)}/report.html)")
             staging.replace(stage, out)
-            shutil.rmtree(_failed_dir(out), ignore_errors=True)
+            shutil.rmtree(staging.failed_dir(out), ignore_errors=True)
             break
-        except BaseException as e:
-            if isinstance(e, (VerificationFailed, DoesNotFit)):
-                _keep_failed(stage, out)
-            shutil.rmtree(stage, ignore_errors=True)
-            raise
     progress("done", 1.0)
     return BuildResult(out, report, fidelity, degraded=bool(failures))
-
-
-def _failed_dir(out: Path) -> Path:
-    return out.with_name(out.name + ".failed")
-
-
-def _keep_failed(stage: Path, out: Path) -> None:
-    """A failed build's reports go to ``<out>.failed/`` (replacing an older one), so the user
-    can see why; the bundle files are not kept, so nothing there can be mistaken for a bundle."""
-    failed = _failed_dir(out)
-    shutil.rmtree(failed, ignore_errors=True)
-    failed.mkdir(parents=True, exist_ok=True)
-    for name in ("report.json", "report.html"):
-        if (stage / name).exists():
-            shutil.copy2(stage / name, failed / name)
-
-
-def _data(loaded: LoadedModel, cfg: BuildConfig, graph: Graph) -> tuple[Samples, Samples, np.ndarray | None, str]:
-    """Calibration and held-back evaluation samples: --calib file, the factory's data, or synthetic.
-    The user's eval set is used whole unless `max_eval_samples` caps it (the note says so)."""
-    if cfg.calib is not None:
-        samples, labels = load_samples(Path(cfg.calib), graph)
-        n = len(samples[0])
-        cut = max(1, int(0.8 * n)) if n > 1 else 1
-        calib = tuple(a[:cut] for a in samples)
-        evals = tuple(a[cut:] for a in samples) if n > 1 else calib
-        lab = labels[cut:] if labels is not None and n > 1 else None
-        note = (f"held-back 20% of {cfg.calib}" if n > 1 else
-                f"the one sample of {cfg.calib}, also used for calibration (not held back: give more samples)")
-    elif "calib" in loaded.data:
-        calib = as_samples(graph, loaded.data["calib"], "the factory's data['calib']")
-        evals = as_samples(graph, loaded.data.get("eval", calib), "the factory's data['eval']")
-        lab, note = loaded.data.get("labels"), "the factory's held-back evaluation data"
-    else:
-        calib = synthesize_samples(graph, 128, seed=cfg.seed)
-        log.warning("no calibration data given (--calib); using random inputs, fidelity figures are weak")
-        # Our own random inputs: ~4e10 MACs of verification (at least 32 samples) is plenty.
-        macs = total_macs(graph) // max(graph.inputs[0].shape[0], 1) if graph.inputs else 0
-        cap = int(min(128, max(32, 4e10 // max(macs, 1))))
-        return calib, _limit(calib, cap), None, f"{cap} random inputs (no --calib given)"
-    n_eval = len(evals[0])
-    if cfg.max_eval_samples is not None and n_eval > cfg.max_eval_samples:
-        note += f" (capped by --max-eval at {cfg.max_eval_samples} of {n_eval} samples)"
-        evals, lab = _limit(evals, cfg.max_eval_samples), _limit_labels(lab, cfg.max_eval_samples)
-    if lab is not None and len(lab) < len(evals[0]):
-        raise BuildError(f"{len(lab)} labels for {len(evals[0])} evaluation samples; give one label per sample")
-    return calib, evals, None if lab is None else np.asarray(lab), note
-
-
-def _limit(s: Samples, cap: int) -> Samples:
-    return tuple(a[:cap] for a in s)
-
-
-def _limit_labels(labels, cap: int):
-    return None if labels is None else np.asarray(labels)[:cap]
 
 
 def config_dict(cfg: BuildConfig) -> dict:

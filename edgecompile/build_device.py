@@ -13,13 +13,13 @@ import numpy as np
 
 from . import __version__
 from .build import BuildConfig, BuildError
-from .data_io import Samples
+from .inputs.samples import Samples
 from .ir import Graph
-from .reference import _padded_batches
+from .inputs.reference import _padded_batches
 from .targets import Target
 
 __all__ = ["write_c_bundle", "c_device_checks", "c_memory", "tflm_checks", "tflm_memory", "TflmSession",
-           "CEmitted", "C_DEMO_BATCHES"]
+           "C_DEMO_BATCHES"]
 
 
 #: Samples the generated C program embeds (model/main.c): what the host check and the emulated
@@ -27,30 +27,13 @@ __all__ = ["write_c_bundle", "c_device_checks", "c_memory", "tflm_checks", "tflm
 C_DEMO_BATCHES = 4
 
 
-class CEmitted:
-    """What the report reads from an emitted model, for generated C: the model file is model.c,
-    the "ops" the ecm_ kernels it calls, container names map back to layers."""
-
-    def __init__(self, cm, graph: Graph):
-        self.model_bytes = cm.files[f"{cm.prefix}.c"].encode()
-        kernels: dict[str, int] = {}
-        for layer in cm.layers:
-            kernels[layer.kernel] = kernels.get(layer.kernel, 0) + 1
-        self.ops = [(f"ecm_{k}", n) for k, n in kernels.items()]
-        # container names are "<index>:<layer>"; the report's rows match a layer's weight value
-        weight_of = {n.name: n.inputs[1].name for n in graph.nodes if len(n.inputs) > 1 and n.inputs[1] is not None}
-        self.source_names = {r.name: weight_of.get(r.name.split(":", 1)[-1], r.name) for r in cm.records}
-        self.node_map = None
-        self.quant = {}
-
-
 def write_c_bundle(stage: Path, graph: Graph, target: Target, cfg: BuildConfig, evals: Samples) -> dict:
     """``--backend c``: generated ``model.c`` / ``model.h`` with the kernels and decoder sources in
     ``runtime/``, the weights (kernel layout) in ``weights.ecw`` and as a C array, a demo program on
     a few eval samples. The session is the numpy integer reference: the device's arithmetic."""
-    from .backends.c_bundle import write_c_model
-    from .backends.c_model import CBackendError, emit_c
-    from .backends.c_ref.session import ReferenceSession, device_bytes
+    from .backends.c.bundle import write_c_model
+    from .backends.c.model import CBackendError, emit_c
+    from .backends.c.ref.session import ReferenceSession, device_bytes
 
     codecs = tuple(c for c in (cfg.codecs or target.codecs) if c in target.codecs and c != "zstd") or ("raw",)
     try:
@@ -75,16 +58,16 @@ def write_c_bundle(stage: Path, graph: Graph, target: Target, cfg: BuildConfig, 
                 "arena_bytes": cm.arena_bytes, "build": "runtime/build.sh", "target": target.name,
                 "edgecompile_version": __version__}
     (stage / "manifest.json").write_text(json.dumps(manifest, separators=(",", ":")))  # compact: bytes count
-    return {"emitted": CEmitted(cm, graph), "records": cm.records, "model_file": "runtime/model/model.c", "cmodel": cm,
+    return {"emitted": cm.emitted(graph), "records": cm.records, "model_file": "runtime/model/model.c", "cmodel": cm,
             "session": session, "demo": demo}
 
 
 def c_device_checks(stage: Path, written: dict, target: Target) -> dict:
-    """The generated C compiled and run (see `backends.c_device`): on the host, bit for bit the
+    """The generated C compiled and run (see `backends.c.device`): on the host, bit for bit the
     integer reference on the demo samples (else a BuildError: our bug); for a microcontroller, code
     sizes from the cross toolchain and per-layer emulated instruction counts under QEMU."""
-    from .backends import c_device
-    from .backends.c_ref.graph import _nhwc
+    from .backends.c import device as c_device
+    from .backends.c.ref.graph import _nhwc
 
     cm, session, demo = written["cmodel"], written["session"], written["demo"]
     rt = stage / "runtime"
@@ -122,7 +105,7 @@ def c_device_checks(stage: Path, written: dict, target: Target) -> dict:
 
 def _emulated(steps: list[int], samples: int, cm, target: Target) -> dict:
     """Per-inference emulated instruction counts (summed over the demo samples by the program)."""
-    from .backends import c_device
+    from .backends.c import device as c_device
 
     per = [int(round(v / max(samples, 1))) for v in steps]
     total = sum(per)
@@ -174,7 +157,7 @@ class TflmSession:
         self.model_bytes, self.node_map = model_bytes, node_map
 
     def run(self, *xs: np.ndarray) -> list[np.ndarray]:
-        from .backends import tflm
+        from .backends.tflite import tflm
 
         try:
             return tflm.run(self.model_bytes, list(xs), self.node_map)
@@ -187,11 +170,11 @@ def tflm_checks(written: dict) -> tuple[TflmSession, dict]:
     (a one-line error naming the op and layer when TFLM lacks it), the session that verifies on TFLM,
     and TFLM's measured arena."""
     try:
-        from .backends import tflm
+        from .backends.tflite import tflm
     except ImportError:
         raise BuildError("--backend tflite for a microcontroller is checked with TFLite Micro, which is not installed: "
                          "pip install tflite-micro==0.dev20261023182759 (the dev extra), or use --backend c") from None
-    from .tflite_loader import fill_weights
+    from .bundle.tflite_model import fill_weights
 
     em = written["emitted"]
     full = fill_weights(em.model_bytes, em.tensors)

@@ -151,9 +151,11 @@ def main(verbose: bool, debug: bool) -> None:
               help="Allowed accuracy drop in points, for classifiers with labelled eval data.")
 @click.option("--allow-degraded", is_flag=True, help="Keep a bundle that fails the fidelity thresholds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no progress bar).")
+@click.option("--dump-ir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Write the IR's text dump after import and after every pass into this folder (NN-<pass>.txt).")
 def build(model, target, out, backend, stream_weights, calib, rank, prune, quant, cluster_bits, budget_bytes, codecs, finetune,
           optimizer, epochs, optimize, task, min_agreement, min_cosine, min_correlation, max_eval, allow_oversize,
-          max_accuracy_drop, allow_degraded, as_json):
+          max_accuracy_drop, allow_degraded, as_json, dump_ir):
     """Compile MODEL (file.py:factory, package.module:factory or a .pt2; default: the embedded digits CNN)."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -163,7 +165,7 @@ def build(model, target, out, backend, stream_weights, calib, rank, prune, quant
         # torch.export logs its failures itself (tens of lines); ours is one line (--verbose shows them)
         logging.getLogger("torch").setLevel(logging.CRITICAL)
     from .report import render_terminal
-    from .fidelity import Thresholds
+    from .report.fidelity import Thresholds
 
     name = "digits" if model is None else Path(model.split(":")[0]).stem.split(".")[-1]
     cfg = BuildConfig(target=target, out=out or Path("out") / f"{name}-{target}", backend=backend, rank=rank,
@@ -174,7 +176,7 @@ def build(model, target, out, backend, stream_weights, calib, rank, prune, quant
                                             max_accuracy_drop=max_accuracy_drop / 100,
                                             min_decision_agreement=min_agreement, min_correlation=min_correlation),
                       task=task, optimize=optimize, max_eval_samples=max_eval, allow_oversize=allow_oversize,
-                      allow_degraded=allow_degraded, stream_weights=stream_weights)
+                      allow_degraded=allow_degraded, stream_weights=stream_weights, dump_ir=dump_ir)
     console = Console(stderr=True)
     if as_json or not console.is_terminal:  # no bar in logs and pipes: it would leave stray lines
         result = run_build(model, cfg)
@@ -221,7 +223,7 @@ def targets(as_json):
 def inspect(bundle, as_json):
     """Print the report of an existing BUNDLE and check it: manifest, every tensor's CRC, and the model
     file loaded by its runtime with the container's weights."""
-    from .bundle_inspect import inspect_bundle
+    from .bundle.check import inspect_bundle
     from .report import render_terminal
 
     info = inspect_bundle(bundle)

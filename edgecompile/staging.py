@@ -191,6 +191,38 @@ def make_stage(out: Path) -> Path:
     return stage
 
 
+def failed_dir(out: Path) -> Path:
+    """Where a failed build's reports go: ``<out>.failed/`` beside `out`."""
+    return out.with_name(out.name + ".failed")
+
+
+def keep_failed(stage: Path, out: Path) -> None:
+    """A failed build's reports go to ``<out>.failed/`` (replacing an older one), so the user
+    can see why; the bundle files are not kept, so nothing there can be mistaken for a bundle."""
+    failed = failed_dir(out)
+    shutil.rmtree(failed, ignore_errors=True)
+    failed.mkdir(parents=True, exist_ok=True)
+    for name in ("report.json", "report.html"):
+        if (stage / name).exists():
+            shutil.copy2(stage / name, failed / name)
+
+
+@contextlib.contextmanager
+def candidate_stage(out: Path, keep_reports_on: tuple[type[BaseException], ...] = ()) -> Iterator[Path]:
+    """A staging folder for one candidate bundle (`make_stage`), removed when the block leaves
+    by an exception; for the exception types in `keep_reports_on` (the gate refused the bundle)
+    its reports are kept in ``<out>.failed/`` first. A block that ends normally has moved the
+    stage to `out` (`replace`) or removed it."""
+    stage = make_stage(out)
+    try:
+        yield stage
+    except BaseException as e:
+        if isinstance(e, keep_reports_on):
+            keep_failed(stage, out)
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
 def set_modes(root: Path) -> None:
     """Folders 0777 and files 0666 (0777 when executable by the owner) less the umask, under `root`."""
     mask = _umask()

@@ -62,9 +62,6 @@ class Target:
         return max(compute, memory)
 
 
-_TYPES = {f.name: f.type for f in fields(Target)}
-
-
 def _check(path: Path, raw: dict) -> Target:
     known = {f.name for f in fields(Target)}
     unknown = set(raw) - known

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edgecompile.build import BuildConfig, VerificationFailed, build
-from edgecompile.loader import load_bundle
+from edgecompile.bundle import load_bundle
 
 
 def test_mcu_build_tflite_with_c_runtime(tmp_path):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from edgecompile.build import BuildConfig, build
-from edgecompile.modelspec import LoadedModel
+from edgecompile.inputs.model import LoadedModel
 from tests.models import RecurrentHead
 
 STEPS, FEATURES, HIDDEN = 12, 16, 48

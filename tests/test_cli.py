@@ -145,3 +145,25 @@ def test_tflite_for_mcu_checks_tflite_micro_kernels(tmp_path):
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "GELU" in errors[0] and "layer gelu" in errors[0]
     assert not out.exists()
+
+
+def test_dump_ir_writes_the_graph_after_every_pass(tmp_path):
+    ir = tmp_path / "ir"
+    r = run_cli("build", _factory(tmp_path, "self.fc(x)"), "--quant", "none", "--dump-ir", str(ir),
+                "--out", str(tmp_path / "o"), "--json")
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in ir.iterdir())
+    assert names[:3] == ["00-import.txt", "01-fold_batch_norm.txt", "02-cleanup.txt"], names
+    assert len(names) == 4 and names[3].startswith("03-candidate"), names
+    assert (ir / "00-import.txt").read_text().startswith("graph m(x: float32[1, 8])")
+    rep = json.loads(r.stdout)["report"]
+    assert [t["pass"] for t in rep["pass_timings_s"]] == ["fold_batch_norm", "cleanup"]
+
+
+def test_output_that_is_the_input_reshaped_builds(tmp_path):
+    """``return x.reshape(x.shape)``: the output stays a node, not an alias of the input (issue 15)."""
+    r = run_cli("build", _factory(tmp_path, "x.reshape(x.shape)"), "--quant", "none", "--out", str(tmp_path / "o"),
+                "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)["report"]
+    assert rep["verdict"]["passed"] and [o["op"] for o in rep["backend_ops"]] == ["Reshape"], rep["backend_ops"]

@@ -42,8 +42,8 @@ def test_every_error_class_has_a_kind_and_a_documented_code():
     classes = _all_exception_classes()
     names = {f"{c.__module__}.{c.__qualname__}" for c in classes}
     # the ones issue 15 names, so that the walk is known to reach them
-    for expected in ("edgecompile.frontend.errors.FrontendError", "edgecompile.backends.onnx_builder.OnnxEmitError",
-                     "edgecompile.session_base.BundleError", "edgecompile.finetune.data.FinetuneDataError",
+    for expected in ("edgecompile.frontend.errors.FrontendError", "edgecompile.backends.onnx.builder.OnnxEmitError",
+                     "edgecompile.bundle.manifest.BundleError", "edgecompile.finetune.data.FinetuneDataError",
                      "edgecompile.finetune.recover.RecoverConfigError", "edgecompile.ir.verify.VerifyError",
                      "edgecompile.container.errors.ContainerError", "edgecompile.build.DoesNotFit"):
         assert expected in names
@@ -64,7 +64,7 @@ def test_kinds_keep_their_builtin_bases_and_codes():
     from edgecompile.container import ChecksumMismatch
     from edgecompile.frontend import UnsupportedOpError
     from edgecompile.ir import VerifyError
-    from edgecompile.session_base import BackendRuntimeError, BundleError
+    from edgecompile.bundle import BackendRuntimeError, BundleError
 
     assert issubclass(UnsupportedOpError, ValueError) and UnsupportedOpError.exit_code == 3
     assert issubclass(BuildError, RuntimeError) and BuildError.exit_code == 3
@@ -292,16 +292,16 @@ def test_full_disk_is_one_line_and_leaves_nothing(models, tmp_path, monkeypatch)
 
 
 def test_one_calibration_sample_is_not_called_held_back(models):
-    from edgecompile.build import BuildConfig, _data
+    from edgecompile.inputs.model import LoadedModel
+    from edgecompile.inputs.samples import split_data
     from edgecompile.ir import Graph, infer_shapes
-    from edgecompile.modelspec import LoadedModel
 
     g = Graph("g")
     x = g.add_input("x", (1, 8))
     g.outputs = [g.add_node("relu", [x], name="act").output]
     infer_shapes(g)
     loaded = LoadedModel("g", None, (), {})
-    _, evals, _, note = _data(loaded, BuildConfig(calib=models / "one.npz"), g)
+    _, evals, _, note = split_data(loaded, g, calib_path=models / "one.npz", max_eval=None)
     assert len(evals[0]) == 1 and "held-back" not in note and "also used for calibration" in note
-    _, evals, _, note = _data(loaded, BuildConfig(calib=models / "calib.npz"), g)
+    _, evals, _, note = split_data(loaded, g, calib_path=models / "calib.npz", max_eval=None)
     assert len(evals[0]) == 8 and note.startswith("held-back 20%")

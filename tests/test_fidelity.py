@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from edgecompile.build import BuildConfig, DoesNotFit, VerificationFailed, build
-from edgecompile.fidelity import (
+from edgecompile.report.fidelity import (
     FidelitySpecError, OutputSpec, Thresholds, compare, parse_output_specs, per_sample_cosine, set_correlation,
 )
-from edgecompile.modelspec import LoadedModel
+from edgecompile.inputs.model import LoadedModel
 
 rng = np.random.default_rng(0)
 
@@ -202,7 +202,7 @@ def test_batch_axis_declared_by_the_factory(tmp_path):
     assert [i["shape"] for i in man["inputs"]] == [[2, 6, 4], [2, 1, 16]]     # batch-first in the bundle
     assert [o["kind"] for o in res.report["fidelity"]["outputs"]] == ["auto", "state"]
     assert res.report["fidelity"]["n_samples"] == 32 and res.report["verdict"]["passed"]
-    from edgecompile.modelspec import ModelSpecError, _check_data
+    from edgecompile.inputs.model import ModelSpecError, _check_data
     with pytest.raises(ModelSpecError, match="batch_axes"):
         _check_data({"batch_axes": [0]}, 2, "factory")
 

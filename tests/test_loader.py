@@ -13,9 +13,10 @@ import pytest
 from edgecompile.backends.onnx import emit_onnx
 from edgecompile.container import ContainerError, write_container
 from edgecompile.ir import Graph, QuantParams, infer_shapes, run_graph
-from edgecompile.loader import BundleError, TensorSpec, create_session, load_bundle
+from edgecompile.bundle import BundleError, TensorSpec, load_bundle
+from edgecompile.bundle.onnx_session import create_session
+from edgecompile.bundle.ship import ship
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _graph(quantized: bool) -> tuple[Graph, np.ndarray]:
@@ -149,22 +150,19 @@ def test_run_checks_arity_and_shapes(tmp_path):
 
 
 def test_loader_runs_copied_into_a_bundle_without_torch(tmp_path):
-    """loader.py + a copy of the container package, in a fresh interpreter that blocks torch."""
+    """The shipped python/ folder (`bundle.ship`), in a fresh interpreter that blocks torch and finds
+    no edgecompile module but the shipped ones."""
     g, x = _graph(True)
     bundle = write_bundle(tmp_path / "b", g)
-    runtime = bundle / "runtime"
-    runtime.mkdir()
-    (runtime / "loader.py").write_text((REPO / "edgecompile" / "loader.py").read_text())
-    (runtime / "session_base.py").write_text((REPO / "edgecompile" / "session_base.py").read_text())
-    pkg = runtime / "container"
-    pkg.mkdir()
-    for f in (REPO / "edgecompile" / "container").glob("*.py"):
-        (pkg / f.name).write_text(f.read_text())
+    runtime = bundle / "python"
+    ship(runtime)
     np.save(tmp_path / "x.npy", x)
     script = (
-        "import sys; sys.modules['torch'] = None; sys.modules['edgecompile'] = None\n"
-        "import numpy as np, loader\n"
-        f"b = loader.load_bundle({str(bundle)!r})\n"
+        "import sys; sys.modules['torch'] = None\n"
+        "import numpy as np\n"
+        "from edgecompile.bundle import load_bundle\n"
+        f"import edgecompile; assert edgecompile.__file__.startswith({str(runtime)!r}), edgecompile.__file__\n"
+        f"b = load_bundle({str(bundle)!r})\n"
         f"np.save({str(tmp_path / 'y.npy')!r}, b.run(np.load({str(tmp_path / 'x.npy')!r}))[0])\n")
     subprocess.run([sys.executable, "-c", script], cwd=runtime, check=True, capture_output=True, text=True)
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), run_graph(g, x),

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from edgecompile.reference import reference_outputs
+from edgecompile.inputs.reference import reference_outputs
 from edgecompile.data.digits import model as digits_model
-from edgecompile.fidelity import OutputSpec, Thresholds
+from edgecompile.report.fidelity import OutputSpec, Thresholds
 from edgecompile.frontend import import_model
 from edgecompile.ir import TorchExecutor, verify
-from edgecompile.modelspec import LoadedModel
-from edgecompile.optimize import (
+from edgecompile.inputs.model import LoadedModel
+from edgecompile.search.optimize import (
     GateScore, OptimizeConfig, OptimizeError, apply_plan, apply_setting, entropy_bytes, executor_outputs,
     optimize_weights,
 )
@@ -82,7 +82,7 @@ def test_search_gives_nothing_when_the_gate_cannot_hold(digits):
 
 
 def test_per_tensor_grid_keeps_values_and_moves_the_int32_bias(digits):
-    from edgecompile.optimize import _layers, per_tensor_grid
+    from edgecompile.search.optimize import _layers, per_tensor_grid
 
     g, samples, ref = digits
     lay = next(lay for lay in _layers(g, 1024) if g.node(lay.node).op == "conv")

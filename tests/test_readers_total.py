@@ -13,13 +13,13 @@ from click.testing import CliRunner
 
 from bench.bench_fuzz_readers import tiny_graph
 from edgecompile.build import BuildConfig, _write_bundle
-from edgecompile.bundle_inspect import inspect_bundle
+from edgecompile.bundle.check import inspect_bundle
 from edgecompile.cli import main
 from edgecompile.container import ContainerError, encode_container, read_container
 from edgecompile.errors import CorruptError
 from edgecompile.ir import Graph, infer_shapes
-from edgecompile.loader import load_bundle
-from edgecompile.session_base import BundleError
+from edgecompile.bundle import load_bundle
+from edgecompile.bundle import BundleError
 from edgecompile.targets import load_target
 
 

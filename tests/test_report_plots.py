@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from edgecompile.build import BuildConfig, build
-from edgecompile.modelspec import LoadedModel
-from edgecompile.report import PLOT_MAX_LAYERS, _plot_bytes
+from edgecompile.inputs.model import LoadedModel
+from edgecompile.report.render import PLOT_MAX_LAYERS, _plot_bytes
 
 
 class Double(nn.Module):

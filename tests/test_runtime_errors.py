@@ -17,12 +17,14 @@ from ai_edge_litert import schema_py_generated as fb
 
 from edgecompile.backends.onnx import emit_onnx
 from edgecompile.backends.tflite import emit_tflite
-from edgecompile.backends.tflite_builder import BUILTIN_NAMES
+from edgecompile.backends.tflite.builder import BUILTIN_NAMES
 from edgecompile.container import write_container
 from edgecompile.ir import Graph, infer_shapes
-from edgecompile.loader import load_bundle, parse_ort_error
-from edgecompile.session_base import BackendRuntimeError, BundleError, NodeMap
-from edgecompile.tflite_loader import TFLiteBundleError, pack_model, parse_litert_error
+from edgecompile.bundle.onnx_session import parse_ort_error
+from edgecompile.bundle.ship import ship
+from edgecompile.bundle import BackendRuntimeError, BundleError, NodeMap, load_bundle
+from edgecompile.bundle.tflite_model import pack_model
+from edgecompile.bundle.tflite_session import parse_litert_error
 
 
 def _vad_graph() -> Graph:
@@ -171,7 +173,7 @@ def test_a_damaged_tflite_file_stays_a_bundle_error(tmp_path):
     g = _vad_graph()
     em = emit_tflite(g, embed_weights=False)
     bundle = _write(tmp_path / "b", g, em, "tflite", b"TFL3" + bytes(64))
-    with pytest.raises(TFLiteBundleError, match=r"model\.tflite: not a readable \.tflite model") as info:
+    with pytest.raises(BundleError, match=r"model\.tflite: not a readable \.tflite model") as info:
         load_bundle(bundle)
     assert not isinstance(info.value, BackendRuntimeError) and "\n" not in str(info.value)
 
@@ -282,27 +284,23 @@ def test_message_parsers():
 
 
 def test_copied_loader_without_torch_names_the_layer(tmp_path):
-    """The loader as shipped in a bundle's python/ folder (no torch, no edgecompile package)."""
+    """The bundle package as shipped in a bundle's python/ folder (no torch, no other edgecompile module)."""
     import subprocess
     import sys
 
-    repo = Path(__file__).resolve().parents[1] / "edgecompile"
     g = _vad_graph()
     em, model = _tflite(g)
     [(_, op)] = _operators(model, "STRIDED_SLICE")
     _set_const(model, op.inputs[3], np.array([1, 0, 1, 1], np.int32))
     bundle = _write(tmp_path / "b", g, em, "tflite", pack_model(model))
     py = tmp_path / "python"
-    (py / "container").mkdir(parents=True)
-    for f in ("loader.py", "tflite_loader.py", "session_base.py"):
-        (py / f).write_text((repo / f).read_text())
-    for f in (repo / "container").glob("*.py"):
-        (py / "container" / f.name).write_text(f.read_text())
-    script = ("import sys; sys.modules['torch'] = None; sys.modules['edgecompile'] = None\n"
-              "import loader, session_base\n"
+    ship(py)
+    script = ("import sys; sys.modules['torch'] = None\n"
+              "import edgecompile.bundle as bundle\n"
+              f"assert bundle.__file__.startswith({str(py)!r}), bundle.__file__\n"
               "try:\n"
-              f"    loader.load_bundle({str(bundle)!r})\n"
-              "except session_base.BackendRuntimeError as e:\n"
+              f"    bundle.load_bundle({str(bundle)!r})\n"
+              "except bundle.BackendRuntimeError as e:\n"
               "    print('CAUGHT', e.op, e.layer, str(e))\n")
     run = subprocess.run([sys.executable, "-c", script], cwd=py, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 _PROBE = """
 from edgecompile import targets
-from edgecompile.backends.c_bundle import runtime_dir, RUNTIME_FILES, MCU_FILES
+from edgecompile.backends.c.bundle import runtime_dir, RUNTIME_FILES, MCU_FILES
 import edgecompile
 assert "site-packages" in edgecompile.__file__, edgecompile.__file__
 assert [t.name for t in targets.all_targets()] == {names!r}, targets.all_targets()

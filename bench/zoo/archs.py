@@ -55,7 +55,7 @@ class Arch:
         return [_DATA[self.data](self, n, seed)]
 
     def loaded(self, n_calib: int = 32, n_eval: int = 32):
-        from edgecompile.modelspec import LoadedModel
+        from edgecompile.inputs.model import LoadedModel
 
         data = {"calib": self.inputs(n_calib, seed=0), "eval": self.inputs(n_eval, seed=1),
                 "outputs": [self.output]}

@@ -171,7 +171,7 @@ def graph_buffers(graph, int8_activations: bool = True) -> tuple[list[Buffer], i
 
 def tflite_buffers(model_bytes: bytes) -> tuple[list[Buffer], int]:
     """Activation buffers of a `.tflite` model's first subgraph (as the interpreter allocates them)."""
-    from .tflite_builder import TFL_TYPE_NAMES, unpack_model
+    from .tflite.builder import TFL_TYPE_NAMES, unpack_model
 
     model = unpack_model(model_bytes)
     sg = model.subgraphs[0]

@@ -1,13 +1,7 @@
 """Exceptions raised by the ``.ecw`` readers and writers; one class per kind of bad input."""
 from __future__ import annotations
 
-try:
-    from ..errors import CorruptError
-except ImportError:  # the container copied alone, as a top-level package (a bundle's python/ folder)
-    class CorruptError(Exception):  # type: ignore[no-redef]
-        """Stand-in for `edgecompile.errors.CorruptError` where the package is absent."""
-
-        exit_code = 4
+from ..errors import CorruptError
 
 
 class ContainerError(CorruptError, ValueError):

@@ -38,7 +38,6 @@ class ContainerReader:
 
     def __init__(self, data: memoryview, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> None:
         self._data = data
-        self._max = max_tensor_bytes
         self.records: list[TensorRecord] = _parse(data, max_tensor_bytes)
         self.names: list[str] = [r.name for r in self.records]
         self._by_name = {r.name: r for r in self.records}

@@ -7,8 +7,8 @@
   `nn.Linear` on a 3-D input);
 - an `expand` whose users broadcast anyway is dropped;
 - duplicate nodes (same op, inputs and attributes) are merged;
-- identities (reshape/expand to the same shape, identity transpose, cast to the same dtype, full
-  slice) and dead nodes/constants are removed.
+- identities are removed by the rule `passes.fold.CleanupPass` applies too (`ir.identity`: an
+  identity that is a graph output of the graph's input stays), then dead nodes and constants.
 
 `finalize` rebuilds the graph with final node names from `meta["module"]`.
 """
@@ -20,6 +20,7 @@ from collections import Counter
 import numpy as np
 
 from ..ir import Graph, Node
+from ..ir.identity import remove_identities
 from .context import add_const
 
 
@@ -28,20 +29,6 @@ def _single_user(graph: Graph, node: Node) -> Node | None:
     if len(v.uses) != 1 or any(o is v for o in graph.outputs):
         return None
     return v.uses[0][0]
-
-
-def _is_identity(node: Node) -> bool:
-    x, y = node.input(0), node.output
-    a = node.attrs
-    if node.op in ("reshape", "expand"):
-        return x.shape == y.shape
-    if node.op == "transpose":
-        return list(a["perm"]) == sorted(a["perm"])
-    if node.op == "cast":
-        return x.dtype == a["dtype"]
-    if node.op == "slice":
-        return a["start"] == 0 and a["end"] >= x.shape[a["axis"]] and a["step"] == 1
-    return False
 
 
 def _merge_chains(graph: Graph) -> bool:
@@ -84,15 +71,6 @@ def _fold_linear_reshapes(graph: Graph) -> bool:
     return changed
 
 
-def _drop_identities(graph: Graph) -> bool:
-    changed = False
-    for node in list(graph.nodes):
-        if node.op in ("reshape", "expand", "transpose", "cast", "slice") and _is_identity(node):
-            graph.replace_all_uses(node.output, node.input(0))
-            changed = True
-    return changed
-
-
 def _merge_duplicates(graph: Graph) -> bool:
     """Common subexpressions: the same op on the same inputs with the same attributes, computed once."""
     changed = False
@@ -128,7 +106,7 @@ def _drop_broadcast_expands(graph: Graph) -> bool:
 
 def cleanup(graph: Graph) -> None:
     """Runs the clean-ups above to a fixed point, then removes dead nodes and constants."""
-    while (_merge_chains(graph) | _fold_linear_reshapes(graph) | _drop_identities(graph)
+    while (_merge_chains(graph) | _fold_linear_reshapes(graph) | bool(remove_identities(graph))
            | _merge_duplicates(graph) | _drop_broadcast_expands(graph)):
         graph.remove_unused()
     graph.remove_unused()

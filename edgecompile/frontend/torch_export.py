@@ -191,6 +191,11 @@ class _Importer:
             if not isinstance(r, Value):
                 raise FrontendError(f"model output {spec.arg.name} is a {type(r).__name__}, not a tensor; "
                                     "return tensors only")
+            if r in self.graph.inputs:
+                # an identity the converters skipped (``return x.reshape(x.shape)``): the output
+                # stays a node of its own, never the input itself (`ir.identity` keeps it so)
+                self.cx.name_hint = "output"
+                r = self.cx.emit("reshape", [r], shape=list(r.shape))
             self.graph.outputs.append(r)
 
     # -- one node ----------------------------------------------------------------------------

@@ -104,6 +104,23 @@ for _schema in [
 ]:
     OPS[_schema.name] = _schema
 
-# Ops whose weight input (index 1, or 0 for gather) is a compressible parameter; the report,
-# the passes and fine-tuning treat these as "layers".
+#: Ops whose weight input (index 1, or 0 for gather) is a compressible parameter; the report,
+#: the passes and fine-tuning treat these as "layers" (`weight_input`).
 WEIGHT_OPS = {"linear": 1, "conv": 1, "gather": 0, "matmul": 1, "conv_transpose": 1}
+
+
+def weight_index(node) -> int | None:
+    """Which input of `node` is its layer weight (`WEIGHT_OPS`; a gather only as a row lookup,
+    axis 0: an embedding), or None for a node that is not a layer."""
+    if node.op == "gather" and node.attrs.get("axis") != 0:
+        return None
+    return WEIGHT_OPS.get(node.op)
+
+
+def weight_input(node):
+    """The constant weight of a layer node (a `Value`), or None: the one definition of "a layer's
+    weight" that the report, the passes and fine-tuning share. An activation @ activation matmul
+    (attention) has no constant weight, so it is no layer."""
+    i = weight_index(node)
+    w = node.input(i) if i is not None else None
+    return w if w is not None and w.is_const else None

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..analysis import weight_input
+from ..ir.ops import weight_input
 from ..ir import Graph
 from .base import Pass, PassError, PassResult
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Graph, Node, Value
-from .base import Pass, PassResult
+from ..ir import Graph, Node
+from ..ir.identity import remove_identities
+from .base import LayerRecord, Pass, PassResult
 
 
 def _foldable(graph: Graph, bn: Node) -> tuple[Node, str] | tuple[None, str]:
@@ -58,7 +59,7 @@ class FoldBatchNormPass(Pass):
         for bn in [n for n in graph.nodes if n.op == "batch_norm"]:
             layer, why = _foldable(graph, bn)
             if layer is None:
-                records.append({"node": bn.name, "op": "batch_norm", "kind": "kept", "reason": why})
+                records.append(LayerRecord(bn.name, "batch_norm", "kept", why))
                 continue
             mean, var, gamma, beta = (None if v is None else v.data.astype(np.float64) for v in bn.inputs[1:5])
             c = mean.shape[0]
@@ -78,20 +79,11 @@ class FoldBatchNormPass(Pass):
             graph.replace_all_uses(bn.output, layer.output)
             graph.remove_node(bn)
             layer.meta.setdefault("folded", []).append(bn.name)
-            records.append({"node": layer.name, "op": layer.op, "kind": "bn_folded", "bn": bn.name})
-        modified = any(r["kind"] == "bn_folded" for r in records)
+            records.append(LayerRecord(layer.name, layer.op, "bn_folded", figures={"bn": bn.name}))
+        modified = any(r.kind == "bn_folded" for r in records)
         if modified:
             graph.remove_unused()
         return PassResult(graph, modified, records)
-
-
-_IDENTITY = {
-    "reshape": lambda n: n.input(0).shape == n.output.shape,
-    "expand": lambda n: n.input(0).shape == n.output.shape,
-    "transpose": lambda n: list(n.attrs["perm"]) == sorted(n.attrs["perm"]),
-    "cast": lambda n: n.input(0).dtype == n.attrs["dtype"],
-    "slice": lambda n: n.input(0).shape == n.output.shape and n.attrs["step"] == 1,
-}
 
 
 class CleanupPass(Pass):
@@ -101,39 +93,6 @@ class CleanupPass(Pass):
     name = "cleanup"
 
     def call(self, graph: Graph) -> PassResult:
-        removed = 0
-        for node in list(graph.nodes):
-            passes_through = _IDENTITY.get(node.op)
-            src = passes_through(node) if passes_through is not None else None
-            if src is None or src.shape != node.output.shape or src.dtype != node.output.dtype:
-                continue
-            if any(o is node.output for o in graph.outputs) and (src in graph.inputs or src.is_const):
-                continue  # keep a graph output distinct from an input/constant
-            graph.replace_all_uses(node.output, src)
-            graph.remove_node(node)
-            removed += 1
-        removed += graph.remove_unused()
-        return PassResult(graph, removed > 0, [{"kind": "cleanup", "removed": removed}] if removed else [])
-
-
-def _selected(node: Node) -> Value | None:
-    """The operand a ``where(cond, x, y)`` always selects when `cond` is a constant of one value
-    (a Hugging Face attention mask without padding is an all-true [1, 1, 1, 1] bool)."""
-    cond = node.input(0)
-    if not cond.is_const or cond.data.size == 0:
-        return None
-    if np.all(cond.data):
-        return node.input(1)
-    return node.input(2) if not np.any(cond.data) else None
-
-
-#: op -> the input a node of it passes through unchanged (None: not an identity); the pass also
-#: checks that input has the output's shape and dtype
-_IDENTITY = {
-    "reshape": lambda n: n.input(0),
-    "expand": lambda n: n.input(0),
-    "transpose": lambda n: n.input(0) if list(n.attrs["perm"]) == sorted(n.attrs["perm"]) else None,
-    "cast": lambda n: n.input(0),
-    "slice": lambda n: n.input(0) if n.attrs["step"] == 1 else None,
-    "where": _selected,
-}
+        removed = remove_identities(graph) + graph.remove_unused()
+        return PassResult(graph, removed > 0, [LayerRecord(None, None, "cleanup", figures={"removed": removed})]
+                          if removed else [])

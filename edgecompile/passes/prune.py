@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..analysis import weight_input
+from ..ir.ops import weight_input
 from ..ir import Graph, Node, Value, infer_shapes
 from .base import Pass, PassResult
 from .channel_plan import ChannelStep, apply_channel_removal, trace_channels

@@ -1,6 +1,6 @@
 /* ecm.h - int8 inference kernels of the C backend (TFLite's integer semantics, bit for bit).
  *
- * The specification of every kernel is its numpy twin in edgecompile/backends/c_ref/kernels.py;
+ * The specification of every kernel is its numpy twin in edgecompile/backends/c/ref/kernels.py;
  * tests/runtime/test_kernels.py holds the two equal byte for byte.
  *
  * Conventions:

@@ -40,9 +40,17 @@ enum { ECW_CODEC_RAW = 0, ECW_CODEC_ZSTD = 1, ECW_CODEC_RANS = 2, ECW_CODEC_LUT 
 enum { ECW_MAX_NDIM = 6 };
 
 /* Workspace sizes in bytes (4-byte aligned). The reference decoder keeps one cumulative
- * frequency table (257 x u16) and 64 lane states; the fast path adds a 2^12-slot decode table. */
+ * frequency table (257 x u16) and 64 lane states; the fast path adds a 2^12-slot decode table.
+ *
+ * Stack: the fast path (ws_size >= ECW_FAST_WORKSPACE_SIZE) also takes ECW_FAST_STACK_BYTES of
+ * stack in its block decoder (a 4096-byte staging buffer for outputs not in stream order and a
+ * 4352-byte zero-padded copy of a block's tail), about 8.4 KB beyond the caller's frames. The
+ * reference decoder (a smaller workspace, or a build with -DECW_NO_FAST as for microcontrollers)
+ * needs no such buffers: size a microcontroller's stack for the reference path, or reserve 8.4 KB
+ * more before handing the fast workspace. */
 #define ECW_WORKSPACE_SIZE 772u
 #define ECW_FAST_WORKSPACE_SIZE (ECW_WORKSPACE_SIZE + 4u * 4100u)
+#define ECW_FAST_STACK_BYTES (4096u + 4096u + 256u)
 
 typedef struct {
     const uint8_t *data; /* the whole container */

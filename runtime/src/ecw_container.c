@@ -1,5 +1,6 @@
 /* ecw_container.c - header and tensor-table validation, codec dispatch, lut decoding.
- * Field offsets are those of runtime/FORMAT.md ("Header", "Tensor entry"). */
+ * Field offsets are named in ecw_internal.h (ECW_HDR_*, ECW_ENT_*, ECW_LUT_HDR_*), after
+ * runtime/FORMAT.md ("Header", "Tensor entry", "lut"). */
 #include <string.h>
 
 #include "ecw_internal.h"
@@ -7,9 +8,6 @@
 #ifdef ECW_WITH_ZSTD
 #include <zstd.h>
 #endif
-
-#define HEADER_SIZE 32u
-#define ENTRY_SIZE 80u
 
 unsigned ecw_dtype_size(uint8_t dtype) {
     /* codes 1..11: int8 uint8 int16 uint16 int32 uint32 float16 float32 int64 bool (one byte, 0 or 1)
@@ -36,15 +34,18 @@ ecw_status ecw_open(ecw_container *c, const void *data, size_t size) {
     memset(c, 0, sizeof *c);
     if (size < 4) return (size == 0 || memcmp(p, "ECW1", size) == 0) ? ECW_E_TRUNCATED : ECW_E_MAGIC;
     if (memcmp(p, "ECW1", 4) != 0) return ECW_E_MAGIC;
-    if (size < HEADER_SIZE) return ECW_E_TRUNCATED;
-    if (ecw_le16(p + 4) != 4u) return ECW_E_VERSION;
-    n = ecw_le32(p + 8);
-    meta_size = ecw_le32(p + 12);
-    file_size = ecw_le64(p + 16);
+    if (size < ECW_HEADER_SIZE) return ECW_E_TRUNCATED;
+    if (ecw_le16(p + ECW_HDR_VERSION) != 4u) return ECW_E_VERSION;
+    n = ecw_le32(p + ECW_HDR_N_TENSORS);
+    meta_size = ecw_le32(p + ECW_HDR_META_SIZE);
+    file_size = ecw_le64(p + ECW_HDR_FILE_SIZE);
     if (file_size > (uint64_t)size) return ECW_E_TRUNCATED;
-    table_end = HEADER_SIZE + ENTRY_SIZE * n + meta_size; /* < 2^40: no overflow */
-    if (ecw_le16(p + 6) != ENTRY_SIZE || ecw_le32(p + 24) != 0u || table_end > file_size) return ECW_E_HEADER;
-    if (ecw_crc32(ecw_crc32(0, p, 28), p + HEADER_SIZE, (size_t)(table_end - HEADER_SIZE)) != ecw_le32(p + 28))
+    table_end = ECW_HEADER_SIZE + ECW_ENTRY_SIZE * n + meta_size; /* < 2^40: no overflow */
+    if (ecw_le16(p + ECW_HDR_ENTRY_SIZE) != ECW_ENTRY_SIZE || ecw_le32(p + ECW_HDR_FLAGS) != 0u ||
+        table_end > file_size)
+        return ECW_E_HEADER;
+    if (ecw_crc32(ecw_crc32(0, p, ECW_HDR_META_CRC32), p + ECW_HEADER_SIZE,
+                  (size_t)(table_end - ECW_HEADER_SIZE)) != ecw_le32(p + ECW_HDR_META_CRC32))
         return ECW_E_CHECKSUM;
     c->data = p;
     c->size = file_size;
@@ -61,29 +62,29 @@ ecw_status ecw_tensor_at(const ecw_container *c, uint32_t index, ecw_tensor *t) 
     uint64_t prod = 1, name_off, quant_off;
     unsigned isz, k;
     if (c == NULL || t == NULL || c->data == NULL || index >= c->n_tensors) return ECW_E_ARG;
-    e = c->data + HEADER_SIZE + (size_t)ENTRY_SIZE * index;
+    e = c->data + ECW_HEADER_SIZE + (size_t)ECW_ENTRY_SIZE * index;
     memset(t, 0, sizeof *t);
-    t->offset = ecw_le64(e);
-    t->encoded_size = ecw_le64(e + 8);
-    t->decoded_size = ecw_le64(e + 16);
-    t->crc32 = ecw_le32(e + 24);
-    name_off = ecw_le32(e + 28);
-    t->name_len = (uint16_t)ecw_le16(e + 32);
-    t->dtype = e[34];
-    t->codec = e[35];
-    t->ndim = e[36];
-    t->layout = e[37];
-    t->quant_kind = e[38];
-    t->quant_axis = e[39];
-    quant_off = ecw_le32(e + 40);
-    t->quant_count = ecw_le32(e + 44);
+    t->offset = ecw_le64(e + ECW_ENT_OFFSET);
+    t->encoded_size = ecw_le64(e + ECW_ENT_ENCODED_SIZE);
+    t->decoded_size = ecw_le64(e + ECW_ENT_DECODED_SIZE);
+    t->crc32 = ecw_le32(e + ECW_ENT_CRC32);
+    name_off = ecw_le32(e + ECW_ENT_NAME_OFF);
+    t->name_len = (uint16_t)ecw_le16(e + ECW_ENT_NAME_LEN);
+    t->dtype = e[ECW_ENT_DTYPE];
+    t->codec = e[ECW_ENT_CODEC];
+    t->ndim = e[ECW_ENT_NDIM];
+    t->layout = e[ECW_ENT_LAYOUT];
+    t->quant_kind = e[ECW_ENT_QUANT_KIND];
+    t->quant_axis = e[ECW_ENT_QUANT_AXIS];
+    quant_off = ecw_le32(e + ECW_ENT_QUANT_OFF);
+    t->quant_count = ecw_le32(e + ECW_ENT_QUANT_COUNT);
     isz = ecw_dtype_size(t->dtype);
     if (isz == 0 || t->ndim > ECW_MAX_NDIM || t->layout > 5u) return ECW_E_HEADER;
     for (k = 0; k < ECW_MAX_NDIM; k++) {
-        t->dims[k] = ecw_le32(e + 48 + 4 * k);
+        t->dims[k] = ecw_le32(e + ECW_ENT_DIMS + 4 * k);
         if (k >= t->ndim && t->dims[k] != 0) return ECW_E_HEADER;
     }
-    for (k = 72; k < 80; k++)
+    for (k = ECW_ENT_RESERVED; k < ECW_ENTRY_SIZE; k++)
         if (e[k] != 0) return ECW_E_HEADER;
     /* decoded_size must be itemsize x prod(dims); fewer than 2^32 elements (FORMAT.md), so the
      * product never overflows and no 64-bit division is needed (none on Cortex-M). */
@@ -133,20 +134,21 @@ ecw_status ecw_find(const ecw_container *c, const char *name, size_t name_len, e
 /* lut payload (FORMAT.md "lut"): 4-byte header, k codebook values, packed or rans indices. */
 static ecw_status lut_decode(const uint8_t *src, uint64_t size, uint64_t n, unsigned isz, uint8_t *dst,
                              void *ws, size_t ws_size) {
-    unsigned bits, k, idx;
+    unsigned bits, k, idx, codec;
     uint64_t i, book_end;
     const uint8_t *book, *ix;
     uint8_t *dst_idx;
-    if (size < 4) return ECW_E_STREAM;
-    bits = src[0];
-    k = ecw_le16(src + 2);
-    if (bits < 1u || bits > 6u || k < 1u || k > 64u || k > (1u << bits) || (src[1] != 0 && src[1] != 2))
+    if (size < ECW_LUT_HEADER_SIZE) return ECW_E_STREAM;
+    bits = src[ECW_LUT_HDR_BITS];
+    k = ecw_le16(src + ECW_LUT_HDR_K);
+    codec = src[ECW_LUT_HDR_INDEX_CODEC];
+    if (bits < 1u || bits > 6u || k < 1u || k > 64u || k > (1u << bits) || (codec != 0 && codec != 2))
         return ECW_E_STREAM;
-    book = src + 4;
-    book_end = 4u + (uint64_t)k * isz;
+    book = src + ECW_LUT_HEADER_SIZE;
+    book_end = ECW_LUT_HEADER_SIZE + (uint64_t)k * isz;
     if (book_end > size) return ECW_E_STREAM;
     ix = src + book_end;
-    if (src[1] == 0) {
+    if (codec == 0) {
         /* packed: index i sits in bits [i*bits, (i+1)*bits), LSB first */
         if (size - book_end != (n * bits + 7u) >> 3) return ECW_E_STREAM;
         for (i = 0; i < n; i++) {

@@ -11,6 +11,51 @@
         if (ecw_try_s_ != ECW_OK) return ecw_try_s_; \
     } while (0)
 
+/* Byte offsets of the container's fixed-size records (runtime/FORMAT.md "Header", "Tensor entry",
+ * "rans", "lut"), named once; tests/container/test_format_doc.py holds every one to the field
+ * tables of edgecompile/container/format.py (HEADER_FIELDS, ENTRY_FIELDS, RANS_HEADER_FIELDS,
+ * LUT_HEADER_FIELDS). All fields little-endian. */
+#define ECW_HEADER_SIZE 32u
+#define ECW_HDR_MAGIC 0u
+#define ECW_HDR_VERSION 4u
+#define ECW_HDR_ENTRY_SIZE 6u
+#define ECW_HDR_N_TENSORS 8u
+#define ECW_HDR_META_SIZE 12u
+#define ECW_HDR_FILE_SIZE 16u
+#define ECW_HDR_FLAGS 24u
+#define ECW_HDR_META_CRC32 28u
+
+#define ECW_ENTRY_SIZE 80u
+#define ECW_ENT_OFFSET 0u
+#define ECW_ENT_ENCODED_SIZE 8u
+#define ECW_ENT_DECODED_SIZE 16u
+#define ECW_ENT_CRC32 24u
+#define ECW_ENT_NAME_OFF 28u
+#define ECW_ENT_NAME_LEN 32u
+#define ECW_ENT_DTYPE 34u
+#define ECW_ENT_CODEC 35u
+#define ECW_ENT_NDIM 36u
+#define ECW_ENT_LAYOUT 37u
+#define ECW_ENT_QUANT_KIND 38u
+#define ECW_ENT_QUANT_AXIS 39u
+#define ECW_ENT_QUANT_OFF 40u
+#define ECW_ENT_QUANT_COUNT 44u
+#define ECW_ENT_DIMS 48u
+#define ECW_ENT_RESERVED 72u
+
+#define ECW_RANS_HEADER_SIZE 12u
+#define ECW_RANS_HDR_SCALE_BITS 0u
+#define ECW_RANS_HDR_FLAGS 1u
+#define ECW_RANS_HDR_ITEMSIZE 2u
+#define ECW_RANS_HDR_LANES 3u
+#define ECW_RANS_HDR_N_GROUPS 4u
+#define ECW_RANS_HDR_BLOCK 8u
+
+#define ECW_LUT_HEADER_SIZE 4u
+#define ECW_LUT_HDR_BITS 0u
+#define ECW_LUT_HDR_INDEX_CODEC 1u
+#define ECW_LUT_HDR_K 2u
+
 #define ECW_RANS_L (1u << 16)
 #define ECW_RANS_MAX_SCALE_BITS 12u
 #define ECW_RANS_MAX_LANES 64u

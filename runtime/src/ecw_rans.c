@@ -386,6 +386,11 @@ static unsigned simd_width(void) {
 }
 #endif
 
+/* The fast path's stack buffers, documented in ecw.h as ECW_FAST_STACK_BYTES (checked here). */
+#define FAST_TMP_BYTES 4096u
+#define FAST_PAD_BYTES (4096u + 256u)
+typedef char ecw_fast_stack_documented[FAST_TMP_BYTES + FAST_PAD_BYTES == ECW_FAST_STACK_BYTES ? 1 : -1];
+
 /* Fast block decode: whole steps in chunks (each checked once against the bytes left, which
  * shrink geometrically), staged through `tmp` unless the output is in stream order. Where fewer
  * than 2 W bytes a step are left, the steps read a zero-padded copy of the block's last bytes: a
@@ -393,7 +398,7 @@ static unsigned simd_width(void) {
  * Measured on a 70 % pruned 131k tensor (64 lanes): the checked loop had taken 1/7 of the time. */
 static const uint8_t *block_fast(const uint8_t *p, const uint8_t *end, uint32_t len, unsigned w, uint32_t *x,
                                  const ecw_ws_fast *ws, unsigned m, sink *o, uint32_t *done) {
-    uint8_t tmp[4096], pad[4096 + 256];
+    uint8_t tmp[FAST_TMP_BYTES], pad[FAST_PAD_BYTES];
     uint32_t full = len / w, t = 0;
 #ifdef ECW_AVX2
     const unsigned vw = simd_width();
@@ -462,105 +467,157 @@ static ecw_status run_fast(const uint8_t **pp, const uint8_t *end, uint32_t *i, 
 }
 #endif
 
+/* The payload's fixed header (ECW_RANS_HDR_*), checked against what the entry implies. */
+typedef struct {
+    unsigned m, flags, isz, w; /* scale bits, flags (1 shuffle, 2 class map), itemsize, lanes */
+    uint32_t g_count, block, n; /* groups (tables), symbols a block, symbols in all */
+} rans_header;
+
+static ecw_status read_header(const uint8_t *src, uint64_t src_size, uint64_t n_symbols, unsigned itemsize,
+                              rans_header *h) {
+    unsigned shuffle;
+    if (src_size < ECW_RANS_HEADER_SIZE || n_symbols == 0 || n_symbols > 0xFFFFFFFFu) return ECW_E_STREAM;
+    h->m = src[ECW_RANS_HDR_SCALE_BITS];
+    h->flags = src[ECW_RANS_HDR_FLAGS];
+    shuffle = h->flags & 1u;
+    h->isz = src[ECW_RANS_HDR_ITEMSIZE];
+    h->w = src[ECW_RANS_HDR_LANES];
+    h->g_count = ecw_le32(src + ECW_RANS_HDR_N_GROUPS);
+    h->block = ecw_le32(src + ECW_RANS_HDR_BLOCK);
+    h->n = (uint32_t)n_symbols;
+    if (h->m < 1u || h->m > ECW_RANS_MAX_SCALE_BITS || h->flags > 2u) return ECW_E_STREAM; /* shuffle or classes */
+    if (shuffle ? (itemsize < 2u || h->isz != itemsize) : (h->isz != 1u)) return ECW_E_STREAM;
+    if (h->g_count == 0 || (!(h->flags & 2u) && h->n % h->g_count != 0) || (shuffle && h->g_count % h->isz != 0))
+        return ECW_E_STREAM;
+    if (h->w < 1u || h->w > ECW_RANS_MAX_LANES || h->block < h->w ||
+        h->block > (uint64_t)h->w * ECW_RANS_MAX_LANE)
+        return ECW_E_STREAM;
+    return ECW_OK;
+}
+
+/* The class map (flags bit 2): u32 rows, then one 1/2/4-bit class per row. Counts the rows of each
+ * class into class_rows and sets *tables to the first table, past the map. */
+static ecw_status read_class_map(const uint8_t *src, uint64_t src_size, const rans_header *h, sink *o,
+                                 uint32_t class_rows[16], const uint8_t **tables) {
+    uint64_t map_bytes;
+    uint32_t r;
+    if (h->g_count < 2u || h->g_count > 16u || src_size < ECW_RANS_HEADER_SIZE + 4u) return ECW_E_STREAM;
+    o->rows = ecw_le32(src + ECW_RANS_HEADER_SIZE);
+    o->log_bits = h->g_count <= 2u ? 0u : h->g_count <= 4u ? 1u : 2u;
+    map_bytes = (((uint64_t)o->rows << o->log_bits) + 7u) / 8u;
+    if (o->rows == 0 || h->n % o->rows != 0 || map_bytes > src_size - (ECW_RANS_HEADER_SIZE + 4u))
+        return ECW_E_STREAM;
+    o->map = src + ECW_RANS_HEADER_SIZE + 4u;
+    o->row_len = h->n / o->rows;
+    *tables = o->map + map_bytes;
+    for (r = 0; r < o->rows; r++) {
+        unsigned c = class_of(o, r);
+        if (c >= h->g_count) return ECW_E_STREAM; /* a class past the tables */
+        class_rows[c]++;
+    }
+    return ECW_OK;
+}
+
+/* Pass 2's state: the next table to read, the group being decoded and where it ends. */
+typedef struct {
+    const rans_header *h;
+    const uint8_t *end, *tp;
+    uint32_t g, group_end;
+    const uint32_t *class_rows;
+    ecw_ws_small *ws;
+#ifndef ECW_NO_FAST
+    ecw_ws_fast *fast; /* NULL: the reference decoder only */
+#endif
+    sink *o;
+} decoder;
+
+/* One block of `len` symbols from symbol k0, `sz` bytes at `stream`: W lane states, then the
+ * lanes' words; a symbol takes its group's table, switched where a group ends (inside a block or
+ * at its end). Every lane must end with x == L and the block's bytes all read. */
+static ecw_status decode_block(decoder *d, const uint8_t *stream, uint64_t sz, uint32_t k0, uint32_t len) {
+    const rans_header *h = d->h;
+    const unsigned w = h->w;
+    ecw_ws_small *ws = d->ws;
+    const uint8_t *p, *bend;
+    uint32_t i = 0;
+    unsigned j;
+    if (sz < 4u * w || (sz - 4u * w) % 2u != 0) return ECW_E_STREAM;
+    p = stream + 4u * w;
+    bend = stream + sz;
+    for (j = 0; j < w; j++) {
+        ws->x[j] = ecw_le32(stream + 4u * j);
+        if (ws->x[j] < ECW_RANS_L) return ECW_E_STREAM;
+    }
+    while (i < len) {
+        uint32_t stop;
+        if (k0 + i == d->group_end) { /* the next group starts: its table and rows */
+            if (h->g_count > 1u) ECW_TRY(read_table(&d->tp, d->end, h->m, ws)); /* one table: pass 1 left it */
+#ifndef ECW_NO_FAST
+            if (d->fast != NULL) fill_slots(d->fast);
+#endif
+            d->group_end += d->o->map != NULL ? d->class_rows[d->g] * d->o->row_len : h->n / h->g_count; /* <= n */
+            d->o->cls = d->g++;
+            d->o->row = next_row(d->o, 0);
+        }
+        stop = d->group_end - k0 < len ? d->group_end - k0 : len;
+#ifndef ECW_NO_FAST
+        if (d->fast != NULL) ECW_TRY(run_fast(&p, bend, &i, stop, w, ws->x, d->fast, h->m, d->o));
+#endif
+        ECW_TRY(block_finish(&p, bend, i, stop, w, ws->x, ws->cum, h->m, d->o));
+        i = stop;
+    }
+    if (p != bend) return ECW_E_STREAM;
+    for (j = 0; j < w; j++)
+        if (ws->x[j] != ECW_RANS_L) return ECW_E_STREAM;
+    return ECW_OK;
+}
+
 ecw_status ecw_rans_decode(const uint8_t *src, uint64_t src_size, uint64_t n_symbols, unsigned itemsize,
                            uint8_t *dst, void *wsp, size_t ws_size) {
-    ecw_ws_small *ws = (ecw_ws_small *)wsp;
-#ifdef ECW_NO_FAST /* microcontrollers: reference decoder only */
-    (void)ws_size;
-#else
-    ecw_ws_fast *fast = ws_size >= ECW_FAST_WORKSPACE_SIZE ? (ecw_ws_fast *)wsp : NULL;
-#endif
     const uint8_t *end = src + src_size, *tables, *tp, *sizes, *stream;
-    unsigned m, flags, shuffle, isz, w;
-    uint32_t g_count, block, n, g, len, k0, group_end, n_blocks;
-    uint64_t at;
     uint32_t class_rows[16] = {0}; /* with a class map: rows of each class */
+    uint32_t g, k0, len, n_blocks;
+    uint64_t at;
+    rans_header h;
     sink o = {0};
-    if (src_size < 12u || n_symbols == 0 || n_symbols > 0xFFFFFFFFu) return ECW_E_STREAM;
-    m = src[0];
-    flags = src[1];
-    shuffle = flags & 1u;
-    isz = src[2];
-    w = src[3];
-    g_count = ecw_le32(src + 4);
-    block = ecw_le32(src + 8);
-    n = (uint32_t)n_symbols;
-    if (m < 1u || m > ECW_RANS_MAX_SCALE_BITS || flags > 2u) return ECW_E_STREAM; /* shuffle or classes */
-    if (shuffle ? (itemsize < 2u || isz != itemsize) : (isz != 1u)) return ECW_E_STREAM;
-    if (g_count == 0 || (!(flags & 2u) && n % g_count != 0) || (shuffle && g_count % isz != 0)) return ECW_E_STREAM;
-    if (w < 1u || w > ECW_RANS_MAX_LANES || block < w || block > (uint64_t)w * ECW_RANS_MAX_LANE)
-        return ECW_E_STREAM;
+    decoder d;
+    ECW_TRY(read_header(src, src_size, n_symbols, itemsize, &h));
     o.dst = dst;
-    o.stride = isz; /* 1 without shuffle */
-    o.plane_len = n / isz;
-    tables = src + 12;
-    if (flags & 2u) { /* class map: u32 rows, then one 1/2/4-bit class per row */
-        uint64_t map_bytes;
-        if (g_count < 2u || g_count > 16u || src_size < 16u) return ECW_E_STREAM;
-        o.rows = ecw_le32(src + 12);
-        o.log_bits = g_count <= 2u ? 0u : g_count <= 4u ? 1u : 2u;
-        map_bytes = (((uint64_t)o.rows << o.log_bits) + 7u) / 8u;
-        if (o.rows == 0 || n % o.rows != 0 || map_bytes > src_size - 16u) return ECW_E_STREAM;
-        o.map = src + 16;
-        o.row_len = n / o.rows;
-        tables = src + 16 + map_bytes;
-        for (k0 = 0; k0 < o.rows; k0++) { /* k0: a row here */
-            unsigned c = class_of(&o, k0);
-            if (c >= g_count) return ECW_E_STREAM; /* a class past the tables */
-            class_rows[c]++;
-        }
-    }
+    o.stride = h.isz; /* 1 without shuffle */
+    o.plane_len = h.n / h.isz;
+    tables = src + ECW_RANS_HEADER_SIZE;
+    if (h.flags & 2u) ECW_TRY(read_class_map(src, src_size, &h, &o, class_rows, &tables));
     /* Pass 1: walk the tables to find the block sizes (every block's but the last, which is the
      * rest of the payload); check every group has symbols. */
     tp = tables;
-    for (g = 0; g < g_count; g++) {
-        ECW_TRY(read_table(&tp, end, m, ws));
+    for (g = 0; g < h.g_count; g++) {
+        ECW_TRY(read_table(&tp, end, h.m, (ecw_ws_small *)wsp));
         if (o.map != NULL && class_rows[g] == 0) return ECW_E_STREAM; /* an empty class */
     }
-    n_blocks = (n - 1u) / block + 1u;
+    n_blocks = (h.n - 1u) / h.block + 1u;
     if ((uint64_t)(end - tp) >> 2 < n_blocks - 1u) return ECW_E_STREAM;
     sizes = tp;
     stream = tp + (size_t)4u * (n_blocks - 1u);
-    /* Pass 2: decode block by block, each size checked against the bytes left; a symbol takes its
-     * group's table, switched where a group ends (inside a block or at its end). */
-    tp = tables;
-    g = 0;
-    group_end = 0;
-    for (k0 = 0, at = 0; k0 < n; k0 += len, at++) {
-        uint32_t i = 0;
+    /* Pass 2: decode block by block, each size checked against the bytes left. */
+    d.h = &h;
+    d.end = end;
+    d.tp = tables;
+    d.g = 0;
+    d.group_end = 0;
+    d.class_rows = class_rows;
+    d.ws = (ecw_ws_small *)wsp;
+#ifdef ECW_NO_FAST /* microcontrollers: reference decoder only */
+    (void)ws_size;
+#else
+    d.fast = ws_size >= ECW_FAST_WORKSPACE_SIZE ? (ecw_ws_fast *)wsp : NULL;
+#endif
+    d.o = &o;
+    for (k0 = 0, at = 0; k0 < h.n; k0 += len, at++) {
         uint64_t sz = at + 1u < n_blocks ? ecw_le32(sizes + 4u * at) : (uint64_t)(end - stream);
-        const uint8_t *p, *bend;
-        unsigned j;
-        len = n - k0 < block ? n - k0 : block;
-        if (sz < 4u * w || (sz - 4u * w) % 2u != 0 || sz > (uint64_t)(end - stream)) return ECW_E_STREAM;
-        p = stream + 4u * w;
-        bend = stream + sz;
-        for (j = 0; j < w; j++) {
-            ws->x[j] = ecw_le32(stream + 4u * j);
-            if (ws->x[j] < ECW_RANS_L) return ECW_E_STREAM;
-        }
-        while (i < len) {
-            uint32_t stop;
-            if (k0 + i == group_end) { /* the next group starts: its table and rows */
-                if (g_count > 1u) ECW_TRY(read_table(&tp, end, m, ws)); /* one table: pass 1 left it */
-#ifndef ECW_NO_FAST
-                if (fast != NULL) fill_slots(fast);
-#endif
-                group_end += o.map != NULL ? class_rows[g] * o.row_len : n / g_count; /* <= n */
-                o.cls = g++;
-                o.row = next_row(&o, 0);
-            }
-            stop = group_end - k0 < len ? group_end - k0 : len;
-#ifndef ECW_NO_FAST
-            if (fast != NULL) ECW_TRY(run_fast(&p, bend, &i, stop, w, ws->x, fast, m, &o));
-#endif
-            ECW_TRY(block_finish(&p, bend, i, stop, w, ws->x, ws->cum, m, &o));
-            i = stop;
-        }
-        if (p != bend) return ECW_E_STREAM;
-        for (j = 0; j < w; j++)
-            if (ws->x[j] != ECW_RANS_L) return ECW_E_STREAM;
-        stream = bend;
+        len = h.n - k0 < h.block ? h.n - k0 : h.block;
+        if (sz > (uint64_t)(end - stream)) return ECW_E_STREAM;
+        ECW_TRY(decode_block(&d, stream, sz, k0, len));
+        stream += sz;
     }
     return ECW_OK;
 }

@@ -15,7 +15,7 @@ from edgecompile.backends.tflite import TFLiteUnsupportedError, emit_tflite
 from edgecompile.build import BuildConfig, build
 from edgecompile.container import read_container
 from edgecompile.frontend import import_model
-from edgecompile.modelspec import LoadedModel
+from edgecompile.inputs.model import LoadedModel
 
 transformers = pytest.importorskip("transformers")
 

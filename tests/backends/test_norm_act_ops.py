@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from edgecompile.backends.c_model import CBackendError, emit_c
+from edgecompile.backends.c.model import CBackendError, emit_c
 from edgecompile.backends.onnx import emit_onnx
 from edgecompile.backends.tflite import emit_tflite, op_counts, tensor_types
 from edgecompile.frontend import import_model
 from edgecompile.ir import Graph, infer_shapes, run_graph
-from edgecompile.loader import create_session
+from edgecompile.bundle.onnx_session import create_session
 from edgecompile.passes.quantize import QuantConfig, QuantizePass
 from tests.models import group_norm_net
 from tflite_util import quantize_for_test, run_tflite, step
@@ -109,7 +109,7 @@ def test_int8_group_norm_net_matches_fake_quant_and_float(runtime):
 def test_c_backend_runs_log1p_and_softplus_as_lookup_tables(op, attrs):
     """int8 in, int8 out: one 256-entry table, within one step of the fake-quantized executor
     (tests/runtime/test_c_model.py runs such a table in the compiled C bit for bit)."""
-    from edgecompile.backends.c_ref.graph import run_int8
+    from edgecompile.backends.c.ref.graph import run_int8
 
     rng = np.random.default_rng(1)
     x = (rng.standard_normal((2, 4, 3, 3)) * 2).astype(np.float32)

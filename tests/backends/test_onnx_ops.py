@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from edgecompile.backends.onnx import OnnxEmitError, emit_onnx
-from edgecompile.backends.onnx_ops import LOWERINGS
+from edgecompile.backends.onnx.ops import LOWERINGS
 from edgecompile.ir import OPS, Graph, infer_shapes, run_graph
-from edgecompile.loader import create_session
+from edgecompile.bundle.onnx_session import create_session
 
 RNG = np.random.default_rng(0)
 

@@ -16,7 +16,7 @@ import pytest
 
 from edgecompile.backends.onnx import emit_onnx
 from edgecompile.ir import Graph, QuantParams, infer_shapes, run_graph, verify
-from edgecompile.loader import create_session
+from edgecompile.bundle.onnx_session import create_session
 
 MODES = [("int8", "qdq"), ("uint8", "qdq"), ("int8", "integer"), ("uint8", "integer")]
 

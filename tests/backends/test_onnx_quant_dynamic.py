@@ -12,10 +12,10 @@ import numpy as np
 import onnx
 import pytest
 
-from edgecompile.analysis import macs_by_arith
+from edgecompile.ir.analysis import macs_by_arith
 from edgecompile.backends.onnx import emit_onnx
 from edgecompile.ir import Graph, infer_shapes, run_graph, verify
-from edgecompile.loader import create_session
+from edgecompile.bundle.onnx_session import create_session
 from edgecompile.passes.quantize import QuantConfig, QuantizePass, parse_quant_spec
 
 CONV = {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1}

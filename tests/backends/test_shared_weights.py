@@ -16,10 +16,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from edgecompile.backends.c_model import emit_c
+from edgecompile.backends.c.model import emit_c
 from edgecompile.backends.onnx import emit_onnx
 from edgecompile.backends.tflite import emit_tflite
-from edgecompile.backends.tflite_builder import ModelBuilder
+from edgecompile.backends.tflite.builder import ModelBuilder
 from edgecompile.frontend.torch_export import import_model
 from edgecompile.passes.quantize import QuantizePass, parse_quant_spec
 from tests.models import RecurrentHead

@@ -8,13 +8,15 @@ import pytest
 
 from edgecompile.backends.memory_plan import plan_tflite
 from edgecompile.backends.tflite import TFLiteUnsupportedError, emit_tflite, op_counts, tflite_op_table
-from edgecompile.backends.tflite_builder import TFL_TYPES, unpack_model
+from edgecompile.backends.tflite.builder import TFL_TYPES, unpack_model
 from edgecompile.container import write_container
 from edgecompile.frontend.torch_export import import_model
 from edgecompile.ir import Graph, infer_shapes, run_graph
 from edgecompile.passes.fold import CleanupPass, FoldBatchNormPass
 from edgecompile.passes.quantize import QuantConfig, QuantizePass
-from edgecompile.tflite_loader import TFLiteBundleError, fill_weights, load_tflite_bundle
+from edgecompile.bundle import BundleError
+from edgecompile.bundle.tflite_model import fill_weights
+from edgecompile.bundle.tflite_session import load_tflite_bundle
 from tflite_util import models, run_tflite, step
 
 MODELS = ["cnn", "mobilenet_block", "conv1d_net", "encoder_layer_classifier", "tiny_transformer",
@@ -98,7 +100,7 @@ def test_bundle_round_trip_without_weights_on_disk(tmp_path):
     np.testing.assert_array_equal(sess.run(*xs)[0], run_tflite(embedded.model_bytes, *xs)[0])
     assert sess.latency(xs, repeats=3) > 0
     (tmp_path / "manifest.json").write_text("{}")
-    with pytest.raises(TFLiteBundleError, match="manifest"):
+    with pytest.raises(BundleError, match="manifest"):
         load_tflite_bundle(tmp_path)
 
 

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from edgecompile.backends.tflite import emit_tflite, op_counts
-from edgecompile.backends.tflite_lower import CL, IR
-from edgecompile.backends.tflite_ops import slice_vectors
+from edgecompile.backends.tflite.lower import CL, IR
+from edgecompile.backends.tflite.ops import slice_vectors
 from edgecompile.frontend import import_model
 from edgecompile.ir import Graph, infer_shapes, run_graph, verify
 

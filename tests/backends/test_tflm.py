@@ -13,17 +13,19 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 from tflite_micro import runtime
 
-from edgecompile.backends import tflm
+from edgecompile.backends.tflite import tflm
 from edgecompile.backends.memory_plan import plan_tflite
 from edgecompile.backends.tflite import emit_tflite, op_counts
-from edgecompile.backends.tflite_builder import BUILTIN_NAMES, TFL_TYPES, unpack_model
+from edgecompile.backends.tflite.builder import BUILTIN_NAMES, TFL_TYPES, unpack_model
 from edgecompile.container import write_container
 from edgecompile.frontend.torch_export import import_model
 from edgecompile.ir import Graph, infer_shapes
 from edgecompile.passes.fold import CleanupPass, FoldBatchNormPass
 from edgecompile.passes.quantize import QuantConfig, QuantizePass
-from edgecompile.tflite_loader import (STRIPPED_IDENTIFIER, STRIPPED_MARKER, TFLiteBundleError, fill_weights,
-                                       load_tflite_bundle, pack_model, unmark_stripped)
+from edgecompile.bundle import BundleError
+from edgecompile.bundle.tflite_model import (STRIPPED_IDENTIFIER, STRIPPED_MARKER, fill_weights, pack_model,
+                                             unmark_stripped)
+from edgecompile.bundle.tflite_session import load_tflite_bundle
 from tflite_util import models, run_tflite, step
 
 @functools.cache
@@ -182,7 +184,7 @@ def test_a_model_with_weights_still_missing_is_refused():
     model = unpack_model(stripped.model_bytes)
     unmark_stripped(model)
     old = pack_model(model)
-    with pytest.raises(TFLiteBundleError, match=r"constant tensors \[.*\] have no data"):
+    with pytest.raises(BundleError, match=r"constant tensors \[.*\] have no data"):
         fill_weights(old, {})
     with pytest.raises(ValueError, match="weights were stripped"):
         tflm.check_ops(old)

@@ -14,11 +14,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgecompile.backends.c_model import CBackendError, emit_c
+from edgecompile.backends.c.model import CBackendError, emit_c
 from edgecompile.backends.onnx import emit_onnx
 from edgecompile.backends.tflite import TFLiteUnsupportedError, emit_tflite, op_counts, tensor_types
 from edgecompile.ir import Graph, infer_shapes, run_graph, verify
-from edgecompile.loader import create_session
+from edgecompile.bundle.onnx_session import create_session
 from edgecompile.passes.quantize import QuantConfig, QuantizePass
 
 from tflite_util import run_tflite

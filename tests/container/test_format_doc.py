@@ -5,8 +5,6 @@ import re
 import struct
 from pathlib import Path
 
-import numpy as np
-
 from edgecompile.container import format as fmt
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,13 +59,33 @@ def test_code_tables_match_the_document():
 
 def test_c_runtime_uses_the_same_constants():
     src = (ROOT / "runtime" / "src" / "ecw_container.c").read_text()
-    assert f"#define HEADER_SIZE {fmt.HEADER.size}u" in src and f"#define ENTRY_SIZE {fmt.ENTRY.size}u" in src
+    header = (ROOT / "runtime" / "src" / "ecw_internal.h").read_text()
+    assert f"#define ECW_HEADER_SIZE {fmt.HEADER.size}u" in header
+    assert f"#define ECW_ENTRY_SIZE {fmt.ENTRY.size}u" in header
     n, sizes = re.search(r"size\[(\d+)\] = \{([^}]*)\}", src).groups()
     assert int(n) == max(fmt.DTYPES) + 1 and f"dtype < {n}u" in src
     assert [int(v) for v in sizes.split(",")] == [0] + [fmt.DTYPES[c].itemsize for c in range(1, int(n))]
-    # entry field offsets used by ecw_tensor_at: "e + <offset>" for each u8/u16/u32/u64 read
-    offsets = {name: off for name, off in zip((n for n, _ in fmt.ENTRY_FIELDS), np.cumsum(
-        [0] + [struct.calcsize("<" + c) for _, c in fmt.ENTRY_FIELDS]))}
+    # entry fields read by ecw_tensor_at through their named offsets (values: the test below)
     for name in ("encoded_size", "decoded_size", "crc32", "name_off", "name_len", "quant_off", "quant_count", "dims"):
-        assert re.search(rf"e \+ {offsets[name]}\b", src), name
-    assert "e[34]" in src and "e[35]" in src and "e[39]" in src
+        assert re.search(rf"e \+ ECW_ENT_{name.upper()}\b", src), name
+    assert "e[ECW_ENT_DTYPE]" in src and "e[ECW_ENT_CODEC]" in src and "e[ECW_ENT_QUANT_AXIS]" in src
+
+
+def test_c_field_offsets_match_format_py():
+    """ecw_internal.h names every field offset (ECW_HDR_*, ECW_ENT_*, ECW_RANS_HDR_*, ECW_LUT_HDR_*) and
+    record size; each must be the offset `struct` gives the same field in format.py."""
+    header = (ROOT / "runtime" / "src" / "ecw_internal.h").read_text()
+    defined = {m[0]: int(m[1]) for m in re.findall(r"#define (ECW_\w+) (\d+)u\b", header)}
+    records = {"ECW_HDR_": (fmt.HEADER_FIELDS, "ECW_HEADER_SIZE"), "ECW_ENT_": (fmt.ENTRY_FIELDS, "ECW_ENTRY_SIZE"),
+               "ECW_RANS_HDR_": (fmt.RANS_HEADER_FIELDS, "ECW_RANS_HEADER_SIZE"),
+               "ECW_LUT_HDR_": (fmt.LUT_HEADER_FIELDS, "ECW_LUT_HEADER_SIZE")}
+    for prefix, (fields, size_name) in records.items():
+        offset, expected = 0, {}
+        for name, code in fields:
+            expected[prefix + name.upper()] = offset
+            offset += struct.calcsize("<" + code)
+        got = {k: v for k, v in defined.items() if k.startswith(prefix)}
+        assert got == expected, prefix
+        assert defined[size_name] == offset, size_name
+    src = (ROOT / "runtime" / "src" / "ecw_container.c").read_text()
+    assert not re.search(r"\b[ep] \+ \d", src), "a field offset written as a literal in ecw_container.c"

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgecompile.analysis import layer_figures, node_macs
+from edgecompile.ir.analysis import layer_figures, node_macs
 from edgecompile.backends.onnx import emit_onnx
 from edgecompile.ir import Graph, infer_shapes, run_graph, verify
-from edgecompile.loader import create_session
+from edgecompile.bundle.onnx_session import create_session
 from edgecompile.passes.fold import FoldBatchNormPass
 from edgecompile.passes.lowrank.factorize import LowRankConfig, LowRankPass
 from edgecompile.passes.prune import PruneConfig, make_prune_pass

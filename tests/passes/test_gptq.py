@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from edgecompile.frontend import import_model
-from edgecompile.optimize import apply_setting
+from edgecompile.search.optimize import apply_setting
 from edgecompile.passes.cluster import cluster_int8
 from edgecompile.passes.gptq import Rounder, as_rows, from_rows, gram_shape_ok, layer_grams
 

@@ -119,7 +119,7 @@ def test_mean_cosine_judges_scalar_outputs_over_the_set():
 
 def test_dynamic_fallback_keeps_int8_weights_and_integer_matmuls():
     from edgecompile.backends.onnx import emit_onnx
-    from edgecompile.loader import create_session
+    from edgecompile.bundle.onnx_session import create_session
 
     g = outlier_mlp(outlier=1.0)
     calib, held = _batches(0), _batches(1)

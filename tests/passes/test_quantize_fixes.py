@@ -17,7 +17,7 @@ import torch
 from edgecompile.backends.onnx import emit_onnx
 from edgecompile.ir import Graph, infer_shapes, run_graph, verify
 from edgecompile.ir.torch_ops import fake_quant
-from edgecompile.loader import create_session
+from edgecompile.bundle.onnx_session import create_session
 from edgecompile.passes.quantize import QuantConfig, QuantizePass
 
 F32_MIN = float(np.finfo(np.float32).min)

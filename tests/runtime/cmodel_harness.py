@@ -1,4 +1,4 @@
-"""Build a generated C model (`edgecompile.backends.c_model`) with the bundle's own ``build.sh``
+"""Build a generated C model (`edgecompile.backends.c.model`) with the bundle's own ``build.sh``
 and run it on the host or an emulated device; parse what its ``main.c`` prints."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from ecw_harness import have
-from edgecompile.backends.c_bundle import write_c_model
-from edgecompile.backends.c_device import parse_output
+from edgecompile.backends.c.bundle import write_c_model
+from edgecompile.backends.c.device import parse_output
 
 #: device -> (target kind, triple, cpu, tools it needs, command running the program)
 DEVICES = {

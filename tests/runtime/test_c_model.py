@@ -1,4 +1,4 @@
-"""Generated C inference (edgecompile.backends.c_model): the program the bundle's own build.sh
+"""Generated C inference (edgecompile.backends.c.model): the program the bundle's own build.sh
 compiles, run on the host, Cortex-M4F (qemu mps2-an386), Cortex-M7 (mps2-an500), Cortex-M0+ code
 (on the Cortex-M3 board mps2-an385) and aarch64 (qemu-aarch64), gives bit for bit the numpy
 integer reference's outputs."""
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from cmodel_harness import build_and_run, device_available, digits_graph
-from edgecompile.backends.c_model import ECW_FAST_WORKSPACE_BYTES, ECW_WORKSPACE_BYTES, CBackendError, emit_c
-from edgecompile.backends.c_ref.graph import _nhwc, run_int8
+from edgecompile.backends.c.model import ECW_FAST_WORKSPACE_BYTES, ECW_WORKSPACE_BYTES, CBackendError, emit_c
+from edgecompile.backends.c.ref.graph import _nhwc, run_int8
 from test_kernels import _small_cnn_graph
 
 
@@ -167,7 +167,7 @@ def test_bad_arena_and_corrupt_weights_are_statuses(digits_coarse, tmp_path):
     bytes in flash are corrupt (the container's CRC), never garbage."""
     import subprocess
 
-    from edgecompile.backends.c_bundle import write_c_model
+    from edgecompile.backends.c.bundle import write_c_model
 
     if not device_available("host"):
         pytest.skip("gcc")
@@ -178,7 +178,7 @@ def test_bad_arena_and_corrupt_weights_are_statuses(digits_coarse, tmp_path):
     bad[last.offset + last.encoded_size // 2] ^= 0x55
     write_c_model(tmp_path, cm, "linux", "host", "", "", [[_nhwc(x) for x in xs[0]]])
     rt = tmp_path / "runtime"
-    from edgecompile.backends.c_bundle import container_to_c
+    from edgecompile.backends.c.bundle import container_to_c
 
     container_to_c(bytes(bad), rt / "model", symbol="model_weights")
     main = rt / "model" / "main.c"

@@ -13,8 +13,8 @@ import pytest
 
 import models
 from cmodel_harness import build_and_run, device_available
-from edgecompile.backends.c_model import CBackendError, emit_c
-from edgecompile.backends.c_ref.graph import _nhwc, run_int8
+from edgecompile.backends.c.model import CBackendError, emit_c
+from edgecompile.backends.c.ref.graph import _nhwc, run_int8
 
 #: zoo model -> the IR ops it quantizes to (what the C backend now runs)
 ZOO_OPS = {

@@ -1,4 +1,4 @@
-"""int8 kernels: C (runtime/src/ecm_kernels.c) == numpy reference (edgecompile/backends/c_ref) bit for
+"""int8 kernels: C (runtime/src/ecm_kernels.c) == numpy reference (edgecompile/backends/c/ref) bit for
 bit on seeded random cases; the reference == LiteRT's reference kernels on a real int8 .tflite; the
 reference runs the quantized digits CNN end to end.
 
@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 from ecw_harness import RUNTIME, have, make
-from edgecompile.backends.c_ref import kernels as K
-from edgecompile.backends.c_ref.fixedpoint import (
+from edgecompile.backends.c.ref import kernels as K
+from edgecompile.backends.c.ref.fixedpoint import (
     INT32_MAX, INT32_MIN, quantize_multiplier, quantize_multipliers, rounding_int_divide,
 )
-from edgecompile.backends.c_ref.graph import CRefUnsupported, run_int8
-from edgecompile.backends.c_ref.params import add_params, mean_multiplier
+from edgecompile.backends.c.ref.graph import CRefUnsupported, run_int8
+from edgecompile.backends.c.ref.params import add_params, mean_multiplier
 
 OP_REQUANT, OP_CONV, OP_FC, OP_ADD, OP_MAX_POOL, OP_AVG_POOL, OP_MEAN = range(1, 8)
 STATUS = {0: "ECM_OK", -1: "ECM_E_ARG", -2: "ECM_E_SHAPE", -3: "ECM_E_RANGE"}
@@ -404,9 +404,9 @@ def test_reference_matches_litert_reference_kernels_op_by_op(small_cnn):
     kernels round twice, as we do); single rounding reproduces LiteRT's FC exactly."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    from edgecompile.backends.c_ref.fixedpoint import multiply_by_quantized_multiplier_single
-    from edgecompile.backends.c_ref.graph import lower, run_call
-    from edgecompile.backends.c_ref.params import fc_multipliers
+    from edgecompile.backends.c.ref.fixedpoint import multiply_by_quantized_multiplier_single
+    from edgecompile.backends.c.ref.graph import lower, run_call
+    from edgecompile.backends.c.ref.params import fc_multipliers
 
     g, model = small_cnn
     it = Interpreter(model_content=model, experimental_op_resolver_type=OpResolverType.BUILTIN_REF,
@@ -497,7 +497,7 @@ def test_digits_cnn_end_to_end_agrees_with_fake_quant(digits):
     output on 64 held-out digits (measured 64 / 64), logits within one output step."""
     from edgecompile.ir import run_graph
 
-    from edgecompile.backends.c_ref.graph import execute, lower
+    from edgecompile.backends.c.ref.graph import execute, lower
 
     g, x, xq = digits
     assert {n.op for n in g.nodes} >= {"conv", "add", "max_pool", "linear", "relu", "reshape"}
@@ -548,7 +548,7 @@ def test_digits_cnn_layers_in_c_match_reference(tool, tmp_path, digits):
     """Every kernel call of the lowered digits CNN (4 convs, the residual add, max pool, 2 fully
     connected; the ReLUs fused, as no-op clamps: every ReLU output has zero point -128) run by the C kernels on the 64 images'
     activations: bit for bit the reference."""
-    from edgecompile.backends.c_ref.graph import execute, lower
+    from edgecompile.backends.c.ref.graph import execute, lower
 
     g, _, xq = digits
     calls = lower(g)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgecompile.backends.c_ref import kernels as K
-from edgecompile.backends.c_ref.params import (
+from edgecompile.backends.c.ref import kernels as K
+from edgecompile.backends.c.ref.params import (
     LUT_FUNCTIONS, add_params, layer_norm_params, lut_table, mean_multiplier, mul_multiplier, softmax_table,
 )
 from test_kernels import Case, _act, _i8, _zp, assert_c_matches, run_cases, tool  # noqa: F401 (fixture)

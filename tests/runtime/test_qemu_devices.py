@@ -87,7 +87,7 @@ def test_rpi4_bundle_script_builds_natively_with_zstd(rpi4_bundle, tmp_path):
 def test_cortex_m4_bundle_runs_the_model_under_qemu(m4_bundle):
     """The default nrf52840 bundle (generated C, every tensor streamed) built by its build.sh and run
     under QEMU: the same output bytes as the host build of the same sources."""
-    from edgecompile.backends import c_device
+    from edgecompile.backends.c import device as c_device
 
     assert {"rans", "lut"} & {r.codec for r in read_container(m4_bundle / "weights.ecw").records}
     rt = m4_bundle / "runtime"
@@ -104,11 +104,11 @@ def test_cortex_m4_bundle_runs_the_model_under_qemu(m4_bundle):
 
 
 def test_c_bundle_reports_bad_targets(tmp_path):
-    from edgecompile.backends import c_bundle
+    from edgecompile.backends.c import bundle as c_bundle
 
-    with pytest.raises(c_bundle.BundleError, match="unknown kind"):
+    with pytest.raises(c_bundle.CBundleError, match="unknown kind"):
         c_bundle.write_c_bundle(tmp_path, tmp_path / "x.ecw", "gpu", "x", "", "")
-    with pytest.raises(c_bundle.BundleError, match="unknown MCU cpu"):
+    with pytest.raises(c_bundle.CBundleError, match="unknown MCU cpu"):
         c_bundle._mcu_script("cortex-z9")
     assert c_bundle.runtime_dir() == RUNTIME
 
@@ -139,7 +139,7 @@ def test_golden_vectors_decode_under_qemu_aarch64(tmp_path):
 
 @pytest.mark.skipif(not have("arm-none-eabi-gcc", "qemu-system-arm"), reason="scripts/install_toolchains.sh")
 def test_golden_vectors_decode_under_qemu_cortex_m4(tmp_path):
-    from edgecompile.backends.c_bundle import container_to_c
+    from edgecompile.backends.c.bundle import container_to_c
 
     container_to_c((RUNTIME / "tests" / "golden" / "golden.ecw").read_bytes(), tmp_path / "w")
     subprocess.run(["make", "-s", "-C", str(RUNTIME), "cortex-m4", f"BUILD={tmp_path}", f"WEIGHTS_DIR={tmp_path / 'w'}"],

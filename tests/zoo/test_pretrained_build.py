@@ -7,7 +7,7 @@ streamed on the bundle's own state), and the default builds of silero, the 22.7M
 and EfficientNet-Lite0, each of which must either be refused by its gate or really be faithful.
 
 Each passing build is also re-checked here, outside the gate: the written bundle is loaded with
-`edgecompile.loader.load_bundle` and its outputs compared with the torch module's, so a gate that
+`edgecompile.bundle.load_bundle` and its outputs compared with the torch module's, so a gate that
 passes a broken bundle fails these tests.
 """
 from __future__ import annotations
@@ -21,9 +21,9 @@ import torch
 
 from bench.zoo import wheels
 from edgecompile.build import BuildConfig, VerificationFailed, build
-from edgecompile.fidelity import DECIDED_MARGIN
-from edgecompile.loader import load_bundle
-from edgecompile.modelspec import load_model
+from edgecompile.report.fidelity import DECIDED_MARGIN
+from edgecompile.bundle import load_bundle
+from edgecompile.inputs.model import load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -19,7 +19,7 @@ import torch
 from edgecompile.backends.onnx import emit_onnx
 from edgecompile.backends.tflite import emit_tflite
 from edgecompile.frontend import import_model
-from edgecompile.loader import create_session
+from edgecompile.bundle.onnx_session import create_session
 from edgecompile.passes.fold import CleanupPass, FoldBatchNormPass
 from edgecompile.passes.quantize import QuantConfig, QuantizePass
 from tests.backends.tflite_util import run_tflite

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from bench.zoo import wheels
-from edgecompile.modelspec import load_model
+from edgecompile.inputs.model import load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 KINDS = {"logits", "embedding", "probability", "regression", "detection", "state"}

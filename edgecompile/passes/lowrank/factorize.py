@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...ir import Graph, Node, infer_shapes
+from ...ir.ops import weight_input
 from ..base import Pass, PassResult
 from . import rewrite
 from .decompose import factor_modes, svd_factors, tt_decompose, tt_params, tt_reconstruct, tucker2
@@ -97,13 +98,13 @@ class _Layer:
     spectrum: LayerSpectrum
 
 
+#: The layers this pass decomposes (a conv_transpose is left to pruning and quantization).
+FACTORIZED_OPS = ("linear", "conv", "matmul", "gather")
+
+
 def _weight_of(node: Node):
-    """The node's compressible weight value, or None."""
-    if node.op in ("linear", "conv", "matmul"):
-        return node.input(1)
-    if node.op == "gather":
-        return node.input(0)
-    return None
+    """The node's weight (`ir.ops.weight_input`) when this pass decomposes its op, else None."""
+    return weight_input(node) if node.op in FACTORIZED_OPS else None
 
 
 def _why_not(graph: Graph, node: Node, cfg: LowRankConfig) -> str:
@@ -196,8 +197,7 @@ class LowRankPass(Pass):
         if any(v.shape is None for n in graph.nodes for v in n.outputs):
             infer_shapes(graph)  # the TT rewrite needs static shapes
         for node in graph.nodes:
-            w = _weight_of(node)
-            if w is None or not w.is_const:
+            if _weight_of(node) is None:
                 continue  # not a layer (e.g. attention's activation @ activation)
             why = _why_not(graph, node, cfg)
             if why:

@@ -3,9 +3,11 @@
 Pure NumPy. The pass (`factorize.py`) measures spectra and asks this module for ranks; nothing
 here knows about graphs.
 
-A rank is given in one of three forms and resolved in one place, `resolve_rank`: an int (kept
-rank), a float in (0, 1] (fraction of the full rank), or for Tucker-2 a pair of those
-(output-channel rank, input-channel rank).
+A layer's rank comes from a `RankSpec` (``--rank``): `RankSpec.resolve` measures it from the
+spectrum (``erank``, ``energy``) or hands an explicit rank to `resolve_rank`, the one place an
+explicit rank is interpreted: an int (kept rank), a float in (0, 1] (fraction of the full rank),
+or for Tucker-2 a pair of those (output-channel rank, input-channel rank), clamped to what the
+matrix can hold.
 """
 
 from __future__ import annotations
@@ -155,10 +157,8 @@ class RankSpec:
             r = math.ceil(self.value * effective_rank(s) - 1e-9)
         elif self.kind == "energy":
             r = energy_rank(s, self.value)
-        elif self.kind == "fraction":
-            r = fraction_rank(full, self.value)
-        elif self.kind == "fixed":
-            r = int(self.value)
+        elif self.kind in ("fraction", "fixed"):
+            r = resolve_rank(max(int(self.value), 1) if self.kind == "fixed" else float(self.value), "svd", (m, n))
         else:
             r = full
         return int(min(max(r, 1), full))

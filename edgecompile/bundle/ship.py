@@ -1,0 +1,28 @@
+"""`ship`: copies what runs a bundle on a board into its ``python/`` folder, whole.
+
+The copy is ``python/edgecompile/`` holding the package's ``__init__.py`` (the version),
+``errors.py`` (the error kinds, pure Python), ``container/`` and ``bundle/``: every module of
+those two packages, so nothing is listed by hand and a new module ships without a change here.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+#: The subpackages and modules of edgecompile a bundle's ``python/`` holds (none imports torch).
+SHIPPED = ("__init__.py", "errors.py", "container", "bundle")
+
+
+def ship(python_dir: Path) -> Path:
+    """Writes ``python_dir/edgecompile/`` (see the module docstring); returns that folder."""
+    pkg = Path(__file__).resolve().parents[1]
+    dst = Path(python_dir) / "edgecompile"
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in SHIPPED:
+        src = pkg / name
+        if src.is_dir():
+            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(src, dst / name)
+    return dst

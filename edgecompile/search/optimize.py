@@ -1,0 +1,512 @@
+"""`--optimize`: the compiler chooses each layer's compression by measurement, under the gate.
+
+``int8 graph -> int8 graph whose layer weights are pruned and/or shared (k-means levels) per layer``
+
+The search works on the quantized graph, whose int8 weights the container then codes (rANS /
+`lut`): fewer distinct values and more zeros cost fewer bits. For every layer weight (at least
+`min_params` values) it walks a ladder of settings (sparsity, bits), from mild to aggressive, and
+measures each setting *alone* with the IR executor on a search set held out from the calibration
+data: the gate's own checks (`fidelity.compare`, output kinds included) against the float model,
+with thresholds tightened by `margin`. A setting's cost is how much it lowers that score (measured
+while the time budget lasts, else predicted from the layer's output error: `_solo`); its gain the
+estimated bytes it saves (order-0 entropy of the int8 values, which is what the rANS coder
+reaches). Then a Lagrange multiplier is searched by bisection: every layer takes the setting
+minimizing ``bytes + multiplier * cost``, and the smallest multiplier whose *joint* result still
+passes the tightened gate wins. The real-runtime gate checks the result afterwards.
+
+Cost: at most (layers × ladder steps) forward passes of the search set (capped by `max_evals` and
+`max_seconds`; only the largest layers holding `coverage` of the bytes are searched) plus ~10
+joint ones; a solo walk stops at the first setting that fails the gate alone (it could never be
+chosen). Low rank is not in the ladder: measured on pretrained weights, effective ranks are ~0.7
+of full rank, so factorizing adds bytes (DESIGN.md).
+
+With ``size``, each layer whose channel scales differ is also tried on one grid for the whole
+tensor (`per_tensor_grid`): fewer levels in small channels, fewer coded bits.
+
+Goals: ``size`` (the whole ladder), ``balanced`` (at least 4 bits, at most 50 % sparsity),
+``latency`` and ``none`` (no search: shared levels do not make int8 kernels faster).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from ..ir.ops import weight_input
+from ..errors import InputError
+from ..report.fidelity import OutputSpec, Thresholds, compare
+from ..ir import Graph, TorchExecutor
+from ..passes.cluster import cluster_int8
+from ..passes.gptq import Rounder, as_rows, from_rows, gram_shape_ok, layer_grams
+
+log = logging.getLogger(__name__)
+
+GOALS = ("size", "balanced", "latency", "none")
+# (sparsity, bits): from mild to aggressive. Six steps: each costs one forward pass of the search
+# set per layer, and the bits a weight costs fall fastest between 5 and 2 levels' bits.
+LADDER = ((0.0, 5), (0.0, 4), (0.0, 3), (0.5, 3), (0.0, 2), (0.75, 2))
+BALANCED = ((0.0, 6), (0.0, 5), (0.0, 4), (0.5, 4))
+
+
+class OptimizeError(InputError, ValueError):
+    """An --optimize goal that cannot be understood."""
+
+
+@dataclass(frozen=True)
+class OptimizeConfig:
+    goal: str = "size"
+    margin: float = 0.3          # keep this share of each threshold's headroom on the search set
+    min_params: int = 1024       # smaller weights cost little and are often sensitive
+    coverage: float = 0.95       # search the largest layers holding this share of the int8 bytes
+    max_evals: int = 320         # forward passes of the search set in the solo phase
+    max_seconds: float = 240.0   # wall-clock budget of the solo phase (the plain build's order of time)
+    min_headroom: float = 0.05   # below this base score, int8 alone leaves nothing to spend
+
+    def __post_init__(self) -> None:
+        if self.goal not in GOALS:
+            raise OptimizeError(f"unknown --optimize goal {self.goal!r}; use one of {', '.join(GOALS)}")
+
+    @property
+    def ladder(self) -> tuple[tuple[float, int], ...]:
+        return {"size": LADDER, "balanced": BALANCED}.get(self.goal, ())
+
+
+def entropy_bytes(q: np.ndarray) -> float:
+    """Order-0 entropy of int8 values, in bytes: what an ideal per-tensor entropy coder needs."""
+    counts = np.bincount(q.ravel().astype(np.int16) + 128, minlength=256)
+    p = counts[counts > 0] / q.size
+    return float(q.size * -(p * np.log2(p)).sum() / 8)
+
+
+def apply_setting(q: np.ndarray, sparsity: float, bits: int, rounder: Rounder | None = None,
+                  op: str = "linear") -> np.ndarray:
+    """Zeros the `sparsity` share of smallest-magnitude int8 values, then shares the rest among
+    at most 2^bits levels (zero kept exact); bits 8 keeps the values.
+
+    With a `rounder` (the layer's input statistics, `passes.gptq`), the same sparsity and levels are
+    reached by error-compensated rounding: the kept weights move to cancel what pruning and
+    rounding cost the layer's output on calibration data (on correlated inputs: ~35 % less output
+    error than nearest-level rounding at 2-5 bits; tests/passes/test_gptq.py).
+    Measured on the pretrained zoo at the goal thresholds: MTCNN O-net 209 -> 130 KB,
+    EfficientNet-Lite0 4.34 -> 3.67 MB, both passing the gate."""
+    out, mask = q, None
+    if sparsity > 0:
+        mag = np.abs(q.astype(np.int16))
+        k = int(sparsity * mag.size)
+        if k > 0:
+            cut = np.partition(mag.ravel(), k - 1)[k - 1]
+            mask = mag <= cut
+            out = np.where(mask, 0, q).astype(q.dtype)
+    if bits < 8:
+        out = cluster_int8(out, bits)
+    if rounder is None or (mask is None and bits >= 8):
+        return out
+    # The levels come from the magnitude-pruned weights. The mask is the magnitude mask or the
+    # rounder's own (the weights whose removal costs the output least, SparseGPT's choice),
+    # whichever leaves the smaller output error: neither wins on every layer.
+    levels = np.unique(out) if bits < 8 else np.arange(-127, 128)
+    rows = as_rows(op, q)
+    got = rounder.round(rows, levels, None if mask is None else as_rows(op, mask))
+    if mask is not None:
+        alt = rounder.round(rows, levels, sparsity=sparsity)
+        if rounder.loss(rows, alt) < rounder.loss(rows, got):
+            got = alt
+    return from_rows(op, got, q.shape)
+
+
+def per_tensor_grid(q: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The int8 values requantized onto one grid for the whole tensor (the largest channel scale):
+    channels with a small range then use few levels, which the entropy coder turns into fewer
+    bits (measured on MTCNN O-net's convs: 6.0-6.5 bits against 6.8-7.2 per channel). Returns the
+    new values and the (broadcastable) scale, equal in every channel."""
+    big = np.float32(scale.max())
+    q2 = np.clip(np.rint(q.astype(np.float32) * (scale / big)), -127, 127).astype(np.int8)
+    return q2, np.full_like(scale, big)
+
+
+class _Option(NamedTuple):
+    """One setting of one layer: its solo cost (measured, or predicted from its output error)."""
+    cost: float                   # how much the setting alone lowers the gate score
+    bytes: float                  # estimated coded bytes
+    setting: tuple                # (sparsity, bits) or (0.0, 8, "tensor")
+    q: np.ndarray
+    scale: np.ndarray | None      # a new (per-tensor grid) scale, or None
+    error: float                  # the layer's relative output error (`_Layer.error`)
+    measured: bool
+
+
+@dataclass
+class _Layer:
+    node: str
+    const: str
+    q: np.ndarray                 # the int8 values before the search
+    scale: np.ndarray             # broadcastable per-channel scale
+    bytes0: float
+    options: list                 # `_Option`s
+    op: str = "linear"
+    rounder: Rounder | None = None  # error-compensated rounding from the layer's input statistics
+    gram: np.ndarray | None = None  # input Gram H [in, in], an embedding's row counts [rows], or None
+
+    def error(self, q: np.ndarray, scale: np.ndarray | None = None) -> float:
+        """The layer's output error with int8 values `q` (and `scale`) relative to its output, on
+        the calibration inputs: ``||X (W - W')^T||^2 / ||X W^T||^2`` with ``H = X^T X`` (an
+        embedding's H is the diagonal of its row counts; without statistics, H = I)."""
+        h = self.gram
+        rows = slice(None)
+        if h is not None and h.ndim == 1:         # only the rows the data reads count
+            rows = np.flatnonzero(h)
+            h = h[rows]
+        w = as_rows(self.op, self.q * self.scale)[rows].astype(np.float64)
+        d = w - as_rows(self.op, q * (self.scale if scale is None else scale))[rows]
+        if h is None:
+            num, den = (d * d).sum(), (w * w).sum()
+        elif h.ndim == 1:
+            num, den = h @ (d * d).sum(1), h @ (w * w).sum(1)
+        else:
+            ht = torch.from_numpy(h)
+            dt, wt = torch.from_numpy(d), torch.from_numpy(w)
+            num, den = float(((dt @ ht) * dt).sum()), float(((wt @ ht) * wt).sum())
+        return float(num / den) if den > 0 else 0.0
+
+    def settings(self, ladder, goal: str) -> list[tuple]:
+        """(setting, q, scale) to try, mildest first: a per-tensor grid (``size``, channel scales
+        that differ), then the ladder."""
+        out = []
+        if goal == "size" and self.scale.size > 1 and self.scale.max() > 1.5 * self.scale.min():
+            q, sc = per_tensor_grid(self.q, self.scale)      # one grid for the tensor: off the ladder
+            out.append(((0.0, 8, "tensor"), q, sc))
+        for sparsity, bits in ladder:
+            out.append(((sparsity, bits), apply_setting(self.q, sparsity, bits, self.rounder, self.op), None))
+        return out
+
+
+class GateScore:
+    """The gate's checks (output kinds included) as one number on unlabelled search samples:
+    ``min over checks of (value - tightened threshold) / (1 - threshold)``; >= 0 passes.
+
+    Thresholds are tightened by `margin` (that share of each threshold's headroom is kept), so a
+    result chosen on the search set keeps room for the eval set. With `labelled`, logits will be
+    gated by accuracy drop, which a changed decision can cost: agreement must then stay within
+    twice the allowed drop."""
+
+    def __init__(self, specs: Sequence[OutputSpec], t: Thresholds, margin: float = 0.3, labelled: bool = False,
+                 metric=None):
+        def tight(x):
+            return x + (1 - x) * margin
+        top1 = max(t.min_top1_agreement, 1 - 2 * t.max_accuracy_drop) if labelled else t.min_top1_agreement
+        self.base = Thresholds(**{**t.__dict__, "min_top1_agreement": top1})
+        self.t = Thresholds(min_top1_agreement=tight(top1), min_cosine=tight(t.min_cosine),
+                            max_accuracy_drop=t.max_accuracy_drop,
+                            min_decision_agreement=tight(t.min_decision_agreement),
+                            min_correlation=tight(t.min_correlation))
+        self.specs, self.metric, self.margin = specs, metric, margin
+
+    def _floor(self, metric: str) -> float:
+        b = self.base
+        if metric.startswith("top-1 agreement"):
+            return b.min_top1_agreement
+        return {"mean per-sample cosine": b.min_cosine, "correlation over the set": b.min_correlation}.get(
+            metric, b.min_decision_agreement)
+
+    def __call__(self, ref: list[np.ndarray], got: list[np.ndarray]) -> float:
+        fid = compare(ref, got, self.specs, self.t, metric=self.metric)
+        return min((self._margin(c) for c in fid.checks), default=np.inf)
+
+    def _margin(self, c) -> float:
+        """How far one check is above its tightened threshold, in units of the threshold's headroom
+        (-inf when it could not be measured: a NaN must never look like a pass)."""
+        if not np.isfinite(c.value):
+            return -np.inf
+        if c.output != "model":
+            return float((c.value - c.threshold) / max(1 - self._floor(c.metric), 1e-6))
+        # the factory's own check: tightened alike when it is a [0, 1] figure
+        if c.higher_is_better and 0 < c.threshold < 1:
+            tight = c.threshold + (1 - c.threshold) * self.margin
+            return float((c.value - tight) / (1 - c.threshold))
+        gap = c.value - c.threshold if c.higher_is_better else c.threshold - c.value
+        return float(gap / max(abs(c.threshold), 1e-6))
+
+
+def executor_outputs(ex: TorchExecutor, x: Sequence[torch.Tensor]) -> list[np.ndarray]:
+    """Every output of the IR executor on the stacked samples `x`."""
+    with torch.no_grad():
+        out = ex(*x)
+    return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
+
+
+class _Scorer:
+    """The executor on the search set, scored by a `GateScore`; weights can be swapped in."""
+
+    def __init__(self, graph: Graph, samples: Sequence[np.ndarray], ref: list[np.ndarray], gate: GateScore):
+        self.ex = TorchExecutor(graph, fake_quant=True).eval()
+        self.x = [torch.as_tensor(a) for a in samples]
+        self.ref, self.gate = ref, gate
+        self.evals = 0
+
+    def __call__(self) -> float:
+        self.evals += 1
+        return self.gate(self.ref, executor_outputs(self.ex, self.x))
+
+    def set_weight(self, layer: _Layer, q: np.ndarray, scale: np.ndarray | None = None) -> None:
+        s = layer.scale if scale is None else scale
+        with torch.no_grad():
+            self.ex.const_tensor(layer.const).copy_(torch.from_numpy(q.astype(np.float32) * s))
+
+
+def _layers(graph: Graph, min_params: int) -> list[_Layer]:
+    out, seen = [], set()
+    for node in graph.nodes:
+        w = weight_input(node)
+        if w is None or w.quant is None or w.data.dtype != np.int8 or w.data.size < min_params or w.name in seen:
+            continue
+        if np.any(w.quant.zero_point != 0):
+            continue
+        seen.add(w.name)
+        scale, _ = w.quant.broadcast(w.data.ndim)
+        out.append(_Layer(node.name, w.name, w.data.copy(), scale.astype(np.float32), entropy_bytes(w.data), [],
+                          node.op))
+    return out
+
+
+def optimize_weights(graph: Graph, samples: Sequence[np.ndarray], ref: list[np.ndarray], gate: GateScore,
+                     config: OptimizeConfig, progress: Callable[[float], None] | None = None,
+                     gram_samples: Sequence[np.ndarray] | None = None) -> dict:
+    """Searches per-layer (sparsity, bits) for the int8 `graph` (left unchanged); see the module
+    docstring. Apply a result with `apply_plan`.
+
+    Parameters
+    ----------
+    samples : the search inputs (one array per graph input, samples on axis 0), not the eval set
+    ref : the float model's outputs on `samples`
+    gate : the gate's checks as one score (`GateScore`)
+    gram_samples : calibration inputs (best not `samples`) whose layer inputs drive error-compensated
+        rounding (`passes.gptq`); None rounds each weight to its nearest level
+    Returns a report dict with up to three ``plans`` (most compressed first), each with its
+    per-layer settings and why, estimated bytes before/after, and the search's cost.
+    """
+    t0 = time.perf_counter()
+    ladder = config.ladder
+    layers = _layers(graph, config.min_params) if ladder else []
+    if not layers:
+        return {"goal": config.goal, "plans": [], "note": "no int8 layer weight to search"}
+    scorer = _Scorer(graph, samples, ref, gate)
+    base = scorer()
+    if base < config.min_headroom:
+        return {"goal": config.goal, "plans": [], "base_score": round(base, 4),
+                "note": "int8 alone is at the edge of the gate on the search set: no further compression"}
+    layers.sort(key=lambda lay: -lay.bytes0)
+    total, kept, acc = sum(lay.bytes0 for lay in layers), [], 0.0
+    for lay in layers:                    # the largest layers first, until `coverage` of the bytes
+        if acc >= config.coverage * total:
+            break
+        kept.append(lay)
+        acc += lay.bytes0
+    layers = kept
+    if gram_samples is not None and len(gram_samples[0]):
+        nodes = {lay.node: graph.node(lay.node) for lay in layers}
+        grams = layer_grams(graph, gram_samples, list(nodes))
+        for lay in layers:
+            lay.gram = grams.get(lay.node)
+            if lay.gram is not None and gram_shape_ok(nodes[lay.node]):
+                lay.rounder = Rounder(lay.gram)
+    _solo(layers, scorer, base, config, t0, progress)
+
+    def choose(lam: float) -> list[_Option | None]:
+        """Each layer's setting minimizing bytes + lam * solo cost (None: keep int8)."""
+        picks = []
+        for layer in layers:
+            best, val = None, layer.bytes0
+            for o in layer.options:
+                v = o.bytes + lam * max(o.cost, 0.0)
+                if o.cost <= base and o.bytes < layer.bytes0 and v < val:
+                    best, val = o, v
+            picks.append(best)
+        return picks
+
+    def joint(picks) -> float:
+        for layer, p in zip(layers, picks):
+            scorer.set_weight(layer, layer.q if p is None else p.q, None if p is None else p.scale)
+        return scorer()
+
+    # The costs add up when layers change together, so bytes are spent where they buy the most: a
+    # Lagrangian allocation (equal slope), not one cost cap for every layer (measured on MiniLM at
+    # cosine 0.99: one cap kept the 11.7M-entry embedding at 4.8 bits a weight because its cost
+    # was above what the small layers could afford; 12.99 MB estimated under the cap).
+    # The multipliers where some layer's choice changes, ascending (most compression first); at
+    # the top end every layer keeps int8, which is the base and passes.
+    lams = sorted(_breakpoints(layers, base)) + [np.inf]
+    passing: dict[int, float] = {len(lams) - 1: base}
+    lo, hi = 0, len(lams) - 2
+    while lo <= hi:                       # the smallest multiplier whose joint result passes
+        if time.perf_counter() - t0 > 1.5 * config.max_seconds and len(passing) > 1:
+            break                         # out of time: the best plan that passed so far
+        mid = (lo + hi) // 2
+        s = joint(choose(lams[mid]))
+        if s >= 0:
+            passing[mid], hi = s, mid - 1
+        else:
+            lo = mid + 1
+        if progress:
+            progress(0.8 + 0.2 * min(1.0, scorer.evals / (scorer.evals + hi - lo + 2)))
+    # Up to three plans, most compressed first: the best multiplier, then ones a half and three
+    # quarters of the way to keeping int8 (the build falls back to them if the real runtime's
+    # gate disagrees).
+    plans = []
+    top, end = min(passing), len(lams) - 1
+    for k in dict.fromkeys((top, top + (end - top) // 2, top + 3 * (end - top) // 4)):
+        picks = choose(lams[k])
+        if any(p is not None for p in picks):
+            plans.append(_plan(layers, picks, lams[k], passing.get(k)))
+    joint([None] * len(layers))
+    return {"goal": config.goal, "plans": plans, "base_score": round(base, 4), "evaluations": scorer.evals,
+            "seconds": round(time.perf_counter() - t0, 2), "margin": config.margin,
+            "search_samples": int(len(samples[0])), "layers_searched": len(layers),
+            "layers_measured": sum(1 for lay in layers if any(o.measured for o in lay.options)),
+            "costs_measured": sum(o.measured for lay in layers for o in lay.options),
+            "costs_predicted": sum(not o.measured for lay in layers for o in lay.options)}
+
+
+def _breakpoints(layers: list[_Layer], base: float) -> set[float]:
+    """The multipliers (bytes per unit of gate score) at which a layer's Lagrangian choice between
+    two of its settings (or int8) changes."""
+    out = set()
+    for layer in layers:
+        pts = [(0.0, layer.bytes0)] + [(max(o.cost, 0.0), o.bytes) for o in layer.options
+                                        if o.cost <= base and o.bytes < layer.bytes0]
+        for c1, b1 in pts:
+            for c2, b2 in pts:
+                if c2 > c1 and b2 < b1:
+                    out.add((b1 - b2) / (c2 - c1))
+    return out
+
+
+def _solo(layers: list[_Layer], scorer: _Scorer, base: float, config: OptimizeConfig, t0: float,
+          progress: Callable[[float], None] | None) -> None:
+    """Fills each layer's `options`: its settings, their estimated bytes and solo costs.
+
+    A solo cost is measured (the search set through the executor with that one layer changed)
+    while the budget lasts: first one probe per layer, largest layers first, at the middle of the
+    ladder; then the rest of each layer's ladder, mildest first, until a setting fails the gate
+    alone (harsher ones would too). A cost not measured is predicted as the layer's sensitivity
+    times the setting's relative output error (`_Layer.error`: cheap, from the layer's input
+    Gram): for small changes the gate's score drops in proportion to the output error a layer
+    makes. The sensitivity is fitted to the layer's own measurements; a layer never measured takes
+    the largest of the others'. On a small model every cost is measured; on MiniLM (22M weights,
+    ~4 s a measurement on 2 cores) only the probes fit the budget, where measuring the whole ladder
+    of every layer would take ~15 minutes. A layer whose settings could not even be made within
+    the budget keeps int8."""
+    ladder = config.ladder
+    probe = ladder[(len(ladder) - 1) // 2]
+    cands: list[list[tuple]] = []                 # per layer: (setting, q, scale, error)
+    for lay in layers:
+        if cands and time.perf_counter() - t0 > config.max_seconds:
+            break
+        cands.append([(st, q, sc, lay.error(q, sc)) for st, q, sc in lay.settings(ladder, config.goal)])
+        if progress:
+            progress(0.3 * len(cands) / len(layers))
+    measured: list[dict[int, float]] = [{} for _ in cands]
+
+    def left() -> bool:
+        return scorer.evals < config.max_evals and time.perf_counter() - t0 <= config.max_seconds
+
+    def measure(i: int, j: int) -> float:
+        _, q, sc, _ = cands[i][j]
+        scorer.set_weight(layers[i], q, sc)
+        measured[i][j] = cost = base - scorer()
+        scorer.set_weight(layers[i], layers[i].q)
+        if progress:
+            progress(0.3 + 0.5 * min(1.0, (time.perf_counter() - t0) / config.max_seconds))
+        return cost
+
+    for i, cs in enumerate(cands):                # one probe per layer
+        if not left():
+            break
+        measure(i, next(j for j, c in enumerate(cs) if c[0] == probe))
+    for i, cs in enumerate(cands):                # then each ladder, mildest first
+        for j, (st, *_) in enumerate(cs):
+            if j not in measured[i]:
+                if not left():
+                    break
+                measure(i, j)
+            if len(st) == 2 and measured[i][j] > base:
+                break                             # fails alone: harsher settings cannot be chosen
+
+    def sensitivity(i: int) -> float | None:
+        pts = [(max(c, 0.0), cands[i][j][3]) for j, c in measured[i].items()]
+        err = sum(e for _, e in pts)
+        return sum(c for c, _ in pts) / err if err > 0 else None
+
+    fitted = [sensitivity(i) for i in range(len(cands))]
+    known = [s for s in fitted if s is not None]
+    if not known:
+        return                                    # nothing measured: every layer keeps int8
+    # No change is free: a cost measured as zero (a discrete check such as top-1 agreement did
+    # not move on the search set) or a probe that happened to cost nothing still counts a tenth
+    # of the typical sensitivity times its output error, so that harsher settings cost more and
+    # the allocation can back off them when their joint effect shows.
+    positive = [s for s in known if s > 0]
+    floor = max(0.1 * float(np.median(positive)) if positive else 0.0, 1e-6)
+    for i, cs in enumerate(cands):
+        sens = max(fitted[i] if fitted[i] is not None else max(known), floor)
+        worst = -np.inf                           # a ladder step costs at least what a milder one measured
+        for j, (st, q, sc, err) in enumerate(cs):
+            cost = max(measured[i][j], floor * err) if j in measured[i] else max(sens * err, worst)
+            if len(st) == 2 and j in measured[i]:
+                worst = max(worst, cost)
+            layers[i].options.append(_Option(cost, entropy_bytes(q), st, q, sc, err, j in measured[i]))
+
+
+def _plan(layers: list[_Layer], picks: list, lam: float, score: float | None) -> dict:
+    """One searched configuration: new int8 values per constant and the report rows saying why."""
+    rows, weights, before, after = [], {}, 0.0, 0.0
+    for layer, p in zip(layers, picks):
+        before += layer.bytes0
+        after += layer.bytes0 if p is None else p[1]
+        if p is not None:
+            weights[layer.const] = (layer.node, p[2], p[3], p[4])
+        rows.append({"node": layer.node, "kind": "optimize", "params": int(layer.q.size),
+                     "sparsity": None if p is None else p[2][0], "bits": 8 if p is None else p[2][1],
+                     "grid": "tensor" if p is not None and len(p[2]) > 2 else "channel",
+                     "est_bytes_before": round(layer.bytes0),
+                     "est_bytes_after": round(layer.bytes0 if p is None else p[1]),
+                     "solo_cost": None if p is None else round(p[0], 4),
+                     "why": "kept int8: no setting saves enough bytes for what it costs the gate" if p is None
+                     else f"fewest bytes + {lam:.3g} x solo score drop ({p.cost:.3f}, "
+                          f"{'measured' if p.measured else 'predicted from its output error'})",
+                     "output_error": None if p is None else round(p.error, 6)})
+    return {"bytes_per_score": round(lam, 1), "score": None if score is None else round(score, 4), "weights": weights,
+            "layers": rows, "est_bytes_before": round(before), "est_bytes_after": round(after)}
+
+
+def apply_plan(graph: Graph, plan: dict) -> None:
+    """Writes a plan's int8 values (and, for a per-tensor grid, its scales; an int32 bias follows
+    its new scale ``s_in * s_w``) into `graph` (a copy of the graph the search ran on)."""
+    from ..ir import QuantParams
+
+    for const, (node, setting, q, scale) in plan["weights"].items():
+        w = graph.consts[const]
+        w.data = q.copy()
+        n = graph.node(node)
+        sparsity, bits = setting[0], setting[1]
+        n.meta["optimize"] = {"sparsity": sparsity, "bits": bits, "grid": setting[2] if len(setting) > 2 else "channel"}
+        if bits < 8:
+            n.meta["clustered"] = bits
+        if scale is None:
+            continue
+        old = w.quant.scale.astype(np.float32)
+        new = np.full_like(old, float(scale.max()))
+        w.quant = QuantParams(new, np.zeros(new.size, np.int32), w.quant.axis, w.quant.dtype)
+        b = n.input(2) if n.op in ("linear", "conv", "conv_transpose") else None
+        x = n.inputs[0]
+        if b is not None and b.quant is not None and b.data.dtype == np.int32 and x is not None and x.quant is not None:
+            s_in = np.float32(x.quant.scale[0])
+            reps = b.data.size // new.size      # a grouped conv_transpose: one weight scale per group member
+            old, new = np.tile(old, reps), np.tile(new, reps)
+            b.data = np.clip(np.rint(b.data.astype(np.float64) * (old / new)), -2**31 + 1, 2**31 - 1).astype(np.int32)
+            b.quant = QuantParams((s_in * new).astype(np.float32), np.zeros(new.size, np.int32), b.quant.axis, "int32")
