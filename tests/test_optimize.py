@@ -105,7 +105,7 @@ def test_per_tensor_grid_keeps_values_and_moves_the_int32_bias(digits):
 def test_layer_output_error_is_the_executors(digits):
     """`_Layer.error` from the Gram equals the relative output error of that layer alone, measured
     with its real inputs."""
-    from edgecompile.optimize import _layers
+    from edgecompile.search.optimize import _layers
     from edgecompile.passes.gptq import layer_grams
 
     g, samples, _ = digits
