@@ -53,6 +53,18 @@ from .fngd_hooks import LayerHooks
 
 log = logging.getLogger(__name__)
 
+#: Reused steps between drift checks (a fresh solve on that batch compared with its stored
+#: coefficients), and the cosine below which the stored coefficients are re-solved.
+CHECK_EVERY = 8
+MIN_ALIGNMENT = 0.5
+#: What a reused step does to the stored coefficients: clip negatives, rescale to sum 1.
+REUSE_CLIP = True
+REUSE_RENORMALIZE = True
+#: Under DDP: ``"local"`` (each rank solves on its own samples, a block-diagonal Gram over
+#: ranks; traffic one all-reduce of the parameters) or ``"global"`` (exact global-batch Gram
+#: from every layer's gathered inputs and output gradients; traffic ∝ batch × world).
+DDP_SOLVE = ("local", "global")
+
 
 class FNGD(torch.optim.Optimizer):
     """Fast natural gradient descent with stored per-sample coefficients.
@@ -103,17 +115,25 @@ class FNGD(torch.optim.Optimizer):
     def __init__(self, model: nn.Module, lr: float = 0.05, damping: float = 0.1,
                  momentum: float = 0.9, weight_decay: float = 0.0,
                  refresh_every: int | None = None, fallback_lr: float | None = None,
-                 reduction: str = "mean", gram: str = "auto", coefficients: str = "shared",
-                 normalize: str = "mean", max_gram_elems: int = 1 << 25):
+                 reduction: str = "mean", gram: str = layers.GRAM_DEFAULT, coefficients: str = "shared",
+                 normalize: str = "mean", max_gram_elems: int = 1 << 25,
+                 check_every: int | None = CHECK_EVERY, min_alignment: float = MIN_ALIGNMENT,
+                 reuse_clip: bool = REUSE_CLIP, reuse_renormalize: bool = REUSE_RENORMALIZE,
+                 ddp_solve: str = "local"):
         if damping <= 0:
             raise ValueError(f"FNGD damping must be > 0 (got {damping}); try 0.1")
         for what, value, allowed in (("reduction", reduction, ("mean", "sum")),
-                                     ("gram", gram, ("factor", "auto")),
+                                     ("gram", gram, layers.GRAM_MODES),
                                      ("coefficients", coefficients, ("shared", "layer")),
                                      ("normalize", normalize, layers.NORMALIZE)):
             if value not in allowed:
                 raise ValueError(f"FNGD {what} must be one of {', '.join(allowed)} "
                                  f"(got {value!r})")
+        if ddp_solve not in DDP_SOLVE:
+            raise ValueError(f"FNGD ddp_solve must be one of {', '.join(DDP_SOLVE)} "
+                             f"(got {ddp_solve!r})")
+        if check_every is not None and check_every < 1:
+            raise ValueError(f"FNGD check_every must be >= 1 or None (got {check_every})")
         if refresh_every is not None and refresh_every < 1:
             raise ValueError(f"FNGD refresh_every must be >= 1 or None (got {refresh_every})")
         params = [p for p in model.parameters() if p.requires_grad]
@@ -138,6 +158,16 @@ class FNGD(torch.optim.Optimizer):
         self._ids = self._weights = None
         self._reduced = False
         self._warned: set[str] = set()
+        self.check_every, self.min_alignment = check_every, float(min_alignment)
+        self.reuse_clip, self.reuse_renormalize = reuse_clip, reuse_renormalize
+        self.local_solve = ddp_solve == "local"
+        self._reuse_steps = 0
+        self._stored: torch.Tensor | None = None  # stored coefficients of a checked batch
+        #: ``(epoch, cosine)`` of every drift check: the alignment of the stored-coefficient
+        #: direction with a fresh solve on the same batch.
+        self.alignment: list[tuple[int, float]] = []
+        #: How many times a drift check found the stored coefficients stale.
+        self.resolves = 0
 
     # ----------------------------------------------------------------- batch protocol
     def set_epoch(self, epoch: int) -> None:
@@ -162,23 +192,47 @@ class FNGD(torch.optim.Optimizer):
         if self.refresh_every is not None:
             fresh &= (self.epoch - stamp) < self.refresh_every
         reuse = bool(fresh.all())
-        if ddp.is_distributed():  # every rank must take the same branch (gathers in step)
+        if ddp.is_distributed():  # every rank must take the same branch (collectives in step)
             flag = torch.tensor(float(reuse), device=ids.device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+            ddp.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
             reuse = bool(flag)
-        self._ids, self._reduced, self._weights = ids, False, None
-        coef = self.alpha[ids] if reuse else None
+        self._ids, self._reduced, self._weights, self._stored = ids, False, None, None
+        coef = self._reuse_coefficients(self.alpha[ids]) if reuse else None
+        if reuse and self.check_every is not None:
+            self._reuse_steps += 1
+            if self._reuse_steps % self.check_every == 0:
+                # A drift check: this batch is solved afresh and its stored coefficients are
+                # only compared with the fresh ones (in _solve).
+                self._stored, coef = coef, None
         if self.shared:
             # Reuse needs no hooks: the reweighted loss does the work.
-            self.hooks.set_mode("off" if reuse else "capture")
+            self.hooks.set_mode("off" if coef is not None else "capture")
             self._weights = None if coef is None else coef[:, 0]
         else:
             self.hooks.set_mode("capture" if coef is None else "reuse", coef)
+
+    def _reuse_coefficients(self, coef: torch.Tensor) -> torch.Tensor:
+        """Stored coefficients as a reused step applies them: negative ones clipped to 0
+        (``reuse_clip``), then rescaled to sum to 1 in this batch (``reuse_renormalize``, with
+        ``normalize="mean"``; a column that sums to <= 0 falls back to the plain mean)."""
+        if self.reuse_clip:
+            coef = coef.clamp_min(0)
+        if self.reuse_renormalize and self.normalize == "mean":
+            total = coef.sum(0, keepdim=True)
+            uniform = torch.full_like(coef, 1.0 / coef.shape[0])
+            coef = torch.where(total > 0, coef / total.clamp_min(1e-300), uniform)
+        return coef
 
     @property
     def reusing(self) -> bool:
         """Whether the current batch reuses stored coefficients."""
         return self.hooks.mode in ("off", "reuse") and self._ids is not None
+
+    @property
+    def averages_itself(self) -> bool:
+        """Whether :meth:`step` averages this batch's update over ranks itself (a local solve
+        under DDP): the caller may then skip DDP's gradient all-reduce (``model.no_sync()``)."""
+        return self.local_solve and ddp.is_distributed() and self.hooks.mode == "capture"
 
     def reduce(self, losses: torch.Tensor) -> torch.Tensor:
         """The training loss to differentiate, from per-sample losses ``[N]`` (or ``[N, …]``,
@@ -216,9 +270,10 @@ class FNGD(torch.optim.Optimizer):
     # ----------------------------------------------------------------- step
     def _gathered(self) -> dict[int, layers.Capture]:
         caps = {}
+        gather = ddp.is_distributed() and not self.local_solve
         for i in range(len(self.layer_names)):
             cap = self.hooks.capture(i)
-            if cap is not None and ddp.is_distributed():  # same hooks fire on every rank
+            if cap is not None and gather:  # same hooks fire on every rank
                 rows = cap.rows()
                 cap = layers.Capture(
                     None if rows is None else ddp.gather_rows(rows.contiguous())[0],
@@ -252,31 +307,92 @@ class FNGD(torch.optim.Optimizer):
             K = sum(grams.values())
             c = self._coefficients(K, damping, "network")
             coefs = {i: c for i in caps}
+            pairs = [(K, c, 0)]
         else:
             coefs = {i: self._coefficients(K, damping, f"layer {self.layer_names[i]!r}")
                      for i, K in grams.items()}
+            pairs = [(grams[i], coefs[i], i) for i in grams]
+        if self._stored is not None:
+            self._check_drift(pairs)
         if self._ids is not None:
-            # Every rank stores the whole global batch's coefficients: the next epoch deals
-            # the samples to other ranks.
-            ids = ddp.gather_rows(self._ids)[0]
-            rows = next(iter(coefs.values())).shape[0]
-            if rows != ids.shape[0]:
-                raise ValueError(f"FNGD saw {rows} per-sample rows for {ids.shape[0]} samples: the "
-                                 "model padded or split the batch; train with a batch size the "
-                                 "model takes as it is")
-            self._grow(int(ids.max()) + 1)
-            if self.shared:
-                self.alpha[ids, 0] = c.to(self.alpha.device)
-            else:
-                for i, ci in coefs.items():
-                    self.alpha[ids, i] = ci.to(self.alpha.device)
-            self.alpha_epoch[ids] = self.epoch
+            self._store(coefs)
         directions = {}
         for i, cap in caps.items():
             module = self.hooks.layers[i][1]
             step = layers.weighted_grad(module, cap, coefs[i].to(cap.D.dtype))
             directions.update({id(getattr(module, k)): v for k, v in step.items()})
+        if self.local_solve and ddp.is_distributed():
+            self._average_over_ranks(directions)
         return directions
+
+    def _check_drift(self, pairs) -> None:
+        """Cosine between the stored-coefficient direction ``U s`` and the fresh natural
+        gradient ``U α`` of this batch, from the Gram matrices alone: ``αᵀKs / √(αᵀKα · sᵀKs)``
+        (summed over layers for per-layer coefficients; averaged over ranks).  Below
+        ``min_alignment`` every stored coefficient is dropped, so the coming steps re-solve."""
+        stored = self._stored.to(torch.float64)
+        if ddp.is_distributed() and not self.local_solve:
+            stored = ddp.gather_rows(stored.contiguous())[0]
+        terms = torch.zeros(3, dtype=torch.float64, device=stored.device)
+        for K, fresh, col in pairs:
+            K64, a, st = K.to(torch.float64), fresh.to(torch.float64), stored[:, col]
+            Ks = K64 @ st
+            terms += torch.stack([a @ Ks, a @ (K64 @ a), st @ Ks]).to(terms.device)
+        cos = terms[0] / (terms[1] * terms[2]).sqrt().clamp_min(1e-300)
+        if ddp.is_distributed() and self.local_solve:
+            cos = ddp.all_reduce_mean(cos.reshape(1))[0]
+        cos = float(cos)
+        self.alignment.append((self.epoch, cos))
+        if cos < self.min_alignment:
+            self.alpha_epoch.fill_(-1)
+            self.resolves += 1
+            log.info("FNGD: stored coefficients point along the natural gradient at cosine "
+                     "%.2f < %.2f (epoch %d); re-solving", cos, self.min_alignment, self.epoch)
+
+    def _store(self, coefs: dict[int, torch.Tensor]) -> None:
+        """Keep this batch's coefficients by sample id.  Every rank stores every rank's: the
+        next epoch deals the samples to other ranks (a local solve sends ``N`` scalars)."""
+        n = next(iter(coefs.values())).shape[0]
+        table = torch.full((n, self.alpha.shape[1]), float("nan"), dtype=torch.float64,
+                           device=self.alpha.device)
+        for i, ci in coefs.items():
+            table[:, 0 if self.shared else i] = ci.to(table)
+        ids = self._ids
+        if ddp.is_distributed():
+            ids = ddp.gather_rows(ids)[0]
+            if self.local_solve:
+                table = ddp.gather_rows(table)[0]
+        if table.shape[0] != ids.shape[0]:
+            raise ValueError(f"FNGD saw {table.shape[0]} per-sample rows for {ids.shape[0]} "
+                             "samples: the model padded or split the batch; train with a batch "
+                             "size the model takes as it is")
+        self._grow(int(ids.max()) + 1)
+        self.alpha[ids] = table
+        self.alpha_epoch[ids] = self.epoch
+
+    def _average_over_ranks(self, directions: dict[int, torch.Tensor]) -> None:
+        """Local solves: average every parameter's step over ranks in one all-reduce of the
+        parameters' size (DDP's own traffic).  Parameters without a direction send their
+        gradient (averaging an already averaged gradient changes nothing, so this is also
+        right when the caller did not skip DDP's all-reduce with ``no_sync``)."""
+        parts = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                d = directions.get(id(p), p.grad)
+                if d is not None:
+                    parts.append((p, id(p) in directions, d))
+        if not parts:
+            return
+        flat = ddp.all_reduce_mean(torch.cat([d.reshape(-1).to(torch.float32 if d.dtype in (
+            torch.float16, torch.bfloat16) else d.dtype) for _, _, d in parts]))
+        offset = 0
+        for p, has_direction, d in parts:
+            avg = flat[offset:offset + d.numel()].view_as(d).to(d.dtype)
+            offset += d.numel()
+            if has_direction:
+                directions[id(p)] = avg
+            else:
+                p.grad.copy_(avg)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -332,7 +448,8 @@ class FNGD(torch.optim.Optimizer):
         sd = super().state_dict()
         sd["fngd"] = {"alpha": self.alpha.clone(), "alpha_epoch": self.alpha_epoch.clone(),
                       "epoch": self.epoch, "layer_names": list(self.layer_names),
-                      "shared": self.shared}
+                      "shared": self.shared, "reuse_steps": self._reuse_steps,
+                      "alignment": list(self.alignment), "resolves": self.resolves}
         return sd
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -353,3 +470,6 @@ class FNGD(torch.optim.Optimizer):
         self.alpha = extra["alpha"].to(device)
         self.alpha_epoch = extra["alpha_epoch"].to(device)
         self.epoch = int(extra["epoch"])
+        self._reuse_steps = int(extra.get("reuse_steps", 0))
+        self.alignment = [tuple(a) for a in extra.get("alignment", [])]
+        self.resolves = int(extra.get("resolves", 0))

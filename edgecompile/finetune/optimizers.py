@@ -40,7 +40,12 @@ def make(name: str, model: nn.Module, config) -> dict[str, torch.optim.Optimizer
                              refresh_every=config.alpha_refresh_every,
                              fallback_lr=config.fallback_lr, gram=config.fngd_gram,
                              coefficients=config.fngd_coefficients,
-                             normalize=config.fngd_normalize)}
+                             normalize=config.fngd_normalize,
+                             check_every=config.fngd_check_every,
+                             min_alignment=config.fngd_min_alignment,
+                             reuse_clip=config.fngd_reuse_clip,
+                             reuse_renormalize=config.fngd_reuse_renormalize,
+                             ddp_solve=config.fngd_ddp_solve)}
     if name == "kfac":
         return {"main": KFAC(model, lr=lr, damping=damping, momentum=mu, weight_decay=wd,
                              ema=config.kfac_ema, inverse_every=config.kfac_inverse_every,

@@ -9,6 +9,7 @@ available.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
@@ -20,8 +21,10 @@ import torch
 from torch import nn
 
 from . import checkpoint, ddp, optimizers
+from . import fngd as fngd_defaults
 from .data import FinetuneData, FinetuneDataError, batches, eval_batches
 from .fngd import FNGD
+from .layers import GRAM_DEFAULT
 from .objective import Objective, choose_objective, probe, resolve_kinds
 from .outputs import (TEACHER_CACHE_BYTES, TeacherOutputs, batch_first, find_batch_axes,
                       flatten_outputs)
@@ -65,14 +68,17 @@ class RecoverConfig:
     weight_decay: float = 0.0
     fallback_lr: float | None = None
     alpha_refresh_every: int | None = None
-    # "auto": per layer the cheaper exact Gram, per-sample gradients of a convolution formed
-    # only within FNGD's max_gram_elems (the bound "factor" keeps for its own temporaries).
-    # "factor" never forms them (issue 4) but its (N·positions)² products took > 300 s for one
-    # batch of 64 160x160 images on a 5M-parameter MobileNet-style CNN (2 cores) against 34 s
-    # for "auto" (bench/bench_finetune_kinds.py): recovery must stay practical on real CNNs.
-    fngd_gram: str = "auto"
+    # The library's one default (layers.GRAM_DEFAULT, exact and cheapest): "factor" never forms
+    # per-sample gradients but took > 300 s for one batch of 64 160x160 images on a 5M-parameter
+    # MobileNet-style CNN (2 cores) against 34 s for "auto" (bench/bench_finetune_kinds.py).
+    fngd_gram: str = GRAM_DEFAULT
     fngd_coefficients: str = "shared"
     fngd_normalize: str = "mean"
+    fngd_check_every: int | None = fngd_defaults.CHECK_EVERY
+    fngd_min_alignment: float = fngd_defaults.MIN_ALIGNMENT
+    fngd_reuse_clip: bool = fngd_defaults.REUSE_CLIP
+    fngd_reuse_renormalize: bool = fngd_defaults.REUSE_RENORMALIZE
+    fngd_ddp_solve: str = "local"
     lr_schedule: str = "cosine"
     kfac_ema: float = 0.95
     kfac_inverse_every: int = 10
@@ -398,18 +404,21 @@ class _Loop:
             self._set_lr(opt, global_step)
             if fngd is not None:
                 fngd.set_batch(b.ids)
-            outs = batch_first(flatten_outputs(self.model(*b.inputs)), self.axes)
-            targets = None if self.targets is None else self.targets.get(b.ids, b.inputs)
-            per_sample = self.objective.per_sample(outs, b.labels, targets)
-            mean = per_sample.detach().mean()
-            if not math.isfinite(float(mean)):
-                raise NonFiniteLossError(
-                    f"loss became {float(mean)} at epoch {epoch}, step {step} "
-                    f"(optimizer {cfg.optimizer}); lower the learning rate (lr) or raise "
-                    "the damping; checkpoints of finished epochs are kept")
-            loss = fngd.reduce(per_sample) if fngd is not None else per_sample.mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # A local FNGD solve averages its own step over ranks: DDP's all-reduce is skipped.
+            with (self.model.no_sync() if fngd is not None and fngd.averages_itself
+                  else contextlib.nullcontext()):
+                outs = batch_first(flatten_outputs(self.model(*b.inputs)), self.axes)
+                targets = None if self.targets is None else self.targets.get(b.ids, b.inputs)
+                per_sample = self.objective.per_sample(outs, b.labels, targets)
+                mean = per_sample.detach().mean()
+                if not math.isfinite(float(mean)):
+                    raise NonFiniteLossError(
+                        f"loss became {float(mean)} at epoch {epoch}, step {step} "
+                        f"(optimizer {cfg.optimizer}); lower the learning rate (lr) or raise "
+                        "the damping; checkpoints of finished epochs are kept")
+                loss = fngd.reduce(per_sample) if fngd is not None else per_sample.mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
             try:
                 opt.step()
             except FloatingPointError as err:

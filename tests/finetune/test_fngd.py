@@ -87,7 +87,8 @@ def test_normalization_only_rescales_the_exact_step(normalize):
 def test_stored_alpha_reuse_is_weighted_sum_of_per_sample_grads(name, coefficients):
     model = make(name)
     x, y = batch_for(name, 8)
-    opt = FNGD(model, lr=1.0, damping=LAMBDA, momentum=0.0, coefficients=coefficients)
+    opt = FNGD(model, lr=1.0, damping=LAMBDA, momentum=0.0, coefficients=coefficients,
+               reuse_clip=False, reuse_renormalize=False, check_every=None)
     _take_step(model, opt, x, y, torch.arange(8))
     # Second epoch: same samples, another order and half-batches -> reuse mode.
     opt.set_epoch(1)
@@ -140,7 +141,8 @@ def test_unsupported_params_get_sgd_on_their_gradient():
     losses = F.cross_entropy(model(x), y, reduction="none")
     g_ln = torch.autograd.grad(losses.mean(), model[1].weight)[0]
     w0 = model[1].weight.detach().clone()
-    opt = FNGD(model, lr=1.0, damping=LAMBDA, momentum=0.0, fallback_lr=0.3)
+    opt = FNGD(model, lr=1.0, damping=LAMBDA, momentum=0.0, fallback_lr=0.3,
+               reuse_clip=False, reuse_renormalize=False)
     _take_step(model, opt, x, y, torch.arange(6))
     torch.testing.assert_close(model[1].weight.detach(), w0 - 0.3 * g_ln)
     # Reuse: the same stored weights as every other layer, still at fallback_lr.
@@ -151,6 +153,51 @@ def test_unsupported_params_get_sgd_on_their_gradient():
     opt.set_epoch(1)
     _take_step(model, opt, x, y, torch.arange(6))
     torch.testing.assert_close(model[1].weight.detach(), w0 - 0.3 * g_ln)
+
+
+def test_reuse_clips_and_renormalizes_the_stored_coefficients():
+    model = make("mlp")
+    x, y = batch_for("mlp", 8)
+    opt = FNGD(model, lr=0.0, damping=1e-4, momentum=0.0, check_every=None)
+    _take_step(model, opt, x, y, torch.arange(8))
+    raw = opt.alpha_for(torch.arange(8))[:, 0]
+    assert (raw < 0).any()  # small damping: some samples get a negative weight
+    part = torch.tensor([6, 1, 3])
+    opt.set_epoch(1)
+    opt.set_batch(part)
+    assert opt.reusing
+    want = raw[part].clamp_min(0)
+    torch.testing.assert_close(opt._weights, want / want.sum())
+
+
+def test_drift_check_compares_a_fresh_solve_and_resolves_when_it_drops():
+    model = make("mlp")
+    x, y = batch_for("mlp", 8)
+    # min_alignment above 1: every check finds the stored coefficients stale.
+    opt = FNGD(model, lr=0.5, damping=LAMBDA, check_every=2, min_alignment=1.5)
+    _take_step(model, opt, x, y, torch.arange(8))
+    opt.set_epoch(1)
+    _take_step(model, opt, x[:4], y[:4], torch.arange(4))  # reuse 1
+    assert not opt.alignment
+    _take_step(model, opt, x[4:], y[4:], torch.arange(4, 8))  # reuse 2: a check
+    assert len(opt.alignment) == 1 and opt.resolves == 1
+    epoch, cos = opt.alignment[0]
+    assert epoch == 1 and -1.0 <= cos <= 1.0
+    # Dropped: only the checked batch keeps (fresh) coefficients; the others re-solve.
+    assert (opt.alpha_epoch[4:8] == 1).all() and (opt.alpha_epoch[:4] == -1).all()
+    opt.set_batch(torch.arange(4))
+    assert not opt.reusing
+
+
+def test_drift_cosine_is_one_for_an_unchanged_model():
+    model = make("mlp")
+    x, y = batch_for("mlp", 8)
+    opt = FNGD(model, lr=0.0, damping=LAMBDA, momentum=0.0, check_every=1,
+               reuse_clip=False, reuse_renormalize=False)
+    _take_step(model, opt, x, y, torch.arange(8))
+    opt.set_epoch(1)
+    _take_step(model, opt, x, y, torch.arange(8))  # lr 0: same model, same batch
+    assert opt.alignment[0][1] == pytest.approx(1.0, abs=1e-9) and opt.resolves == 0
 
 
 @pytest.mark.parametrize("coefficients", ["shared", "layer"])
