@@ -143,6 +143,10 @@ class RecoverResult:
     loss_description: str = ""
     #: Whether the teacher's outputs were cached (False: recomputed every step, or no teacher).
     teacher_cached: bool = False
+    #: FNGD's drift checks, ``(epoch, cosine)`` each (see ``FNGD.alignment``), and how many of
+    #: them found the stored coefficients stale and re-solved.
+    alignment: tuple[tuple[int, float], ...] = ()
+    resolves: int = 0
 
     @property
     def final_loss(self) -> float:
@@ -304,6 +308,9 @@ def recover(student: nn.Module, data: FinetuneData, config: RecoverConfig,
             if progress is not None:  # after the checkpoint: an interrupt here loses nothing
                 progress(stats)
     finally:
+        main = opts["main"]
+        drift = (tuple(main.alignment), main.resolves) if isinstance(main, FNGD) else ((), 0)
+        del main
         _release(opts, loop)
         del loop, model, opts
         if world > 1:
@@ -311,7 +318,7 @@ def recover(student: nn.Module, data: FinetuneData, config: RecoverConfig,
     state = {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
     return RecoverResult(config.optimizer, tuple(history), tuple(curve), str(device), world,
                          resumed, state, objective.description,
-                         targets is not None and targets.cached)
+                         targets is not None and targets.cached, *drift)
 
 
 def _teacher_outputs(teacher, data, sample, config, device):
