@@ -12,7 +12,7 @@ Tasks
                paper's Transformer experiment
 
 Rows: ``fngd`` is the library default (stored coefficients clipped at 0 and renormalized per
-batch, a drift check every 8 reused steps that re-solves below cosine 0.5); ``fngd-paper`` the
+batch, a drift check every 4 reused steps that re-solves below cosine 0.5); ``fngd-paper`` the
 paper's reuse (raw stored coefficients; the checks only measure, they never re-solve);
 ``fngd-clip`` clips only; ``fngd-renorm`` clips and renormalizes but never re-solves;
 ``fngd-r1`` re-solves every step (plain NGD); ``fngd-d1`` the default at damping 1.0.
@@ -40,7 +40,7 @@ from torch import nn
 from edgecompile.finetune import FinetuneData, RecoverConfig, recover
 
 #: Checks that measure but never re-solve (cosine threshold below any cosine).
-MEASURE = {"fngd_check_every": 8, "fngd_min_alignment": -2.0}
+MEASURE = {"fngd_check_every": 4, "fngd_min_alignment": -2.0}
 #: name -> (optimizer, extra RecoverConfig fields)
 OPTS = {"fngd": ("fngd", {}),
         "fngd-paper": ("fngd", dict(MEASURE, fngd_reuse_clip=False, fngd_reuse_renormalize=False)),
@@ -258,7 +258,7 @@ def run_task(name, make_student, data, epochs, target, grid, rows, device, eval_
     base1 = base_row[1].epochs[0].wall_s if base_row else float("nan")
     print(f"\n== {name}: target accuracy {target:.3f}, {epochs} epochs ==")
     print(f"{'optimizer':12s} {'lr':>7s} {'t→target s':>11s} {'ep→target':>10s} "
-          f"{'solve/AdamW':>12s} {'later/AdamW':>12s} {'final acc':>10s} {'align':>6s} "
+          f"{'solve/AdamW':>12s} {'later/AdamW':>12s} {'final acc':>10s} {'align/sgd':>9s} "
           f"{'re-solve':>8s} {'warm-up acc':>11s}")
     for opt, best in results.items():
         if best is None:
@@ -267,12 +267,13 @@ def run_task(name, make_student, data, epochs, target, grid, rows, device, eval_
         lr, res, cfg = best
         t, ep = time_to(res.curve, target)
         later = min(e.wall_s for e in res.epochs[1:]) / base
-        align = (f"{np.mean([c for _, c in res.alignment]):.2f}" if res.alignment else "—")
+        align = (f"{np.mean([a[1] for a in res.alignment]):.2f}/"
+                 f"{np.mean([a[2] for a in res.alignment]):.2f}" if res.alignment else "—")
         warm = warmup_accuracy(res, cfg) if cfg.optimizer == "twa" else None
         print(f"{opt:12s} {lr:7.3g} {(f'{t:.2f}') if t is not None else '—':>11s} "
               f"{(f'{ep:.2f}') if ep is not None else '—':>10s} "
               f"{res.epochs[0].wall_s / base1:12.2f} {later:12.2f} {res.final_accuracy:10.3f} "
-              f"{align:>6s} {res.resolves:8d} {(f'{warm:.3f}') if warm is not None else '—':>11s}")
+              f"{align:>9s} {res.resolves:8d} {(f'{warm:.3f}') if warm is not None else '—':>11s}")
     return {k: v[:2] for k, v in results.items() if v is not None}
 
 

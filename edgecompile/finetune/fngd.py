@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 #: Reused steps between drift checks (a fresh solve on that batch compared with its stored
 #: coefficients), and the cosine below which the stored coefficients are re-solved.
-CHECK_EVERY = 8
+CHECK_EVERY = 4
 MIN_ALIGNMENT = 0.5
 #: What a reused step does to the stored coefficients: clip negatives, rescale to sum 1.
 REUSE_CLIP = True
@@ -163,8 +163,8 @@ class FNGD(torch.optim.Optimizer):
         self.local_solve = ddp_solve == "local"
         self._reuse_steps = 0
         self._stored: torch.Tensor | None = None  # stored coefficients of a checked batch
-        #: ``(epoch, cosine)`` of every drift check: the alignment of the stored-coefficient
-        #: direction with a fresh solve on the same batch.
+        #: ``(epoch, cosine, uniform cosine)`` of every drift check: how the stored-coefficient
+        #: direction, and the plain mean gradient, align with a fresh solve on the same batch.
         self.alignment: list[tuple[int, float]] = []
         #: How many times a drift check found the stored coefficients stale.
         self.resolves = 0
@@ -333,16 +333,19 @@ class FNGD(torch.optim.Optimizer):
         stored = self._stored.to(torch.float64)
         if ddp.is_distributed() and not self.local_solve:
             stored = ddp.gather_rows(stored.contiguous())[0]
-        terms = torch.zeros(3, dtype=torch.float64, device=stored.device)
+        terms = torch.zeros(5, dtype=torch.float64, device=stored.device)
         for K, fresh, col in pairs:
             K64, a, st = K.to(torch.float64), fresh.to(torch.float64), stored[:, col]
-            Ks = K64 @ st
-            terms += torch.stack([a @ Ks, a @ (K64 @ a), st @ Ks]).to(terms.device)
+            Ks, Ka = K64 @ st, K64 @ a
+            terms += torch.stack([a @ Ks, a @ Ka, st @ Ks, Ka.sum(), K64.sum()]).to(terms.device)
         cos = terms[0] / (terms[1] * terms[2]).sqrt().clamp_min(1e-300)
+        # The plain mean gradient (uniform weights, SGD's direction) against the same solve.
+        sgd = terms[3] / (terms[1] * terms[4]).sqrt().clamp_min(1e-300)
+        both = torch.stack([cos, sgd])
         if ddp.is_distributed() and self.local_solve:
-            cos = ddp.all_reduce_mean(cos.reshape(1))[0]
-        cos = float(cos)
-        self.alignment.append((self.epoch, cos))
+            both = ddp.all_reduce_mean(both)
+        cos, sgd = both.tolist()
+        self.alignment.append((self.epoch, cos, sgd))
         if cos < self.min_alignment:
             self.alpha_epoch.fill_(-1)
             self.resolves += 1

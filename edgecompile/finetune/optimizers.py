@@ -57,7 +57,8 @@ def make(name: str, model: nn.Module, config) -> dict[str, torch.optim.Optimizer
     if config.twa_base == "twa":
         raise ValueError("twa_base must be a plain optimizer (sgd, adamw, fngd, kfac), not twa")
     base = make(check_name(config.twa_base), model, _with_lr(config, None))["main"]
-    return {"main": TWA(params, lr=lr, momentum=mu, weight_decay=wd), "base": base}
+    return {"main": TWA(params, lr=lr, momentum=mu, weight_decay=wd,
+                        per_layer=config.twa_per_layer), "base": base}
 
 
 def _with_lr(config, lr):

@@ -28,7 +28,7 @@ from .layers import GRAM_DEFAULT
 from .objective import Objective, choose_objective, probe, resolve_kinds
 from .outputs import (TEACHER_CACHE_BYTES, TeacherOutputs, batch_first, find_batch_axes,
                       flatten_outputs)
-from .twa import TWA
+from .twa import TWA, reestimate_batchnorm
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
@@ -79,13 +79,19 @@ class RecoverConfig:
     fngd_reuse_clip: bool = fngd_defaults.REUSE_CLIP
     fngd_reuse_renormalize: bool = fngd_defaults.REUSE_RENORMALIZE
     fngd_ddp_solve: str = "local"
+    # Every epoch the batches of the first (only their order shuffled), for FNGD: stored
+    # coefficients are reused in the batch they were solved in (bench/bench_finetune.py).
+    fngd_fixed_batches: bool = False
     lr_schedule: str = "cosine"
     kfac_ema: float = 0.95
     kfac_inverse_every: int = 10
     kfac_kl_clip: float | None = 1e-3
     twa_warmup_epochs: int = 1
-    twa_checkpoints: int = 8
+    # TWA's basis: weights collected along the whole warm-up trajectory (up to this many,
+    # evenly spaced in steps; the papers use ~100), D × K / world floats per rank.
+    twa_checkpoints: int = 100
     twa_base: str = "sgd"
+    twa_per_layer: bool = False  # journal version: one coefficient vector per tensor
     distill: str = "auto"  # "auto": loss by output kind; "kl" / "mse" on every output
     temperature: float = 2.0
     embedding_mse: float = 0.0  # weight of normalized MSE next to 1-cos on embeddings
@@ -143,9 +149,9 @@ class RecoverResult:
     loss_description: str = ""
     #: Whether the teacher's outputs were cached (False: recomputed every step, or no teacher).
     teacher_cached: bool = False
-    #: FNGD's drift checks, ``(epoch, cosine)`` each (see ``FNGD.alignment``), and how many of
+    #: FNGD's drift checks, ``(epoch, cosine, uniform cosine)`` each (see ``FNGD.alignment``), and how many of
     #: them found the stored coefficients stale and re-solved.
-    alignment: tuple[tuple[int, float], ...] = ()
+    alignment: tuple[tuple[int, float, float], ...] = ()
     resolves: int = 0
 
     @property
@@ -368,8 +374,8 @@ class _Loop:
         self.device, self.curve, self.clock = device, curve, clock
         self.steps_per_epoch, self.base_lrs = steps_per_epoch, base_lrs
         self.total_steps = steps_per_epoch * config.epochs
-        warm = config.twa_warmup_epochs * steps_per_epoch
-        self.twa_every = max(1, warm // max(1, config.twa_checkpoints - 1))
+        self.warm_steps = warm = config.twa_warmup_epochs * steps_per_epoch
+        self.twa_every = max(1, -(-warm // config.twa_checkpoints))
 
     def _optimizer(self, epoch: int) -> torch.optim.Optimizer:
         if "base" in self.opts and epoch < self.config.twa_warmup_epochs:
@@ -379,7 +385,13 @@ class _Loop:
     def _set_lr(self, opt, global_step: int) -> None:
         if self.config.lr_schedule == "constant":
             return
-        f = lr_factor(self.config.lr_schedule, global_step, self.total_steps)
+        step, total = global_step, self.total_steps
+        if "base" in self.opts:  # TWA: each phase its own schedule, as in the paper's code
+            if opt is self.opts["base"]:
+                total = self.warm_steps
+            else:
+                step, total = step - self.warm_steps, total - self.warm_steps
+        f = lr_factor(self.config.lr_schedule, step, total)
         key = next(k for k, o in self.opts.items() if o is opt)
         for group, (lr, fallback) in zip(opt.param_groups, self.base_lrs[key]):
             group["lr"] = lr * f
@@ -403,11 +415,11 @@ class _Loop:
         clock0 = self.clock
         _sync(self.device)
         t0 = time.perf_counter()
+        fixed = cfg.fngd_fixed_batches and cfg.optimizer == "fngd"
         for step, b in enumerate(batches(self.data, cfg.batch_size, epoch, cfg.seed,
-                                         self.device, ddp.rank(), ddp.world_size())):
+                                         self.device, ddp.rank(), ddp.world_size(),
+                                         fixed=fixed)):
             global_step = epoch * self.steps_per_epoch + step
-            if twa is not None and opt is not twa and global_step % self.twa_every == 0:
-                twa.collect()
             self._set_lr(opt, global_step)
             if fngd is not None:
                 fngd.set_batch(b.ids)
@@ -431,6 +443,8 @@ class _Loop:
             except FloatingPointError as err:
                 raise NonFiniteLossError(f"epoch {epoch}, step {step}: {err}") from err
             _apply_masks(self.masks)
+            if twa is not None and opt is not twa and (global_step + 1) % self.twa_every == 0:
+                twa.collect()  # the trajectory of the warm-up phase
             total += mean * len(b.ids)
             count += len(b.ids)
             c, k = self.objective.correct_t([o.detach() for o in outs], b.labels)
@@ -442,9 +456,15 @@ class _Loop:
                 self._record(epoch, step + 1)
                 t0 = time.perf_counter()
         if twa is not None and opt is not twa and epoch + 1 == cfg.twa_warmup_epochs:
-            twa.collect()
+            if len(twa.checkpoints) < 2:
+                twa.collect()
             getattr(opt, "remove_hooks", lambda: None)()
             twa.build_subspace()
+        if twa is not None and epoch + 1 >= cfg.twa_warmup_epochs:
+            # Batch-norm statistics of the averaged (then subspace-trained) weights.
+            reestimate_batchnorm(self.student, (b.inputs for b in batches(
+                self.data, cfg.batch_size, epoch, cfg.seed, self.device, ddp.rank(),
+                ddp.world_size())))
         _sync(self.device)
         self.clock += time.perf_counter() - t0
         stats = torch.stack([total, total.new_tensor(count), correct.to(total.dtype),

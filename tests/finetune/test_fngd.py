@@ -181,8 +181,8 @@ def test_drift_check_compares_a_fresh_solve_and_resolves_when_it_drops():
     assert not opt.alignment
     _take_step(model, opt, x[4:], y[4:], torch.arange(4, 8))  # reuse 2: a check
     assert len(opt.alignment) == 1 and opt.resolves == 1
-    epoch, cos = opt.alignment[0]
-    assert epoch == 1 and -1.0 <= cos <= 1.0
+    epoch, cos, sgd = opt.alignment[0]
+    assert epoch == 1 and -1.0 <= cos <= 1.0 and -1.0 <= sgd <= 1.0
     # Dropped: only the checked batch keeps (fresh) coefficients; the others re-solve.
     assert (opt.alpha_epoch[4:8] == 1).all() and (opt.alpha_epoch[:4] == -1).all()
     opt.set_batch(torch.arange(4))

@@ -128,3 +128,14 @@ def test_npz_loading(tmp_path):
     with pytest.raises(FinetuneDataError, match="has no 'x' array"):
         FinetuneData.from_npz(tmp_path / "bad.npz")
     assert copy.copy(d) is not None
+
+
+def test_fixed_batches_keep_their_samples_together_across_epochs():
+    from edgecompile.finetune.data import batches
+    x, y = _data(50)
+    data = FinetuneData.from_arrays(x, y)
+    def sets(epoch, fixed):
+        return [frozenset(b.ids.tolist()) for b in batches(data, 16, epoch, 0, "cpu", fixed=fixed)]
+    first, second = sets(0, True), sets(1, True)
+    assert sorted(map(sorted, first)) == sorted(map(sorted, second)) and first != second
+    assert set(sets(1, False)) != set(first)  # the default reshuffles samples
