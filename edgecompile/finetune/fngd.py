@@ -214,11 +214,14 @@ class FNGD(torch.optim.Optimizer):
     def _reuse_coefficients(self, coef: torch.Tensor) -> torch.Tensor:
         """Stored coefficients as a reused step applies them: negative ones clipped to 0
         (``reuse_clip``), then rescaled to sum to 1 in this batch (``reuse_renormalize``, with
-        ``normalize="mean"``; a column that sums to <= 0 falls back to the plain mean)."""
+        ``normalize="mean"``, over the global batch for ``ddp_solve="global"``; a column that
+        sums to <= 0 falls back to the plain mean)."""
         if self.reuse_clip:
             coef = coef.clamp_min(0)
         if self.reuse_renormalize and self.normalize == "mean":
             total = coef.sum(0, keepdim=True)
+            if ddp.is_distributed() and not self.local_solve:  # the global batch sums to 1
+                total = ddp.all_reduce(total.contiguous())
             uniform = torch.full_like(coef, 1.0 / coef.shape[0])
             coef = torch.where(total > 0, coef / total.clamp_min(1e-300), uniform)
         return coef
