@@ -209,7 +209,14 @@ class FNGD(torch.optim.Optimizer):
             self.hooks.set_mode("off" if coef is not None else "capture")
             self._weights = None if coef is None else coef[:, 0]
         else:
-            self.hooks.set_mode("capture" if coef is None else "reuse", coef)
+            self.hooks.set_mode("capture" if coef is None else "reuse", coef, self._ddp_scale)
+
+    @property
+    def _ddp_scale(self) -> int:
+        """Multiplier of a reused step's loss that DDP's gradient averaging divides out: the
+        world size when the coefficients sum to 1 over the global batch, 1 when they sum to 1
+        on every rank (local solves)."""
+        return 1 if self.local_solve else ddp.world_size()
 
     def _reuse_coefficients(self, coef: torch.Tensor) -> torch.Tensor:
         """Stored coefficients as a reused step applies them: negative ones clipped to 0
@@ -240,8 +247,9 @@ class FNGD(torch.optim.Optimizer):
     def reduce(self, losses: torch.Tensor) -> torch.Tensor:
         """The training loss to differentiate, from per-sample losses ``[N]`` (or ``[N, …]``,
         averaged over the trailing dims): ``Σ cᵢ ℓᵢ`` when reusing shared coefficients (times
-        the world size, which DDP's gradient averaging divides out), else their mean (or sum
-        with ``reduction="sum"``)."""
+        the world size for global solves, whose coefficients sum to 1 over the global batch:
+        DDP's gradient averaging divides it out), else their mean (or sum with
+        ``reduction="sum"``)."""
         if losses.dim() > 1:
             losses = losses.reshape(losses.shape[0], -1).mean(1)
         if self._weights is None:
@@ -251,7 +259,7 @@ class FNGD(torch.optim.Optimizer):
                              f"got {self._weights.shape[0]} sample ids")
         self._reduced = True
         w = self._weights.to(losses.dtype)
-        return (losses * w).sum() * ddp.world_size()
+        return (losses * w).sum() * self._ddp_scale
 
     def alpha_for(self, sample_ids: torch.Tensor) -> torch.Tensor:
         """Stored coefficients of the given samples, ``[n, columns]`` (NaN where none yet)."""

@@ -83,7 +83,7 @@ def _local_worker(rank, world, port, out):
         x, y = data.inputs[0][:16], data.labels[:16]
         mine = slice(8 * rank, 8 * rank + 8)
         wrapped = nn.parallel.DistributedDataParallel(model)
-        opt = FNGD(model, lr=0.1, damping=0.05, momentum=0.0)
+        opt = FNGD(model, lr=0.1, damping=0.05, momentum=0.0, check_every=None)
         before = [p.detach().clone() for p in model.parameters()]
         ddp.traffic.reset()
         opt.set_batch(torch.arange(16)[mine])
@@ -92,10 +92,32 @@ def _local_worker(rank, world, port, out):
             loss = opt.reduce(F.cross_entropy(wrapped(x[mine]), y[mine], reduction="none"))
             loss.backward()
         opt.step()
+        moves = [b - p.detach() for b, p in zip(before, model.parameters())]
+        bytes_, alpha = ddp.traffic.bytes, opt.alpha_for(torch.arange(16))
+        # A reused step (the halves dealt the other way round): the mean over ranks of each
+        # rank's Σ cᵢ gᵢ, with its stored coefficients clipped and summing to 1 on the rank.
+        twin = _setup()[0]  # the same weights, without FNGD's hooks
+        twin.load_state_dict(model.state_dict())
+        want = [torch.zeros_like(p) for p in twin.parameters()]
+        for half in (slice(0, 8), slice(8, 16)):
+            c = alpha[half, 0].clamp_min(0)
+            c = (c / c.sum()).to(x.dtype)
+            losses = F.cross_entropy(twin(x[half]), y[half], reduction="none")
+            for w, g in zip(want, torch.autograd.grad((losses * c).sum(), list(twin.parameters()))):
+                w += 0.1 * g / 2
+        opt.set_epoch(1)
+        other = slice(8 * (1 - rank), 8 * (1 - rank) + 8)
+        opt.set_batch(torch.arange(16)[other])
+        assert opt.reusing
+        before = [p.detach().clone() for p in model.parameters()]
+        loss = opt.reduce(F.cross_entropy(wrapped(x[other]), y[other], reduction="none"))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        reused = [b - p.detach() for b, p in zip(before, model.parameters())]
         if rank == 0:
-            torch.save({"moves": [b - p.detach() for b, p in zip(before, model.parameters())],
-                        "bytes": ddp.traffic.bytes, "alpha": opt.alpha_for(torch.arange(16))},
-                       out)
+            torch.save({"moves": moves, "bytes": bytes_, "alpha": alpha, "reused": reused,
+                        "want": want}, out)
         del wrapped
     finally:
         ddp.shutdown()
@@ -121,6 +143,8 @@ def test_local_solves_average_the_per_rank_steps_and_send_one_all_reduce(tmp_pat
     for m, a, b in zip(got["moves"], *moves):
         torch.testing.assert_close(m, (a + b) / 2, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(got["alpha"], torch.cat(alphas))  # every rank stores all
+    for r, w in zip(got["reused"], got["want"]):
+        torch.testing.assert_close(r, w, rtol=1e-9, atol=1e-12)
     params = sum(p.numel() for p in model.parameters())
     # One all-reduce of the parameters (ring: 2·S·(W-1)/W = S at W=2) plus the reuse flag (float32) and
     # the 8 ids and coefficients per rank, whatever the layers' inputs are.
