@@ -51,7 +51,7 @@ OPTS = {"fngd": ("fngd", {}),
         "sgd": ("sgd", {}), "adamw": ("adamw", {}), "kfac": ("kfac", {}), "twa": ("twa", {})}
 SHARED = [0.05, 0.1, 0.2]
 GRIDS = dict({k: SHARED for k in OPTS if k.startswith("fngd")}, sgd=SHARED, kfac=SHARED,
-             adamw=[1e-3, 3e-3, 1e-2], twa=[0.1, 0.3, 1.0])
+             adamw=[1e-3, 3e-3, 1e-2], twa=[0.03, 0.1, 0.3])
 
 
 # ------------------------------------------------------------------ data and models

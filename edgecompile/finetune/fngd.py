@@ -162,6 +162,7 @@ class FNGD(torch.optim.Optimizer):
         self.reuse_clip, self.reuse_renormalize = reuse_clip, reuse_renormalize
         self.local_solve = ddp_solve == "local"
         self._reuse_steps = 0
+        self._solve_until = -1  # no reuse up to this epoch (after a failed drift check)
         self._stored: torch.Tensor | None = None  # stored coefficients of a checked batch
         #: ``(epoch, cosine, uniform cosine)`` of every drift check: how the stored-coefficient
         #: direction, and the plain mean gradient, align with a fresh solve on the same batch.
@@ -191,7 +192,7 @@ class FNGD(torch.optim.Optimizer):
         fresh = stamp >= 0
         if self.refresh_every is not None:
             fresh &= (self.epoch - stamp) < self.refresh_every
-        reuse = bool(fresh.all())
+        reuse = bool(fresh.all()) and self.epoch > self._solve_until
         if ddp.is_distributed():  # every rank must take the same branch (collectives in step)
             flag = torch.tensor(float(reuse), device=ids.device)
             ddp.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
@@ -200,7 +201,7 @@ class FNGD(torch.optim.Optimizer):
         coef = self._reuse_coefficients(self.alpha[ids]) if reuse else None
         if reuse and self.check_every is not None:
             self._reuse_steps += 1
-            if self._reuse_steps % self.check_every == 0:
+            if self._reuse_steps % self.check_every == 1 % self.check_every:
                 # A drift check: this batch is solved afresh and its stored coefficients are
                 # only compared with the fresh ones (in _solve).
                 self._stored, coef = coef, None
@@ -360,6 +361,8 @@ class FNGD(torch.optim.Optimizer):
         if cos < self.min_alignment:
             self.alpha_epoch.fill_(-1)
             self.resolves += 1
+            # Back off: solve every step for 1, 2, 4, … more epochs before trusting reuse again.
+            self._solve_until = self.epoch + 2 ** (self.resolves - 1)
             log.info("FNGD: stored coefficients point along the natural gradient at cosine "
                      "%.2f < %.2f (epoch %d); re-solving", cos, self.min_alignment, self.epoch)
 
@@ -463,7 +466,8 @@ class FNGD(torch.optim.Optimizer):
         sd["fngd"] = {"alpha": self.alpha.clone(), "alpha_epoch": self.alpha_epoch.clone(),
                       "epoch": self.epoch, "layer_names": list(self.layer_names),
                       "shared": self.shared, "reuse_steps": self._reuse_steps,
-                      "alignment": list(self.alignment), "resolves": self.resolves}
+                      "alignment": list(self.alignment), "resolves": self.resolves,
+                      "solve_until": self._solve_until}
         return sd
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -487,3 +491,4 @@ class FNGD(torch.optim.Optimizer):
         self._reuse_steps = int(extra.get("reuse_steps", 0))
         self.alignment = [tuple(a) for a in extra.get("alignment", [])]
         self.resolves = int(extra.get("resolves", 0))
+        self._solve_until = int(extra.get("solve_until", -1))

@@ -1,15 +1,24 @@
 """Building the optimizers of the recovery harness from one config, with per-optimizer
-default hyper-parameters (tuned on the digits recovery benchmark, ``bench/bench_finetune.py``)."""
+default hyper-parameters (tuned on the digits recovery benchmark, ``bench/bench_finetune.py``),
+and ``"auto"``: the optimizer the benchmark measured fastest for the model's kind."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from . import layers
+
 from .fngd import FNGD
 from .kfac import KFAC
 from .twa import TWA
 
-OPTIMIZERS = ("fngd", "adamw", "sgd", "kfac", "twa")
+OPTIMIZERS = ("auto", "fngd", "adamw", "sgd", "kfac", "twa")
+
+#: ``"auto"``: model kind -> optimizer, by time to the target accuracy in
+#: ``bench/bench_finetune.py`` (CPU, 1 thread; seconds of training, "—": target not reached):
+#:
+#: AUTO_TABLE
+AUTO = {"conv": "adamw", "sequence": "kfac", "dense": "adamw"}
 
 #: Default learning rate and damping per optimizer (``None``: not used).
 DEFAULTS: dict[str, dict[str, float | None]] = {
@@ -17,8 +26,39 @@ DEFAULTS: dict[str, dict[str, float | None]] = {
     "adamw": {"lr": 1e-3, "damping": None},
     "sgd": {"lr": 0.05, "damping": None},
     "kfac": {"lr": 0.05, "damping": 1e-3},
-    "twa": {"lr": 0.5, "damping": None},
+    "twa": {"lr": 0.1, "damping": None},  # its own schedule from this lr: 0.3 diverged
 }
+
+
+def model_kind(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> str:
+    """``"conv"`` when convolutions hold most of the weights FNGD/K-FAC precondition,
+    ``"sequence"`` when a Linear layer sees a sequence (``[N, T, d]``) or an embedding is
+    present, else ``"dense"``; one forward pass on ``inputs`` (a couple of samples)."""
+    hooked = [m for m in model.modules() if layers.is_supported(m)]
+    conv = sum(m.weight.numel() for m in hooked if isinstance(m, (nn.Conv1d, nn.Conv2d)))
+    if conv * 2 >= sum(m.weight.numel() for m in hooked) > 0:
+        return "conv"
+    seen = []
+    handles = [m.register_forward_hook(lambda m, a, o: seen.append(a[0].dim() > 2))
+               for m in hooked if isinstance(m, nn.Linear)]
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    if any(seen) or any(isinstance(m, nn.Embedding) for m in hooked):
+        return "sequence"
+    return "dense"
+
+
+def resolve(name: str, model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[str, str]:
+    """``(optimizer, why)``: ``name`` itself, or for ``"auto"`` the :data:`AUTO` choice."""
+    check_name(name)
+    if name != "auto":
+        return name, "chosen"
+    kind = model_kind(model, inputs)
+    return AUTO[kind], f"auto: {kind} model"
 
 
 def check_name(name: str) -> str:
@@ -30,7 +70,8 @@ def check_name(name: str) -> str:
 def make(name: str, model: nn.Module, config) -> dict[str, torch.optim.Optimizer]:
     """The optimizers for ``config.optimizer``: ``{"main": …}`` plus ``"base"`` for TWA's
     warm-up phase (plain SGD with momentum, or ``config.twa_base``)."""
-    check_name(name)
+    if check_name(name) == "auto":
+        raise ValueError("optimizers.make needs a concrete optimizer; resolve 'auto' first")
     lr = config.lr if config.lr is not None else DEFAULTS[name]["lr"]
     damping = config.damping if config.damping is not None else DEFAULTS[name]["damping"]
     params = [p for p in model.parameters() if p.requires_grad]

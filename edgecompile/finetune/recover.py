@@ -1,6 +1,8 @@
 """The short recovery loop after compression: ``recover(student, data, config, teacher, masks)``.
 
-Used by ``edgecompile build --finetune DATA --optimizer fngd|adamw|sgd|kfac|twa --epochs N``.
+Used by ``edgecompile build --finetune DATA --optimizer auto|fngd|adamw|sgd|kfac|twa --epochs N``
+(``auto``, the default: the optimizer ``bench/bench_finetune.py`` measured fastest for the
+model's kind, :data:`.optimizers.AUTO`).
 Cross-entropy when the data has labels, distillation of every output from the teacher
 otherwise, with a loss per output kind (:mod:`.objective`); the teacher's outputs computed once
 and cached (:class:`.outputs.TeacherOutputs`); pruning masks re-applied after every step; a checkpoint per epoch; DDP
@@ -15,7 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -59,7 +61,7 @@ class RecoverConfig:
     """Recovery fine-tuning settings (``None`` learning rate/damping: per-optimizer default,
     see :data:`edgecompile.finetune.optimizers.DEFAULTS`)."""
 
-    optimizer: str = "fngd"
+    optimizer: str = "auto"  # per model kind, see optimizers.AUTO
     epochs: int = 3
     batch_size: int = 64
     lr: float | None = None
@@ -274,6 +276,11 @@ def recover(student: nn.Module, data: FinetuneData, config: RecoverConfig,
                                  temperature=config.temperature,
                                  embedding_mse=config.embedding_mse)
     log.info("fine-tuning loss: %s", objective.description)
+    name, why = optimizers.resolve(config.optimizer, student,
+                                   tuple(x[:2].to(device) for x in data.inputs))
+    if name != config.optimizer:
+        log.info("fine-tuning optimizer: %s (%s)", name, why)
+        config = replace(config, optimizer=name)
     model = student
     if world > 1:
         model = nn.parallel.DistributedDataParallel(
