@@ -277,6 +277,63 @@ def run_task(name, make_student, data, epochs, target, grid, rows, device, eval_
     return {k: v[:2] for k, v in results.items() if v is not None}
 
 
+def step_costs(name, make_student, data, device, steps=10, rounds=3):
+    """Training-step cost (ms) of AdamW, an FNGD solve step (the default exact Gram, and
+    ``gram="factor"``), an FNGD reused step and K-FAC
+    (its inverse every 10 steps, amortized) on one batch of 64: the mean over ``steps`` steps,
+    the best of ``rounds`` rounds, the optimizers interleaved so a busy machine slows all."""
+    import time
+    from edgecompile.finetune import FNGD, KFAC
+    n = 64
+    xs = tuple(x[:n].to(device) for x in data.inputs)
+    y = data.labels[:n].to(device)
+    ids = torch.arange(n)
+
+    def per_sample(model):
+        out = model(*xs)
+        return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1),
+                                           reduction="none").view(n, -1).mean(1)
+
+    runs = {}
+    for label in ("adamw", "fngd solve", "fngd reuse", "fngd factor", "kfac"):
+        model = make_student()[0].to(device)
+        opt = {"adamw": lambda m: torch.optim.AdamW(m.parameters(), lr=1e-4),
+               "fngd solve": lambda m: FNGD(m, lr=1e-4, check_every=None),
+               "fngd reuse": lambda m: FNGD(m, lr=1e-4, check_every=None),
+               "fngd factor": lambda m: FNGD(m, lr=1e-4, gram="factor"),
+               "kfac": lambda m: KFAC(m, lr=1e-4)}[label](model)
+        runs[label] = (model, opt)
+
+    def one(label):
+        model, opt = runs[label]
+        if label == "fngd reuse":
+            opt.set_batch(ids)  # solved once below, reused from then on
+        losses = per_sample(model)
+        loss = opt.reduce(losses) if label == "fngd reuse" else losses.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for label in runs:  # warm-up (and the one solve the reused steps need)
+        one(label)
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(rounds):
+        spent = dict.fromkeys(runs, 0.0)
+        for _ in range(steps):
+            for label in runs:
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                one(label)
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                spent[label] += time.perf_counter() - t0
+        best = {k: min(best[k], 1e3 * spent[k] / steps) for k in runs}
+    base = best["adamw"]
+    print(f"\n{name}: ms per training step, batch 64 (× AdamW): " + ", ".join(
+        f"{k} {v:.2f} ({v / base:.2f}×)" for k, v in best.items()))
+
+
 TASKS = ("digits-cnn", "digits-tf", "mnist1d-res", "reverse-s2s")
 
 
@@ -322,6 +379,7 @@ def main():
         # The transformer loses everything to this compression (0.10) and no optimizer gets
         # back within 1% of it in 6 epochs: its target is 0.5, the same for every optimizer.
         target = 0.99 * ref if name == "digits-cnn" else 0.5
+        step_costs(name, make_student, data, args.device)
         results[name] = run_task(name, make_student, data, 6, target, grid, rows, args.device, 5)
 
     def scratch(cls):
@@ -330,16 +388,16 @@ def main():
             return cls(), None
         return make
 
-    if "mnist1d-res" in tasks:
-        x, y, xt, yt = mnist1d()
-        results["mnist1d-res"] = run_task("mnist1d-res", scratch(ResNet1d),
-                                          FinetuneData.from_arrays(x, y, xt, yt), 8, 0.85, grid,
-                                          rows, args.device, 10)
-    if "reverse-s2s" in tasks:
-        x, y, xt, yt = reverse_task()
-        results["reverse-s2s"] = run_task("reverse-s2s", scratch(Seq2Seq),
-                                          FinetuneData.from_arrays(x, y, xt, yt), 6, 0.9, grid,
-                                          rows, args.device, 10)
+    for name, cls, make_data, epochs, target in (
+            ("mnist1d-res", ResNet1d, mnist1d, 8, 0.85),
+            ("reverse-s2s", Seq2Seq, reverse_task, 6, 0.9)):
+        if name not in tasks:
+            continue
+        x, y, xt, yt = make_data()
+        data = FinetuneData.from_arrays(x, y, xt, yt)
+        step_costs(name, scratch(cls), data, args.device)
+        results[name] = run_task(name, scratch(cls), data, epochs, target, grid, rows,
+                                 args.device, 10)
     plot(results, args.out)
     print(f"\nplot: {args.out}")
 
