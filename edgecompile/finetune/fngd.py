@@ -31,8 +31,13 @@ Conventions
 * Build the loss with :meth:`FNGD.reduce` from the per-sample losses (mean in solve steps,
   ``Σ cᵢ ℓᵢ`` in shared-reuse steps).  A plain mean loss also works in solve steps and in
   ``"layer"`` mode (``reduction`` says whether it is a mean or a sum).
-* Under DDP, the Gram matrix and ``α`` are those of the global batch (layer inputs and output
-  gradients are gathered from all ranks), and every rank stores the whole global batch's ``α``.
+* Under DDP (``ddp_solve="local"``, default) each rank solves ``α`` on its own samples (the
+  Gram matrix of the global batch restricted to its diagonal blocks, one per rank) and the
+  step is the mean over ranks of ``U_r α_r``: one all-reduce of the parameters' size, which
+  replaces DDP's own in solve steps (:attr:`FNGD.averages_itself`; ``recover`` skips DDP's
+  with ``no_sync``).  ``"global"`` gathers every layer's inputs and output gradients for the
+  exact global Gram matrix, traffic ∝ batch × world (``bench/bench_finetune_ddp.py``).  Every
+  rank stores every rank's ``α`` (``N`` scalars sent per solve).
 * Parameters outside Linear/Conv1d/Conv2d/Embedding layers (norms, free tensors), and layers
   whose hooks did not fire (called functionally), get SGD with momentum with learning rate
   ``fallback_lr`` (default: ``lr``) on their gradient: the mean gradient in solve steps, the
@@ -96,6 +101,16 @@ class FNGD(torch.optim.Optimizer):
         ``"shared"`` (one ``α`` for the network) or ``"layer"`` (one per layer).
     normalize:
         ``"mean"``, ``"norm"`` or ``"none"``: per-batch rescaling of the coefficients.
+    check_every, min_alignment:
+        Drift checks: the first reused step and every ``check_every``-th after it solve afresh
+        and compare (:attr:`alignment`); below ``min_alignment`` the stored coefficients are
+        dropped and reuse backs off for 1, 2, 4, … epochs.  ``None``: never check.
+    reuse_clip, reuse_renormalize:
+        What a reused step does to the stored coefficients: clip negatives to 0, rescale them
+        to sum to 1 in the new batch (with ``normalize="mean"``).
+    ddp_solve:
+        ``"local"`` (each rank solves on its own samples) or ``"global"`` (the exact global
+        batch; gathers every layer's inputs and output gradients).
 
     Usage
     -----

@@ -33,7 +33,7 @@ def _setup():
 
 #: optimizer label -> RecoverConfig fields
 EXACT = {"fngd": dict(optimizer="fngd", fngd_ddp_solve="global"), "kfac": dict(optimizer="kfac"),
-         "twa": dict(optimizer="twa", epochs=3, twa_warmup_epochs=1),
+         "twa": dict(optimizer="twa", epochs=3, twa_warmup_epochs=1, twa_per_layer=False),
          "twa-layer": dict(optimizer="twa", epochs=3, twa_warmup_epochs=1, twa_per_layer=True)}
 
 
