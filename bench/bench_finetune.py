@@ -12,7 +12,7 @@ Tasks
                paper's Transformer experiment
 
 Rows: ``fngd`` is the library default (stored coefficients clipped at 0 and renormalized per
-batch, a drift check every 4 reused steps that re-solves below cosine 0.5); ``fngd-paper`` the
+batch, a drift check every 4 reused steps that re-solves below cosine 0.7); ``fngd-paper`` the
 paper's reuse (raw stored coefficients; the checks only measure, they never re-solve);
 ``fngd-clip`` clips only; ``fngd-renorm`` clips and renormalizes but never re-solves;
 ``fngd-r1`` re-solves every step (plain NGD); ``fngd-d1`` the default at damping 1.0.

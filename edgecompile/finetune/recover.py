@@ -280,7 +280,7 @@ def recover(student: nn.Module, data: FinetuneData, config: RecoverConfig,
                                  embedding_mse=config.embedding_mse)
     log.info("fine-tuning loss: %s", objective.description)
     name, why = optimizers.resolve(config.optimizer, student,
-                                   tuple(x[:2].to(device) for x in data.inputs))
+                                   tuple(x[:2].to(device) for x in data.inputs), config.epochs)
     if name != config.optimizer:
         log.info("fine-tuning optimizer: %s (%s)", name, why)
         config = replace(config, optimizer=name)

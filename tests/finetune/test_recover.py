@@ -151,4 +151,10 @@ def test_auto_picks_the_optimizer_by_model_kind():
     assert model_kind(_net(), (torch.randn(2, 6),)) == "dense"
     x, y = _data()
     res = recover(_net(), FinetuneData.from_arrays(x, y), RecoverConfig(epochs=1, device="cpu"))
-    assert res.optimizer == AUTO["dense"]
+    assert res.optimizer == AUTO["dense"][0]
+    x = torch.randn(48, 1, 6)
+    for epochs in (1, 2):  # TWA needs two epochs: one run falls back
+        res = recover(copy.deepcopy(conv), FinetuneData.from_arrays(x, y[:48]),
+                      RecoverConfig(epochs=epochs, batch_size=16, device="cpu"))
+        want = [o for o in AUTO["conv"] + ("adamw",) if o != "twa" or epochs >= 2][0]
+        assert res.optimizer == want
