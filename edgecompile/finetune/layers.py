@@ -31,9 +31,9 @@ SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
 
 #: How :func:`gram` forms a layer's Gram matrix.  Both are exact; ``"auto"`` picks per layer
 #: the cheaper of the factored contraction and the per-sample product.  The one default of the
-#: library, the build and the bench (``FNGD(gram=)``, ``RecoverConfig.fngd_gram``): with
-#: ``"factor"`` a solved epoch of the digits CNN cost 52-63x an AdamW epoch, with ``"auto"``
-#: 2-3x (``bench/bench_finetune.py``, column ``solve/AdamW``).
+#: library, the build and the bench (``FNGD(gram=)``, ``RecoverConfig.fngd_gram``): a solved
+#: step cost 1.3-3.0x an AdamW step with ``"auto"`` on the four tasks of
+#: ``bench/bench_finetune.py`` and 3.7-67x with ``"factor"`` (its step-cost lines).
 GRAM_MODES = ("auto", "factor")
 GRAM_DEFAULT = "auto"
 
