@@ -57,7 +57,10 @@ to the target accuracy, "—" not reached in the run, then the final accuracy)::
   1.0; ``min_align``: the default with a lower re-solve threshold.  What it shows: stored coefficients point along the natural gradient no better than
   uniform weights (SGD's direction) on every task, so reuse buys first-order cost with
   first-order quality, and on the transformer it diverged in every variant that keeps reusing
-  (the first reused steps moved the weights 6x further than a solved step).  Clipping and
+  (the first reused steps moved the weights 6x further than a solved step).  Nor is the
+  new batch composition the cause: reusing in the very batch solved
+  (``RecoverConfig.fngd_fixed_batches``) still gave cosines 0.12-0.38 on the transformer at
+  lr 0.05; the weights move too far between epochs.  Clipping and
   renormalizing alone did not reach a target the raw reuse missed; checking and backing off
   did (digits-cnn 5.00 → 2.45 epochs, digits-tf diverged → 3.00, reverse-s2s — → 4.95), at
   the cost of solving most steps; the threshold 0.7 is the one that reached all four targets.  A solved step costs 1.7-3.0x an AdamW step with the default exact Gram
