@@ -91,7 +91,7 @@ class BuildConfig:
     codecs: tuple[str, ...] | None = None   # None: every codec the target can decode
     calib: Path | None = None               # .npz of inputs (+ labels) for calibration and verification
     finetune: str | None = None             # "calib" or a .npz path: recover accuracy on this data
-    optimizer: str = "fngd"
+    optimizer: str = "auto"                 # fine-tuning optimizer; auto: by model kind (finetune.optimizers.AUTO)
     epochs: int = 3
     thresholds: Thresholds = field(default_factory=Thresholds)
     task: str | None = None                 # output kinds, e.g. "logits" or "probability,state" (fidelity)

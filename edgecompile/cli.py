@@ -128,7 +128,7 @@ def main(verbose: bool, debug: bool) -> None:
 @click.option("--budget-bytes", type=int, default=None, help="Global weight-byte budget for the rank search.")
 @click.option("--codec", "codecs", multiple=True, help="Allowed codecs (repeatable) [all the target decodes].")
 @click.option("--finetune", default=None, help="Recover accuracy: 'calib' or a .npz of training inputs(+labels).")
-@click.option("--optimizer", type=click.Choice(["fngd", "adamw", "sgd", "kfac", "twa"]), default="fngd",
+@click.option("--optimizer", type=click.Choice(["auto", "fngd", "adamw", "sgd", "kfac", "twa"]), default="auto",
               show_default=True)
 @click.option("--epochs", type=int, default=3, show_default=True)
 @click.option("--optimize", type=click.Choice(["size", "balanced", "latency", "none"]), default="size",

@@ -121,10 +121,13 @@ class Batch:
 
 
 def batches(data: FinetuneData, batch_size: int, epoch: int, seed: int, device: torch.device,
-            rank: int = 0, world: int = 1, shuffle: bool = True) -> Iterator[Batch]:
+            rank: int = 0, world: int = 1, shuffle: bool = True,
+            fixed: bool = False) -> Iterator[Batch]:
     """This rank's slices of the epoch's global batches.
 
-    The permutation depends only on ``(seed, epoch)``, so every rank agrees on it.  The last
+    The permutation depends only on ``(seed, epoch)``, so every rank agrees on it.  ``fixed``:
+    every epoch has the batches of epoch 0 (same samples together, on the same rank), only
+    their order shuffled: FNGD's stored coefficients then meet the batch they were solved in.  The last
     global batch may be smaller (rounded down to a multiple of ``world``; the fewer than
     ``world`` samples left over change every epoch), so every sample is visited in the first
     epoch on one process.  ``batch_size`` is global and must divide by ``world``.
@@ -135,14 +138,18 @@ def batches(data: FinetuneData, batch_size: int, epoch: int, seed: int, device: 
     n = len(data)
     if n < world:
         raise FinetuneDataError(f"{n} samples cannot be split over {world} ranks")
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + (0 if fixed else epoch))
     order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
-    start = 0
+    spans, start = [], 0
     while n - start >= world:
         size = min(batch_size, (n - start) // world * world)
-        local = size // world
-        ids = order[start + rank * local:start + (rank + 1) * local]
+        spans.append((start, size // world))
         start += size
+    if fixed and shuffle:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        spans = [spans[i] for i in torch.randperm(len(spans), generator=g).tolist()]
+    for start, local in spans:
+        ids = order[start + rank * local:start + (rank + 1) * local]
         labels = None if data.labels is None else data.labels[ids].to(device)
         yield Batch(tuple(x[ids].to(device) for x in data.inputs), labels, ids)
 

@@ -18,6 +18,29 @@ log = logging.getLogger(__name__)
 _AVAILABLE = dist.is_available()
 
 
+class Traffic:
+    """Bytes this rank received through the collectives of this module, counted as the ring
+    algorithms move them: an all-reduce of ``S`` bytes ``2 S (W-1)/W``, an all-gather of ``s``
+    bytes per rank ``s (W-1)``.  ``bench/bench_finetune_ddp.py`` reads it beside DDP's own
+    gradient all-reduce, counted the same way."""
+
+    def __init__(self):
+        self.bytes = 0
+
+    def reset(self) -> None:
+        self.bytes = 0
+
+    def all_reduce(self, nbytes: int, world: int) -> None:
+        self.bytes += 2 * nbytes * (world - 1) // world
+
+    def all_gather(self, nbytes: int, world: int) -> None:
+        self.bytes += nbytes * (world - 1)
+
+
+#: The counter of this process (reset it before the steps you measure).
+traffic = Traffic()
+
+
 def is_distributed() -> bool:
     """True when a process group with more than one rank is active."""
     return _AVAILABLE and dist.is_initialized() and dist.get_world_size() > 1
@@ -81,9 +104,11 @@ def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """
     if not is_distributed():
         return x, 0
+    world = dist.get_world_size()
     size = torch.tensor([x.shape[0]], device=x.device)
-    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
+    sizes = [torch.zeros_like(size) for _ in range(world)]
     dist.all_gather(sizes, size)
+    traffic.all_gather(size.element_size(), world)
     sizes = [int(s) for s in sizes]
     longest = max(sizes)
     padded = x
@@ -91,13 +116,22 @@ def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
         padded = torch.cat([x, x.new_zeros(longest - x.shape[0], *x.shape[1:])])
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded.contiguous())
+    traffic.all_gather(padded.numel() * padded.element_size(), world)
     me = dist.get_rank()
     return torch.cat([p[:s] for p, s in zip(parts, sizes)]), sum(sizes[:me])
+
+
+def all_reduce(x: torch.Tensor, op=None) -> torch.Tensor:
+    """``dist.all_reduce`` in place (sum unless ``op``), counted in :data:`traffic`."""
+    if is_distributed():
+        dist.all_reduce(x, op=dist.ReduceOp.SUM if op is None else op)
+        traffic.all_reduce(x.numel() * x.element_size(), dist.get_world_size())
+    return x
 
 
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     """Average ``x`` over ranks (identity on one process)."""
     if is_distributed():
-        dist.all_reduce(x)
+        all_reduce(x)
         x /= dist.get_world_size()
     return x

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import ddp, layers
+from . import layers
 
 
 class LayerHooks:
@@ -51,8 +51,9 @@ class LayerHooks:
             h.remove()
         self._handles = []
 
-    def set_mode(self, mode: str, coef: torch.Tensor | None = None) -> None:
-        """``"capture"``, ``"reuse"`` (with ``coef`` ``[n, layers]``) or ``"off"``."""
+    def set_mode(self, mode: str, coef: torch.Tensor | None = None, scale: int = 1) -> None:
+        """``"capture"``, ``"reuse"`` (with ``coef`` ``[n, layers]``, times ``scale``, which
+        DDP's gradient averaging divides out) or ``"off"``."""
         self.reset()
         self.mode = mode
         if mode == "off":
@@ -62,7 +63,7 @@ class LayerHooks:
             self.attach(self._reuse_hooks)
         if mode == "reuse":
             mult = float(coef.shape[0]) if self.reduction == "mean" else 1.0
-            self._coef = coef * (mult * ddp.world_size())
+            self._coef = coef * (mult * scale)
 
     def reset(self) -> None:
         self._captures: dict[int, list] = {}

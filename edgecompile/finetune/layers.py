@@ -29,6 +29,14 @@ from torch import nn
 
 SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
 
+#: How :func:`gram` forms a layer's Gram matrix.  Both are exact; ``"auto"`` picks per layer
+#: the cheaper of the factored contraction and the per-sample product.  The one default of the
+#: library, the build and the bench (``FNGD(gram=)``, ``RecoverConfig.fngd_gram``): a solved
+#: step cost 1.3-3.0x an AdamW step with ``"auto"`` on the four tasks of
+#: ``bench/bench_finetune.py`` and 3.7-67x with ``"factor"`` (its step-cost lines).
+GRAM_MODES = ("auto", "factor")
+GRAM_DEFAULT = "auto"
+
 
 @dataclass
 class Capture:
@@ -180,7 +188,7 @@ def _row_blocks(n: int, cost_per_row: int, max_elems: int):
         yield start, min(n, start + step)
 
 
-def gram(cap: Capture, mode: str = "factor", max_elems: int = 1 << 25) -> torch.Tensor:
+def gram(cap: Capture, mode: str = GRAM_DEFAULT, max_elems: int = 1 << 25) -> torch.Tensor:
     """Gram matrix ``K = UᵀU`` (``[N, N]``) of the per-sample gradients of one layer.
 
     Parameters

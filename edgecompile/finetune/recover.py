@@ -1,6 +1,8 @@
 """The short recovery loop after compression: ``recover(student, data, config, teacher, masks)``.
 
-Used by ``edgecompile build --finetune DATA --optimizer fngd|adamw|sgd|kfac|twa --epochs N``.
+Used by ``edgecompile build --finetune DATA --optimizer auto|fngd|adamw|sgd|kfac|twa --epochs N``
+(``auto``, the default: the optimizer ``bench/bench_finetune.py`` measured fastest for the
+model's kind, :data:`.optimizers.AUTO`).
 Cross-entropy when the data has labels, distillation of every output from the teacher
 otherwise, with a loss per output kind (:mod:`.objective`); the teacher's outputs computed once
 and cached (:class:`.outputs.TeacherOutputs`); pruning masks re-applied after every step; a checkpoint per epoch; DDP
@@ -9,23 +11,26 @@ available.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
 
 from . import checkpoint, ddp, optimizers
+from . import fngd as fngd_defaults
 from .data import FinetuneData, FinetuneDataError, batches, eval_batches
 from .fngd import FNGD
+from .layers import GRAM_DEFAULT
 from .objective import Objective, choose_objective, probe, resolve_kinds
 from .outputs import (TEACHER_CACHE_BYTES, TeacherOutputs, batch_first, find_batch_axes,
                       flatten_outputs)
-from .twa import TWA
+from .twa import TWA, reestimate_batchnorm
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
@@ -56,7 +61,7 @@ class RecoverConfig:
     """Recovery fine-tuning settings (``None`` learning rate/damping: per-optimizer default,
     see :data:`edgecompile.finetune.optimizers.DEFAULTS`)."""
 
-    optimizer: str = "fngd"
+    optimizer: str = "auto"  # per model kind, see optimizers.AUTO
     epochs: int = 3
     batch_size: int = 64
     lr: float | None = None
@@ -65,21 +70,33 @@ class RecoverConfig:
     weight_decay: float = 0.0
     fallback_lr: float | None = None
     alpha_refresh_every: int | None = None
-    # "auto": per layer the cheaper exact Gram, per-sample gradients of a convolution formed
-    # only within FNGD's max_gram_elems (the bound "factor" keeps for its own temporaries).
-    # "factor" never forms them (issue 4) but its (N·positions)² products took > 300 s for one
-    # batch of 64 160x160 images on a 5M-parameter MobileNet-style CNN (2 cores) against 34 s
-    # for "auto" (bench/bench_finetune_kinds.py): recovery must stay practical on real CNNs.
-    fngd_gram: str = "auto"
+    # The library's one default (layers.GRAM_DEFAULT, exact and cheapest): "factor" never forms
+    # per-sample gradients but took > 300 s for one batch of 64 160x160 images on a 5M-parameter
+    # MobileNet-style CNN (2 cores) against 34 s for "auto" (bench/bench_finetune_kinds.py).
+    fngd_gram: str = GRAM_DEFAULT
     fngd_coefficients: str = "shared"
     fngd_normalize: str = "mean"
+    fngd_check_every: int | None = fngd_defaults.CHECK_EVERY
+    fngd_min_alignment: float = fngd_defaults.MIN_ALIGNMENT
+    fngd_reuse_clip: bool = fngd_defaults.REUSE_CLIP
+    fngd_reuse_renormalize: bool = fngd_defaults.REUSE_RENORMALIZE
+    fngd_ddp_solve: str = "local"
+    # Every epoch the batches of the first (only their order shuffled), for FNGD: stored
+    # coefficients are reused in the batch they were solved in (bench/bench_finetune.py).
+    fngd_fixed_batches: bool = False
     lr_schedule: str = "cosine"
     kfac_ema: float = 0.95
     kfac_inverse_every: int = 10
     kfac_kl_clip: float | None = 1e-3
     twa_warmup_epochs: int = 1
-    twa_checkpoints: int = 8
+    # TWA's basis: weights collected along the whole warm-up trajectory (up to this many,
+    # evenly spaced in steps; the papers use ~100), D × K / world floats per rank.
+    twa_checkpoints: int = 100
     twa_base: str = "sgd"
+    # Journal version: one coefficient vector per tensor.  Shared coefficients lost accuracy in
+    # the TWA phase on the digits transformer (0.292 after warm-up -> 0.244), per-tensor ones
+    # gained (-> 0.395; bench/bench_finetune.py rows twa, twa-shared).
+    twa_per_layer: bool = True
     distill: str = "auto"  # "auto": loss by output kind; "kl" / "mse" on every output
     temperature: float = 2.0
     embedding_mse: float = 0.0  # weight of normalized MSE next to 1-cos on embeddings
@@ -137,6 +154,10 @@ class RecoverResult:
     loss_description: str = ""
     #: Whether the teacher's outputs were cached (False: recomputed every step, or no teacher).
     teacher_cached: bool = False
+    #: FNGD's drift checks, ``(epoch, cosine, uniform cosine)`` each (see ``FNGD.alignment``), and how many of
+    #: them found the stored coefficients stale and re-solved.
+    alignment: tuple[tuple[int, float, float], ...] = ()
+    resolves: int = 0
 
     @property
     def final_loss(self) -> float:
@@ -258,6 +279,11 @@ def recover(student: nn.Module, data: FinetuneData, config: RecoverConfig,
                                  temperature=config.temperature,
                                  embedding_mse=config.embedding_mse)
     log.info("fine-tuning loss: %s", objective.description)
+    name, why = optimizers.resolve(config.optimizer, student,
+                                   tuple(x[:2].to(device) for x in data.inputs), config.epochs)
+    if name != config.optimizer:
+        log.info("fine-tuning optimizer: %s (%s)", name, why)
+        config = replace(config, optimizer=name)
     model = student
     if world > 1:
         model = nn.parallel.DistributedDataParallel(
@@ -298,6 +324,9 @@ def recover(student: nn.Module, data: FinetuneData, config: RecoverConfig,
             if progress is not None:  # after the checkpoint: an interrupt here loses nothing
                 progress(stats)
     finally:
+        main = opts["main"]
+        drift = (tuple(main.alignment), main.resolves) if isinstance(main, FNGD) else ((), 0)
+        del main
         _release(opts, loop)
         del loop, model, opts
         if world > 1:
@@ -305,7 +334,7 @@ def recover(student: nn.Module, data: FinetuneData, config: RecoverConfig,
     state = {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
     return RecoverResult(config.optimizer, tuple(history), tuple(curve), str(device), world,
                          resumed, state, objective.description,
-                         targets is not None and targets.cached)
+                         targets is not None and targets.cached, *drift)
 
 
 def _teacher_outputs(teacher, data, sample, config, device):
@@ -355,8 +384,8 @@ class _Loop:
         self.device, self.curve, self.clock = device, curve, clock
         self.steps_per_epoch, self.base_lrs = steps_per_epoch, base_lrs
         self.total_steps = steps_per_epoch * config.epochs
-        warm = config.twa_warmup_epochs * steps_per_epoch
-        self.twa_every = max(1, warm // max(1, config.twa_checkpoints - 1))
+        self.warm_steps = warm = config.twa_warmup_epochs * steps_per_epoch
+        self.twa_every = max(1, -(-warm // config.twa_checkpoints))
 
     def _optimizer(self, epoch: int) -> torch.optim.Optimizer:
         if "base" in self.opts and epoch < self.config.twa_warmup_epochs:
@@ -366,7 +395,13 @@ class _Loop:
     def _set_lr(self, opt, global_step: int) -> None:
         if self.config.lr_schedule == "constant":
             return
-        f = lr_factor(self.config.lr_schedule, global_step, self.total_steps)
+        step, total = global_step, self.total_steps
+        if "base" in self.opts:  # TWA: each phase its own schedule, as in the paper's code
+            if opt is self.opts["base"]:
+                total = self.warm_steps
+            else:
+                step, total = step - self.warm_steps, total - self.warm_steps
+        f = lr_factor(self.config.lr_schedule, step, total)
         key = next(k for k, o in self.opts.items() if o is opt)
         for group, (lr, fallback) in zip(opt.param_groups, self.base_lrs[key]):
             group["lr"] = lr * f
@@ -390,31 +425,36 @@ class _Loop:
         clock0 = self.clock
         _sync(self.device)
         t0 = time.perf_counter()
+        fixed = cfg.fngd_fixed_batches and cfg.optimizer == "fngd"
         for step, b in enumerate(batches(self.data, cfg.batch_size, epoch, cfg.seed,
-                                         self.device, ddp.rank(), ddp.world_size())):
+                                         self.device, ddp.rank(), ddp.world_size(),
+                                         fixed=fixed)):
             global_step = epoch * self.steps_per_epoch + step
-            if twa is not None and opt is not twa and global_step % self.twa_every == 0:
-                twa.collect()
             self._set_lr(opt, global_step)
             if fngd is not None:
                 fngd.set_batch(b.ids)
-            outs = batch_first(flatten_outputs(self.model(*b.inputs)), self.axes)
-            targets = None if self.targets is None else self.targets.get(b.ids, b.inputs)
-            per_sample = self.objective.per_sample(outs, b.labels, targets)
-            mean = per_sample.detach().mean()
-            if not math.isfinite(float(mean)):
-                raise NonFiniteLossError(
-                    f"loss became {float(mean)} at epoch {epoch}, step {step} "
-                    f"(optimizer {cfg.optimizer}); lower the learning rate (lr) or raise "
-                    "the damping; checkpoints of finished epochs are kept")
-            loss = fngd.reduce(per_sample) if fngd is not None else per_sample.mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # A local FNGD solve averages its own step over ranks: DDP's all-reduce is skipped.
+            with (self.model.no_sync() if fngd is not None and fngd.averages_itself
+                  else contextlib.nullcontext()):
+                outs = batch_first(flatten_outputs(self.model(*b.inputs)), self.axes)
+                targets = None if self.targets is None else self.targets.get(b.ids, b.inputs)
+                per_sample = self.objective.per_sample(outs, b.labels, targets)
+                mean = per_sample.detach().mean()
+                if not math.isfinite(float(mean)):
+                    raise NonFiniteLossError(
+                        f"loss became {float(mean)} at epoch {epoch}, step {step} "
+                        f"(optimizer {cfg.optimizer}); lower the learning rate (lr) or raise "
+                        "the damping; checkpoints of finished epochs are kept")
+                loss = fngd.reduce(per_sample) if fngd is not None else per_sample.mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
             try:
                 opt.step()
             except FloatingPointError as err:
                 raise NonFiniteLossError(f"epoch {epoch}, step {step}: {err}") from err
             _apply_masks(self.masks)
+            if twa is not None and opt is not twa and (global_step + 1) % self.twa_every == 0:
+                twa.collect()  # the trajectory of the warm-up phase
             total += mean * len(b.ids)
             count += len(b.ids)
             c, k = self.objective.correct_t([o.detach() for o in outs], b.labels)
@@ -426,9 +466,15 @@ class _Loop:
                 self._record(epoch, step + 1)
                 t0 = time.perf_counter()
         if twa is not None and opt is not twa and epoch + 1 == cfg.twa_warmup_epochs:
-            twa.collect()
+            if len(twa.checkpoints) < 2:
+                twa.collect()
             getattr(opt, "remove_hooks", lambda: None)()
             twa.build_subspace()
+        if twa is not None and epoch + 1 >= cfg.twa_warmup_epochs:
+            # Batch-norm statistics of the averaged (then subspace-trained) weights.
+            reestimate_batchnorm(self.student, (b.inputs for b in batches(
+                self.data, cfg.batch_size, epoch, cfg.seed, self.device, ddp.rank(),
+                ddp.world_size())))
         _sync(self.device)
         self.clock += time.perf_counter() - t0
         stats = torch.stack([total, total.new_tensor(count), correct.to(total.dtype),

@@ -1,15 +1,25 @@
 """Trainable Weight Averaging (Li et al., "Trainable Weight Averaging: A General Approach for
-Subspace Training", ICLR 2024).
+Subspace Training", ICLR 2024, and its journal version with layer-wise coefficients).
 
-After a short normal training phase the weights ``w_1 … w_K`` seen along the way span a small
-subspace that holds good solutions.  TWA orthonormalizes them (``P = qr([w_1 … w_K]).Q``, a
-``D × K`` basis), starts from their average ``w̄ = P β₀`` (``β₀ = Pᵀ w̄``: SWA's point, exactly
-in the span) and trains only the ``K`` coefficients ``β``: the gradient of ``β`` is the
-projected gradient ``Pᵀ ∇w``, and the weights are ``w = P β``.  Checkpoints that are (almost)
-linearly dependent are dropped from the basis.
+The weights ``w_1 … w_K`` seen along a training trajectory span a small subspace that holds
+good solutions.  TWA orthonormalizes them (``P``, a ``D × K`` basis), starts from their
+average ``w̄ = P β₀`` (SWA's point, exactly in the span) and trains only the coefficients
+``β``: the gradient of ``β`` is the projected gradient ``Pᵀ ∇w`` and the weights are ``w = P β``.
+Checkpoints that are (almost) linearly dependent are dropped from the basis.
 
-Memory is ``D × K`` floats for the basis.  Under DDP every rank holds identical checkpoints
-(DDP keeps the replicas equal) and averaged gradients, so the subspace steps agree.
+``per_layer=True`` (the journal version) gives every parameter tensor its own basis and
+coefficients (``w_l = P_l β_l``): the same checkpoints, ``K`` times more trainable scalars per
+layer, still a subspace of their span per layer.
+
+The basis is split across DDP ranks, as the official code does: every parameter tensor is owned
+by one rank (balanced by size), which alone keeps that tensor's slice of every checkpoint and of
+``P`` (``D × K / world`` floats per rank).  One step then costs one all-reduce of ``K`` floats
+(the shared ``β``'s projected gradient, nothing for ``per_layer``) and one all-gather of the
+owned weights (``D`` floats in all), less than DDP's own gradient all-reduce.
+
+The orthonormal basis comes from the ``K × K`` Gram matrix of the checkpoints (summed over
+ranks): ``P = W V Λ^-½`` for its eigenpairs above ``rank_tol²·λ_max``, repeated once on ``P``
+(the second pass restores orthonormality to rounding, as CholeskyQR2 does).
 """
 from __future__ import annotations
 
@@ -17,9 +27,32 @@ import logging
 from collections.abc import Iterable
 
 import torch
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch import nn
+
+from . import ddp
 
 log = logging.getLogger(__name__)
+
+
+def _owners(sizes: list[int], world: int) -> list[int]:
+    """Each tensor to the rank with the fewest elements so far, largest first."""
+    load, owner = [0] * world, [0] * len(sizes)
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        r = min(range(world), key=load.__getitem__)
+        owner[i], load[r] = r, load[r] + sizes[i]
+    return owner
+
+
+def _orthonormal(W: torch.Tensor, tol: float, reduce) -> torch.Tensor:
+    """An orthonormal basis of the columns of ``W`` (rows possibly split over ranks:
+    ``reduce`` sums a ``K × K`` matrix over them)."""
+    P = W
+    for second in (False, True):
+        G = reduce(P.T.to(torch.float64) @ P.to(torch.float64))
+        evals, V = torch.linalg.eigh(0.5 * (G + G.T))
+        keep = evals > (tol ** 2 if not second else 1e-3) * evals.max().clamp_min(1e-300)
+        P = P @ (V[:, keep] / evals[keep].sqrt()).to(P.dtype)
+    return P
 
 
 class TWA(torch.optim.Optimizer):
@@ -28,41 +61,64 @@ class TWA(torch.optim.Optimizer):
     Parameters
     ----------
     params:
-        The trainable parameters (all of them define the flattened weight vector).
+        The trainable parameters (all of them define the weight vector).
     lr, momentum, weight_decay:
         SGD on the coefficients ``β`` (weight decay on ``β`` equals weight decay on ``w``
         since ``P`` is orthonormal).
     rank_tol:
-        Columns whose QR pivot is below ``rank_tol`` times the largest are dropped.
+        Directions whose singular value is below ``rank_tol`` times the largest are dropped
+        (at least ``√eps`` of the parameters' dtype).
+    per_layer:
+        One basis and coefficient vector per parameter tensor (journal version).
 
     Usage
     -----
-    Train normally, calling :meth:`collect` a few times; then :meth:`build_subspace` and use
+    Train normally, calling :meth:`collect` along the way; then :meth:`build_subspace` and use
     ``step()`` like any optimizer.
     """
 
     def __init__(self, params: Iterable[torch.nn.Parameter], lr: float = 0.1,
-                 momentum: float = 0.9, weight_decay: float = 0.0, rank_tol: float = 1e-6):
+                 momentum: float = 0.9, weight_decay: float = 0.0, rank_tol: float = 1e-6,
+                 per_layer: bool = False):
         params = [p for p in params if p.requires_grad]
         if not params:
             raise ValueError("TWA: no trainable parameters")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
-        self.rank_tol = rank_tol
+        self.rank_tol, self.per_layer = rank_tol, per_layer
+        world, me = ddp.world_size(), ddp.rank()
+        self.owner = _owners([p.numel() for p in params], world)
+        self.mine = [p for p, r in zip(params, self.owner) if r == me]
         self.checkpoints: list[torch.Tensor] = []
-        self.basis: torch.Tensor | None = None
-        self.coef: torch.Tensor | None = None
-        self.momentum_buffer: torch.Tensor | None = None
+        #: ``[D_mine, K]`` (shared coefficients) or one ``[D_l, K_l]`` per owned tensor.
+        self.basis: torch.Tensor | list[torch.Tensor] | None = None
+        self.coef: torch.Tensor | list[torch.Tensor] | None = None
+        self.momentum_buffer: torch.Tensor | list[torch.Tensor] | None = None
 
     @property
     def _params(self) -> list[torch.nn.Parameter]:
         return self.param_groups[0]["params"]
 
+    def _flat_mine(self) -> torch.Tensor:
+        if not self.mine:
+            return self._params[0].new_zeros(0)
+        return torch.cat([p.detach().reshape(-1) for p in self.mine])
+
     @torch.no_grad()
     def collect(self) -> None:
-        """Snapshot the current weights as one checkpoint."""
+        """Snapshot the current weights (this rank's tensors) as one checkpoint."""
         if self.basis is not None:
             raise RuntimeError("TWA.collect: the subspace is already built")
-        self.checkpoints.append(parameters_to_vector(self._params).detach().clone())
+        self.checkpoints.append(self._flat_mine().clone())
+
+    @property
+    def dim(self) -> int:
+        """Trainable coefficients (summed over layers and ranks for ``per_layer``)."""
+        if self.basis is None:
+            return 0
+        if not self.per_layer:
+            return self.basis.shape[1]
+        return int(ddp.all_reduce(torch.tensor(float(sum(b.shape[1] for b in self.basis))))
+                   .item())
 
     @torch.no_grad()
     def build_subspace(self) -> int:
@@ -71,25 +127,58 @@ class TWA(torch.optim.Optimizer):
         Returns
         -------
         int
-            The subspace dimension kept.
+            The subspace dimension kept (summed over layers for ``per_layer``).
         """
         if len(self.checkpoints) < 2:
             raise ValueError(f"TWA needs at least 2 checkpoints to build a subspace "
                              f"(got {len(self.checkpoints)}); call collect() more often")
         W = torch.stack(self.checkpoints, dim=1)
         mean = W.mean(dim=1)
-        work = W.double() if W.dtype != torch.float64 else W
-        q, r = torch.linalg.qr(work)
-        pivots = r.diagonal().abs()
-        keep = pivots > self.rank_tol * pivots.max()
-        self.basis = q[:, keep].to(W.dtype).contiguous()
-        self.coef = self.basis.T @ mean
+        tol = max(self.rank_tol, torch.finfo(W.dtype).eps ** 0.5)
+        if self.per_layer:
+            self.basis, self.coef, start = [], [], 0
+            for p in self.mine:
+                P = _orthonormal(W[start:start + p.numel()], tol, lambda g: g)
+                self.basis.append(P.contiguous())
+                self.coef.append(P.T @ mean[start:start + p.numel()])
+                start += p.numel()
+        else:
+            self.basis = _orthonormal(W, tol, ddp.all_reduce).contiguous()
+            self.coef = ddp.all_reduce(self.basis.T @ mean)
         self.momentum_buffer = None
         self.checkpoints = []
-        vector_to_parameters(self.basis @ self.coef, self._params)
-        log.info("TWA: subspace of dimension %d from %d checkpoints", self.basis.shape[1],
-                 W.shape[1])
-        return self.basis.shape[1]
+        self._write_weights()
+        k = self.dim
+        log.info("TWA: subspace of dimension %d from %d checkpoints", k, W.shape[1])
+        return k
+
+    def _write_weights(self) -> None:
+        """``w = P β`` on the owned tensors, then every rank gets every tensor."""
+        if self.per_layer:
+            mine = [P @ c for P, c in zip(self.basis, self.coef)]
+            flat = torch.cat(mine) if mine else self._params[0].new_zeros(0)
+        else:
+            flat = self.basis @ self.coef
+        start = 0
+        for p in self.mine:
+            p.copy_(flat[start:start + p.numel()].view_as(p))
+            start += p.numel()
+        if ddp.is_distributed():
+            self._share(flat)
+
+    def _share(self, flat: torch.Tensor) -> None:
+        world = ddp.world_size()
+        longest = max(sum(p.numel() for p, r in zip(self._params, self.owner) if r == k)
+                      for k in range(world))
+        padded = torch.cat([flat, flat.new_zeros(longest - flat.numel())])
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        torch.distributed.all_gather(parts, padded)
+        ddp.traffic.all_gather(padded.numel() * padded.element_size(), world)
+        offsets = [0] * world
+        for p, r in zip(self._params, self.owner):
+            if r != ddp.rank():
+                p.copy_(parts[r][offsets[r]:offsets[r] + p.numel()].view_as(p))
+            offsets[r] += p.numel()
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -101,26 +190,45 @@ class TWA(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         group = self.param_groups[0]
-        grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                          for p in self._params])
-        d = self.basis.T @ grad.to(self.basis.dtype)
-        if group["weight_decay"]:
-            d = d + group["weight_decay"] * self.coef
-        if group["momentum"]:
-            if self.momentum_buffer is None:
-                self.momentum_buffer = d.clone()
-            else:
-                self.momentum_buffer.mul_(group["momentum"]).add_(d)
-            d = self.momentum_buffer
-        self.coef -= group["lr"] * d
-        vector_to_parameters(self.basis @ self.coef, self._params)
+        grads = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                 for p in self.mine]
+        if self.per_layer:
+            ds = [P.T @ g.to(P.dtype) for P, g in zip(self.basis, grads)]
+            bufs = self.momentum_buffer or [None] * len(ds)
+            self.momentum_buffer = [self._update(group, c, d, b)
+                                    for c, d, b in zip(self.coef, ds, bufs)]
+        else:
+            flat = torch.cat(grads) if grads else self.basis.new_zeros(0)
+            d = ddp.all_reduce(self.basis.T @ flat.to(self.basis.dtype))
+            self.momentum_buffer = self._update(group, self.coef, d, self.momentum_buffer)
+        self._write_weights()
         return loss
+
+    @staticmethod
+    def _update(group: dict, coef: torch.Tensor, d: torch.Tensor,
+                buf: torch.Tensor | None) -> torch.Tensor | None:
+        """SGD with momentum on one coefficient vector, in place; returns the buffer."""
+        if group["weight_decay"]:
+            d = d + group["weight_decay"] * coef
+        if group["momentum"]:
+            buf = d.clone() if buf is None else buf.mul_(group["momentum"]).add_(d)
+            d = buf
+        coef -= group["lr"] * d
+        return buf
 
     @torch.no_grad()
     def sync_from_params(self) -> None:
         """Re-read ``β`` from the weights after an outside edit (e.g. masks re-applied)."""
-        if self.basis is not None:
-            self.coef = self.basis.T @ parameters_to_vector(self._params).to(self.basis.dtype)
+        if self.basis is None:
+            return
+        flat = self._flat_mine()
+        if self.per_layer:
+            start = 0
+            for i, P in enumerate(self.basis):
+                self.coef[i] = P.T @ flat[start:start + P.shape[0]].to(P.dtype)
+                start += P.shape[0]
+        else:
+            self.coef = ddp.all_reduce(self.basis.T @ flat.to(self.basis.dtype))
 
     def state_dict(self) -> dict:
         sd = super().state_dict()
@@ -137,8 +245,38 @@ class TWA(torch.optim.Optimizer):
         device = self._params[0].device
 
         def to(t):
+            if isinstance(t, list):
+                return [x.to(device) for x in t]
             return None if t is None else t.to(device)
 
         self.checkpoints = [to(c) for c in extra["checkpoints"]]
         self.basis, self.coef = to(extra["basis"]), to(extra["coef"])
         self.momentum_buffer = to(extra["momentum_buffer"])
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, inputs: Iterable[tuple[torch.Tensor, ...]]) -> bool:
+    """Recompute every batch norm's running statistics with the current weights, as the
+    official TWA and SWA code do after moving the weights to an average: reset, then a
+    cumulative average over ``inputs`` in training mode (averaged over DDP ranks).
+
+    Returns whether the model has any batch norm (``False``: nothing ran).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             and m.track_running_stats]
+    if not norms:
+        return False
+    was, momenta = model.training, [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    model.train()
+    for batch in inputs:
+        model(*batch)
+    for m, mom in zip(norms, momenta):
+        m.momentum = mom
+        if ddp.is_distributed():
+            ddp.all_reduce_mean(m.running_mean)
+            ddp.all_reduce_mean(m.running_var)
+    model.train(was)
+    return True

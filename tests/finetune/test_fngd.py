@@ -87,7 +87,8 @@ def test_normalization_only_rescales_the_exact_step(normalize):
 def test_stored_alpha_reuse_is_weighted_sum_of_per_sample_grads(name, coefficients):
     model = make(name)
     x, y = batch_for(name, 8)
-    opt = FNGD(model, lr=1.0, damping=LAMBDA, momentum=0.0, coefficients=coefficients)
+    opt = FNGD(model, lr=1.0, damping=LAMBDA, momentum=0.0, coefficients=coefficients,
+               reuse_clip=False, reuse_renormalize=False, check_every=None)
     _take_step(model, opt, x, y, torch.arange(8))
     # Second epoch: same samples, another order and half-batches -> reuse mode.
     opt.set_epoch(1)
@@ -108,7 +109,7 @@ def test_stored_alpha_reuse_is_weighted_sum_of_per_sample_grads(name, coefficien
 def test_shared_reuse_attaches_no_hooks_and_needs_reduce():
     model = make("mlp")
     x, y = batch_for("mlp", 6)
-    opt = FNGD(model, lr=0.1, damping=LAMBDA)
+    opt = FNGD(model, lr=0.1, damping=LAMBDA, check_every=None)
     _take_step(model, opt, x, y, torch.arange(6))
     opt.set_batch(torch.arange(6))
     assert opt.reusing
@@ -121,7 +122,7 @@ def test_shared_reuse_attaches_no_hooks_and_needs_reduce():
 def test_refresh_every_recomputes_alpha():
     model = make("mlp")
     x, y = batch_for("mlp", 6)
-    opt = FNGD(model, lr=0.5, damping=LAMBDA, refresh_every=2)
+    opt = FNGD(model, lr=0.5, damping=LAMBDA, refresh_every=2, check_every=None)
     _take_step(model, opt, x, y, torch.arange(6))
     first = opt.alpha_for(torch.arange(6)).clone()
     opt.set_epoch(1)
@@ -140,7 +141,8 @@ def test_unsupported_params_get_sgd_on_their_gradient():
     losses = F.cross_entropy(model(x), y, reduction="none")
     g_ln = torch.autograd.grad(losses.mean(), model[1].weight)[0]
     w0 = model[1].weight.detach().clone()
-    opt = FNGD(model, lr=1.0, damping=LAMBDA, momentum=0.0, fallback_lr=0.3)
+    opt = FNGD(model, lr=1.0, damping=LAMBDA, momentum=0.0, fallback_lr=0.3,
+               reuse_clip=False, reuse_renormalize=False, check_every=None)
     _take_step(model, opt, x, y, torch.arange(6))
     torch.testing.assert_close(model[1].weight.detach(), w0 - 0.3 * g_ln)
     # Reuse: the same stored weights as every other layer, still at fallback_lr.
@@ -153,11 +155,61 @@ def test_unsupported_params_get_sgd_on_their_gradient():
     torch.testing.assert_close(model[1].weight.detach(), w0 - 0.3 * g_ln)
 
 
+def test_reuse_clips_and_renormalizes_the_stored_coefficients():
+    model = make("mlp")
+    x, y = batch_for("mlp", 8)
+    opt = FNGD(model, lr=0.0, damping=1e-4, momentum=0.0, check_every=None)
+    _take_step(model, opt, x, y, torch.arange(8))
+    raw = opt.alpha_for(torch.arange(8))[:, 0]
+    assert (raw < 0).any()  # small damping: some samples get a negative weight
+    part = torch.tensor([6, 1, 3])
+    opt.set_epoch(1)
+    opt.set_batch(part)
+    assert opt.reusing
+    want = raw[part].clamp_min(0)
+    torch.testing.assert_close(opt._weights, want / want.sum())
+
+
+def test_drift_check_compares_a_fresh_solve_and_resolves_when_it_drops():
+    model = make("mlp")
+    x, y = batch_for("mlp", 8)
+    # min_alignment above 1: every check finds the stored coefficients stale.
+    opt = FNGD(model, lr=0.5, damping=LAMBDA, check_every=2, min_alignment=1.5)
+    _take_step(model, opt, x, y, torch.arange(8))
+    opt.set_epoch(1)
+    _take_step(model, opt, x[:4], y[:4], torch.arange(4))  # the first reused step: a check
+    assert len(opt.alignment) == 1 and opt.resolves == 1
+    epoch, cos, sgd = opt.alignment[0]
+    assert epoch == 1 and -1.0 <= cos <= 1.0 and -1.0 <= sgd <= 1.0
+    # Dropped: only the checked batch keeps (fresh) coefficients; nothing is reused in this
+    # epoch and the next (back-off 2^0 epochs), then reuse is tried again.
+    assert (opt.alpha_epoch[:4] == 1).all() and (opt.alpha_epoch[4:8] == -1).all()
+    for epoch in (1, 2):
+        opt.set_epoch(epoch)
+        _take_step(model, opt, x, y, torch.arange(8))
+        assert not opt.hooks.mode == "off" and len(opt.alignment) == 1
+    opt.set_epoch(3)
+    opt.set_batch(torch.arange(8))
+    assert opt.reusing  # the second reused step: no check
+
+
+def test_drift_cosine_is_one_for_an_unchanged_model():
+    model = make("mlp")
+    x, y = batch_for("mlp", 8)
+    opt = FNGD(model, lr=0.0, damping=LAMBDA, momentum=0.0, check_every=1,
+               reuse_clip=False, reuse_renormalize=False)
+    _take_step(model, opt, x, y, torch.arange(8))
+    opt.set_epoch(1)
+    _take_step(model, opt, x, y, torch.arange(8))  # lr 0: same model, same batch
+    assert opt.alignment[0][1] == pytest.approx(1.0, abs=1e-9) and opt.resolves == 0
+
+
 @pytest.mark.parametrize("coefficients", ["shared", "layer"])
 def test_momentum_weight_decay_and_state_roundtrip(coefficients):
     model = make("mlp")
     x, y = batch_for("mlp", 8)
-    kw = dict(lr=0.1, damping=LAMBDA, momentum=0.9, weight_decay=1e-2, coefficients=coefficients)
+    kw = dict(lr=0.1, damping=LAMBDA, momentum=0.9, weight_decay=1e-2, coefficients=coefficients,
+              check_every=None)
     opt = FNGD(model, **kw)
     _take_step(model, opt, x, y, torch.arange(8))
     buffer = io.BytesIO()
@@ -182,7 +234,11 @@ def test_bad_arguments_are_clear():
         FNGD(model, damping=0.0)
     with pytest.raises(ValueError, match="normalize must be one of mean, norm, none"):
         FNGD(model, normalize="max")
-    opt = FNGD(model, coefficients="layer")
+    with pytest.raises(ValueError, match="ddp_solve must be one of local, global"):
+        FNGD(model, ddp_solve="ring")
+    with pytest.raises(ValueError, match="check_every must be >= 1 or None"):
+        FNGD(model, check_every=0)
+    opt = FNGD(model, coefficients="layer", check_every=None)
     with pytest.raises(ValueError, match="empty batch"):
         opt.set_batch([])
     x, y = batch_for("mlp", 4)
@@ -191,7 +247,7 @@ def test_bad_arguments_are_clear():
     with pytest.raises(ValueError, match="saw a batch of 4 rows but set_batch got 3"):
         model(x)
     shared_model = make("mlp")
-    shared = FNGD(shared_model)
+    shared = FNGD(shared_model, check_every=None)
     _take_step(shared_model, shared, x, y, torch.arange(4))
     shared.set_batch(torch.arange(3))
     with pytest.raises(ValueError, match="4 per-sample losses but set_batch got 3"):

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgecompile.finetune.kfac import KFAC
-from edgecompile.finetune.twa import TWA
+from edgecompile.finetune.twa import TWA, reestimate_batchnorm
 
 from .models import batch_for, make
 
@@ -68,7 +68,7 @@ def test_twa_trains_only_inside_the_checkpoint_span():
     k = twa.build_subspace()
     flat = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
     torch.testing.assert_close(flat, mean)                     # starts at the average
-    assert torch.allclose(twa.basis.T @ twa.basis, torch.eye(k, dtype=W.dtype), atol=1e-10)
+    assert torch.allclose(twa.basis.T @ twa.basis, torch.eye(k, dtype=W.dtype), atol=1e-12)
     before = float(F.cross_entropy(model(x), y).detach())
     after = _train(model, twa, x, y, 30)
     assert after < before
@@ -87,3 +87,42 @@ def test_twa_needs_checkpoints_and_subspace():
         assert "at least 2 checkpoints" in str(err)
     else:
         raise AssertionError("one checkpoint must be refused")
+
+
+def test_twa_per_layer_bases_are_orthonormal_and_keep_each_tensor_in_its_span():
+    model = make("mlp")
+    x, y = batch_for("mlp", 64)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.2)
+    twa = TWA(model.parameters(), lr=0.5, momentum=0.5, per_layer=True)
+    snaps = []
+    for _ in range(5):
+        _train(model, sgd, x, y, 4)
+        twa.collect()
+        snaps.append([p.detach().clone() for p in model.parameters()])
+    k = twa.build_subspace()
+    assert k == sum(b.shape[1] for b in twa.basis) and len(twa.basis) == len(snaps[0])
+    for P in twa.basis:
+        assert torch.allclose(P.T @ P, torch.eye(P.shape[1], dtype=P.dtype), atol=1e-12)
+    for p, *cks in zip(model.parameters(), *snaps):  # starts at each tensor's average
+        torch.testing.assert_close(p.detach(), torch.stack(cks).mean(0))
+    before = float(F.cross_entropy(model(x), y).detach())
+    assert _train(model, twa, x, y, 30) < before
+    for i, p in enumerate(model.parameters()):
+        W = torch.stack([s[i].reshape(-1) for s in snaps], 1)
+        coef = torch.linalg.lstsq(W, p.detach().reshape(-1, 1)).solution
+        assert float((W @ coef).squeeze(1).sub(p.detach().reshape(-1)).norm()) < \
+            1e-8 * float(p.detach().norm())
+
+
+def test_batchnorm_reestimation_recomputes_the_running_mean():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).double()
+    x = torch.randn(48, 3, dtype=torch.float64) * 2 + 1
+    model.eval()
+    assert reestimate_batchnorm(model, [(x[i:i + 16],) for i in range(0, 48, 16)])
+    assert not model.training and model[1].momentum == 0.1
+    with torch.no_grad():
+        h = model[0](x)
+    torch.testing.assert_close(model[1].running_mean, h.mean(0))
+    assert int(model[1].num_batches_tracked) == 3
+    assert not reestimate_batchnorm(nn.Linear(2, 2), [(x,)])  # nothing to do

@@ -128,3 +128,33 @@ def test_npz_loading(tmp_path):
     with pytest.raises(FinetuneDataError, match="has no 'x' array"):
         FinetuneData.from_npz(tmp_path / "bad.npz")
     assert copy.copy(d) is not None
+
+
+def test_fixed_batches_keep_their_samples_together_across_epochs():
+    from edgecompile.finetune.data import batches
+    x, y = _data(50)
+    data = FinetuneData.from_arrays(x, y)
+    def sets(epoch, fixed):
+        return [frozenset(b.ids.tolist()) for b in batches(data, 16, epoch, 0, "cpu", fixed=fixed)]
+    first, second = sets(0, True), sets(1, True)
+    assert sorted(map(sorted, first)) == sorted(map(sorted, second)) and first != second
+    assert set(sets(1, False)) != set(first)  # the default reshuffles samples
+
+
+def test_auto_picks_the_optimizer_by_model_kind():
+    from edgecompile.finetune.optimizers import AUTO, model_kind
+    conv = nn.Sequential(nn.Conv1d(1, 16, 3), nn.ReLU(), nn.Conv1d(16, 16, 3),
+                         nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(16, 3))
+    seq = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))  # on [N, T, 6]
+    assert model_kind(conv, (torch.randn(2, 1, 6),)) == "conv"
+    assert model_kind(seq, (torch.randn(2, 5, 6),)) == "sequence"
+    assert model_kind(_net(), (torch.randn(2, 6),)) == "dense"
+    x, y = _data()
+    res = recover(_net(), FinetuneData.from_arrays(x, y), RecoverConfig(epochs=1, device="cpu"))
+    assert res.optimizer == AUTO["dense"][0]
+    x = torch.randn(48, 1, 6)
+    for epochs in (1, 2):  # TWA needs two epochs: one run falls back
+        res = recover(copy.deepcopy(conv), FinetuneData.from_arrays(x, y[:48]),
+                      RecoverConfig(epochs=epochs, batch_size=16, device="cpu"))
+        want = [o for o in AUTO["conv"] + ("adamw",) if o != "twa" or epochs >= 2][0]
+        assert res.optimizer == want
