@@ -194,6 +194,43 @@ def build(model, target, out, backend, stream_weights, calib, rank, prune, quant
 
 
 @main.command()
+@click.argument("model", required=False)
+@click.option("--calib", type=click.Path(path_type=Path), default=None,
+              help=".npz of inputs (+ labels), as for build: sensitivities on the calibration part.")
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
+              help="Folder for analysis.json and analysis.html [out/<model>-analysis].")
+@click.option("--task", default=None, help="What each output is, as for build (e.g. logits).")
+@click.option("--min-agreement", type=float, default=0.97, show_default=True)
+@click.option("--min-cosine", type=float, default=0.97, show_default=True)
+@click.option("--min-correlation", type=float, default=0.97, show_default=True)
+@click.option("--intrinsic-dim", is_flag=True,
+              help="Also measure the intrinsic dimension (subspace training; needs labelled training data).")
+@click.option("--train", type=click.Path(path_type=Path), default=None,
+              help="--intrinsic-dim: .npz of training inputs and labels [the factory's data['train']].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON.")
+def analyze(model, calib, out, task, min_agreement, min_cosine, min_correlation, intrinsic_dim, train, seed, as_json):
+    """Per-layer spectra, sensitivity to every compression the passes offer, a recommended compression
+    per layer, rank rules compared at equal size, and (--intrinsic-dim) the intrinsic dimension."""
+    from .analyze import AnalyzeConfig, analyze as run_analyze
+    from .analyze.render import render_terminal, write
+    from .fidelity import Thresholds
+
+    name = "digits" if model is None else Path(model.split(":")[0]).stem.split(".")[-1]
+    cfg = AnalyzeConfig(calib=calib, task=task, intrinsic_dim=intrinsic_dim, train=train, seed=seed,
+                        thresholds=Thresholds(min_top1_agreement=min_agreement, min_cosine=min_cosine,
+                                              min_decision_agreement=min_agreement, min_correlation=min_correlation))
+    rep = run_analyze(model, cfg)
+    out = out or Path("out") / f"{name}-analysis"
+    write(rep, out)
+    if as_json:
+        click.echo(json.dumps({"ok": True, "out": str(out), "analysis": rep}, default=str))
+    else:
+        render_terminal(rep, _console())
+        click.echo(f"analysis written to {out}/ (analysis.html, analysis.json)")
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True)
 def targets(as_json):
     """List the target boards and their key facts."""
