@@ -131,6 +131,9 @@ def main(verbose: bool, debug: bool) -> None:
 @click.option("--optimizer", type=click.Choice(["fngd", "adamw", "sgd", "kfac", "twa"]), default="fngd",
               show_default=True)
 @click.option("--epochs", type=int, default=3, show_default=True)
+@click.option("--regularize", default=None,
+              help="Compression-aware training: erank:λ | nuclear:λ. With --finetune, trains the dense model with a "
+                   "low-rank penalty first, then factorizes (--rank / --budget-bytes) and recovers.")
 @click.option("--optimize", type=click.Choice(["size", "balanced", "latency", "none"]), default="size",
               show_default=True,
               help="Per-layer compression chosen by measurement under the gate: size (sparsity + shared levels "
@@ -152,7 +155,7 @@ def main(verbose: bool, debug: bool) -> None:
 @click.option("--allow-degraded", is_flag=True, help="Keep a bundle that fails the fidelity thresholds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no progress bar).")
 def build(model, target, out, backend, stream_weights, calib, rank, prune, quant, cluster_bits, budget_bytes, codecs, finetune,
-          optimizer, epochs, optimize, task, min_agreement, min_cosine, min_correlation, max_eval, allow_oversize,
+          optimizer, epochs, regularize, optimize, task, min_agreement, min_cosine, min_correlation, max_eval, allow_oversize,
           max_accuracy_drop, allow_degraded, as_json):
     """Compile MODEL (file.py:factory, package.module:factory or a .pt2; default: the embedded digits CNN)."""
     from rich.console import Console
@@ -169,7 +172,7 @@ def build(model, target, out, backend, stream_weights, calib, rank, prune, quant
     cfg = BuildConfig(target=target, out=out or Path("out") / f"{name}-{target}", backend=backend, rank=rank,
                       prune=prune, quant=quant, cluster_bits=cluster_bits, budget_bytes=budget_bytes,
                       codecs=tuple(codecs) or None,
-                      calib=calib, finetune=finetune, optimizer=optimizer, epochs=epochs,
+                      calib=calib, finetune=finetune, optimizer=optimizer, epochs=epochs, regularize=regularize,
                       thresholds=Thresholds(min_top1_agreement=min_agreement, min_cosine=min_cosine,
                                             max_accuracy_drop=max_accuracy_drop / 100,
                                             min_decision_agreement=min_agreement, min_correlation=min_correlation),
