@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..passes.lowrank.factorize import LowRankConfig, LowRankPass
 from .spectrum import METHODS, Layer, dense_equivalent, layer_rank, rank_params, saves
 
 BUDGETS = (0.5, 0.35, 0.25)
@@ -78,3 +79,22 @@ def compare_rules(layers: list[Layer], weights: dict[str, np.ndarray], evaluate,
                          "ranks": {k: (list(v) if isinstance(v, tuple) else v) for k, v in ranks.items()},
                          **evaluate(new)})
     return rows
+
+
+class _PlannedLowRank(LowRankPass):
+    """The low-rank pass with its per-layer ranks given (layer -> rank, None keeps it dense)."""
+
+    def __init__(self, ranks: dict, min_params: int):
+        super().__init__(LowRankConfig(min_params=min_params, min_saving=0.0, tt_policy="never"))
+        self.ranks = ranks
+
+    def _plan(self, graph, layers) -> dict:
+        return {lay.node.name: self.ranks.get(lay.node.name) for lay in layers}
+
+
+def factorize_with(graph, ranks: dict, min_params: int = 1024):
+    """A copy of `graph` rewritten by the low-rank pass at the given per-layer ranks (the graph the
+    build would ship, factorized structure and all: for recovery or training from scratch)."""
+    g = graph.copy()
+    _PlannedLowRank(ranks, min_params)(g)
+    return g

@@ -74,3 +74,18 @@ def test_fit_knob_meets_the_budget_and_grows_with_it():
             assert used >= prev
             assert ranks == ranks_at(layers, method, knob)
             prev = used
+
+
+def test_factorize_with_given_ranks_matches_the_dense_equivalents():
+    from edgecompile.analyze.compare_ranks import factorize_with
+
+    g, inputs = _graph(models.mlp)
+    layers = [lay for lay in find_layers(g, min_params=64) if lay.kind is not None]
+    ranks = {lay.node: 4 for lay in layers}
+    f = factorize_with(g, ranks, min_params=64)
+    assert f.param_count() < g.param_count()
+    swapped = g.copy()
+    for lay in layers:
+        swapped.consts[lay.const].data = dense_equivalent(lay, g.consts[lay.const].data, 4)
+    x = inputs[0].numpy()
+    np.testing.assert_allclose(run_graph(f, x), run_graph(swapped, x), rtol=1e-4, atol=1e-5)
