@@ -44,7 +44,6 @@ from edgecompile.analyze.spectrum import find_layers  # noqa: E402
 from edgecompile.finetune import FinetuneData, RecoverConfig, recover  # noqa: E402
 from edgecompile.frontend import import_model  # noqa: E402
 from edgecompile.ir import TorchExecutor  # noqa: E402
-from edgecompile.ir.rebatch import rebatch  # noqa: E402
 from edgecompile.passes.fold import CleanupPass, FoldBatchNormPass  # noqa: E402
 
 BUDGETS = (0.7, 0.5, 0.35, 0.25, 0.15, 0.1)
@@ -73,10 +72,10 @@ def load(kind: str):
 
 
 def folded_graph(net, split, batch: int = 64):
-    g = import_model(net, (torch.from_numpy(split["x_test"][:1]),), name="m")
+    g = import_model(net, (torch.from_numpy(split["x_test"][:batch]),), name="m")   # the executor chunks by it
     FoldBatchNormPass()(g)
     CleanupPass()(g)
-    return rebatch(g, batch, check_inputs=[split["x_test"][:batch]])
+    return g
 
 
 def accuracy(graph, split) -> float:
