@@ -2,7 +2,6 @@
 through the low-rank pass's own decompositions, trains, and compiles with its structure kept."""
 
 import numpy as np
-import pytest
 import torch
 from torch import nn
 
