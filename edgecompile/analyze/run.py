@@ -59,10 +59,13 @@ def _load(model_spec) -> LoadedModel:
     return batch_first(loaded)
 
 
-def _graph(loaded: LoadedModel):
+def _graph(loaded: LoadedModel, example: tuple | None = None):
+    """The folded float graph, imported at the model's example inputs (or `example`)."""
     from ..build import _check_example_inputs, _import
     from ..passes.fold import CleanupPass, FoldBatchNormPass
 
+    if example is not None:
+        loaded = LoadedModel(loaded.name, loaded.module, example, loaded.data, loaded.exported)
     try:
         graph = _import(loaded)
     except Exception:
@@ -75,14 +78,20 @@ def _graph(loaded: LoadedModel):
     return graph
 
 
-def _batched(graph, samples):
-    """The graph for batches of up to 64 (the executor then chunks); the graph itself if it cannot."""
+def _batched(graph, samples, loaded: LoadedModel):
+    """The graph for batches of up to 64 (the executor then chunks): rebatched, else imported again
+    at that batch (an eager module), else the graph itself."""
     from ..ir.rebatch import RebatchError, rebatch
 
     n = min(64, len(samples[0]))
     try:
         return rebatch(graph, n, check_inputs=[a[:n] for a in samples])
     except RebatchError as e:
+        if loaded.module is not None and loaded.exported is None:
+            try:
+                return _graph(loaded, tuple(torch.from_numpy(np.ascontiguousarray(a[:n])) for a in samples))
+            except Exception as e2:   # a model tied to its example batch: the graph as it is
+                log.info("re-import at batch %d failed: %s", n, e2)
         log.info("analyzing in the model's own batch size: %s", e)
         return graph
 
@@ -131,7 +140,7 @@ def _analyze(loaded, graph, cfg, specs, calib, evals, labels, note, progress, t0
     t = time.perf_counter()
     timings["spectra"] = round(t - t0 - timings["load + import + fold"], 2)
     progress("spectra", 0.1)
-    g = _batched(graph, samples)
+    g = _batched(graph, samples, loaded)
     weights = {lay.const: np.asarray(g.consts[lay.const].data).copy() for lay in layers}
     labelled = labels is not None
     gate = GateScore(specs, cfg.thresholds, 0.0)          # solo sensitivities: the gate's own thresholds
@@ -148,7 +157,7 @@ def _analyze(loaded, graph, cfg, specs, calib, evals, labels, note, progress, t0
         report["sensitivity_evaluations"] = scorer.evals
     t = time.perf_counter()
     progress("rank rules at equal size", 0.75)
-    ev = _batched(graph, evals)
+    ev = _batched(graph, evals, loaded)
     ev_ex = TorchExecutor(ev, fake_quant=False).eval()
     ev_x = [torch.as_tensor(a) for a in evals]
 
