@@ -203,6 +203,7 @@ def build(model, target, out, backend, stream_weights, calib, rank, prune, quant
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
               help="Folder for analysis.json and analysis.html [out/<model>-analysis].")
 @click.option("--task", default=None, help="What each output is, as for build (e.g. logits).")
+@click.option("--target", "-t", default=None, help="A board: check the recommended weights against its flash.")
 @click.option("--min-agreement", type=float, default=0.97, show_default=True)
 @click.option("--min-cosine", type=float, default=0.97, show_default=True)
 @click.option("--min-correlation", type=float, default=0.97, show_default=True)
@@ -212,7 +213,7 @@ def build(model, target, out, backend, stream_weights, calib, rank, prune, quant
               help="--intrinsic-dim: .npz of training inputs and labels [the factory's data['train']].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON.")
-def analyze(model, calib, out, task, min_agreement, min_cosine, min_correlation, intrinsic_dim, train, seed, as_json):
+def analyze(model, calib, out, task, target, min_agreement, min_cosine, min_correlation, intrinsic_dim, train, seed, as_json):
     """Per-layer spectra, sensitivity to every compression the passes offer, a recommended compression
     per layer, rank rules compared at equal size, and (--intrinsic-dim) the intrinsic dimension."""
     from .analyze import AnalyzeConfig, analyze as run_analyze
@@ -220,7 +221,7 @@ def analyze(model, calib, out, task, min_agreement, min_cosine, min_correlation,
     from .fidelity import Thresholds
 
     name = "digits" if model is None else Path(model.split(":")[0]).stem.split(".")[-1]
-    cfg = AnalyzeConfig(calib=calib, task=task, intrinsic_dim=intrinsic_dim, train=train, seed=seed,
+    cfg = AnalyzeConfig(calib=calib, task=task, target=target, intrinsic_dim=intrinsic_dim, train=train, seed=seed,
                         thresholds=Thresholds(min_top1_agreement=min_agreement, min_cosine=min_cosine,
                                               min_decision_agreement=min_agreement, min_correlation=min_correlation))
     rep = run_analyze(model, cfg)

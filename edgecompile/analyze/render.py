@@ -50,6 +50,11 @@ def render_terminal(rep: dict, console) -> None:
         t.add_row("total", "", f"{rec['est_bytes']:,}", f"{rec['int8_bytes']:,}", f"{rec['fp32_bytes']:,}",
                   f"{rec['fp32_bytes'] / max(rec['est_bytes'], 1):.1f}x smaller than fp32 (estimate)")
         console.print(t)
+        tg = rec.get("target")
+        if tg:
+            console.print(f"{tg['name']}: {tg['flash_bytes']:,} bytes of flash; the recommended weights "
+                          f"{'fit' if tg['weights_fit'] else 'do not fit'} (int8 alone "
+                          f"{'fits' if tg['int8_fits'] else 'does not fit'}; code and runtime not counted)")
     rules = rep.get("rank_rules")
     if rules:
         t = Table(title="rank rules at equal size (factorizable layers, float, no fine-tuning)")

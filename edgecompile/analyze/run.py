@@ -47,6 +47,7 @@ class AnalyzeConfig:
     min_params: int = 1024              # smaller layers are listed by the build but not analyzed
     max_samples: int = 256              # calibration samples the sensitivities are measured on
     budgets: tuple[float, ...] = BUDGETS
+    target: str | None = None           # a board: the recommendation's bytes are checked against its flash
     sensitivity: bool = True
     intrinsic_dim: bool = False
     train: Path | None = None           # .npz of training inputs + labels for --intrinsic-dim
@@ -105,6 +106,21 @@ def _accuracy(ex: TorchExecutor, x, labels) -> float | None:
     return float(np.mean(out.argmax(1) == np.asarray(labels)))
 
 
+def _validate(cfg: AnalyzeConfig) -> None:
+    """Every option checked before the model is loaded (one line each, as the build does)."""
+    from ..data_io import check_npz
+    from ..targets import load_target
+
+    if cfg.target is not None:
+        load_target(cfg.target)
+    if cfg.calib is not None:
+        check_npz(Path(cfg.calib), "--calib")
+    if cfg.train is not None:
+        check_npz(Path(cfg.train), "--train")
+    if cfg.train is not None and not cfg.intrinsic_dim:
+        raise AnalyzeError("--train is the training data of --intrinsic-dim; add --intrinsic-dim or leave it out")
+
+
 def analyze(model_spec, cfg: AnalyzeConfig, progress: Callable[[str, float], None] | None = None) -> dict:
     """The analysis report of a model (see the module docstring). `model_spec` as for `build`."""
     from threadpoolctl import threadpool_limits
@@ -113,6 +129,7 @@ def analyze(model_spec, cfg: AnalyzeConfig, progress: Callable[[str, float], Non
 
     progress = progress or (lambda stage, frac: None)
     t0 = time.perf_counter()
+    _validate(cfg)
     threads = torch.get_num_threads()
     with threadpool_limits(limits=1, user_api="blas"):
         try:
@@ -151,7 +168,14 @@ def _analyze(loaded, graph, cfg, specs, calib, evals, labels, note, progress, t0
         report["sensitivity"] = option_rows(measured)
         # the recommendation keeps a margin, as --optimize does (the eval set decides in a build)
         scorer.gate = GateScore(specs, cfg.thresholds, cfg.margin, labelled=labelled)
-        report["recommendation"] = dict(recommend(layers, weights, measured, scorer, base), margin=cfg.margin)
+        report["recommendation"] = rec = dict(recommend(layers, weights, measured, scorer, base), margin=cfg.margin)
+        if cfg.target is not None:
+            from ..targets import load_target
+
+            tg = load_target(cfg.target)
+            rec["target"] = {"name": tg.name, "flash_bytes": tg.flash_kib * 1024,
+                             "weights_fit": rec["est_bytes"] <= tg.flash_kib * 1024,
+                             "int8_fits": rec["int8_bytes"] <= tg.flash_kib * 1024}
         scorer.gate = gate
         timings["sensitivity + recommendation"] = round(time.perf_counter() - t, 2)
         report["sensitivity_evaluations"] = scorer.evals

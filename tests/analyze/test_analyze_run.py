@@ -60,10 +60,11 @@ def run_cli(*args):
 
 
 def test_cli_json_and_files(tmp_path):
-    r = run_cli("analyze", "--out", str(tmp_path / "a"), "--json")
+    r = run_cli("analyze", "--out", str(tmp_path / "a"), "--target", "nrf52840", "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["ok"] and res["analysis"]["recommendation"]["joint_score"] >= 0
+    assert res["analysis"]["recommendation"]["target"]["weights_fit"]
     assert (tmp_path / "a" / "analysis.html").read_text().count("<img") >= 3
     assert json.loads((tmp_path / "a" / "analysis.json").read_text())["model"] == "digits"
 
@@ -75,3 +76,14 @@ def test_cli_bad_input_is_one_line(tmp_path):
     np.savez(tmp_path / "nolabels.npz", x=np.zeros((8, 1, 8, 8), np.float32))
     r = run_cli("analyze", "--intrinsic-dim", "--train", str(tmp_path / "nolabels.npz"), "--out", str(tmp_path / "b"))
     assert r.returncode == 3 and "labels" in r.stderr
+
+
+def test_options_are_checked_before_the_model_loads(tmp_path):
+    from edgecompile.analyze import AnalyzeError
+    from edgecompile.errors import InputError
+
+    with pytest.raises(InputError, match="board|target"):
+        analyze("no/such/model.py:f", AnalyzeConfig(target="no-such-board"))
+    with pytest.raises(AnalyzeError, match="--intrinsic-dim"):
+        np.savez(tmp_path / "t.npz", x=np.zeros((4, 1, 8, 8), np.float32), labels=np.zeros(4, np.int64))
+        analyze("no/such/model.py:f", AnalyzeConfig(train=tmp_path / "t.npz"))
