@@ -142,27 +142,27 @@ def bench_families(kind: str, epochs: int, dense_epochs: int, lam: float, scratc
     params = int(g.param_count())
     print(f"\n{kind}: {params:,} parameters, test accuracy {base:.4f} ({len(split['y_test'])} test samples; "
           f"loaded/trained in {time.perf_counter() - t0:.0f}s)")
-    fams = {}
+    print(f"   {'family':50s} " + " ".join(f"{b:>14.0%}" for b in BUDGETS) + f" {'min params ≤0.5pt':>18s} {'time':>6s}")
+
+    def show(label: str, pts, dt: float) -> None:
+        cells = {b: f"{p / 1e3:6.1f}k {a:.3f}" for b, p, a in pts}
+        best = smallest_within(pts, base)
+        print(f"   {label:50s} " + " ".join(f"{cells.get(b, ''):>14s}" for b in BUDGETS) +
+              f" {'-' if best is None else f'{best:,}':>18s} {dt:5.0f}s", flush=True)
+        rows.append({"model": kind, "family": label, "points": pts, "base": base, "params": params, "best": best})
+
     for m in ("erank", "energy", "l1"):
         t = time.perf_counter()
-        fams[f"(a) pre-train {m}"] = (curve(g, split, m, epochs), time.perf_counter() - t)
+        show(f"(a) pre-train {m}", curve(g, split, m, epochs), time.perf_counter() - t)
     for label, reg in ((f"(a0) {dense_epochs} dense ep., then erank", None),
                        (f"(b) aware erank:{lam:g}, then erank", f"erank:{lam:g}")):
         t = time.perf_counter()
         dg = train(g.copy(), split, dense_epochs, lr=3e-3, regularize=reg)
-        print(f"   {label}: dense accuracy {accuracy(dg, split):.4f}", flush=True)
-        fams[label] = (curve(dg, split, "erank", epochs), time.perf_counter() - t)
+        show(f"{label} (dense acc {accuracy(dg, split):.3f})", curve(dg, split, "erank", epochs), time.perf_counter() - t)
     if scratch:
         t = time.perf_counter()
-        fams["(c) pre-set erank, from scratch"] = (curve(g, split, "erank", epochs, from_scratch=train_epochs),
-                                                   time.perf_counter() - t)
-    print(f"   {'family':38s} " + " ".join(f"{b:>14.0%}" for b in BUDGETS) + f" {'min params ≤0.5pt':>18s} {'time':>6s}")
-    for label, (pts, dt) in fams.items():
-        cells = {b: f"{p / 1e3:6.1f}k {a:.3f}" for b, p, a in pts}
-        best = smallest_within(pts, base)
-        print(f"   {label:38s} " + " ".join(f"{cells.get(b, ''):>14s}" for b in BUDGETS) +
-              f" {'-' if best is None else f'{best:,}':>18s} {dt:5.0f}s")
-        rows.append({"model": kind, "family": label, "points": pts, "base": base, "params": params, "best": best})
+        show(f"(c) pre-set erank, {train_epochs} ep. from scratch",
+             curve(g, split, "erank", epochs, from_scratch=train_epochs), time.perf_counter() - t)
 
 
 def bench_intrinsic(kind: str, rows: list) -> None:
@@ -212,7 +212,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5, help="recovery (and dense pre-training) epochs")
     ap.add_argument("--dense-epochs", type=int, default=10, help="dense epochs of (a0) and (b)")
     ap.add_argument("--lam", type=float, default=5.0, help="λ of the erank penalty")
-    ap.add_argument("--no-scratch", action="store_true", help="skip (c), training from scratch")
+    ap.add_argument("--scratch-models", default="cnn,mnist1d",
+                    help="models that get (c), training from scratch (the transformer's 150 epochs x 6 budgets "
+                         "take ~30 min on one core)")
     ap.add_argument("--skip-id", action="store_true", help="skip the intrinsic dimension")
     ap.add_argument("--skip-families", action="store_true")
     ap.add_argument("--plot", type=Path, default=Path("out/bench_analyze.png"))
@@ -225,7 +227,7 @@ def main() -> None:
         if not args.skip_families:
             print(f"Accuracy vs parameters (cells: params, test accuracy; recovery {args.epochs} epochs AdamW)")
             for kind in args.models.split(","):
-                bench_families(kind, args.epochs, args.dense_epochs, args.lam, not args.no_scratch, rows)
+                bench_families(kind, args.epochs, args.dense_epochs, args.lam, kind in args.scratch_models.split(","), rows)
             plot(rows, args.plot)
             print(f"\nplot: {args.plot}")
         if not args.skip_id:
