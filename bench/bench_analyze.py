@@ -10,7 +10,7 @@ For each model (the digits CNN, the digits transformer, the mnist1d CNN; all tra
                   the penalty: the control of (b), same seeds, same epochs
   (b) aware       D dense epochs with ``--regularize erank:λ`` first, then as (a0)
   (c) pre-set     the factorized graph of (a) at erank ranks, re-initialized and trained from scratch
-                  (AdamW, the original training's epochs) — a factorized architecture from the start
+                  (AdamW lr 5e-3, the original training's epochs) — a factorized architecture from the start
 
 Budgets are shares of the factorizable layers' dense weights; "params" counts the whole model.
 Figure per row family: the fewest parameters at <= 0.5 points of test-accuracy loss.
@@ -96,14 +96,16 @@ def train(graph, split, epochs: int, lr: float = 1e-3, regularize: str | None = 
 
 
 def reinit(graph, seed: int = 0):
-    """Fresh weights of PyTorch's default scale for every float constant (biases zero)."""
+    """Fresh weights for every float constant: uniform with variance 1/fan_in (LeCun; PyTorch's
+    default 1/(3 fan_in) vanishes through a factorized chain three times as deep: mnist1d (c) at
+    25k weights trained to 0.53 with it, 0.91 with this), biases zero, norm scales one."""
     rng = torch.Generator().manual_seed(seed)
     for v in graph.consts.values():
         if v.data.dtype != np.float32:
             continue
         if v.data.ndim >= 2:
             fan_in = int(np.prod(v.data.shape[1:]))
-            bound = 1.0 / np.sqrt(max(fan_in, 1))
+            bound = np.sqrt(3.0 / max(fan_in, 1))
             v.data = ((torch.rand(v.data.shape, generator=rng) * 2 - 1) * bound).numpy()
         elif v.data.size > 1:
             v.data = np.zeros_like(v.data) if not np.allclose(v.data, 1) else np.ones_like(v.data)
@@ -122,7 +124,7 @@ def curve(base_graph, split, method: str, epochs: int, from_scratch: int = 0) ->
             continue
         g = factorize_with(base_graph, fit[1], MIN_PARAMS)
         if from_scratch:
-            train(reinit(g), split, from_scratch, lr=2e-3)
+            train(reinit(g), split, from_scratch, lr=5e-3)
         else:
             train(g, split, epochs)
         out.append((b, int(g.param_count()), accuracy(g, split)))
