@@ -93,6 +93,7 @@ class BuildConfig:
     finetune: str | None = None             # "calib" or a .npz path: recover accuracy on this data
     optimizer: str = "auto"                 # fine-tuning optimizer; auto: by model kind (finetune.optimizers.AUTO)
     epochs: int = 3
+    regularize: str | None = None           # "erank:λ" | "nuclear:λ": train dense with it, then factorize, recover
     thresholds: Thresholds = field(default_factory=Thresholds)
     task: str | None = None                 # output kinds, e.g. "logits" or "probability,state" (fidelity)
     allow_degraded: bool = False
@@ -146,14 +147,16 @@ def _check_half(graph: Graph, cfg: BuildConfig) -> None:
                          "model.float() and float32 example inputs from the factory, or pass --quant none")
 
 
-def _compress(graph: Graph, cfg: BuildConfig, bytes_per_param: float, dump_dir: Path | None) -> PipelineResult:
+def _compress(graph: Graph, cfg: BuildConfig, bytes_per_param: float, dump_dir: Path | None,
+              first_index: int = 1) -> PipelineResult:
     """Fold, clean up, factorize, prune: the target-independent passes (`passes.pipeline`)."""
     passes = compress_passes(rank=cfg.rank, budget_bytes=cfg.budget_bytes, bytes_per_param=bytes_per_param,
                              prune=cfg.prune)
-    return run_pipeline(graph, passes, dump_dir=dump_dir, first_index=1)
+    return run_pipeline(graph, passes, dump_dir=dump_dir, first_index=first_index)
 
 
-def _finetune(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, data: Samples, labels, progress) -> dict:
+def _finetune(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, data: Samples, labels, progress,
+              regularize: str | None = None) -> dict:
     """Recovers accuracy: trains the compressed graph (factorized structure kept, pruned weights
     held at zero, int8 weights fake-quantized with a straight-through gradient when quantizing)
     against labels, or by distillation from the original model, then writes the weights back."""
@@ -184,7 +187,7 @@ def _finetune(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, data: Samples
     ft = FinetuneData.from_arrays(tuple(a[:keep] for a in data), None if labels is None else labels[:keep])
     ckpt = cfg.out.parent / f".{cfg.out.name}.finetune"
     rc = RecoverConfig(optimizer=cfg.optimizer, epochs=cfg.epochs, batch_size=bs, seed=cfg.seed,
-                       checkpoint_dir=str(ckpt),
+                       checkpoint_dir=str(ckpt), regularize=regularize,
                        twa_warmup_epochs=max(1, cfg.epochs // 2) if cfg.optimizer == "twa" else 1)
     t0 = time.perf_counter()
     try:
@@ -199,7 +202,7 @@ def _finetune(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, data: Samples
             graph.consts[name].data = v.data
     if rank == 0:  # rank 0 writes the checkpoints (recover)
         shutil.rmtree(ckpt, ignore_errors=True)
-    return {"optimizer": result.optimizer, "epochs": len(result.epochs), "batch_size": bs,
+    return {"optimizer": result.optimizer, "epochs": len(result.epochs), "batch_size": bs, "regularize": regularize,
             "loss": result.loss_description,
             "qat_bits": qat, "seconds": round(time.perf_counter() - t0, 3), "device": result.device,
             "history": [{"epoch": e.epoch, "loss": e.loss, "accuracy": e.accuracy, "seconds": e.wall_s}
@@ -370,6 +373,10 @@ def validate(cfg: BuildConfig, target: Target) -> None:
         check_npz(Path(cfg.finetune), "--finetune")
     if cfg.epochs < 1:
         raise BuildError(f"--epochs {cfg.epochs}: give at least 1 epoch")
+    if cfg.regularize is not None:
+        from .finetune.regularize import parse_regularizer
+        if parse_regularizer(cfg.regularize) is not None and not cfg.finetune:
+            raise BuildError(f"--regularize {cfg.regularize} trains the model: give --finetune calib or a .npz")
     if cfg.optimizer == "twa" and cfg.epochs < 2:
         raise BuildError(f"--optimizer twa needs --epochs 2 or more (a normal phase, then subspace training); "
                          f"got {cfg.epochs}")
@@ -469,19 +476,31 @@ def _build_model(model_spec, cfg: BuildConfig, target: Target, clock: _StageCloc
     calib, evals, labels, data_note = split_data(loaded, graph, calib_path=cfg.calib,
                                                   max_eval=cfg.max_eval_samples, seed=cfg.seed)
     quantized = cfg.quant.startswith("int8")
-    compressed = _compress(graph, cfg, 1.0 if quantized else 4.0, dump_dir)
-    n_dumped = 1 + len(compressed.timings)
-    t = stage_done("compress (fold, factorize, prune)", 0.35, t)
-
     finetune_info = None
     if cfg.finetune:
         if cfg.finetune == "calib":
             ft_data, ft_labels = calib, None
         else:
             ft_data, ft_labels = load_samples(Path(cfg.finetune), graph)
+    regularized, pre_records, pre_timings = None, [], []
+    if cfg.regularize and cfg.regularize.strip().lower() != "none":
+        # compression-aware training: fold, train the dense model with the low-rank penalty, then
+        # factorize (the passes below) and recover (the fine-tuning after them)
+        pre = _compress(graph, replace(cfg, rank="none", budget_bytes=None, prune="none"), 4.0, dump_dir)
+        pre_records, pre_timings = list(pre.records), list(pre.timings)
+        regularized = _finetune(graph, loaded, cfg, ft_data, ft_labels, progress, regularize=cfg.regularize)
+        t = stage_done("compression-aware training", 0.3, t)
+    compressed = _compress(graph, cfg, 1.0 if quantized else 4.0, dump_dir, first_index=1 + len(pre_timings))
+    compressed.records[:0], compressed.timings[:0] = pre_records, pre_timings
+    n_dumped = 1 + len(compressed.timings)
+    t = stage_done("compress (fold, factorize, prune)", 0.35, t)
+
+    if cfg.finetune:
         finetune_info = _finetune(graph, loaded, cfg, ft_data, ft_labels, progress)
         dump_graph(graph, dump_dir, n_dumped, "finetune")
         n_dumped += 1
+        if regularized is not None:
+            finetune_info["regularized_training"] = regularized
         t = stage_done("fine-tune", 0.5, t)
     if rank != 0:
         # Under torchrun every rank trains its slice of each global batch (DDP keeps the weights

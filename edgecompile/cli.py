@@ -131,6 +131,9 @@ def main(verbose: bool, debug: bool) -> None:
 @click.option("--optimizer", type=click.Choice(["auto", "fngd", "adamw", "sgd", "kfac", "twa"]), default="auto",
               show_default=True)
 @click.option("--epochs", type=int, default=3, show_default=True)
+@click.option("--regularize", default=None,
+              help="Compression-aware training: erank:λ | nuclear:λ. With --finetune, trains the dense model with a "
+                   "low-rank penalty first, then factorizes (--rank / --budget-bytes) and recovers.")
 @click.option("--optimize", type=click.Choice(["size", "balanced", "latency", "none"]), default="size",
               show_default=True,
               help="Per-layer compression chosen by measurement under the gate: size (sparsity + shared levels "
@@ -154,8 +157,8 @@ def main(verbose: bool, debug: bool) -> None:
 @click.option("--dump-ir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Write the IR's text dump after import and after every pass into this folder (NN-<pass>.txt).")
 def build(model, target, out, backend, stream_weights, calib, rank, prune, quant, cluster_bits, budget_bytes, codecs, finetune,
-          optimizer, epochs, optimize, task, min_agreement, min_cosine, min_correlation, max_eval, allow_oversize,
-          max_accuracy_drop, allow_degraded, as_json, dump_ir):
+          optimizer, epochs, regularize, optimize, task, min_agreement, min_cosine, min_correlation, max_eval,
+          allow_oversize, max_accuracy_drop, allow_degraded, as_json, dump_ir):
     """Compile MODEL (file.py:factory, package.module:factory or a .pt2; default: the embedded digits CNN)."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -171,7 +174,7 @@ def build(model, target, out, backend, stream_weights, calib, rank, prune, quant
     cfg = BuildConfig(target=target, out=out or Path("out") / f"{name}-{target}", backend=backend, rank=rank,
                       prune=prune, quant=quant, cluster_bits=cluster_bits, budget_bytes=budget_bytes,
                       codecs=tuple(codecs) or None,
-                      calib=calib, finetune=finetune, optimizer=optimizer, epochs=epochs,
+                      calib=calib, finetune=finetune, optimizer=optimizer, epochs=epochs, regularize=regularize,
                       thresholds=Thresholds(min_top1_agreement=min_agreement, min_cosine=min_cosine,
                                             max_accuracy_drop=max_accuracy_drop / 100,
                                             min_decision_agreement=min_agreement, min_correlation=min_correlation),
@@ -193,6 +196,44 @@ def build(model, target, out, backend, stream_weights, calib, rank, prune, quant
     else:
         render_terminal(result.report, _console())
         click.echo(f"bundle written to {result.out_dir}/ (report.html, report.json)")
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--calib", type=click.Path(path_type=Path), default=None,
+              help=".npz of inputs (+ labels), as for build: sensitivities on the calibration part.")
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
+              help="Folder for analysis.json and analysis.html [out/<model>-analysis].")
+@click.option("--task", default=None, help="What each output is, as for build (e.g. logits).")
+@click.option("--target", "-t", default=None, help="A board: check the recommended weights against its flash.")
+@click.option("--min-agreement", type=float, default=0.97, show_default=True)
+@click.option("--min-cosine", type=float, default=0.97, show_default=True)
+@click.option("--min-correlation", type=float, default=0.97, show_default=True)
+@click.option("--intrinsic-dim", is_flag=True,
+              help="Also measure the intrinsic dimension (subspace training; needs labelled training data).")
+@click.option("--train", type=click.Path(path_type=Path), default=None,
+              help="--intrinsic-dim: .npz of training inputs and labels [the factory's data['train']].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON.")
+def analyze(model, calib, out, task, target, min_agreement, min_cosine, min_correlation, intrinsic_dim, train, seed, as_json):
+    """Per-layer spectra, sensitivity to every compression the passes offer, a recommended compression
+    per layer, rank rules compared at equal size, and (--intrinsic-dim) the intrinsic dimension."""
+    from .analyze import AnalyzeConfig, analyze as run_analyze
+    from .analyze.render import render_terminal, write
+    from .report.fidelity import Thresholds
+
+    name = "digits" if model is None else Path(model.split(":")[0]).stem.split(".")[-1]
+    cfg = AnalyzeConfig(calib=calib, task=task, target=target, intrinsic_dim=intrinsic_dim, train=train, seed=seed,
+                        thresholds=Thresholds(min_top1_agreement=min_agreement, min_cosine=min_cosine,
+                                              min_decision_agreement=min_agreement, min_correlation=min_correlation))
+    rep = run_analyze(model, cfg)
+    out = out or Path("out") / f"{name}-analysis"
+    write(rep, out)
+    if as_json:
+        click.echo(json.dumps({"ok": True, "out": str(out), "analysis": rep}, default=str))
+    else:
+        render_terminal(rep, _console())
+        click.echo(f"analysis written to {out}/ (analysis.html, analysis.json)")
 
 
 @main.command()

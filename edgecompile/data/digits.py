@@ -88,7 +88,7 @@ def model():
     net.eval()
     split = load_split()
     data = {"calib": (split["x_calib"],), "eval": (split["x_test"],), "labels": split["y_test"],
-            "outputs": ["logits"]}
+            "outputs": ["logits"], "train": (split["x_train"],), "train_labels": split["y_train"]}
     return net, (torch.from_numpy(split["x_test"][:1]),), data
 
 

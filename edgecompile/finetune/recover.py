@@ -28,6 +28,7 @@ from .data import FinetuneData, FinetuneDataError, batches, eval_batches
 from .fngd import FNGD
 from .layers import GRAM_DEFAULT
 from .objective import Objective, choose_objective, probe, resolve_kinds
+from .regularize import parse_regularizer
 from .outputs import (TEACHER_CACHE_BYTES, TeacherOutputs, batch_first, find_batch_axes,
                       flatten_outputs)
 from .twa import TWA, reestimate_batchnorm
@@ -107,9 +108,11 @@ class RecoverConfig:
     resume: bool = True
     keep_checkpoints: int = 2
     eval_every: int | None = None
+    regularize: str | None = None  # "erank:λ" | "nuclear:λ": compression-aware training (.regularize)
 
     def __post_init__(self):
         optimizers.check_name(self.optimizer)
+        parse_regularizer(self.regularize)
         if self.epochs < 1 or self.batch_size < 1:
             raise RecoverConfigError(f"epochs and batch_size must be >= 1 (got {self.epochs}, "
                                      f"{self.batch_size})")
@@ -311,6 +314,7 @@ def recover(student: nn.Module, data: FinetuneData, config: RecoverConfig,
     loop = _Loop(model, student, data, config, objective, (targets, eval_targets, axes), opts,
                  mask_list, device, steps_per_epoch, curve, sum(e.wall_s for e in history),
                  base_lrs)
+    loop.set_regularizer(parse_regularizer(config.regularize))
     try:
         for epoch in range(start, config.epochs):
             stats = loop.run_epoch(epoch)
@@ -386,6 +390,14 @@ class _Loop:
         self.total_steps = steps_per_epoch * config.epochs
         self.warm_steps = warm = config.twa_warmup_epochs * steps_per_epoch
         self.twa_every = max(1, -(-warm // config.twa_checkpoints))
+        self.reg, self.reg_params = None, []
+
+    def set_regularizer(self, reg) -> None:
+        """Adds `reg`'s low-rank penalty on the student's layer weights to every step's loss."""
+        from .regularize import targets
+
+        self.reg = reg
+        self.reg_params = [p for _, p in targets(self.student, reg)] if reg is not None else []
 
     def _optimizer(self, epoch: int) -> torch.optim.Optimizer:
         if "base" in self.opts and epoch < self.config.twa_warmup_epochs:
@@ -446,6 +458,9 @@ class _Loop:
                         f"(optimizer {cfg.optimizer}); lower the learning rate (lr) or raise "
                         "the damping; checkpoints of finished epochs are kept")
                 loss = fngd.reduce(per_sample) if fngd is not None else per_sample.mean()
+                if self.reg is not None and self.reg_params:
+                    from .regularize import penalty
+                    loss = loss + penalty(self.reg_params, self.reg)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
             try:

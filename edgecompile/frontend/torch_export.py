@@ -42,6 +42,7 @@ from torch.fx.node import map_arg
 
 from ..ir import Graph, Value, verify
 from .cleanup import cleanup, finalize
+from .factorized import tag_factorized
 from .context import Const, ConvertContext, Unsupported, dtype_name
 from .errors import FrontendError, UnsupportedNode, UnsupportedOpError
 from .op_table import (ATEN_TO_IR, GETITEM, IDENTITY_OPS, IGNORED_OPS, decomposition_table, op_name,
@@ -102,7 +103,9 @@ def import_model(model: torch.nn.Module, example_inputs: tuple, name: str | None
                             "(no Python branch on tensor values: torch.cond) or pass a .pt2 you exported") from e
     sys.stderr.write(printed.getvalue())
     log.info("torch.export took %.2fs", time.perf_counter() - t0)
-    return import_exported_program(ep, name or type(model).__name__)
+    graph = import_exported_program(ep, name or type(model).__name__)
+    tag_factorized(graph, model)    # pre-set SVD / Tucker-2 / TT layers keep their structure
+    return graph
 
 
 def import_exported_program(ep: torch.export.ExportedProgram, name: str = "graph") -> Graph:

@@ -88,15 +88,16 @@ def _check_data(data, n_inputs: int, what: str) -> dict:
     if not isinstance(data, dict):
         raise ModelSpecError(f"{what}: the third returned value must be a dict with calib/eval/labels")
     out = {}
-    for key in ("calib", "eval"):
+    for key in ("calib", "eval", "train"):      # train (+ train_labels): `analyze --intrinsic-dim`
         if key in data:
             arrs = data[key]
             arrs = (arrs,) if isinstance(arrs, (np.ndarray, torch.Tensor)) else tuple(arrs)
             if len(arrs) != n_inputs:
                 raise ModelSpecError(f"{what}: data[{key!r}] has {len(arrs)} arrays, the model takes {n_inputs}")
             out[key] = tuple(np.asarray(a) for a in arrs)
-    if "labels" in data:
-        out["labels"] = np.asarray(data["labels"])
+    for key in ("labels", "train_labels"):
+        if key in data:
+            out[key] = np.asarray(data[key])
     if "outputs" in data:
         kinds = data["outputs"]
         if isinstance(kinds, str) or not isinstance(kinds, (list, tuple)):
@@ -116,10 +117,11 @@ def _check_data(data, n_inputs: int, what: str) -> dict:
         if not callable(data["stream_metric"]):
             raise ModelSpecError(f"{what}: data['stream_metric'] must be a callable (run) -> dict")
         out["stream_metric"] = data["stream_metric"]
-    unknown = sorted(set(data) - {"calib", "eval", "labels", "outputs", "metric", "stream_metric", "batch_axes"})
+    unknown = sorted(set(data) - {"calib", "eval", "labels", "outputs", "metric", "stream_metric", "batch_axes",
+                                  "train", "train_labels"})
     if unknown:
         raise ModelSpecError(f"{what}: unknown data key(s) {unknown}; use calib, eval, labels, outputs, metric, "
-                             "stream_metric, batch_axes")
+                             "stream_metric, batch_axes, train, train_labels")
     return out
 
 

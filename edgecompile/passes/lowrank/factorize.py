@@ -110,6 +110,9 @@ def _weight_of(node: Node):
 def _why_not(graph: Graph, node: Node, cfg: LowRankConfig) -> str:
     """Why `node` cannot be factorized ('' if it can)."""
     w = _weight_of(node)
+    if node.meta.get("lowrank"):
+        return "already factorized (" + ("a pre-set factorized layer" if node.meta["lowrank"].get("preset")
+                                         else "by an earlier low-rank pass") + ")"
     if w.quant is not None or w.data.dtype.kind != "f":
         return "weight is already quantized; run low-rank before quantization"
     if len(w.uses) != 1 or any(o is w for o in graph.outputs):
