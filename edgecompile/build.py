@@ -35,7 +35,7 @@ from .inputs.samples import Samples, load_samples, split_data
 from .ir import Graph, verify
 from .passes.base import LayerRecord
 from .passes.pipeline import PipelineResult, baseline_passes, compress_passes, dump_graph, run_pipeline
-from .inputs.model import (LoadedModel, ModelSpecError, batch_first, check_example_inputs, first_line,
+from .inputs.model import (LoadedModel, ModelSpecError, batch_first, check_example_inputs, check_finite, first_line,
                            import_graph, load_model)
 from .targets import Target, load_target
 from .search.choose import candidates, resolve_quant
@@ -124,19 +124,6 @@ def _launch() -> tuple[int, int]:
 
 
 # -- stages ------------------------------------------------------------------------------------
-
-def _check_finite(loaded: LoadedModel) -> None:
-    """Parameters holding inf or NaN make every output comparison meaningless: name them and stop.
-    (Constants may be infinite on purpose, e.g. a -inf attention mask: only parameters are checked.)"""
-    if loaded.module is None:
-        return
-    bad = [name for name, p in loaded.module.named_parameters()
-           if p.is_floating_point() and not bool(torch.isfinite(p.detach()).all())]
-    if bad:
-        raise BuildError(f"weights {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} hold inf or NaN "
-                         f"({len(bad)} tensors); fix the checkpoint (e.g. reload it, or torch.nan_to_num the "
-                         "weights) before compiling")
-
 
 def _check_half(graph: Graph, cfg: BuildConfig) -> None:
     """int8 quantization starts from float32: a float16/bfloat16 model is named with what to do."""
@@ -451,7 +438,7 @@ def _build_model(model_spec, cfg: BuildConfig, target: Target, clock: _StageCloc
     t = time.perf_counter()
     loaded = model_spec if isinstance(model_spec, LoadedModel) else load_model(model_spec)
     loaded = batch_first(loaded)
-    _check_finite(loaded)
+    check_finite(loaded)
     torch.manual_seed(cfg.seed)
     t = stage_done("load model", 0.05, t)
 
@@ -476,22 +463,18 @@ def _build_model(model_spec, cfg: BuildConfig, target: Target, clock: _StageCloc
     calib, evals, labels, data_note = split_data(loaded, graph, calib_path=cfg.calib,
                                                   max_eval=cfg.max_eval_samples, seed=cfg.seed)
     quantized = cfg.quant.startswith("int8")
-    finetune_info = None
+    finetune_info, regularized, pre = None, None, None
     if cfg.finetune:
-        if cfg.finetune == "calib":
-            ft_data, ft_labels = calib, None
-        else:
-            ft_data, ft_labels = load_samples(Path(cfg.finetune), graph)
-    regularized, pre_records, pre_timings = None, [], []
+        ft_data, ft_labels = (calib, None) if cfg.finetune == "calib" else load_samples(Path(cfg.finetune), graph)
     if cfg.regularize and cfg.regularize.strip().lower() != "none":
         # compression-aware training: fold, train the dense model with the low-rank penalty, then
         # factorize (the passes below) and recover (the fine-tuning after them)
         pre = _compress(graph, replace(cfg, rank="none", budget_bytes=None, prune="none"), 4.0, dump_dir)
-        pre_records, pre_timings = list(pre.records), list(pre.timings)
         regularized = _finetune(graph, loaded, cfg, ft_data, ft_labels, progress, regularize=cfg.regularize)
         t = stage_done("compression-aware training", 0.3, t)
-    compressed = _compress(graph, cfg, 1.0 if quantized else 4.0, dump_dir, first_index=1 + len(pre_timings))
-    compressed.records[:0], compressed.timings[:0] = pre_records, pre_timings
+    compressed = _compress(graph, cfg, 1.0 if quantized else 4.0, dump_dir, first_index=1 + len(pre.timings if pre else ()))
+    if pre is not None:
+        compressed.records[:0], compressed.timings[:0] = pre.records, pre.timings
     n_dumped = 1 + len(compressed.timings)
     t = stage_done("compress (fold, factorize, prune)", 0.35, t)
 

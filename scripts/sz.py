@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: No module above this many lines (blank lines and comments count: they are read too).
 MAX_FILE_LINES = 600
 #: The whole package; raise it in the same commit as the code that needs it, saying why.
-MAX_TOTAL_LINES = 24_000
+MAX_TOTAL_LINES = 26_000
 
 
 def line_counts(package: Path) -> dict[Path, int]:

@@ -250,3 +250,16 @@ def check_example_inputs(loaded: LoadedModel) -> None:
                           else type(x).__name__ for x in loaded.example_inputs)
         raise ModelSpecError(f"{loaded.name} fails on its example inputs ({given}): {first_line(e)}; give "
                              "example inputs of the shapes and dtypes its forward() expects") from None
+
+
+def check_finite(loaded: LoadedModel) -> None:
+    """Parameters holding inf or NaN make every output comparison meaningless: name them and stop.
+    (Constants may be infinite on purpose, e.g. a -inf attention mask: only parameters are checked.)"""
+    if loaded.module is None:
+        return
+    bad = [name for name, p in loaded.module.named_parameters()
+           if p.is_floating_point() and not bool(torch.isfinite(p.detach()).all())]
+    if bad:
+        raise ModelSpecError(f"weights {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} hold inf or NaN "
+                         f"({len(bad)} tensors); fix the checkpoint (e.g. reload it, or torch.nan_to_num the "
+                         "weights) before compiling")
