@@ -16,9 +16,9 @@ through `optimize.GateScore`): score = min over checks of (value − threshold)/
 passes. Estimated bytes are what the container would store: the order-0 entropy of the int8 values
 (`optimize.entropy_bytes`, what the rANS coder reaches), of each factor for a factorized layer.
 
-The recommendation follows `--optimize`'s search: a layer takes its smallest setting whose solo
-score drop is within a tolerance, and the largest tolerance whose *joint* result still passes the
-gate (tightened by a margin) wins, found by bisection.
+The recommendation is `--optimize`'s own allocation (`search.optimize.Allocation`): a layer takes
+the setting minimizing bytes + multiplier x solo score drop, and the smallest multiplier whose
+*joint* result still passes the gate (tightened by a margin) wins, found by bisection.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..ir import TorchExecutor
-from ..search.optimize import GateScore, apply_setting, entropy_bytes, executor_outputs
+from ..search.optimize import Allocation, GateScore, apply_setting, entropy_bytes, executor_outputs
 from ..passes.prune import magnitude_masks
 from ..passes.quantize import quantize_weight
 from ..passes.lowrank.rank import effective_rank
@@ -148,56 +148,46 @@ def measure(layers: list[Layer], weights: dict[str, np.ndarray], scorer: Scorer,
 
 def recommend(layers: list[Layer], weights: dict[str, np.ndarray], measured: dict[str, list[Option]],
               scorer: Scorer, base: float) -> dict:
-    """Per layer, the smallest setting within the largest tolerance whose joint result passes.
+    """Per layer, the setting `--optimize`'s allocation picks (`search.optimize.Allocation`: fewest
+    bytes + multiplier x solo cost, the smallest multiplier whose joint result passes).
 
     `base` is the float model's score under the gate the options were measured with (a setting's
     cost is how much it lowers that); `scorer.gate` judges the joint result (tightened by a margin).
     Every layer is at least int8 (the build's default); the joint score applies all picks at once.
-    Returns the picks (layer -> Option label, bytes, solo score, why), the tolerance, the joint
+    Returns the picks (layer -> Option label, bytes, solo score, why), the multiplier, the joint
     score, and the estimated bytes before (fp32, int8) and after."""
     t0 = time.perf_counter()
     int8 = {lay.node: measured[lay.node][0] for lay in layers}
+    rest = {lay.node: measured[lay.node][1:] for lay in layers}
+    alloc = Allocation([[(base - o.score, o.bytes) for o in rest[lay.node]] for lay in layers],
+                       [int8[lay.node].bytes for lay in layers], base)
 
-    def choose(tol: float) -> dict[str, Option]:
-        picks = {}
-        for lay in layers:
-            ok = [o for o in measured[lay.node] if base - o.score <= tol and np.isfinite(o.score)]
-            picks[lay.node] = min(ok, key=lambda o: o.bytes) if ok else int8[lay.node]
-        return picks
+    def chosen(picks: list[int | None]) -> dict[str, Option]:
+        return {lay.node: int8[lay.node] if j is None else rest[lay.node][j] for lay, j in zip(layers, picks)}
 
-    def joint(picks: dict[str, Option]) -> float:
-        for lay in layers:
-            scorer.set(lay.const, picks[lay.node].weight)
+    def joint(picks: list[int | None]) -> float:
+        for lay, o in zip(layers, chosen(picks).values()):
+            scorer.set(lay.const, o.weight)
         s, _ = scorer.score()
         return s
 
-    tols = sorted({base - o.score for opts in measured.values() for o in opts
-                   if np.isfinite(o.score) and base - o.score <= base})
-    best, best_s, best_tol = None, None, None
-    lo, hi = 0, len(tols) - 1
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        picks = choose(tols[mid])
-        s = joint(picks)
-        if s >= 0:
-            best, best_s, best_tol, lo = picks, s, tols[mid], mid + 1
-        else:
-            hi = mid - 1
-    if best is None:
-        best, best_tol = int8, None
-        best_s = joint(best)
+    # the last multiplier keeps every layer int8; its joint score is measured, not assumed
+    passing = alloc.search(joint, np.inf)
+    k = min(passing)
+    best = chosen(alloc.picks(alloc.lams[k]))
+    best_s = passing[k] if np.isfinite(passing[k]) else joint(alloc.picks(np.inf))
     for lay in layers:
         scorer.set(lay.const, weights[lay.const])
+    lam = alloc.lams[k]
     rows = []
     for lay in layers:
         o = best[lay.node]
-        why = ("int8: every other setting tried alone cost more than the tolerance" if o.label == "int8"
-               else f"smallest setting whose solo score drop {base - o.score:.3f} is within the tolerance "
-                    f"{best_tol:.3f}")
+        why = ("int8: no other setting saves enough bytes for what it costs the gate" if o.label == "int8"
+               else f"fewest bytes + {lam:.3g} x solo score drop ({base - o.score:.3f})")
         rows.append({"layer": lay.node, "setting": o.label, "est_bytes": round(o.bytes),
                      "int8_bytes": round(int8[lay.node].bytes), "fp32_bytes": 4 * lay.params,
                      "solo_score": round(float(o.score), 4), "why": why})
-    return {"layers": rows, "tolerance": None if best_tol is None else round(best_tol, 4),
+    return {"layers": rows, "bytes_per_score": None if not np.isfinite(lam) else round(float(lam), 1),
             "joint_score": round(float(best_s), 4), "solo_base_score": round(float(base), 4),
             "fp32_bytes": sum(4 * lay.params for lay in layers),
             "int8_bytes": round(sum(r["int8_bytes"] for r in rows)),

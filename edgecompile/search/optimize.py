@@ -317,52 +317,30 @@ def optimize_weights(graph: Graph, samples: Sequence[np.ndarray], ref: list[np.n
                 lay.rounder = Rounder(lay.gram)
     _solo(layers, scorer, base, config, t0, progress)
 
-    def choose(lam: float) -> list[_Option | None]:
-        """Each layer's setting minimizing bytes + lam * solo cost (None: keep int8)."""
-        picks = []
-        for layer in layers:
-            best, val = None, layer.bytes0
-            for o in layer.options:
-                v = o.bytes + lam * max(o.cost, 0.0)
-                if o.cost <= base and o.bytes < layer.bytes0 and v < val:
-                    best, val = o, v
-            picks.append(best)
-        return picks
+    alloc = Allocation([[(o.cost, o.bytes) for o in lay.options] for lay in layers],
+                       [lay.bytes0 for lay in layers], base)
 
-    def joint(picks) -> float:
-        for layer, p in zip(layers, picks):
+    def chosen(picks: list[int | None]) -> list[_Option | None]:
+        return [None if j is None else lay.options[j] for lay, j in zip(layers, picks)]
+
+    def joint(picks: list[int | None]) -> float:
+        for layer, p in zip(layers, chosen(picks)):
             scorer.set_weight(layer, layer.q if p is None else p.q, None if p is None else p.scale)
+        if progress:
+            progress(0.8 + 0.2 * min(1.0, (time.perf_counter() - t0) / (1.5 * config.max_seconds)))
         return scorer()
 
-    # The costs add up when layers change together, so bytes are spent where they buy the most: a
-    # Lagrangian allocation (equal slope), not one cost cap for every layer (measured on MiniLM at
-    # cosine 0.99: one cap kept the 11.7M-entry embedding at 4.8 bits a weight because its cost
-    # was above what the small layers could afford; 12.99 MB estimated under the cap).
-    # The multipliers where some layer's choice changes, ascending (most compression first); at
-    # the top end every layer keeps int8, which is the base and passes.
-    lams = sorted(_breakpoints(layers, base)) + [np.inf]
-    passing: dict[int, float] = {len(lams) - 1: base}
-    lo, hi = 0, len(lams) - 2
-    while lo <= hi:                       # the smallest multiplier whose joint result passes
-        if time.perf_counter() - t0 > 1.5 * config.max_seconds and len(passing) > 1:
-            break                         # out of time: the best plan that passed so far
-        mid = (lo + hi) // 2
-        s = joint(choose(lams[mid]))
-        if s >= 0:
-            passing[mid], hi = s, mid - 1
-        else:
-            lo = mid + 1
-        if progress:
-            progress(0.8 + 0.2 * min(1.0, scorer.evals / (scorer.evals + hi - lo + 2)))
+    # out of time (1.5x the solo budget): the best plan that passed so far
+    passing = alloc.search(joint, base, stop=lambda: time.perf_counter() - t0 > 1.5 * config.max_seconds)
     # Up to three plans, most compressed first: the best multiplier, then ones a half and three
     # quarters of the way to keeping int8 (the build falls back to them if the real runtime's
     # gate disagrees).
     plans = []
-    top, end = min(passing), len(lams) - 1
+    top, end = min(passing), len(alloc.lams) - 1
     for k in dict.fromkeys((top, top + (end - top) // 2, top + 3 * (end - top) // 4)):
-        picks = choose(lams[k])
+        picks = chosen(alloc.picks(alloc.lams[k]))
         if any(p is not None for p in picks):
-            plans.append(_plan(layers, picks, lams[k], passing.get(k)))
+            plans.append(_plan(layers, picks, alloc.lams[k], passing.get(k)))
     joint([None] * len(layers))
     return {"goal": config.goal, "plans": plans, "base_score": round(base, 4), "evaluations": scorer.evals,
             "seconds": round(time.perf_counter() - t0, 2), "margin": config.margin,
@@ -372,18 +350,61 @@ def optimize_weights(graph: Graph, samples: Sequence[np.ndarray], ref: list[np.n
             "costs_predicted": sum(not o.measured for lay in layers for o in lay.options)}
 
 
-def _breakpoints(layers: list[_Layer], base: float) -> set[float]:
-    """The multipliers (bytes per unit of gate score) at which a layer's Lagrangian choice between
-    two of its settings (or int8) changes."""
-    out = set()
-    for layer in layers:
-        pts = [(0.0, layer.bytes0)] + [(max(o.cost, 0.0), o.bytes) for o in layer.options
-                                        if o.cost <= base and o.bytes < layer.bytes0]
-        for c1, b1 in pts:
-            for c2, b2 in pts:
-                if c2 > c1 and b2 < b1:
-                    out.add((b1 - b2) / (c2 - c1))
-    return out
+class Allocation:
+    """Per-layer settings chosen by one Lagrange multiplier: each layer takes the option minimizing
+    ``bytes + multiplier * cost`` (or keeps its current form), and the smallest multiplier whose
+    *joint* result passes the gate wins, found by bisection (`search`).
+
+    Solo costs add up when layers change together, so bytes are spent where they buy the most: an
+    equal-slope allocation, not one cost cap for every layer (measured on MiniLM at cosine 0.99:
+    one cap kept the 11.7M-entry embedding at 4.8 bits a weight because its cost was above what the
+    small layers could afford). Used by `--optimize` and by `edgecompile analyze`'s recommendation.
+
+    Parameters
+    ----------
+    options : per layer, (cost, bytes) of each option; a cost is how much the option alone lowers
+        the gate's score; options costing more than `base` (failing alone) are never taken
+    keep : per layer, the bytes of keeping it as it is (cost 0)
+    base : the gate score with nothing changed
+    """
+
+    def __init__(self, options: Sequence[Sequence[tuple[float, float]]], keep: Sequence[float], base: float):
+        self.options = [[(max(c, 0.0), b) if np.isfinite(c) and c <= base and b < k else None for c, b in opts]
+                        for opts, k in zip(options, keep)]
+        self.keep = list(keep)
+        cuts = set()                      # the multipliers where some layer's choice changes
+        for opts, k in zip(self.options, self.keep):
+            pts = [(0.0, k)] + [o for o in opts if o is not None]
+            cuts.update((b1 - b2) / (c2 - c1) for c1, b1 in pts for c2, b2 in pts if c2 > c1 and b2 < b1)
+        # ascending: most compression first; at the end every layer keeps its form, which passes
+        self.lams = sorted(cuts) + [np.inf]
+
+    def picks(self, lam: float) -> list[int | None]:
+        """Each layer's option index at multiplier `lam` (None: keep)."""
+        out = []
+        for opts, k in zip(self.options, self.keep):
+            best, val = None, k
+            for j, o in enumerate(opts):
+                if o is not None and o[1] + lam * o[0] < val:
+                    best, val = j, o[1] + lam * o[0]
+            out.append(best)
+        return out
+
+    def search(self, joint: Callable[[list[int | None]], float], base: float,
+               stop: Callable[[], bool] = lambda: False) -> dict[int, float]:
+        """Bisection for the smallest multiplier whose joint score (`joint(picks)`) is >= 0.
+        Returns {index into `lams`: joint score} of every multiplier found to pass (the last index,
+        keeping every layer, is `base`). `stop()` ends the bisection early once one has passed."""
+        passing = {len(self.lams) - 1: base}
+        lo, hi = 0, len(self.lams) - 2
+        while lo <= hi and not (stop() and len(passing) > 1):
+            mid = (lo + hi) // 2
+            s = joint(self.picks(self.lams[mid]))
+            if s >= 0:
+                passing[mid], hi = s, mid - 1
+            else:
+                lo = mid + 1
+        return passing
 
 
 def _solo(layers: list[_Layer], scorer: _Scorer, base: float, config: OptimizeConfig, t0: float,
