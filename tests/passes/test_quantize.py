@@ -423,3 +423,45 @@ def test_int8_on_imported_models(name):
     cos = float((ref * out).sum() / np.linalg.norm(ref) / np.linalg.norm(out))
     assert cos > 0.99, cos
     assert all(v.quant is None for v in g.inputs if not v.dtype.startswith("float"))
+
+
+@pytest.mark.parametrize("spread, one_grid", [(0.3, True), (1.0, False)])
+def test_embedding_table_takes_one_grid_where_it_costs_little(spread, one_grid):
+    """An embedding table is quantized on one grid (the table's largest scale, as onnxruntime and
+    TFLite store it) when its rows lose little on it: every value within half a step, fewer coded
+    bits than one scale per row. Rows whose norms spread wider keep their own scales."""
+    from edgecompile.frontend import import_model
+    from edgecompile.search.optimize import entropy_bytes
+
+    class Emb(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.e = nn.Embedding(500, 32)
+            with torch.no_grad():            # rows of different norms, as trained tables have
+                g = torch.Generator().manual_seed(0)
+                self.e.weight.mul_(torch.exp(spread * torch.randn(500, 1, generator=g)))
+
+        def forward(self, ids):
+            return self.e(ids).mean(1)
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 500, (4, 16))
+    m = Emb().eval()
+    g = import_model(m, (ids,))
+    table = m.e.weight.detach().numpy()
+    QuantizePass(QuantConfig(activations="weights_only"), [(ids.numpy(),)])(g)
+    w = next(n for n in g.nodes if n.op == "gather").input(0)
+    per_row, qp = quantize_weight(table, 0)
+    assert w.data.dtype == np.int8
+    if one_grid:
+        step = np.float32(np.abs(table).max() / 127)
+        assert np.all(w.quant.scale == step)
+        assert np.abs(w.data * step - table).max() <= step / 2 * 1.0001
+        assert entropy_bytes(w.data) < 0.9 * entropy_bytes(per_row)
+    else:
+        assert np.array_equal(w.data, per_row) and np.array_equal(w.quant.scale, qp.scale)
+    got = run_graph(g, ids.numpy())
+    got = got[0] if isinstance(got, (list, tuple)) else got
+    want = m(ids).detach().numpy()
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() > 0.999
