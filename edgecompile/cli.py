@@ -24,9 +24,11 @@ from .errors import EXIT_INTERNAL, EdgecompileError, Interrupted, one_line
 
 
 def _log_dir() -> Path:
-    """Where internal-error tracebacks go: $XDG_CACHE_HOME/edgecompile, else the temp folder."""
+    """Where internal-error tracebacks go: $EDGECOMPILE_LOG_DIR, else $XDG_CACHE_HOME/edgecompile,
+    else ~/.cache/edgecompile, else the temp folder."""
     cache = os.environ.get("XDG_CACHE_HOME") or (Path.home() / ".cache" if Path.home().is_dir() else None)
-    for base in ([Path(cache) / "edgecompile"] if cache else []) + [Path(tempfile.gettempdir()) / "edgecompile"]:
+    first = [Path(os.environ["EDGECOMPILE_LOG_DIR"])] if os.environ.get("EDGECOMPILE_LOG_DIR") else []
+    for base in first + ([Path(cache) / "edgecompile"] if cache else []) + [Path(tempfile.gettempdir()) / "edgecompile"]:
         try:
             base.mkdir(parents=True, exist_ok=True)
             if os.access(base, os.W_OK):
