@@ -425,6 +425,10 @@ def _table_grid(table: np.ndarray) -> np.ndarray | None:
     4.4 % RMS, the sentence embedding's cosine from 0.9996 to 0.9994 (64 held-out sentences). A
     table whose row norms spread wider (small rows would lose more than `TABLE_GRID_MAX_ERROR` on
     average) keeps its per-row scales: `--optimize size` can still choose one grid by measurement.
+    Only where the looked-up rows stay float (int8 weights only, dynamic range): under full int8 they
+    are requantized to the output's grid, and a coarse table grid makes rounding ties between the
+    two grids common, which the runtimes break differently (TFLite half away from zero, the executor
+    half to even): measured on the tiny transformer, 4 output steps apart instead of at most 2.
     """
     step = np.float32(np.abs(table).max() / 127)
     if step == 0:
@@ -554,7 +558,7 @@ class QuantizePass(Pass):
         s_out = node.output.quant
         zero_scale = (float(s_out.scale[0]) / float(s_in.scale[0])
                       if s_in is not None and s_out is not None and not s_out.per_channel else None)
-        if node.op == "gather":
+        if node.op == "gather" and node.output.quant is None:   # rows stay float
             min_scale = _table_grid(w.data)
         q, qp = quantize_weight(w.data, axis, min_scale, zero_scale)
         shift = None
