@@ -135,6 +135,13 @@ def broken_metric():
 def half():
     return M().eval().half(), (torch.randn(1, 8).half(),)
 
+def pipe_metric():
+    torch.manual_seed(0)
+    return M().eval(), (torch.randn(1, 8),), {"metric": lambda ref, got: _epipe()}
+
+def _epipe():
+    raise BrokenPipeError(32, "Broken pipe")     # a pipe of the model's own, not the CLI's stdout
+
 def big():
     torch.manual_seed(0)
     return M(300_000).eval(), (torch.randn(1, 300_000),)
@@ -305,3 +312,45 @@ def test_one_calibration_sample_is_not_called_held_back(models):
     assert len(evals[0]) == 1 and "held-back" not in note and "also used for calibration" in note
     _, evals, _, note = _data(loaded, BuildConfig(calib=models / "calib.npz"), g)
     assert len(evals[0]) == 8 and note.startswith("held-back 20%")
+
+
+def _closed_stdout(args: list[str], close_stderr: bool = False) -> tuple[int, str]:
+    """Runs the CLI with a stdout pipe whose reader is gone before anything is written (as after
+    ``| head -1``); the exit status and stderr."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen([sys.executable, "-m", "edgecompile", *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=env)
+    p.stdout.close()
+    if close_stderr:
+        p.stderr.close()
+        return p.wait(timeout=120), ""
+    err = p.stderr.read().decode()
+    return p.wait(timeout=120), err
+
+
+def test_a_closed_stdout_ends_quietly_with_141(models, tmp_path):
+    """`inspect B | head -1`, `build --json | head -c 10`: exit 141 (as if killed by SIGPIPE), no
+    message, no crash log; the bundle a build finished is in --out."""
+    from edgecompile.cli import _log_dir
+
+    logs = set(_log_dir().glob("crash-*.log"))
+    out = tmp_path / "b"
+    args = ["build", f"{models / 'm.py'}:good", "--quant", "none", "--optimize", "none", "--out", str(out)]
+    for argv in (args + ["--json"], ["inspect", str(out)], ["inspect", str(out), "--json"], ["targets"], ["--help"]):
+        code, err = _closed_stdout(argv)
+        assert code == 141, (argv, err)
+        assert "Traceback" not in err and "error" not in err and "Exception ignored" not in err, (argv, err)
+    assert (out / "manifest.json").is_file()
+    # a failure whose line nobody can read still ends with its own code
+    assert _closed_stdout(["build", f"{models / 'm.py'}:good", "--epochs", "0"], close_stderr=True)[0] == 3
+    assert set(_log_dir().glob("crash-*.log")) == logs
+
+
+def test_a_broken_pipe_of_the_model_is_an_internal_error(models, tmp_path):
+    code, err, _ = _cli(["build", f"{models / 'm.py'}:pipe_metric", "--quant", "none", "--optimize", "none"],
+                        tmp_path / "o")
+    assert code == 70 and "internal error, please report: BrokenPipeError" in err, err
