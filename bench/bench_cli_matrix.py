@@ -323,7 +323,7 @@ def option_cases() -> list[Case]:
         ("epochs text", ["--epochs", "three"], (2,)),
         ("optimize unknown", ["--optimize", "speed"], (2,)),
         ("task unknown", ["--task", "banana"], (3,)),
-        ("task empty item", ["--task", "logits,,"], (3,)),
+        ("task empty item", ["--task", "logits,,"], (0, 3)),
         ("task too many outputs", ["--task", "logits,logits,logits", *QN], (3,)),
         ("min-agreement 1.5", ["--min-agreement", "1.5"], (3,)),
         ("min-agreement -0.1", ["--min-agreement", "-0.1"], (3,)),
@@ -361,7 +361,7 @@ def option_cases() -> list[Case]:
         ("calib object array (pickle)", "object.npz", (3,)), ("calib labels of another length", "labels.npz", (3,)),
         ("calib 1-D array", "flat.npz", (3,)), ("calib .npy instead of .npz", "plain.npy", (0, 3)),
         ("calib zip of text", "zip.npz", (3,)), ("calib header claims 10^12 samples", "bomb.npz", (3,)),
-        ("calib only labels", "only_labels.npz", (3,)), ("calib two arrays for one input", "two.npz", (3,)),
+        ("calib only labels", "only_labels.npz", (3,)), ("calib two arrays for one input", "two.npz", (0, 3)),
     ]
     for name, f, codes in calib:
         cases.append(Case("option", name, ["build", g, "--calib", "{w}/data/" + f, *QN], codes))

@@ -135,12 +135,23 @@ def _check_example_inputs(loaded: LoadedModel) -> None:
 
 
 def _check_finite(loaded: LoadedModel) -> None:
-    """Parameters holding inf or NaN make every output comparison meaningless: name them and stop.
-    (Constants may be infinite on purpose, e.g. a -inf attention mask: only parameters are checked.)"""
+    """Parameters holding inf or NaN, or buffers holding NaN (a BatchNorm's running variance), make
+    every output comparison meaningless: name them and stop. (Buffers may be infinite on purpose,
+    e.g. a -inf attention mask; NaN never is.) Also a dtype the IR lacks (bfloat16), named here
+    rather than deep in the import."""
+    from .ir.torch_ops import NUMPY_DTYPES
+
     if loaded.module is None:
         return
+    tensors = [*loaded.example_inputs, *loaded.module.parameters(), *loaded.module.buffers()]
+    odd = sorted({str(t.dtype).replace("torch.", "") for t in tensors
+                  if isinstance(t, torch.Tensor) and t.dtype not in NUMPY_DTYPES})
+    if odd:
+        raise BuildError(f"the model or its example inputs use {', '.join(odd)}, which edgecompile does not "
+                         "import; return model.float() and float32 example inputs from the factory")
     bad = [name for name, p in loaded.module.named_parameters()
            if p.is_floating_point() and not bool(torch.isfinite(p.detach()).all())]
+    bad += [name for name, b in loaded.module.named_buffers() if b.is_floating_point() and bool(b.isnan().any())]
     if bad:
         raise BuildError(f"weights {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} hold inf or NaN "
                          f"({len(bad)} tensors); fix the checkpoint (e.g. reload it, or torch.nan_to_num the "

@@ -104,6 +104,14 @@ def _handle(exc: BaseException, debug: bool, as_json: bool) -> None:
     _fail(f"internal error, please report: {what}{where}", EXIT_INTERNAL, as_json)
 
 
+def _on_sigterm(signum, _frame) -> None:
+    """SIGTERM as SIGINT: a `KeyboardInterrupt` that `_handle` turns into one line and exit 143
+    (Python's default would end the process with no word)."""
+    exc = KeyboardInterrupt()
+    exc.signum = signum
+    raise exc
+
+
 class _Group(click.Group):
     """The command group: every exception out of a command ends as one line and its exit code."""
 
@@ -147,6 +155,7 @@ def _console(stderr: bool = False):
 @click.option("--debug", is_flag=True, help="Show the Python traceback of any error (internal or not).")
 def main(verbose: bool, debug: bool) -> None:
     """edgecompile: compile a PyTorch model into a small, verified bundle for an edge board."""
+    signal.signal(signal.SIGTERM, _on_sigterm)   # before the slow imports: a build installs its own
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 

@@ -59,7 +59,7 @@ def _import_file(path: Path):
     sys.modules[name] = mod
     try:
         spec.loader.exec_module(mod)
-    except Exception as e:
+    except (Exception, SystemExit) as e:     # sys.exit() in a model file: its code is not ours to end with
         raise ModelSpecError(f"importing {path} failed: {type(e).__name__}: {e}") from e
     return mod
 
@@ -70,7 +70,7 @@ def _import_module(name: str):
     except ModuleNotFoundError as e:
         raise ModelSpecError(f"cannot import module {name!r}: {e}; give path/to/file.py:factory or "
                              "package.module:factory") from e
-    except Exception as e:
+    except (Exception, SystemExit) as e:
         raise ModelSpecError(f"importing {name} failed: {type(e).__name__}: {e}") from e
 
 
@@ -210,7 +210,7 @@ def load_model(spec: str | None) -> LoadedModel:
         raise ModelSpecError(f"{where} has no callable {fn_name!r}")
     try:
         result = factory()
-    except Exception as e:
+    except (Exception, SystemExit) as e:
         raise ModelSpecError(f"factory {spec} raised {type(e).__name__}: {e}") from e
     if not isinstance(result, tuple) or len(result) not in (2, 3):
         raise ModelSpecError(f"factory {spec} must return (model, example_inputs) or (model, example_inputs, data)")
