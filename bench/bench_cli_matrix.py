@@ -534,7 +534,7 @@ def _damage(kind: str):
     def container(fn):
         def f(_d, out):
             r = read_container((out / "weights.ecw").read_bytes())
-            (out / "weights.ecw").write_bytes(encode_container(fn(r.read_all())))
+            (out / "weights.ecw").write_bytes(encode_container(fn(r.read_all()))[0])
         return f
 
     model = "model.tflite" if kind.startswith("tflite") else "model.onnx"
@@ -547,7 +547,7 @@ def _damage(kind: str):
         "manifest is a folder": write("manifest.json", "dir"),
         "manifest deep nesting": write("manifest.json", b"[" * 100000),
         "manifest backend a number": manifest(lambda m: {**m, "backend": 5}),
-        "manifest inputs a string": manifest(lambda m: {**m, "inputs": "x"}),
+        "manifest weights a number": manifest(lambda m: {**m, "weights": 7}),
         "manifest version 99": manifest(lambda m: {**m, **{k: 99 for k in m if "version" in k and k != "versions"}}),
         "manifest unknown backend": manifest(lambda m: {**m, "backend": "coreml"}),
         "manifest empty object": manifest(lambda m: {}),
@@ -579,7 +579,7 @@ def _damage(kind: str):
 
 def inspect_cases() -> list[Case]:
     names = ["manifest missing", "manifest empty", "manifest not JSON", "manifest not UTF-8", "manifest a JSON list",
-             "manifest is a folder", "manifest deep nesting", "manifest backend a number", "manifest inputs a string",
+             "manifest is a folder", "manifest deep nesting", "manifest backend a number", "manifest weights a number",
              "manifest version 99", "manifest unknown backend", "manifest empty object", "manifest model path escapes",
              "manifest sha256 wrong", "model file missing", "model file empty", "model file truncated",
              "model file garbage", "model file one byte changed", "model file is a folder", "weights missing",
@@ -617,8 +617,9 @@ sys.argv = ["edgecompile", *sys.argv[4:]]
 if stage == "startup":
     marker.write_text(stage)
 elif stage != "none":
+    import importlib
     from edgecompile import build, staging, report
-    from edgecompile.finetune import recover
+    recover = importlib.import_module("edgecompile.finetune.recover")   # the package re-exports the function
     names = {"load": (build, "load_model"), "import": (build, "_import"), "compress": (build, "_compress"),
              "finetune": (build, "_finetune"), "search": (build, "candidates"), "emit": (build, "_write_bundle"),
              "verify": (build, "verify_bundle"), "latency": (build, "_latency"), "report": (report, "write_report"),
@@ -866,6 +867,48 @@ def _can_mount() -> bool:
 W = Path()
 
 
+KINDS = ["traceback", "wrong code", "lines", "bad json", "partial", "lost", "stray"]
+
+
+def run_matrix(keep_case=lambda case: True, loop: int = 20, timeout: float = 300.0, keep: bool = False,
+               verbose: bool = True) -> dict:
+    """Runs the cases `keep_case` accepts in a new work folder; the summary: counts per group (of
+    cases with each failure kind), the failing rows, every row."""
+    global W
+    W = Path(tempfile.mkdtemp(prefix="cli-matrix-"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), XDG_CACHE_HOME=str(W / "cache"))
+    root = os.geteuid() == 0
+    mounts = setup(env, _can_mount())
+    rows = []
+    try:
+        cases = (model_cases() + option_cases() + folder_cases(bool(mounts), root) + signal_cases()
+                 + concurrent_cases() + inspect_cases() + loop_cases(loop))
+        cases = [c for c in cases if keep_case(c)]
+        for i, case in enumerate(cases):
+            row = run_case(i, case, env, timeout)
+            rows.append(row)
+            if verbose:
+                status = "ok" if not row["failures"] else "FAIL " + "; ".join(row["notes"])
+                print(f"[{i + 1:3d}/{len(cases)}] {case.group:10s} {case.name:45s} exit {str(row['exit']):8s} "
+                      f"{row['seconds']:5.1f}s {status}", file=sys.stderr, flush=True)
+        crashes = sorted((W / "cache" / "edgecompile").glob("crash-*.log")) if (W / "cache").exists() else []
+    finally:
+        for m in mounts:
+            subprocess.run(["umount", str(m)], capture_output=True)
+        (W / "ro555").chmod(0o755)
+        if not keep:
+            shutil.rmtree(W, ignore_errors=True)
+    by_group: dict[str, Counter] = {}
+    for r in rows:
+        g = by_group.setdefault(r["group"], Counter())
+        g["cases"] += 1
+        g.update({k: 1 for k in r["failures"]})
+    total = sum(by_group.values(), Counter())
+    return {"cases": len(rows), "mounted_tmpfs": bool(mounts), "root": root, "crash_logs": len(crashes),
+            "work_folder": str(W) if keep else None, "groups": {g: dict(c) for g, c in by_group.items()},
+            "total": dict(total), "failures": [r for r in rows if r["failures"]], "rows": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default="", help="comma-separated groups")
@@ -874,53 +917,18 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    global W
-    W = Path(tempfile.mkdtemp(prefix="cli-matrix-"))
-    env = dict(os.environ, PYTHONPATH=str(ROOT), XDG_CACHE_HOME=str(W / "cache"))
-    root = os.geteuid() == 0
-    can_mount = _can_mount()
-    mounts = setup(env, can_mount)
-    try:
-        cases = (model_cases() + option_cases() + folder_cases(bool(mounts), root) + signal_cases()
-                 + concurrent_cases() + inspect_cases() + loop_cases(args.loop))
-        groups = set(filter(None, args.only.split(",")))
-        cases = [c for c in cases if not groups or c.group in groups]
-        rows = []
-        for i, case in enumerate(cases):
-            row = run_case(i, case, env, args.timeout)
-            rows.append(row)
-            status = "ok" if not row["failures"] else "FAIL " + "; ".join(row["notes"])
-            print(f"[{i + 1:3d}/{len(cases)}] {case.group:10s} {case.name:45s} exit {str(row['exit']):8s} "
-                  f"{row['seconds']:5.1f}s {status}", file=sys.stderr, flush=True)
-        crashes = sorted((W / "cache" / "edgecompile").glob("crash-*.log")) if (W / "cache").exists() else []
-    finally:
-        for m in mounts:
-            subprocess.run(["umount", str(m)], capture_output=True)
-        (W / "ro555").chmod(0o755)
-    kinds = ["traceback", "wrong code", "lines", "bad json", "partial", "lost", "stray"]
-    by_group: dict[str, Counter] = {}
-    for r in rows:
-        g = by_group.setdefault(r["group"], Counter())
-        g["cases"] += 1
-        g.update({k: 1 for k in r["failures"]})
-    total = sum(by_group.values(), Counter())
-    summary = {"cases": len(rows), "mounted_tmpfs": bool(mounts), "root": root, "crash_logs": len(crashes),
-               "groups": {g: dict(c) for g, c in by_group.items()}, "total": dict(total),
-               "failures": [r for r in rows if r["failures"]]}
+    groups = set(filter(None, args.only.split(",")))
+    summary = run_matrix(lambda c: not groups or c.group in groups, args.loop, args.timeout, args.keep)
     if args.json:
-        print(json.dumps({**summary, "rows": rows}, indent=1))
-    else:
-        print(f"{'group':12s} {'cases':>5s} " + " ".join(f"{k:>10s}" for k in kinds))
-        for g, c in [*by_group.items(), ("total", total)]:
-            print(f"{g:12s} {c['cases']:5d} " + " ".join(f"{c[k]:10d}" for k in kinds))
-        print(f"full disk: {'tmpfs + ' if mounts else ''}RLIMIT_FSIZE; internal-error logs written: "
-              f"{len(crashes)}")
-        for r in summary["failures"]:
-            print(f"FAIL {r['group']}/{r['name']} (exit {r['exit']}): " + "; ".join(r["notes"]))
-    if args.keep:
-        print(f"work folder: {W}", file=sys.stderr)
-    else:
-        shutil.rmtree(W, ignore_errors=True)
+        print(json.dumps(summary, indent=1))
+        return
+    print(f"{'group':12s} {'cases':>5s} " + " ".join(f"{k:>10s}" for k in KINDS))
+    for g, c in [*summary["groups"].items(), ("total", summary["total"])]:
+        print(f"{g:12s} {c['cases']:5d} " + " ".join(f"{c.get(k, 0):10d}" for k in KINDS))
+    print(f"full disk: {'tmpfs + ' if summary['mounted_tmpfs'] else ''}RLIMIT_FSIZE; internal-error logs "
+          f"written: {summary['crash_logs']}" + (f"; work folder {summary['work_folder']}" if args.keep else ""))
+    for r in summary["failures"]:
+        print(f"FAIL {r['group']}/{r['name']} (exit {r['exit']}): " + "; ".join(r["notes"]))
 
 
 if __name__ == "__main__":
