@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -155,7 +156,10 @@ def _console(stderr: bool = False):
 @click.option("--debug", is_flag=True, help="Show the Python traceback of any error (internal or not).")
 def main(verbose: bool, debug: bool) -> None:
     """edgecompile: compile a PyTorch model into a small, verified bundle for an edge board."""
-    signal.signal(signal.SIGTERM, _on_sigterm)   # before the slow imports: a build installs its own
+    if threading.current_thread() is threading.main_thread():   # signal.signal works there only
+        # before the slow imports (a build installs its own); put back when the command ends
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        click.get_current_context().call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
