@@ -3,8 +3,8 @@ CLI, each in its own process, with bad models, bad options, bad folders, a full 
 every stage, two builds into one ``--out``, and ``inspect`` on every kind of damaged bundle.
 
 Run: ``.venv/bin/python bench/bench_cli_matrix.py [--only model,option,folder,signal,loop,concurrent,inspect]
-[--loop 20] [--json]`` (about 15 minutes on 2 shared cores; the tiny models of a few layers keep
-every build to seconds).
+[--loop 20] [--jobs 3] [--json]`` (about 30 minutes on 2 shared cores at load 10 with 3 jobs; the
+tiny models keep every build to seconds).
 
 Each case runs ``python hook.py STAGE DELAY MARKER edgecompile-args...``: `hook.py` (written into
 the work folder) wraps one stage function of `edgecompile.build` (or `staging.replace`, with
@@ -614,7 +614,8 @@ HOOK = r'''
 import pathlib, sys, time
 stage, delay, marker = sys.argv[1], float(sys.argv[2]), pathlib.Path(sys.argv[3])
 sys.argv = ["edgecompile", *sys.argv[4:]]
-if stage == "startup":
+if stage == "startup":                   # the window of the command's own imports (torch: seconds)
+    from edgecompile.cli import main
     marker.write_text(stage)
 elif stage != "none":
     import importlib
@@ -871,9 +872,12 @@ KINDS = ["traceback", "wrong code", "lines", "bad json", "partial", "lost", "str
 
 
 def run_matrix(keep_case=lambda case: True, loop: int = 20, timeout: float = 300.0, keep: bool = False,
-               verbose: bool = True) -> dict:
-    """Runs the cases `keep_case` accepts in a new work folder; the summary: counts per group (of
-    cases with each failure kind), the failing rows, every row."""
+               verbose: bool = True, jobs: int = 1) -> dict:
+    """Runs the cases `keep_case` accepts in a new work folder, `jobs` at a time (each case has its
+    own folders); the summary: counts per group (of cases with each failure kind), the failing
+    rows, every row."""
+    from concurrent.futures import ThreadPoolExecutor
+
     global W
     W = Path(tempfile.mkdtemp(prefix="cli-matrix-"))
     env = dict(os.environ, PYTHONPATH=str(ROOT), XDG_CACHE_HOME=str(W / "cache"))
@@ -884,13 +888,17 @@ def run_matrix(keep_case=lambda case: True, loop: int = 20, timeout: float = 300
         cases = (model_cases() + option_cases() + folder_cases(bool(mounts), root) + signal_cases()
                  + concurrent_cases() + inspect_cases() + loop_cases(loop))
         cases = [c for c in cases if keep_case(c)]
-        for i, case in enumerate(cases):
-            row = run_case(i, case, env, timeout)
-            rows.append(row)
+
+        def one(i: int) -> dict:
+            row = run_case(i, cases[i], env, timeout)
             if verbose:
                 status = "ok" if not row["failures"] else "FAIL " + "; ".join(row["notes"])
-                print(f"[{i + 1:3d}/{len(cases)}] {case.group:10s} {case.name:45s} exit {str(row['exit']):8s} "
+                print(f"[{i + 1:3d}/{len(cases)}] {row['group']:10s} {row['name']:45s} exit {str(row['exit']):8s} "
                       f"{row['seconds']:5.1f}s {status}", file=sys.stderr, flush=True)
+            return row
+
+        with ThreadPoolExecutor(max(1, jobs)) as pool:
+            rows = list(pool.map(one, range(len(cases))))
         crashes = sorted((W / "cache" / "edgecompile").glob("crash-*.log")) if (W / "cache").exists() else []
     finally:
         for m in mounts:
@@ -915,10 +923,11 @@ def main() -> None:
     ap.add_argument("--loop", type=int, default=20, help="SIGKILLs during replacement")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per case before it counts as a hang")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--jobs", type=int, default=1, help="cases run at a time")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     groups = set(filter(None, args.only.split(",")))
-    summary = run_matrix(lambda c: not groups or c.group in groups, args.loop, args.timeout, args.keep)
+    summary = run_matrix(lambda c: not groups or c.group in groups, args.loop, args.timeout, args.keep, jobs=args.jobs)
     if args.json:
         print(json.dumps(summary, indent=1))
         return
