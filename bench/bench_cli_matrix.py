@@ -412,7 +412,7 @@ def folder_cases(can_mount: bool, root: bool) -> list[Case]:
         Case("folder", "--out /dev/null/x", g, (3,), out="/dev/null/x"),
         Case("folder", "--out /dev/null", g, (3,), out="/dev/null"),
         Case("folder", "--out a non-bundle folder", g, (3,), out="{w}/notabundle"),
-        Case("folder", "--out the work folder .", g, (3,), out="{w}"),
+        Case("folder", "--out a folder of data files", g, (3,), out="{w}/data"),
         Case("folder", "--out /", g, (3,), out="/"),
         Case("folder", "--out a name too long", g, (3,), out="{w}/" + "x" * 300),
         Case("folder", "--out an empty folder", g, (0,), out="{w}/emptydir"),
@@ -593,7 +593,7 @@ def inspect_cases() -> list[Case]:
              Case("inspect", "good tflite bundle", ["inspect", "{out}"], (0,), before="tflite", inspect_only=True),
              Case("inspect", "path does not exist", ["inspect", "{w}/nothing"], (2,), inspect_only=True),
              Case("inspect", "a file, not a folder", ["inspect", "{w}/afile"], (4,), inspect_only=True),
-             Case("inspect", "an empty folder", ["inspect", "{w}/emptydir"], (4,), inspect_only=True)]
+             Case("inspect", "an empty folder", ["inspect", "{w}/emptydir2"], (4,), inspect_only=True)]
     for n in names:
         cases.append(Case("inspect", n, ["inspect", "{out}"], (4,), before="onnx", inspect_only=True,
                           prepare=_damage(n)))
@@ -835,6 +835,7 @@ def setup(env: dict, can_mount: bool) -> list[Path]:
     (W / "notabundle").mkdir()
     (W / "notabundle" / "thesis.tex").write_text("precious")
     (W / "emptydir").mkdir()
+    (W / "emptydir2").mkdir()                 # for inspect (a build writes into emptydir)
     (W / "ro555").mkdir()
     (W / "ro555").chmod(0o555)
     _make_data(W / "data")
