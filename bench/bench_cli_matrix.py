@@ -813,8 +813,9 @@ def run_case(i: int, case: Case, env: dict, timeout: float) -> dict:
     if left:
         fail["stray"] += 1
         notes.append("left beside --out: " + ", ".join(left))
+    kept = None if not had_bundle else ("old" if (out / "TAG").is_file() else "new" if _complete(out) else "none")
     return {"group": case.group, "name": case.name, "exit": codes if not isinstance(codes, tuple) else list(codes),
-            "seconds": round(seconds, 1), "failures": dict(fail), "notes": notes}
+            "seconds": round(seconds, 1), "failures": dict(fail), "notes": notes, "out_after": kept}
 
 
 # -- the work folder -------------------------------------------------------------------------------
@@ -935,6 +936,10 @@ def main() -> None:
     print(f"{'group':12s} {'cases':>5s} " + " ".join(f"{k:>10s}" for k in KINDS))
     for g, c in [*summary["groups"].items(), ("total", summary["total"])]:
         print(f"{g:12s} {c['cases']:5d} " + " ".join(f"{c.get(k, 0):10d}" for k in KINDS))
+    loop = Counter(r["out_after"] for r in summary["rows"] if r["group"] == "loop")
+    if loop:
+        print(f"kills during replacement left --out holding: the old bundle {loop['old']}, the new one "
+              f"{loop['new']}, none {loop['none']}")
     print(f"full disk: {'tmpfs + ' if summary['mounted_tmpfs'] else ''}RLIMIT_FSIZE; internal-error logs "
           f"written: {summary['crash_logs']}" + (f"; work folder {summary['work_folder']}" if args.keep else ""))
     for r in summary["failures"]:
