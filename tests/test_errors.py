@@ -135,6 +135,18 @@ def broken_metric():
 def half():
     return M().eval().half(), (torch.randn(1, 8).half(),)
 
+def nan_buffer():
+    m = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.BatchNorm1d(4)).eval()
+    m[1].running_var[0] = float("nan")
+    return m, (torch.randn(1, 8),)
+
+def bfloat16():
+    return M().eval().bfloat16(), (torch.randn(1, 8).bfloat16(),)
+
+def exits():
+    import sys
+    sys.exit(5)
+
 def pipe_metric():
     torch.manual_seed(0)
     return M().eval(), (torch.randn(1, 8),), {"metric": lambda ref, got: _epipe()}
@@ -156,6 +168,8 @@ def models(tmp_path_factory):
     np.savez(d / "calib.npz", x=calib)
     np.savez(d / "one.npz", x=calib[:1])
     (d / "notnpz.npz").write_text("hello")
+    np.savez(d / "nan.npz", x=np.where(calib > 1, np.nan, calib))
+    np.savez(d / "object.npz", x=np.array([{"a": 1}, 2], dtype=object))
     (d / "afile").write_text("not a folder")
     return d
 
@@ -187,6 +201,8 @@ BEFORE_LOADING = [
     ("calib missing", ["build", "{m}:good", "--calib", "{d}/nope.npz"], 3, "no such file", False),
     ("calib not npz", ["build", "{m}:good", "--calib", "{d}/notnpz.npz"], 3, "not a readable .npz", False),
     ("codec", ["build", "{m}:good", "--codec", "lzma"], 3, "unknown codec", False),
+    ("calib NaN", ["build", "{m}:good", "--calib", "{d}/nan.npz"], 3, "array 'x' holds inf or NaN", False),
+    ("calib pickle", ["build", "{m}:good", "--calib", "{d}/object.npz"], 3, "Object arrays cannot be loaded", False),
 ]
 
 
@@ -229,6 +245,9 @@ MODEL_FAILURES = [
     ("wrong dtype", "wrong_dtype", [], 3, "(int64[8] per sample): mat1 and mat2 must have the same dtype"),
     ("inf weights", "inf_weights", [], 3, "hold inf or NaN"),
     ("torch.export", "data_dependent", [], 3, "torch.export failed for Branchy"),
+    ("NaN buffer", "nan_buffer", [], 3, "weights 1.running_var hold inf or NaN"),
+    ("bfloat16", "bfloat16", [], 3, "use bfloat16, which edgecompile does not import"),
+    ("sys.exit in the factory", "exits", [], 3, "raised SystemExit: 5"),
     ("float16 and int8", "half", ["--quant", "int8"], 3, "computes in float16; int8 quantization starts from float32"),
     ("verification", "good", ["--calib", "{d}/calib.npz", "--quant", "int8", "--optimize", "none",
                               "--prune", "magnitude:0.9", "--min-cosine", "0.9999", "--task", "embedding"], 1,
