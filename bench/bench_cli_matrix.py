@@ -36,7 +36,14 @@ read-only tmpfs, mounted in the work folder and unmounted at the end; always, a 
 (``RLIMIT_FSIZE`` 16 KiB: writes past it fail with EFBIG, Python ignores SIGXFSZ). As a non-root
 user a read-only folder is a ``chmod 555`` one (root writes there regardless, so it is skipped).
 
-Measured 2026-12-05 (2 shared cores, load ~3): see the closing note of issue 14.
+Measured 2026-12-05 (``--loop 20 --jobs 3``, 2 shared cores at load ~10, as root: tmpfs mounted):
+259 runs (model 50, option 88, folder 17, signal 35, concurrent 2, inspect 47, loop 20), 0 in every
+column, 0 internal-error logs; a ``--only loop`` rerun left the old bundle 11 times, the new one 9,
+none 0. Before the fixes it found: ``--out`` with a name too long and a file-size limit (exit 70);
+NaN in a BatchNorm buffer and a NaN ``--calib`` (exit 1, "cosine nan"); bfloat16, a pickled or
+header-bomb ``--calib`` (exit 70); ``sys.exit(n)`` in a model file or factory (exit n); FNGD fine-
+tuning an uncompressed model (zero gradients -> NaN weights); SIGTERM during the imports (killed, no
+line).
 """
 from __future__ import annotations
 
