@@ -420,10 +420,12 @@ def _build(model_spec, cfg: BuildConfig, progress: Progress | None) -> BuildResu
         try:
             return _build_model(model_spec, cfg, target, clock)
         except OSError as e:
-            ours = e.filename is not None and Path(os.path.abspath(e.filename)).is_relative_to(out.parent.absolute())
-            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) or (ours and e.errno in (errno.EACCES, errno.EPERM)):
-                raise staging.OutputError(f"cannot write the bundle: {e.strerror} ({e.filename or out.parent}); "
-                                          "free space or choose another --out") from None
+            where = e.filename2 or e.filename      # a copy's error names its source first
+            ours = where is not None and Path(os.path.abspath(where)).is_relative_to(out.parent.absolute())
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG) or (ours and e.errno in (errno.EACCES, errno.EPERM)):
+                what = "raise the file-size limit (ulimit -f)" if e.errno == errno.EFBIG else "free space"
+                raise staging.OutputError(f"cannot write the bundle: {e.strerror} ({where or out.parent}); "
+                                          f"{what} or choose another --out") from None
             raise
 
 

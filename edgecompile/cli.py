@@ -3,24 +3,28 @@
 Errors: every domain error derives from `errors.EdgecompileError` and carries its exit code; the
 CLI maps that root alone to one ``error: <line>`` and the code (the table is in `errors` and the
 README). Anything else is an internal error: one line ``internal error, please report: ...; log:
-<file>`` with the traceback in the log file, exit 70. ``--debug`` shows tracebacks instead.
+<file>`` with the traceback in the log file, exit 70. ``--debug`` shows tracebacks instead. A
+reader of stdout that goes away (``edgecompile inspect B | head -1``) ends the run quietly with 141,
+the status of a tool killed by SIGPIPE, as `cat` or `git` would.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
 
 import click
 
-from .errors import EXIT_INTERNAL, EdgecompileError, Interrupted, one_line
+from .errors import EXIT_INTERNAL, EXIT_SIGPIPE, EdgecompileError, Interrupted, one_line
 
 
 def _log_dir() -> Path:
@@ -50,16 +54,47 @@ def _write_log(exc: BaseException) -> Path | None:
         return None
 
 
+def _closed_pipes() -> list[int]:
+    """Which of stdout (1) and stderr (2) are pipes whose reader has exited (poll says POLLERR):
+    a `BrokenPipeError` from anything else (a pipe to a child process) stays an internal error."""
+    import select
+
+    if not hasattr(select, "poll"):
+        return []
+    poll = select.poll()
+    for fd in (1, 2):
+        poll.register(fd, select.POLLOUT)
+    try:
+        return [fd for fd, ev in poll.poll(0) if ev & select.POLLERR]
+    except OSError:
+        return []
+
+
+def _quiet_exit(code: int, fds: list[int]) -> None:
+    """Exits with `code`, `fds` pointed at /dev/null first: the interpreter flushes stdout at exit,
+    and a flush into the closed pipe would print 'Exception ignored ... BrokenPipeError'."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in fds:
+        os.dup2(devnull, fd)
+    sys.exit(code)
+
+
 def _fail(msg: str, code: int, as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps({"ok": False, "error": msg, "exit_code": code}))
-    else:
-        click.echo(f"error: {msg}", err=True)
+    try:
+        if as_json:
+            click.echo(json.dumps({"ok": False, "error": msg, "exit_code": code}))
+        else:
+            click.echo(f"error: {msg}", err=True)
+    except BrokenPipeError:
+        _quiet_exit(code, [1, 2])      # nobody reads the line; the status still says what happened
     sys.exit(code)
 
 
 def _handle(exc: BaseException, debug: bool, as_json: bool) -> None:
     """Ends the process for an exception out of a command: one line and the kind's exit code."""
+    closed = _closed_pipes() if isinstance(exc, BrokenPipeError) else []
+    if closed:
+        _quiet_exit(EXIT_SIGPIPE, closed)
     if debug:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     if isinstance(exc, KeyboardInterrupt):
@@ -72,12 +107,26 @@ def _handle(exc: BaseException, debug: bool, as_json: bool) -> None:
     _fail(f"internal error, please report: {what}{where}", EXIT_INTERNAL, as_json)
 
 
+def _on_sigterm(signum, _frame) -> None:
+    """SIGTERM as SIGINT: a `KeyboardInterrupt` that `_handle` turns into one line and exit 143
+    (Python's default would end the process with no word)."""
+    exc = KeyboardInterrupt()
+    exc.signum = signum
+    raise exc
+
+
 class _Group(click.Group):
     """The command group: every exception out of a command ends as one line and its exit code."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta["edgecompile.argv"] = list(args)     # for --json when a subcommand fails
-        return super().parse_args(ctx, args)
+        try:
+            return super().parse_args(ctx, args)      # --help and --version print here
+        except BrokenPipeError:
+            closed = _closed_pipes()
+            if closed:
+                _quiet_exit(EXIT_SIGPIPE, closed)
+            raise
 
     def invoke(self, ctx: click.Context):
         argv = ctx.meta.get("edgecompile.argv", [])
@@ -89,12 +138,18 @@ class _Group(click.Group):
             _handle(e, bool(ctx.params.get("debug")), "--json" in argv)
 
 
-def _console():
-    """A console wide enough for the per-layer table when output is piped (rich assumes 80)."""
+def _console(stderr: bool = False):
+    """A console wide enough for the per-layer table when output is piped (rich assumes 80), that
+    leaves a closed pipe to `_handle` (rich's own handler exits 1, our "verification failed")."""
     from rich.console import Console
 
-    c = Console()
-    return c if c.is_terminal else Console(width=160)
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+    c = _Console(stderr=stderr)
+    return c if c.is_terminal or stderr else _Console(width=160)
 
 
 @click.group(cls=_Group)
@@ -103,6 +158,10 @@ def _console():
 @click.option("--debug", is_flag=True, help="Show the Python traceback of any error (internal or not).")
 def main(verbose: bool, debug: bool) -> None:
     """edgecompile: compile a PyTorch model into a small, verified bundle for an edge board."""
+    if threading.current_thread() is threading.main_thread():   # signal.signal works there only
+        # before the slow imports (a build installs its own); put back when the command ends
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        click.get_current_context().call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
@@ -162,7 +221,6 @@ def build(model, target, out, backend, stream_weights, calib, rank, prune, quant
           optimizer, epochs, regularize, optimize, task, min_agreement, min_cosine, min_correlation, max_eval,
           allow_oversize, max_accuracy_drop, allow_degraded, as_json, dump_ir):
     """Compile MODEL (file.py:factory, package.module:factory or a .pt2; default: the embedded digits CNN)."""
-    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .build import BuildConfig, build as run_build
@@ -182,7 +240,7 @@ def build(model, target, out, backend, stream_weights, calib, rank, prune, quant
                                             min_decision_agreement=min_agreement, min_correlation=min_correlation),
                       task=task, optimize=optimize, max_eval_samples=max_eval, allow_oversize=allow_oversize,
                       allow_degraded=allow_degraded, stream_weights=stream_weights, dump_ir=dump_ir)
-    console = Console(stderr=True)
+    console = _console(stderr=True)
     if as_json or not console.is_terminal:  # no bar in logs and pipes: it would leave stray lines
         result = run_build(model, cfg)
     else:
@@ -242,7 +300,6 @@ def analyze(model, calib, out, task, target, min_agreement, min_cosine, min_corr
 @click.option("--json", "as_json", is_flag=True)
 def targets(as_json):
     """List the target boards and their key facts."""
-    from rich.console import Console
     from rich.table import Table
 
     from .targets import all_targets
@@ -257,7 +314,7 @@ def targets(as_json):
     for t in ts:
         table.add_row(t.name, t.kind, t.cpu, ",".join(t.features), f"{t.cores} × {t.clock_mhz:g}",
                       f"{t.ram_kib:,} KiB", f"{t.flash_kib:,} KiB", t.default_backend, ",".join(t.codecs))
-    Console().print(table)
+    _console().print(table)
 
 
 @main.command()

@@ -18,6 +18,7 @@ code  kind                meaning
 5     `DoesNotFitError`   the bundle does not fit the target's flash or RAM (``build.DoesNotFit``)
 70    `InternalError`     a bug in edgecompile (sysexits' EX_SOFTWARE): please report it
 130   `Interrupted`       stopped by SIGINT (Ctrl-C); 143 for SIGTERM: 128 + the signal number
+141                       stdout closed early (``| head``): quiet, like a tool killed by SIGPIPE
 ====  ==================  ================================================================
 
 Pure Python (no numpy, no torch): the container and the bundle loaders ship to boards with it.
@@ -37,6 +38,7 @@ EXIT_DOES_NOT_FIT = 5
 EXIT_INTERNAL = 70
 EXIT_SIGINT = 128 + signal.SIGINT      # 130
 EXIT_SIGTERM = 128 + signal.SIGTERM    # 143
+EXIT_SIGPIPE = 128 + 13                # 141 (signal.SIGPIPE is not defined on every platform)
 
 #: Every exit status the CLI can end with, and what it means.
 EXIT_CODES = {
@@ -49,6 +51,7 @@ EXIT_CODES = {
     EXIT_INTERNAL: "internal error (an edgecompile bug): please report it with the log file",
     EXIT_SIGINT: "interrupted by SIGINT (Ctrl-C)",
     EXIT_SIGTERM: "interrupted by SIGTERM",
+    EXIT_SIGPIPE: "the reader of stdout went away (`| head`): no message, as for a tool killed by SIGPIPE",
 }
 
 

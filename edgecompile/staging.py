@@ -59,7 +59,13 @@ class StopSignal(KeyboardInterrupt):
 
 def check_out(out: Path) -> None:
     """Raises `OutputError` unless a bundle can be written to `out` (checked before any work)."""
-    out = Path(out)
+    try:
+        _check_out(Path(out))
+    except OSError as e:                      # a name too long, a loop of links, a folder we may not read
+        raise OutputError(f"--out {out}: {e.strerror or e}; choose another --out") from None
+
+
+def _check_out(out: Path) -> None:
     if out.exists() or out.is_symlink():
         if not out.is_dir():
             raise OutputError(f"--out {out} is an existing file; give a folder path (the bundle is a folder)")

@@ -34,8 +34,5 @@ half_to_float, hxw, implicit, sparse_grad
 make_low_rank, one_thread, pytestmark, unet_bilinear_data, unet_transposed_data
 zdata  # tests/container/test_codecs.py unpacks (data, records) and checks the records
 
-# Dead, in files other in-flight work is rewriting (issues 11 and 16): delete with that work,
-# then drop these lines.
-per_sample_numel  # finetune/layers.py
-_.sync_from_params  # finetune/twa.py
-_.final_loss  # finetune/recover.py
+# rich.console.Console hooks and attributes we override (cli._console)
+_.on_broken_pipe, _.quiet

@@ -135,6 +135,25 @@ def broken_metric():
 def half():
     return M().eval().half(), (torch.randn(1, 8).half(),)
 
+def nan_buffer():
+    m = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.BatchNorm1d(4)).eval()
+    m[1].running_var[0] = float("nan")
+    return m, (torch.randn(1, 8),)
+
+def bfloat16():
+    return M().eval().bfloat16(), (torch.randn(1, 8).bfloat16(),)
+
+def exits():
+    import sys
+    sys.exit(5)
+
+def pipe_metric():
+    torch.manual_seed(0)
+    return M().eval(), (torch.randn(1, 8),), {"metric": lambda ref, got: _epipe()}
+
+def _epipe():
+    raise BrokenPipeError(32, "Broken pipe")     # a pipe of the model's own, not the CLI's stdout
+
 def big():
     torch.manual_seed(0)
     return M(300_000).eval(), (torch.randn(1, 300_000),)
@@ -149,6 +168,8 @@ def models(tmp_path_factory):
     np.savez(d / "calib.npz", x=calib)
     np.savez(d / "one.npz", x=calib[:1])
     (d / "notnpz.npz").write_text("hello")
+    np.savez(d / "nan.npz", x=np.where(calib > 1, np.nan, calib))
+    np.savez(d / "object.npz", x=np.array([{"a": 1}, 2], dtype=object))
     (d / "afile").write_text("not a folder")
     return d
 
@@ -180,6 +201,8 @@ BEFORE_LOADING = [
     ("calib missing", ["build", "{m}:good", "--calib", "{d}/nope.npz"], 3, "no such file", False),
     ("calib not npz", ["build", "{m}:good", "--calib", "{d}/notnpz.npz"], 3, "not a readable .npz", False),
     ("codec", ["build", "{m}:good", "--codec", "lzma"], 3, "unknown codec", False),
+    ("calib NaN", ["build", "{m}:good", "--calib", "{d}/nan.npz"], 3, "array 'x' holds inf or NaN", False),
+    ("calib pickle", ["build", "{m}:good", "--calib", "{d}/object.npz"], 3, "Object arrays cannot be loaded", False),
 ]
 
 
@@ -222,6 +245,9 @@ MODEL_FAILURES = [
     ("wrong dtype", "wrong_dtype", [], 3, "(int64[8] per sample): mat1 and mat2 must have the same dtype"),
     ("inf weights", "inf_weights", [], 3, "hold inf or NaN"),
     ("torch.export", "data_dependent", [], 3, "torch.export failed for Branchy"),
+    ("NaN buffer", "nan_buffer", [], 3, "weights 1.running_var hold inf or NaN"),
+    ("bfloat16", "bfloat16", [], 3, "use bfloat16, which edgecompile does not import"),
+    ("sys.exit in the factory", "exits", [], 3, "raised SystemExit: 5"),
     ("float16 and int8", "half", ["--quant", "int8"], 3, "computes in float16; int8 quantization starts from float32"),
     ("verification", "good", ["--calib", "{d}/calib.npz", "--quant", "int8", "--optimize", "none",
                               "--prune", "magnitude:0.9", "--min-cosine", "0.9999", "--task", "embedding"], 1,
@@ -305,3 +331,45 @@ def test_one_calibration_sample_is_not_called_held_back(models):
     assert len(evals[0]) == 1 and "held-back" not in note and "also used for calibration" in note
     _, evals, _, note = split_data(loaded, g, calib_path=models / "calib.npz", max_eval=None)
     assert len(evals[0]) == 8 and note.startswith("held-back 20%")
+
+
+def _closed_stdout(args: list[str], close_stderr: bool = False) -> tuple[int, str]:
+    """Runs the CLI with a stdout pipe whose reader is gone before anything is written (as after
+    ``| head -1``); the exit status and stderr."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen([sys.executable, "-m", "edgecompile", *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=env)
+    p.stdout.close()
+    if close_stderr:
+        p.stderr.close()
+        return p.wait(timeout=120), ""
+    err = p.stderr.read().decode()
+    return p.wait(timeout=120), err
+
+
+def test_a_closed_stdout_ends_quietly_with_141(models, tmp_path):
+    """`inspect B | head -1`, `build --json | head -c 10`: exit 141 (as if killed by SIGPIPE), no
+    message, no crash log; the bundle a build finished is in --out."""
+    from edgecompile.cli import _log_dir
+
+    logs = set(_log_dir().glob("crash-*.log"))
+    out = tmp_path / "b"
+    args = ["build", f"{models / 'm.py'}:good", "--quant", "none", "--optimize", "none", "--out", str(out)]
+    for argv in (args + ["--json"], ["inspect", str(out)], ["inspect", str(out), "--json"], ["targets"], ["--help"]):
+        code, err = _closed_stdout(argv)
+        assert code == 141, (argv, err)
+        assert "Traceback" not in err and "error" not in err and "Exception ignored" not in err, (argv, err)
+    assert (out / "manifest.json").is_file()
+    # a failure whose line nobody can read still ends with its own code
+    assert _closed_stdout(["build", f"{models / 'm.py'}:good", "--epochs", "0"], close_stderr=True)[0] == 3
+    assert set(_log_dir().glob("crash-*.log")) == logs
+
+
+def test_a_broken_pipe_of_the_model_is_an_internal_error(models, tmp_path):
+    code, err, _ = _cli(["build", f"{models / 'm.py'}:pipe_metric", "--quant", "none", "--optimize", "none"],
+                        tmp_path / "o")
+    assert code == 70 and "internal error, please report: BrokenPipeError" in err, err

@@ -306,7 +306,13 @@ def damped_coefficients(K: torch.Tensor, damping: float) -> torch.Tensor:
                                  "(gradients overflowed)")
     k64 = K.to(torch.float64)
     k64 = 0.5 * (k64 + k64.T)
-    scale = (k64.diagonal().sum() / n).clamp_min(torch.finfo(torch.float64).tiny)
+    trace = k64.diagonal().sum()
+    if not bool(trace > 0):
+        # Every per-sample gradient is zero (nothing to recover, e.g. a student equal to its
+        # teacher): the step U·α is zero for any α, and a uniform α keeps it (and the stored
+        # coefficients) finite, where 1 / (damping · tiny) would overflow to inf and 0·inf to NaN.
+        return torch.full((n,), 1.0 / n, dtype=torch.float64, device=K.device)
+    scale = trace / n
     system = k64 + (damping * scale) * torch.eye(n, dtype=torch.float64, device=K.device)
     ones = torch.ones(n, 1, dtype=torch.float64, device=K.device)
     chol, info = torch.linalg.cholesky_ex(system)
@@ -338,10 +344,6 @@ def normalize_coefficients(alpha: torch.Tensor, K: torch.Tensor, mode: str) -> t
     grad_sq = k64.sum() / (n * n)
     step_sq = alpha @ (k64 @ alpha)
     return alpha * (grad_sq / step_sq.clamp_min(torch.finfo(torch.float64).tiny)).sqrt()
-
-
-def per_sample_numel(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters(recurse=False) if p.requires_grad)
 
 
 def describe(module: nn.Module) -> str:

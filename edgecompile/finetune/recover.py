@@ -163,10 +163,6 @@ class RecoverResult:
     resolves: int = 0
 
     @property
-    def final_loss(self) -> float:
-        return self.epochs[-1].loss
-
-    @property
     def final_accuracy(self) -> float | None:
         last = self.epochs[-1]
         return last.eval_accuracy if last.eval_accuracy is not None else last.accuracy

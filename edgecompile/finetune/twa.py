@@ -216,20 +216,6 @@ class TWA(torch.optim.Optimizer):
         coef -= group["lr"] * d
         return buf
 
-    @torch.no_grad()
-    def sync_from_params(self) -> None:
-        """Re-read ``β`` from the weights after an outside edit (e.g. masks re-applied)."""
-        if self.basis is None:
-            return
-        flat = self._flat_mine()
-        if self.per_layer:
-            start = 0
-            for i, P in enumerate(self.basis):
-                self.coef[i] = P.T @ flat[start:start + P.shape[0]].to(P.dtype)
-                start += P.shape[0]
-        else:
-            self.coef = ddp.all_reduce(self.basis.T @ flat.to(self.basis.dtype))
-
     def state_dict(self) -> dict:
         sd = super().state_dict()
         sd["twa"] = {"checkpoints": list(self.checkpoints), "basis": self.basis,

@@ -59,7 +59,7 @@ def _import_file(path: Path):
     sys.modules[name] = mod
     try:
         spec.loader.exec_module(mod)
-    except Exception as e:
+    except (Exception, SystemExit) as e:     # sys.exit() in a model file: its code is not ours to end with
         raise ModelSpecError(f"importing {path} failed: {type(e).__name__}: {e}") from e
     return mod
 
@@ -70,7 +70,7 @@ def _import_module(name: str):
     except ModuleNotFoundError as e:
         raise ModelSpecError(f"cannot import module {name!r}: {e}; give path/to/file.py:factory or "
                              "package.module:factory") from e
-    except Exception as e:
+    except (Exception, SystemExit) as e:
         raise ModelSpecError(f"importing {name} failed: {type(e).__name__}: {e}") from e
 
 
@@ -212,7 +212,7 @@ def load_model(spec: str | None) -> LoadedModel:
         raise ModelSpecError(f"{where} has no callable {fn_name!r}")
     try:
         result = factory()
-    except Exception as e:
+    except (Exception, SystemExit) as e:
         raise ModelSpecError(f"factory {spec} raised {type(e).__name__}: {e}") from e
     if not isinstance(result, tuple) or len(result) not in (2, 3):
         raise ModelSpecError(f"factory {spec} must return (model, example_inputs) or (model, example_inputs, data)")
@@ -253,13 +253,24 @@ def check_example_inputs(loaded: LoadedModel) -> None:
 
 
 def check_finite(loaded: LoadedModel) -> None:
-    """Parameters holding inf or NaN make every output comparison meaningless: name them and stop.
-    (Constants may be infinite on purpose, e.g. a -inf attention mask: only parameters are checked.)"""
+    """Parameters holding inf or NaN, or buffers holding NaN (a BatchNorm's running variance), make
+    every output comparison meaningless: name them and stop. (Buffers may be infinite on purpose,
+    e.g. a -inf attention mask; NaN never is.) Also a dtype the IR lacks (bfloat16), named here
+    rather than deep in the import."""
+    from ..ir.torch_ops import NUMPY_DTYPES
+
     if loaded.module is None:
         return
+    tensors = [*loaded.example_inputs, *loaded.module.parameters(), *loaded.module.buffers()]
+    odd = sorted({str(t.dtype).replace("torch.", "") for t in tensors
+                  if isinstance(t, torch.Tensor) and t.dtype not in NUMPY_DTYPES})
+    if odd:
+        raise ModelSpecError(f"the model or its example inputs use {', '.join(odd)}, which edgecompile does not "
+                             "import; return model.float() and float32 example inputs from the factory")
     bad = [name for name, p in loaded.module.named_parameters()
            if p.is_floating_point() and not bool(torch.isfinite(p.detach()).all())]
+    bad += [name for name, b in loaded.module.named_buffers() if b.is_floating_point() and bool(b.isnan().any())]
     if bad:
         raise ModelSpecError(f"weights {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} hold inf or NaN "
-                         f"({len(bad)} tensors); fix the checkpoint (e.g. reload it, or torch.nan_to_num the "
-                         "weights) before compiling")
+                             f"({len(bad)} tensors); fix the checkpoint (e.g. reload it, or torch.nan_to_num the "
+                             "weights) before compiling")

@@ -55,12 +55,17 @@ def check_npz(path: Path, what: str) -> None:
     try:
         with np.load(path, allow_pickle=False) as z:
             keys = [k for k in z.files if k not in ("labels", "y")]
-    except Exception as e:   # zipfile, numpy and OS errors: the file is not an .npz archive
+            # read every array now: object arrays (pickles), headers claiming more data than the
+            # file holds, and NaN are found before the model is loaded
+            bad = [k for k in keys if (a := z[k]).dtype.kind in "fc" and not np.isfinite(a).all()]
+    except Exception as e:   # zipfile, numpy, OS and allocation errors: not an .npz of arrays
         raise DataError(f"{what} {path} is not a readable .npz file ({type(e).__name__}: {e}); save it with "
                         "numpy.savez") from None
     if not keys:
         raise DataError(f"{what} {path} holds no input arrays (only labels, or nothing); save the inputs "
                         "with numpy.savez")
+    if bad:
+        raise DataError(f"{what} {path}: array {bad[0]!r} holds inf or NaN; give finite model inputs")
 
 
 def load_samples(path: Path, graph: Graph) -> tuple[Samples, np.ndarray | None]:

@@ -257,3 +257,15 @@ def test_bad_arguments_are_clear():
     other = make("cnn")
     with pytest.raises(ValueError, match="same model"):
         FNGD(other).load_state_dict(opt.state_dict())
+
+
+def test_zero_gradients_give_finite_coefficients():
+    """A student equal to its teacher (fine-tuning an uncompressed model): every per-sample
+    gradient is zero, so the Gram matrix is zero; the coefficients must stay finite (they were
+    inf and NaN, and the first step turned every weight into NaN)."""
+    from edgecompile.finetune.layers import damped_coefficients, normalize_coefficients
+
+    K = torch.zeros(6, 6)
+    alpha = damped_coefficients(K, 0.1)
+    for mode in ("mean", "norm", "none"):
+        assert bool(torch.isfinite(normalize_coefficients(alpha, K, mode)).all()), mode
