@@ -30,7 +30,8 @@ import torch
 from . import __version__, staging
 from .ir.analysis import total_macs
 from .bundle.ship import ship
-from .errors import EXIT_DOES_NOT_FIT, EXIT_VERIFICATION, DoesNotFitError, InputError, Interrupted, VerificationError
+from .errors import (EXIT_DOES_NOT_FIT, EXIT_VERIFICATION, BuildError, DoesNotFitError, Interrupted,
+                     VerificationError)
 from .inputs.samples import Samples, load_samples, split_data
 from .ir import Graph, verify
 from .passes.base import LayerRecord
@@ -47,11 +48,6 @@ from .inputs.reference import bundle_outputs, reference_outputs
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, float], None]
-
-
-class BuildError(InputError, RuntimeError):
-    """The build cannot produce a bundle; the message is one line saying why and what to do.
-    `exit_code` is the CLI's exit status for it (3: bad input)."""
 
 
 class VerificationFailed(BuildError, VerificationError):

@@ -8,15 +8,19 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import __version__
-from .build import BuildConfig, BuildError
+from .errors import BuildError
 from .inputs.samples import Samples
 from .ir import Graph
 from .inputs.reference import _padded_batches
 from .targets import Target
+
+if TYPE_CHECKING:
+    from .build import BuildConfig
 
 __all__ = ["write_c_bundle", "c_device_checks", "c_memory", "tflm_checks", "tflm_memory", "TflmSession",
            "C_DEMO_BATCHES"]

@@ -81,6 +81,12 @@ class InputError(EdgecompileError):
     exit_code = EXIT_INPUT
 
 
+class BuildError(InputError, RuntimeError):
+    """The build cannot produce a bundle; the message is one line saying why and what to do.
+    `exit_code` is the CLI's exit status for it (3: bad input). Here rather than in `build` so that
+    the device half of a build (`build_device`) raises it without importing `build`."""
+
+
 class VerificationError(EdgecompileError):
     """The bundle was built but is below the fidelity thresholds: exit 1."""
 
