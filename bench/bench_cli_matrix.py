@@ -68,7 +68,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from edgecompile.bundle_inspect import inspect_bundle  # noqa: E402
+from edgecompile.bundle.check import inspect_bundle  # noqa: E402
 from edgecompile.container import encode_container, read_container  # noqa: E402
 from edgecompile.errors import EXIT_CODES  # noqa: E402
 
@@ -628,7 +628,7 @@ elif stage != "none":
     import importlib
     from edgecompile import build, staging, report
     recover = importlib.import_module("edgecompile.finetune.recover")   # the package re-exports the function
-    names = {"load": (build, "load_model"), "import": (build, "_import"), "compress": (build, "_compress"),
+    names = {"load": (build, "load_model"), "import": (build, "import_graph"), "compress": (build, "_compress"),
              "finetune": (build, "_finetune"), "search": (build, "candidates"), "emit": (build, "_write_bundle"),
              "verify": (build, "verify_bundle"), "latency": (build, "_latency"), "report": (report, "write_report"),
              "swap": (staging, "replace"), "finetune-run": (recover, "recover")}

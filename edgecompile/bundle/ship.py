@@ -21,8 +21,11 @@ def ship(python_dir: Path) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     for name in SHIPPED:
         src = pkg / name
-        if src.is_dir():
-            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(src, dst / name)
+        # file by file, not shutil.copytree: its shutil.Error gathers the OSErrors into strings,
+        # and the build must see the errno (a full disk or file-size limit is bad input, exit 3)
+        files = [f for f in sorted(src.rglob("*.py")) if "__pycache__" not in f.parts] if src.is_dir() else [src]
+        for f in files:
+            out = dst / f.relative_to(pkg)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, out)
     return dst
