@@ -419,15 +419,15 @@ def _solo(layers: list[_Layer], scorer: _Scorer, base: float, config: OptimizeCo
     Gram): for small changes the gate's score drops in proportion to the output error a layer
     makes. The sensitivity is fitted to the layer's own measurements; a layer never measured takes
     the largest of the others'. On a small model every cost is measured; on MiniLM (22M weights,
-    ~4 s a measurement on 2 cores) only the probes fit the budget, where measuring the whole ladder
-    of every layer would take ~15 minutes. A layer whose settings could not even be made within
-    the budget keeps int8."""
+    ~4 s a measurement on 2 busy cores) only the probes fit the budget, where measuring the whole
+    ladder of every layer would take ~15 minutes. Making the settings (GPTQ roundings) may take at
+    most half the budget; a layer whose settings were not made by then keeps int8."""
     ladder = config.ladder
     probe = ladder[(len(ladder) - 1) // 2]
     cands: list[list[tuple]] = []                 # per layer: (setting, q, scale, error)
     for lay in layers:
-        if cands and time.perf_counter() - t0 > config.max_seconds:
-            break
+        if cands and time.perf_counter() - t0 > 0.5 * config.max_seconds:
+            break                                 # the other half of the budget is for measuring
         cands.append([(st, q, sc, lay.error(q, sc)) for st, q, sc in lay.settings(ladder, config.goal)])
         if progress:
             progress(0.3 * len(cands) / len(layers))
