@@ -420,18 +420,12 @@ def _solo(layers: list[_Layer], scorer: _Scorer, base: float, config: OptimizeCo
     makes. The sensitivity is fitted to the layer's own measurements; a layer never measured takes
     the largest of the others'. On a small model every cost is measured; on MiniLM (22M weights,
     ~4 s a measurement on 2 busy cores) only the probes fit the budget, where measuring the whole
-    ladder of every layer would take ~15 minutes. Making the settings (GPTQ roundings) may take at
-    most half the budget; a layer whose settings were not made by then keeps int8."""
+    ladder of every layer would take ~15 minutes. Settings are made layer by layer with their
+    probe, so every layer reached is measured; a layer not reached within the budget keeps int8."""
     ladder = config.ladder
     probe = ladder[(len(ladder) - 1) // 2]
     cands: list[list[tuple]] = []                 # per layer: (setting, q, scale, error)
-    for lay in layers:
-        if cands and time.perf_counter() - t0 > 0.5 * config.max_seconds:
-            break                                 # the other half of the budget is for measuring
-        cands.append([(st, q, sc, lay.error(q, sc)) for st, q, sc in lay.settings(ladder, config.goal)])
-        if progress:
-            progress(0.3 * len(cands) / len(layers))
-    measured: list[dict[int, float]] = [{} for _ in cands]
+    measured: list[dict[int, float]] = []
 
     def left() -> bool:
         return scorer.evals < config.max_evals and time.perf_counter() - t0 <= config.max_seconds
@@ -442,13 +436,19 @@ def _solo(layers: list[_Layer], scorer: _Scorer, base: float, config: OptimizeCo
         measured[i][j] = cost = base - scorer()
         scorer.set_weight(layers[i], layers[i].q)
         if progress:
-            progress(0.3 + 0.5 * min(1.0, (time.perf_counter() - t0) / config.max_seconds))
+            progress(0.8 * min(1.0, (time.perf_counter() - t0) / config.max_seconds))
         return cost
 
-    for i, cs in enumerate(cands):                # one probe per layer
-        if not left():
+    # Each layer's settings are made and one probe measured, largest layers first, while the
+    # budget lasts (making the settings, GPTQ roundings, is a good part of it): a layer reached
+    # has at least one measurement; one not reached keeps int8.
+    for lay in layers:
+        if cands and not left():
             break
-        measure(i, next(j for j, c in enumerate(cs) if c[0] == probe))
+        cands.append([(st, q, sc, lay.error(q, sc)) for st, q, sc in lay.settings(ladder, config.goal)])
+        measured.append({})
+        if left():
+            measure(len(cands) - 1, next(j for j, c in enumerate(cands[-1]) if c[0] == probe))
     for i, cs in enumerate(cands):                # then each ladder, mildest first
         for j, (st, *_) in enumerate(cs):
             if j not in measured[i]:
