@@ -196,6 +196,7 @@ def candidates(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, calib: Sampl
     # (then no int8 mode can pass; the real gate decides, --finetune may recover)
     weights_only_next = (cfg.quant_auto and label != "int8:weights_only" and cfg.quant.startswith("int8")
                          and info.get("float_score", 0.0) >= 0)
+    wo_built = None
     if samples is not None and not cfg.cluster_bits and opt.ladder:
         # The solo phase gets three times what the build took so far (load, export, quantize, choose the
         # int8 mode: most of a plain build, which then emits, verifies and times), at least 20 s;
@@ -211,7 +212,7 @@ def candidates(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, calib: Sampl
         # searched after it (MTCNN O-net: 387 KB as mixed-precision int8 -> 130 KB).
         first, second = (graph, label, records), None
         if opt.goal == "size" and label != "int8:weights_only" and weights_only_next:
-            wo, wo_records = _weights_only(float_graph, cfg, calib, batch, real_data)
+            wo_built = wo, wo_records = _weights_only(float_graph, cfg, calib, batch, real_data)
             info["weights_only_score"] = w_s = round(score(wo), 4)
             cur = info["int8_fallbacks"][-1]["score"] if "int8_fallbacks" in info else info["int8_score"]
             second = (wo, "int8:weights_only", wo_records)
@@ -238,7 +239,8 @@ def candidates(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, calib: Sampl
                else f"--optimize {cfg.optimize}" if not opt.ladder else "no calibration data")
         yield label, graph, records, dict(info, note=f"no per-layer search: {why}", more=weights_only_next)
     if weights_only_next:
-        wo, wo_records = _weights_only(float_graph, cfg, calib, batch, real_data)
+        # the search above left its weights-only graph unchanged (plans apply to copies)
+        wo, wo_records = wo_built or _weights_only(float_graph, cfg, calib, batch, real_data)
         yield "int8:weights_only", wo, wo_records, {
             "note": "the int8 bundle failed the gate in the real runtime; int8 weights with float activations",
             "more": False}

@@ -33,6 +33,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -130,6 +131,16 @@ def per_tensor_grid(q: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.nd
     return q2, np.full_like(scale, big)
 
 
+def _energy(d: np.ndarray, h: np.ndarray | None) -> float:
+    """``sum_r d_r^T H d_r`` over the rows of `d` (H: a Gram matrix, its diagonal, or None for I)."""
+    if h is None:
+        return float((d * d).sum())
+    if h.ndim == 1:
+        return float(h @ (d * d).sum(1))
+    dt = torch.from_numpy(d)
+    return float(((dt @ torch.from_numpy(h)) * dt).sum())
+
+
 class _Option(NamedTuple):
     """One setting of one layer: its solo cost (measured, or predicted from its output error)."""
     cost: float                   # how much the setting alone lowers the gate score
@@ -157,22 +168,22 @@ class _Layer:
         """The layer's output error with int8 values `q` (and `scale`) relative to its output, on
         the calibration inputs: ``||X (W - W')^T||^2 / ||X W^T||^2`` with ``H = X^T X`` (an
         embedding's H is the diagonal of its row counts; without statistics, H = I)."""
-        h = self.gram
-        rows = slice(None)
+        rows, h, w, den = self._reference
+        if den <= 0:
+            return 0.0
+        d = w - as_rows(self.op, q * (self.scale if scale is None else scale))[rows]
+        return _energy(d, h) / den
+
+    @cached_property
+    def _reference(self) -> tuple:
+        """(rows that count, H over them, the int8 weight's rows in real units, their output energy):
+        the same for every setting, so computed once."""
+        h, rows = self.gram, slice(None)
         if h is not None and h.ndim == 1:         # only the rows the data reads count
             rows = np.flatnonzero(h)
             h = h[rows]
         w = as_rows(self.op, self.q * self.scale)[rows].astype(np.float64)
-        d = w - as_rows(self.op, q * (self.scale if scale is None else scale))[rows]
-        if h is None:
-            num, den = (d * d).sum(), (w * w).sum()
-        elif h.ndim == 1:
-            num, den = h @ (d * d).sum(1), h @ (w * w).sum(1)
-        else:
-            ht = torch.from_numpy(h)
-            dt, wt = torch.from_numpy(d), torch.from_numpy(w)
-            num, den = float(((dt @ ht) * dt).sum()), float(((wt @ ht) * wt).sum())
-        return float(num / den) if den > 0 else 0.0
+        return rows, h, w, _energy(w, h)
 
     def settings(self, ladder, goal: str) -> list[tuple]:
         """(setting, q, scale) to try, mildest first: a per-tensor grid (``size``, channel scales
