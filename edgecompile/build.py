@@ -499,7 +499,7 @@ def _build_model(model_spec, cfg: BuildConfig, target: Target, clock: _StageCloc
                              "give example inputs of the shapes and dtypes its forward() expects") from None
     attempts: list[dict] = []
     for label, cand, records, search in candidates(graph, loaded, cfg, calib, batch, specs, data_note, labels,
-                                                   target.kind == "mcu", progress, time.perf_counter() - t_start):
+                                                   target.kind == "mcu", progress, n_eval=len(evals[0])):
         t = stage_done(f"quantize + search ({label})", 0.6, t)
         dump_graph(cand, dump_dir, n_dumped, f"candidate {label}")   # after quantize, cluster, the search
         n_dumped += 1

@@ -137,3 +137,19 @@ def test_search_predicts_costs_when_the_budget_is_short(digits):
     apply_plan(cand, best)
     got = executor_outputs(TorchExecutor(cand, fake_quant=True).eval(), [torch.as_tensor(samples[0])])
     assert gate(ref, got) >= 0 and best["est_bytes_after"] < 0.8 * best["est_bytes_before"]
+
+
+def test_search_budget_counts_work_not_seconds(digits):
+    """The solo phase stops on multiply-accumulates, so the same inputs give the same plan however
+    loaded the machine is: a budget of three evaluations' work measures three costs, and two runs
+    choose the same settings."""
+    from edgecompile.ir.analysis import total_macs
+
+    g, samples, ref = digits
+    gate = GateScore([OutputSpec("logits")], Thresholds())
+    per_eval = total_macs(g) / int(g.inputs[0].shape[0]) * len(samples[0])
+    cfg = OptimizeConfig("size", work=3 * per_eval)
+    runs = [optimize_weights(g, samples, ref, gate, cfg, gram_samples=(samples[0][:64],)) for _ in range(2)]
+    assert all(r["costs_measured"] == 3 for r in runs)
+    assert [lay["bits"] for lay in runs[0]["plans"][0]["layers"]] == [lay["bits"] for lay in runs[1]["plans"][0]["layers"]]
+    assert runs[0]["plans"][0]["est_bytes_after"] == runs[1]["plans"][0]["est_bytes_after"]

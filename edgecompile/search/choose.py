@@ -7,7 +7,6 @@ first; see its docstring for the order and why each one follows the last.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -24,6 +23,13 @@ if TYPE_CHECKING:
     from ..build import BuildConfig
 
 log = logging.getLogger(__name__)
+
+# The per-layer search's measurement budget, in multiply-accumulates: this many times a plain
+# build's forward work (calibration + evaluation samples through the model), at least the minimum
+# (small models: every cost is measured). Calibrated on MiniLM (--quick data, 2 cores): ~95 solo
+# measurements (~100), the searched build ~3x a plain one (issue 11 asks for at most 5x).
+SEARCH_WORK = 12.0
+MIN_SEARCH_WORK = 2e11
 
 
 def resolve_quant(spec: str, target: Target) -> str:
@@ -147,7 +153,7 @@ def _fallback_int8(float_graph: Graph, cfg: BuildConfig, calib: Samples, batch: 
 
 
 def candidates(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, calib: Samples, batch: int, specs,
-               data_note: str, labels, mcu: bool, progress, elapsed: float = 0.0):
+               data_note: str, labels, mcu: bool, progress, n_eval: int = 0):
     """The configurations to try, most compressed first: (label, graph, pass records, search info).
 
     With real calibration data, the int8 mode is chosen by measurement before anything is written:
@@ -161,7 +167,6 @@ def candidates(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, calib: Sampl
     from ..ir import TorchExecutor
     from .optimize import GateScore, OptimizeConfig, executor_outputs, optimize_weights
 
-    t0 = time.perf_counter()
     float_graph = graph.copy()
     real_data = "random inputs" not in data_note
     records = quantize(graph, cfg, calib, batch, real_data=real_data)
@@ -198,12 +203,12 @@ def candidates(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, calib: Sampl
                          and info.get("float_score", 0.0) >= 0)
     wo_built = None
     if samples is not None and not cfg.cluster_bits and opt.ladder:
-        # The solo phase gets three times what the build took so far (load, export, quantize, choose the
-        # int8 mode: most of a plain build, which then emits, verifies and times), at least 20 s;
-        # the joint phase stops at half the solo budget once a plan has passed. So a search costs
-        # at most ~3x that, and the searched build stays within ~4 plain builds' time
-        # (issue 11 asks for at most 5; costs not measured in time are predicted, `optimize._solo`).
-        opt = replace(opt, max_seconds=min(opt.max_seconds, max(20.0, 3.0 * (elapsed + time.perf_counter() - t0))))
+        # The solo phase may spend SEARCH_WORK times the forward work of a plain build (calibration
+        # and verification passes: the model's MACs per sample times the calibration and evaluation
+        # samples), at least MIN_SEARCH_WORK; the joint phase adds ~10 evaluations. In MACs, not
+        # seconds, so that the result does not depend on the machine's load (`optimize`).
+        per_sample = total_macs(graph) / max(batch, 1)
+        opt = replace(opt, work=max(MIN_SEARCH_WORK, SEARCH_WORK * per_sample * (len(calib[0]) + n_eval)))
         # For the smallest bundle the weights may be searched under float activations instead:
         # int8 activations spend headroom the weights could use. Where they spent more than half
         # of it (scores on the search samples), only the weights-only graph is searched (measured

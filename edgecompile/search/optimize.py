@@ -8,15 +8,17 @@ The search works on the quantized graph, whose int8 weights the container then c
 measures each setting *alone* with the IR executor on a search set held out from the calibration
 data: the gate's own checks (`fidelity.compare`, output kinds included) against the float model,
 with thresholds tightened by `margin`. A setting's cost is how much it lowers that score (measured
-while the time budget lasts, else predicted from the layer's output error: `_solo`); its gain the
+while the work budget lasts, else predicted from the layer's output error: `_solo`); its gain the
 estimated bytes it saves (order-0 entropy of the int8 values, which is what the rANS coder
 reaches). Then a Lagrange multiplier is searched by bisection: every layer takes the setting
 minimizing ``bytes + multiplier * cost``, and the smallest multiplier whose *joint* result still
 passes the tightened gate wins. The real-runtime gate checks the result afterwards.
 
 Cost: at most (layers × ladder steps) forward passes of the search set (capped by `max_evals` and
-`max_seconds`; only the largest layers holding `coverage` of the bytes are searched) plus ~10
-joint ones; a solo walk stops at the first setting that fails the gate alone (it could never be
+`work`; only the largest layers holding `coverage` of the bytes are searched) plus ~10 joint ones.
+The budget counts multiply-accumulates, not seconds, so that the same model, data and options give
+the same bundle on a quiet or a loaded machine (with a time budget, a loaded machine measured fewer
+layers and shipped a larger bundle); `max_seconds` only stops a search gone far past its budget; a solo walk stops at the first setting that fails the gate alone (it could never be
 chosen). Low rank is not in the ladder: measured on pretrained weights, effective ranks are ~0.7
 of full rank, so factorizing adds bytes (DESIGN.md).
 
@@ -43,6 +45,7 @@ from ..ir.ops import weight_input
 from ..errors import InputError
 from ..report.fidelity import OutputSpec, Thresholds, compare
 from ..ir import Graph, TorchExecutor
+from ..ir.analysis import total_macs
 from ..passes.cluster import cluster_int8
 from ..passes.gptq import Rounder, as_rows, from_rows, gram_shape_ok, layer_grams
 
@@ -66,7 +69,9 @@ class OptimizeConfig:
     min_params: int = 1024       # smaller weights cost little and are often sensitive
     coverage: float = 0.95       # search the largest layers holding this share of the int8 bytes
     max_evals: int = 320         # forward passes of the search set in the solo phase
-    max_seconds: float = 240.0   # wall-clock budget of the solo phase (the plain build's order of time)
+    work: float | None = None    # multiply-accumulates the solo phase's measurements may spend (None: no cap)
+    max_seconds: float = 900.0   # emergency stop only (a machine far slower than any measured): the
+    #                              result depends on the machine's speed only past it
     min_headroom: float = 0.05   # below this base score, int8 alone leaves nothing to spend
 
     def __post_init__(self) -> None:
@@ -259,6 +264,9 @@ class _Scorer:
         self.x = [torch.as_tensor(a) for a in samples]
         self.ref, self.gate = ref, gate
         self.evals = 0
+        # multiply-accumulates of one evaluation: the graph's per sample times the search samples
+        batch = max(int(graph.inputs[0].shape[0]), 1) if graph.inputs else 1
+        self.macs = total_macs(graph) / batch * len(samples[0]) if len(samples) else 0.0
 
     def __call__(self) -> float:
         self.evals += 1
@@ -431,15 +439,19 @@ def _solo(layers: list[_Layer], scorer: _Scorer, base: float, config: OptimizeCo
     makes. The sensitivity is fitted to the layer's own measurements; a layer never measured takes
     the largest of the others'. On a small model every cost is measured; on MiniLM (22M weights,
     ~4 s a measurement on 2 busy cores) only the probes fit the budget, where measuring the whole
-    ladder of every layer would take ~15 minutes. Settings are made layer by layer with their
+    ladder of every layer would take ~15 minutes (the build's work budget allows ~100 measurements). Settings are made layer by layer with their
     probe, so every layer reached is measured; a layer not reached within the budget keeps int8."""
     ladder = config.ladder
     probe = ladder[(len(ladder) - 1) // 2]
     cands: list[list[tuple]] = []                 # per layer: (setting, q, scale, error)
     measured: list[dict[int, float]] = []
 
+    start = scorer.evals
+
     def left() -> bool:
-        return scorer.evals < config.max_evals and time.perf_counter() - t0 <= config.max_seconds
+        n = scorer.evals - start
+        return (n < config.max_evals and time.perf_counter() - t0 <= config.max_seconds
+                and (config.work is None or n * scorer.macs < config.work))
 
     def measure(i: int, j: int) -> float:
         _, q, sc, _ = cands[i][j]
