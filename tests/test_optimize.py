@@ -11,11 +11,22 @@ from edgecompile.frontend import import_model
 from edgecompile.ir import TorchExecutor, verify
 from edgecompile.inputs.model import LoadedModel
 from edgecompile.search.optimize import (
-    GateScore, OptimizeConfig, OptimizeError, apply_plan, apply_setting, entropy_bytes, executor_outputs,
+    GateScore, OptimizeConfig, OptimizeError, Setting, apply_plan, apply_setting, entropy_bytes, executor_outputs,
     optimize_weights,
 )
 from edgecompile.passes.fold import CleanupPass, FoldBatchNormPass
 from edgecompile.passes.quantize import QuantConfig, QuantizePass
+
+
+def test_apply_setting_uniform_step_keeps_multiples_of_the_step():
+    from edgecompile.search.optimize import uniform, uniform_levels
+
+    rng = np.random.default_rng(0)
+    q = np.clip(np.rint(rng.normal(0, 30, (16, 64))), -127, 127).astype(np.int8)
+    out = apply_setting(q, 0.0, 8, step=8)
+    assert set(np.unique(out)) <= set(uniform_levels(8)) and np.abs(out.astype(int) - q).max() <= 4
+    assert entropy_bytes(out) < 0.7 * entropy_bytes(q)
+    assert uniform(8).bits == 5 and uniform(32).bits == 3 and len(uniform_levels(32)) == 7
 
 
 def test_apply_setting_sparsity_and_levels():
@@ -38,7 +49,7 @@ def test_unknown_goal():
     with pytest.raises(OptimizeError, match="unknown --optimize goal"):
         OptimizeConfig("smallest")
     assert OptimizeConfig("latency").ladder == ()
-    assert all(b >= 4 and s <= 0.5 for s, b in OptimizeConfig("balanced").ladder)
+    assert all(st.bits >= 4 and st.sparsity <= 0.5 for st in OptimizeConfig("balanced").ladder)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +101,7 @@ def test_per_tensor_grid_keeps_values_and_moves_the_int32_bias(digits):
     real, real2 = lay.q * lay.scale, q2 * sc
     assert np.all(np.abs(real2 - real) <= sc.max() / 2 + 1e-7)               # within half a step of the grid
     assert entropy_bytes(q2) <= entropy_bytes(lay.q)
-    plan = {"weights": {lay.const: (lay.node, (0.0, 8, "tensor"), q2, sc)}}
+    plan = {"weights": {lay.const: (lay.node, Setting(0.0, 8, grid="tensor"), q2, sc)}}
     cand = g.copy()
     apply_plan(cand, plan)
     verify(cand)

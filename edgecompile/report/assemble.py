@@ -53,7 +53,8 @@ def _layer_rows(original, graph, container_records, source_names=None) -> list[d
                 nz = sum(int(np.count_nonzero(v.data)) for v in weights)
                 total = sum(v.data.size for v in weights)
                 row["sparsity"] = round(1 - nz / total, 4)
-                row["bits"] = 8 if all(v.quant is not None for v in weights) else 32
+                # fewer levels where clustering or the per-layer search shared them
+                row["bits"] = a.meta.get("clustered", 8) if all(v.quant is not None for v in weights) else 32
             if "pruned_channels" in a.meta:
                 row["pruned_channels"] = a.meta["pruned_channels"]
         if shared:

@@ -4,7 +4,8 @@
 
 The search works on the quantized graph, whose int8 weights the container then codes (rANS /
 `lut`): fewer distinct values and more zeros cost fewer bits. For every layer weight (at least
-`min_params` values) it walks a ladder of settings (sparsity, bits), from mild to aggressive, and
+`min_params` values) it walks a ladder of settings (`Setting`: sparsity, then k-means levels or a
+uniform grid coarser than int8), from mild to aggressive, and
 measures each setting *alone* with the IR executor on a search set held out from the calibration
 data: the gate's own checks (`fidelity.compare`, output kinds included) against the float model,
 with thresholds tightened by `margin`. A setting's cost is how much it lowers that score (measured
@@ -25,7 +26,7 @@ of full rank, so factorizing adds bytes (DESIGN.md).
 With ``size``, each layer whose channel scales differ is also tried on one grid for the whole
 tensor (`per_tensor_grid`): fewer levels in small channels, fewer coded bits.
 
-Goals: ``size`` (the whole ladder), ``balanced`` (at least 4 bits, at most 50 % sparsity),
+Goals: ``size`` (the whole ladder), ``balanced`` (at least 16 levels, at most 50 % sparsity),
 ``latency`` and ``none`` (no search: shared levels do not make int8 kernels faster).
 """
 
@@ -52,10 +53,6 @@ from ..passes.gptq import Rounder, as_rows, from_rows, gram_shape_ok, layer_gram
 log = logging.getLogger(__name__)
 
 GOALS = ("size", "balanced", "latency", "none")
-# (sparsity, bits): from mild to aggressive. Six steps: each costs one forward pass of the search
-# set per layer, and the bits a weight costs fall fastest between 5 and 2 levels' bits.
-LADDER = ((0.0, 5), (0.0, 4), (0.0, 3), (0.5, 3), (0.0, 2), (0.75, 2))
-BALANCED = ((0.0, 6), (0.0, 5), (0.0, 4), (0.5, 4))
 
 
 class OptimizeError(InputError, ValueError):
@@ -80,7 +77,7 @@ class OptimizeConfig:
 
     @property
     def ladder(self) -> tuple[tuple[float, int], ...]:
-        return {"size": LADDER, "balanced": BALANCED}.get(self.goal, ())
+        return tuple(Setting(*st) for st in {"size": LADDER, "balanced": BALANCED}.get(self.goal, ()))
 
 
 def entropy_bytes(q: np.ndarray) -> float:
@@ -90,10 +87,52 @@ def entropy_bytes(q: np.ndarray) -> float:
     return float(q.size * -(p * np.log2(p)).sum() / 8)
 
 
+class Setting(NamedTuple):
+    """One way to store a layer's int8 weight: prune `sparsity`, then either share the rest among
+    at most 2^bits k-means levels (``step`` 1) or keep every ``step``-th int8 value (a uniform grid
+    ``step`` times coarser, ``bits`` then counts its levels); `grid` "tensor" puts every channel
+    on the tensor's largest scale first (`per_tensor_grid`)."""
+    sparsity: float
+    bits: int
+    step: int = 1
+    grid: str = "channel"
+
+    @property
+    def label(self) -> str:
+        how = f"step {self.step}" if self.step > 1 else f"{self.bits}-bit levels" if self.bits < 8 else "int8"
+        return how + (f", {self.sparsity:.0%} sparse" if self.sparsity else "") + (", one grid" if self.grid == "tensor" else "")
+
+
+def uniform_levels(step: int) -> np.ndarray:
+    """The int8 values that are multiples of `step` (zero among them)."""
+    top = 127 // step * step
+    return np.arange(-top, top + 1, step)
+
+
+def uniform(step: int, sparsity: float = 0.0) -> Setting:
+    """The setting keeping every `step`-th int8 value; its bits count the levels."""
+    return Setting(sparsity, int(np.ceil(np.log2(len(uniform_levels(step))))), step)
+
+
+# Settings from mild to aggressive, each measured alone (one forward pass of the search set per
+# layer): uniform grids 4, 8, 16 and 32 times coarser than int8 beside k-means levels, since
+# neither family wins on every layer at the same coded bits. Measured at the goal thresholds
+# (bench_pretrained --quick data) against the k-means ladder alone ((0, 5), (0, 4), (0, 3),
+# (0.5, 3), (0, 2), (0.75, 2)): MiniLM 11.92 -> 11.34 MB, MTCNN O-net 141.7 -> 132.8 KB,
+# silero-vad 166.6 -> 170.1 KB (one decision in 320 apart: within the search's noise).
+LADDER = (uniform(4), uniform(8), Setting(0.0, 4), uniform(16), Setting(0.0, 3), Setting(0.5, 3), uniform(32),
+          Setting(0.0, 2), Setting(0.75, 2))
+BALANCED = (uniform(4), Setting(0.0, 6), uniform(8), Setting(0.0, 5), Setting(0.0, 4), Setting(0.5, 4))
+
+
 def apply_setting(q: np.ndarray, sparsity: float, bits: int, rounder: Rounder | None = None,
-                  op: str = "linear") -> np.ndarray:
+                  op: str = "linear", step: int = 1) -> np.ndarray:
     """Zeros the `sparsity` share of smallest-magnitude int8 values, then shares the rest among
-    at most 2^bits levels (zero kept exact); bits 8 keeps the values.
+    at most 2^bits levels (zero kept exact); bits 8 keeps the values. With ``step > 1`` the levels
+    are instead every `step`-th int8 value: a uniform grid, which with an entropy coder loses less
+    than k-means levels at the same coded bits (measured on MiniLM's word embedding, sentence
+    cosine at ~3 bits a weight: 0.9977 uniform, 0.9963 with 5-bit k-means levels; at ~2.6 bits
+    0.9955 against 0.9905), as entropy-coded scalar quantization predicts.
 
     With a `rounder` (the layer's input statistics, `passes.gptq`), the same sparsity and levels are
     reached by error-compensated rounding: the kept weights move to cancel what pruning and
@@ -109,14 +148,17 @@ def apply_setting(q: np.ndarray, sparsity: float, bits: int, rounder: Rounder | 
             cut = np.partition(mag.ravel(), k - 1)[k - 1]
             mask = mag <= cut
             out = np.where(mask, 0, q).astype(q.dtype)
-    if bits < 8:
+    if step > 1:
+        levels = uniform_levels(step)
+        out = np.clip(np.rint(out / step) * step, levels[0], levels[-1]).astype(q.dtype)
+    elif bits < 8:
         out = cluster_int8(out, bits)
-    if rounder is None or (mask is None and bits >= 8):
+    if rounder is None or (mask is None and bits >= 8 and step == 1):
         return out
     # The levels come from the magnitude-pruned weights. The mask is the magnitude mask or the
     # rounder's own (the weights whose removal costs the output least, SparseGPT's choice),
     # whichever leaves the smaller output error: neither wins on every layer.
-    levels = np.unique(out) if bits < 8 else np.arange(-127, 128)
+    levels = uniform_levels(step) if step > 1 else np.unique(out) if bits < 8 else np.arange(-127, 128)
     rows = as_rows(op, q)
     got = rounder.round(rows, levels, None if mask is None else as_rows(op, mask))
     if mask is not None:
@@ -150,7 +192,7 @@ class _Option(NamedTuple):
     """One setting of one layer: its solo cost (measured, or predicted from its output error)."""
     cost: float                   # how much the setting alone lowers the gate score
     bytes: float                  # estimated coded bytes
-    setting: tuple                # (sparsity, bits) or (0.0, 8, "tensor")
+    setting: Setting
     q: np.ndarray
     scale: np.ndarray | None      # a new (per-tensor grid) scale, or None
     error: float                  # the layer's relative output error (`_Layer.error`)
@@ -196,9 +238,9 @@ class _Layer:
         out = []
         if goal == "size" and self.scale.size > 1 and self.scale.max() > 1.5 * self.scale.min():
             q, sc = per_tensor_grid(self.q, self.scale)      # one grid for the tensor: off the ladder
-            out.append(((0.0, 8, "tensor"), q, sc))
-        for sparsity, bits in ladder:
-            out.append(((sparsity, bits), apply_setting(self.q, sparsity, bits, self.rounder, self.op), None))
+            out.append((Setting(0.0, 8, grid="tensor"), q, sc))
+        for st in map(lambda t: Setting(*t), ladder):
+            out.append((st, apply_setting(self.q, st.sparsity, st.bits, self.rounder, self.op, st.step), None))
         return out
 
 
@@ -478,7 +520,7 @@ def _solo(layers: list[_Layer], scorer: _Scorer, base: float, config: OptimizeCo
                 if not left():
                     break
                 measure(i, j)
-            if len(st) == 2 and measured[i][j] > base:
+            if st.grid == "channel" and measured[i][j] > base:
                 break                             # fails alone: harsher settings cannot be chosen
 
     def sensitivity(i: int) -> float | None:
@@ -501,7 +543,7 @@ def _solo(layers: list[_Layer], scorer: _Scorer, base: float, config: OptimizeCo
         worst = -np.inf                           # a ladder step costs at least what a milder one measured
         for j, (st, q, sc, err) in enumerate(cs):
             cost = max(measured[i][j], floor * err) if j in measured[i] else max(sens * err, worst)
-            if len(st) == 2 and j in measured[i]:
+            if st.grid == "channel" and j in measured[i]:
                 worst = max(worst, cost)
             layers[i].options.append(_Option(cost, entropy_bytes(q), st, q, sc, err, j in measured[i]))
 
@@ -515,8 +557,9 @@ def _plan(layers: list[_Layer], picks: list, lam: float, score: float | None) ->
         if p is not None:
             weights[layer.const] = (layer.node, p[2], p[3], p[4])
         rows.append({"node": layer.node, "kind": "optimize", "params": int(layer.q.size),
-                     "sparsity": None if p is None else p[2][0], "bits": 8 if p is None else p[2][1],
-                     "grid": "tensor" if p is not None and len(p[2]) > 2 else "channel",
+                     "sparsity": None if p is None else p.setting.sparsity, "bits": 8 if p is None else p.setting.bits,
+                     "step": 1 if p is None else p.setting.step, "grid": "channel" if p is None else p.setting.grid,
+                     "setting": "int8" if p is None else p.setting.label,
                      "est_bytes_before": round(layer.bytes0),
                      "est_bytes_after": round(layer.bytes0 if p is None else p[1]),
                      "solo_cost": None if p is None else round(p[0], 4),
@@ -537,10 +580,10 @@ def apply_plan(graph: Graph, plan: dict) -> None:
         w = graph.consts[const]
         w.data = q.copy()
         n = graph.node(node)
-        sparsity, bits = setting[0], setting[1]
-        n.meta["optimize"] = {"sparsity": sparsity, "bits": bits, "grid": setting[2] if len(setting) > 2 else "channel"}
-        if bits < 8:
-            n.meta["clustered"] = bits
+        n.meta["optimize"] = {"sparsity": setting.sparsity, "bits": setting.bits, "step": setting.step,
+                              "grid": setting.grid}
+        if setting.bits < 8:
+            n.meta["clustered"] = setting.bits
         if scale is None:
             continue
         old = w.quant.scale.astype(np.float32)
