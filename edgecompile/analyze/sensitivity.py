@@ -16,7 +16,7 @@ through `optimize.GateScore`): score = min over checks of (value − threshold)/
 passes. Estimated bytes are what the container would store: the order-0 entropy of the int8 values
 (`optimize.entropy_bytes`, what the rANS coder reaches), of each factor for a factorized layer.
 
-The recommendation is `--optimize`'s own allocation (`search.optimize.Allocation`): a layer takes
+The recommendation is `--optimize`'s own allocation (`search.allocation.Allocation`): a layer takes
 the setting minimizing bytes + multiplier x solo score drop, and the smallest multiplier whose
 *joint* result still passes the gate (tightened by a margin) wins, found by bisection.
 """
@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from ..ir import TorchExecutor
-from ..search.optimize import Allocation, GateScore, apply_setting, entropy_bytes, executor_outputs
+from ..search.allocation import Allocation
+from ..search.optimize import GateScore, apply_setting, entropy_bytes, executor_outputs
 from ..passes.prune import magnitude_masks
 from ..passes.quantize import quantize_weight
 from ..passes.lowrank.rank import effective_rank
@@ -148,7 +149,7 @@ def measure(layers: list[Layer], weights: dict[str, np.ndarray], scorer: Scorer,
 
 def recommend(layers: list[Layer], weights: dict[str, np.ndarray], measured: dict[str, list[Option]],
               scorer: Scorer, base: float) -> dict:
-    """Per layer, the setting `--optimize`'s allocation picks (`search.optimize.Allocation`: fewest
+    """Per layer, the setting `--optimize`'s allocation picks (`search.allocation.Allocation`: fewest
     bytes + multiplier x solo cost, the smallest multiplier whose joint result passes).
 
     `base` is the float model's score under the gate the options were measured with (a setting's
