@@ -16,7 +16,9 @@ batch, a drift check every 4 reused steps that re-solves below cosine 0.7); ``fn
 paper's reuse (raw stored coefficients; the checks only measure, they never re-solve);
 ``fngd-clip`` clips only; ``fngd-renorm`` clips and renormalizes but never re-solves;
 ``fngd-r1`` re-solves every step (plain NGD); ``fngd-d1`` the default at damping 1.0.
-``twa`` is TWA with per-tensor coefficients (the default), ``twa-shared`` with one set.
+``twa`` is TWA with per-tensor coefficients (the default), ``twa-shared`` with one set,
+``twa-v`` the journal version's TWA-v: 20 % of the samples held out of the warm-up, the
+coefficients trained on them alone.
 Columns: training time and epochs to the target accuracy (evaluation time excluded), the
 solved (first) epoch's and the later epochs' cost relative to AdamW's, final accuracy, the mean
 cosine of the drift checks (stored-coefficient direction vs a fresh solve on the same batch),
@@ -50,10 +52,11 @@ OPTS = {"fngd": ("fngd", {}),
         "fngd-r1": ("fngd", {"alpha_refresh_every": 1}),
         "fngd-d1": ("fngd", {"damping": 1.0}),
         "sgd": ("sgd", {}), "adamw": ("adamw", {}), "kfac": ("kfac", {}), "twa": ("twa", {}),
-        "twa-shared": ("twa", {"twa_per_layer": False})}
+        "twa-shared": ("twa", {"twa_per_layer": False}),
+        "twa-v": ("twa", {"twa_holdout": 0.2})}
 SHARED = [0.05, 0.1, 0.2]
 GRIDS = dict({k: SHARED for k in OPTS if k.startswith("fngd")}, sgd=SHARED, kfac=SHARED,
-             adamw=[1e-3, 3e-3, 1e-2], twa=[0.03, 0.1, 0.3], **{"twa-shared": [0.03, 0.1, 0.3]})
+             adamw=[1e-3, 3e-3, 1e-2], twa=[0.03, 0.1, 0.3], **{"twa-shared": [0.03, 0.1, 0.3], "twa-v": [0.03, 0.1, 0.3]})
 
 
 # ------------------------------------------------------------------ data and models

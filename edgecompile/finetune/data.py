@@ -122,7 +122,7 @@ class Batch:
 
 def batches(data: FinetuneData, batch_size: int, epoch: int, seed: int, device: torch.device,
             rank: int = 0, world: int = 1, shuffle: bool = True,
-            fixed: bool = False) -> Iterator[Batch]:
+            fixed: bool = False, subset: torch.Tensor | None = None) -> Iterator[Batch]:
     """This rank's slices of the epoch's global batches.
 
     The permutation depends only on ``(seed, epoch)``, so every rank agrees on it.  ``fixed``:
@@ -130,16 +130,19 @@ def batches(data: FinetuneData, batch_size: int, epoch: int, seed: int, device: 
     their order shuffled: FNGD's stored coefficients then meet the batch they were solved in.  The last
     global batch may be smaller (rounded down to a multiple of ``world``; the fewer than
     ``world`` samples left over change every epoch), so every sample is visited in the first
-    epoch on one process.  ``batch_size`` is global and must divide by ``world``.
+    epoch on one process.  ``batch_size`` is global and must divide by ``world``.  ``subset``:
+    only these sample ids (TWA-v's split), in an order drawn the same way.
     """
     if batch_size % world:
         raise FinetuneDataError(f"batch size {batch_size} does not divide by the {world} "
                                 "ranks; pick a multiple")
-    n = len(data)
+    n = len(data) if subset is None else len(subset)
     if n < world:
         raise FinetuneDataError(f"{n} samples cannot be split over {world} ranks")
     g = torch.Generator().manual_seed(seed * 1_000_003 + (0 if fixed else epoch))
     order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
+    if subset is not None:
+        order = subset[order]
     spans, start = [], 0
     while n - start >= world:
         size = min(batch_size, (n - start) // world * world)

@@ -98,6 +98,9 @@ class RecoverConfig:
     # the TWA phase on the digits transformer (0.292 after warm-up -> 0.244), per-tensor ones
     # gained (-> 0.395; bench/bench_finetune.py rows twa, twa-shared).
     twa_per_layer: bool = True
+    # TWA-v (the journal version): this share of the samples is held out of the warm-up and the
+    # coefficients are trained on it alone; 0: TWA-t, both phases on every sample.
+    twa_holdout: float = 0.0
     distill: str = "auto"  # "auto": loss by output kind; "kl" / "mse" on every output
     temperature: float = 2.0
     embedding_mse: float = 0.0  # weight of normalized MSE next to 1-cos on embeddings
@@ -119,6 +122,8 @@ class RecoverConfig:
         if self.lr_schedule not in SCHEDULES:
             raise RecoverConfigError(f"lr_schedule must be one of {', '.join(SCHEDULES)} "
                                      f"(got {self.lr_schedule!r})")
+        if not 0.0 <= self.twa_holdout < 1.0:
+            raise RecoverConfigError(f"twa_holdout must be in [0, 1) (got {self.twa_holdout})")
         if self.optimizer == "twa" and not 0 < self.twa_warmup_epochs < self.epochs:
             raise RecoverConfigError(f"twa needs 0 < twa_warmup_epochs ({self.twa_warmup_epochs}) < "
                                      f"epochs ({self.epochs}): a normal phase, then subspace training")
@@ -305,11 +310,12 @@ def recover(student: nn.Module, data: FinetuneData, config: RecoverConfig,
             curve = [CurvePoint(**c) for c in saved["curve"]]
             start = resumed = saved["epoch"] + 1
             log.info("resuming from epoch %d (%s)", start, config.checkpoint_dir)
-    steps_per_epoch = sum(1 for _ in batches(data, config.batch_size, 0, config.seed, "cpu",
-                                             rank, world))
+    subsets = twa_split(len(data), config, world)
+    steps_per_epoch = tuple(sum(1 for _ in batches(data, config.batch_size, 0, config.seed, "cpu", rank, world,
+                                                    subset=sub)) for sub in subsets)
     loop = _Loop(model, student, data, config, objective, (targets, eval_targets, axes), opts,
                  mask_list, device, steps_per_epoch, curve, sum(e.wall_s for e in history),
-                 base_lrs)
+                 base_lrs, subsets)
     loop.set_regularizer(parse_regularizer(config.regularize))
     try:
         for epoch in range(start, config.epochs):
@@ -373,18 +379,32 @@ def _release(opts: dict, loop: _Loop) -> None:
     loop.model = loop.opts = None
 
 
+def twa_split(n: int, config: RecoverConfig, world: int = 1) -> tuple:
+    """(warm-up ids, TWA-phase ids), or (None, None) for every sample in both: TWA-v holds out
+    `config.twa_holdout` of the samples, drawn by the seed, for the coefficients alone."""
+    if config.optimizer != "twa" or not config.twa_holdout:
+        return None, None
+    held = max(world, int(round(config.twa_holdout * n)))
+    if n - held < world:
+        raise RecoverConfigError(f"twa_holdout {config.twa_holdout} of {n} samples leaves too few for the warm-up")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 7919 + 17))
+    return order[held:].sort().values, order[:held].sort().values
+
+
 class _Loop:
     """One epoch at a time; keeps the cumulative training clock for the curve."""
 
     def __init__(self, model, student, data, config, objective: Objective, teacher_outputs,
-                 opts, masks, device, steps_per_epoch, curve, clock, base_lrs):
+                 opts, masks, device, steps_per_epoch, curve, clock, base_lrs, subsets=(None, None)):
         self.model, self.student, self.data, self.config = model, student, data, config
         self.objective, self.opts, self.masks = objective, opts, masks
         self.targets, self.eval_targets, self.axes = teacher_outputs
         self.device, self.curve, self.clock = device, curve, clock
-        self.steps_per_epoch, self.base_lrs = steps_per_epoch, base_lrs
-        self.total_steps = steps_per_epoch * config.epochs
-        self.warm_steps = warm = config.twa_warmup_epochs * steps_per_epoch
+        # per phase (warm-up / TWA; the same for other optimizers): sample ids and steps an epoch
+        self.subsets, self.phase_steps, self.base_lrs = subsets, steps_per_epoch, base_lrs
+        w = config.twa_warmup_epochs if config.optimizer == "twa" else config.epochs
+        self.warm_steps = warm = w * steps_per_epoch[0]
+        self.total_steps = warm + (config.epochs - w) * steps_per_epoch[1]
         self.twa_every = max(1, -(-warm // config.twa_checkpoints))
         self.reg, self.reg_params = None, []
 
@@ -394,6 +414,15 @@ class _Loop:
 
         self.reg = reg
         self.reg_params = [p for _, p in targets(self.student, reg)] if reg is not None else []
+
+    def _phase(self, epoch: int) -> int:
+        """0 in the warm-up (every epoch of other optimizers), 1 in TWA's subspace phase."""
+        return int(self.config.optimizer == "twa" and epoch >= self.config.twa_warmup_epochs)
+
+    def _first_step(self, epoch: int) -> int:
+        if self._phase(epoch):
+            return self.warm_steps + (epoch - self.config.twa_warmup_epochs) * self.phase_steps[1]
+        return epoch * self.phase_steps[0]
 
     def _optimizer(self, epoch: int) -> torch.optim.Optimizer:
         if "base" in self.opts and epoch < self.config.twa_warmup_epochs:
@@ -434,10 +463,12 @@ class _Loop:
         _sync(self.device)
         t0 = time.perf_counter()
         fixed = cfg.fngd_fixed_batches and cfg.optimizer == "fngd"
+        phase = self._phase(epoch)
+        subset = self.subsets[phase]
         for step, b in enumerate(batches(self.data, cfg.batch_size, epoch, cfg.seed,
                                          self.device, ddp.rank(), ddp.world_size(),
-                                         fixed=fixed)):
-            global_step = epoch * self.steps_per_epoch + step
+                                         fixed=fixed, subset=subset)):
+            global_step = self._first_step(epoch) + step
             self._set_lr(opt, global_step)
             if fngd is not None:
                 fngd.set_batch(b.ids)
@@ -485,7 +516,7 @@ class _Loop:
             # Batch-norm statistics of the averaged (then subspace-trained) weights.
             reestimate_batchnorm(self.student, (b.inputs for b in batches(
                 self.data, cfg.batch_size, epoch, cfg.seed, self.device, ddp.rank(),
-                ddp.world_size())))
+                ddp.world_size(), subset=subset)))
         _sync(self.device)
         self.clock += time.perf_counter() - t0
         stats = torch.stack([total, total.new_tensor(count), correct.to(total.dtype),
@@ -493,6 +524,6 @@ class _Loop:
         if ddp.is_distributed():
             torch.distributed.all_reduce(stats)
         total, count, correct, counted = stats.tolist()
-        eval_loss, eval_acc = self._record(epoch, self.steps_per_epoch)
+        eval_loss, eval_acc = self._record(epoch, self.phase_steps[phase])
         return EpochStats(epoch, total / count, correct / counted if counted else None,
                           eval_loss, eval_acc, self.clock - clock0)

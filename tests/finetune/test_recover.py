@@ -158,3 +158,38 @@ def test_auto_picks_the_optimizer_by_model_kind():
                       RecoverConfig(epochs=epochs, batch_size=16, device="cpu"))
         want = [o for o in AUTO["conv"] + ("adamw",) if o != "twa" or epochs >= 2][0]
         assert res.optimizer == want
+
+
+def test_twa_v_trains_the_coefficients_on_held_out_samples_only(monkeypatch):
+    """TWA-v: the warm-up never sees the held-out share, the subspace phase sees nothing else;
+    the split is disjoint, covers every sample and is the same on every call."""
+    import importlib
+
+    from edgecompile.finetune import data as data_mod
+    from edgecompile.finetune.recover import twa_split
+    recover_mod = importlib.import_module("edgecompile.finetune.recover")
+
+    x, y = _data(80)
+    data = FinetuneData.from_arrays(x, y, x[:32], y[:32])
+    cfg = RecoverConfig(optimizer="twa", epochs=3, twa_warmup_epochs=1, batch_size=16, device="cpu",
+                        twa_holdout=0.25)
+    warm, held = twa_split(80, cfg)
+    assert len(held) == 20 and not set(warm.tolist()) & set(held.tolist())
+    assert sorted(warm.tolist() + held.tolist()) == list(range(80))
+    assert torch.equal(twa_split(80, cfg)[1], held)
+    seen: list[tuple[int, frozenset]] = []
+    real = data_mod.batches
+
+    def spy(d, bs, epoch, seed, device, *a, **k):
+        for b in real(d, bs, epoch, seed, device, *a, **k):
+            if not isinstance(device, str):       # not the step count taken before training ("cpu")
+                seen.append((epoch, frozenset(b.ids.tolist())))
+            yield b
+    monkeypatch.setattr(recover_mod, "batches", spy)
+    res = recover(_net(), data, cfg)
+    assert len(res.epochs) == 3 and all(e.loss == e.loss for e in res.epochs)
+    warm_ids = set().union(*(s for e, s in seen if e == 0))
+    twa_ids = set().union(*(s for e, s in seen if e >= 1))
+    assert warm_ids == set(warm.tolist()) and twa_ids == set(held.tolist())
+    with pytest.raises(ValueError, match="twa_holdout"):
+        RecoverConfig(optimizer="twa", epochs=3, twa_holdout=1.0)
