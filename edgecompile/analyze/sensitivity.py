@@ -6,6 +6,8 @@ Settings (each computed by the pass's own numerics, never a copy):
 - ``int8`` and ``bits:5|4|3|2``: per-channel symmetric int8 (`quantize.quantize_weight`), then the
   non-zero values shared among 2^bits levels (`optimize.apply_setting`, k-means as `--cluster-bits`
   and `--optimize` do; nearest-level rounding, the build's GPTQ rounding does better);
+- ``step:4|8|16|32``: every 4th... 32nd int8 value kept, a uniform grid that much coarser
+  (`optimize.apply_setting` with ``step``, a rung of `--optimize`'s ladder too);
 - ``sparsity:0.5|0.75|0.9``: magnitude pruning of the layer (`prune.magnitude_masks`), int8 after;
 - ``rank:R``: the low-rank pass's factorization at R (SVD, or Tucker-2 for k×k convs; `spectrum`),
   at a quarter, a half and an eighth of full rank and at the effective rank, where it saves weights.
@@ -39,6 +41,7 @@ from ..passes.lowrank.rank import effective_rank
 from .spectrum import Layer, factors, fraction_rank, saves
 
 BITS = (5, 4, 3, 2)
+STEPS = (4, 8, 16, 32)
 SPARSITIES = (0.5, 0.75, 0.9)
 RANK_FRACTIONS = (0.5, 0.25, 0.125)
 
@@ -47,8 +50,8 @@ RANK_FRACTIONS = (0.5, 0.25, 0.125)
 class Option:
     """One setting of one layer, measured alone."""
 
-    family: str            # "bits", "sparsity", "rank"
-    label: str             # "int8", "bits:4", "sparsity:0.75", "rank:8" or "rank:8x4"
+    family: str            # "bits", "grid", "sparsity", "rank"
+    label: str             # "int8", "bits:4", "step:8", "sparsity:0.75", "rank:8" or "rank:8x4"
     weight: np.ndarray     # the dense weight the layer computes with (fake-quantized / pruned / low rank)
     bytes: float           # estimated stored bytes (int8, entropy-coded)
     params: int            # stored weights
@@ -76,6 +79,10 @@ def options(layer: Layer, w: np.ndarray) -> list[Option]:
         qb = apply_setting(q, 0.0, b)
         out.append(Option("bits", f"bits:{b}", (qb.astype(np.float32) * s).astype(w.dtype),
                           entropy_bytes(qb), layer.params))
+    for k in STEPS:
+        qk = apply_setting(q, 0.0, 8, step=k)
+        out.append(Option("grid", f"step:{k}", (qk.astype(np.float32) * s).astype(w.dtype),
+                          entropy_bytes(qk), layer.params))
     for sp in SPARSITIES:
         mask = magnitude_masks({"w": w}, sp)["w"]
         qs, dq = _int8(np.where(mask, w, 0).astype(w.dtype), layer.axis)
@@ -160,7 +167,14 @@ def recommend(layers: list[Layer], weights: dict[str, np.ndarray], measured: dic
     t0 = time.perf_counter()
     int8 = {lay.node: measured[lay.node][0] for lay in layers}
     rest = {lay.node: measured[lay.node][1:] for lay in layers}
-    alloc = Allocation([[(base - o.score, o.bytes) for o in rest[lay.node]] for lay in layers],
+    # No change is free (as in `--optimize`'s solo phase): a setting measured at no cost (a
+    # discrete check that did not move) still costs a tenth of the typical cost times the share
+    # of bytes it removes, so that many such settings together cannot fail the joint gate at
+    # every multiplier (measured on the digits CNN once uniform grids joined the options).
+    drops = [base - o.score for opts in rest.values() for o in opts if np.isfinite(o.score) and base - o.score > 0]
+    floor = 0.1 * float(np.median(drops)) if drops else 1e-6
+    alloc = Allocation([[(max(base - o.score, floor * (1 - o.bytes / max(int8[lay.node].bytes, 1e-9))), o.bytes)
+                         for o in rest[lay.node]] for lay in layers],
                        [int8[lay.node].bytes for lay in layers], base)
 
     def chosen(picks: list[int | None]) -> dict[str, Option]:
