@@ -11,7 +11,7 @@ Rows (digits CNN of ``bench_finetune.py``, global batch ``--batches``):
                    output gradients all-gathered, growing with batch × world
   kfac             K-FAC: factor all-reduces plus DDP's
   twa              a TWA step with the basis split over ranks: ``K`` floats all-reduced, the
-                   owned weights all-gathered, plus DDP's
+                   weights all-gathered in equal slices, plus DDP's
 Bytes are counted as ring collectives move them (all-reduce of ``S``: ``2S(W-1)/W``; all-gather
 of ``s`` per rank: ``s(W-1)``), DDP's through a communication hook, ours through
 ``edgecompile.finetune.ddp.traffic``.  Then FNGD (local solves) recovers the compressed digits

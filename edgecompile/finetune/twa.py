@@ -11,11 +11,14 @@ Checkpoints that are (almost) linearly dependent are dropped from the basis.
 coefficients (``w_l = P_l β_l``): the same checkpoints, ``K`` times more trainable scalars per
 layer, still a subspace of their span per layer.
 
-The basis is split across DDP ranks, as the official code does: every parameter tensor is owned
-by one rank (balanced by size), which alone keeps that tensor's slice of every checkpoint and of
-``P`` (``D × K / world`` floats per rank).  One step then costs one all-reduce of ``K`` floats
-(the shared ``β``'s projected gradient, nothing for ``per_layer``) and one all-gather of the
-owned weights (``D`` floats in all), less than DDP's own gradient all-reduce.
+The basis is split across DDP ranks, as the official code does: each rank owns an equal slice of
+the flat weight vector (tensors may straddle ranks) and alone keeps that slice of every
+checkpoint and of ``P`` (``D × K / world`` floats per rank).  One step then costs one all-reduce
+of the projected gradient (``K`` floats, or ``Σ K_l`` for ``per_layer``) and one all-gather of
+the slices (``D (W-1) / W`` floats received), less than DDP's own gradient all-reduce.  Owning
+whole tensors instead (balanced by size) padded every rank's share to the largest one's: on the
+digits CNN, whose largest tensor holds most weights, TWA's traffic was 2.8× DDP's all-reduce
+at world 4 (`bench/bench_finetune_ddp.py`).
 
 The orthonormal basis comes from the ``K × K`` Gram matrix of the checkpoints (summed over
 ranks): ``P = W V Λ^-½`` for its eigenpairs above ``rank_tol²·λ_max``, repeated once on ``P``
@@ -34,13 +37,18 @@ from . import ddp
 log = logging.getLogger(__name__)
 
 
-def _owners(sizes: list[int], world: int) -> list[int]:
-    """Each tensor to the rank with the fewest elements so far, largest first."""
-    load, owner = [0] * world, [0] * len(sizes)
-    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
-        r = min(range(world), key=load.__getitem__)
-        owner[i], load[r] = r, load[r] + sizes[i]
-    return owner
+def _slices(sizes: list[int], world: int, rank: int) -> tuple[int, list[tuple[int, int, int]]]:
+    """(slice length, this rank's pieces): the flat weight vector (tensors in order) cut into
+    `world` equal slices; a piece ``(tensor, a, b)`` is the part ``[a, b)`` of that tensor's flat
+    values inside this rank's slice (empty pieces kept, so every rank lists every tensor)."""
+    chunk = -(-sum(sizes) // world)
+    lo, hi = rank * chunk, (rank + 1) * chunk
+    pieces, start = [], 0
+    for t, n in enumerate(sizes):
+        a, b = min(max(lo - start, 0), n), min(max(hi - start, 0), n)
+        pieces.append((t, a, max(a, b)))
+        start += n
+    return chunk, pieces
 
 
 def _orthonormal(W: torch.Tensor, tol: float, reduce) -> torch.Tensor:
@@ -85,11 +93,9 @@ class TWA(torch.optim.Optimizer):
             raise ValueError("TWA: no trainable parameters")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
         self.rank_tol, self.per_layer = rank_tol, per_layer
-        world, me = ddp.world_size(), ddp.rank()
-        self.owner = _owners([p.numel() for p in params], world)
-        self.mine = [p for p, r in zip(params, self.owner) if r == me]
+        self.chunk, self.pieces = _slices([p.numel() for p in params], ddp.world_size(), ddp.rank())
         self.checkpoints: list[torch.Tensor] = []
-        #: ``[D_mine, K]`` (shared coefficients) or one ``[D_l, K_l]`` per owned tensor.
+        #: ``[D_mine, K]`` (shared coefficients) or one ``[D_l ∩ mine, K_l]`` per tensor.
         self.basis: torch.Tensor | list[torch.Tensor] | None = None
         self.coef: torch.Tensor | list[torch.Tensor] | None = None
         self.momentum_buffer: torch.Tensor | list[torch.Tensor] | None = None
@@ -98,10 +104,14 @@ class TWA(torch.optim.Optimizer):
     def _params(self) -> list[torch.nn.Parameter]:
         return self.param_groups[0]["params"]
 
-    def _flat_mine(self) -> torch.Tensor:
-        if not self.mine:
-            return self._params[0].new_zeros(0)
-        return torch.cat([p.detach().reshape(-1) for p in self.mine])
+    def _flat_mine(self, grads: bool = False) -> torch.Tensor:
+        """This rank's slice of the flat weights (or of their gradients, 0 where there is none)."""
+        parts = []
+        for t, a, b in self.pieces:
+            p = self._params[t]
+            v = p.detach() if not grads else p.grad if p.grad is not None else torch.zeros_like(p)
+            parts.append(v.reshape(-1)[a:b])
+        return torch.cat(parts)
 
     @torch.no_grad()
     def collect(self) -> None:
@@ -117,8 +127,7 @@ class TWA(torch.optim.Optimizer):
             return 0
         if not self.per_layer:
             return self.basis.shape[1]
-        return int(ddp.all_reduce(torch.tensor(float(sum(b.shape[1] for b in self.basis))))
-                   .item())
+        return sum(b.shape[1] for b in self.basis)      # every rank holds every tensor's K_l
 
     @torch.no_grad()
     def build_subspace(self) -> int:
@@ -135,13 +144,12 @@ class TWA(torch.optim.Optimizer):
         W = torch.stack(self.checkpoints, dim=1)
         mean = W.mean(dim=1)
         tol = max(self.rank_tol, torch.finfo(W.dtype).eps ** 0.5)
-        if self.per_layer:
-            self.basis, self.coef, start = [], [], 0
-            for p in self.mine:
-                P = _orthonormal(W[start:start + p.numel()], tol, lambda g: g)
-                self.basis.append(P.contiguous())
-                self.coef.append(P.T @ mean[start:start + p.numel()])
-                start += p.numel()
+        if self.per_layer:     # every tensor in order on every rank (its rows here may be none)
+            self.basis, start = [], 0
+            for _, a, b in self.pieces:
+                self.basis.append(_orthonormal(W[start:start + b - a], tol, ddp.all_reduce).contiguous())
+                start += b - a
+            self.coef = self._sum_over_ranks([P.T @ m for P, m in zip(self.basis, self._split(mean))])
         else:
             self.basis = _orthonormal(W, tol, ddp.all_reduce).contiguous()
             self.coef = ddp.all_reduce(self.basis.T @ mean)
@@ -152,33 +160,36 @@ class TWA(torch.optim.Optimizer):
         log.info("TWA: subspace of dimension %d from %d checkpoints", k, W.shape[1])
         return k
 
+    def _split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """This rank's slice cut into its per-tensor pieces."""
+        return list(torch.split(flat, [b - a for _, a, b in self.pieces]))
+
+    @staticmethod
+    def _sum_over_ranks(vs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each vector summed over ranks, in one all-reduce."""
+        flat = ddp.all_reduce(torch.cat(vs)) if vs else None
+        return list(torch.split(flat, [v.numel() for v in vs])) if vs else []
+
     def _write_weights(self) -> None:
-        """``w = P β`` on the owned tensors, then every rank gets every tensor."""
+        """``w = P β`` on this rank's slice, then every rank gets every slice."""
         if self.per_layer:
-            mine = [P @ c for P, c in zip(self.basis, self.coef)]
-            flat = torch.cat(mine) if mine else self._params[0].new_zeros(0)
+            flat = torch.cat([P @ c for P, c in zip(self.basis, self.coef)])
         else:
             flat = self.basis @ self.coef
-        start = 0
-        for p in self.mine:
-            p.copy_(flat[start:start + p.numel()].view_as(p))
-            start += p.numel()
         if ddp.is_distributed():
-            self._share(flat)
-
-    def _share(self, flat: torch.Tensor) -> None:
-        world = ddp.world_size()
-        longest = max(sum(p.numel() for p, r in zip(self._params, self.owner) if r == k)
-                      for k in range(world))
-        padded = torch.cat([flat, flat.new_zeros(longest - flat.numel())])
-        parts = [torch.empty_like(padded) for _ in range(world)]
-        torch.distributed.all_gather(parts, padded)
-        ddp.traffic.all_gather(padded.numel() * padded.element_size(), world)
-        offsets = [0] * world
-        for p, r in zip(self._params, self.owner):
-            if r != ddp.rank():
-                p.copy_(parts[r][offsets[r]:offsets[r] + p.numel()].view_as(p))
-            offsets[r] += p.numel()
+            world = ddp.world_size()
+            padded = torch.cat([flat, flat.new_zeros(self.chunk - flat.numel())])
+            parts = [torch.empty_like(padded) for _ in range(world)]
+            torch.distributed.all_gather(parts, padded)
+            ddp.traffic.all_gather(padded.numel() * padded.element_size(), world)
+            flat = torch.cat(parts)
+            start = 0
+            for p in self._params:
+                p.copy_(flat[start:start + p.numel()].view_as(p))
+                start += p.numel()
+            return
+        for (t, a, b), v in zip(self.pieces, self._split(flat)):
+            self._params[t].view(-1)[a:b].copy_(v)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -190,15 +201,13 @@ class TWA(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         group = self.param_groups[0]
-        grads = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                 for p in self.mine]
+        flat = self._flat_mine(grads=True)
         if self.per_layer:
-            ds = [P.T @ g.to(P.dtype) for P, g in zip(self.basis, grads)]
+            ds = self._sum_over_ranks([P.T @ g.to(P.dtype) for P, g in zip(self.basis, self._split(flat))])
             bufs = self.momentum_buffer or [None] * len(ds)
             self.momentum_buffer = [self._update(group, c, d, b)
                                     for c, d, b in zip(self.coef, ds, bufs)]
         else:
-            flat = torch.cat(grads) if grads else self.basis.new_zeros(0)
             d = ddp.all_reduce(self.basis.T @ flat.to(self.basis.dtype))
             self.momentum_buffer = self._update(group, self.coef, d, self.momentum_buffer)
         self._write_weights()
