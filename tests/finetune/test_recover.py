@@ -58,12 +58,15 @@ def test_distillation_without_labels_kl_and_mse():
     assert res.epochs[-1].loss < 0.5 * res.epochs[0].loss
 
 
-def test_masks_keep_pruned_weights_at_zero():
+@pytest.mark.parametrize("opt", ["fngd", "twa"])
+def test_masks_keep_pruned_weights_at_zero(opt):
+    """TWA too: every checkpoint is taken after the masks are applied, so the basis is zero on
+    pruned weights and ``w = P β`` keeps them at zero without re-reading β."""
     x, y = _data()
     model = _net()
     mask = torch.rand(16, 6, generator=torch.Generator().manual_seed(0)) > 0.5
     recover(model, FinetuneData.from_arrays(x, y),
-            RecoverConfig(optimizer="fngd", epochs=2, batch_size=16), masks={"0.weight": mask})
+            RecoverConfig(optimizer=opt, epochs=3, batch_size=16), masks={"0.weight": mask})
     w = model[0].weight.detach()
     assert (w[~mask] == 0).all() and (w[mask] != 0).all()
 
