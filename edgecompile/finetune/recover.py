@@ -429,9 +429,8 @@ class _Loop:
         return epoch * self.phase_steps[0]
 
     def _optimizer(self, epoch: int) -> torch.optim.Optimizer:
-        if "base" in self.opts and epoch < self.config.twa_warmup_epochs:
-            return self.opts["base"]
-        return self.opts["main"]
+        """TWA's warm-up runs its base optimizer; every other epoch the main one."""
+        return self.opts["base"] if "base" in self.opts and not self._phase(epoch) else self.opts["main"]
 
     def _set_lr(self, opt, global_step: int) -> None:
         if self.config.lr_schedule == "constant":

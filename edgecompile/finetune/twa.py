@@ -171,7 +171,8 @@ class TWA(torch.optim.Optimizer):
         return list(torch.split(flat, [v.numel() for v in vs])) if vs else []
 
     def _write_weights(self) -> None:
-        """``w = P β`` on this rank's slice, then every rank gets every slice."""
+        """``w = P β`` on this rank's slice, then every rank gets every slice (one all-gather;
+        on one process the slice is the whole vector)."""
         if self.per_layer:
             flat = torch.cat([P @ c for P, c in zip(self.basis, self.coef)])
         else:
@@ -183,13 +184,10 @@ class TWA(torch.optim.Optimizer):
             torch.distributed.all_gather(parts, padded)
             ddp.traffic.all_gather(padded.numel() * padded.element_size(), world)
             flat = torch.cat(parts)
-            start = 0
-            for p in self._params:
-                p.copy_(flat[start:start + p.numel()].view_as(p))
-                start += p.numel()
-            return
-        for (t, a, b), v in zip(self.pieces, self._split(flat)):
-            self._params[t].view(-1)[a:b].copy_(v)
+        start = 0
+        for p in self._params:
+            p.copy_(flat[start:start + p.numel()].view_as(p))
+            start += p.numel()
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -82,6 +82,12 @@ def total_macs(graph: Graph) -> int:
     return sum(node_macs(n) for n in graph.nodes)
 
 
+def macs_per_sample(graph: Graph) -> float:
+    """`total_macs` over the graph's static batch (its first input's leading dimension)."""
+    batch = int(graph.inputs[0].shape[0]) if graph.inputs and graph.inputs[0].shape else 1
+    return total_macs(graph) / max(batch, 1)
+
+
 def activation_bytes(graph: Graph) -> int:
     """Bytes of all activations (node outputs), int8 where the value is quantized."""
     total = 0

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..ir.analysis import total_macs
+from ..ir.analysis import macs_per_sample, total_macs
 from ..inputs.samples import Samples, batches
 from ..ir import Graph, verify
 from ..inputs.model import LoadedModel
@@ -77,7 +77,7 @@ def _search_samples(calib: Samples, graph: Graph, specs) -> Samples:
     """The last calibration samples for measuring candidates (the gate's eval set stays untouched):
     as many as ~4e9 MACs a forward pass allows, 16 to 256; at least 64 when an output is judged by
     decisions (logits, probabilities: with 16 samples one changed decision is 6 % agreement)."""
-    macs = total_macs(graph) // max(int(graph.inputs[0].shape[0]), 1) if graph.inputs else 0
+    macs = macs_per_sample(graph)
     discrete = any(s.kind in ("logits", "probability") for s in specs)
     k = int(min(256, max(64 if discrete else 16, 4e9 // max(macs, 1))))
     return tuple(a[-k:] for a in calib)
@@ -207,8 +207,7 @@ def candidates(graph: Graph, loaded: LoadedModel, cfg: BuildConfig, calib: Sampl
         # and verification passes: the model's MACs per sample times the calibration and evaluation
         # samples), at least MIN_SEARCH_WORK; the joint phase adds ~10 evaluations. In MACs, not
         # seconds, so that the result does not depend on the machine's load (`optimize`).
-        per_sample = total_macs(graph) / max(batch, 1)
-        opt = replace(opt, work=max(MIN_SEARCH_WORK, SEARCH_WORK * per_sample * (len(calib[0]) + n_eval)))
+        opt = replace(opt, work=max(MIN_SEARCH_WORK, SEARCH_WORK * macs_per_sample(graph) * (len(calib[0]) + n_eval)))
         # For the smallest bundle the weights may be searched under float activations instead:
         # int8 activations spend headroom the weights could use. Where they spent more than half
         # of it (scores on the search samples), only the weights-only graph is searched (measured

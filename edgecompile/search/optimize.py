@@ -16,11 +16,11 @@ minimizing ``bytes + multiplier * cost``, and the smallest multiplier whose *joi
 passes the tightened gate wins. The real-runtime gate checks the result afterwards.
 
 Cost: at most (layers × ladder steps) forward passes of the search set (capped by `max_evals` and
-`work`; only the largest layers holding `coverage` of the bytes are searched) plus ~10 joint ones.
-The budget counts multiply-accumulates, not seconds, so that the same model, data and options give
-the same bundle on a quiet or a loaded machine (with a time budget, a loaded machine measured fewer
-layers and shipped a larger bundle); `max_seconds` only stops a search gone far past its budget; a solo walk stops at the first setting that fails the gate alone (it could never be
-chosen). Low rank is not in the ladder: measured on pretrained weights, effective ranks are ~0.7
+`work`; only the largest layers holding `coverage` of the bytes are searched) plus ~10 joint ones;
+a solo walk stops at the first setting that fails the gate alone (it could never be chosen). The
+budget counts multiply-accumulates, not seconds, so that the same model, data and options give the
+same bundle on a quiet or a loaded machine (with a time budget, a loaded machine measured fewer
+layers and shipped a larger bundle); `max_seconds` only stops a search gone far past its budget. Low rank is not in the ladder: measured on pretrained weights, effective ranks are ~0.7
 of full rank, so factorizing adds bytes (DESIGN.md).
 
 With ``size``, each layer whose channel scales differ is also tried on one grid for the whole
@@ -46,7 +46,7 @@ from ..ir.ops import weight_input
 from ..errors import InputError
 from ..report.fidelity import OutputSpec, Thresholds, compare
 from ..ir import Graph, TorchExecutor
-from ..ir.analysis import total_macs
+from ..ir.analysis import macs_per_sample
 from ..passes.cluster import cluster_int8
 from ..passes.gptq import Rounder, as_rows, from_rows, gram_shape_ok, layer_grams
 from .allocation import Allocation
@@ -77,8 +77,8 @@ class OptimizeConfig:
             raise OptimizeError(f"unknown --optimize goal {self.goal!r}; use one of {', '.join(GOALS)}")
 
     @property
-    def ladder(self) -> tuple[tuple[float, int], ...]:
-        return tuple(Setting(*st) for st in {"size": LADDER, "balanced": BALANCED}.get(self.goal, ()))
+    def ladder(self) -> tuple[Setting, ...]:
+        return {"size": LADDER, "balanced": BALANCED}.get(self.goal, ())
 
 
 def entropy_bytes(q: np.ndarray) -> float:
@@ -240,7 +240,7 @@ class _Layer:
         if goal == "size" and self.scale.size > 1 and self.scale.max() > 1.5 * self.scale.min():
             q, sc = per_tensor_grid(self.q, self.scale)      # one grid for the tensor: off the ladder
             out.append((Setting(0.0, 8, grid="tensor"), q, sc))
-        for st in map(lambda t: Setting(*t), ladder):
+        for st in ladder:
             out.append((st, apply_setting(self.q, st.sparsity, st.bits, self.rounder, self.op, st.step), None))
         return out
 
@@ -307,9 +307,7 @@ class _Scorer:
         self.x = [torch.as_tensor(a) for a in samples]
         self.ref, self.gate = ref, gate
         self.evals = 0
-        # multiply-accumulates of one evaluation: the graph's per sample times the search samples
-        batch = max(int(graph.inputs[0].shape[0]), 1) if graph.inputs else 1
-        self.macs = total_macs(graph) / batch * len(samples[0]) if len(samples) else 0.0
+        self.macs = macs_per_sample(graph) * len(samples[0]) if len(samples) else 0.0   # of one evaluation
 
     def __call__(self) -> float:
         self.evals += 1

@@ -37,11 +37,16 @@ EXACT = {"fngd": dict(optimizer="fngd", fngd_ddp_solve="global"), "kfac": dict(o
          "twa-layer": dict(optimizer="twa", epochs=3, twa_warmup_epochs=1, twa_per_layer=True)}
 
 
-def _worker(rank, world, port, label, out):
+def _join(rank: int, world: int, port: int) -> None:
+    """This spawned process joins a gloo group of `world` on localhost:`port`, on one thread."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
+def _worker(rank, world, port, label, out):
+    _join(rank, world, port)
     try:
         model, data = _setup()
         res = recover(model, data, RecoverConfig(**{**CFG, **EXACT[label]}))
@@ -74,10 +79,7 @@ def test_two_process_ddp_equals_single_process(tmp_path, label):
 
 def _local_worker(rank, world, port, out):
     """One solve step of FNGD with local solves; rank 0 saves the move and the bytes sent."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    _join(rank, world, port)
     try:
         model, data = _setup()
         x, y = data.inputs[0][:16], data.labels[:16]
