@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from edgecompile.analyze.compare_ranks import fit_knob, factorize_with  # noqa: E402
+from edgecompile.analyze.compare_ranks import factorize_with, ranks_within  # noqa: E402
 from edgecompile.analyze.intrinsic import IntrinsicConfig, intrinsic_dimension  # noqa: E402
 from edgecompile.analyze.spectrum import find_layers  # noqa: E402
 from edgecompile.finetune import FinetuneData, RecoverConfig, recover  # noqa: E402
@@ -47,7 +47,7 @@ from edgecompile.frontend import import_model  # noqa: E402
 from edgecompile.ir import TorchExecutor  # noqa: E402
 from edgecompile.passes.fold import CleanupPass, FoldBatchNormPass  # noqa: E402
 
-BUDGETS = (0.7, 0.5, 0.35, 0.25, 0.15, 0.1)
+BUDGETS = (0.7, 0.5, 0.35, 0.25, 0.2, 0.15, 0.12, 0.1, 0.08, 0.06, 0.04)
 MIN_PARAMS = 1024
 
 
@@ -120,7 +120,7 @@ def curve(base_graph, split, method: str, epochs: int, from_scratch: int = 0) ->
     dense = sum(lay.params for lay in layers)
     out = []
     for b in BUDGETS:
-        fit = fit_knob(layers, method, int(b * dense))
+        fit = ranks_within(layers, method, int(b * dense))
         if fit is None:
             continue
         g = factorize_with(base_graph, fit[1], MIN_PARAMS)
@@ -137,7 +137,8 @@ def smallest_within(points, base_acc: float, drop: float = 0.005):
     return min(ok) if ok else None
 
 
-def bench_families(kind: str, epochs: int, dense_epochs: int, lam: float, scratch: bool, rows: list) -> None:
+def bench_families(kind: str, epochs: int, dense_epochs: int, lam: float, scratch: bool, rows: list,
+                   rules: tuple[str, ...] = ("erank", "energy", "l1"), after: tuple[str, ...] = ("erank", "energy")) -> None:
     t0 = time.perf_counter()
     net, split, train_epochs = load(kind)
     g = folded_graph(net, split)
@@ -154,7 +155,7 @@ def bench_families(kind: str, epochs: int, dense_epochs: int, lam: float, scratc
               f" {'-' if best is None else f'{best:,}':>18s} {dt:5.0f}s", flush=True)
         rows.append({"model": kind, "family": label, "points": pts, "base": base, "params": params, "best": best})
 
-    for m in ("erank", "energy", "l1"):
+    for m in rules:
         t = time.perf_counter()
         show(f"(a) pre-train {m}", curve(g, split, m, epochs), time.perf_counter() - t)
     # (a0) and (b) are factorized by erank (the survey's pairing) and by energy, the best (a) rule
@@ -162,7 +163,7 @@ def bench_families(kind: str, epochs: int, dense_epochs: int, lam: float, scratc
         t = time.perf_counter()
         dg = train(g.copy(), split, dense_epochs, lr=3e-3, regularize=reg)
         acc = accuracy(dg, split)
-        for rule in ("erank", "energy"):
+        for rule in after:
             show(f"{label}, then {rule} (dense acc {acc:.3f})", curve(dg, split, rule, epochs), time.perf_counter() - t)
             t = time.perf_counter()
     if scratch:
@@ -221,6 +222,9 @@ def main() -> None:
     ap.add_argument("--scratch-models", default="cnn,mnist1d",
                     help="models that get (c), training from scratch (the transformer's 150 epochs x 6 budgets "
                          "take ~30 min on one core)")
+    ap.add_argument("--rules", default="erank,energy,l1,greedy", help="(a)'s rank rules; greedy: the per-layer "
+                    "allocation of --budget (rank.budget_ranks)")
+    ap.add_argument("--after", default="erank,energy,greedy", help="rank rules factorizing (a0) and (b)")
     ap.add_argument("--skip-id", action="store_true", help="skip the intrinsic dimension")
     ap.add_argument("--skip-families", action="store_true")
     ap.add_argument("--plot", type=Path, default=Path("out/bench_analyze.png"))
@@ -233,7 +237,8 @@ def main() -> None:
         if not args.skip_families:
             print(f"Accuracy vs parameters (cells: params, test accuracy; recovery {args.epochs} epochs AdamW)")
             for kind in args.models.split(","):
-                bench_families(kind, args.epochs, args.dense_epochs, args.lam, kind in args.scratch_models.split(","), rows)
+                bench_families(kind, args.epochs, args.dense_epochs, args.lam, kind in args.scratch_models.split(","),
+                               rows, tuple(args.rules.split(",")), tuple(args.after.split(",")))
             plot(rows, args.plot)
             print(f"\nplot: {args.plot}")
         if not args.skip_id:

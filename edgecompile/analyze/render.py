@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..report.render import _CSS, _png
+from .compare_ranks import RULES
 
 
 def render_terminal(rep: dict, console) -> None:
@@ -65,7 +66,8 @@ def render_terminal(rep: dict, console) -> None:
                 t.add_row(f"{r['budget']:.0%}", r["method"], "", "", "", "", r.get("note", ""))
                 continue
             acc = "" if r.get("accuracy") is None else f"{r['accuracy']:.4f}"
-            t.add_row(f"{r['budget']:.0%}", r["method"], f"{r['knob']:g}", f"{r['params']:,} / {r['dense_params']:,}",
+            knob = "-" if r["knob"] is None else f"{r['knob']:g}"
+            t.add_row(f"{r['budget']:.0%}", r["method"], knob, f"{r['params']:,} / {r['dense_params']:,}",
                       str(r["factorized"]), f"{r['score']:.2f}", acc)
         console.print(t)
         if rep.get("float_accuracy") is not None:
@@ -151,7 +153,7 @@ def plot_rules(rep: dict) -> str:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     key = "accuracy" if any(r.get("accuracy") is not None for r in rep["rank_rules"]) else "score"
-    for m in ("erank", "energy", "l1"):
+    for m in RULES:
         pts = sorted((r["params"], r[key]) for r in rep["rank_rules"] if r["method"] == m and "params" in r)
         if pts:
             ax.plot(*zip(*pts), "o-", label=m)
@@ -167,7 +169,8 @@ def plot_rules(rep: dict) -> str:
 
 def _table(rows: list[dict], cols: list[str]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in cols) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td>{html.escape('' if r.get(c) is None else str(r[c]))}</td>" for c in cols)
+                   + "</tr>"
                    for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 

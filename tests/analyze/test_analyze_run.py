@@ -45,9 +45,9 @@ def test_recommendation_passes_jointly(report):
 
 def test_rank_rules_at_equal_size(report):
     rows = [r for r in report["rank_rules"] if "params" in r]
-    assert {r["method"] for r in rows} == {"erank", "energy", "l1"}
+    assert {r["method"] for r in rows} == {"erank", "energy", "l1", "greedy"}
     for r in rows:
-        assert r["params"] <= 0.5 * r["dense_params"]
+        assert r["params"] <= r["budget"] * r["dense_params"]
         assert 0 <= r["accuracy"] <= 1
     assert 0.97 < report["float_accuracy"] <= 1
     assert "<img" in render_html(report)

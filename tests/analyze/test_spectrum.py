@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgecompile.analyze.compare_ranks import fit_knob, ranks_at, total_params
+from edgecompile.analyze.compare_ranks import fit_knob, ranks_at, ranks_within, total_params
 from edgecompile.analyze.spectrum import dense_equivalent, find_layers, l1_rank, layer_rank, rule_rank
 from edgecompile.frontend import import_model
 from edgecompile.ir import run_graph
@@ -74,6 +74,28 @@ def test_fit_knob_meets_the_budget_and_grows_with_it():
             assert used >= prev
             assert ranks == ranks_at(layers, method, knob)
             prev = used
+
+
+def test_greedy_allocation_fits_the_budget_and_gives_rank_where_the_spectrum_is_flat():
+    """`greedy` (the build's --budget allocation) spends the budget unevenly: a layer whose
+    spectrum decays fast keeps a low rank, one whose spectrum is flat takes the rank the other
+    gave up; one knob per rule cannot do that."""
+    torch.manual_seed(0)
+    g, _ = _graph(models.mlp)
+    layers = [lay for lay in find_layers(g, min_params=64) if lay.kind is not None]
+    assert len(layers) >= 2
+    a = layers[0]
+    w = g.consts[a.const].data
+    u, s, vt = np.linalg.svd(w, full_matrices=False)
+    g.consts[a.const].data = ((u * (s * 0.3 ** np.arange(len(s)))) @ vt).astype(np.float32)  # fast decay
+    layers = [lay for lay in find_layers(g, min_params=64) if lay.kind is not None]
+    dense = sum(lay.params for lay in layers)
+    knob, ranks = ranks_within(layers, "greedy", int(0.5 * dense))
+    assert knob is None and total_params(layers, ranks) <= 0.5 * dense
+    fast = ranks[layers[0].node]
+    assert fast is not None and fast <= 3
+    assert ranks[layers[1].node] is None or ranks[layers[1].node] > fast
+    assert ranks_within(layers, "greedy", 1) is None     # not even rank 1 everywhere fits
 
 
 def test_factorize_with_given_ranks_matches_the_dense_equivalents():
