@@ -4,12 +4,13 @@
 For each model (the digits CNN, the digits transformer, the mnist1d CNN; all trained here, seeded):
 
   (a) pre-train   factorize the trained model with ranks chosen by erank / energy / ℓ1 (each rule's
-                  knob fitted to the budget, `analyze.compare_ranks`), then recover E epochs (AdamW,
-                  labels, training split; factorized structure kept)
+                  knob fitted to the budget) or greedy (the per-layer allocation of --budget-bytes,
+                  `analyze.compare_ranks`), then recover E epochs (AdamW, labels, training split;
+                  factorized structure kept)
   (a0) control    the same as (a) with erank ranks, after D *dense* epochs (AdamW, lr 3e-3) without
                   the penalty: the control of (b), same seeds, same epochs
   (b) aware       D dense epochs with ``--regularize erank:λ`` first, then as (a0)
-  (a0)/(b) rows come factorized by erank ranks and by energy ranks (the best pre-train rule)
+  (a0)/(b) rows come factorized by erank ranks (the survey's pairing), energy ranks and greedy
   (c) pre-set     the factorized graph of (a) at erank ranks, re-initialized and trained from scratch
                   (AdamW lr 5e-3, the original training's epochs) — a factorized architecture from the start
 
@@ -20,7 +21,8 @@ Then d_int90 (`analyze.intrinsic`) for the digits CNN and the mnist1d CNN with w
 intrinsic-dimension paper reports 750 (FC) and 290 (LeNet) on MNIST — other data, context only.
 
     PYTHONPATH=. .venv/bin/python bench/bench_analyze.py [--models cnn,transformer,mnist1d] [--skip-id]
-        [--epochs 5] [--dense-epochs 10] [--lam 5] [--plot out/bench_analyze.png]
+        [--epochs 5] [--dense-epochs 10] [--lam 5] [--rules erank,energy,l1,greedy] [--after erank,energy,greedy]
+        [--scratch-models cnn,mnist1d] [--plot out/bench_analyze.png]
 
 One torch thread (the machine is shared).
 """
@@ -39,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from edgecompile.analyze.compare_ranks import factorize_with, ranks_within  # noqa: E402
+from edgecompile.analyze.compare_ranks import RULES, factorize_with, ranks_within  # noqa: E402
 from edgecompile.analyze.intrinsic import IntrinsicConfig, intrinsic_dimension  # noqa: E402
 from edgecompile.analyze.spectrum import find_layers  # noqa: E402
 from edgecompile.finetune import FinetuneData, RecoverConfig, recover  # noqa: E402
@@ -138,7 +140,7 @@ def smallest_within(points, base_acc: float, drop: float = 0.005):
 
 
 def bench_families(kind: str, epochs: int, dense_epochs: int, lam: float, scratch: bool, rows: list,
-                   rules: tuple[str, ...] = ("erank", "energy", "l1"), after: tuple[str, ...] = ("erank", "energy")) -> None:
+                   rules: tuple[str, ...] = RULES, after: tuple[str, ...] = ("erank", "energy", "greedy")) -> None:
     t0 = time.perf_counter()
     net, split, train_epochs = load(kind)
     g = folded_graph(net, split)
@@ -158,7 +160,7 @@ def bench_families(kind: str, epochs: int, dense_epochs: int, lam: float, scratc
     for m in rules:
         t = time.perf_counter()
         show(f"(a) pre-train {m}", curve(g, split, m, epochs), time.perf_counter() - t)
-    # (a0) and (b) are factorized by erank (the survey's pairing) and by energy, the best (a) rule
+    # (a0) and (b) are factorized by erank (the survey's pairing) and by the better (a) rules
     for label, reg in ((f"(a0) {dense_epochs} dense ep.", None), (f"(b) aware erank:{lam:g}", f"erank:{lam:g}")):
         t = time.perf_counter()
         dg = train(g.copy(), split, dense_epochs, lr=3e-3, regularize=reg)
@@ -220,10 +222,10 @@ def main() -> None:
     ap.add_argument("--dense-epochs", type=int, default=10, help="dense epochs of (a0) and (b)")
     ap.add_argument("--lam", type=float, default=5.0, help="λ of the erank penalty")
     ap.add_argument("--scratch-models", default="cnn,mnist1d",
-                    help="models that get (c), training from scratch (the transformer's 150 epochs x 6 budgets "
-                         "take ~30 min on one core)")
-    ap.add_argument("--rules", default="erank,energy,l1,greedy", help="(a)'s rank rules; greedy: the per-layer "
-                    "allocation of --budget (rank.budget_ranks)")
+                    help="models that get (c), training from scratch (the transformer's 150 epochs x 11 budgets "
+                         "take ~1 h on one core)")
+    ap.add_argument("--rules", default=",".join(RULES), help="(a)'s rank rules; greedy: the per-layer "
+                    "allocation of --budget-bytes (rank.budget_ranks)")
     ap.add_argument("--after", default="erank,energy,greedy", help="rank rules factorizing (a0) and (b)")
     ap.add_argument("--skip-id", action="store_true", help="skip the intrinsic dimension")
     ap.add_argument("--skip-families", action="store_true")

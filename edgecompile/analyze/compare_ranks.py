@@ -5,7 +5,7 @@ For each rule (`spectrum.METHODS`) one knob sets every layer's rank (erank scale
 of Σs / Σs² kept); for a budget (a share of the factorizable layers' dense weights) the knob is
 bisected to the largest value whose total weights fit, so the three rules are compared at (nearly)
 the same size: ranks are integers, the table gives each rule's actual count. ``greedy`` is not one
-knob but the allocation of the build's ``--budget`` (`rank.budget_ranks`): ranks raised one at a
+knob but the allocation of the build's ``--budget-bytes`` (`rank.budget_ranks`): ranks raised one at a
 time where they bring back the most relative energy per added weight, so layers whose spectra
 decay fast give up more rank than others (measured, `bench/bench_analyze.py`: the digits
 transformer within 0.5 pt at 45k weights, against 98k by energy and 190k by erank). Layers where a rank
