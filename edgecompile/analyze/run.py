@@ -26,7 +26,7 @@ from ..errors import InputError
 from ..report.fidelity import Thresholds
 from ..ir import TorchExecutor, verify
 from ..inputs.model import LoadedModel, batch_first, load_model
-from ..search.optimize import GateScore, executor_outputs
+from ..search.optimize import GateScore, OptimizeConfig, executor_outputs
 from .compare_ranks import BUDGETS, compare_rules
 from .sensitivity import Scorer, measure, option_rows, recommend
 from .spectrum import find_layers, spectrum_row
@@ -43,7 +43,7 @@ class AnalyzeConfig:
     calib: Path | None = None           # .npz as for `build --calib` (80 % calibrate, 20 % held back)
     task: str | None = None             # output kinds, as `build --task`
     thresholds: Thresholds = field(default_factory=Thresholds)
-    margin: float = 0.3                 # the recommendation keeps this share of each threshold's headroom
+    margin: float = OptimizeConfig.margin   # the recommendation keeps this share of each threshold's headroom
     min_params: int = 1024              # smaller layers are listed by the build but not analyzed
     max_samples: int = 256              # calibration samples the sensitivities are measured on
     budgets: tuple[float, ...] = BUDGETS
