@@ -259,7 +259,7 @@ class GateScore:
     gated by accuracy drop, which a changed decision can cost: agreement must then stay within
     twice the allowed drop."""
 
-    def __init__(self, specs: Sequence[OutputSpec], t: Thresholds, margin: float = 0.15, labelled: bool = False,
+    def __init__(self, specs: Sequence[OutputSpec], t: Thresholds, margin: float = OptimizeConfig.margin, labelled: bool = False,
                  metric=None):
         def tight(x):
             return x + (1 - x) * margin

@@ -77,7 +77,7 @@ def test_fit_knob_meets_the_budget_and_grows_with_it():
 
 
 def test_greedy_allocation_fits_the_budget_and_gives_rank_where_the_spectrum_is_flat():
-    """`greedy` (the build's --budget allocation) spends the budget unevenly: a layer whose
+    """`greedy` (the build's --budget-bytes allocation) spends the budget unevenly: a layer whose
     spectrum decays fast keeps a low rank, one whose spectrum is flat takes the rank the other
     gave up; one knob per rule cannot do that."""
     torch.manual_seed(0)

@@ -88,8 +88,10 @@ def test_onet_default_rpi4_build_passes_its_gate(onet, tmp_path):
 
 def check_vad_chunks(out: Path, loaded) -> None:
     """Chunk by chunk, each on the reference model's incoming state, the bundle hears speech where
-    the original does and returns the same state."""
-    (p, p_b), (state, state_b) = bundle_vs_torch(out, loaded, n=400)
+    the original does and returns the same state: the gate's promise measured again here, on the
+    gate's own set (the whole eval stream; a searched bundle at the edge of the factory's 0.97 state
+    threshold measured 0.969 on the first 400 chunks alone)."""
+    (p, p_b), (state, state_b) = bundle_vs_torch(out, loaded, n=len(loaded.data["eval"][0]))
     assert ((p > 0.5) == (p_b > 0.5)).mean() >= 0.97
     for part in (0, 1):  # h and c apart: c's larger norm would hide a broken h in one cosine
         r, g = state[:, part], state_b[:, part]
