@@ -305,7 +305,7 @@ def edgecompile_row(key, label, extra: dict, loaded, ref, ref_stream, kinds, exa
 PEER_PY = ROOT / ".venv-peers" / "bin" / "python"
 
 
-def litert_rows(key: str, quick: int, ref, kinds, workdir: Path, stream=lambda runner: "") -> list[Row]:
+def litert_rows(key: str, quick: int, ref, kinds, workdir: Path, stream=None) -> list[Row]:
     """litert-torch fp32, dynamic and static int8 (bench/pretrained_peers.py in .venv-peers, run
     by LiteRT there on the same evaluation data), judged here like every other row; `stream(runner)`
     streams the .tflite here in LiteRT (the VAD's closed loop)."""
@@ -332,7 +332,7 @@ def litert_rows(key: str, quick: int, ref, kinds, workdir: Path, stream=lambda r
         n = len(got[0])
         fid, ok = judge([r[:n] for r in ref], got, kinds)
         raw = Path(f"{stem}.tflite").read_bytes()
-        note = "; ".join(x for x in ("latency measured in the peers' process", stream(LiteRTRunner(raw))) if x)
+        note = "; ".join(x for x in ("latency measured in the peers' process", stream and stream(LiteRTRunner(raw))) if x)
         rows.append(Row(label, len(raw), zstd19(raw), fid, "pass" if ok else "FAIL", float(z["ms"]), float(z["build_s"]),
                         note))
     return rows
@@ -387,7 +387,7 @@ def bench_model(key: str, quick: bool, repeats: int, workdir: Path) -> tuple[lis
     for label, extra in EDGECOMPILE_BUILDS:
         rows.append(edgecompile_row(key, label, extra, loaded, ref, ref_stream, kinds, example, repeats, workdir))
     rows += litert_rows(key, QUICK[key] if quick else 0, ref, kinds, workdir,
-                        lambda runner: stream_note(key, runner, loaded, ref_stream))
+                        None if ref_stream is None else lambda runner: stream_note(key, runner, loaded, ref_stream))
     for r in rows:
         r.ms = None if r.ms is None else r.ms / base_ms  # ratio to fp32 onnxruntime
     return rows, info
