@@ -67,8 +67,9 @@ class OptimizeConfig:
     goal: str = "size"
     margin: float = 0.15         # keep this share of each threshold's headroom on the search set.
     #   0.3 before the fallback plans stepped by bytes: a failed plan 1 then cost up to 36 % more bytes,
-    #   now ~12 %. Measured at the goal thresholds, full data: EfficientNet-Lite0 3.19 -> 2.76 MB,
-    #   MiniLM 10.95 -> 10.48 MB, MTCNN O-net and silero-vad unchanged; 0.0 made MiniLM's plan 1 fail.
+    #   now ~12 %. Measured at the goal thresholds, full data: MiniLM 10.95 -> 10.48 MB, MTCNN O-net
+    #   and silero-vad unchanged, EfficientNet-Lite0 3.19 MB on 1 torch thread either way (2.76 MB on
+    #   2 threads at 0.15); 0.0 made MiniLM's plan 1 fail.
     min_params: int = 1024       # smaller weights cost little and are often sensitive
     coverage: float = 0.95       # search the largest layers holding this share of the int8 bytes
     max_evals: int = 320         # forward passes of the search set in the solo phase
