@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from . import __version__, staging
-from .ir.analysis import total_macs
+from .ir.analysis import static_batch, total_macs
 from .bundle.ship import ship
 from .errors import (EXIT_DOES_NOT_FIT, EXIT_VERIFICATION, BuildError, DoesNotFitError, Interrupted,
                      VerificationError)
@@ -243,7 +243,7 @@ def verify_bundle(session, loaded: LoadedModel, graph: Graph, evals: Samples, re
                   specs, cfg: BuildConfig, note: str = "") -> Fidelity:
     """Runs the held-back samples through the bundle's real runtime and judges every output by
     its kind against `ref`, the PyTorch model's outputs on them (`fidelity.compare`)."""
-    batch = int(graph.inputs[0].shape[0]) if graph.inputs and graph.inputs[0].shape else 1
+    batch = static_batch(graph)
     got = bundle_outputs(session, evals, batch)
     if len(ref) != len(got):
         raise BuildError(f"the model returns {len(ref)} tensors but the compiled graph has {len(got)} outputs; "
@@ -456,7 +456,7 @@ def _build_model(model_spec, cfg: BuildConfig, target: Target, clock: _StageCloc
         torch.set_num_threads(1)
     t = stage_done("import (torch.export)", 0.15, t)
 
-    batch = int(graph.inputs[0].shape[0]) if graph.inputs and graph.inputs[0].shape else 1
+    batch = static_batch(graph)
     specs = output_specs(loaded, cfg, graph)
     calib, evals, labels, data_note = split_data(loaded, graph, calib_path=cfg.calib,
                                                   max_eval=cfg.max_eval_samples, seed=cfg.seed)

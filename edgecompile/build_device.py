@@ -16,6 +16,7 @@ from . import __version__
 from .errors import BuildError
 from .inputs.samples import Samples
 from .ir import Graph
+from .ir.analysis import static_batch
 from .inputs.reference import _padded_batches
 from .targets import Target
 
@@ -49,7 +50,7 @@ def write_c_bundle(stage: Path, graph: Graph, target: Target, cfg: BuildConfig, 
         raise BuildError(str(e)) from None
     (stage / "weights.ecw").write_bytes(cm.container)
     session = ReferenceSession(graph, cm.calls)
-    batch = int(graph.inputs[0].shape[0]) if graph.inputs and graph.inputs[0].shape else 1
+    batch = static_batch(graph)
     demo = []
     for xs, _ in _padded_batches(tuple(a[: C_DEMO_BATCHES * batch] for a in evals), batch):
         demo.append(session.quantize_inputs(*xs))

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..report.render import _CSS, _png
 from .compare_ranks import RULES
+from .sensitivity import FAMILIES
 
 
 def render_terminal(rep: dict, console) -> None:
@@ -33,12 +34,12 @@ def render_terminal(rep: dict, console) -> None:
     sens = rep.get("sensitivity")
     if sens:
         t = Table(title="sensitivity: gate score with this layer alone compressed (>= 0 passes) and est. bytes")
-        for c in ("layer", "bits", "grid", "sparsity", "rank"):
+        for c in ("layer",) + FAMILIES:
             t.add_column(c)
         for name, opts in sens.items():
             cells = {fam: "\n".join(f"{o['setting'].split(':')[-1]:>6s} {o['score']:6.2f} {o['est_bytes']:>8,}"
-                                    for o in opts if o["family"] == fam) for fam in ("bits", "grid", "sparsity", "rank")}
-            t.add_row(name, cells["bits"], cells["grid"], cells["sparsity"], cells["rank"] or "not factorizable")
+                                    for o in opts if o["family"] == fam) for fam in FAMILIES}
+            t.add_row(name, *(cells[f] for f in FAMILIES[:-1]), cells["rank"] or "not factorizable")
         console.print(t)
     rec = rep.get("recommendation")
     if rec:
@@ -131,7 +132,7 @@ def plot_sensitivity(rep: dict) -> str:
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
     for ax, (name, opts) in zip(axes.ravel(), sens.items()):
-        for fam, mark in (("bits", "o-"), ("grid", "d-"), ("sparsity", "s-"), ("rank", "^-")):
+        for fam, mark in zip(FAMILIES, ("o-", "d-", "s-", "^-")):
             pts = sorted((o["est_bytes"], o["score"]) for o in opts if o["family"] == fam)
             if pts:
                 ax.plot(*zip(*pts), mark, label=fam, ms=4)

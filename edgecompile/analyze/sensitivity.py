@@ -40,6 +40,7 @@ from ..passes.quantize import quantize_weight
 from ..passes.lowrank.rank import effective_rank
 from .spectrum import Layer, factors, fraction_rank, saves
 
+FAMILIES = ("bits", "grid", "sparsity", "rank")     # `Option.family`, in the order reports show them
 BITS = (5, 4, 3, 2)
 STEPS = (4, 8, 16, 32)
 SPARSITIES = (0.5, 0.75, 0.9)

@@ -82,10 +82,14 @@ def total_macs(graph: Graph) -> int:
     return sum(node_macs(n) for n in graph.nodes)
 
 
+def static_batch(graph: Graph) -> int:
+    """The graph's static batch: its first input's leading dimension (1 without inputs or a shape)."""
+    return int(graph.inputs[0].shape[0]) if graph.inputs and graph.inputs[0].shape else 1
+
+
 def macs_per_sample(graph: Graph) -> float:
-    """`total_macs` over the graph's static batch (its first input's leading dimension)."""
-    batch = int(graph.inputs[0].shape[0]) if graph.inputs and graph.inputs[0].shape else 1
-    return total_macs(graph) / max(batch, 1)
+    """`total_macs` over the graph's static batch."""
+    return total_macs(graph) / max(static_batch(graph), 1)
 
 
 def activation_bytes(graph: Graph) -> int:

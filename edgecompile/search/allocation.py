@@ -48,6 +48,26 @@ class Allocation:
             out.append(best)
         return out
 
+    def bytes_at(self, k: int) -> float:
+        """Total bytes of the picks at multiplier index `k` (the sum of what each layer keeps or takes)."""
+        return sum(k_ if j is None else opts[j][1]
+                   for opts, k_, j in zip(self.options, self.keep, self.picks(self.lams[k])))
+
+    def fallbacks(self, top: int, step: float, count: int) -> list[int]:
+        """Multiplier indices from `top` on, each the first whose bytes reach `step` times the last
+        one's, at most `count` in all; never the last index (every layer kept). Bytes grow with
+        the multiplier, so each is found by bisection."""
+        ks, end = [top], len(self.lams) - 1
+        while len(ks) < count:
+            want, lo, hi = step * self.bytes_at(ks[-1]), ks[-1] + 1, end
+            while lo < hi:
+                mid = (lo + hi) // 2
+                lo, hi = (mid + 1, hi) if self.bytes_at(mid) < want else (lo, mid)
+            if lo >= end:
+                break
+            ks.append(lo)
+        return ks
+
     def search(self, joint: Callable[[list[int | None]], float], base: float,
                stop: Callable[[], bool] = lambda: False) -> dict[int, float]:
         """Bisection for the smallest multiplier whose joint score (`joint(picks)`) is >= 0.

@@ -404,21 +404,7 @@ def optimize_weights(graph: Graph, samples: Sequence[np.ndarray], ref: list[np.n
     # silero-vad a quarter of the way in multipliers was 5 % more bytes and half of it 36 %, so the
     # gate's closed-loop check that plan 1 missed shipped 36 % more than it needed.
     plans = []
-    top, end = min(passing), len(alloc.lams) - 1
-
-    def est(k: int) -> float:
-        return sum(lay.bytes0 if p is None else p.bytes for lay, p in zip(layers, chosen(alloc.picks(alloc.lams[k]))))
-
-    ks = [top]
-    while len(ks) < MAX_PLANS:      # bytes grow with the multiplier: bisect for the next step
-        want, lo, hi = PLAN_STEP * est(ks[-1]), ks[-1] + 1, end
-        while lo < hi:
-            mid = (lo + hi) // 2
-            lo, hi = (mid + 1, hi) if est(mid) < want else (lo, mid)
-        if lo >= end:               # the multiplier that keeps every layer as it is: no plan
-            break
-        ks.append(lo)
-    for k in ks:
+    for k in alloc.fallbacks(min(passing), PLAN_STEP, MAX_PLANS):
         picks = chosen(alloc.picks(alloc.lams[k]))
         if any(p is not None for p in picks):
             plans.append(_plan(layers, picks, alloc.lams[k], passing.get(k)))
