@@ -7,7 +7,7 @@ For each model (the digits CNN, the digits transformer, the mnist1d CNN; all tra
                   knob fitted to the budget) or greedy (the per-layer allocation of --budget-bytes,
                   `analyze.compare_ranks`), then recover E epochs (AdamW, labels, training split;
                   factorized structure kept)
-  (a0) control    the same as (a) with erank ranks, after D *dense* epochs (AdamW, lr 3e-3) without
+  (a0) control    the same as (a), after D *dense* epochs (AdamW, lr 3e-3) without
                   the penalty: the control of (b), same seeds, same epochs
   (b) aware       D dense epochs with ``--regularize erank:λ`` first, then as (a0)
   (a0)/(b) rows come factorized by erank ranks (the survey's pairing), energy ranks and greedy
@@ -51,6 +51,7 @@ from edgecompile.passes.fold import CleanupPass, FoldBatchNormPass  # noqa: E402
 
 BUDGETS = (0.7, 0.5, 0.35, 0.25, 0.2, 0.15, 0.12, 0.1, 0.08, 0.06, 0.04)
 MIN_PARAMS = 1024
+AFTER = ("erank", "energy", "greedy")    # the rules that factorize (a0) and (b)
 
 
 def load(kind: str):
@@ -140,7 +141,7 @@ def smallest_within(points, base_acc: float, drop: float = 0.005):
 
 
 def bench_families(kind: str, epochs: int, dense_epochs: int, lam: float, scratch: bool, rows: list,
-                   rules: tuple[str, ...] = RULES, after: tuple[str, ...] = ("erank", "energy", "greedy")) -> None:
+                   rules: tuple[str, ...] = RULES, after: tuple[str, ...] = AFTER) -> None:
     t0 = time.perf_counter()
     net, split, train_epochs = load(kind)
     g = folded_graph(net, split)
@@ -226,7 +227,7 @@ def main() -> None:
                          "take ~1 h on one core)")
     ap.add_argument("--rules", default=",".join(RULES), help="(a)'s rank rules; greedy: the per-layer "
                     "allocation of --budget-bytes (rank.budget_ranks)")
-    ap.add_argument("--after", default="erank,energy,greedy", help="rank rules factorizing (a0) and (b)")
+    ap.add_argument("--after", default=",".join(AFTER), help="rank rules factorizing (a0) and (b)")
     ap.add_argument("--skip-id", action="store_true", help="skip the intrinsic dimension")
     ap.add_argument("--skip-families", action="store_true")
     ap.add_argument("--plot", type=Path, default=Path("out/bench_analyze.png"))
